@@ -1,0 +1,98 @@
+/* Common helpers: allocation policy, growable buffers, small utilities.
+ *
+ * Out-of-memory policy: small internal objects come from hr_xmalloc & co, which abort on
+ * failure (Redis zmalloc). Anything sized by a client is checked against a configured
+ * limit first and fails softly with the right HTTP status. */
+#ifndef HR_COMMON_H
+#define HR_COMMON_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifndef HR_VERSION
+#define HR_VERSION "0.0.0"
+#endif
+
+#define HR_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define hr_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+#define HR_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+
+/* Aborting allocators: never return NULL. */
+void *hr_xmalloc(size_t n);
+void *hr_xcalloc(size_t count, size_t n);
+void *hr_xrealloc(void *p, size_t n);
+char *hr_xstrdup(const char *s);
+char *hr_xstrndup(const char *s, size_t n);
+char *hr_xasprintf(const char *fmt, ...) HR_PRINTF(1, 2);
+
+/* A growable byte buffer. data is always NUL-terminated when cap > 0 (the NUL is not
+ * counted in len), so data can be used as a C string when it holds text. */
+typedef struct {
+    char *data; /* bytes, or NULL before the first append */
+    size_t len; /* bytes used */
+    size_t cap; /* bytes allocated (including room for the NUL) */
+} hr_buf_t;
+
+#define HR_BUF_INIT {NULL, 0, 0}
+void hr_buf_init(hr_buf_t *b);
+void hr_buf_free(hr_buf_t *b);
+void hr_buf_reset(hr_buf_t *b); /* len = 0, keeps the memory */
+void hr_buf_reserve(hr_buf_t *b, size_t extra);
+void hr_buf_append(hr_buf_t *b, const void *p, size_t n);
+void hr_buf_appends(hr_buf_t *b, const char *s);
+void hr_buf_appendc(hr_buf_t *b, char c);
+void hr_buf_printf(hr_buf_t *b, const char *fmt, ...) HR_PRINTF(2, 3);
+void hr_buf_vprintf(hr_buf_t *b, const char *fmt, va_list ap);
+/* Append s as a JSON string literal (with quotes), escaping as RFC 8259 requires.
+ * Bytes are copied as they are (UTF-8 passes through). */
+void hr_buf_append_json_string(hr_buf_t *b, const char *s, size_t n);
+/* Hand the memory over to the caller (who frees it) and leave b empty. Never NULL. */
+char *hr_buf_steal(hr_buf_t *b, size_t *len);
+
+/* A header as name and value, both NUL-terminated and owned by whoever owns the array. */
+typedef struct {
+    char *name;
+    char *value;
+} hr_header_t;
+
+void hr_headers_free(hr_header_t *h, size_t n);
+
+/* Wall clock in milliseconds since the epoch. */
+uint64_t hr_wall_ms(void);
+/* Format ms since the epoch as RFC 3339 UTC with milliseconds: 2024-05-14T16:02:11.482Z.
+ * out must hold 32 bytes. */
+void hr_rfc3339(uint64_t ms, char out[32]);
+/* Parse an RFC 3339 time (as hr_rfc3339 writes it, or with seconds only / an offset).
+ * Returns 0 and sets *ms, or -1. */
+int hr_rfc3339_parse(const char *s, uint64_t *ms);
+
+/* A new event id: a UUIDv7 string (time-ordered, 36 chars + NUL). Thread-safe. */
+#define HR_ID_LEN 37
+void hr_id_new(char out[HR_ID_LEN]);
+
+/* Random 64 bits from a per-thread xorshift generator seeded from the OS. */
+uint64_t hr_rand64(void);
+
+/* Compare two byte strings in time that depends only on the lengths. */
+bool hr_consttime_eq(const char *a, size_t alen, const char *b, size_t blen);
+
+/* True if s is a safe single path component: [A-Za-z0-9._-]+, not "." or "..". */
+bool hr_is_safe_name(const char *s, size_t n);
+
+/* Join dir and path unless path is absolute. Returns a new string. */
+char *hr_path_join(const char *dir, const char *path);
+
+/* An http:// URL split into parts (https is refused: no TLS yet). */
+typedef struct {
+    char *host; /* without brackets for IPv6 */
+    int port;   /* 80 if absent */
+    char *path; /* "/" if absent; includes the query */
+} hr_url_t;
+
+/* Parse url into u. Returns 0, or -1 with a message in err. u owns its strings. */
+int hr_url_parse(const char *url, hr_url_t *u, char *err, size_t errlen);
+void hr_url_free(hr_url_t *u);
+
+#endif

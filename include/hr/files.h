@@ -1,0 +1,44 @@
+/* Append-only JSON-lines files: the file sink of write() actions and the dead-letter file
+ * (src/files.c). Each line goes out in one write(2) on an O_APPEND descriptor, so a line is
+ * never interleaved or half-buffered in the process; descriptors stay open between writes and
+ * are reopened after hr_files_reopen() (SIGHUP, for logrotate). */
+#ifndef HR_FILES_H
+#define HR_FILES_H
+
+#include "hr/action.h"
+#include "hr/common.h"
+
+typedef struct hr_files hr_files_t;
+
+hr_files_t *hr_files_create(void);
+/* Append line plus '\n' to path, opening it (O_APPEND|O_CREAT, 0644, creating missing parent
+ * directories) on first use. Returns 0, or a negative errno with a message in err. */
+int hr_files_append(hr_files_t *f, const char *path, const char *line, size_t len, char *err,
+                    size_t errlen);
+/* Close every descriptor; each is opened again on its next append. */
+void hr_files_reopen(hr_files_t *f);
+void hr_files_destroy(hr_files_t *f);
+
+/* What the event looked like when it failed, for a dead letter of a failed rule. */
+typedef struct {
+    const char *id;
+    const char *type;
+    const char *store; /* or NULL */
+    const char *method;
+    const char *path;
+    const char *received_at; /* RFC 3339 */
+} hr_event_meta_t;
+
+/* Format a dead-letter line (no '\n') for an event whose rule failed:
+ * {"dead_at":"…","reason":"rule failed","error":"…","event":{"id":…,"type":…,"store":…|null,
+ *  "method":…,"path":…,"received_at":…},"raw_body":"<the body as a JSON string>"} */
+void hr_deadletter_for_event(hr_buf_t *out, const hr_event_meta_t *ev, const char *error,
+                             const char *raw_body, size_t raw_len);
+/* Format a dead-letter line for an action that could not be delivered:
+ * {"dead_at":…,"reason":…,"event":{"id":…,"type":…,"store":…,"accepted_at":…},
+ *  "action":"forward","target":…,"url":…,"method":…,"attempts":N,"last_status":N|null,
+ *  "last_error":…|null,"body":<JSON if body_is_json, else a JSON string>}
+ * (for a write action: "action":"write","file":…,"path":…,"record":… instead). */
+void hr_deadletter_for_action(hr_buf_t *out, const hr_action_t *a, const char *reason);
+
+#endif

@@ -1,0 +1,42 @@
+/* JSON <-> Lua, exact both ways. Pure: no I/O, no global state (safe with one Lua state per
+ * event loop). cJSON parses and validates; numbers are re-read from the source text so that
+ * integers stay Lua integers (exact to 2^63-1) and floats stay floats.
+ *
+ * Mapping:
+ *   object  <-> table with string keys
+ *   array   <-> table with keys 1..n whose metatable is the array marker (json.array(t))
+ *   null    <-> json.null (a unique sentinel, kept as a value so keys and array slots survive)
+ *   integer <-> Lua integer; other numbers <-> Lua float ("1.0" encodes back as 1.0)
+ *   string  <-> Lua string, byte-exact
+ * Encoding an unmarked table: empty -> {}; keys exactly 1..n -> array; string keys -> object;
+ * anything else (mixed keys, sparse arrays, non-string keys), NaN/inf, a cycle, a function
+ * or userdata other than json.null is an error whose message names the path ("body.cart[3]").
+ */
+#ifndef HR_JSON_H
+#define HR_JSON_H
+
+#include <lua.h>
+
+#include "hr/common.h"
+
+/* Decode text into a Lua value and push it. Returns 0, or -1 with a message in err
+ * ("invalid JSON at line 3, column 7 (byte 41): unexpected character") and nothing pushed.
+ * Nesting deeper than 1000 levels is an error. [-0, +(1|0), m] */
+int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen);
+
+/* Encode the value at idx as compact JSON appended to out. Returns 0, or -1 with a message
+ * in err (out may then hold a partial result: the caller resets it). [-0, +0, m] */
+int hr_json_encode(lua_State *L, int idx, hr_buf_t *out, char *err, size_t errlen);
+
+/* Push the json.null sentinel. [-0, +1, m] */
+void hr_json_push_null(lua_State *L);
+/* True if the value at idx is json.null. [-0, +0, -] */
+bool hr_json_is_null(lua_State *L, int idx);
+/* Mark the table at idx as a JSON array. [-0, +0, m] */
+void hr_json_mark_array(lua_State *L, int idx);
+
+/* Push the `json` library table: encode(v) -> string (raises on error), decode(s) -> value
+ * (raises on error), null, array(t) -> t marked as array. [-0, +1, m] */
+int hr_json_open(lua_State *L);
+
+#endif

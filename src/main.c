@@ -1,0 +1,7 @@
+/* placeholder until the CLI lands (same session) */
+#include <stdio.h>
+int main(void)
+{
+    fputs("hookrouter: not built yet\n", stderr);
+    return 1;
+}
