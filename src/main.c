@@ -1,7 +1,89 @@
-/* placeholder until the CLI lands (same session) */
+/* hookrouter: receive AiFi webhooks, run per-store Lua rules, deliver to legacy endpoints.
+ * main() only parses the command line; the commands live in cli.c. */
 #include <stdio.h>
-int main(void)
+#include <stdlib.h>
+#include <string.h>
+
+#include "hr/cli.h"
+#include "hr/common.h"
+
+static void usage(FILE *out)
 {
-    fputs("hookrouter: not built yet\n", stderr);
-    return 1;
+    fputs("Usage:\n"
+          "  hookrouter [run] [-c FILE]      serve webhooks (default FILE: ./hookrouter.lua)\n"
+          "  hookrouter check [-c FILE]      load the config, compile every rule, report errors\n"
+          "  hookrouter test [-c FILE] --path PATH [--header 'Name: value']... PAYLOAD.json...\n"
+          "                                  run the rules offline for each payload and print\n"
+          "                                  the actions as JSON lines (nothing is sent)\n"
+          "  hookrouter --help | --version\n"
+          "\n"
+          "Signals: SIGHUP reloads config and rules (a broken rule keeps the old ones);\n"
+          "SIGTERM/SIGINT stop accepting, finish requests and drain deliveries.\n"
+          "Start with the example: hookrouter run -c examples/hookrouter.lua\n",
+          out);
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = "run";
+    int i = 1;
+    if (i < argc && argv[i][0] != '-') cmd = argv[i++];
+    const char *config = "hookrouter.lua";
+    const char *path = NULL;
+    char **headers = hr_xcalloc((size_t)argc, sizeof(char *));
+    char **payloads = hr_xcalloc((size_t)argc, sizeof(char *));
+    size_t nheaders = 0, npayloads = 0;
+    int rc = 2;
+
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            usage(stdout);
+            rc = 0;
+            goto out;
+        } else if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
+            printf("hookrouter %s\n", HR_VERSION);
+            rc = 0;
+            goto out;
+        } else if ((strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) && i + 1 < argc) {
+            config = argv[++i];
+        } else if (strcmp(a, "--path") == 0 && i + 1 < argc) {
+            path = argv[++i];
+        } else if (strcmp(a, "--header") == 0 && i + 1 < argc) {
+            headers[nheaders++] = argv[++i];
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "hookrouter: unknown or incomplete option %s\n\n", a);
+            usage(stderr);
+            goto out;
+        } else {
+            payloads[npayloads++] = argv[i];
+        }
+    }
+
+    if (strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        rc = 0;
+    } else if (strcmp(cmd, "version") == 0) {
+        printf("hookrouter %s\n", HR_VERSION);
+        rc = 0;
+    } else if (strcmp(cmd, "test") == 0) {
+        if (!path || npayloads == 0) {
+            fprintf(stderr, "hookrouter test: needs --path PATH and at least one PAYLOAD.json\n");
+            goto out;
+        }
+        rc = hr_cmd_test(config, path, headers, nheaders, payloads, npayloads);
+    } else if (npayloads > 0 || path || nheaders > 0) {
+        fprintf(stderr, "hookrouter %s: --path, --header and payloads are for 'test'\n", cmd);
+    } else if (strcmp(cmd, "run") == 0) {
+        rc = hr_cmd_run(config);
+    } else if (strcmp(cmd, "check") == 0) {
+        rc = hr_cmd_check(config);
+    } else {
+        fprintf(stderr, "hookrouter: unknown command '%s'\n\n", cmd);
+        usage(stderr);
+    }
+out:
+    free(headers);
+    free(payloads);
+    return rc;
 }

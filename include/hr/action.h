@@ -11,34 +11,34 @@
 typedef enum { HR_ACTION_FORWARD = 1, HR_ACTION_WRITE = 2 } hr_action_kind_t;
 
 typedef struct hr_action {
-    struct hr_action *next;  /* intrusive link, free for whoever owns the action */
-    hr_action_kind_t kind;   /* forward or write */
+    struct hr_action *next;   /* intrusive link, free for whoever owns the action */
+    hr_action_kind_t kind;    /* forward or write */
     char event_id[HR_ID_LEN]; /* the event's id, sent as X-Hookrouter-Event-Id */
-    char *event_type;        /* e.g. "checkout-zone.left" */
-    char *store;             /* store id as a string, or NULL */
-    char *name;              /* target or file name as in the config */
-    uint64_t accepted_ms;    /* wall time the event was accepted */
+    char *event_type;         /* e.g. "checkout-zone.left" */
+    char *store;              /* store id as a string, or NULL */
+    char *name;               /* target or file name as in the config */
+    uint64_t accepted_ms;     /* wall time the event was accepted */
 
     /* HR_ACTION_FORWARD */
-    char *method;            /* "POST" unless the rule said otherwise */
-    char *url;               /* full http:// URL: the target's url + opts.path */
-    hr_header_t *headers;    /* every header to send except Host, Content-Length, Connection */
+    char *method;         /* "POST" unless the rule said otherwise */
+    char *url;            /* full http:// URL: the target's url + opts.path */
+    hr_header_t *headers; /* every header to send except Host, Content-Length, Connection */
     size_t nheaders;
-    uint32_t timeout_ms;     /* per attempt */
-    uint32_t max_attempts;   /* >= 1 */
+    uint32_t timeout_ms;   /* per attempt */
+    uint32_t max_attempts; /* >= 1 */
 
     /* HR_ACTION_WRITE */
-    char *file_path;         /* resolved path of the file (from the config, never from data) */
+    char *file_path; /* resolved path of the file (from the config, never from data) */
 
     /* Both: the request body (forward) or the line without its '\n' (write). */
     char *body;
     size_t body_len;
-    bool body_is_json;       /* body is JSON text (a table was encoded), not a raw string */
+    bool body_is_json; /* body is JSON text (a table was encoded), not a raw string */
 
     /* Delivery bookkeeping, owned by the outbox. */
-    uint32_t attempts;       /* attempts made so far */
-    int last_status;         /* last HTTP status, 0 if none */
-    char last_error[128];    /* last transport error, "" if none */
+    uint32_t attempts;    /* attempts made so far */
+    int last_status;      /* last HTTP status, 0 if none */
+    char last_error[128]; /* last transport error, "" if none */
 } hr_action_t;
 
 /* A zeroed action of the given kind. Never NULL. */

@@ -15,9 +15,9 @@
 #define HR_VERSION "0.0.0"
 #endif
 
-#define HR_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define HR_ARRAY_SIZE(a)                   (sizeof(a) / sizeof((a)[0]))
 #define hr_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-#define HR_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#define HR_PRINTF(fmt, args)               __attribute__((format(printf, fmt, args)))
 
 /* Aborting allocators: never return NULL. */
 void *hr_xmalloc(size_t n);
@@ -35,7 +35,10 @@ typedef struct {
     size_t cap; /* bytes allocated (including room for the NUL) */
 } hr_buf_t;
 
-#define HR_BUF_INIT {NULL, 0, 0}
+#define HR_BUF_INIT                                                                                \
+    {                                                                                              \
+        NULL, 0, 0                                                                                 \
+    }
 void hr_buf_init(hr_buf_t *b);
 void hr_buf_free(hr_buf_t *b);
 void hr_buf_reset(hr_buf_t *b); /* len = 0, keeps the memory */

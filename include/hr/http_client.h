@@ -15,20 +15,20 @@
 typedef struct hr_http_client hr_http_client_t;
 
 typedef struct {
-    const char *method;        /* "POST" */
-    const char *url;           /* http://host[:port]/path?query */
+    const char *method;         /* "POST" */
+    const char *url;            /* http://host[:port]/path?query */
     const hr_header_t *headers; /* sent as given; the client adds Host, Content-Length */
     size_t nheaders;
     const char *body;
     size_t body_len;
-    uint32_t timeout_ms;       /* whole exchange: connect + send + response */
+    uint32_t timeout_ms; /* whole exchange: connect + send + response */
 } hr_http_out_t;
 
 typedef struct {
-    int status;             /* HTTP status (> 0) */
-    hr_header_t *headers;   /* names lower-cased */
+    int status;           /* HTTP status (> 0) */
+    hr_header_t *headers; /* names lower-cased */
     size_t nheaders;
-    char *body;             /* NUL-terminated */
+    char *body; /* NUL-terminated */
     size_t body_len;
 } hr_http_response_t;
 

@@ -24,18 +24,18 @@
 typedef struct hr_outbox hr_outbox_t;
 
 typedef struct {
-    const char *dead_letters; /* path of the dead-letter file (JSON lines) */
-    uint64_t retry_base_ms;   /* first backoff (default 500 ms); doubles per attempt */
-    uint64_t retry_max_ms;    /* cap of one backoff (default 60 s) */
+    const char *dead_letters;    /* path of the dead-letter file (JSON lines) */
+    uint64_t retry_base_ms;      /* first backoff (default 500 ms); doubles per attempt */
+    uint64_t retry_max_ms;       /* cap of one backoff (default 60 s) */
     uint32_t max_conns_per_host; /* passed to the HTTP client (default 64) */
 } hr_outbox_opts_t;
 
 typedef struct {
-    uint64_t accepted;     /* actions pushed */
-    uint64_t delivered;    /* forwards answered 2xx and lines written */
-    uint64_t retried;      /* attempts scheduled again */
-    uint64_t dead;         /* actions dead-lettered */
-    uint64_t pending;      /* actions not finished (queued, in flight or waiting to retry) */
+    uint64_t accepted;  /* actions pushed */
+    uint64_t delivered; /* forwards answered 2xx and lines written */
+    uint64_t retried;   /* attempts scheduled again */
+    uint64_t dead;      /* actions dead-lettered */
+    uint64_t pending;   /* actions not finished (queued, in flight or waiting to retry) */
 } hr_outbox_stats_t;
 
 /* files is shared with the caller (who also writes dead letters for failed rules) and must

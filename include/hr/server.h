@@ -33,19 +33,19 @@ typedef struct hr_server hr_server_t;
 typedef struct hr_http_request hr_http_request_t;
 
 struct hr_http_request {
-    const char *method;    /* "POST", "GET", ... */
-    const char *path;      /* URL path, without the query string */
-    const char *query;     /* query string without '?', or "" */
-    hr_header_t *headers;  /* in arrival order; names lower-cased */
+    const char *method;   /* "POST", "GET", ... */
+    const char *path;     /* URL path, without the query string */
+    const char *query;    /* query string without '?', or "" */
+    hr_header_t *headers; /* in arrival order; names lower-cased */
     size_t nheaders;
-    const char *body;      /* whole body (valid in on_request only), NUL-terminated */
+    const char *body; /* whole body (valid in on_request only), NUL-terminated */
     size_t body_len;
-    int http_major;        /* 1 */
-    int http_minor;        /* 0 or 1 */
+    int http_major;          /* 1 */
+    int http_minor;          /* 0 or 1 */
     uint64_t content_length; /* from the header, or UINT64_MAX if absent/chunked */
-    char peer[64];         /* "127.0.0.1:53122" */
-    uint64_t start_ns;     /* uv_hrtime() when the first byte arrived */
-    void *data;            /* free for the application */
+    char peer[64];           /* "127.0.0.1:53122" */
+    uint64_t start_ns;       /* uv_hrtime() when the first byte arrived */
+    void *data;              /* free for the application */
 };
 
 typedef struct {
@@ -81,8 +81,8 @@ void hr_server_close(hr_server_t *s, void (*cb)(void *arg), void *arg);
 /* Answer req. status: HTTP status; headers: extra headers (Content-Length and Connection are
  * added by the server; Content-Type should be among headers when there is a body); body may
  * be NULL. Copies everything. After this call req must not be used. */
-void hr_http_reply(hr_http_request_t *req, int status, const hr_header_t *headers,
-                   size_t nheaders, const char *body, size_t body_len);
+void hr_http_reply(hr_http_request_t *req, int status, const hr_header_t *headers, size_t nheaders,
+                   const char *body, size_t body_len);
 /* Look up a request header by lower-case name; NULL if absent. */
 const char *hr_http_header(const hr_http_request_t *req, const char *name);
 

@@ -1,0 +1,51 @@
+-- hookrouter example config: every AiFi push webhook mapped to an event type.
+-- Paths are relative to this file's folder. Try it: see README.md, "Walkthrough".
+return {
+  listen = os.getenv("HOOKROUTER_LISTEN") or "127.0.0.1:8080",
+
+  -- Bearer tokens AiFi sends (several: rotation). The fallback is for trying it out only.
+  tokens = { os.getenv("AIFI_TOKEN") or "dev-token" },
+
+  -- AiFi has no event type in the body: the URL it calls tells the event. The
+  -- checkout-zone and transition families are one base URL plus /entered and /left.
+  endpoints = {
+    ["/aifi/transition/entered"] = "transition.entered",
+    ["/aifi/transition/left"] = "transition.left",
+    ["/aifi/checkout-zone/entered"] = "checkout-zone.entered",
+    ["/aifi/checkout-zone/left"] = "checkout-zone.left",
+    ["/aifi/checkout"] = "checkout",
+    ["/aifi/cart-mutator"] = "cart-mutator",
+    ["/aifi/order-price"] = "order-price",
+    ["/aifi/entry-code/verify"] = "entry-code.verify",
+    ["/aifi/entry-code/notify"] = "entry-code.notify",
+    ["/aifi/customer"] = "customer.created",
+    ["/aifi/remote-register"] = "remote-register",
+    ["/aifi/tracking"] = "tracking",
+    ["/aifi/suspected-fraud"] = "suspected-fraud",
+    ["/aifi/identity-matching"] = "identity-matching",
+    ["/aifi/planogram-error"] = "planogram-error",
+    ["/aifi/restricted-products-interactions"] = "restricted-products-interactions",
+  },
+
+  store_key = "storeId",  -- rules/stores/<storeId>.lua runs for that store
+  rules = "rules",
+
+  targets = {
+    -- Store 42's legacy point-of-sale endpoint (scripts/sink.py 9000 stands in for it).
+    legacy_pos = {
+      url = os.getenv("LEGACY_POS_URL") or "http://127.0.0.1:9000/legacy",
+      headers = { ["X-Api-Key"] = os.getenv("LEGACY_POS_KEY") or "example-key" },
+      timeout_ms = 5000,
+      max_attempts = 5,
+    },
+  },
+
+  files = {
+    audit = { path = "var/audit.jsonl" },
+    crm = { path = "var/crm-1042.jsonl" },
+  },
+  dead_letters = "var/dead-letters.jsonl",
+
+  delivery = { retry_base_ms = 500, retry_max_ms = 60000 },
+  log = { level = "info" },
+}

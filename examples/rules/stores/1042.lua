@@ -1,0 +1,15 @@
+-- Store 1042 feeds a CRM import that reads JSON lines with its own field names.
+local aifi = require("lib.aifi")
+
+return function(event)
+  local b = event.body
+  write("crm", {
+    kind = event.type,
+    store_code = b.storeExternalId,
+    shopper = b.customer and b.customer.externalId or json.null,
+    session = aifi.session_id(b) or json.null,
+    happened_at = b.timeOfOrigin,
+    received_at = event.received_at,
+    ref = event.id,
+  })
+end

@@ -1,0 +1,87 @@
+/* The configuration: a Lua file that returns a table (src/config.c). Loading runs the file in
+ * a small Lua state of its own (base, string, table, math and os.getenv), then copies every
+ * value into plain C structs and closes that state, so the rest of the program never touches
+ * the config's Lua. Every problem is collected, not just the first, each naming the key:
+ * "examples/hookrouter.lua: targets.pos.url: expected a string, got number". */
+#ifndef HR_CONFIG_H
+#define HR_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "hr/common.h"
+
+typedef struct {
+    char *path;  /* exact request path, e.g. "/aifi/checkout-zone/left" */
+    char *event; /* event type, e.g. "checkout-zone.left" */
+} hr_endpoint_conf_t;
+
+typedef struct {
+    char *name;           /* key in targets */
+    char *url;            /* http://host:port/base */
+    hr_header_t *headers; /* the target's own headers (e.g. an API key) */
+    size_t nheaders;
+    uint32_t timeout_ms;   /* per attempt (default 5000) */
+    uint32_t max_attempts; /* default 5 */
+} hr_target_conf_t;
+
+typedef struct {
+    char *name; /* key in files */
+    char *path; /* resolved against the config folder */
+} hr_file_conf_t;
+
+typedef struct {
+    size_t body_bytes;           /* default 1 MiB */
+    size_t header_bytes;         /* default 16 KiB */
+    uint64_t rule_instructions;  /* default 1e6 VM instructions per event */
+    size_t rule_memory_bytes;    /* default 64 MiB for a rule state */
+    uint64_t idle_timeout_ms;    /* default 60 s */
+    uint64_t request_timeout_ms; /* default 30 s */
+} hr_limits_t;
+
+typedef struct hr_config {
+    char *file;        /* the config file as given */
+    char *dir;         /* its folder: relative paths are resolved against it */
+    char *listen;      /* "127.0.0.1:8080" as written */
+    char *listen_host; /* "127.0.0.1", "::1" */
+    int listen_port;
+    char **tokens; /* accepted bearer tokens */
+    size_t ntokens;
+    bool insecure_no_auth; /* accept requests without a token (tests, local dev) */
+    hr_endpoint_conf_t *endpoints;
+    size_t nendpoints;
+    char *store_key; /* dotted path into the body, default "storeId" */
+    char *rules_dir; /* resolved folder of default.lua and stores/ */
+    hr_target_conf_t *targets;
+    size_t ntargets;
+    hr_file_conf_t *files;
+    size_t nfiles;
+    char *dead_letters; /* resolved path */
+    hr_limits_t limits;
+    uint64_t retry_base_ms;        /* delivery.retry_base_ms, default 500 */
+    uint64_t retry_max_ms;         /* delivery.retry_max_ms, default 60000 */
+    uint32_t max_conns_per_target; /* delivery.max_connections, default 64 */
+    uint64_t shutdown_grace_ms;    /* default 10000 */
+    char *log_level;               /* "info" */
+} hr_config_t;
+
+/* A list of error messages. */
+typedef struct {
+    char **msgs;
+    size_t n;
+} hr_errors_t;
+
+void hr_errors_add(hr_errors_t *e, const char *fmt, ...) HR_PRINTF(2, 3);
+void hr_errors_free(hr_errors_t *e);
+
+/* Load and validate the config file at path. Returns the config, or NULL with at least one
+ * message in errs. */
+hr_config_t *hr_config_load(const char *path, hr_errors_t *errs);
+/* Free a config. Accepts NULL. */
+void hr_config_destroy(hr_config_t *c);
+
+const hr_target_conf_t *hr_config_target(const hr_config_t *c, const char *name);
+const hr_file_conf_t *hr_config_file(const hr_config_t *c, const char *name);
+const hr_endpoint_conf_t *hr_config_endpoint(const hr_config_t *c, const char *path);
+
+#endif

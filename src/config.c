@@ -1,0 +1,661 @@
+/* Config loading: run the config file in a throwaway Lua state, copy the returned table into
+ * hr_config_t, and collect every problem with the key it concerns. */
+#include "hr/config.h"
+
+#include <errno.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- errors */
+
+void hr_errors_add(hr_errors_t *e, const char *fmt, ...)
+{
+    hr_buf_t b = HR_BUF_INIT;
+    va_list ap;
+    va_start(ap, fmt);
+    hr_buf_vprintf(&b, fmt, ap);
+    va_end(ap);
+    e->msgs = hr_xrealloc(e->msgs, (e->n + 1) * sizeof *e->msgs);
+    e->msgs[e->n++] = hr_buf_steal(&b, NULL);
+}
+
+void hr_errors_free(hr_errors_t *e)
+{
+    for (size_t i = 0; i < e->n; i++)
+        free(e->msgs[i]);
+    free(e->msgs);
+    e->msgs = NULL;
+    e->n = 0;
+}
+
+/* ---------------------------------------------------------------- walking the table */
+
+typedef struct {
+    lua_State *L;
+    hr_config_t *c;
+    hr_errors_t *errs;
+} loader_t;
+
+static void key_err(loader_t *ld, const char *key, const char *fmt, ...) HR_PRINTF(3, 4);
+static void key_err(loader_t *ld, const char *key, const char *fmt, ...)
+{
+    hr_buf_t b = HR_BUF_INIT;
+    va_list ap;
+    va_start(ap, fmt);
+    hr_buf_vprintf(&b, fmt, ap);
+    va_end(ap);
+    hr_errors_add(ld->errs, "%s: %s: %s", ld->c->file, key, b.data);
+    hr_buf_free(&b);
+}
+
+static const char *type_at(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) == LUA_TNUMBER) return lua_isinteger(L, idx) ? "integer" : "number";
+    return luaL_typename(L, idx);
+}
+
+/* Read the string at the top of the stack into *out (a copy). Pops nothing. */
+static void want_string(loader_t *ld, const char *key, char **out)
+{
+    if (lua_type(ld->L, -1) != LUA_TSTRING) {
+        key_err(ld, key, "expected a string, got %s", type_at(ld->L, -1));
+        return;
+    }
+    size_t n;
+    const char *s = lua_tolstring(ld->L, -1, &n);
+    if (strlen(s) != n) {
+        key_err(ld, key, "must not contain NUL bytes");
+        return;
+    }
+    free(*out);
+    *out = hr_xstrdup(s);
+}
+
+/* Read a whole number in [min, max] at the top of the stack. */
+static void want_uint(loader_t *ld, const char *key, uint64_t min, uint64_t max, uint64_t *out)
+{
+    lua_State *L = ld->L;
+    lua_Integer v;
+    if (lua_isinteger(L, -1)) {
+        v = lua_tointeger(L, -1);
+    } else if (lua_type(L, -1) == LUA_TNUMBER) {
+        lua_Number d = lua_tonumber(L, -1);
+        if (d != floor(d) || d < -9e18 || d > 9e18) {
+            key_err(ld, key, "expected a whole number, got %g", (double)d);
+            return;
+        }
+        v = (lua_Integer)d;
+    } else {
+        key_err(ld, key, "expected a number, got %s", type_at(L, -1));
+        return;
+    }
+    if (v < 0 || (uint64_t)v < min || (uint64_t)v > max) {
+        key_err(ld, key, "must be between %llu and %llu, got %lld", (unsigned long long)min,
+                (unsigned long long)max, (long long)v);
+        return;
+    }
+    *out = (uint64_t)v;
+}
+
+static void want_bool(loader_t *ld, const char *key, bool *out)
+{
+    if (lua_type(ld->L, -1) != LUA_TBOOLEAN) {
+        key_err(ld, key, "expected true or false, got %s", type_at(ld->L, -1));
+        return;
+    }
+    *out = lua_toboolean(ld->L, -1);
+}
+
+static bool want_table(loader_t *ld, const char *key)
+{
+    if (lua_type(ld->L, -1) == LUA_TTABLE) return true;
+    key_err(ld, key, "expected a table, got %s", type_at(ld->L, -1));
+    return false;
+}
+
+/* Check that the table on top only has keys from allowed (NULL-terminated). */
+static void check_keys(loader_t *ld, const char *prefix, const char *const *allowed)
+{
+    lua_State *L = ld->L;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pop(L, 1); /* drop value, keep key */
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            key_err(ld, prefix[0] ? prefix : "(top level)", "keys must be strings, found a %s key",
+                    type_at(L, -1));
+            continue;
+        }
+        const char *k = lua_tostring(L, -1);
+        bool ok = false;
+        for (size_t i = 0; allowed[i]; i++)
+            ok = ok || strcmp(allowed[i], k) == 0;
+        if (!ok) {
+            hr_buf_t known = HR_BUF_INIT;
+            for (size_t i = 0; allowed[i]; i++)
+                hr_buf_printf(&known, "%s%s", i ? ", " : "", allowed[i]);
+            char *full = prefix[0] ? hr_xasprintf("%s.%s", prefix, k) : hr_xstrdup(k);
+            key_err(ld, full, "unknown key (known: %s)", known.data);
+            free(full);
+            hr_buf_free(&known);
+        }
+    }
+}
+
+/* Count string-keyed entries of the table on top. */
+static size_t count_entries(lua_State *L)
+{
+    size_t n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pop(L, 1);
+        n++;
+    }
+    return n;
+}
+
+/* ---------------------------------------------------------------- sections */
+
+static int parse_listen(hr_config_t *c, char *err, size_t errlen)
+{
+    const char *s = c->listen;
+    const char *colon;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':') goto bad;
+        c->listen_host = hr_xstrndup(s + 1, (size_t)(close - s - 1));
+        colon = close + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon) goto bad;
+        c->listen_host = colon == s ? hr_xstrdup("0.0.0.0") : hr_xstrndup(s, (size_t)(colon - s));
+    }
+    char *end;
+    errno = 0;
+    long port = strtol(colon + 1, &end, 10);
+    if (end == colon + 1 || *end || errno || port < 0 || port > 65535) goto bad;
+    c->listen_port = (int)port;
+    return 0;
+bad:
+    snprintf(err, errlen, "expected \"host:port\" or \"[ipv6]:port\", got \"%s\"", s);
+    return -1;
+}
+
+static void load_tokens(loader_t *ld)
+{
+    lua_State *L = ld->L;
+    if (!want_table(ld, "tokens")) return;
+    size_t n = lua_rawlen(L, -1);
+    if (count_entries(L) != n) key_err(ld, "tokens", "expected a list of strings");
+    ld->c->tokens = hr_xcalloc(n ? n : 1, sizeof(char *));
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        char key[32];
+        snprintf(key, sizeof key, "tokens[%zu]", i);
+        char *tok = NULL;
+        want_string(ld, key, &tok);
+        if (tok && !tok[0]) {
+            key_err(ld, key, "empty token");
+            free(tok);
+            tok = NULL;
+        }
+        if (tok) ld->c->tokens[ld->c->ntokens++] = tok;
+        lua_pop(L, 1);
+    }
+}
+
+static void load_endpoints(loader_t *ld)
+{
+    lua_State *L = ld->L;
+    hr_config_t *c = ld->c;
+    if (!want_table(ld, "endpoints")) return;
+    c->endpoints = hr_xcalloc(count_entries(L) + 1, sizeof *c->endpoints);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            key_err(ld, "endpoints", "keys must be request paths (strings)");
+            lua_pop(L, 1);
+            continue;
+        }
+        const char *path = lua_tostring(L, -2);
+        char *key = hr_xasprintf("endpoints[\"%s\"]", path);
+        char *event = NULL;
+        if (path[0] != '/') key_err(ld, key, "a path must start with '/'");
+        if (strcmp(path, "/healthz") == 0) key_err(ld, key, "/healthz is reserved");
+        want_string(ld, key, &event);
+        if (event && !event[0]) key_err(ld, key, "the event type must not be empty");
+        if (event) {
+            c->endpoints[c->nendpoints].path = hr_xstrdup(path);
+            c->endpoints[c->nendpoints].event = event;
+            c->nendpoints++;
+        }
+        free(key);
+        lua_pop(L, 1);
+    }
+    if (c->nendpoints == 0) key_err(ld, "endpoints", "no endpoint configured");
+}
+
+/* Read a table of string -> string headers on top into *h / *n. */
+static void load_headers(loader_t *ld, const char *key, hr_header_t **h, size_t *n)
+{
+    lua_State *L = ld->L;
+    if (!want_table(ld, key)) return;
+    *h = hr_xcalloc(count_entries(L) + 1, sizeof **h);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
+            key_err(ld, key, "expected header name = value strings");
+        } else {
+            const char *name = lua_tostring(L, -2), *value = lua_tostring(L, -1);
+            if (strpbrk(name, "\r\n: ") || !name[0] || strpbrk(value, "\r\n")) {
+                key_err(ld, key, "invalid header %s", name);
+            } else {
+                (*h)[*n].name = hr_xstrdup(name);
+                (*h)[*n].value = hr_xstrdup(value);
+                (*n)++;
+            }
+        }
+        lua_pop(L, 1);
+    }
+}
+
+static void load_targets(loader_t *ld)
+{
+    static const char *const keys[] = {"url", "headers", "timeout_ms", "max_attempts", NULL};
+    lua_State *L = ld->L;
+    hr_config_t *c = ld->c;
+    if (!want_table(ld, "targets")) return;
+    c->targets = hr_xcalloc(count_entries(L) + 1, sizeof *c->targets);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            key_err(ld, "targets", "target names must be strings");
+            lua_pop(L, 1);
+            continue;
+        }
+        const char *name = lua_tostring(L, -2);
+        char *prefix = hr_xasprintf("targets.%s", name);
+        if (want_table(ld, prefix)) {
+            hr_target_conf_t *t = &c->targets[c->ntargets++];
+            t->name = hr_xstrdup(name);
+            t->timeout_ms = 5000;
+            t->max_attempts = 5;
+            check_keys(ld, prefix, keys);
+            char key[256];
+            snprintf(key, sizeof key, "%s.url", prefix);
+            if (lua_getfield(L, -1, "url") == LUA_TNIL) {
+                key_err(ld, key, "missing (e.g. url = \"http://127.0.0.1:9000/hook\")");
+            } else {
+                want_string(ld, key, &t->url);
+                hr_url_t u;
+                char uerr[256];
+                if (t->url && hr_url_parse(t->url, &u, uerr, sizeof uerr) != 0)
+                    key_err(ld, key, "%s", uerr);
+                else if (t->url)
+                    hr_url_free(&u);
+            }
+            lua_pop(L, 1);
+            snprintf(key, sizeof key, "%s.headers", prefix);
+            if (lua_getfield(L, -1, "headers") != LUA_TNIL)
+                load_headers(ld, key, &t->headers, &t->nheaders);
+            lua_pop(L, 1);
+            uint64_t v;
+            snprintf(key, sizeof key, "%s.timeout_ms", prefix);
+            if (lua_getfield(L, -1, "timeout_ms") != LUA_TNIL) {
+                v = t->timeout_ms;
+                want_uint(ld, key, 1, 3600000, &v);
+                t->timeout_ms = (uint32_t)v;
+            }
+            lua_pop(L, 1);
+            snprintf(key, sizeof key, "%s.max_attempts", prefix);
+            if (lua_getfield(L, -1, "max_attempts") != LUA_TNIL) {
+                v = t->max_attempts;
+                want_uint(ld, key, 1, 1000, &v);
+                t->max_attempts = (uint32_t)v;
+            }
+            lua_pop(L, 1);
+        }
+        free(prefix);
+        lua_pop(L, 1);
+    }
+}
+
+static void load_files(loader_t *ld)
+{
+    static const char *const keys[] = {"path", NULL};
+    lua_State *L = ld->L;
+    hr_config_t *c = ld->c;
+    if (!want_table(ld, "files")) return;
+    c->files = hr_xcalloc(count_entries(L) + 1, sizeof *c->files);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            key_err(ld, "files", "file names must be strings");
+            lua_pop(L, 1);
+            continue;
+        }
+        const char *name = lua_tostring(L, -2);
+        char *prefix = hr_xasprintf("files.%s", name);
+        char *path = NULL;
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            want_string(ld, prefix, &path); /* files = { audit = "var/audit.jsonl" } */
+        } else if (want_table(ld, prefix)) {
+            check_keys(ld, prefix, keys);
+            char *key = hr_xasprintf("%s.path", prefix);
+            if (lua_getfield(L, -1, "path") == LUA_TNIL)
+                key_err(ld, key, "missing (e.g. path = \"var/audit.jsonl\")");
+            else
+                want_string(ld, key, &path);
+            lua_pop(L, 1);
+            free(key);
+        }
+        if (path) {
+            c->files[c->nfiles].name = hr_xstrdup(name);
+            c->files[c->nfiles].path = hr_path_join(c->dir, path);
+            c->nfiles++;
+            free(path);
+        }
+        free(prefix);
+        lua_pop(L, 1);
+    }
+}
+
+typedef struct {
+    const char *name;
+    uint64_t min, max;
+    size_t offset; /* into hr_limits_t */
+    bool is_size;  /* size_t rather than uint64_t */
+} limit_def_t;
+
+static void load_limits(loader_t *ld)
+{
+    static const limit_def_t defs[] = {
+        {"body_bytes", 1, 1u << 30, offsetof(hr_limits_t, body_bytes), true},
+        {"header_bytes", 256, 1u << 20, offsetof(hr_limits_t, header_bytes), true},
+        {"rule_instructions", 1000, 1000000000000ull, offsetof(hr_limits_t, rule_instructions),
+         false},
+        {"rule_memory_bytes", 1u << 20, 1ull << 40, offsetof(hr_limits_t, rule_memory_bytes), true},
+        {"idle_timeout_ms", 1, 86400000, offsetof(hr_limits_t, idle_timeout_ms), false},
+        {"request_timeout_ms", 1, 86400000, offsetof(hr_limits_t, request_timeout_ms), false},
+    };
+    static const char *const keys[] = {"body_bytes",
+                                       "header_bytes",
+                                       "rule_instructions",
+                                       "rule_memory_bytes",
+                                       "idle_timeout_ms",
+                                       "request_timeout_ms",
+                                       NULL};
+    lua_State *L = ld->L;
+    if (!want_table(ld, "limits")) return;
+    check_keys(ld, "limits", keys);
+    for (size_t i = 0; i < HR_ARRAY_SIZE(defs); i++) {
+        if (lua_getfield(L, -1, defs[i].name) != LUA_TNIL) {
+            char key[64];
+            snprintf(key, sizeof key, "limits.%s", defs[i].name);
+            char *field = (char *)&ld->c->limits + defs[i].offset;
+            uint64_t v = defs[i].is_size ? *(size_t *)field : *(uint64_t *)field;
+            want_uint(ld, key, defs[i].min, defs[i].max, &v);
+            if (defs[i].is_size)
+                *(size_t *)field = (size_t)v;
+            else
+                *(uint64_t *)field = v;
+        }
+        lua_pop(L, 1);
+    }
+}
+
+static void load_delivery(loader_t *ld)
+{
+    static const char *const keys[] = {"retry_base_ms", "retry_max_ms", "max_connections", NULL};
+    lua_State *L = ld->L;
+    hr_config_t *c = ld->c;
+    if (!want_table(ld, "delivery")) return;
+    check_keys(ld, "delivery", keys);
+    if (lua_getfield(L, -1, "retry_base_ms") != LUA_TNIL)
+        want_uint(ld, "delivery.retry_base_ms", 1, 86400000, &c->retry_base_ms);
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "retry_max_ms") != LUA_TNIL)
+        want_uint(ld, "delivery.retry_max_ms", 1, 86400000, &c->retry_max_ms);
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "max_connections") != LUA_TNIL) {
+        uint64_t v = c->max_conns_per_target;
+        want_uint(ld, "delivery.max_connections", 1, 10000, &v);
+        c->max_conns_per_target = (uint32_t)v;
+    }
+    lua_pop(L, 1);
+}
+
+static void load_log(loader_t *ld)
+{
+    static const char *const keys[] = {"level", NULL};
+    if (!want_table(ld, "log")) return;
+    check_keys(ld, "log", keys);
+    if (lua_getfield(ld->L, -1, "level") != LUA_TNIL) {
+        want_string(ld, "log.level", &ld->c->log_level);
+        if (strcmp(ld->c->log_level, "debug") && strcmp(ld->c->log_level, "info") &&
+            strcmp(ld->c->log_level, "warn") && strcmp(ld->c->log_level, "error"))
+            key_err(ld, "log.level", "expected debug, info, warn or error, got \"%s\"",
+                    ld->c->log_level);
+    }
+    lua_pop(ld->L, 1);
+}
+
+/* Walk the table on top of the stack into ld->c. */
+static void load_root(loader_t *ld)
+{
+    static const char *const keys[] = {"listen",
+                                       "tokens",
+                                       "insecure_no_auth",
+                                       "endpoints",
+                                       "store_key",
+                                       "rules",
+                                       "targets",
+                                       "files",
+                                       "dead_letters",
+                                       "limits",
+                                       "delivery",
+                                       "log",
+                                       "shutdown_grace_ms",
+                                       NULL};
+    lua_State *L = ld->L;
+    hr_config_t *c = ld->c;
+    check_keys(ld, "", keys);
+
+    if (lua_getfield(L, -1, "listen") != LUA_TNIL) want_string(ld, "listen", &c->listen);
+    lua_pop(L, 1);
+    char err[256];
+    if (parse_listen(c, err, sizeof err) != 0) key_err(ld, "listen", "%s", err);
+
+    if (lua_getfield(L, -1, "insecure_no_auth") != LUA_TNIL)
+        want_bool(ld, "insecure_no_auth", &c->insecure_no_auth);
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "tokens") != LUA_TNIL) load_tokens(ld);
+    lua_pop(L, 1);
+    if (c->ntokens == 0 && !c->insecure_no_auth)
+        key_err(ld, "tokens",
+                "no bearer token configured (an os.getenv() that returned nil leaves it empty); "
+                "set tokens = { \"...\" }, or insecure_no_auth = true for local testing only");
+
+    if (lua_getfield(L, -1, "endpoints") == LUA_TNIL)
+        key_err(ld, "endpoints",
+                "missing: map request paths to event types, e.g. "
+                "[\"/aifi/checkout-zone/left\"] = \"checkout-zone.left\"");
+    else
+        load_endpoints(ld);
+    lua_pop(L, 1);
+
+    if (lua_getfield(L, -1, "store_key") != LUA_TNIL) want_string(ld, "store_key", &c->store_key);
+    lua_pop(L, 1);
+
+    char *rules = NULL;
+    if (lua_getfield(L, -1, "rules") == LUA_TNIL)
+        key_err(ld, "rules", "missing: the folder of default.lua and stores/<store>.lua");
+    else
+        want_string(ld, "rules", &rules);
+    lua_pop(L, 1);
+    if (rules) {
+        c->rules_dir = hr_path_join(c->dir, rules);
+        free(rules);
+    }
+
+    if (lua_getfield(L, -1, "targets") != LUA_TNIL) load_targets(ld);
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "files") != LUA_TNIL) load_files(ld);
+    lua_pop(L, 1);
+
+    char *dl = NULL;
+    if (lua_getfield(L, -1, "dead_letters") != LUA_TNIL) want_string(ld, "dead_letters", &dl);
+    lua_pop(L, 1);
+    c->dead_letters = hr_path_join(c->dir, dl ? dl : "var/dead-letters.jsonl");
+    free(dl);
+
+    if (lua_getfield(L, -1, "limits") != LUA_TNIL) load_limits(ld);
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "delivery") != LUA_TNIL) load_delivery(ld);
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "shutdown_grace_ms") != LUA_TNIL)
+        want_uint(ld, "shutdown_grace_ms", 0, 3600000, &c->shutdown_grace_ms);
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "log") != LUA_TNIL) load_log(ld);
+    lua_pop(L, 1);
+}
+
+static void set_defaults(hr_config_t *c)
+{
+    c->listen = hr_xstrdup("127.0.0.1:8080");
+    c->store_key = hr_xstrdup("storeId");
+    c->log_level = hr_xstrdup("info");
+    c->limits.body_bytes = 1u << 20;
+    c->limits.header_bytes = 16384;
+    c->limits.rule_instructions = 1000000;
+    c->limits.rule_memory_bytes = 64u << 20;
+    c->limits.idle_timeout_ms = 60000;
+    c->limits.request_timeout_ms = 30000;
+    c->retry_base_ms = 500;
+    c->retry_max_ms = 60000;
+    c->max_conns_per_target = 64;
+    c->shutdown_grace_ms = 10000;
+}
+
+/* Open the libraries a config may use: base (without file loading), string, table, math,
+ * and os.getenv as the only member of os. [-0, +0, m] */
+static void open_config_libs(lua_State *L)
+{
+    luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
+    luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+    luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
+    luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
+    lua_pop(L, 4);
+    luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0); /* full os, not made global */
+    lua_newtable(L);                                /* the config's os */
+    lua_getfield(L, -2, "getenv");
+    lua_setfield(L, -2, "getenv");
+    lua_setglobal(L, "os");
+    lua_pop(L, 1); /* full os */
+    static const char *const banned[] = {"dofile", "loadfile", "load", "require", NULL};
+    for (size_t i = 0; banned[i]; i++) {
+        lua_pushnil(L);
+        lua_setglobal(L, banned[i]);
+    }
+}
+
+hr_config_t *hr_config_load(const char *path, hr_errors_t *errs)
+{
+    size_t before = errs->n;
+    hr_config_t *c = hr_xcalloc(1, sizeof *c);
+    c->file = hr_xstrdup(path);
+    const char *slash = strrchr(path, '/');
+    c->dir = slash ? hr_xstrndup(path, (size_t)(slash - path + (slash == path))) : hr_xstrdup(".");
+    set_defaults(c);
+
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        hr_errors_add(errs, "%s: cannot create a Lua state", path);
+        goto fail;
+    }
+    open_config_libs(L);
+
+    int rc = luaL_loadfilex(L, path, "t");
+    if (rc == LUA_ERRFILE) {
+        hr_errors_add(errs, "%s: cannot read the config file: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (rc != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        /* Lua prefixes errors with the chunk name, which is the path already. */
+        hr_errors_add(errs, "%s", msg ? msg : "unknown error loading the config");
+        goto fail;
+    }
+    if (lua_type(L, -1) != LUA_TTABLE) {
+        hr_errors_add(errs, "%s: the config file must return a table (return { ... }), got %s",
+                      path, type_at(L, -1));
+        goto fail;
+    }
+    loader_t ld = {L, c, errs};
+    load_root(&ld);
+    if (errs->n != before) goto fail;
+    lua_close(L);
+    return c;
+fail:
+    if (L) lua_close(L);
+    hr_config_destroy(c);
+    return NULL;
+}
+
+void hr_config_destroy(hr_config_t *c)
+{
+    if (!c) return;
+    free(c->file);
+    free(c->dir);
+    free(c->listen);
+    free(c->listen_host);
+    for (size_t i = 0; i < c->ntokens; i++)
+        free(c->tokens[i]);
+    free(c->tokens);
+    for (size_t i = 0; i < c->nendpoints; i++) {
+        free(c->endpoints[i].path);
+        free(c->endpoints[i].event);
+    }
+    free(c->endpoints);
+    free(c->store_key);
+    free(c->rules_dir);
+    for (size_t i = 0; i < c->ntargets; i++) {
+        free(c->targets[i].name);
+        free(c->targets[i].url);
+        hr_headers_free(c->targets[i].headers, c->targets[i].nheaders);
+    }
+    free(c->targets);
+    for (size_t i = 0; i < c->nfiles; i++) {
+        free(c->files[i].name);
+        free(c->files[i].path);
+    }
+    free(c->files);
+    free(c->dead_letters);
+    free(c->log_level);
+    free(c);
+}
+
+const hr_target_conf_t *hr_config_target(const hr_config_t *c, const char *name)
+{
+    for (size_t i = 0; i < c->ntargets; i++)
+        if (strcmp(c->targets[i].name, name) == 0) return &c->targets[i];
+    return NULL;
+}
+
+const hr_file_conf_t *hr_config_file(const hr_config_t *c, const char *name)
+{
+    for (size_t i = 0; i < c->nfiles; i++)
+        if (strcmp(c->files[i].name, name) == 0) return &c->files[i];
+    return NULL;
+}
+
+const hr_endpoint_conf_t *hr_config_endpoint(const hr_config_t *c, const char *path)
+{
+    for (size_t i = 0; i < c->nendpoints; i++)
+        if (strcmp(c->endpoints[i].path, path) == 0) return &c->endpoints[i];
+    return NULL;
+}

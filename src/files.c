@@ -1,0 +1,251 @@
+/* Append-only JSON-lines files and dead-letter formatting (see include/hr/files.h).
+ *
+ * Descriptors are kept in a small table keyed by path (a linear array: a process writes to a
+ * handful of files). Each line goes out with one writev(2) of the line and its '\n' on an
+ * O_APPEND descriptor, so concurrent writers never interleave inside a line. */
+#include "hr/files.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+/* One open file. */
+typedef struct {
+    char *path; /* as given to hr_files_append, owned */
+    int fd;     /* O_WRONLY|O_APPEND descriptor, or -1 after hr_files_reopen */
+} hr_file_t;
+
+struct hr_files {
+    hr_file_t *files; /* the table, searched linearly */
+    size_t n;         /* entries used */
+    size_t cap;       /* entries allocated */
+};
+
+/* Create an empty table. Never NULL (allocation aborts). */
+hr_files_t *hr_files_create(void)
+{
+    return hr_xcalloc(1, sizeof(hr_files_t));
+}
+
+/* Create every missing parent directory of path (mkdir -p of its dirname), mode 0755.
+ * Returns 0, or a negative errno. */
+static int mkdir_parents(const char *path)
+{
+    char *dir = hr_xstrdup(path);
+    char *slash = strrchr(dir, '/');
+    int rc = 0;
+    if (!slash || slash == dir) goto out; /* relative file in cwd, or a file under / */
+    *slash = '\0';
+    for (char *p = dir + 1; ; p++) {
+        if (*p != '/' && *p != '\0') continue;
+        char saved = *p;
+        *p = '\0';
+        if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+            rc = -errno;
+            goto out;
+        }
+        *p = saved;
+        if (saved == '\0') break;
+    }
+out:
+    free(dir);
+    return rc;
+}
+
+/* Open path for appending, creating it and its parent directories. Returns the descriptor,
+ * or a negative errno. */
+static int open_append(const char *path)
+{
+    const int flags = O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC;
+    int fd = open(path, flags, 0644);
+    if (fd >= 0 || errno != ENOENT) return fd >= 0 ? fd : -errno;
+    int rc = mkdir_parents(path);
+    if (rc < 0) return rc;
+    fd = open(path, flags, 0644);
+    return fd >= 0 ? fd : -errno;
+}
+
+/* Find the table entry for path, adding a closed one if there is none. Never NULL. */
+static hr_file_t *file_slot(hr_files_t *f, const char *path)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        if (strcmp(f->files[i].path, path) == 0) return &f->files[i];
+    }
+    if (f->n == f->cap) {
+        f->cap = f->cap ? f->cap * 2 : 8;
+        f->files = hr_xrealloc(f->files, f->cap * sizeof *f->files);
+    }
+    hr_file_t *e = &f->files[f->n++];
+    e->path = hr_xstrdup(path);
+    e->fd = -1;
+    return e;
+}
+
+/* Append line + '\n' to path in one writev (looping on short writes, which only happen when
+ * the disk fills or a signal interrupts). Returns 0, or a negative errno with a message in
+ * err. After a write error the descriptor is closed, so the next append reopens the file. */
+int hr_files_append(hr_files_t *f, const char *path, const char *line, size_t len, char *err,
+                    size_t errlen)
+{
+    hr_file_t *e = file_slot(f, path);
+    if (e->fd < 0) {
+        int fd = open_append(path);
+        if (fd < 0) {
+            snprintf(err, errlen, "open %s: %s", path, strerror(-fd));
+            return fd;
+        }
+        e->fd = fd;
+    }
+    struct iovec iov[2] = {
+        {.iov_base = (void *)line, .iov_len = len},
+        {.iov_base = (void *)"\n", .iov_len = 1},
+    };
+    struct iovec *v = iov;
+    int iovcnt = 2;
+    while (iovcnt > 0) {
+        ssize_t n = writev(e->fd, v, iovcnt);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            int rc = -errno;
+            snprintf(err, errlen, "write %s: %s", path, strerror(errno));
+            close(e->fd);
+            e->fd = -1;
+            return rc;
+        }
+        size_t left = (size_t)n;
+        while (iovcnt > 0 && left >= v->iov_len) {
+            left -= v->iov_len;
+            v++;
+            iovcnt--;
+        }
+        if (iovcnt > 0) {
+            v->iov_base = (char *)v->iov_base + left;
+            v->iov_len -= left;
+        }
+    }
+    return 0;
+}
+
+/* Close every descriptor; paths stay in the table and are reopened on their next append.
+ * Can't fail. */
+void hr_files_reopen(hr_files_t *f)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        if (f->files[i].fd >= 0) close(f->files[i].fd);
+        f->files[i].fd = -1;
+    }
+}
+
+/* Close every descriptor and free the table. Accepts NULL. */
+void hr_files_destroy(hr_files_t *f)
+{
+    if (!f) return;
+    hr_files_reopen(f);
+    for (size_t i = 0; i < f->n; i++) free(f->files[i].path);
+    free(f->files);
+    free(f);
+}
+
+/* ---- Dead-letter formatting ---------------------------------------------------------- */
+
+/* Append s as a JSON string, or null when s is NULL. */
+static void json_str_or_null(hr_buf_t *out, const char *s)
+{
+    if (s)
+        hr_buf_append_json_string(out, s, strlen(s));
+    else
+        hr_buf_appends(out, "null");
+}
+
+/* Append "dead_at":"<now>". */
+static void json_dead_at(hr_buf_t *out)
+{
+    char now[32];
+    hr_rfc3339(hr_wall_ms(), now);
+    hr_buf_appends(out, "\"dead_at\":");
+    hr_buf_append_json_string(out, now, strlen(now));
+}
+
+/* Format the dead letter of an event whose rule failed into out (appended, no '\n'); see
+ * files.h for the shape. Strings are escaped; NULL strings become null. Can't fail. */
+void hr_deadletter_for_event(hr_buf_t *out, const hr_event_meta_t *ev, const char *error,
+                             const char *raw_body, size_t raw_len)
+{
+    hr_buf_appendc(out, '{');
+    json_dead_at(out);
+    hr_buf_appends(out, ",\"reason\":\"rule failed\",\"error\":");
+    json_str_or_null(out, error);
+    hr_buf_appends(out, ",\"event\":{\"id\":");
+    json_str_or_null(out, ev->id);
+    hr_buf_appends(out, ",\"type\":");
+    json_str_or_null(out, ev->type);
+    hr_buf_appends(out, ",\"store\":");
+    json_str_or_null(out, ev->store);
+    hr_buf_appends(out, ",\"method\":");
+    json_str_or_null(out, ev->method);
+    hr_buf_appends(out, ",\"path\":");
+    json_str_or_null(out, ev->path);
+    hr_buf_appends(out, ",\"received_at\":");
+    json_str_or_null(out, ev->received_at);
+    hr_buf_appends(out, "},\"raw_body\":");
+    hr_buf_append_json_string(out, raw_body ? raw_body : "", raw_body ? raw_len : 0);
+    hr_buf_appendc(out, '}');
+}
+
+/* Format the dead letter of an undeliverable action into out (appended, no '\n'); see
+ * files.h for the shape. Both kinds carry attempts, last_status and last_error; a forward has
+ * target/url/method/body, a write has file/path/record. A body marked body_is_json is
+ * embedded as raw JSON (the rule engine produced it by encoding a table), anything else as a
+ * JSON string. Can't fail. */
+void hr_deadletter_for_action(hr_buf_t *out, const hr_action_t *a, const char *reason)
+{
+    char accepted[32];
+    hr_rfc3339(a->accepted_ms, accepted);
+    hr_buf_appendc(out, '{');
+    json_dead_at(out);
+    hr_buf_appends(out, ",\"reason\":");
+    json_str_or_null(out, reason);
+    hr_buf_appends(out, ",\"event\":{\"id\":");
+    hr_buf_append_json_string(out, a->event_id, strnlen(a->event_id, sizeof a->event_id));
+    hr_buf_appends(out, ",\"type\":");
+    json_str_or_null(out, a->event_type);
+    hr_buf_appends(out, ",\"store\":");
+    json_str_or_null(out, a->store);
+    hr_buf_appends(out, ",\"accepted_at\":");
+    hr_buf_append_json_string(out, accepted, strlen(accepted));
+    hr_buf_appendc(out, '}');
+    const char *body_key;
+    if (a->kind == HR_ACTION_WRITE) {
+        hr_buf_appends(out, ",\"action\":\"write\",\"file\":");
+        json_str_or_null(out, a->name);
+        hr_buf_appends(out, ",\"path\":");
+        json_str_or_null(out, a->file_path);
+        body_key = ",\"record\":";
+    } else {
+        hr_buf_appends(out, ",\"action\":\"forward\",\"target\":");
+        json_str_or_null(out, a->name);
+        hr_buf_appends(out, ",\"url\":");
+        json_str_or_null(out, a->url);
+        hr_buf_appends(out, ",\"method\":");
+        json_str_or_null(out, a->method ? a->method : "POST");
+        body_key = ",\"body\":";
+    }
+    hr_buf_printf(out, ",\"attempts\":%u,\"last_status\":", (unsigned)a->attempts);
+    if (a->last_status > 0)
+        hr_buf_printf(out, "%d", a->last_status);
+    else
+        hr_buf_appends(out, "null");
+    hr_buf_appends(out, ",\"last_error\":");
+    json_str_or_null(out, a->last_error[0] ? a->last_error : NULL);
+    hr_buf_appends(out, body_key);
+    if (a->body_is_json && a->body && a->body_len > 0)
+        hr_buf_append(out, a->body, a->body_len);
+    else
+        hr_buf_append_json_string(out, a->body ? a->body : "", a->body ? a->body_len : 0);
+    hr_buf_appendc(out, '}');
+}

@@ -1,0 +1,912 @@
+/* Outbound HTTP/1.1 client on libuv + llhttp (see include/hr/http_client.h).
+ *
+ * Shape: a client owns pools keyed by host:port. A pool caches the resolved address (60 s;
+ * literal IPs never expire), keeps idle keep-alive connections on a LIFO stack, counts its
+ * open connections (at most max_conns_per_host) and queues the requests that wait for one
+ * (FIFO). One request uses one connection at a time (no pipelining).
+ *
+ * Deferral: hr_http_client_send only queues the request and "kicks" its pool; a uv_idle
+ * handle owned by the client runs the kicked pools' dispatch and delivers failures that were
+ * found outside a libuv callback. So no callback ever runs inside hr_http_client_send, and a
+ * request sent from inside a completion callback can reuse the connection just released.
+ *
+ * Lifetimes: a request is freed in the close callback of its timeout timer; a connection in
+ * the close callbacks of its TCP handle and idle timer (whichever is last). The request bytes
+ * (head and body, one allocation) are reference-counted between the request and the write in
+ * flight, because a transparent retry sends them again and a closing connection may still
+ * cancel a write after the request ended. The client is freed when every handle it made is
+ * closed and no DNS lookup is outstanding. Nothing is process-wide. */
+#include "hr/http_client.h"
+
+#include <llhttp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hr/log.h"
+
+#define HR_HTTP_DNS_TTL_MS  60000
+#define HR_HTTP_READ_BUF    65536
+#define HR_HTTP_DEF_CONNS   64
+#define HR_HTTP_DEF_IDLE_MS 30000
+#define HR_HTTP_DEF_MAX_RES (4u * 1024 * 1024)
+
+/* ---- Intrusive doubly linked lists (circular, head is a sentinel) --------------------- */
+
+typedef struct hr_dlink {
+    struct hr_dlink *prev;
+    struct hr_dlink *next;
+} hr_dlink_t;
+
+static void dl_init(hr_dlink_t *h)
+{
+    h->prev = h->next = h;
+}
+
+static bool dl_empty(const hr_dlink_t *h)
+{
+    return h->next == h;
+}
+
+static bool dl_linked(const hr_dlink_t *n)
+{
+    return n->next != n;
+}
+
+static void dl_insert_after(hr_dlink_t *at, hr_dlink_t *n)
+{
+    n->prev = at;
+    n->next = at->next;
+    at->next->prev = n;
+    at->next = n;
+}
+
+static void dl_push_back(hr_dlink_t *h, hr_dlink_t *n)
+{
+    dl_insert_after(h->prev, n);
+}
+
+static void dl_push_front(hr_dlink_t *h, hr_dlink_t *n)
+{
+    dl_insert_after(h, n);
+}
+
+static void dl_remove(hr_dlink_t *n)
+{
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    dl_init(n);
+}
+
+/* ---- Types --------------------------------------------------------------------------- */
+
+typedef struct hr_http_pool hr_http_pool_t;
+typedef struct hr_http_conn hr_http_conn_t;
+
+/* The bytes of one request: head then body, shared by the request and a write in flight. */
+typedef struct {
+    int refs;        /* request + write in flight */
+    size_t head_len; /* bytes of the request head */
+    size_t body_len; /* bytes of the body, right after the head */
+    char data[];     /* head, then body */
+} hr_http_bytes_t;
+
+/* Where a request is. */
+typedef enum {
+    REQ_NONE = 0, /* completing */
+    REQ_QUEUED,   /* in its pool's wait queue */
+    REQ_CONN,     /* attached to a connection */
+    REQ_FAILED,   /* in the client's list of failures to deliver from the idle handle */
+} hr_req_where_t;
+
+typedef struct {
+    hr_http_client_t *c;   /* owner */
+    hr_http_pool_t *pool;  /* host:port it goes to */
+    hr_dlink_t all;        /* in c->reqs */
+    hr_dlink_t q;          /* in pool->waitq or c->failed */
+    hr_req_where_t where;  /* which list q is in, or the connection */
+    hr_http_conn_t *conn;  /* when REQ_CONN */
+    hr_http_bytes_t *bytes; /* request bytes (one reference) */
+    bool is_head;          /* HEAD: the response has no body */
+    bool retried;          /* already retried once on a fresh connection */
+    bool need_fresh;       /* the retry must not reuse an idle connection */
+    uint32_t timeout_ms;   /* for the message */
+    uv_timer_t timer;      /* whole-exchange timeout; its close callback frees the request */
+    int err;               /* REQ_FAILED: the error to report */
+    char errmsg[160];      /* REQ_FAILED: its message */
+    hr_http_done_cb cb;    /* completion */
+    void *arg;             /* for cb */
+} hr_http_req_t;
+
+typedef enum { CONN_CONNECTING, CONN_ACTIVE, CONN_IDLE, CONN_CLOSING } hr_conn_state_t;
+
+struct hr_http_conn {
+    hr_http_client_t *c;     /* owner */
+    hr_http_pool_t *pool;    /* host:port */
+    hr_dlink_t all;          /* in c->conns */
+    hr_dlink_t idle;         /* in pool->idle when CONN_IDLE */
+    hr_conn_state_t state;   /* lifecycle */
+    int open_handles;        /* tcp + idle_timer not yet closed: freed at 0 */
+    uv_tcp_t tcp;            /* the socket */
+    uv_connect_t connect_req; /* connect in progress */
+    uv_write_t write_req;    /* the one write in flight */
+    uv_timer_t idle_timer;   /* closes the connection after idle_timeout_ms */
+    hr_http_bytes_t *writing; /* bytes of the write in flight (a reference), or NULL */
+    hr_http_req_t *req;      /* request in progress, or NULL */
+    unsigned nreqs;          /* requests started on this connection */
+    bool got_bytes;          /* a response byte arrived for req */
+    bool msg_done;           /* on_message_complete for a final response */
+    bool keep_alive;         /* llhttp_should_keep_alive at message end */
+    int parse_err;           /* UV_E2BIG from a callback, else 0 */
+    llhttp_t parser;         /* response parser, data = this */
+    char *rbuf;              /* read buffer, HR_HTTP_READ_BUF bytes, reused */
+    hr_buf_t hdata;          /* header names and values, NUL-separated, reused */
+    size_t *hoff;            /* per header: name offset, value offset */
+    size_t nhdrs;            /* headers complete */
+    size_t hoff_cap;         /* pairs allocated in hoff */
+    bool in_value;           /* the last header callback was a value */
+    hr_header_t *hview;      /* headers handed to the callback (point into hdata) */
+    size_t hview_cap;        /* entries allocated in hview */
+    hr_buf_t body;           /* response body, reused */
+    int status;              /* response status */
+};
+
+struct hr_http_pool {
+    hr_http_client_t *c;       /* owner */
+    hr_dlink_t link;           /* in c->pools */
+    hr_dlink_t kick;           /* in c->kicked when a dispatch is due */
+    char *host;                /* as in the URL, without brackets */
+    int port;                  /* TCP port */
+    char *host_header;         /* value of the Host header */
+    bool literal;              /* host is an IP literal: addr never expires */
+    bool addr_ok;              /* addr holds a usable address */
+    uint64_t addr_expires;     /* uv_now when addr must be looked up again */
+    struct sockaddr_storage addr; /* resolved address */
+    bool resolving;            /* gai in progress */
+    uv_getaddrinfo_t gai;      /* the lookup */
+    hr_dlink_t idle;           /* idle connections, most recent first */
+    hr_dlink_t waitq;          /* requests waiting for a connection, oldest first */
+    uint32_t nconns;           /* open connections (connecting, active or idle) */
+};
+
+struct hr_http_client {
+    uv_loop_t *loop;              /* the loop everything runs on */
+    hr_http_client_opts_t opts;   /* with defaults filled in */
+    llhttp_settings_t settings;   /* response callbacks, shared by all parsers */
+    hr_dlink_t pools;             /* every pool */
+    hr_dlink_t reqs;              /* every request not yet completed */
+    hr_dlink_t conns;             /* every connection not yet closing */
+    hr_dlink_t failed;            /* requests whose failure is delivered from defer */
+    hr_dlink_t kicked;            /* pools due for a dispatch from defer */
+    uv_idle_t defer;              /* runs deferred work, then stops */
+    size_t pending;               /* requests not yet completed */
+    size_t open_handles;          /* handles and lookups not yet finished */
+    bool closing;                 /* hr_http_client_close was called */
+    void (*close_cb)(void *arg);  /* run once everything is freed */
+    void *close_arg;              /* for close_cb */
+};
+
+static void pool_dispatch(hr_http_pool_t *p);
+static void conn_close(hr_http_conn_t *conn);
+
+/* ---- Client lifetime ----------------------------------------------------------------- */
+
+/* Free the client once it is closing and every handle it made is closed. Runs only from
+ * close/lookup callbacks, so close_cb never runs inside hr_http_client_close. */
+static void client_maybe_free(hr_http_client_t *c)
+{
+    if (!c->closing || c->open_handles > 0) return;
+    while (!dl_empty(&c->pools)) {
+        hr_http_pool_t *p = hr_container_of(c->pools.next, hr_http_pool_t, link);
+        dl_remove(&p->link);
+        free(p->host);
+        free(p->host_header);
+        free(p);
+    }
+    void (*cb)(void *) = c->close_cb;
+    void *arg = c->close_arg;
+    free(c);
+    if (cb) cb(arg);
+}
+
+static void on_defer(uv_idle_t *h);
+
+/* Ask the defer handle to dispatch p on the next loop iteration. */
+static void pool_kick(hr_http_pool_t *p)
+{
+    hr_http_client_t *c = p->c;
+    if (c->closing || dl_linked(&p->kick)) return;
+    dl_push_back(&c->kicked, &p->kick);
+    uv_idle_start(&c->defer, on_defer);
+}
+
+static void bytes_unref(hr_http_bytes_t *b)
+{
+    if (b && --b->refs == 0) free(b);
+}
+
+/* ---- Requests ------------------------------------------------------------------------ */
+
+/* Close callback of a request's timer: frees the request. */
+static void on_req_timer_close(uv_handle_t *h)
+{
+    hr_http_req_t *r = hr_container_of((uv_timer_t *)h, hr_http_req_t, timer);
+    hr_http_client_t *c = r->c;
+    bytes_unref(r->bytes);
+    free(r);
+    c->open_handles--;
+    client_maybe_free(c);
+}
+
+/* Finish a request that is already detached from queues and connections: run its callback
+ * (exactly once), then close its timer, which frees it. */
+static void req_complete(hr_http_req_t *r, int err, const char *msg,
+                         const hr_http_response_t *res)
+{
+    hr_http_client_t *c = r->c;
+    dl_remove(&r->all);
+    c->pending--;
+    r->where = REQ_NONE;
+    uv_timer_stop(&r->timer);
+    r->cb(r->arg, err, err ? (msg ? msg : uv_strerror(err)) : NULL, err ? NULL : res);
+    uv_close((uv_handle_t *)&r->timer, on_req_timer_close);
+}
+
+/* Take r off whatever holds it (queue, failure list or connection). A connection it leaves
+ * is not touched otherwise: the caller decides whether to close it. */
+static void req_detach(hr_http_req_t *r)
+{
+    if (r->where == REQ_QUEUED || r->where == REQ_FAILED) dl_remove(&r->q);
+    if (r->where == REQ_CONN && r->conn) r->conn->req = NULL;
+    r->conn = NULL;
+    r->where = REQ_NONE;
+}
+
+/* Fail r from the defer handle (used where no libuv callback frames us, e.g. dispatch run
+ * by a kick could call back into the user otherwise). */
+static void req_fail_later(hr_http_req_t *r, int err, const char *msg)
+{
+    hr_http_client_t *c = r->c;
+    req_detach(r);
+    r->err = err;
+    snprintf(r->errmsg, sizeof r->errmsg, "%s", msg);
+    r->where = REQ_FAILED;
+    dl_push_back(&c->failed, &r->q);
+    uv_timer_stop(&r->timer);
+    uv_idle_start(&c->defer, on_defer);
+}
+
+/* The request's timeout fired: drop its connection (if any) and fail it with ETIMEDOUT. */
+static void on_req_timeout(uv_timer_t *t)
+{
+    hr_http_req_t *r = hr_container_of(t, hr_http_req_t, timer);
+    hr_http_conn_t *conn = r->where == REQ_CONN ? r->conn : NULL;
+    req_detach(r);
+    if (conn) conn_close(conn);
+    char msg[64];
+    snprintf(msg, sizeof msg, "timed out after %u ms", (unsigned)r->timeout_ms);
+    req_complete(r, UV_ETIMEDOUT, msg, NULL);
+}
+
+/* The defer handle: deliver failures, then run the kicked pools' dispatch. Stops itself when
+ * there is nothing left. */
+static void on_defer(uv_idle_t *h)
+{
+    hr_http_client_t *c = h->data;
+    while (!dl_empty(&c->failed)) {
+        hr_http_req_t *r = hr_container_of(c->failed.next, hr_http_req_t, q);
+        dl_remove(&r->q);
+        r->where = REQ_NONE;
+        req_complete(r, r->err, r->errmsg, NULL);
+    }
+    while (!dl_empty(&c->kicked)) {
+        hr_http_pool_t *p = hr_container_of(c->kicked.next, hr_http_pool_t, kick);
+        dl_remove(&p->kick);
+        pool_dispatch(p);
+    }
+    if (dl_empty(&c->failed) && dl_empty(&c->kicked)) uv_idle_stop(&c->defer);
+}
+
+/* ---- Connections --------------------------------------------------------------------- */
+
+/* Close callback of a connection's handles: frees it after the second one. */
+static void on_conn_handle_close(uv_handle_t *h)
+{
+    hr_http_conn_t *conn = h->data;
+    hr_http_client_t *c = conn->c;
+    c->open_handles--;
+    if (--conn->open_handles > 0) return;
+    free(conn->rbuf);
+    hr_buf_free(&conn->hdata);
+    hr_buf_free(&conn->body);
+    free(conn->hoff);
+    free(conn->hview);
+    free(conn);
+    client_maybe_free(c);
+}
+
+/* Close conn (idempotent). Its request, if any, must have been detached or completed first.
+ * Frees a slot of its pool at once, so waiting requests are kicked. */
+static void conn_close(hr_http_conn_t *conn)
+{
+    if (conn->state == CONN_CLOSING) return;
+    if (conn->state == CONN_IDLE) dl_remove(&conn->idle);
+    conn->state = CONN_CLOSING;
+    dl_remove(&conn->all);
+    conn->pool->nconns--;
+    if (conn->req) {
+        conn->req->conn = NULL;
+        conn->req = NULL;
+    }
+    uv_close((uv_handle_t *)&conn->tcp, on_conn_handle_close);
+    uv_close((uv_handle_t *)&conn->idle_timer, on_conn_handle_close);
+    if (!dl_empty(&conn->pool->waitq)) pool_kick(conn->pool);
+}
+
+/* The idle timer fired: the connection was unused for idle_timeout_ms. */
+static void on_conn_idle_timeout(uv_timer_t *t)
+{
+    conn_close(t->data);
+}
+
+/* The connection's request failed with a transport error (err < 0). A reused connection that
+ * died before any response byte gets its request retried once on a fresh connection, since
+ * the server most likely closed it while idle; otherwise the request fails with err. */
+static void conn_fail(hr_http_conn_t *conn, int err, const char *msg)
+{
+    hr_http_req_t *r = conn->req;
+    bool retry = r && conn->nreqs > 1 && !conn->got_bytes && !r->retried &&
+                 (err == UV_EOF || err == UV_ECONNRESET || err == UV_EPIPE);
+    if (r) req_detach(r);
+    conn_close(conn);
+    if (!r) return;
+    if (retry) {
+        hr_log_debug("http: retrying %s:%d on a new connection after %s", r->pool->host,
+                     r->pool->port, uv_err_name(err));
+        r->retried = true;
+        r->need_fresh = true;
+        r->where = REQ_QUEUED;
+        dl_push_front(&r->pool->waitq, &r->q);
+        pool_kick(r->pool);
+        return;
+    }
+    char buf[160];
+    if (!msg) {
+        snprintf(buf, sizeof buf, "%s:%d: %s", r->pool->host, r->pool->port, uv_strerror(err));
+        msg = buf;
+    }
+    req_complete(r, err, msg, NULL);
+}
+
+/* Write callback: drops the write's reference to the bytes; a failed write fails the
+ * request (or retries it, see conn_fail). */
+static void on_write(uv_write_t *w, int status)
+{
+    hr_http_conn_t *conn = w->data;
+    bytes_unref(conn->writing);
+    conn->writing = NULL;
+    if (status < 0 && conn->state != CONN_CLOSING) conn_fail(conn, status, NULL);
+}
+
+/* Send the bytes of conn's request: one uv_write of head and body. A failure to start the
+ * write fails the request from the defer handle and closes the connection. */
+static void conn_write(hr_http_conn_t *conn)
+{
+    hr_http_req_t *r = conn->req;
+    uv_buf_t bufs[2] = {
+        uv_buf_init(r->bytes->data, (unsigned)r->bytes->head_len),
+        uv_buf_init(r->bytes->data + r->bytes->head_len, (unsigned)r->bytes->body_len),
+    };
+    conn->writing = r->bytes;
+    r->bytes->refs++;
+    int rc = uv_write(&conn->write_req, (uv_stream_t *)&conn->tcp, bufs,
+                      r->bytes->body_len ? 2 : 1, on_write);
+    if (rc < 0) {
+        bytes_unref(conn->writing);
+        conn->writing = NULL;
+        req_fail_later(r, rc, uv_strerror(rc));
+        conn_close(conn);
+    }
+}
+
+/* Attach r (detached) to conn and reset the response state; send at once unless conn is
+ * still connecting (on_connect sends then). */
+static void conn_start(hr_http_conn_t *conn, hr_http_req_t *r)
+{
+    conn->req = r;
+    r->conn = conn;
+    r->where = REQ_CONN;
+    conn->nreqs++;
+    conn->got_bytes = false;
+    conn->msg_done = false;
+    conn->parse_err = 0;
+    llhttp_init(&conn->parser, HTTP_RESPONSE, &conn->c->settings);
+    conn->parser.data = conn;
+    if (conn->state != CONN_CONNECTING) conn_write(conn);
+}
+
+/* Hand the finished response to the request's callback, then pool or close the connection.
+ * The connection is not reusable while a write is still in flight (the server answered
+ * early), after "Connection: close" / HTTP/1.0, or when bytes followed the response. */
+static void conn_deliver(hr_http_conn_t *conn, bool extra_bytes)
+{
+    hr_http_req_t *r = conn->req;
+    bool keep = conn->keep_alive && !extra_bytes && !conn->writing;
+    req_detach(r);
+    if (conn->hview_cap < conn->nhdrs) {
+        conn->hview_cap = conn->nhdrs;
+        conn->hview = hr_xrealloc(conn->hview, conn->hview_cap * sizeof *conn->hview);
+    }
+    for (size_t i = 0; i < conn->nhdrs; i++) {
+        conn->hview[i].name = conn->hdata.data + conn->hoff[2 * i];
+        conn->hview[i].value = conn->hdata.data + conn->hoff[2 * i + 1];
+    }
+    hr_buf_reserve(&conn->body, 0);
+    conn->body.data[conn->body.len] = '\0';
+    hr_http_response_t res = {
+        .status = conn->status,
+        .headers = conn->nhdrs ? conn->hview : NULL,
+        .nheaders = conn->nhdrs,
+        .body = conn->body.data ? conn->body.data : (char *)"",
+        .body_len = conn->body.len,
+    };
+    req_complete(r, 0, NULL, &res);
+    if (conn->state == CONN_CLOSING) return; /* the client was closed from the callback */
+    if (!keep || conn->c->closing) {
+        conn_close(conn);
+        return;
+    }
+    conn->state = CONN_IDLE;
+    dl_push_front(&conn->pool->idle, &conn->idle);
+    uv_timer_start(&conn->idle_timer, on_conn_idle_timeout, conn->c->opts.idle_timeout_ms, 0);
+    if (!dl_empty(&conn->pool->waitq)) pool_kick(conn->pool);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    hr_http_conn_t *conn = h->data;
+    *buf = uv_buf_init(conn->rbuf, HR_HTTP_READ_BUF);
+}
+
+/* Read callback: feed the parser; deliver a complete response; EOF either completes a
+ * close-delimited body or fails the request. Bytes on an idle connection, or its EOF,
+ * close it. */
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    hr_http_conn_t *conn = s->data;
+    if (nread == 0 || conn->state == CONN_CLOSING) return;
+    if (!conn->req) { /* idle: the server closed, or sent something unasked for */
+        conn_close(conn);
+        return;
+    }
+    if (nread < 0) {
+        if (nread == UV_EOF && conn->got_bytes) {
+            llhttp_errno_t e = llhttp_finish(&conn->parser);
+            if (conn->msg_done) {
+                conn->keep_alive = false;
+                conn_deliver(conn, false);
+                return;
+            }
+            if (e != HPE_OK) {
+                conn_fail(conn, UV_EPROTO, "connection closed in the middle of the response");
+                return;
+            }
+        }
+        conn_fail(conn, (int)nread,
+                  nread == UV_EOF ? "connection closed before a complete response" : NULL);
+        return;
+    }
+    conn->got_bytes = true;
+    llhttp_errno_t e = llhttp_execute(&conn->parser, buf->base, (size_t)nread);
+    if (e == HPE_PAUSED && conn->msg_done) {
+        const char *pos = llhttp_get_error_pos(&conn->parser);
+        bool extra = pos && pos < buf->base + nread;
+        llhttp_resume(&conn->parser);
+        conn_deliver(conn, extra);
+        return;
+    }
+    if (e != HPE_OK) {
+        char msg[160];
+        int err = conn->parse_err ? conn->parse_err : UV_EPROTO;
+        if (err == UV_E2BIG)
+            snprintf(msg, sizeof msg, "response larger than %zu bytes",
+                     conn->c->opts.max_response_bytes);
+        else
+            snprintf(msg, sizeof msg, "bad HTTP response: %s (%s)", llhttp_errno_name(e),
+                     llhttp_get_error_reason(&conn->parser));
+        conn_fail(conn, err, msg);
+    }
+}
+
+/* Connect callback: start reading (for the connection's whole life) and send the request. */
+static void on_connect(uv_connect_t *cr, int status)
+{
+    hr_http_conn_t *conn = cr->data;
+    if (conn->state == CONN_CLOSING) return;
+    if (status < 0) {
+        hr_http_pool_t *p = conn->pool;
+        if (!p->literal) p->addr_ok = false; /* look the name up again next time */
+        char msg[160];
+        snprintf(msg, sizeof msg, "connect %s:%d: %s", p->host, p->port, uv_strerror(status));
+        conn_fail(conn, status, msg);
+        return;
+    }
+    conn->state = CONN_ACTIVE;
+    int rc = uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read);
+    hr_http_req_t *r = conn->req;
+    if (rc < 0) {
+        conn_fail(conn, rc, NULL);
+        return;
+    }
+    if (r) conn_write(conn);
+}
+
+/* Open a new connection of p for r. Failures are delivered from the defer handle. */
+static void conn_open(hr_http_pool_t *p, hr_http_req_t *r)
+{
+    hr_http_client_t *c = p->c;
+    hr_http_conn_t *conn = hr_xcalloc(1, sizeof *conn);
+    conn->c = c;
+    conn->pool = p;
+    dl_init(&conn->idle);
+    conn->rbuf = hr_xmalloc(HR_HTTP_READ_BUF);
+    int rc = uv_tcp_init(c->loop, &conn->tcp);
+    if (rc < 0) {
+        free(conn->rbuf);
+        free(conn);
+        req_fail_later(r, rc, uv_strerror(rc));
+        return;
+    }
+    uv_timer_init(c->loop, &conn->idle_timer);
+    conn->tcp.data = conn;
+    conn->idle_timer.data = conn;
+    conn->connect_req.data = conn;
+    conn->write_req.data = conn;
+    conn->open_handles = 2;
+    c->open_handles += 2;
+    conn->state = CONN_CONNECTING;
+    dl_push_back(&c->conns, &conn->all);
+    p->nconns++;
+    uv_tcp_nodelay(&conn->tcp, 1);
+    req_detach(r);
+    conn_start(conn, r);
+    rc = uv_tcp_connect(&conn->connect_req, &conn->tcp, (struct sockaddr *)&p->addr, on_connect);
+    if (rc < 0) {
+        req_detach(r);
+        char msg[160];
+        snprintf(msg, sizeof msg, "connect %s:%d: %s", p->host, p->port, uv_strerror(rc));
+        req_fail_later(r, rc, msg);
+        conn_close(conn);
+    }
+}
+
+/* ---- Pools and DNS ------------------------------------------------------------------- */
+
+/* Lookup callback: cache the first address, or fail every waiting request. */
+static void on_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res)
+{
+    hr_http_pool_t *p = g->data;
+    hr_http_client_t *c = p->c;
+    p->resolving = false;
+    c->open_handles--;
+    if (c->closing) {
+        if (res) uv_freeaddrinfo(res);
+        client_maybe_free(c);
+        return;
+    }
+    if (status == 0 && res) {
+        memcpy(&p->addr, res->ai_addr, res->ai_addrlen);
+        p->addr_ok = true;
+        p->addr_expires = uv_now(c->loop) + HR_HTTP_DNS_TTL_MS;
+        uv_freeaddrinfo(res);
+        pool_dispatch(p);
+        return;
+    }
+    if (res) uv_freeaddrinfo(res);
+    if (status == 0) status = UV_EAI_NONAME;
+    char msg[160];
+    snprintf(msg, sizeof msg, "resolve %s: %s", p->host, uv_strerror(status));
+    while (!dl_empty(&p->waitq)) {
+        hr_http_req_t *r = hr_container_of(p->waitq.next, hr_http_req_t, q);
+        req_detach(r);
+        req_complete(r, status, msg, NULL);
+    }
+}
+
+/* Start a lookup of p's host unless one is running. Failure to start fails the waiters from
+ * the defer handle. */
+static void pool_resolve(hr_http_pool_t *p)
+{
+    if (p->resolving) return;
+    hr_http_client_t *c = p->c;
+    char port[8];
+    snprintf(port, sizeof port, "%d", p->port);
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    p->gai.data = p;
+    int rc = uv_getaddrinfo(c->loop, &p->gai, on_resolved, p->host, port, &hints);
+    if (rc < 0) {
+        while (!dl_empty(&p->waitq)) {
+            hr_http_req_t *r = hr_container_of(p->waitq.next, hr_http_req_t, q);
+            req_fail_later(r, rc, uv_strerror(rc));
+        }
+        return;
+    }
+    p->resolving = true;
+    c->open_handles++;
+}
+
+/* Give waiting requests connections: an idle one (most recently used first) or a new one
+ * while the pool is under max_conns_per_host. A retried request insists on a new connection
+ * and closes an idle one to make room if it has to. */
+static void pool_dispatch(hr_http_pool_t *p)
+{
+    hr_http_client_t *c = p->c;
+    while (!c->closing && !dl_empty(&p->waitq)) {
+        hr_http_req_t *r = hr_container_of(p->waitq.next, hr_http_req_t, q);
+        if (!r->need_fresh && !dl_empty(&p->idle)) {
+            hr_http_conn_t *conn = hr_container_of(p->idle.next, hr_http_conn_t, idle);
+            dl_remove(&conn->idle);
+            uv_timer_stop(&conn->idle_timer);
+            conn->state = CONN_ACTIVE;
+            req_detach(r);
+            conn_start(conn, r);
+            continue;
+        }
+        if (p->nconns >= c->opts.max_conns_per_host) {
+            if (!r->need_fresh || dl_empty(&p->idle)) break;
+            conn_close(hr_container_of(p->idle.prev, hr_http_conn_t, idle));
+        }
+        if (!p->addr_ok || (!p->literal && uv_now(c->loop) >= p->addr_expires)) {
+            p->addr_ok = false;
+            pool_resolve(p);
+            break;
+        }
+        conn_open(p, r);
+    }
+}
+
+/* Find or make the pool of host:port. Never NULL. */
+static hr_http_pool_t *pool_get(hr_http_client_t *c, const char *host, int port)
+{
+    for (hr_dlink_t *l = c->pools.next; l != &c->pools; l = l->next) {
+        hr_http_pool_t *p = hr_container_of(l, hr_http_pool_t, link);
+        if (p->port == port && strcmp(p->host, host) == 0) return p;
+    }
+    hr_http_pool_t *p = hr_xcalloc(1, sizeof *p);
+    p->c = c;
+    p->host = hr_xstrdup(host);
+    p->port = port;
+    dl_init(&p->kick);
+    dl_init(&p->idle);
+    dl_init(&p->waitq);
+    bool v6 = strchr(host, ':') != NULL;
+    if (port == 80)
+        p->host_header = hr_xasprintf(v6 ? "[%s]" : "%s", host);
+    else
+        p->host_header = hr_xasprintf(v6 ? "[%s]:%d" : "%s:%d", host, port);
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&p->addr) == 0 ||
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&p->addr) == 0) {
+        p->literal = true;
+        p->addr_ok = true;
+    }
+    dl_push_back(&c->pools, &p->link);
+    return p;
+}
+
+/* ---- llhttp callbacks ---------------------------------------------------------------- */
+
+/* Fail the parse with UV_E2BIG once headers and body together exceed the limit. */
+static int check_size(hr_http_conn_t *conn, size_t more)
+{
+    if (conn->hdata.len + conn->body.len + more > conn->c->opts.max_response_bytes) {
+        conn->parse_err = UV_E2BIG;
+        return HPE_USER;
+    }
+    return 0;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    hr_http_conn_t *conn = p->data;
+    hr_buf_reset(&conn->hdata);
+    hr_buf_reset(&conn->body);
+    conn->nhdrs = 0;
+    conn->in_value = true;
+    conn->status = 0;
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    hr_http_conn_t *conn = p->data;
+    if (check_size(conn, len + 2)) return HPE_USER;
+    if (conn->in_value) { /* a new header starts */
+        if (conn->hoff_cap < 2 * (conn->nhdrs + 1)) {
+            conn->hoff_cap = conn->hoff_cap ? conn->hoff_cap * 2 : 32;
+            conn->hoff = hr_xrealloc(conn->hoff, conn->hoff_cap * sizeof *conn->hoff);
+        }
+        conn->hoff[2 * conn->nhdrs] = conn->hdata.len;
+        conn->in_value = false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        char ch = at[i];
+        hr_buf_appendc(&conn->hdata, (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch);
+    }
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    hr_http_conn_t *conn = p->data;
+    hr_buf_appendc(&conn->hdata, '\0');
+    conn->hoff[2 * conn->nhdrs + 1] = conn->hdata.len;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    hr_http_conn_t *conn = p->data;
+    if (check_size(conn, len + 1)) return HPE_USER;
+    hr_buf_append(&conn->hdata, at, len);
+    return 0;
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    hr_http_conn_t *conn = p->data;
+    hr_buf_appendc(&conn->hdata, '\0');
+    conn->nhdrs++;
+    conn->in_value = true;
+    return 0;
+}
+
+/* Headers done: a response to HEAD has no body (return 1 tells llhttp so). */
+static int on_headers_complete(llhttp_t *p)
+{
+    hr_http_conn_t *conn = p->data;
+    conn->status = p->status_code;
+    return conn->req && conn->req->is_head ? 1 : 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    hr_http_conn_t *conn = p->data;
+    if (check_size(conn, len)) return HPE_USER;
+    hr_buf_append(&conn->body, at, len);
+    return 0;
+}
+
+/* A message ended: skip 1xx interim responses; pause on the final one so that on_read
+ * delivers it outside the parser. */
+static int on_message_complete(llhttp_t *p)
+{
+    hr_http_conn_t *conn = p->data;
+    if (conn->status >= 100 && conn->status < 200) return 0;
+    conn->keep_alive = llhttp_should_keep_alive(p);
+    conn->msg_done = true;
+    return HPE_PAUSED;
+}
+
+/* Close callback of the defer handle. */
+static void on_defer_close(uv_handle_t *h)
+{
+    hr_http_client_t *c = h->data;
+    c->open_handles--;
+    client_maybe_free(c);
+}
+
+/* ---- Public API ---------------------------------------------------------------------- */
+
+/* Create a client on loop; opts may be NULL and zero fields take defaults. Never NULL. */
+hr_http_client_t *hr_http_client_create(uv_loop_t *loop, const hr_http_client_opts_t *opts)
+{
+    hr_http_client_t *c = hr_xcalloc(1, sizeof *c);
+    c->loop = loop;
+    if (opts) c->opts = *opts;
+    if (!c->opts.max_conns_per_host) c->opts.max_conns_per_host = HR_HTTP_DEF_CONNS;
+    if (!c->opts.idle_timeout_ms) c->opts.idle_timeout_ms = HR_HTTP_DEF_IDLE_MS;
+    if (!c->opts.max_response_bytes) c->opts.max_response_bytes = HR_HTTP_DEF_MAX_RES;
+    llhttp_settings_init(&c->settings);
+    c->settings.on_message_begin = on_message_begin;
+    c->settings.on_header_field = on_header_field;
+    c->settings.on_header_field_complete = on_header_field_complete;
+    c->settings.on_header_value = on_header_value;
+    c->settings.on_header_value_complete = on_header_value_complete;
+    c->settings.on_headers_complete = on_headers_complete;
+    c->settings.on_body = on_body;
+    c->settings.on_message_complete = on_message_complete;
+    dl_init(&c->pools);
+    dl_init(&c->reqs);
+    dl_init(&c->conns);
+    dl_init(&c->failed);
+    dl_init(&c->kicked);
+    uv_idle_init(loop, &c->defer);
+    c->defer.data = c;
+    c->open_handles = 1;
+    return c;
+}
+
+/* Queue a request. Copies the method, headers and body into one buffer now (req may be
+ * freed after the call). Returns 0 and cb runs exactly once from the loop later, or returns
+ * UV_EINVAL (bad URL) / UV_ECANCELED (client closing) and cb never runs. */
+int hr_http_client_send(hr_http_client_t *c, const hr_http_out_t *req, hr_http_done_cb cb,
+                        void *arg)
+{
+    if (c->closing) return UV_ECANCELED;
+    hr_url_t u;
+    char err[256];
+    if (hr_url_parse(req->url, &u, err, sizeof err) < 0) {
+        hr_log_debug("http: %s", err);
+        return UV_EINVAL;
+    }
+    hr_http_pool_t *p = pool_get(c, u.host, u.port);
+    const char *method = req->method && *req->method ? req->method : "POST";
+
+    size_t head_len = strlen(method) + strlen(u.path) + strlen(p->host_header) + 64;
+    for (size_t i = 0; i < req->nheaders; i++)
+        head_len += strlen(req->headers[i].name) + strlen(req->headers[i].value) + 4;
+    hr_http_bytes_t *b = hr_xmalloc(sizeof *b + head_len + req->body_len);
+    char *w = b->data;
+    w += sprintf(w, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, u.path, p->host_header);
+    for (size_t i = 0; i < req->nheaders; i++)
+        w += sprintf(w, "%s: %s\r\n", req->headers[i].name, req->headers[i].value);
+    w += sprintf(w, "Content-Length: %zu\r\n\r\n", req->body_len);
+    b->refs = 1;
+    b->head_len = (size_t)(w - b->data);
+    b->body_len = req->body_len;
+    if (req->body_len) memcpy(w, req->body, req->body_len);
+    hr_url_free(&u);
+
+    hr_http_req_t *r = hr_xcalloc(1, sizeof *r);
+    r->c = c;
+    r->pool = p;
+    r->bytes = b;
+    r->cb = cb;
+    r->arg = arg;
+    r->is_head = strcmp(method, "HEAD") == 0;
+    r->timeout_ms = req->timeout_ms ? req->timeout_ms : 30000;
+    uv_timer_init(c->loop, &r->timer);
+    c->open_handles++;
+    uv_timer_start(&r->timer, on_req_timeout, r->timeout_ms, 0);
+    dl_init(&r->q);
+    dl_push_back(&c->reqs, &r->all);
+    c->pending++;
+    r->where = REQ_QUEUED;
+    dl_push_back(&p->waitq, &r->q);
+    pool_kick(p);
+    return 0;
+}
+
+/* Requests queued or in flight. */
+size_t hr_http_client_pending(const hr_http_client_t *c)
+{
+    return c->pending;
+}
+
+/* Fail every pending request with UV_ECANCELED (their callbacks run inside this call),
+ * close every connection and the defer handle, cancel lookups; the client is freed once all
+ * of that finished, then cb(arg) runs from the loop. A second call does nothing. */
+void hr_http_client_close(hr_http_client_t *c, void (*cb)(void *arg), void *arg)
+{
+    if (c->closing) return;
+    c->closing = true;
+    c->close_cb = cb;
+    c->close_arg = arg;
+    while (!dl_empty(&c->reqs)) {
+        hr_http_req_t *r = hr_container_of(c->reqs.next, hr_http_req_t, all);
+        hr_http_conn_t *conn = r->where == REQ_CONN ? r->conn : NULL;
+        req_detach(r);
+        if (conn) conn_close(conn);
+        req_complete(r, UV_ECANCELED, "cancelled: client closing", NULL);
+    }
+    while (!dl_empty(&c->conns)) conn_close(hr_container_of(c->conns.next, hr_http_conn_t, all));
+    for (hr_dlink_t *l = c->pools.next; l != &c->pools; l = l->next) {
+        hr_http_pool_t *p = hr_container_of(l, hr_http_pool_t, link);
+        if (dl_linked(&p->kick)) dl_remove(&p->kick);
+        if (p->resolving) uv_cancel((uv_req_t *)&p->gai);
+    }
+    uv_close((uv_handle_t *)&c->defer, on_defer_close);
+}

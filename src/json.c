@@ -1,0 +1,1050 @@
+/* JSON <-> Lua, exact both ways (see include/hr/json.h for the mapping).
+ *
+ * Decoding: cJSON validates the text and builds a tree, which is walked into Lua values.
+ * cJSON keeps a number only as a double, so a pre-scan of the text records where each number
+ * token starts; cJSON keeps children in document order, so the n-th number node met in a
+ * depth-first walk is the n-th token of the scan. Integer tokens are re-read exactly from
+ * the text. cJSON also cuts strings at a NUL byte: when the text may hold one ("\u0000" or a
+ * raw NUL), the scan records string starts too and every string is re-read from the text.
+ *
+ * Encoding: straight into an hr_buf_t, no intermediate tree. The path of the value being
+ * encoded lives in a chain of frames on the C stack and is only formatted on error.
+ *
+ * Per-state data lives in the Lua registry under the addresses of the constants below; there
+ * is no process-wide mutable state. */
+#include "hr/json.h"
+
+#include <cjson/cJSON.h>
+#include <lauxlib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Deepest nesting of arrays and objects accepted both ways (cJSON's own limit). */
+#define HR_JSON_MAX_DEPTH CJSON_NESTING_LIMIT
+
+#define HR_JSON_STR2(x) #x
+#define HR_JSON_STR(x)  HR_JSON_STR2(x)
+
+/* Number tokens recorded on the C stack before the scan moves to the heap. */
+#define HR_JSON_SCAN_LOCAL 256
+
+/* The per-state encode buffer is dropped after use once it grew beyond this. */
+#define HR_JSON_KEEP_BUF (64 * 1024)
+
+/* Registry keys: only their addresses matter. */
+static const char null_key = 'n';  /* json.null sentinel (a full userdata) */
+static const char array_key = 'a'; /* metatable that marks a table as a JSON array */
+static const char buf_key = 'b';   /* userdata holding the per-state encode buffer */
+
+/* ================================================================ per-state values */
+
+/* __tostring of json.null: returns "null". [-0, +1, m] */
+static int null_tostring(lua_State *L)
+{
+    lua_pushliteral(L, "null");
+    return 1;
+}
+
+/* __gc of the encode buffer userdata: frees its memory. [-0, +0, -] */
+static int buf_gc(lua_State *L)
+{
+    hr_buf_t *b = lua_touserdata(L, 1);
+    if (b) hr_buf_free(b);
+    return 0;
+}
+
+void hr_json_push_null(lua_State *L)
+{
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &null_key) != LUA_TNIL) return;
+    lua_pop(L, 1); /* drop nil */
+    lua_newuserdatauv(L, 0, 0);
+    lua_createtable(L, 0, 3);
+    lua_pushcfunction(L, null_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, "json.null");
+    lua_setfield(L, -2, "__name");
+    lua_pushliteral(L, "json.null"); /* getmetatable() sees this; setmetatable() refuses */
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &null_key);
+}
+
+/* Push the array-marker metatable, creating it on first use. [-0, +1, m] */
+static void push_array_mt(lua_State *L)
+{
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &array_key) != LUA_TNIL) return;
+    lua_pop(L, 1); /* drop nil */
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "array");
+    lua_setfield(L, -2, "__jsontype");
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &array_key);
+}
+
+/* Return the per-state encode buffer, creating it on first use. The buffer belongs to a
+ * userdata in the registry whose __gc frees it, so a Lua error raised while it holds data
+ * leaks nothing. [-0, +0, m] */
+static hr_buf_t *state_buf(lua_State *L)
+{
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &buf_key) == LUA_TUSERDATA) {
+        hr_buf_t *b = lua_touserdata(L, -1);
+        lua_pop(L, 1); /* the registry keeps it alive */
+        return b;
+    }
+    lua_pop(L, 1); /* drop nil */
+    hr_buf_t *b = lua_newuserdatauv(L, sizeof *b, 0);
+    hr_buf_init(b);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, buf_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &buf_key);
+    return b;
+}
+
+bool hr_json_is_null(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) != LUA_TUSERDATA) return false;
+    idx = lua_absindex(L, idx);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &null_key);
+    bool is = lua_rawequal(L, idx, -1);
+    lua_pop(L, 1); /* drop the sentinel */
+    return is;
+}
+
+void hr_json_mark_array(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    push_array_mt(L);
+    lua_setmetatable(L, idx);
+}
+
+/* ================================================================ decoding: pre-scan */
+
+/* Where the tokens that cJSON does not keep exactly start, in document order. */
+typedef struct {
+    size_t *nums;    /* offset of each number token */
+    size_t nnums;    /* tokens in nums */
+    size_t numcap;   /* room in nums */
+    size_t *strs;    /* offset of each opening quote, or NULL unless strings are re-read */
+    size_t nstrs;    /* tokens in strs */
+    size_t strcap;   /* room in strs */
+    size_t local[HR_JSON_SCAN_LOCAL]; /* first home of nums */
+} scan_t;
+
+/* Append off to the growable array *v (n used, cap allocated; *v may point at local
+ * storage of local_cap entries, which is never freed). Aborts on out-of-memory. */
+static void offsets_push(size_t **v, size_t *n, size_t *cap, const size_t *local, size_t off)
+{
+    if (*n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 64;
+        if (local && *v == local) {
+            size_t *heap = hr_xmalloc(ncap * sizeof *heap);
+            memcpy(heap, local, *n * sizeof *heap);
+            *v = heap;
+        } else {
+            *v = hr_xrealloc(*v, ncap * sizeof **v);
+        }
+        *cap = ncap;
+    }
+    (*v)[(*n)++] = off;
+}
+
+/* Release what scan() allocated. */
+static void scan_free(scan_t *sc)
+{
+    if (sc->nums != sc->local) free(sc->nums);
+    free(sc->strs);
+}
+
+/* True for the bytes cJSON takes into a number token. */
+static inline bool is_num_byte(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-';
+}
+
+/* Record the start of every number token (and of every string when with_strings) of text in
+ * document order. The scan does not validate: on text that cJSON accepts, its tokens are
+ * exactly cJSON's. Cannot fail (aborts on out-of-memory). */
+static void scan(const char *s, size_t len, bool with_strings, scan_t *sc)
+{
+    sc->nums = sc->local;
+    sc->nnums = 0;
+    sc->numcap = HR_JSON_SCAN_LOCAL;
+    sc->strs = NULL;
+    sc->nstrs = sc->strcap = 0;
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"') {
+            if (with_strings) offsets_push(&sc->strs, &sc->nstrs, &sc->strcap, NULL, i);
+            /* Find the closing quote: the next quote after an even run of backslashes. */
+            size_t from = i + 1;
+            for (;;) {
+                const char *q = memchr(s + from, '"', len - from);
+                if (!q) {
+                    i = len;
+                    break;
+                }
+                size_t k = (size_t)(q - s), bs = 0;
+                while (k - bs > i + 1 && s[k - bs - 1] == '\\')
+                    bs++;
+                if (!(bs & 1)) {
+                    i = k + 1;
+                    break;
+                }
+                from = k + 1;
+            }
+        } else if (c == '-' || (c >= '0' && c <= '9')) {
+            offsets_push(&sc->nums, &sc->nnums, &sc->numcap, sc->local, i);
+            i++;
+            while (i < len && is_num_byte((unsigned char)s[i]))
+                i++;
+        } else {
+            i++;
+        }
+    }
+}
+
+/* ================================================================ decoding: errors */
+
+/* Read 4 hex digits at p (p + 4 <= end). Returns the value, or -1 if they are not hex. */
+static long hex4(const char *p, const char *end)
+{
+    if (end - p < 4) return -1;
+    long v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0) return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* cJSON says only where it stopped, and not always at the offending byte (a bad string is
+ * reported one byte late, an error at the end as the last byte). So on failure this small
+ * checker, which accepts what cJSON accepts (bytes up to 0x20 as whitespace, raw control
+ * bytes in strings, numbers as strtod reads them), walks the text again to find the first
+ * error exactly. It runs on failures only. */
+typedef struct {
+    const char *s;    /* the text */
+    size_t len;       /* its length */
+    size_t pos;       /* where checking is; on error, the offending byte (len: end of input) */
+    const char *what; /* on error, the reason if not an unexpected byte */
+} diag_t;
+
+/* Skip what cJSON takes for whitespace: every byte up to 0x20. */
+static void diag_ws(diag_t *d)
+{
+    while (d->pos < d->len && (unsigned char)d->s[d->pos] <= 0x20)
+        d->pos++;
+}
+
+/* Check 4 hex digits at pos + 2 of the \u escape at pos. Returns the value, or -1 with the
+ * error set. */
+static long diag_u(diag_t *d, size_t at)
+{
+    if (at + 6 > d->len) {
+        d->pos = d->len; /* cut short */
+        return -1;
+    }
+    long v = hex4(d->s + at + 2, d->s + d->len);
+    if (v < 0) {
+        d->pos = at;
+        d->what = "invalid \\u escape in string";
+    }
+    return v;
+}
+
+/* Check the string whose opening quote is at pos. Returns true and moves past it, or false
+ * with the error set. */
+static bool diag_string(diag_t *d)
+{
+    size_t i = d->pos + 1;
+    while (i < d->len && d->s[i] != '"') {
+        if (d->s[i] != '\\') {
+            i++;
+            continue;
+        }
+        if (i + 1 >= d->len) break;
+        char e = d->s[i + 1];
+        if (e == 'u') {
+            long hi = diag_u(d, i);
+            if (hi < 0) return false;
+            if (hi >= 0xDC00 && hi <= 0xDFFF) {
+                d->pos = i;
+                d->what = "invalid surrogate pair in string";
+                return false;
+            }
+            if (hi >= 0xD800 && hi <= 0xDBFF) {
+                long lo = -1;
+                if (i + 12 <= d->len && d->s[i + 6] == '\\' && d->s[i + 7] == 'u')
+                    lo = hex4(d->s + i + 8, d->s + d->len);
+                if (lo < 0xDC00 || lo > 0xDFFF) {
+                    d->pos = i;
+                    d->what = "invalid surrogate pair in string";
+                    return false;
+                }
+                i += 6;
+            }
+            i += 6;
+        } else if (strchr("\"\\/bfnrt", e) && e != '\0') {
+            i += 2;
+        } else {
+            d->pos = i;
+            d->what = "invalid escape in string";
+            return false;
+        }
+    }
+    if (i >= d->len) {
+        d->pos = d->len;
+        return false;
+    }
+    d->pos = i + 1;
+    return true;
+}
+
+/* Check the number at pos the way cJSON reads it (at most 63 bytes through strtod). */
+static bool diag_number(diag_t *d)
+{
+    char tmp[64];
+    size_t n = 0;
+    while (n < sizeof tmp - 1 && d->pos + n < d->len && is_num_byte((unsigned char)d->s[d->pos + n])) {
+        tmp[n] = d->s[d->pos + n];
+        n++;
+    }
+    tmp[n] = '\0';
+    char *end;
+    strtod(tmp, &end);
+    if (end == tmp) {
+        if (d->pos + n >= d->len) d->pos = d->len;
+        return false;
+    }
+    d->pos += (size_t)(end - tmp);
+    return true;
+}
+
+/* Check the value at pos, nested depth containers deep. Returns true and moves past it, or
+ * false with the error set. */
+static bool diag_value(diag_t *d, int depth)
+{
+    static const char *const lits[] = {"null", "true", "false"};
+    diag_ws(d);
+    if (d->pos >= d->len) return false;
+    char c = d->s[d->pos];
+    if (c == '"') return diag_string(d);
+    if (c == '-' || (c >= '0' && c <= '9')) return diag_number(d);
+    if (c == '[' || c == '{') {
+        char close = c == '[' ? ']' : '}';
+        if (depth >= HR_JSON_MAX_DEPTH) {
+            d->what = "nesting too deep (more than " HR_JSON_STR(HR_JSON_MAX_DEPTH) " levels)";
+            return false;
+        }
+        d->pos++;
+        diag_ws(d);
+        if (d->pos < d->len && d->s[d->pos] == close) {
+            d->pos++;
+            return true;
+        }
+        for (;;) {
+            if (c == '{') {
+                diag_ws(d);
+                if (d->pos >= d->len || d->s[d->pos] != '"') return false;
+                if (!diag_string(d)) return false;
+                diag_ws(d);
+                if (d->pos >= d->len || d->s[d->pos] != ':') return false;
+                d->pos++;
+            }
+            if (!diag_value(d, depth + 1)) return false;
+            diag_ws(d);
+            if (d->pos >= d->len) return false;
+            if (d->s[d->pos] == close) {
+                d->pos++;
+                return true;
+            }
+            if (d->s[d->pos] != ',') return false;
+            d->pos++;
+        }
+    }
+    for (size_t i = 0; i < HR_ARRAY_SIZE(lits); i++) {
+        size_t n = strlen(lits[i]), have = d->len - d->pos;
+        if (have >= n && memcmp(d->s + d->pos, lits[i], n) == 0) {
+            d->pos += n;
+            return true;
+        }
+        if (have < n && memcmp(d->s + d->pos, lits[i], have) == 0) {
+            d->pos = d->len; /* a literal cut short */
+            return false;
+        }
+    }
+    return false;
+}
+
+/* Write "invalid JSON at line L, column C (byte B): <what>" into err. The error is looked for
+ * with the checker above; if it finds none (it should not happen), cJSON's position at
+ * cjson_pos is used. reason, if not NULL, overrides the reason. Lines and columns count from
+ * 1, columns in UTF-8 characters; the byte offset counts from 0. */
+static void parse_error(const char *text, size_t len, size_t cjson_pos, const char *reason,
+                        char *err, size_t errlen)
+{
+    char what[64];
+    diag_t d = {.s = text, .len = len};
+    size_t pos = cjson_pos > len ? len : cjson_pos;
+    if (!reason) {
+        if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) d.pos = 3; /* cJSON skips a BOM */
+        if (!diag_value(&d, 0)) {
+            pos = d.pos;
+            reason = d.what;
+        }
+    }
+    if (reason) {
+        snprintf(what, sizeof what, "%s", reason);
+    } else if (pos >= len) {
+        snprintf(what, sizeof what, "unexpected end of input");
+    } else {
+        unsigned char c = (unsigned char)text[pos];
+        if (c > 0x20 && c < 0x7f)
+            snprintf(what, sizeof what, "unexpected character '%c'", c);
+        else
+            snprintf(what, sizeof what, "unexpected byte 0x%02X", c);
+    }
+    size_t line = 1, col = 1;
+    for (size_t i = 0; i < pos; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c == '\n') {
+            line++;
+            col = 1;
+        } else if ((c & 0xC0) != 0x80) {
+            col++;
+        }
+    }
+    snprintf(err, errlen, "invalid JSON at line %zu, column %zu (byte %zu): %s", line, col, pos,
+             what);
+}
+
+/* ================================================================ decoding: the walk */
+
+/* State of one walk of a cJSON tree into Lua values. */
+typedef struct {
+    const char *text;   /* the JSON text */
+    size_t len;         /* its length */
+    const scan_t *sc;   /* token offsets from scan() */
+    size_t inum;        /* next number token */
+    size_t istr;        /* next string token (when sc->strs is set) */
+    const cJSON *root;  /* the tree */
+    hr_buf_t scratch;   /* strings re-read from the text */
+    int null_idx;       /* stack slot of json.null */
+    int mt_idx;         /* stack slot of the array marker */
+} walk_t;
+
+/* Append code point cp to b as UTF-8. */
+static void append_utf8(hr_buf_t *b, unsigned long cp)
+{
+    char u[4];
+    size_t n;
+    if (cp < 0x80) {
+        u[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char)(0xC0 | (cp >> 6));
+        u[1] = (char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xE0 | (cp >> 12));
+        u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u[2] = (char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        u[0] = (char)(0xF0 | (cp >> 18));
+        u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        u[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u[3] = (char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    hr_buf_append(b, u, n);
+}
+
+/* Decode the JSON string literal whose opening quote is at text[off] into b (reset first),
+ * keeping NUL bytes. The text was accepted by cJSON, so escapes are valid; anything odd is
+ * copied as it is rather than trusted. */
+static void unescape(hr_buf_t *b, const char *text, size_t len, size_t off)
+{
+    hr_buf_reset(b);
+    const char *p = text + off + 1, *end = text + len;
+    while (p < end && *p != '"') {
+        const char *run = p;
+        while (p < end && *p != '"' && *p != '\\')
+            p++;
+        hr_buf_append(b, run, (size_t)(p - run));
+        if (p >= end || *p == '"') break;
+        if (end - p < 2) break;
+        char e = p[1];
+        p += 2;
+        switch (e) {
+        case 'b': hr_buf_appendc(b, '\b'); break;
+        case 'f': hr_buf_appendc(b, '\f'); break;
+        case 'n': hr_buf_appendc(b, '\n'); break;
+        case 'r': hr_buf_appendc(b, '\r'); break;
+        case 't': hr_buf_appendc(b, '\t'); break;
+        case 'u': {
+            long hi = hex4(p, end);
+            if (hi < 0) break;
+            p += 4;
+            unsigned long cp = (unsigned long)hi;
+            if (hi >= 0xD800 && hi <= 0xDBFF && end - p >= 6 && p[0] == '\\' && p[1] == 'u') {
+                long lo = hex4(p + 2, end);
+                if (lo >= 0xDC00 && lo <= 0xDFFF) {
+                    cp = 0x10000 + (((unsigned long)hi - 0xD800) << 10) +
+                         ((unsigned long)lo - 0xDC00);
+                    p += 6;
+                }
+            }
+            append_utf8(b, cp);
+            break;
+        }
+        default: hr_buf_appendc(b, e); break; /* \" \\ \/ */
+        }
+    }
+}
+
+/* Push the string of a cJSON node (value or key) s: cJSON's copy, or the text re-read when
+ * strings may hold NUL bytes. Raises on a token mismatch. [-0, +1, m] */
+static void push_string(lua_State *L, walk_t *w, const char *s)
+{
+    if (!w->sc->strs) {
+        lua_pushstring(L, s);
+        return;
+    }
+    if (w->istr >= w->sc->nstrs) luaL_error(L, "internal error: more strings than tokens");
+    unescape(&w->scratch, w->text, w->len, w->sc->strs[w->istr++]);
+    lua_pushlstring(L, w->scratch.data ? w->scratch.data : "", w->scratch.len);
+}
+
+/* Push the number node item, re-read from its token: an integer token that fits in int64 as
+ * an integer, anything else as the double cJSON read. Raises if the token does not match the
+ * node. [-0, +1, m] */
+static void push_number(lua_State *L, walk_t *w, const cJSON *item)
+{
+    if (w->inum >= w->sc->nnums) luaL_error(L, "internal error: more numbers than tokens");
+    const char *p = w->text + w->sc->nums[w->inum++], *end = w->text + w->len;
+    bool neg = false, overflow = false;
+    if (p < end && *p == '-') {
+        neg = true;
+        p++;
+    }
+    uint64_t v = 0;
+    for (; p < end && *p >= '0' && *p <= '9'; p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            overflow = true;
+        else if (!overflow)
+            v = v * 10 + d;
+    }
+    bool is_float = p < end && (*p == '.' || *p == 'e' || *p == 'E');
+    uint64_t limit = neg ? (uint64_t)LUA_MAXINTEGER + 1 : (uint64_t)LUA_MAXINTEGER;
+    if (is_float || overflow || v > limit) {
+        lua_pushnumber(L, item->valuedouble);
+        return;
+    }
+    lua_Integer i;
+    if (!neg)
+        i = (lua_Integer)v;
+    else if (v == (uint64_t)LUA_MAXINTEGER + 1)
+        i = LUA_MININTEGER;
+    else
+        i = -(lua_Integer)v;
+    /* strtod and the int->double conversion both round to nearest: equal on a true match. */
+    if ((double)i != item->valuedouble)
+        luaL_error(L, "internal error: number token does not match the parsed value");
+    lua_pushinteger(L, i);
+}
+
+/* Push the Lua value for the cJSON node item. Raises on out-of-memory or a token mismatch.
+ * [-0, +1, m] */
+static void walk_value(lua_State *L, walk_t *w, const cJSON *item)
+{
+    const cJSON *c;
+    int n = 0;
+    switch (item->type & 0xFF) {
+    case cJSON_NULL: lua_pushvalue(L, w->null_idx); return;
+    case cJSON_False: lua_pushboolean(L, 0); return;
+    case cJSON_True: lua_pushboolean(L, 1); return;
+    case cJSON_Number: push_number(L, w, item); return;
+    case cJSON_String: push_string(L, w, item->valuestring); return;
+    case cJSON_Array:
+        luaL_checkstack(L, 3, "JSON nesting");
+        for (c = item->child; c; c = c->next)
+            n++;
+        lua_createtable(L, n, 0);
+        n = 0;
+        for (c = item->child; c; c = c->next) {
+            walk_value(L, w, c);
+            lua_rawseti(L, -2, ++n);
+        }
+        lua_pushvalue(L, w->mt_idx);
+        lua_setmetatable(L, -2);
+        return;
+    case cJSON_Object:
+        luaL_checkstack(L, 4, "JSON nesting");
+        for (c = item->child; c; c = c->next)
+            n++;
+        lua_createtable(L, 0, n);
+        for (c = item->child; c; c = c->next) {
+            push_string(L, w, c->string); /* the key comes before the value in the text */
+            walk_value(L, w, c);
+            lua_rawset(L, -3);
+        }
+        return;
+    }
+    luaL_error(L, "internal error: unexpected cJSON node type %d", item->type);
+}
+
+/* Protected part of decoding: walks the tree of the walk_t given as a light userdata and
+ * returns the value. Raises on out-of-memory or a token mismatch. [-1, +1, m] */
+static int walk_main(lua_State *L)
+{
+    walk_t *w = lua_touserdata(L, 1);
+    hr_json_push_null(L);
+    w->null_idx = lua_gettop(L);
+    push_array_mt(L);
+    w->mt_idx = lua_gettop(L);
+    walk_value(L, w, w->root);
+    if (w->inum != w->sc->nnums || (w->sc->strs && w->istr != w->sc->nstrs))
+        luaL_error(L, "internal error: token count does not match the parsed tree");
+    return 1;
+}
+
+int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen)
+{
+    if (!text) text = "";
+    /* cJSON cuts strings at NUL: if one may be there, re-read all strings from the text. */
+    bool nul = memchr(text, '\0', len) || memmem(text, len, "\\u0000", 6);
+    scan_t *sc = hr_xmalloc(sizeof *sc);
+    scan(text, len, nul, sc);
+
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!root) {
+        size_t pos = end && end >= text ? (size_t)(end - text) : 0;
+        parse_error(text, len, pos, NULL, err, errlen);
+        goto err_free_scan;
+    }
+    size_t pos = end ? (size_t)(end - text) : len;
+    while (pos < len && (text[pos] == ' ' || text[pos] == '\t' || text[pos] == '\n' ||
+                         text[pos] == '\r'))
+        pos++;
+    if (pos < len) {
+        parse_error(text, len, pos, "trailing characters after the value", err, errlen);
+        goto err_free_tree;
+    }
+
+    walk_t w = {.text = text, .len = len, .sc = sc, .root = root, .scratch = HR_BUF_INIT};
+    if (!lua_checkstack(L, 4)) {
+        snprintf(err, errlen, "Lua stack overflow");
+        goto err_free_tree;
+    }
+    lua_pushcfunction(L, walk_main);
+    lua_pushlightuserdata(L, &w);
+    int status = lua_pcall(L, 1, 1, 0);
+    hr_buf_free(&w.scratch);
+    cJSON_Delete(root);
+    scan_free(sc);
+    free(sc);
+    if (status == LUA_OK) return 0;
+    if (status == LUA_ERRMEM) lua_error(L); /* everything is freed: pass it on */
+    const char *msg = lua_tostring(L, -1);
+    snprintf(err, errlen, "%s", msg ? msg : "error while decoding");
+    lua_pop(L, 1); /* drop the message */
+    return -1;
+
+err_free_tree:
+    cJSON_Delete(root);
+err_free_scan:
+    scan_free(sc);
+    free(sc);
+    return -1;
+}
+
+/* ================================================================ encoding */
+
+/* One container on the path from the root to the value being encoded. */
+typedef struct frame {
+    const struct frame *up; /* enclosing container, NULL for the root */
+    const void *table;      /* lua_topointer() of this table, to find cycles */
+    const char *key;        /* key of the child being encoded, or NULL if index is used */
+    size_t keylen;          /* length of key */
+    lua_Integer index;      /* Lua index of the child being encoded */
+} frame_t;
+
+/* State of one encode call. */
+typedef struct {
+    hr_buf_t *out; /* where the text goes */
+    int null_idx;  /* stack slot of json.null */
+    int mt_idx;    /* stack slot of the array marker */
+    char *err;     /* message buffer */
+    size_t errlen; /* its size */
+} enc_t;
+
+/* True if s[0..n) can follow a dot in a path: [A-Za-z_][A-Za-z0-9_]*. */
+static bool is_ident(const char *s, size_t n)
+{
+    if (n == 0) return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+        if (!alpha && !(i > 0 && c >= '0' && c <= '9')) return false;
+    }
+    return true;
+}
+
+/* Append the path from the root down to the child that frame f is encoding. */
+static void append_path(hr_buf_t *b, const frame_t *f)
+{
+    if (!f) return;
+    append_path(b, f->up);
+    if (!f->key) {
+        hr_buf_printf(b, "[%lld]", (long long)f->index);
+    } else if (is_ident(f->key, f->keylen)) {
+        hr_buf_appendc(b, '.');
+        hr_buf_append(b, f->key, f->keylen);
+    } else {
+        hr_buf_appendc(b, '[');
+        hr_buf_append_json_string(b, f->key, f->keylen);
+        hr_buf_appendc(b, ']');
+    }
+}
+
+/* Write "<what> at <path>" into the error buffer, the path being that of the value that the
+ * frame `at` is encoding (the root "." when at is NULL). Returns -1. */
+static int enc_fail(enc_t *e, const frame_t *at, const char *what)
+{
+    hr_buf_t path = HR_BUF_INIT;
+    if (at)
+        append_path(&path, at);
+    else
+        hr_buf_appendc(&path, '.');
+    if (path.data[0] != '.') {
+        /* a path that starts with an index reads better as .[1] than [1] */
+        hr_buf_t dotted = HR_BUF_INIT;
+        hr_buf_appendc(&dotted, '.');
+        hr_buf_append(&dotted, path.data, path.len);
+        hr_buf_free(&path);
+        path = dotted;
+    }
+    snprintf(e->err, e->errlen, "%s at %s", what, path.data);
+    hr_buf_free(&path);
+    return -1;
+}
+
+/* Append d, finite, as the shortest of %.14g..%.17g that reads back as d, with ".0" added
+ * when it would otherwise read as an integer. */
+static void append_double(hr_buf_t *b, double d)
+{
+    char tmp[40];
+    int n = 0;
+    for (int prec = 14; prec <= 17; prec++) {
+        n = snprintf(tmp, sizeof tmp, "%.*g", prec, d);
+        if (prec == 17 || strtod(tmp, NULL) == d) break;
+    }
+    hr_buf_append(b, tmp, (size_t)n);
+    if (!strpbrk(tmp, ".eni")) hr_buf_append(b, ".0", 2);
+}
+
+/* Append v in decimal (what %lld prints, without the printf machinery). */
+static void append_integer(hr_buf_t *b, lua_Integer v)
+{
+    char tmp[24], *p = tmp + sizeof tmp;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) *--p = '-';
+    hr_buf_append(b, p, (size_t)(tmp + sizeof tmp - p));
+}
+
+static int encode_value(lua_State *L, enc_t *e, int idx, const frame_t *at, int depth);
+
+/* Append the elements 1..n of the table at idx as a JSON array, me being the table's frame.
+ * Returns 0, or -1 with the message set (a nil element is an error). [-0, +0, -] */
+static int encode_array(lua_State *L, enc_t *e, int idx, frame_t *me, lua_Integer n, int depth)
+{
+    hr_buf_appendc(e->out, '[');
+    for (lua_Integer i = 1; i <= n; i++) {
+        if (i > 1) hr_buf_appendc(e->out, ',');
+        me->key = NULL;
+        me->index = i;
+        if (lua_rawgeti(L, idx, i) == LUA_TNIL)
+            return enc_fail(e, me, "array has a hole (nil; use json.null for null)");
+        if (encode_value(L, e, lua_gettop(L), me, depth) != 0) return -1;
+        lua_pop(L, 1); /* drop the element */
+    }
+    hr_buf_appendc(e->out, ']');
+    return 0;
+}
+
+/* Explain why the key at kidx cannot be a key of the table at `at` (object: the table has
+ * string keys). Returns -1. [-0, +0, -] */
+static int bad_key(lua_State *L, enc_t *e, const frame_t *at, bool object, int kidx)
+{
+    int t = lua_type(L, kidx);
+    if (t == LUA_TSTRING || (object && lua_isinteger(L, kidx)))
+        return enc_fail(e, at, "table has both array and string keys");
+    if (lua_isinteger(L, kidx))
+        return enc_fail(e, at, "sparse array (integer keys are not exactly 1..n)");
+    if (t == LUA_TNUMBER) return enc_fail(e, at, "table has a non-integer number key");
+    char what[64];
+    snprintf(what, sizeof what, "table has a %s key", lua_typename(L, t));
+    return enc_fail(e, at, what);
+}
+
+/* A string key of an object being encoded, and the stack slot of its value. */
+typedef struct {
+    const char *key; /* bytes of the key (kept alive by the table) */
+    size_t len;      /* length of key */
+    int slot;        /* stack slot of the value */
+} okey_t;
+
+/* Order two keys bytewise, a prefix first (qsort comparator). */
+static int okey_cmp(const void *pa, const void *pb)
+{
+    const okey_t *a = pa, *b = pb;
+    int c = memcmp(a->key, b->key, a->len < b->len ? a->len : b->len);
+    if (c) return c;
+    return (a->len > b->len) - (a->len < b->len);
+}
+
+/* Sort n keys: insertion sort for the usual handful, qsort beyond. */
+static void okeys_sort(okey_t *k, size_t n)
+{
+    if (n > 16) {
+        qsort(k, n, sizeof *k, okey_cmp);
+        return;
+    }
+    for (size_t i = 1; i < n; i++) {
+        okey_t x = k[i];
+        size_t j = i;
+        while (j > 0 && okey_cmp(&k[j - 1], &x) > 0) {
+            k[j] = k[j - 1];
+            j--;
+        }
+        k[j] = x;
+    }
+}
+
+/* Append an object whose n string keys and values sit in pairs on the stack from slot
+ * base + 1, keys sorted bytewise so that the output does not depend on the table's history.
+ * Returns 0, or -1 with the message set. [-0, +0, -] */
+static int encode_object(lua_State *L, enc_t *e, int base, size_t n, frame_t *me, int depth)
+{
+    okey_t local[32];
+    okey_t *keys = n <= HR_ARRAY_SIZE(local) ? local : hr_xmalloc(n * sizeof *keys);
+    for (size_t i = 0; i < n; i++) {
+        int slot = base + 1 + 2 * (int)i;
+        keys[i].key = lua_tolstring(L, slot, &keys[i].len); /* a string: no conversion */
+        keys[i].slot = slot + 1;
+    }
+    okeys_sort(keys, n);
+    int rc = 0;
+    hr_buf_appendc(e->out, '{');
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (i) hr_buf_appendc(e->out, ',');
+        me->key = keys[i].key;
+        me->keylen = keys[i].len;
+        hr_buf_append_json_string(e->out, keys[i].key, keys[i].len);
+        hr_buf_appendc(e->out, ':');
+        rc = encode_value(L, e, keys[i].slot, me, depth);
+    }
+    hr_buf_appendc(e->out, '}');
+    if (keys != local) free(keys);
+    return rc;
+}
+
+/* Append the table at idx, whose own path is given by `at`. Returns 0, or -1 with the message
+ * set (the stack may then hold extra values: the caller restores it). [-0, +0, -] */
+static int encode_table(lua_State *L, enc_t *e, int idx, const frame_t *at, int depth)
+{
+    if (depth > HR_JSON_MAX_DEPTH) {
+        char what[64];
+        snprintf(what, sizeof what, "nesting deeper than %d levels", HR_JSON_MAX_DEPTH);
+        return enc_fail(e, at, what);
+    }
+    const void *self = lua_topointer(L, idx);
+    for (const frame_t *f = at; f; f = f->up) {
+        if (f->table == self) return enc_fail(e, at, "cycle (a table contains itself)");
+    }
+    if (!lua_checkstack(L, 3)) return enc_fail(e, at, "Lua stack overflow");
+    frame_t me = {.up = at, .table = self};
+
+    if (lua_getmetatable(L, idx)) {
+        bool marked = lua_rawequal(L, -1, e->mt_idx);
+        lua_pop(L, 1); /* drop the metatable */
+        if (marked) return encode_array(L, e, idx, &me, (lua_Integer)lua_rawlen(L, idx), depth);
+    }
+
+    /* One pass over the keys: string keys stay on the stack with their values (for sorting);
+     * integer keys are only counted (an array is then read in order with rawgeti). */
+    int base = lua_gettop(L);
+    size_t nstr = 0;
+    lua_Integer nint = 0, max = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            if (nint) return bad_key(L, e, at, false, -2);
+            if (!lua_checkstack(L, 3)) return enc_fail(e, at, "table too large");
+            nstr++;
+            lua_pushvalue(L, -2); /* key for lua_next; the pair stays */
+            continue;
+        }
+        if (nstr || !lua_isinteger(L, -2) || lua_tointeger(L, -2) < 1)
+            return bad_key(L, e, at, nstr > 0, -2);
+        lua_Integer k = lua_tointeger(L, -2);
+        if (k > max) max = k;
+        nint++;
+        lua_pop(L, 1); /* drop the value, keep the key for lua_next */
+    }
+    int rc;
+    if (nstr) {
+        rc = encode_object(L, e, base, nstr, &me, depth);
+    } else if (nint == 0) {
+        hr_buf_append(e->out, "{}", 2);
+        rc = 0;
+    } else if (max != nint) {
+        rc = enc_fail(e, at, "sparse array (integer keys are not exactly 1..n)");
+    } else {
+        rc = encode_array(L, e, idx, &me, nint, depth);
+    }
+    lua_settop(L, base);
+    return rc;
+}
+
+/* Append the value at idx (absolute), whose path is given by `at` and which sits depth
+ * containers deep. Returns 0, or -1 with the message set. [-0, +0, -] */
+static int encode_value(lua_State *L, enc_t *e, int idx, const frame_t *at, int depth)
+{
+    char what[64];
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL: hr_buf_append(e->out, "null", 4); return 0;
+    case LUA_TBOOLEAN:
+        if (lua_toboolean(L, idx))
+            hr_buf_append(e->out, "true", 4);
+        else
+            hr_buf_append(e->out, "false", 5);
+        return 0;
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx)) {
+            append_integer(e->out, lua_tointeger(L, idx));
+        } else {
+            double d = lua_tonumber(L, idx);
+            if (isnan(d)) return enc_fail(e, at, "cannot encode NaN");
+            if (isinf(d)) return enc_fail(e, at, d > 0 ? "cannot encode inf" : "cannot encode -inf");
+            append_double(e->out, d);
+        }
+        return 0;
+    case LUA_TSTRING: {
+        size_t n;
+        const char *s = lua_tolstring(L, idx, &n);
+        hr_buf_append_json_string(e->out, s, n);
+        return 0;
+    }
+    case LUA_TTABLE: return encode_table(L, e, idx, at, depth + 1);
+    case LUA_TUSERDATA:
+        if (lua_rawequal(L, idx, e->null_idx)) {
+            hr_buf_append(e->out, "null", 4);
+            return 0;
+        }
+        break;
+    default: break;
+    }
+    snprintf(what, sizeof what, "cannot encode a %s", luaL_typename(L, idx));
+    return enc_fail(e, at, what);
+}
+
+int hr_json_encode(lua_State *L, int idx, hr_buf_t *out, char *err, size_t errlen)
+{
+    idx = lua_absindex(L, idx);
+    int top = lua_gettop(L);
+    if (!lua_checkstack(L, 4)) {
+        snprintf(err, errlen, "Lua stack overflow");
+        return -1;
+    }
+    enc_t e = {.out = out, .err = err, .errlen = errlen};
+    hr_json_push_null(L);
+    e.null_idx = lua_gettop(L);
+    push_array_mt(L);
+    e.mt_idx = lua_gettop(L);
+    int rc = encode_value(L, &e, idx, NULL, 0);
+    lua_settop(L, top);
+    return rc;
+}
+
+/* ================================================================ the Lua library */
+
+/* json.encode(v): returns the JSON text of v, or raises "json.encode: <message>".
+ * [-0, +1, e] */
+static int l_encode(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    lua_settop(L, 1);
+    char err[512];
+    hr_json_push_null(L); /* make sure nothing below allocates in Lua while buf is busy */
+    push_array_mt(L);
+    lua_pop(L, 2);
+    hr_buf_t *b = state_buf(L);
+    hr_buf_reset(b);
+    int rc = hr_json_encode(L, 1, b, err, sizeof err);
+    if (rc == 0) lua_pushlstring(L, b->data ? b->data : "", b->len);
+    hr_buf_reset(b);
+    if (b->cap > HR_JSON_KEEP_BUF) hr_buf_free(b);
+    if (rc != 0) return luaL_error(L, "json.encode: %s", err);
+    return 1;
+}
+
+/* json.decode(s): returns the value of the JSON text s, or raises "json.decode: <message>".
+ * [-0, +1, e] */
+static int l_decode(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    char err[256];
+    if (hr_json_decode(L, s, len, err, sizeof err) != 0)
+        return luaL_error(L, "json.decode: %s", err);
+    return 1;
+}
+
+/* json.array([t]): marks t (or a new empty table) as a JSON array and returns it.
+ * [-0, +1, e] */
+static int l_array(lua_State *L)
+{
+    if (lua_isnoneornil(L, 1)) {
+        lua_settop(L, 0);
+        lua_createtable(L, 0, 0);
+    } else {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_settop(L, 1);
+    }
+    hr_json_mark_array(L, 1);
+    return 1;
+}
+
+int hr_json_open(lua_State *L)
+{
+    static const luaL_Reg funcs[] = {
+        {"encode", l_encode},
+        {"decode", l_decode},
+        {"array", l_array},
+        {NULL, NULL},
+    };
+    state_buf(L);
+    luaL_newlib(L, funcs);
+    hr_json_push_null(L);
+    lua_setfield(L, -2, "null");
+    return 1;
+}

@@ -1,0 +1,727 @@
+/* Rule sets: the Lua sandbox, rule loading, and running one event in a coroutine. */
+#include "hr/rules.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "hr/json.h"
+#include "hr/log.h"
+
+#define HOOK_STEP 1000 /* instructions between two count-hook calls */
+
+/* Registry keys. */
+static const char STORES_KEY[] = "hr.stores";   /* table: store id -> rule function */
+static const char DEFAULT_KEY[] = "hr.default"; /* the default rule function */
+static const char LOADED_KEY[] = "hr.loaded";   /* table: module name -> value (require) */
+
+/* What a running event collects; reached from C functions through the coroutine's extra
+ * space (the main thread's extra space is NULL, so calls outside an event are refused). */
+typedef struct {
+    hr_ruleset_t *rs;
+    const hr_event_in_t *ev;
+    hr_run_result_t *out;
+    hr_action_t **tail; /* where the next action is linked */
+    uint64_t executed;  /* instructions so far (in HOOK_STEP units) */
+    bool over_budget;   /* the instruction budget was exceeded */
+} run_ctx_t;
+
+struct hr_ruleset {
+    lua_State *L;
+    hr_config_t *cfg;
+    int refs;
+    size_t nstores;
+    bool has_default;
+    size_t mem_used;  /* bytes the state holds now */
+    size_t mem_limit; /* refuse growth past this while an event runs */
+    bool mem_denied;  /* an allocation was refused during the current run */
+    bool running;     /* an event is running (the cap applies) */
+};
+
+/* ---------------------------------------------------------------- allocator */
+
+/* lua_Alloc that keeps the state under rule_memory_bytes while an event runs. Loading and
+ * garbage collection between events are not capped (the cap is about runaway rules). */
+static void *rs_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    hr_ruleset_t *rs = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        rs->mem_used -= old;
+        return NULL;
+    }
+    if (rs->running && nsize > old && rs->mem_used - old + nsize > rs->mem_limit) {
+        rs->mem_denied = true;
+        return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (!p) return NULL;
+    rs->mem_used = rs->mem_used - old + nsize;
+    return p;
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+static run_ctx_t *ctx_of(lua_State *L)
+{
+    return *(run_ctx_t **)lua_getextraspace(L);
+}
+
+/* The context of the running event, or raise an error naming fn. */
+static run_ctx_t *need_ctx(lua_State *L, const char *fn)
+{
+    run_ctx_t *ctx = ctx_of(L);
+    if (!ctx) luaL_error(L, "%s() can only be called while handling an event", fn);
+    return ctx;
+}
+
+static void link_action(run_ctx_t *ctx, hr_action_t *a)
+{
+    const hr_event_in_t *ev = ctx->ev;
+    memcpy(a->event_id, ev->id, HR_ID_LEN);
+    a->event_type = hr_xstrdup(ev->type);
+    a->store = ctx->out->store ? hr_xstrdup(ctx->out->store) : NULL;
+    a->accepted_ms = ev->received_ms;
+    *ctx->tail = a;
+    ctx->tail = &a->next;
+    ctx->out->nactions++;
+}
+
+/* Encode the body argument at idx: a table as JSON, a string as it is. Raises on anything
+ * else. Returns a malloc'd copy. [-0, +0, e] */
+static char *body_arg(lua_State *L, int idx, const char *fn, size_t *len, bool *is_json)
+{
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        const char *s = lua_tolstring(L, idx, len);
+        *is_json = false;
+        return hr_xstrndup(s, *len);
+    }
+    if (lua_type(L, idx) != LUA_TTABLE)
+        luaL_error(L, "%s: the body must be a table or a string, got %s", fn,
+                   luaL_typename(L, idx));
+    hr_buf_t b = HR_BUF_INIT;
+    char err[256];
+    if (hr_json_encode(L, idx, &b, err, sizeof err) != 0) {
+        hr_buf_free(&b);
+        luaL_error(L, "%s: %s", fn, err);
+    }
+    *is_json = true;
+    return hr_buf_steal(&b, len);
+}
+
+static bool valid_header_name(const char *s)
+{
+    if (!*s) return false;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c <= 32 || c >= 127 || strchr("()<>@,;:\\\"/[]?={}", c)) return false;
+    }
+    return true;
+}
+
+/* Add or replace (case-insensitively) a header of a forward action. */
+static void set_header(hr_action_t *a, const char *name, const char *value)
+{
+    for (size_t i = 0; i < a->nheaders; i++) {
+        if (strcasecmp(a->headers[i].name, name) == 0) {
+            free(a->headers[i].value);
+            a->headers[i].value = hr_xstrdup(value);
+            return;
+        }
+    }
+    hr_action_add_header(a, name, value);
+}
+
+/* ---------------------------------------------------------------- rule API */
+
+/* forward(target, body [, opts]) [-0, +0, e] */
+static int l_forward(lua_State *L)
+{
+    run_ctx_t *ctx = need_ctx(L, "forward");
+    const char *name = luaL_checkstring(L, 1);
+    const hr_target_conf_t *t = hr_config_target(ctx->rs->cfg, name);
+    if (!t) luaL_error(L, "forward: unknown target '%s' (not in the config's targets)", name);
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+
+    const char *path = "", *method = "POST", *ctype = NULL;
+    if (lua_istable(L, 3)) {
+        if (lua_getfield(L, 3, "path") != LUA_TNIL) path = luaL_checkstring(L, -1);
+        if (lua_getfield(L, 3, "method") != LUA_TNIL) method = luaL_checkstring(L, -1);
+        if (lua_getfield(L, 3, "content_type") != LUA_TNIL) ctype = luaL_checkstring(L, -1);
+        lua_pop(L, 3); /* the strings stay valid: opts still references them */
+        for (const char *p = method; *p; p++)
+            if (*p < 'A' || *p > 'Z') luaL_error(L, "forward: invalid method '%s'", method);
+        if (strpbrk(path, " \r\n\t#")) luaL_error(L, "forward: invalid path '%s'", path);
+        if (ctype && strpbrk(ctype, "\r\n")) luaL_error(L, "forward: invalid content_type");
+    }
+
+    size_t len;
+    bool is_json;
+    char *body = body_arg(L, 2, "forward", &len, &is_json);
+    hr_action_t *a = hr_action_new(HR_ACTION_FORWARD);
+    a->body = body;
+    a->body_len = len;
+    a->body_is_json = is_json;
+    a->name = hr_xstrdup(name);
+    a->method = hr_xstrdup(method);
+    a->url = hr_xasprintf("%s%s", t->url, path);
+    a->timeout_ms = t->timeout_ms;
+    a->max_attempts = t->max_attempts;
+    hr_action_add_header(a, "Content-Type",
+                         ctype     ? ctype
+                         : is_json ? "application/json"
+                                   : "text/plain; charset=utf-8");
+    hr_action_add_header(a, "User-Agent", "hookrouter/" HR_VERSION);
+    hr_action_add_header(a, "X-Hookrouter-Event-Id", ctx->ev->id);
+    for (size_t i = 0; i < t->nheaders; i++)
+        set_header(a, t->headers[i].name, t->headers[i].value);
+    link_action(ctx, a); /* linked first, so a raise below cannot leak it */
+
+    if (lua_istable(L, 3) && lua_getfield(L, 3, "headers") != LUA_TNIL) {
+        luaL_checktype(L, -1, LUA_TTABLE);
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            if (lua_type(L, -2) != LUA_TSTRING || !valid_header_name(lua_tostring(L, -2)))
+                luaL_error(L, "forward: invalid header name in opts.headers");
+            if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+                luaL_error(L, "forward: header '%s' must be a string", lua_tostring(L, -2));
+            const char *v = lua_tostring(L, -1);
+            if (strpbrk(v, "\r\n"))
+                luaL_error(L, "forward: header '%s' contains a line break", lua_tostring(L, -2));
+            set_header(a, lua_tostring(L, -2), v);
+            lua_pop(L, 1);
+        }
+    }
+    return 0;
+}
+
+/* write(file, record) [-0, +0, e] */
+static int l_write(lua_State *L)
+{
+    run_ctx_t *ctx = need_ctx(L, "write");
+    const char *name = luaL_checkstring(L, 1);
+    const hr_file_conf_t *f = hr_config_file(ctx->rs->cfg, name);
+    if (!f) luaL_error(L, "write: unknown file '%s' (not in the config's files)", name);
+    size_t len;
+    bool is_json;
+    char *line = body_arg(L, 2, "write", &len, &is_json);
+    if (memchr(line, '\n', len)) {
+        free(line);
+        luaL_error(L, "write: a string record must be one line (it contains a newline)");
+    }
+    hr_action_t *a = hr_action_new(HR_ACTION_WRITE);
+    a->body = line;
+    a->body_len = len;
+    a->body_is_json = is_json;
+    a->name = hr_xstrdup(name);
+    a->file_path = hr_xstrdup(f->path);
+    link_action(ctx, a);
+    return 0;
+}
+
+/* drop(reason) [-0, +0, e] */
+static int l_drop(lua_State *L)
+{
+    run_ctx_t *ctx = need_ctx(L, "drop");
+    const char *reason = luaL_optstring(L, 1, "dropped by rule");
+    ctx->out->dropped = true;
+    free(ctx->out->drop_reason);
+    ctx->out->drop_reason = hr_xstrdup(reason);
+    return 0;
+}
+
+/* log.<level>(...): arguments joined by spaces through tostring. [-0, +0, e] */
+static int l_log(lua_State *L)
+{
+    hr_log_level_t level = (hr_log_level_t)lua_tointeger(L, lua_upvalueindex(1));
+    if (!hr_log_enabled(level)) return 0;
+    int n = lua_gettop(L);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (int i = 1; i <= n; i++) {
+        if (i > 1) luaL_addchar(&b, ' ');
+        luaL_tolstring(L, i, NULL);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    run_ctx_t *ctx = ctx_of(L);
+    if (ctx)
+        hr_log(level, "rule id=%s store=%s: %s", ctx->ev->id,
+               ctx->out->store ? ctx->out->store : "-", lua_tostring(L, -1));
+    else
+        hr_log(level, "rule: %s", lua_tostring(L, -1));
+    return 0;
+}
+
+static bool valid_module_name(const char *s)
+{
+    if (!*s || *s == '.') return false;
+    for (const char *p = s; *p; p++) {
+        char c = *p;
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '_' || c == '-' || (c == '.' && p[1] && p[1] != '.');
+        if (!ok) return false;
+    }
+    return true;
+}
+
+/* require(name): load rules/<name with dots as slashes>.lua once, in the sandbox.
+ * [-0, +1, e] */
+static int l_require(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    hr_ruleset_t *rs = lua_touserdata(L, lua_upvalueindex(1));
+    if (!valid_module_name(name))
+        luaL_error(L, "require: invalid module name '%s' (use letters, digits, _ - and .)", name);
+    lua_getfield(L, LUA_REGISTRYINDEX, LOADED_KEY);
+    if (lua_getfield(L, -1, name) != LUA_TNIL) return 1;
+    lua_pop(L, 1);
+    char *rel = hr_xstrdup(name);
+    for (char *p = rel; *p; p++)
+        if (*p == '.') *p = '/';
+    char *file = hr_xasprintf("%s/%s.lua", rs->cfg->rules_dir, rel);
+    free(rel);
+    int rc = luaL_loadfilex(L, file, "t");
+    if (rc != LUA_OK) {
+        free(file);
+        return lua_error(L); /* message already says path:line */
+    }
+    free(file);
+    lua_pushstring(L, name);
+    lua_call(L, 1, 1);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushboolean(L, 1);
+    }
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, name);
+    return 1;
+}
+
+/* ---------------------------------------------------------------- sandbox */
+
+/* Open the libraries rules may use and install the rule API as globals. [-0, +0, m] */
+static void open_sandbox(hr_ruleset_t *rs)
+{
+    lua_State *L = rs->L;
+    luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
+    luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+    luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
+    luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
+    luaL_requiref(L, LUA_UTF8LIBNAME, luaopen_utf8, 1);
+    lua_pop(L, 5);
+    luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0); /* copy four functions, not the library */
+    lua_newtable(L);
+    static const char *const os_keep[] = {"time", "date", "clock", "getenv", NULL};
+    for (size_t i = 0; os_keep[i]; i++) {
+        lua_getfield(L, -2, os_keep[i]);
+        lua_setfield(L, -2, os_keep[i]);
+    }
+    lua_setglobal(L, "os");
+    lua_pop(L, 1);
+    static const char *const banned[] = {"dofile", "loadfile", "load", "collectgarbage", NULL};
+    for (size_t i = 0; banned[i]; i++) {
+        lua_pushnil(L);
+        lua_setglobal(L, banned[i]);
+    }
+
+    hr_json_open(L);
+    lua_setglobal(L, "json");
+    lua_pushcfunction(L, l_forward);
+    lua_setglobal(L, "forward");
+    lua_pushcfunction(L, l_write);
+    lua_setglobal(L, "write");
+    lua_pushcfunction(L, l_drop);
+    lua_setglobal(L, "drop");
+    lua_pushlightuserdata(L, rs);
+    lua_pushcclosure(L, l_require, 1);
+    lua_setglobal(L, "require");
+
+    static const char *const levels[] = {"debug", "info", "warn", "error"};
+    lua_createtable(L, 0, 4);
+    for (int i = 0; i < 4; i++) {
+        lua_pushinteger(L, i);
+        lua_pushcclosure(L, l_log, 1);
+        lua_setfield(L, -2, levels[i]);
+    }
+    lua_getfield(L, -1, "info");
+    lua_setglobal(L, "print"); /* print goes to the log, not stdout */
+    lua_setglobal(L, "log");
+
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, LOADED_KEY);
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, STORES_KEY);
+}
+
+/* ---------------------------------------------------------------- loading */
+
+/* Scan a rule's source for forward("name", …) and write("name", …) with a literal name and
+ * report names the config lacks, as path:line: message. */
+static void check_names(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
+{
+    FILE *fp = fopen(file, "r");
+    if (!fp) return;
+    char line[4096];
+    int lineno = 0;
+    while (fgets(line, sizeof line, fp)) {
+        lineno++;
+        static const char *const fns[] = {"forward", "write"};
+        for (size_t k = 0; k < 2; k++) {
+            size_t fl = strlen(fns[k]);
+            for (char *p = strstr(line, fns[k]); p; p = strstr(p + 1, fns[k])) {
+                if (p > line && (p[-1] == '_' || p[-1] == '.' || p[-1] == ':' ||
+                                 (p[-1] >= 'a' && p[-1] <= 'z') || (p[-1] >= 'A' && p[-1] <= 'Z') ||
+                                 (p[-1] >= '0' && p[-1] <= '9')))
+                    continue;
+                char *q = p + fl;
+                while (*q == ' ' || *q == '\t')
+                    q++;
+                if (*q++ != '(') continue;
+                while (*q == ' ' || *q == '\t')
+                    q++;
+                char quote = *q;
+                if (quote != '"' && quote != '\'') continue;
+                char *end = strchr(q + 1, quote);
+                if (!end) continue;
+                char *name = hr_xstrndup(q + 1, (size_t)(end - q - 1));
+                bool known = k == 0 ? hr_config_target(rs->cfg, name) != NULL
+                                    : hr_config_file(rs->cfg, name) != NULL;
+                if (!known)
+                    hr_errors_add(errs, "%s:%d: %s to '%s', which is not in the config's %s", file,
+                                  lineno, fns[k], name, k == 0 ? "targets" : "files");
+                free(name);
+            }
+        }
+    }
+    fclose(fp);
+}
+
+/* Compile file and run its chunk; it must return a function, left on the stack.
+ * Returns 0, or -1 with a message added to errs and nothing pushed. [-0, +(1|0), m] */
+static int load_rule_file(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
+{
+    lua_State *L = rs->L;
+    int rc = luaL_loadfilex(L, file, "t");
+    if (rc == LUA_ERRFILE) {
+        hr_errors_add(errs, "%s: cannot read: %s", file, strerror(errno));
+        lua_pop(L, 1);
+        return -1;
+    }
+    if (rc == LUA_OK) rc = lua_pcall(L, 0, 1, 0);
+    if (rc != LUA_OK) {
+        hr_errors_add(errs, "%s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    if (!lua_isfunction(L, -1)) {
+        hr_errors_add(errs,
+                      "%s: a rule file must return a function (return function(event) ... end), "
+                      "got %s",
+                      file, luaL_typename(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    check_names(rs, file, errs);
+    return 0;
+}
+
+static bool is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Load rules/stores/<store>.lua files into the registry table. */
+static void load_stores(hr_ruleset_t *rs, hr_errors_t *errs)
+{
+    lua_State *L = rs->L;
+    char *dir = hr_xasprintf("%s/stores", rs->cfg->rules_dir);
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (errno != ENOENT) hr_errors_add(errs, "%s: cannot open: %s", dir, strerror(errno));
+        free(dir);
+        return;
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, STORES_KEY);
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t n = strlen(de->d_name);
+        if (n < 5 || strcmp(de->d_name + n - 4, ".lua") != 0) continue;
+        char *file = hr_xasprintf("%s/%s", dir, de->d_name);
+        if (!hr_is_safe_name(de->d_name, n - 4)) {
+            hr_errors_add(errs,
+                          "%s: a store file name may only use letters, digits, '.', '_' "
+                          "and '-'",
+                          file);
+        } else if (load_rule_file(rs, file, errs) == 0) {
+            char *store = hr_xstrndup(de->d_name, n - 4);
+            lua_setfield(L, -2, store); /* stores[store] = rule */
+            free(store);
+            rs->nstores++;
+        }
+        free(file);
+    }
+    lua_pop(L, 1);
+    closedir(d);
+    free(dir);
+}
+
+hr_ruleset_t *hr_ruleset_load(hr_config_t *cfg, hr_errors_t *errs)
+{
+    size_t before = errs->n;
+    hr_ruleset_t *rs = hr_xcalloc(1, sizeof *rs);
+    rs->cfg = cfg;
+    rs->refs = 1;
+    rs->mem_limit = cfg->limits.rule_memory_bytes;
+    rs->L = lua_newstate(rs_alloc, rs);
+    if (!rs->L) {
+        hr_errors_add(errs, "cannot create a Lua state");
+        goto fail;
+    }
+    *(run_ctx_t **)lua_getextraspace(rs->L) = NULL;
+    open_sandbox(rs);
+
+    if (!is_dir(cfg->rules_dir)) {
+        hr_errors_add(errs,
+                      "%s: rules: %s is not a folder (it should hold default.lua and "
+                      "stores/<store>.lua)",
+                      cfg->file, cfg->rules_dir);
+        goto fail;
+    }
+    char *def = hr_xasprintf("%s/default.lua", cfg->rules_dir);
+    struct stat st;
+    if (stat(def, &st) == 0) {
+        if (load_rule_file(rs, def, errs) == 0) {
+            lua_setfield(rs->L, LUA_REGISTRYINDEX, DEFAULT_KEY);
+            rs->has_default = true;
+        }
+    }
+    free(def);
+    load_stores(rs, errs);
+    if (errs->n != before) goto fail;
+    lua_gc(rs->L, LUA_GCGEN, 0, 0); /* events make short-lived garbage */
+    return rs;
+fail:
+    if (rs->L) lua_close(rs->L);
+    hr_config_destroy(cfg);
+    free(rs);
+    return NULL;
+}
+
+void hr_ruleset_ref(hr_ruleset_t *rs)
+{
+    rs->refs++;
+}
+
+void hr_ruleset_unref(hr_ruleset_t *rs)
+{
+    if (!rs || --rs->refs > 0) return;
+    lua_close(rs->L);
+    hr_config_destroy(rs->cfg);
+    free(rs);
+}
+
+const hr_config_t *hr_ruleset_config(const hr_ruleset_t *rs)
+{
+    return rs->cfg;
+}
+
+size_t hr_ruleset_store_count(const hr_ruleset_t *rs)
+{
+    return rs->nstores;
+}
+
+bool hr_ruleset_has_default(const hr_ruleset_t *rs)
+{
+    return rs->has_default;
+}
+
+/* ---------------------------------------------------------------- running */
+
+/* Count hook: stop a rule that ran past its budget. Once tripped it fires on every
+ * instruction, so a pcall inside the rule cannot swallow the error for long. */
+static void count_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    run_ctx_t *ctx = ctx_of(L);
+    if (!ctx) return;
+    ctx->executed += ctx->over_budget ? 1 : HOOK_STEP;
+    if (ctx->executed > ctx->rs->cfg->limits.rule_instructions) {
+        if (!ctx->over_budget) {
+            ctx->over_budget = true;
+            lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+        }
+        luaL_error(L, "rule exceeded its instruction budget (limits.rule_instructions = %llu)",
+                   (unsigned long long)ctx->rs->cfg->limits.rule_instructions);
+    }
+}
+
+/* Push the value at the dotted path key of the table at idx (nil if any step is missing).
+ * [-0, +1, -] */
+static void push_path(lua_State *L, int idx, const char *key)
+{
+    idx = lua_absindex(L, idx);
+    lua_pushvalue(L, idx);
+    const char *p = key;
+    while (*p) {
+        const char *dot = strchr(p, '.');
+        size_t n = dot ? (size_t)(dot - p) : strlen(p);
+        if (!lua_istable(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushnil(L);
+            return;
+        }
+        lua_pushlstring(L, p, n);
+        lua_rawget(L, -2);
+        lua_remove(L, -2);
+        p += n + (dot ? 1 : 0);
+    }
+}
+
+/* The store id at the top of the stack as a string: integers (also integral floats) in
+ * decimal, strings as they are; anything else gives NULL. Pops it. [-1, +0, -] */
+static char *pop_store(lua_State *L)
+{
+    char *s = NULL;
+    if (lua_isinteger(L, -1)) {
+        s = hr_xasprintf("%lld", (long long)lua_tointeger(L, -1));
+    } else if (lua_type(L, -1) == LUA_TNUMBER) {
+        lua_Integer i;
+        if (lua_numbertointeger(lua_tonumber(L, -1), &i)) s = hr_xasprintf("%lld", (long long)i);
+    } else if (lua_type(L, -1) == LUA_TSTRING) {
+        size_t n;
+        const char *v = lua_tolstring(L, -1, &n);
+        if (n > 0 && strlen(v) == n) s = hr_xstrndup(v, n);
+    }
+    lua_pop(L, 1);
+    return s;
+}
+
+/* Push the event table; the decoded body is on top and is consumed. [-1, +1, m] */
+static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store)
+{
+    lua_createtable(L, 0, 8);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "body");
+    lua_pushstring(L, ev->id);
+    lua_setfield(L, -2, "id");
+    lua_pushstring(L, ev->type);
+    lua_setfield(L, -2, "type");
+    if (store) {
+        lua_pushstring(L, store);
+        lua_setfield(L, -2, "store");
+    }
+    lua_pushstring(L, ev->method);
+    lua_setfield(L, -2, "method");
+    lua_pushstring(L, ev->path);
+    lua_setfield(L, -2, "path");
+    lua_pushstring(L, ev->received_at);
+    lua_setfield(L, -2, "received_at");
+    lua_createtable(L, 0, (int)ev->nheaders);
+    for (size_t i = 0; i < ev->nheaders; i++) {
+        lua_pushstring(L, ev->headers[i].value);
+        lua_setfield(L, -2, ev->headers[i].name);
+    }
+    lua_setfield(L, -2, "headers");
+}
+
+void hr_ruleset_run(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run_result_t *out)
+{
+    memset(out, 0, sizeof *out);
+    lua_State *L = rs->L;
+    int top = lua_gettop(L);
+    lua_State *co = lua_newthread(L); /* anchored on L's stack until the end */
+
+    char err[512];
+    if (hr_json_decode(co, ev->body, ev->body_len, err, sizeof err) != 0) {
+        out->status = HR_RUN_BAD_JSON;
+        out->error = hr_xstrdup(err);
+        lua_settop(L, top);
+        return;
+    }
+    push_path(co, -1, rs->cfg->store_key);
+    out->store = pop_store(co);
+
+    /* stores/<store>.lua if it exists and the id is a safe file name, else default.lua. */
+    bool found = false;
+    if (out->store && hr_is_safe_name(out->store, strlen(out->store))) {
+        lua_getfield(co, LUA_REGISTRYINDEX, STORES_KEY);
+        found = lua_getfield(co, -1, out->store) == LUA_TFUNCTION;
+        lua_remove(co, -2);
+        if (found)
+            out->rule = hr_xasprintf("stores/%s.lua", out->store);
+        else
+            lua_pop(co, 1);
+    }
+    if (!found && rs->has_default) {
+        lua_getfield(co, LUA_REGISTRYINDEX, DEFAULT_KEY);
+        out->rule = hr_xstrdup("default.lua");
+        found = true;
+    }
+    if (!found) {
+        out->dropped = true;
+        out->drop_reason = hr_xasprintf("no rule for store %s and no default.lua",
+                                        out->store ? out->store : "(none)");
+        lua_settop(L, top);
+        return;
+    }
+    lua_insert(co, -2); /* fn, body */
+    push_event(co, ev, out->store);
+
+    run_ctx_t ctx = {.rs = rs, .ev = ev, .out = out, .tail = &out->actions};
+    *(run_ctx_t **)lua_getextraspace(co) = &ctx;
+    lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_STEP);
+    rs->mem_denied = false;
+    rs->mem_limit = rs->mem_used + rs->cfg->limits.rule_memory_bytes;
+    rs->running = true;
+    int nres = 0;
+    int rc = lua_resume(co, L, 1, &nres);
+    rs->running = false;
+    *(run_ctx_t **)lua_getextraspace(co) = NULL;
+
+    if (rc == LUA_OK && !rs->mem_denied && !ctx.over_budget) {
+        out->status = HR_RUN_OK;
+    } else {
+        out->status = HR_RUN_RULE_FAILED;
+        if (rs->mem_denied)
+            out->error = hr_xasprintf("%s: rule exceeded its memory limit "
+                                      "(limits.rule_memory_bytes = %zu)",
+                                      out->rule, rs->cfg->limits.rule_memory_bytes);
+        else if (ctx.over_budget)
+            out->error =
+                hr_xasprintf("%s: rule exceeded its instruction budget "
+                             "(limits.rule_instructions = %llu)",
+                             out->rule, (unsigned long long)rs->cfg->limits.rule_instructions);
+        else if (rc == LUA_YIELD)
+            out->error = hr_xasprintf("%s: rule yielded outside of a request", out->rule);
+        else if (lua_type(co, -1) == LUA_TSTRING)
+            out->error = hr_xstrdup(lua_tostring(co, -1));
+        else
+            out->error =
+                hr_xasprintf("%s: rule raised a %s value", out->rule, luaL_typename(co, -1));
+        hr_action_list_free(out->actions);
+        out->actions = NULL;
+        out->nactions = 0;
+        if (rs->mem_denied) lua_gc(L, LUA_GCCOLLECT);
+    }
+    lua_resetthread(co); /* close pending to-be-closed variables */
+    lua_settop(L, top);
+}
+
+void hr_run_result_free(hr_run_result_t *r)
+{
+    free(r->store);
+    free(r->rule);
+    hr_action_list_free(r->actions);
+    free(r->drop_reason);
+    free(r->error);
+    memset(r, 0, sizeof *r);
+}

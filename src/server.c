@@ -1,0 +1,1097 @@
+/* Inbound HTTP/1.1 server: listener, connections, llhttp parsing, limits, timeouts, replies.
+ *
+ * Life of a connection (hr_conn_t):
+ *   IDLE     waiting for the first byte of a request; the timer runs idle_timeout_ms.
+ *   READING  a request has begun (on_message_begin); the timer runs request_timeout_ms from
+ *            that first byte and is not re-armed by later bytes.
+ *   APP      the request was handed to the app (on_request) and waits for hr_http_reply();
+ *            parsing is paused (llhttp returned HPE_PAUSED), later bytes are kept in
+ *            c->pending, and no timer runs.
+ *   DRAIN    the reply is queued but the socket's write queue is large: parsing waits for
+ *            the queue to drain; the timer runs idle_timeout_ms as a send timeout.
+ *   ENDING   the last reply is queued with "Connection: close": uv_shutdown() sends FIN after
+ *            the queued writes, then the rest of the client's bytes are read and dropped
+ *            (a lingering close, so that unread input does not turn our FIN into a RST that
+ *            destroys the reply on the client's side) until EOF or END_TIMEOUT_MS.
+ * The request (hr_http_request_t) is embedded in its connection. A connection whose handles
+ * are closed while the app holds its request stays allocated until hr_http_reply(), which then
+ * only frees it; when the server itself is freed such connections are detached (server NULL).
+ *
+ * Memory: one read buffer per server (the loop is single-threaded and libuv hands it to the
+ * read callback right after allocating), and per connection a string arena for the request
+ * line and headers, a body buffer, a pending-input buffer and an output buffer, all reused
+ * from request to request. Writes that do not complete at once (uv_try_write) copy their rest
+ * into a write request that owns its bytes.
+ */
+#include "hr/server.h"
+
+#include <llhttp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hr/log.h"
+
+#define READ_BUF_SIZE    65536           /* per-server read buffer */
+#define PENDING_MAX      65536           /* buffered unparsed input before reading stops */
+#define DISCARD_MAX      65536           /* a body this small is read and dropped after an early reply */
+#define WRITE_HIGH       (256u * 1024u)  /* write queue size above which parsing waits */
+#define END_TIMEOUT_MS   2000            /* longest lingering close */
+#define LINGER_MAX       (1024u * 1024u) /* bytes dropped during a lingering close */
+#define BODY_KEEP_MAX    (256u * 1024u)  /* larger body buffers are freed between requests */
+#define LISTEN_BACKLOG   511
+#define UNSET            UINT64_MAX
+
+typedef enum { ST_IDLE, ST_READING, ST_APP, ST_DRAIN, ST_ENDING } conn_state_t;
+
+typedef struct hr_conn hr_conn_t;
+
+struct hr_conn {
+    hr_http_request_t req;  /* the current request; handed to the app */
+    hr_server_t *server;    /* NULL once the server is freed (detached) */
+    hr_conn_t *prev, *next; /* server's list of connections */
+    uv_tcp_t tcp;           /* the socket */
+    uv_timer_t timer;       /* the one timer: idle, request, send or linger deadline */
+    uv_shutdown_t shutdown; /* FIN after the last reply */
+    llhttp_t parser;        /* HTTP_REQUEST parser, paused while the app holds req */
+    conn_state_t state;     /* see the top of the file */
+    int handles_open;       /* tcp + timer not yet through their close callback */
+    /* Request being parsed: strings live in arena; offsets until the headers are complete. */
+    hr_buf_t arena;         /* url, header names and values, NUL-separated */
+    size_t url_off;         /* start of the URL in arena */
+    size_t hdr_cap;         /* capacity of headers and hoffs */
+    size_t *hoffs;          /* 2 per header: name and value offsets in arena */
+    hr_header_t *headers;   /* filled from hoffs when the headers are complete */
+    hr_buf_t body;          /* de-chunked body */
+    uint64_t msg_start;     /* stream offset of the request's first byte, or UNSET */
+    uint64_t stream_off;    /* bytes given to llhttp before the current chunk */
+    const char *chunk_base; /* start of the chunk llhttp is executing */
+    int err_status;         /* limit hit inside a callback: 413 or 431, else 0 */
+    const char *err_msg;    /* its message */
+    bool in_field;          /* receiving a header name */
+    bool in_value;          /* receiving a header value */
+    bool headers_done;      /* on_headers_complete seen (later headers are trailers) */
+    bool msg_complete;      /* on_message_complete seen */
+    bool handed;            /* on_request called, reply not yet made */
+    bool replied;           /* hr_http_reply called for this request */
+    bool discard_body;      /* replied in on_headers: drop the body */
+    bool close_if_early;    /* a reply from on_headers must close (body large or unknown) */
+    bool keep_alive;        /* the connection may carry another request */
+    /* Connection state. */
+    hr_buf_t pending;       /* input received while parsing is paused */
+    size_t pending_off;     /* bytes of pending already parsed */
+    hr_buf_t out;           /* response head being built */
+    size_t lingered;        /* bytes dropped during the lingering close */
+    bool in_execute;        /* inside llhttp_execute: replies must not resume parsing */
+    bool reading;           /* uv_read_start active */
+    bool peer_eof;          /* the client sent FIN */
+    bool ending;            /* no more requests: close once the replies are out */
+    bool shut_sent;         /* uv_shutdown done: lingering */
+    bool closing;           /* uv_close called */
+};
+
+struct hr_server {
+    uv_loop_t *loop;            /* the loop everything runs on */
+    hr_server_opts_t opts;      /* copied from hr_server_start */
+    llhttp_settings_t settings; /* parser callbacks, shared by the connections */
+    uv_tcp_t listener;          /* listening socket */
+    uv_timer_t token;           /* never started: closed by hr_server_close so cb is async */
+    int port;                   /* bound port */
+    bool listener_open;         /* listener not yet through its close callback */
+    bool listener_closing;      /* uv_close called on the listener */
+    bool token_open;            /* token not yet through its close callback */
+    bool stopping;              /* stop_accepting or close called */
+    bool closing;               /* hr_server_close called */
+    size_t nconns;              /* connections with handles open */
+    size_t inflight;            /* requests handed over and not replied */
+    hr_conn_t *conns;           /* all connections, incl. closed ones whose req the app holds */
+    void (*close_cb)(void *arg);
+    void *close_arg;
+    char rbuf[READ_BUF_SIZE]; /* read buffer shared by the connections */
+};
+
+/* A write that uv_try_write could not finish: owns a copy of the unwritten bytes. */
+typedef struct {
+    uv_write_t req;
+    uv_buf_t buf;
+    char data[];
+} write_req_t;
+
+static void conn_close(hr_conn_t *c);
+static void conn_end(hr_conn_t *c);
+static void conn_process_pending(hr_conn_t *c);
+static void server_maybe_finish(hr_server_t *s);
+
+/* ---------------------------------------------------------------- small helpers */
+
+/* The standard reason phrase of an HTTP status; "Unknown" for codes it does not know. */
+static const char *status_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
+    case 204: return "No Content";
+    case 205: return "Reset Content";
+    case 206: return "Partial Content";
+    case 300: return "Multiple Choices";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 402: return "Payment Required";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 416: return "Range Not Satisfiable";
+    case 417: return "Expectation Failed";
+    case 421: return "Misdirected Request";
+    case 422: return "Unprocessable Content";
+    case 425: return "Too Early";
+    case 426: return "Upgrade Required";
+    case 428: return "Precondition Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    case 507: return "Insufficient Storage";
+    default: return "Unknown";
+    }
+}
+
+/* ASCII case-insensitive equality of a NUL-terminated string and a lower-case one. */
+static bool name_eq(const char *s, const char *lower)
+{
+    for (; *s && *lower; s++, lower++) {
+        char ch = *s;
+        if (ch >= 'A' && ch <= 'Z') ch = (char)(ch - 'A' + 'a');
+        if (ch != *lower) return false;
+    }
+    return *s == *lower;
+}
+
+/* True if s contains CR or LF (which would let a header value split the response). */
+static bool has_crlf(const char *s)
+{
+    return strpbrk(s, "\r\n") != NULL;
+}
+
+/* Format addr as "ip:port" ("[ip]:port" for IPv6) into out. */
+static void format_addr(const struct sockaddr *addr, char *out, size_t outlen)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (addr->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)addr;
+        uv_ip6_name(a6, ip, sizeof ip);
+        port = ntohs(a6->sin6_port);
+        snprintf(out, outlen, "[%s]:%d", ip, port);
+    } else {
+        const struct sockaddr_in *a4 = (const struct sockaddr_in *)addr;
+        uv_ip4_name(a4, ip, sizeof ip);
+        port = ntohs(a4->sin_port);
+        snprintf(out, outlen, "%s:%d", ip, port);
+    }
+}
+
+/* Arm the connection timer for ms from now, or stop it if ms is 0. */
+static void conn_arm(hr_conn_t *c, uint64_t ms, uv_timer_cb cb)
+{
+    if (c->closing) return;
+    if (ms == 0)
+        uv_timer_stop(&c->timer);
+    else
+        uv_timer_start(&c->timer, cb, ms, 0);
+}
+
+/* ---------------------------------------------------------------- writing */
+
+/* Free a write request once libuv is done with it; a failed write closes the connection
+ * (ECANCELED means it is closing already). Resumes parsing that waited for the drain. */
+static void on_write(uv_write_t *req, int status)
+{
+    write_req_t *w = hr_container_of(req, write_req_t, req);
+    hr_conn_t *c = hr_container_of(req->handle, hr_conn_t, tcp);
+    free(w);
+    if (status == UV_ECANCELED || c->closing) return;
+    if (status < 0) {
+        hr_log_debug("write to %s: %s", c->req.peer, uv_strerror(status));
+        conn_close(c);
+        return;
+    }
+    if (c->state == ST_DRAIN && c->tcp.write_queue_size < WRITE_HIGH / 2) {
+        c->state = ST_IDLE;
+        conn_process_pending(c);
+    }
+}
+
+/* Write bufs in order: as much as possible now with uv_try_write, the rest through a
+ * uv_write that owns a copy. The caller keeps ownership of bufs. Returns 0, or a negative
+ * libuv error (the connection is then to be closed by the caller). */
+static int conn_write(hr_conn_t *c, uv_buf_t *bufs, unsigned nbufs)
+{
+    size_t total = 0;
+    for (unsigned i = 0; i < nbufs; i++)
+        total += bufs[i].len;
+    size_t done = 0;
+    int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, nbufs);
+    if (n >= 0)
+        done = (size_t)n;
+    else if (n != UV_EAGAIN && n != UV_ENOSYS)
+        return n;
+    if (done == total) return 0;
+    write_req_t *w = hr_xmalloc(sizeof *w + (total - done));
+    size_t skip = done, off = 0;
+    for (unsigned i = 0; i < nbufs; i++) {
+        size_t len = bufs[i].len;
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        memcpy(w->data + off, bufs[i].base + skip, len - skip);
+        off += len - skip;
+        skip = 0;
+    }
+    w->buf = uv_buf_init(w->data, (unsigned)off);
+    int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &w->buf, 1, on_write);
+    if (r < 0) free(w);
+    return r;
+}
+
+/* Build and write a response for the current request of c. keep: the connection stays open
+ * (else "Connection: close" is sent). Copies everything. Returns 0 or a negative libuv
+ * error. */
+static int conn_send_response(hr_conn_t *c, int status, const hr_header_t *headers,
+                              size_t nheaders, const char *body, size_t body_len, bool keep)
+{
+    hr_buf_t *o = &c->out;
+    hr_buf_reset(o);
+    hr_buf_printf(o, "HTTP/1.1 %d %s\r\n", status, status_reason(status));
+    for (size_t i = 0; i < nheaders; i++) {
+        const char *name = headers[i].name, *value = headers[i].value;
+        if (!name || !value || !*name) continue;
+        if (name_eq(name, "content-length") || name_eq(name, "connection")) continue;
+        if (has_crlf(name) || has_crlf(value)) {
+            hr_log_warn("reply header %s dropped: contains CR or LF", name);
+            continue;
+        }
+        hr_buf_appends(o, name);
+        hr_buf_append(o, ": ", 2);
+        hr_buf_appends(o, value);
+        hr_buf_append(o, "\r\n", 2);
+    }
+    bool no_body = status == 204 || status == 304 || status < 200;
+    if (!no_body) hr_buf_printf(o, "Content-Length: %zu\r\n", body_len);
+    if (!keep)
+        hr_buf_appends(o, "Connection: close\r\n");
+    else if (c->req.http_major == 1 && c->req.http_minor == 0)
+        hr_buf_appends(o, "Connection: keep-alive\r\n");
+    hr_buf_append(o, "\r\n", 2);
+    bool head = c->req.method && strcmp(c->req.method, "HEAD") == 0;
+    uv_buf_t bufs[2] = {uv_buf_init(o->data, (unsigned)o->len), uv_buf_init(NULL, 0)};
+    unsigned nbufs = 1;
+    if (body && body_len && !no_body && !head) {
+        bufs[1] = uv_buf_init((char *)body, (unsigned)body_len);
+        nbufs = 2;
+    }
+    return conn_write(c, bufs, nbufs);
+}
+
+/* ---------------------------------------------------------------- closing */
+
+/* Free a connection's memory; unlinks it from its server. Its handles must be closed. */
+static void conn_free(hr_conn_t *c)
+{
+    hr_server_t *s = c->server;
+    if (s) {
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            s->conns = c->next;
+        if (c->next) c->next->prev = c->prev;
+    }
+    hr_buf_free(&c->arena);
+    hr_buf_free(&c->body);
+    hr_buf_free(&c->pending);
+    hr_buf_free(&c->out);
+    free(c->hoffs);
+    free(c->headers);
+    free(c);
+}
+
+/* Close callback of the connection's tcp and timer handles: once both are closed the
+ * connection is freed, unless the app still holds its request (hr_http_reply frees it). */
+static void on_conn_handle_close(uv_handle_t *h)
+{
+    hr_conn_t *c = h->data;
+    if (--c->handles_open > 0) return;
+    hr_server_t *s = c->server;
+    if (s) s->nconns--;
+    if (!c->handed) conn_free(c);
+    if (s) server_maybe_finish(s);
+}
+
+/* Close the connection now: pending writes are cancelled. Safe to call more than once and
+ * from any callback of the connection; the memory goes in the close callbacks. */
+static void conn_close(hr_conn_t *c)
+{
+    if (c->closing) return;
+    c->closing = true;
+    c->reading = false;
+    uv_close((uv_handle_t *)&c->tcp, on_conn_handle_close);
+    uv_close((uv_handle_t *)&c->timer, on_conn_handle_close);
+}
+
+/* Timer callback: the deadline of the current state passed. */
+static void on_timer(uv_timer_t *t);
+
+/* Shutdown callback: FIN is sent after every queued write; now drop the client's remaining
+ * bytes until EOF or the end deadline (lingering close). */
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    hr_conn_t *c = hr_container_of(req, hr_conn_t, shutdown);
+    if (status == UV_ECANCELED || c->closing) return;
+    if (status < 0 || c->peer_eof) {
+        conn_close(c);
+        return;
+    }
+    c->shut_sent = true;
+}
+
+/* Allocation callback: every connection reads into the server's buffer (consumed or copied
+ * before the read callback returns). Detached connections never read. */
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    hr_conn_t *c = h->data;
+    buf->base = c->server->rbuf;
+    buf->len = READ_BUF_SIZE;
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+/* Start or stop reading as the state wants: read unless closing, or the pending input is
+ * full, or the peer is done sending. */
+static void conn_update_reading(hr_conn_t *c)
+{
+    if (c->closing) return;
+    bool want = !c->peer_eof && (c->shut_sent || c->ending ||
+                                 c->pending.len - c->pending_off < PENDING_MAX);
+    if (want == c->reading) return;
+    if (want) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
+            conn_close(c);
+            return;
+        }
+    } else {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    }
+    c->reading = want;
+}
+
+/* End the connection gracefully: no more requests are parsed; FIN goes out after the
+ * queued replies, then a lingering close (see the top of the file). Bounded by
+ * END_TIMEOUT_MS in all. */
+static void conn_end(hr_conn_t *c)
+{
+    if (c->closing || c->ending) return;
+    c->ending = true;
+    c->state = ST_ENDING;
+    conn_arm(c, END_TIMEOUT_MS, on_timer);
+    if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+        conn_close(c);
+        return;
+    }
+    conn_update_reading(c);
+}
+
+/* Send a server-made error reply {"error": msg} for the current request and end the
+ * connection. If the request was already answered or handed to the app, only end it. */
+static void conn_fail(hr_conn_t *c, int status, const char *msg)
+{
+    if (c->closing || c->ending) return;
+    if (!c->replied && !c->handed) {
+        hr_buf_t body = HR_BUF_INIT;
+        hr_buf_appends(&body, "{\"error\":");
+        hr_buf_append_json_string(&body, msg, strlen(msg));
+        hr_buf_appendc(&body, '}');
+        hr_header_t ct = {"Content-Type", "application/json"};
+        c->replied = true;
+        int r = conn_send_response(c, status, &ct, 1, body.data, body.len, false);
+        hr_buf_free(&body);
+        if (r < 0) {
+            conn_close(c);
+            return;
+        }
+        hr_log_debug("%s: %d %s", c->req.peer, status, msg);
+    }
+    conn_end(c);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    hr_conn_t *c = t->data;
+    if (c->closing) return;
+    if (c->state == ST_READING && !c->ending) {
+        conn_fail(c, 408, "request timeout");
+        return;
+    }
+    conn_close(c);
+}
+
+/* ---------------------------------------------------------------- parser callbacks */
+
+/* Check the header limit for a span [at, at+len) of the request line or headers; records
+ * the request's first byte. Returns 0, or HPE_USER with a 431 recorded. */
+static int header_span(hr_conn_t *c, const char *at, size_t len)
+{
+    if (c->headers_done) return 0; /* trailers: not kept, not counted */
+    uint64_t pos = c->stream_off + (uint64_t)(at - c->chunk_base);
+    if (c->msg_start == UNSET) c->msg_start = pos;
+    if (pos + len - c->msg_start > c->server->opts.header_limit) {
+        c->err_status = 431;
+        c->err_msg = "request header block too large";
+        return HPE_USER;
+    }
+    return 0;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    hr_conn_t *c = p->data;
+    c->state = ST_READING;
+    c->req.start_ns = uv_hrtime();
+    conn_arm(c, c->server->opts.request_timeout_ms, on_timer);
+    return 0;
+}
+
+static int on_method(llhttp_t *p, const char *at, size_t len)
+{
+    return header_span(p->data, at, len);
+}
+
+static int on_version(llhttp_t *p, const char *at, size_t len)
+{
+    return header_span(p->data, at, len);
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    hr_conn_t *c = p->data;
+    int r = header_span(c, at, len);
+    if (r) return r;
+    hr_buf_append(&c->arena, at, len);
+    return 0;
+}
+
+static int on_url_complete(llhttp_t *p)
+{
+    hr_conn_t *c = p->data;
+    hr_buf_appendc(&c->arena, '\0');
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    hr_conn_t *c = p->data;
+    int r = header_span(c, at, len + 4); /* ": " and CRLF */
+    if (r || c->headers_done) return r;  /* trailers are not kept */
+    if (!c->in_field) {
+        if (c->req.nheaders == c->hdr_cap) {
+            c->hdr_cap = c->hdr_cap ? c->hdr_cap * 2 : 16;
+            c->hoffs = hr_xrealloc(c->hoffs, c->hdr_cap * 2 * sizeof *c->hoffs);
+            c->headers = hr_xrealloc(c->headers, c->hdr_cap * sizeof *c->headers);
+        }
+        c->hoffs[2 * c->req.nheaders] = c->arena.len;
+        c->hoffs[2 * c->req.nheaders + 1] = c->arena.len; /* empty until the value */
+        c->req.nheaders++;
+        c->in_field = true;
+    }
+    hr_buf_append(&c->arena, at, len);
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    hr_conn_t *c = p->data;
+    if (c->headers_done || !c->in_field) return 0;
+    c->in_field = false;
+    size_t start = c->hoffs[2 * (c->req.nheaders - 1)];
+    for (size_t i = start; i < c->arena.len; i++) {
+        char ch = c->arena.data[i];
+        if (ch >= 'A' && ch <= 'Z') c->arena.data[i] = (char)(ch - 'A' + 'a');
+    }
+    hr_buf_appendc(&c->arena, '\0');
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    hr_conn_t *c = p->data;
+    int r = header_span(c, at, len);
+    if (r || c->headers_done || c->req.nheaders == 0) return r;
+    if (!c->in_value) {
+        c->hoffs[2 * (c->req.nheaders - 1) + 1] = c->arena.len;
+        c->in_value = true;
+    }
+    hr_buf_append(&c->arena, at, len);
+    return 0;
+}
+
+/* The value is complete: trim surrounding spaces and tabs and NUL-terminate it. */
+static int on_header_value_complete(llhttp_t *p)
+{
+    hr_conn_t *c = p->data;
+    if (c->headers_done || c->req.nheaders == 0) return 0;
+    size_t *voff = &c->hoffs[2 * (c->req.nheaders - 1) + 1];
+    if (!c->in_value) *voff = c->arena.len;
+    c->in_value = false;
+    while (c->arena.len > *voff &&
+           (c->arena.data[c->arena.len - 1] == ' ' || c->arena.data[c->arena.len - 1] == '\t'))
+        c->arena.len--;
+    while (*voff < c->arena.len && (c->arena.data[*voff] == ' ' || c->arena.data[*voff] == '\t'))
+        (*voff)++;
+    hr_buf_appendc(&c->arena, '\0');
+    return 0;
+}
+
+/* Turn the arena offsets into the request's pointers (the arena no longer grows). */
+static void request_fix_pointers(hr_conn_t *c)
+{
+    hr_http_request_t *r = &c->req;
+    hr_buf_reserve(&c->arena, 0);
+    c->arena.data[c->arena.len] = '\0';
+    char *url = c->arena.data + c->url_off;
+    char *q = strchr(url, '?');
+    r->path = url;
+    r->query = "";
+    if (q) {
+        *q = '\0';
+        r->query = q + 1;
+    }
+    for (size_t i = 0; i < r->nheaders; i++) {
+        c->headers[i].name = c->arena.data + c->hoffs[2 * i];
+        c->headers[i].value = c->arena.data + c->hoffs[2 * i + 1];
+    }
+    r->headers = r->nheaders ? c->headers : NULL;
+}
+
+/* Headers complete: enforce the body limit, let the app look (and maybe answer), and send
+ * "100 Continue" if asked for. Returns 0 to read the body, or HPE_PAUSED to stop parsing
+ * (the connection then ends). */
+static int on_headers_complete(llhttp_t *p)
+{
+    hr_conn_t *c = p->data;
+    hr_server_t *s = c->server;
+    hr_http_request_t *r = &c->req;
+    c->headers_done = true;
+    r->method = llhttp_method_name((llhttp_method_t)llhttp_get_method(p));
+    r->http_major = llhttp_get_http_major(p);
+    r->http_minor = llhttp_get_http_minor(p);
+    bool chunked = (p->flags & F_CHUNKED) != 0;
+    bool has_len = (p->flags & F_CONTENT_LENGTH) != 0 && !chunked;
+    r->content_length = has_len ? p->content_length : UINT64_MAX;
+    c->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade && !s->stopping;
+    request_fix_pointers(c);
+
+    if (has_len && r->content_length > s->opts.body_limit) {
+        c->err_status = 413;
+        c->err_msg = "request body too large";
+        return HPE_PAUSED;
+    }
+    if (has_len) hr_buf_reserve(&c->body, (size_t)r->content_length);
+
+    const char *expect = hr_http_header(r, "expect");
+    bool wants_continue = expect && name_eq(expect, "100-continue") && r->http_minor >= 1 &&
+                          (chunked || (has_len && r->content_length > 0));
+    /* Answered early, a small body is dropped and the connection goes on; a large or
+     * unknown one (or one the client waits to send) means closing after the reply. */
+    uint64_t rest = has_len ? r->content_length : 0;
+    c->close_if_early = chunked || rest > DISCARD_MAX || wants_continue;
+    if (s->opts.on_headers) s->opts.on_headers(r, s->opts.arg);
+    if (c->closing || c->ending) return HPE_PAUSED;
+    if (c->replied) {
+        if (!c->keep_alive) {
+            conn_end(c);
+            return HPE_PAUSED;
+        }
+        c->discard_body = true;
+        return 0;
+    }
+    if (wants_continue) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        uv_buf_t b = uv_buf_init((char *)cont, sizeof cont - 1);
+        if (conn_write(c, &b, 1) < 0) {
+            conn_close(c);
+            return HPE_PAUSED;
+        }
+    }
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    hr_conn_t *c = p->data;
+    if (c->discard_body) return 0;
+    if (c->body.len + len > c->server->opts.body_limit) {
+        c->err_status = 413;
+        c->err_msg = "request body too large";
+        return HPE_USER;
+    }
+    hr_buf_append(&c->body, at, len);
+    return 0;
+}
+
+/* The request is complete: hand it to the app (unless answered early) and pause the parser
+ * until the reply; the parse loop resumes it. */
+static int on_message_complete(llhttp_t *p)
+{
+    hr_conn_t *c = p->data;
+    hr_server_t *s = c->server;
+    c->msg_complete = true;
+    uv_timer_stop(&c->timer);
+    if (!c->replied) {
+        c->state = ST_APP;
+        hr_buf_reserve(&c->body, 0);
+        c->body.data[c->body.len] = '\0'; /* reserve does not terminate a new buffer */
+        c->req.body = c->body.data;
+        c->req.body_len = c->body.len;
+        c->handed = true;
+        s->inflight++;
+        s->opts.on_request(&c->req, s->opts.arg);
+    }
+    return HPE_PAUSED;
+}
+
+/* Forget the finished request; keep the buffers for the next one. */
+static void request_reset(hr_conn_t *c)
+{
+    hr_http_request_t *r = &c->req;
+    hr_buf_reset(&c->arena);
+    if (c->body.cap > BODY_KEEP_MAX)
+        hr_buf_free(&c->body);
+    else
+        hr_buf_reset(&c->body);
+    r->method = r->path = r->query = NULL;
+    r->headers = NULL;
+    r->nheaders = 0;
+    r->body = NULL;
+    r->body_len = 0;
+    r->content_length = UINT64_MAX;
+    r->start_ns = 0;
+    r->data = NULL;
+    c->url_off = 0;
+    c->msg_start = UNSET;
+    c->err_status = 0;
+    c->err_msg = NULL;
+    c->in_field = c->in_value = false;
+    c->headers_done = c->msg_complete = c->handed = c->replied = c->discard_body = false;
+    c->close_if_early = false;
+    c->keep_alive = false;
+}
+
+/* ---------------------------------------------------------------- the parse loop */
+
+/* Parse data (received now, or kept in c->pending), handling every request in it that can
+ * be handled now. Returns the number of bytes consumed; the caller keeps the rest if the
+ * connection is still parsing (a request waits for its reply). */
+static size_t conn_execute(hr_conn_t *c, const char *data, size_t len)
+{
+    size_t used = 0;
+    while (!c->closing && !c->ending) {
+        c->chunk_base = data + used;
+        c->in_execute = true;
+        llhttp_errno_t err = llhttp_execute(&c->parser, data + used, len - used);
+        c->in_execute = false;
+        size_t n = len - used;
+        if (err != HPE_OK) {
+            const char *pos = llhttp_get_error_pos(&c->parser);
+            if (pos && pos >= data + used && pos <= data + len) n = (size_t)(pos - (data + used));
+        }
+        c->stream_off += n;
+        used += n;
+        if (c->closing || c->ending) break;
+        if (c->err_status) {
+            conn_fail(c, c->err_status, c->err_msg);
+            break;
+        }
+        if (err == HPE_OK) {
+            /* All consumed. A header block still open must stay within the limit. */
+            if (c->state == ST_READING && !c->headers_done && c->msg_start != UNSET &&
+                c->stream_off - c->msg_start > c->server->opts.header_limit)
+                conn_fail(c, 431, "request header block too large");
+            break;
+        }
+        if (err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "malformed HTTP request: %s",
+                     llhttp_get_error_reason(&c->parser));
+            conn_fail(c, 400, msg);
+            break;
+        }
+        /* Paused at the end of a message. */
+        if (!c->msg_complete) { /* should not happen: never resume blindly */
+            conn_close(c);
+            break;
+        }
+        if (!c->replied) break; /* the app holds it: wait for hr_http_reply */
+        if (!c->keep_alive) {
+            conn_end(c);
+            break;
+        }
+        request_reset(c);
+        llhttp_resume(&c->parser);
+        if (c->tcp.write_queue_size >= WRITE_HIGH) {
+            c->state = ST_DRAIN;
+            conn_arm(c, c->server->opts.idle_timeout_ms, on_timer);
+            break;
+        }
+        c->state = ST_IDLE;
+        if (used == len) break;
+    }
+    if (!c->closing && !c->ending && c->state == ST_IDLE) {
+        if (c->peer_eof)
+            conn_end(c);
+        else
+            conn_arm(c, c->server->opts.idle_timeout_ms, on_timer);
+    }
+    return used;
+}
+
+/* Parse what c->pending holds (after a reply, or once the write queue drained). */
+static void conn_process_pending(hr_conn_t *c)
+{
+    size_t avail = c->pending.len - c->pending_off;
+    if (avail) {
+        size_t n = conn_execute(c, c->pending.data + c->pending_off, avail);
+        c->pending_off += n;
+    } else {
+        conn_execute(c, "", 0); /* settles the state and the timer */
+    }
+    if (c->pending_off >= c->pending.len || c->ending || c->closing) {
+        if (c->pending.cap > PENDING_MAX * 2) hr_buf_free(&c->pending);
+        hr_buf_reset(&c->pending);
+        c->pending_off = 0;
+    }
+    conn_update_reading(c);
+}
+
+/* Read callback: parse fresh bytes at once, or keep them while parsing waits. EOF ends the
+ * connection once the requests already received are answered. */
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    hr_conn_t *c = hr_container_of(stream, hr_conn_t, tcp);
+    if (c->closing || nread == 0) return;
+    if (nread < 0) {
+        if (nread != UV_EOF) {
+            hr_log_debug("read from %s: %s", c->req.peer, uv_strerror((int)nread));
+            conn_close(c);
+            return;
+        }
+        c->peer_eof = true;
+        conn_update_reading(c);
+        if (c->ending) {
+            if (c->shut_sent) conn_close(c); /* else on_shutdown closes */
+            return;
+        }
+        /* Half-closed clients still get the replies to what they sent. */
+        if (c->state == ST_IDLE || c->state == ST_READING) conn_end(c);
+        return;
+    }
+    if (c->ending) { /* lingering close: drop */
+        c->lingered += (size_t)nread;
+        if (c->lingered > LINGER_MAX) conn_close(c);
+        return;
+    }
+    if (c->state == ST_APP || c->state == ST_DRAIN || c->pending.len > c->pending_off) {
+        hr_buf_append(&c->pending, buf->base, (size_t)nread);
+        conn_update_reading(c);
+        return;
+    }
+    size_t n = conn_execute(c, buf->base, (size_t)nread);
+    if (n < (size_t)nread && !c->closing && !c->ending) {
+        hr_buf_append(&c->pending, buf->base + n, (size_t)nread - n);
+        conn_update_reading(c);
+    }
+}
+
+/* ---------------------------------------------------------------- accepting */
+
+/* A new connection: set it up and start reading. Failures close it and are logged. */
+static void on_connection(uv_stream_t *listener, int status)
+{
+    hr_server_t *s = listener->data;
+    if (status < 0) {
+        hr_log_warn("accept: %s", uv_strerror(status));
+        return;
+    }
+    if (s->stopping) return;
+    hr_conn_t *c = hr_xcalloc(1, sizeof *c);
+    c->server = s;
+    c->msg_start = UNSET;
+    c->req.content_length = UINT64_MAX;
+    uv_tcp_init(s->loop, &c->tcp);
+    uv_timer_init(s->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->handles_open = 2;
+    c->next = s->conns;
+    if (s->conns) s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
+    c->parser.data = c;
+    int r = uv_accept(listener, (uv_stream_t *)&c->tcp);
+    if (r < 0) {
+        hr_log_warn("accept: %s", uv_strerror(r));
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    struct sockaddr_storage ss;
+    int sslen = sizeof ss;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0)
+        format_addr((const struct sockaddr *)&ss, c->req.peer, sizeof c->req.peer);
+    else
+        snprintf(c->req.peer, sizeof c->req.peer, "?");
+    c->state = ST_IDLE;
+    conn_arm(c, s->opts.idle_timeout_ms, on_timer);
+    conn_update_reading(c);
+}
+
+/* ---------------------------------------------------------------- public API */
+
+/* Resolve host (a literal address or a name such as "localhost") into out. Returns 0 or a
+ * negative libuv error. */
+static int resolve(uv_loop_t *loop, const char *host, int port, struct sockaddr_storage *out)
+{
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)out) == 0) return 0;
+    if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)out) == 0) return 0;
+    uv_getaddrinfo_t req;
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    char portstr[16];
+    snprintf(portstr, sizeof portstr, "%d", port);
+    int r = uv_getaddrinfo(loop, &req, NULL, host, portstr, &hints);
+    if (r < 0) return r;
+    memcpy(out, req.addrinfo->ai_addr, req.addrinfo->ai_addrlen);
+    uv_freeaddrinfo(req.addrinfo);
+    return 0;
+}
+
+/* Close callback of the listener of a server whose start failed: frees it. */
+static void on_failed_listener_close(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+hr_server_t *hr_server_start(uv_loop_t *loop, const hr_server_opts_t *opts, char *err,
+                             size_t errlen)
+{
+    const char *host = opts->host ? opts->host : "127.0.0.1";
+    const char *lb = strchr(host, ':') ? "[" : "", *rb = strchr(host, ':') ? "]" : "";
+    if (!opts->on_request) {
+        snprintf(err, errlen, "listen %s%s%s:%d: no on_request callback", lb, host, rb,
+                 opts->port);
+        return NULL;
+    }
+    struct sockaddr_storage addr;
+    int r = resolve(loop, host, opts->port, &addr);
+    if (r < 0) {
+        snprintf(err, errlen, "listen %s%s%s:%d: %s", lb, host, rb, opts->port, uv_strerror(r));
+        return NULL;
+    }
+    hr_server_t *s = hr_xcalloc(1, sizeof *s);
+    s->loop = loop;
+    s->opts = *opts;
+    s->opts.host = NULL; /* not owned: do not keep */
+    llhttp_settings_init(&s->settings);
+    s->settings.on_message_begin = on_message_begin;
+    s->settings.on_method = on_method;
+    s->settings.on_version = on_version;
+    s->settings.on_url = on_url;
+    s->settings.on_url_complete = on_url_complete;
+    s->settings.on_header_field = on_header_field;
+    s->settings.on_header_field_complete = on_header_field_complete;
+    s->settings.on_header_value = on_header_value;
+    s->settings.on_header_value_complete = on_header_value_complete;
+    s->settings.on_headers_complete = on_headers_complete;
+    s->settings.on_body = on_body;
+    s->settings.on_message_complete = on_message_complete;
+
+    uv_tcp_init(loop, &s->listener);
+    s->listener.data = s;
+    /* SO_REUSEPORT (several loops on one port) would be set here, between init and bind. */
+    r = uv_tcp_bind(&s->listener, (const struct sockaddr *)&addr, 0);
+    if (r == 0) r = uv_listen((uv_stream_t *)&s->listener, LISTEN_BACKLOG, on_connection);
+    if (r < 0) goto err_close_listener;
+    struct sockaddr_storage bound;
+    int blen = sizeof bound;
+    r = uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &blen);
+    if (r < 0) goto err_close_listener;
+    s->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                : ((struct sockaddr_in *)&bound)->sin_port);
+    uv_timer_init(loop, &s->token);
+    s->token.data = s;
+    s->listener_open = s->token_open = true;
+    return s;
+
+err_close_listener:
+    snprintf(err, errlen, "listen %s%s%s:%d: %s", lb, host, rb, opts->port, uv_strerror(r));
+    uv_close((uv_handle_t *)&s->listener, on_failed_listener_close);
+    return NULL;
+}
+
+int hr_server_port(const hr_server_t *s)
+{
+    return s->port;
+}
+
+size_t hr_server_inflight(const hr_server_t *s)
+{
+    return s->inflight;
+}
+
+size_t hr_server_connections(const hr_server_t *s)
+{
+    return s->nconns;
+}
+
+/* Free the server once it is closing and every handle is closed; connections whose request
+ * the app still holds are detached first. */
+static void server_maybe_finish(hr_server_t *s)
+{
+    if (!s->closing || s->listener_open || s->token_open || s->nconns > 0) return;
+    for (hr_conn_t *c = s->conns, *next; c; c = next) {
+        next = c->next;
+        c->server = NULL;
+        c->prev = c->next = NULL;
+    }
+    s->conns = NULL;
+    void (*cb)(void *) = s->close_cb;
+    void *arg = s->close_arg;
+    free(s);
+    if (cb) cb(arg);
+}
+
+static void on_listener_close(uv_handle_t *h)
+{
+    hr_server_t *s = h->data;
+    s->listener_open = false;
+    server_maybe_finish(s);
+}
+
+static void on_token_close(uv_handle_t *h)
+{
+    hr_server_t *s = h->data;
+    s->token_open = false;
+    server_maybe_finish(s);
+}
+
+void hr_server_stop_accepting(hr_server_t *s)
+{
+    if (s->stopping) return;
+    s->stopping = true;
+    if (!s->listener_closing) {
+        s->listener_closing = true;
+        uv_close((uv_handle_t *)&s->listener, on_listener_close);
+    }
+    for (hr_conn_t *c = s->conns; c; c = c->next) {
+        if (c->closing || c->ending) continue;
+        c->keep_alive = false;
+        if (c->state == ST_IDLE && c->pending.len == c->pending_off) {
+            if (c->tcp.write_queue_size > 0)
+                conn_end(c); /* let the last reply out */
+            else
+                conn_close(c);
+        }
+        else if (c->state == ST_DRAIN)
+            conn_end(c);
+    }
+}
+
+void hr_server_close(hr_server_t *s, void (*cb)(void *arg), void *arg)
+{
+    if (s->closing) return;
+    hr_server_stop_accepting(s);
+    s->closing = true;
+    s->close_cb = cb;
+    s->close_arg = arg;
+    for (hr_conn_t *c = s->conns; c; c = c->next)
+        conn_close(c);
+    uv_close((uv_handle_t *)&s->token, on_token_close);
+}
+
+void hr_http_reply(hr_http_request_t *req, int status, const hr_header_t *headers,
+                   size_t nheaders, const char *body, size_t body_len)
+{
+    hr_conn_t *c = hr_container_of(req, hr_conn_t, req);
+    hr_server_t *s = c->server;
+    if (c->replied) {
+        hr_log_error("hr_http_reply called twice for %s %s", req->method, req->path);
+        return;
+    }
+    if (c->handed) {
+        c->handed = false;
+        if (s) s->inflight--;
+    }
+    c->replied = true;
+    if (c->closing) {
+        /* The connection is gone: free it if its handles are closed already. */
+        if (c->handles_open == 0) conn_free(c);
+        return;
+    }
+    if (c->ending) return;
+    bool keep = c->keep_alive && !s->stopping && !(!c->msg_complete && c->close_if_early) &&
+                !(c->peer_eof && c->msg_complete && c->pending.len == c->pending_off);
+    c->keep_alive = keep;
+    if (conn_send_response(c, status, headers, nheaders, body, body_len, keep) < 0) {
+        conn_close(c);
+        return;
+    }
+    if (!keep) {
+        if (c->msg_complete) conn_end(c);
+        return; /* else on_headers_complete ends it */
+    }
+    if (c->msg_complete && !c->in_execute) {
+        /* Replied later: go on with the next request, if any is buffered. */
+        request_reset(c);
+        llhttp_resume(&c->parser);
+        if (c->tcp.write_queue_size >= WRITE_HIGH) {
+            c->state = ST_DRAIN;
+            conn_arm(c, s->opts.idle_timeout_ms, on_timer);
+            return;
+        }
+        c->state = ST_IDLE;
+        conn_process_pending(c);
+    }
+}
+
+const char *hr_http_header(const hr_http_request_t *req, const char *name)
+{
+    for (size_t i = 0; i < req->nheaders; i++) {
+        if (strcmp(req->headers[i].name, name) == 0) return req->headers[i].value;
+    }
+    return NULL;
+}

@@ -1,0 +1,544 @@
+/* Unit tests for src/json.c: JSON <-> Lua, exact both ways. */
+#include "hr/json.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <math.h>
+
+#include "check.h"
+
+/* A Lua state with the standard libraries and `json` as a global. [-0, +0, -] */
+static lua_State *new_state(void)
+{
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    hr_json_open(L);
+    lua_setglobal(L, "json");
+    return L;
+}
+
+/* Decode s[0..n) from an exact-size heap copy, so that ASan catches a read past the end.
+ * [-0, +(1|0), m] */
+static int decode_n(lua_State *L, const char *s, size_t n, char *err, size_t errlen)
+{
+    char *copy = malloc(n ? n : 1);
+    memcpy(copy, s, n);
+    int rc = hr_json_decode(L, copy, n, err, errlen);
+    free(copy);
+    return rc;
+}
+
+/* decode_n on a C string. [-0, +(1|0), m] */
+static int decode(lua_State *L, const char *s, char *err, size_t errlen)
+{
+    return decode_n(L, s, strlen(s), err, errlen);
+}
+
+/* Encode the value on top (left there) into a new string, or NULL with err set. [-0, +0, m] */
+static char *encode_top(lua_State *L, char *err, size_t errlen)
+{
+    hr_buf_t b = HR_BUF_INIT;
+    if (hr_json_encode(L, -1, &b, err, errlen) != 0) {
+        hr_buf_free(&b);
+        return NULL;
+    }
+    return hr_buf_steal(&b, NULL);
+}
+
+/* Decode s and encode the result again. Returns a new string, or NULL. [-0, +0, m] */
+static char *roundtrip(lua_State *L, const char *s)
+{
+    char err[256];
+    int top = lua_gettop(L);
+    if (decode(L, s, err, sizeof err) != 0) {
+        fprintf(stderr, "decode(%s): %s\n", s, err);
+        return NULL;
+    }
+    char *out = encode_top(L, err, sizeof err);
+    if (!out) fprintf(stderr, "encode(%s): %s\n", s, err);
+    lua_settop(L, top);
+    return out;
+}
+
+/* Check that s round-trips to exactly want. */
+static void check_roundtrip(lua_State *L, const char *s, const char *want)
+{
+    char *out = roundtrip(L, s);
+    CHECK_STR_EQ(out, want);
+    free(out);
+}
+
+/* Check that s and the JSON text got are the same value by cJSON's (double) measure. */
+static void check_same_json(const char *want, const char *got)
+{
+    cJSON *a = cJSON_Parse(want), *b = got ? cJSON_Parse(got) : NULL;
+    CHECK(a && b && cJSON_Compare(a, b, 1));
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+}
+
+/* Run Lua code that returns one value, leaving it on the stack. Fails the test on error.
+ * [-0, +1, e] */
+static void run(lua_State *L, const char *code)
+{
+    if (luaL_dostring(L, code) != LUA_OK) {
+        fprintf(stderr, "lua error in %s: %s\n", code, lua_tostring(L, -1));
+        hr_test_failures++;
+        lua_pop(L, 1);
+        lua_pushnil(L);
+    }
+}
+
+/* Run Lua code returning one string and compare it to want. */
+static void check_lua_str(lua_State *L, const char *code, const char *want)
+{
+    run(L, code);
+    CHECK_STR_EQ(lua_tostring(L, -1), want);
+    lua_pop(L, 1);
+}
+
+/* Check that decoding s fails with exactly the message want, pushing nothing. */
+static void check_decode_error(lua_State *L, const char *s, const char *want)
+{
+    char err[256] = "";
+    int top = lua_gettop(L);
+    CHECK_INT_EQ(decode(L, s, err, sizeof err), -1);
+    CHECK_STR_EQ(err, want);
+    CHECK_INT_EQ(lua_gettop(L), top);
+}
+
+/* Build a value with Lua code and check that encoding fails with exactly want, and that
+ * json.encode raises "json.encode: " + want. */
+static void check_encode_error(lua_State *L, const char *code, const char *want)
+{
+    char err[512] = "";
+    int top = lua_gettop(L);
+    run(L, code);
+    char *out = encode_top(L, err, sizeof err);
+    CHECK(out == NULL);
+    free(out);
+    CHECK_STR_EQ(err, want);
+    CHECK_INT_EQ(lua_gettop(L), top + 1);
+    lua_setglobal(L, "bad");
+    run(L, "local ok, e = pcall(json.encode, bad) return not ok and e");
+    char expect[600];
+    snprintf(expect, sizeof expect, "json.encode: %s", want);
+    CHECK_STR_EQ(lua_tostring(L, -1), expect);
+    lua_pop(L, 1);
+}
+
+/* ---------------------------------------------------------------- fixtures */
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    hr_buf_t b = HR_BUF_INIT;
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        hr_buf_append(&b, chunk, n);
+    fclose(f);
+    return hr_buf_steal(&b, len);
+}
+
+/* decode -> encode -> decode -> encode one fixture: the encodings match byte for byte and
+ * the first equals the original. Returns 1 if the file was tested. */
+static int check_fixture(lua_State *L, const char *path, const char *name)
+{
+    size_t len;
+    char *text = read_file(path, &len);
+    if (!text) return 0;
+    char err[256];
+    int top = lua_gettop(L);
+    char *e1 = NULL, *e2 = NULL;
+    if (decode_n(L, text, len, err, sizeof err) != 0) {
+        fprintf(stderr, "%s: %s\n", name, err);
+        hr_test_failures++;
+        goto done;
+    }
+    e1 = encode_top(L, err, sizeof err);
+    CHECK(e1 != NULL);
+    if (!e1) goto done;
+    lua_settop(L, top);
+    CHECK_INT_EQ(decode(L, e1, err, sizeof err), 0);
+    e2 = encode_top(L, err, sizeof err);
+    CHECK_STR_EQ(e2, e1);
+    check_same_json(text, e1);
+    if (strcmp(name, "large-integers.json") == 0) {
+        CHECK(strstr(e1, "\"orderId\":9007199254740993") != NULL);
+        CHECK(strstr(e1, "\"id\":9223372036854775807") != NULL);
+        lua_setglobal(L, "v");
+        run(L, "return math.type(v.orderId) .. ' ' .. v.orderId .. ' ' .. v.session.id");
+        CHECK_STR_EQ(lua_tostring(L, -1), "integer 9007199254740993 9223372036854775807");
+    }
+done:
+    lua_settop(L, top);
+    free(e1);
+    free(e2);
+    free(text);
+    return 1;
+}
+
+static void test_fixtures(lua_State *L)
+{
+    const char *root = getenv("HR_FIXTURES");
+    if (!root) root = "tests/fixtures";
+    static const char *const subdirs[] = {"", "/variants", "/responses"};
+    int tested = 0;
+    bool saw_large = false;
+    for (size_t i = 0; i < HR_ARRAY_SIZE(subdirs); i++) {
+        char dir[1024];
+        snprintf(dir, sizeof dir, "%s%s", root, subdirs[i]);
+        DIR *d = opendir(dir);
+        CHECK(d != NULL);
+        if (!d) continue;
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            size_t n = strlen(de->d_name);
+            if (n < 6 || strcmp(de->d_name + n - 5, ".json") != 0) continue;
+            char path[2048];
+            snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+            tested += check_fixture(L, path, de->d_name);
+            if (strcmp(de->d_name, "large-integers.json") == 0) saw_large = true;
+        }
+        closedir(d);
+    }
+    CHECK(tested >= 30);
+    CHECK(saw_large);
+}
+
+/* ---------------------------------------------------------------- decoding */
+
+static void test_empty_containers(lua_State *L)
+{
+    check_roundtrip(L, "[]", "[]");
+    check_roundtrip(L, "{}", "{}");
+    check_roundtrip(L, " [ [ ] , { } , [ [ ] ] ] ", "[[],{},[[]]]");
+    check_roundtrip(L, "{\"a\":{\"b\":[]}}", "{\"a\":{\"b\":[]}}");
+    check_roundtrip(L, "{\"b\":{},\"a\":[]}", "{\"a\":[],\"b\":{}}");
+    /* Lua sees an empty array as a table with the marker, an empty object as a plain table. */
+    check_lua_str(L,
+                  "local v = json.decode('{\"a\":[],\"b\":{}}') "
+                  "return tostring(getmetatable(v.a) ~= nil) .. tostring(getmetatable(v.b) == nil)",
+                  "truetrue");
+}
+
+static void test_null(lua_State *L)
+{
+    char err[256];
+    CHECK_INT_EQ(decode(L, " null ", err, sizeof err), 0);
+    CHECK(hr_json_is_null(L, -1));
+    char *out = encode_top(L, err, sizeof err);
+    CHECK_STR_EQ(out, "null");
+    free(out);
+    lua_pop(L, 1);
+
+    check_roundtrip(L, "{\"a\":null}", "{\"a\":null}");
+    check_roundtrip(L, "[1,null,3]", "[1,null,3]");
+    check_roundtrip(L, "[null]", "[null]");
+    check_lua_str(L,
+                  "local v = json.decode('[1,null,3]') "
+                  "return #v .. ' ' .. tostring(v[2] == json.null) .. ' ' .. tostring(v[2])",
+                  "3 true null");
+    check_lua_str(L,
+                  "local v = json.decode('{\"a\":null}') "
+                  "local n = 0 for k in pairs(v) do n = n + 1 end "
+                  "return n .. tostring(v.a == json.null) .. tostring(json.null == nil)",
+                  "1truefalse");
+    check_lua_str(L, "return json.encode({a = json.null, b = {json.null}})",
+                  "{\"a\":null,\"b\":[null]}");
+    hr_json_push_null(L);
+    CHECK(hr_json_is_null(L, -1));
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    CHECK(!hr_json_is_null(L, -1));
+    lua_pop(L, 1);
+}
+
+static void test_numbers(lua_State *L)
+{
+    char err[256];
+    CHECK_INT_EQ(decode(L, "42", err, sizeof err), 0);
+    CHECK(lua_isinteger(L, -1));
+    CHECK_INT_EQ(lua_tointeger(L, -1), 42);
+    lua_pop(L, 1);
+    check_roundtrip(L, "42", "42");
+    check_roundtrip(L, "-7", "-7");
+    check_roundtrip(L, "0", "0");
+
+    CHECK_INT_EQ(decode(L, "1.0", err, sizeof err), 0);
+    CHECK(lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1));
+    lua_pop(L, 1);
+    check_roundtrip(L, "1.0", "1.0");
+    check_roundtrip(L, "[1,1.0,-2.50,1e2,1E+2]", "[1,1.0,-2.5,100.0,100.0]");
+    check_roundtrip(L, "1e20", "1e+20");
+
+    /* Integers exact to int64; beyond that, floats. */
+    check_roundtrip(L, "9223372036854775807", "9223372036854775807");
+    check_roundtrip(L, "-9223372036854775808", "-9223372036854775808");
+    check_roundtrip(L, "9007199254740993", "9007199254740993");
+    CHECK_INT_EQ(decode(L, "[9223372036854775807,-9223372036854775808]", err, sizeof err), 0);
+    lua_rawgeti(L, -1, 1);
+    CHECK(lua_isinteger(L, -1) && lua_tointeger(L, -1) == LUA_MAXINTEGER);
+    lua_rawgeti(L, -2, 2);
+    CHECK(lua_isinteger(L, -1) && lua_tointeger(L, -1) == LUA_MININTEGER);
+    lua_pop(L, 3);
+    static const char *const too_big[] = {"9223372036854775808", "-9223372036854775809",
+                                          "123456789012345678901234567890"};
+    for (size_t i = 0; i < HR_ARRAY_SIZE(too_big); i++) {
+        CHECK_INT_EQ(decode(L, too_big[i], err, sizeof err), 0);
+        CHECK(!lua_isinteger(L, -1));
+        CHECK(lua_tonumber(L, -1) == strtod(too_big[i], NULL));
+        lua_pop(L, 1);
+    }
+
+    /* Floats come back as the same double. */
+    static const char *const floats[] = {"0.1",   "1e-7",          "-2.5e300",
+                                         "3.14159", "123456789.125", "2.2250738585072014e-308",
+                                         "5e-324", "1.7976931348623157e308", "-0.0"};
+    for (size_t i = 0; i < HR_ARRAY_SIZE(floats); i++) {
+        double want = strtod(floats[i], NULL);
+        CHECK_INT_EQ(decode(L, floats[i], err, sizeof err), 0);
+        CHECK(!lua_isinteger(L, -1) && lua_tonumber(L, -1) == want);
+        char *out = encode_top(L, err, sizeof err);
+        lua_pop(L, 1);
+        CHECK(out != NULL);
+        if (!out) continue;
+        CHECK(strtod(out, NULL) == want && signbit(strtod(out, NULL)) == signbit(want));
+        CHECK_INT_EQ(decode(L, out, err, sizeof err), 0);
+        CHECK(!lua_isinteger(L, -1) && lua_tonumber(L, -1) == want);
+        lua_pop(L, 1);
+        free(out);
+    }
+    check_roundtrip(L, "0.1", "0.1");
+    check_roundtrip(L, "123456789.125", "123456789.125");
+
+    /* Integer arithmetic stays integer. */
+    CHECK_INT_EQ(decode(L, "42", err, sizeof err), 0);
+    CHECK(luaL_loadstring(L, "local v = ... return v + 1") == LUA_OK);
+    lua_insert(L, -2);
+    CHECK(lua_pcall(L, 1, 1, 0) == LUA_OK);
+    CHECK(lua_isinteger(L, -1));
+    CHECK_INT_EQ(lua_tointeger(L, -1), 43);
+    lua_pop(L, 1);
+    check_lua_str(L, "return math.type(json.decode('{\"n\":41}').n + 1)", "integer");
+    check_lua_str(L, "return json.encode(json.decode('[10]')[1] // 3)", "3");
+    check_lua_str(L, "return json.encode(json.decode('[10]')[1] / 4)", "2.5");
+    check_lua_str(L, "return json.encode({math.maxinteger, math.mininteger, 2^63, -0.0})",
+                  "[9223372036854775807,-9223372036854775808,9.223372036854776e+18,-0.0]");
+}
+
+static void test_strings(lua_State *L)
+{
+    char err[256];
+    CHECK_INT_EQ(decode(L,
+                        "\"caf\\u00e9 \\\"q\\\" a\\nb \\ud83d\\ude00 \xc3\xbc \\/\\\\\\t\"",
+                        err, sizeof err),
+                 0);
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    const char want[] = "caf\xc3\xa9 \"q\" a\nb \xf0\x9f\x98\x80 \xc3\xbc /\\\t";
+    CHECK_INT_EQ(n, sizeof want - 1);
+    CHECK(s && memcmp(s, want, sizeof want - 1) == 0);
+    char *out = encode_top(L, err, sizeof err);
+    CHECK_STR_EQ(out, "\"caf\xc3\xa9 \\\"q\\\" a\\nb \xf0\x9f\x98\x80 \xc3\xbc /\\\\\\t\"");
+    free(out);
+    lua_pop(L, 1);
+
+    /* "\u0000" survives, in values and keys, with other strings around it. */
+    CHECK_INT_EQ(decode(L, "\"a\\u0000b\"", err, sizeof err), 0);
+    s = lua_tolstring(L, -1, &n);
+    CHECK_INT_EQ(n, 3);
+    CHECK(s && memcmp(s, "a\0b", 3) == 0);
+    lua_pop(L, 1);
+    check_roundtrip(L, "\"a\\u0000b\"", "\"a\\u0000b\"");
+    check_roundtrip(L, "[\"x\\\\u0000\",\"\\u0000\",\"\\ud83d\\ude00\\u00e9\"]",
+                    "[\"x\\\\u0000\",\"\\u0000\",\"\xf0\x9f\x98\x80\xc3\xa9\"]");
+    check_lua_str(L,
+                  "local v = json.decode('{\"k\\\\u0000\":[\"p\",{\"q\":\"r\\\\u0000s\"}]}') "
+                  "return #v['k\\0'][2].q .. v['k\\0'][1]",
+                  "3p");
+    /* A raw NUL inside a string (cJSON accepts raw control bytes) is kept too. */
+    CHECK_INT_EQ(decode_n(L, "[\"a\0b\"]", 7, err, sizeof err), 0);
+    lua_rawgeti(L, -1, 1);
+    s = lua_tolstring(L, -1, &n);
+    CHECK_INT_EQ(n, 3);
+    lua_pop(L, 2);
+    check_roundtrip(L, "\"\"", "\"\"");
+    check_roundtrip(L, "{\"\":\"\"}", "{\"\":\"\"}");
+}
+
+static void test_decode_errors(lua_State *L)
+{
+    check_decode_error(L, "{\"a\":1,}",
+                       "invalid JSON at line 1, column 8 (byte 7): unexpected character '}'");
+    check_decode_error(L, "{\"a\" 1}",
+                       "invalid JSON at line 1, column 6 (byte 5): unexpected character '1'");
+    check_decode_error(L, "{\"a\":1",
+                       "invalid JSON at line 1, column 7 (byte 6): unexpected end of input");
+    check_decode_error(L, "{\"a\":[1,2",
+                       "invalid JSON at line 1, column 10 (byte 9): unexpected end of input");
+    check_decode_error(L, "[1,2x",
+                       "invalid JSON at line 1, column 5 (byte 4): unexpected character 'x'");
+    check_decode_error(L, "{\"a\":\"xyz",
+                       "invalid JSON at line 1, column 10 (byte 9): unexpected end of input");
+    check_decode_error(L, "[tru",
+                       "invalid JSON at line 1, column 5 (byte 4): unexpected end of input");
+    check_decode_error(L, "", "invalid JSON at line 1, column 1 (byte 0): unexpected end of input");
+    check_decode_error(L, "   ",
+                       "invalid JSON at line 1, column 4 (byte 3): unexpected end of input");
+    check_decode_error(
+        L, "{\"a\":1} x",
+        "invalid JSON at line 1, column 9 (byte 8): trailing characters after the value");
+    check_decode_error(
+        L, "[1]]", "invalid JSON at line 1, column 4 (byte 3): trailing characters after the value");
+    check_decode_error(L, "{\n  \"\xc3\xa9\": [1,\n   x]\n}",
+                       "invalid JSON at line 3, column 4 (byte 17): unexpected character 'x'");
+    check_decode_error(L, "[1,\x01]",
+                       "invalid JSON at line 1, column 5 (byte 4): unexpected character ']'");
+    check_decode_error(L, "\xc3\xa9",
+                       "invalid JSON at line 1, column 1 (byte 0): unexpected byte 0xC3");
+
+    /* Through Lua. */
+    check_lua_str(L, "local ok, e = pcall(json.decode, '{\"a\":') return e",
+                  "json.decode: invalid JSON at line 1, column 6 (byte 5): unexpected end of input");
+    run(L, "return select(2, pcall(json.decode, {}))");
+    CHECK(strstr(lua_tostring(L, -1), "string expected, got table") != NULL);
+    lua_pop(L, 1);
+}
+
+static void test_deep(lua_State *L)
+{
+    char err[256];
+    hr_buf_t b = HR_BUF_INIT;
+    for (int i = 0; i < 2000; i++)
+        hr_buf_appendc(&b, '[');
+    for (int i = 0; i < 2000; i++)
+        hr_buf_appendc(&b, ']');
+    check_decode_error(L, b.data,
+                       "invalid JSON at line 1, column 1001 (byte 1000): nesting too deep (more "
+                       "than 1000 levels)");
+    /* Level 1001 is the '{' of the 501st "{"a":[". */
+    hr_buf_reset(&b);
+    for (int i = 0; i < 1000; i++)
+        hr_buf_appends(&b, "{\"a\":[");
+    for (int i = 0; i < 1000; i++)
+        hr_buf_appends(&b, "]}");
+    check_decode_error(L, b.data,
+                       "invalid JSON at line 1, column 3001 (byte 3000): nesting too deep (more "
+                       "than 1000 levels)");
+    /* 1000 levels are fine both ways. */
+    hr_buf_reset(&b);
+    for (int i = 0; i < 1000; i++)
+        hr_buf_appendc(&b, '[');
+    for (int i = 0; i < 1000; i++)
+        hr_buf_appendc(&b, ']');
+    check_roundtrip(L, b.data, b.data);
+    hr_buf_free(&b);
+
+    run(L, "local t = {} local r = t for i = 1, 2000 do t.x = {} t = t.x end return r");
+    char *out = encode_top(L, err, sizeof err);
+    CHECK(out == NULL);
+    free(out);
+    const char want[] = "nesting deeper than 1000 levels at .x.x.x.x";
+    CHECK(strncmp(err, want, sizeof want - 1) == 0);
+    lua_setglobal(L, "bad");
+    run(L, "return select(2, pcall(json.encode, bad))");
+    CHECK(strncmp(lua_tostring(L, -1), "json.encode: nesting deeper", 27) == 0);
+    lua_pop(L, 1);
+    (void)err;
+}
+
+/* ---------------------------------------------------------------- encoding */
+
+static void test_encode(lua_State *L)
+{
+    check_lua_str(L, "return json.encode(json.array({}))", "[]");
+    check_lua_str(L, "return json.encode(json.array())", "[]");
+    check_lua_str(L, "return json.encode({})", "{}");
+    check_lua_str(L, "return json.encode({1, 'two', true, false, 2.5})", "[1,\"two\",true,false,2.5]");
+    check_lua_str(L, "local t = {} t[3] = 'c' t[1] = 'a' t[2] = 'b' return json.encode(t)",
+                  "[\"a\",\"b\",\"c\"]");
+    check_lua_str(L, "return json.encode({a = {b = {c = 'd'}}})", "{\"a\":{\"b\":{\"c\":\"d\"}}}");
+    check_lua_str(L, "return json.encode('tab\\there \"q\" \\1')", "\"tab\\there \\\"q\\\" \\u0001\"");
+    check_lua_str(L, "return json.encode(nil)", "null");
+    check_lua_str(L, "local t = json.decode('[1,2,3]') t[3] = nil return json.encode(t)", "[1,2]");
+    check_lua_str(L, "local t = json.decode('[]') t[1] = 'x' return json.encode(t)", "[\"x\"]");
+    run(L, "return select(2, pcall(json.encode))");
+    CHECK(strstr(lua_tostring(L, -1), "value expected") != NULL);
+    lua_pop(L, 1);
+    check_lua_str(L, "return tostring(json.array(setmetatable({}, {})) ~= nil)", "true");
+
+    check_encode_error(L, "return {1, 2, x = 3}", "table has both array and string keys at .");
+    check_encode_error(L, "return {items = {1, x = 2}}",
+                       "table has both array and string keys at .items");
+    check_encode_error(L, "return {[1] = 1, [3] = 3}",
+                       "sparse array (integer keys are not exactly 1..n) at .");
+    check_encode_error(L, "return {a = {[0] = 'z'}}",
+                       "sparse array (integer keys are not exactly 1..n) at .a");
+    check_encode_error(L, "return {cart = {{price = 1}, {price = 0/0}}}",
+                       "cannot encode NaN at .cart[2].price");
+    check_encode_error(L, "return {a = math.huge}", "cannot encode inf at .a");
+    check_encode_error(L, "return {{}, {-math.huge}}", "cannot encode -inf at .[2][1]");
+    check_encode_error(L, "local t = {} t.self = t return t",
+                       "cycle (a table contains itself) at .self");
+    check_encode_error(L, "local t = {a = {b = {}}} t.a.b.c = t.a return t",
+                       "cycle (a table contains itself) at .a.b.c");
+    check_encode_error(L, "return {f = print}", "cannot encode a function at .f");
+    check_encode_error(L, "return {['a b'] = {io.stdout}}", "cannot encode a userdata at .[\"a b\"][1]");
+    check_encode_error(L, "return {co = coroutine.create(print)}", "cannot encode a thread at .co");
+    check_encode_error(L, "return print", "cannot encode a function at .");
+    check_encode_error(L, "return json.array({1, nil, 3})",
+                       "array has a hole (nil; use json.null for null) at .[2]");
+    check_encode_error(L, "return {[1.5] = 1}", "table has a non-integer number key at .");
+    check_encode_error(L, "return {x = {[true] = 1}}", "table has a boolean key at .x");
+    check_encode_error(L, "return {x = {a = 1, [2] = 1}}",
+                       "table has both array and string keys at .x");
+
+    /* The same table twice (not a cycle) is fine. */
+    check_lua_str(L, "local s = {1} return json.encode({s, s})", "[[1],[1]]");
+    /* Relative index, stack kept. */
+    lua_pushinteger(L, 5);
+    lua_pushliteral(L, "x");
+    hr_buf_t b = HR_BUF_INIT;
+    char err[128];
+    CHECK_INT_EQ(hr_json_encode(L, -2, &b, err, sizeof err), 0);
+    CHECK_STR_EQ(b.data, "5");
+    CHECK_INT_EQ(lua_gettop(L), 2);
+    lua_pop(L, 2);
+    hr_buf_free(&b);
+}
+
+/* Two states do not share json.null or the array marker. */
+static void test_states(void)
+{
+    lua_State *a = new_state(), *b = new_state();
+    hr_json_push_null(a);
+    hr_json_push_null(b);
+    CHECK(lua_topointer(a, -1) != lua_topointer(b, -1));
+    lua_pop(a, 1);
+    lua_pop(b, 1);
+    check_lua_str(b, "return tostring(getmetatable(json.null))", "json.null");
+    lua_close(a);
+    lua_close(b);
+}
+
+int main(void)
+{
+    lua_State *L = new_state();
+    test_fixtures(L);
+    test_empty_containers(L);
+    test_null(L);
+    test_numbers(L);
+    test_strings(L);
+    test_decode_errors(L);
+    test_deep(L);
+    test_encode(L);
+    CHECK_INT_EQ(lua_gettop(L), 0);
+    lua_close(L);
+    test_states();
+    return CHECK_DONE("test_json");
+}

@@ -1,0 +1,536 @@
+/* Unit tests for src/outbox.c against a scripted HTTP server on 127.0.0.1: each request
+ * takes the next scripted answer (status, optional Retry-After, or silence); 200 once the
+ * script is used up. */
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "check.h"
+#include "hr/log.h"
+#include "hr/outbox.h"
+
+/* ---- Scripted server ----------------------------------------------------------------- */
+
+#define MAX_SCONNS 64
+#define MAX_SCRIPT 16
+
+typedef struct {
+    int status;              /* 0: never answer */
+    const char *retry_after; /* Retry-After value or NULL */
+} answer_t;
+
+typedef struct {
+    uv_tcp_t tcp;
+    int idx;
+    hr_buf_t in;
+    bool closing;
+} sconn_t;
+
+static struct {
+    uv_tcp_t listener;
+    int port;
+    answer_t script[MAX_SCRIPT];
+    int nscript;             /* answers scripted */
+    int next;                /* next answer to use */
+    int requests;            /* requests received */
+    uint64_t at[64];         /* uv_now of each request */
+    sconn_t *conns[MAX_SCONNS];
+} srv;
+
+static uv_loop_t *loop;
+
+static void script(int n, const answer_t *a)
+{
+    memcpy(srv.script, a, (size_t)n * sizeof *a);
+    srv.nscript = n;
+    srv.next = 0;
+    srv.requests = 0;
+}
+
+static void on_sconn_close(uv_handle_t *h)
+{
+    sconn_t *sc = h->data;
+    hr_buf_free(&sc->in);
+    free(sc);
+}
+
+static void sconn_close(sconn_t *sc)
+{
+    if (sc->closing) return;
+    sc->closing = true;
+    srv.conns[sc->idx] = NULL;
+    uv_close((uv_handle_t *)&sc->tcp, on_sconn_close);
+}
+
+static void on_swrite(uv_write_t *w, int status)
+{
+    free(w);
+}
+
+static void answer(sconn_t *sc)
+{
+    answer_t a = srv.next < srv.nscript ? srv.script[srv.next++] : (answer_t){200, NULL};
+    if (a.status == 0) return;
+    char *r = hr_xasprintf("HTTP/1.1 %d X\r\n%s%s%sContent-Length: 2\r\n\r\nok", a.status,
+                           a.retry_after ? "Retry-After: " : "",
+                           a.retry_after ? a.retry_after : "", a.retry_after ? "\r\n" : "");
+    size_t len = strlen(r);
+    uv_write_t *w = hr_xmalloc(sizeof *w + len);
+    memcpy(w + 1, r, len);
+    free(r);
+    uv_buf_t b = uv_buf_init((char *)(w + 1), (unsigned)len);
+    if (uv_write(w, (uv_stream_t *)&sc->tcp, &b, 1, on_swrite) < 0) free(w);
+}
+
+static void on_salloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    buf->base = hr_xmalloc(suggested);
+    buf->len = suggested;
+}
+
+static void on_sread(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    sconn_t *sc = st->data;
+    if (nread < 0) {
+        free(buf->base);
+        sconn_close(sc);
+        return;
+    }
+    hr_buf_append(&sc->in, buf->base, (size_t)nread);
+    free(buf->base);
+    for (;;) {
+        char *end = sc->in.len ? memmem(sc->in.data, sc->in.len, "\r\n\r\n", 4) : NULL;
+        if (!end) return;
+        size_t hlen = (size_t)(end - sc->in.data) + 4, cl = 0;
+        char *p = strcasestr(sc->in.data, "\r\ncontent-length:");
+        if (p && p < end) cl = strtoul(p + 17, NULL, 10);
+        if (sc->in.len < hlen + cl) return;
+        if (srv.requests < 64) srv.at[srv.requests] = uv_now(loop);
+        srv.requests++;
+        memmove(sc->in.data, sc->in.data + hlen + cl, sc->in.len - hlen - cl);
+        sc->in.len -= hlen + cl;
+        answer(sc);
+    }
+}
+
+static void on_sconnection(uv_stream_t *l, int status)
+{
+    sconn_t *sc = hr_xcalloc(1, sizeof *sc);
+    uv_tcp_init(loop, &sc->tcp);
+    sc->tcp.data = sc;
+    uv_accept(l, (uv_stream_t *)&sc->tcp);
+    int i = 0;
+    while (i < MAX_SCONNS && srv.conns[i]) i++;
+    CHECK(i < MAX_SCONNS);
+    sc->idx = i;
+    srv.conns[i] = sc;
+    uv_read_start((uv_stream_t *)&sc->tcp, on_salloc, on_sread);
+}
+
+static int bound_port(uv_tcp_t *t)
+{
+    struct sockaddr_storage ss;
+    int n = sizeof ss;
+    uv_tcp_getsockname(t, (struct sockaddr *)&ss, &n);
+    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+static void server_start(void)
+{
+    uv_tcp_init(loop, &srv.listener);
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    CHECK_INT_EQ(uv_tcp_bind(&srv.listener, (struct sockaddr *)&a, 0), 0);
+    CHECK_INT_EQ(uv_listen((uv_stream_t *)&srv.listener, 128, on_sconnection), 0);
+    srv.port = bound_port(&srv.listener);
+}
+
+static void server_stop(void)
+{
+    for (int i = 0; i < MAX_SCONNS; i++)
+        if (srv.conns[i]) sconn_close(srv.conns[i]);
+    uv_close((uv_handle_t *)&srv.listener, NULL);
+}
+
+/* ---- Helpers ------------------------------------------------------------------------- */
+
+static char dir[64];
+static char dlpath[128];
+
+static hr_action_t *forward(const char *id, int port, uint32_t max_attempts)
+{
+    hr_action_t *a = hr_action_new(HR_ACTION_FORWARD);
+    snprintf(a->event_id, sizeof a->event_id, "%s", id);
+    a->event_type = hr_xstrdup("checkout.completed");
+    a->store = hr_xstrdup("7");
+    a->name = hr_xstrdup("pos");
+    a->accepted_ms = hr_wall_ms();
+    a->method = hr_xstrdup("POST");
+    a->url = hr_xasprintf("http://127.0.0.1:%d/hook", port);
+    hr_action_add_header(a, "Content-Type", "application/json");
+    a->body = hr_xstrdup("{\"x\":1}");
+    a->body_len = strlen(a->body);
+    a->body_is_json = true;
+    a->timeout_ms = 2000;
+    a->max_attempts = max_attempts;
+    return a;
+}
+
+static uint64_t pending(hr_outbox_t *o)
+{
+    hr_outbox_stats_t st;
+    hr_outbox_stats(o, &st);
+    return st.pending;
+}
+
+static void run_until_idle(hr_outbox_t *o)
+{
+    while (pending(o) > 0) uv_run(loop, UV_RUN_ONCE);
+}
+
+static int flag_drained, flag_closed;
+
+static void on_drained(void *arg)
+{
+    flag_drained++;
+}
+
+static void on_closed(void *arg)
+{
+    flag_closed++;
+}
+
+/* Drain (grace 0) and close o, running the loop until both callbacks ran. */
+static void shutdown_outbox(hr_outbox_t *o)
+{
+    int d = flag_drained, c = flag_closed;
+    hr_outbox_drain(o, 0, on_drained, NULL);
+    CHECK_INT_EQ(flag_drained, d);
+    while (flag_drained == d) uv_run(loop, UV_RUN_ONCE);
+    hr_outbox_close(o, on_closed, NULL);
+    while (flag_closed == c) uv_run(loop, UV_RUN_ONCE);
+}
+
+/* Number of lines in the dead-letter file; *last gets the last one parsed (caller frees). */
+static int dead_lines(cJSON **last)
+{
+    *last = NULL;
+    FILE *fp = fopen(dlpath, "r");
+    if (!fp) return 0;
+    char line[8192];
+    int n = 0;
+    while (fgets(line, sizeof line, fp)) {
+        n++;
+        cJSON_Delete(*last);
+        *last = cJSON_Parse(line);
+        CHECK(*last != NULL);
+    }
+    fclose(fp);
+    return n;
+}
+
+static const char *jstr(cJSON *j, const char *k)
+{
+    cJSON *v = cJSON_GetObjectItem(j, k);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* ---- Tests --------------------------------------------------------------------------- */
+
+static void test_retry_then_delivered(hr_files_t *files)
+{
+    hr_outbox_opts_t opts = {.dead_letters = dlpath, .retry_base_ms = 10, .retry_max_ms = 100};
+    hr_outbox_t *o = hr_outbox_create(loop, files, &opts);
+    script(3, (answer_t[]){{500, NULL}, {500, NULL}, {200, NULL}});
+    CHECK_INT_EQ(hr_outbox_push(o, forward("ev-1", srv.port, 5)), 0);
+    run_until_idle(o);
+    hr_outbox_stats_t st;
+    hr_outbox_stats(o, &st);
+    CHECK_INT_EQ(srv.requests, 3);
+    CHECK_INT_EQ(st.accepted, 1);
+    CHECK_INT_EQ(st.delivered, 1);
+    CHECK_INT_EQ(st.retried, 2);
+    CHECK_INT_EQ(st.dead, 0);
+    CHECK_INT_EQ(st.pending, 0);
+    /* backoff 10 then 20 ms, jittered to >= 50%. */
+    CHECK(srv.at[1] - srv.at[0] >= 4);
+    CHECK(srv.at[2] - srv.at[1] >= 9);
+    cJSON *j;
+    CHECK_INT_EQ(dead_lines(&j), 0);
+    cJSON_Delete(j);
+    shutdown_outbox(o);
+}
+
+static void test_rejected(hr_files_t *files)
+{
+    hr_outbox_opts_t opts = {.dead_letters = dlpath, .retry_base_ms = 10};
+    hr_outbox_t *o = hr_outbox_create(loop, files, &opts);
+    script(1, (answer_t[]){{400, NULL}});
+    cJSON *j;
+    int before = dead_lines(&j);
+    cJSON_Delete(j);
+    hr_outbox_push(o, forward("ev-400", srv.port, 5));
+    run_until_idle(o);
+    CHECK_INT_EQ(srv.requests, 1);
+    CHECK_INT_EQ(dead_lines(&j), before + 1);
+    if (j) {
+        CHECK_STR_EQ(jstr(cJSON_GetObjectItem(j, "event"), "id"), "ev-400");
+        CHECK_STR_EQ(jstr(cJSON_GetObjectItem(j, "event"), "type"), "checkout.completed");
+        CHECK_STR_EQ(jstr(cJSON_GetObjectItem(j, "event"), "store"), "7");
+        CHECK(jstr(cJSON_GetObjectItem(j, "event"), "accepted_at") != NULL);
+        CHECK(jstr(j, "dead_at") != NULL);
+        CHECK_STR_EQ(jstr(j, "reason"), "rejected");
+        CHECK_STR_EQ(jstr(j, "action"), "forward");
+        CHECK_STR_EQ(jstr(j, "target"), "pos");
+        CHECK_STR_EQ(jstr(j, "method"), "POST");
+        CHECK(strstr(jstr(j, "url"), "/hook") != NULL);
+        CHECK_INT_EQ(cJSON_GetObjectItem(j, "attempts")->valueint, 1);
+        CHECK_INT_EQ(cJSON_GetObjectItem(j, "last_status")->valueint, 400);
+        CHECK(cJSON_IsNull(cJSON_GetObjectItem(j, "last_error")));
+        CHECK_INT_EQ(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "body"), "x")->valueint, 1);
+    }
+    cJSON_Delete(j);
+    hr_outbox_stats_t st;
+    hr_outbox_stats(o, &st);
+    CHECK_INT_EQ(st.dead, 1);
+    CHECK_INT_EQ(st.retried, 0);
+    CHECK_INT_EQ(st.delivered, 0);
+    shutdown_outbox(o);
+}
+
+static void test_refused(hr_files_t *files)
+{
+    uv_tcp_t tmp;
+    uv_tcp_init(loop, &tmp);
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    uv_tcp_bind(&tmp, (struct sockaddr *)&a, 0);
+    int port = bound_port(&tmp);
+    uv_close((uv_handle_t *)&tmp, NULL);
+
+    hr_outbox_opts_t opts = {.dead_letters = dlpath, .retry_base_ms = 5, .retry_max_ms = 20};
+    hr_outbox_t *o = hr_outbox_create(loop, files, &opts);
+    hr_outbox_push(o, forward("ev-refused", port, 3));
+    run_until_idle(o);
+    cJSON *j;
+    dead_lines(&j);
+    if (j) {
+        CHECK_STR_EQ(jstr(cJSON_GetObjectItem(j, "event"), "id"), "ev-refused");
+        CHECK_STR_EQ(jstr(j, "reason"), "attempts exhausted");
+        CHECK_INT_EQ(cJSON_GetObjectItem(j, "attempts")->valueint, 3);
+        CHECK(cJSON_IsNull(cJSON_GetObjectItem(j, "last_status")));
+        const char *e = jstr(j, "last_error");
+        CHECK(e && strstr(e, "refused") != NULL);
+    }
+    cJSON_Delete(j);
+    hr_outbox_stats_t st;
+    hr_outbox_stats(o, &st);
+    CHECK_INT_EQ(st.retried, 2);
+    CHECK_INT_EQ(st.dead, 1);
+    shutdown_outbox(o);
+}
+
+static void test_retry_after(hr_files_t *files)
+{
+    /* Retry-After: 0 beats a 2 s backoff. */
+    hr_outbox_opts_t opts = {.dead_letters = dlpath, .retry_base_ms = 2000, .retry_max_ms = 5000};
+    hr_outbox_t *o = hr_outbox_create(loop, files, &opts);
+    script(1, (answer_t[]){{429, "0"}});
+    hr_outbox_push(o, forward("ev-429-0", srv.port, 3));
+    run_until_idle(o);
+    CHECK_INT_EQ(srv.requests, 2);
+    CHECK(srv.at[1] - srv.at[0] < 500);
+    shutdown_outbox(o);
+
+    /* Retry-After: 1 beats a 10 ms backoff. */
+    opts.retry_base_ms = 10;
+    o = hr_outbox_create(loop, files, &opts);
+    script(1, (answer_t[]){{503, "1"}});
+    hr_outbox_push(o, forward("ev-503-1", srv.port, 3));
+    run_until_idle(o);
+    CHECK_INT_EQ(srv.requests, 2);
+    CHECK(srv.at[1] - srv.at[0] >= 990);
+    CHECK(srv.at[1] - srv.at[0] < 1500);
+    hr_outbox_stats_t st;
+    hr_outbox_stats(o, &st);
+    CHECK_INT_EQ(st.delivered, 1);
+    shutdown_outbox(o);
+}
+
+static void test_write(hr_files_t *files)
+{
+    hr_outbox_opts_t opts = {.dead_letters = dlpath};
+    hr_outbox_t *o = hr_outbox_create(loop, files, &opts);
+    hr_action_t *w1 = hr_action_new(HR_ACTION_WRITE);
+    strcpy(w1->event_id, "ev-w");
+    w1->name = hr_xstrdup("audit");
+    w1->file_path = hr_xasprintf("%s/sub/audit.jsonl", dir);
+    w1->body = hr_xstrdup("{\"line\":1}");
+    w1->body_len = strlen(w1->body);
+    hr_action_t *w2 = hr_action_new(HR_ACTION_WRITE);
+    strcpy(w2->event_id, "ev-w2");
+    w2->name = hr_xstrdup("bad");
+    w2->file_path = hr_xasprintf("%s/sub/audit.jsonl/not-a-dir/x", dir);
+    w2->body = hr_xstrdup("{\"line\":2}");
+    w2->body_len = strlen(w2->body);
+    w2->body_is_json = true;
+    w1->next = w2;
+    hr_outbox_push(o, w1);
+    char *path = hr_xasprintf("%s/sub/audit.jsonl", dir);
+    FILE *fp = fopen(path, "r");
+    CHECK(fp != NULL);
+    if (fp) {
+        char buf[256] = "";
+        size_t n = fread(buf, 1, sizeof buf - 1, fp);
+        buf[n] = '\0';
+        CHECK_STR_EQ(buf, "{\"line\":1}\n");
+        fclose(fp);
+    }
+    free(path);
+    cJSON *j;
+    dead_lines(&j);
+    if (j) {
+        CHECK_STR_EQ(jstr(j, "action"), "write");
+        CHECK_STR_EQ(jstr(j, "reason"), "write failed");
+        CHECK_STR_EQ(jstr(j, "file"), "bad");
+        CHECK_INT_EQ(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "record"), "line")->valueint, 2);
+    }
+    cJSON_Delete(j);
+    hr_outbox_stats_t st;
+    hr_outbox_stats(o, &st);
+    CHECK_INT_EQ(st.accepted, 2);
+    CHECK_INT_EQ(st.delivered, 1);
+    CHECK_INT_EQ(st.dead, 1);
+    CHECK_INT_EQ(st.pending, 0);
+    shutdown_outbox(o);
+}
+
+static void test_drain(hr_files_t *files)
+{
+    /* A retry far in the future is not waited for. */
+    hr_outbox_opts_t opts = {.dead_letters = dlpath, .retry_base_ms = 60000,
+                             .retry_max_ms = 120000};
+    hr_outbox_t *o = hr_outbox_create(loop, files, &opts);
+    script(1, (answer_t[]){{503, NULL}});
+    hr_outbox_push(o, forward("ev-drain", srv.port, 5));
+    hr_outbox_stats_t st;
+    do {
+        uv_run(loop, UV_RUN_ONCE);
+        hr_outbox_stats(o, &st);
+    } while (st.retried == 0);
+    CHECK_INT_EQ(st.pending, 1);
+    uv_update_time(loop);
+    uint64_t t0 = uv_now(loop);
+    int d = flag_drained;
+    hr_outbox_drain(o, 5000, on_drained, NULL);
+    CHECK_INT_EQ(flag_drained, d); /* never inside drain */
+    while (flag_drained == d) uv_run(loop, UV_RUN_ONCE);
+    CHECK(uv_now(loop) - t0 < 1000);
+    cJSON *j;
+    dead_lines(&j);
+    if (j) {
+        CHECK_STR_EQ(jstr(cJSON_GetObjectItem(j, "event"), "id"), "ev-drain");
+        CHECK_STR_EQ(jstr(j, "reason"), "shutdown");
+        CHECK_INT_EQ(cJSON_GetObjectItem(j, "last_status")->valueint, 503);
+    }
+    cJSON_Delete(j);
+
+    /* Pushing after drain dead-letters at once. */
+    hr_outbox_push(o, forward("ev-late", srv.port, 5));
+    dead_lines(&j);
+    if (j) {
+        CHECK_STR_EQ(jstr(cJSON_GetObjectItem(j, "event"), "id"), "ev-late");
+        CHECK_STR_EQ(jstr(j, "reason"), "shutdown");
+    }
+    cJSON_Delete(j);
+    hr_outbox_stats(o, &st);
+    CHECK_INT_EQ(st.accepted, 2);
+    CHECK_INT_EQ(st.dead, 2);
+    CHECK_INT_EQ(st.pending, 0);
+    int c = flag_closed;
+    hr_outbox_close(o, on_closed, NULL);
+    while (flag_closed == c) uv_run(loop, UV_RUN_ONCE);
+
+    /* An attempt in flight at the end of the grace period is cancelled and dead-lettered. */
+    opts.retry_base_ms = 10;
+    o = hr_outbox_create(loop, files, &opts);
+    script(1, (answer_t[]){{0, NULL}});
+    hr_outbox_push(o, forward("ev-inflight", srv.port, 5));
+    while (srv.requests == 0) uv_run(loop, UV_RUN_ONCE);
+    uv_update_time(loop);
+    t0 = uv_now(loop);
+    d = flag_drained;
+    hr_outbox_drain(o, 100, on_drained, NULL);
+    while (flag_drained == d) uv_run(loop, UV_RUN_ONCE);
+    uint64_t el = uv_now(loop) - t0;
+    CHECK(el >= 95 && el < 1000);
+    dead_lines(&j);
+    if (j) {
+        CHECK_STR_EQ(jstr(cJSON_GetObjectItem(j, "event"), "id"), "ev-inflight");
+        CHECK_STR_EQ(jstr(j, "reason"), "shutdown");
+        CHECK_INT_EQ(cJSON_GetObjectItem(j, "attempts")->valueint, 1);
+    }
+    cJSON_Delete(j);
+    c = flag_closed;
+    hr_outbox_close(o, on_closed, NULL);
+    while (flag_closed == c) uv_run(loop, UV_RUN_ONCE);
+}
+
+static void test_backoff_bounds(hr_files_t *files)
+{
+    /* Many actions against 500s with max_attempts 2: all dead-lettered, counters add up. */
+    hr_outbox_opts_t opts = {.dead_letters = dlpath, .retry_base_ms = 5, .retry_max_ms = 10};
+    hr_outbox_t *o = hr_outbox_create(loop, files, &opts);
+    answer_t s[MAX_SCRIPT];
+    for (int i = 0; i < MAX_SCRIPT; i++) s[i] = (answer_t){500, NULL};
+    script(MAX_SCRIPT, s);
+    hr_action_t *head = NULL;
+    for (int i = 0; i < 8; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "ev-b%d", i);
+        hr_action_t *a = forward(id, srv.port, 2);
+        a->next = head;
+        head = a;
+    }
+    hr_outbox_push(o, head);
+    run_until_idle(o);
+    hr_outbox_stats_t st;
+    hr_outbox_stats(o, &st);
+    CHECK_INT_EQ(st.accepted, 8);
+    CHECK_INT_EQ(st.retried, 8);
+    CHECK_INT_EQ(st.dead, 8);
+    CHECK_INT_EQ(st.delivered, 0);
+    CHECK_INT_EQ(srv.requests, 16);
+    shutdown_outbox(o);
+}
+
+int main(void)
+{
+    hr_log_set_level(HR_LOG_WARN);
+    snprintf(dir, sizeof dir, "/tmp/hr_test_outbox.XXXXXX");
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(dlpath, sizeof dlpath, "%s/dl/dead.jsonl", dir);
+    loop = hr_xmalloc(sizeof *loop);
+    uv_loop_init(loop);
+    server_start();
+    hr_files_t *files = hr_files_create();
+
+    test_retry_then_delivered(files);
+    test_rejected(files);
+    test_refused(files);
+    test_retry_after(files);
+    test_write(files);
+    test_drain(files);
+    test_backoff_bounds(files);
+
+    hr_files_destroy(files);
+    server_stop();
+    uv_run(loop, UV_RUN_DEFAULT);
+    CHECK_INT_EQ(uv_loop_close(loop), 0);
+    free(loop);
+    char *cmd = hr_xasprintf("rm -rf '%s'", dir);
+    CHECK_INT_EQ(system(cmd), 0);
+    free(cmd);
+    return CHECK_DONE("test_outbox");
+}

@@ -1,0 +1,319 @@
+/* Config loading errors, store id normalisation, rule dispatch, sandbox and limits. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "check.h"
+#include "hr/config.h"
+#include "hr/rules.h"
+
+static char dir[256];
+
+static void write_file(const char *rel, const char *fmt, ...)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    char *slash = strrchr(path, '/');
+    *slash = '\0';
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", path);
+    CHECK(system(cmd) == 0);
+    *slash = '/';
+    FILE *f = fopen(path, "w");
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(f, fmt, ap);
+    va_end(ap);
+    fclose(f);
+}
+
+static const char *BASE_CONFIG =
+    "return {\n"
+    "  listen = '127.0.0.1:0', tokens = {'t'},\n"
+    "  endpoints = { ['/hook'] = 'thing.happened' },\n"
+    "  rules = 'rules', store_key = '%s',\n"
+    "  targets = { pos = { url = 'http://127.0.0.1:9/base', headers = { ['X-Api-Key'] = 'k' } } "
+    "},\n"
+    "  files = { audit = { path = 'var/audit.jsonl' } },\n"
+    "  limits = { rule_instructions = 100000, rule_memory_bytes = 8388608 },\n"
+    "}\n";
+
+/* Load the config in dir; returns the rule set or NULL, errors joined into errbuf. */
+static hr_ruleset_t *load(char *errbuf, size_t errlen)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/hookrouter.lua", dir);
+    hr_errors_t errs = {0};
+    hr_config_t *cfg = hr_config_load(path, &errs);
+    hr_ruleset_t *rs = cfg ? hr_ruleset_load(cfg, &errs) : NULL;
+    errbuf[0] = '\0';
+    for (size_t i = 0; i < errs.n; i++) {
+        strncat(errbuf, errs.msgs[i], errlen - strlen(errbuf) - 2);
+        strcat(errbuf, "\n");
+    }
+    hr_errors_free(&errs);
+    return rs;
+}
+
+/* True if two JSON texts hold the same value (object key order aside). */
+static bool json_eq(const char *a, const char *b)
+{
+    cJSON *ja = cJSON_Parse(a), *jb = cJSON_Parse(b);
+    bool eq = ja && jb && cJSON_Compare(ja, jb, true);
+    if (!eq) fprintf(stderr, "  json differs:\n  got:  %s\n  want: %s\n", a, b);
+    cJSON_Delete(ja);
+    cJSON_Delete(jb);
+    return eq;
+}
+
+static void run(hr_ruleset_t *rs, const char *body, hr_run_result_t *res)
+{
+    hr_header_t h[] = {{"x-test", "yes"}};
+    hr_event_in_t ev = {"0190a7e0-0000-7000-8000-000000000001",
+                        "thing.happened",
+                        "POST",
+                        "/hook",
+                        h,
+                        1,
+                        body,
+                        strlen(body),
+                        "2026-01-01T00:00:00.000Z",
+                        0};
+    hr_ruleset_run(rs, &ev, res);
+}
+
+static void test_config_errors(void)
+{
+    char err[4096];
+    write_file("hookrouter.lua", "return { listen = 5, tokens = {}, endpoints = {}, bogus = 1,\n"
+                                 " targets = { pos = { url = 5 } }, rules = 'rules' }\n");
+    CHECK(load(err, sizeof err) == NULL);
+    CHECK(strstr(err, "listen: expected a string, got integer") != NULL);
+    CHECK(strstr(err, "bogus: unknown key") != NULL);
+    CHECK(strstr(err, "targets.pos.url: expected a string, got integer") != NULL);
+    CHECK(strstr(err, "tokens: no bearer token") != NULL);
+    CHECK(strstr(err, "endpoints: no endpoint") != NULL);
+
+    write_file("hookrouter.lua", "return {\n  endpoints = {\n");
+    CHECK(load(err, sizeof err) == NULL);
+    CHECK(strstr(err, "hookrouter.lua:3:") != NULL); /* syntax error names path:line */
+
+    write_file("hookrouter.lua", "return { insecure_no_auth = true, endpoints = {['/h']='e'},"
+                                 " rules = 'rules', targets = { t = { url = 'https://x/' } },"
+                                 " limits = { body_bytes = 0 } }\n");
+    CHECK(load(err, sizeof err) == NULL);
+    CHECK(strstr(err, "targets.t.url: https is not supported") != NULL);
+    CHECK(strstr(err, "limits.body_bytes: must be between") != NULL);
+}
+
+static void test_rule_errors(void)
+{
+    char err[4096];
+    write_file("hookrouter.lua", BASE_CONFIG, "storeId");
+    write_file("rules/default.lua", "return function(e) end\n");
+    write_file("rules/stores/42.lua", "return function(e)\n  if then end\nend\n");
+    CHECK(load(err, sizeof err) == NULL);
+    CHECK(strstr(err, "rules/stores/42.lua:2:") != NULL);
+
+    write_file("rules/stores/42.lua", "return function(e)\n  forward('nope', {})\nend\n");
+    CHECK(load(err, sizeof err) == NULL);
+    CHECK(strstr(err, "rules/stores/42.lua:2: forward to 'nope'") != NULL);
+
+    write_file("rules/stores/42.lua", "return 5\n");
+    CHECK(load(err, sizeof err) == NULL);
+    CHECK(strstr(err, "must return a function") != NULL);
+    unlink(strcat(strcpy(err, dir), "/rules/stores/42.lua"));
+}
+
+static void test_store_dispatch(void)
+{
+    char err[4096];
+    write_file("hookrouter.lua", BASE_CONFIG, "storeId");
+    write_file("rules/default.lua", "return function(e) write('audit', {rule='default', "
+                                    "store=e.store or json.null}) end\n");
+    write_file("rules/stores/42.lua", "return function(e) write('audit', {rule='42', "
+                                      "store=e.store, h=e.headers['x-test']}) end\n");
+    hr_ruleset_t *rs = load(err, sizeof err);
+    CHECK(rs != NULL);
+    if (!rs) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    static const struct {
+        const char *body, *store, *line;
+    } cases[] = {
+        {"{\"storeId\":42}", "42", "{\"rule\":\"42\",\"store\":\"42\",\"h\":\"yes\"}"},
+        {"{\"storeId\":\"42\"}", "42", "{\"rule\":\"42\",\"store\":\"42\",\"h\":\"yes\"}"},
+        {"{\"storeId\":42.0}", "42", NULL},
+        {"{\"storeId\":7}", "7", "{\"rule\":\"default\",\"store\":\"7\"}"},
+        {"{\"storeId\":\"../42\"}", "../42", "{\"rule\":\"default\",\"store\":\"../42\"}"},
+        {"{\"storeId\":\"..\"}", "..", NULL},
+        {"{\"storeId\":\"a/b\"}", "a/b", NULL},
+        {"{\"storeId\":null}", NULL, "{\"rule\":\"default\",\"store\":null}"},
+        {"{\"storeId\":true}", NULL, NULL},
+        {"{}", NULL, NULL},
+        {"[1,2]", NULL, NULL},
+    };
+    for (size_t i = 0; i < HR_ARRAY_SIZE(cases); i++) {
+        hr_run_result_t res;
+        run(rs, cases[i].body, &res);
+        CHECK_INT_EQ(res.status, HR_RUN_OK);
+        if (cases[i].store)
+            CHECK_STR_EQ(res.store, cases[i].store);
+        else
+            CHECK(res.store == NULL);
+        CHECK_INT_EQ(res.nactions, 1);
+        if (res.actions && cases[i].line) CHECK(json_eq(res.actions->body, cases[i].line));
+        if (res.actions) CHECK(strstr(res.actions->file_path, "/var/audit.jsonl") != NULL);
+        hr_run_result_free(&res);
+    }
+    hr_ruleset_unref(rs);
+
+    /* Dotted store_key */
+    write_file("hookrouter.lua", BASE_CONFIG, "store.aifiUniqueStoreId");
+    write_file("rules/stores/us-east-42.lua", "return function(e) drop('mine') end\n");
+    rs = load(err, sizeof err);
+    CHECK(rs != NULL);
+    hr_run_result_t res;
+    run(rs, "{\"store\":{\"aifiUniqueStoreId\":\"us-east-42\"}}", &res);
+    CHECK_STR_EQ(res.store, "us-east-42");
+    CHECK(res.dropped);
+    CHECK_STR_EQ(res.drop_reason, "mine");
+    hr_run_result_free(&res);
+    hr_ruleset_unref(rs);
+}
+
+static void test_forward_and_sandbox(void)
+{
+    char err[4096];
+    write_file("hookrouter.lua", BASE_CONFIG, "storeId");
+    write_file("rules/lib/util.lua", "return { twice = function(x) return x * 2 end }\n");
+    write_file(
+        "rules/default.lua",
+        "local u = require('lib.util')\n"
+        "return function(e)\n"
+        "  local b = e.body\n"
+        "  if b.kind == 'sandbox' then\n"
+        "    write('audit', { io = type(io), exec = type(os.execute), exit = type(os.exit),\n"
+        "      remove = type(os.remove), loadfile = type(loadfile), dofile = type(dofile),\n"
+        "      load = type(load), time = type(os.time), getenv = type(os.getenv),\n"
+        "      utf8 = type(utf8), req = type(package) })\n"
+        "  elseif b.kind == 'loop' then while true do end\n"
+        "  elseif b.kind == 'pcall-loop' then\n"
+        "    while true do pcall(function() while true do end end) end\n"
+        "  elseif b.kind == 'memory' then\n"
+        "    local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1024) .. i end\n"
+        "  elseif b.kind == 'error' then error('boom')\n"
+        "  elseif b.kind == 'escape' then require('../hookrouter')\n"
+        "  else\n"
+        "    forward('pos', { n = u.twice(b.n), f = b.f, z = b.z, a = b.a },\n"
+        "      { path = '/x?y=1', method = 'PUT', headers = { ['X-Api-Key'] = 'rule' } })\n"
+        "    forward('pos', 'plain text', { content_type = 'text/csv' })\n"
+        "  end\n"
+        "end\n");
+    hr_ruleset_t *rs = load(err, sizeof err);
+    CHECK(rs != NULL);
+    if (!rs) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    hr_run_result_t res;
+    run(rs, "{\"n\":21,\"f\":1.0,\"z\":null,\"a\":[]}", &res);
+    CHECK_INT_EQ(res.status, HR_RUN_OK);
+    CHECK_INT_EQ(res.nactions, 2);
+    hr_action_t *a = res.actions;
+    if (a) {
+        CHECK(json_eq(a->body, "{\"n\":42,\"f\":1.0,\"z\":null,\"a\":[]}"));
+        CHECK(strstr(a->body, "\"f\":1.0") && strstr(a->body, "\"n\":42") &&
+              strstr(a->body, "\"a\":[]"));
+        CHECK_STR_EQ(a->url, "http://127.0.0.1:9/base/x?y=1");
+        CHECK_STR_EQ(a->method, "PUT");
+        CHECK(a->body_is_json);
+        int seen = 0;
+        for (size_t i = 0; i < a->nheaders; i++) {
+            if (!strcmp(a->headers[i].name, "X-Api-Key")) {
+                CHECK_STR_EQ(a->headers[i].value, "rule");
+                seen++;
+            }
+            if (!strcmp(a->headers[i].name, "Content-Type")) {
+                CHECK_STR_EQ(a->headers[i].value, "application/json");
+                seen++;
+            }
+            if (!strcmp(a->headers[i].name, "X-Hookrouter-Event-Id")) {
+                CHECK_STR_EQ(a->headers[i].value, "0190a7e0-0000-7000-8000-000000000001");
+                seen++;
+            }
+            if (!strcmp(a->headers[i].name, "User-Agent")) {
+                CHECK_STR_EQ(a->headers[i].value, "hookrouter/" HR_VERSION);
+                seen++;
+            }
+        }
+        CHECK_INT_EQ(seen, 4);
+        a = a->next;
+    }
+    if (a) {
+        CHECK_STR_EQ(a->body, "plain text");
+        CHECK(!a->body_is_json);
+        CHECK_STR_EQ(a->headers[0].value, "text/csv");
+    }
+    hr_run_result_free(&res);
+
+    run(rs, "{\"kind\":\"sandbox\"}", &res);
+    CHECK_INT_EQ(res.status, HR_RUN_OK);
+    if (res.actions)
+        CHECK(json_eq(res.actions->body,
+                      "{\"io\":\"nil\",\"exec\":\"nil\",\"exit\":\"nil\","
+                      "\"remove\":\"nil\",\"loadfile\":\"nil\",\"dofile\":\"nil\","
+                      "\"load\":\"nil\",\"time\":\"function\",\"getenv\":"
+                      "\"function\",\"utf8\":\"table\",\"req\":\"nil\"}"));
+    hr_run_result_free(&res);
+
+    static const struct {
+        const char *kind, *error;
+    } fails[] = {
+        {"loop", "instruction budget"},    {"pcall-loop", "instruction budget"},
+        {"memory", "memory limit"},        {"error", "default.lua:14: boom"},
+        {"escape", "invalid module name"},
+    };
+    for (size_t i = 0; i < HR_ARRAY_SIZE(fails); i++) {
+        char body[64];
+        snprintf(body, sizeof body, "{\"kind\":\"%s\"}", fails[i].kind);
+        run(rs, body, &res);
+        CHECK_INT_EQ(res.status, HR_RUN_RULE_FAILED);
+        CHECK(res.error && strstr(res.error, fails[i].error));
+        if (!res.error || !strstr(res.error, fails[i].error))
+            fprintf(stderr, "  %s: got %s\n", fails[i].kind, res.error ? res.error : "(null)");
+        CHECK(res.actions == NULL);
+        hr_run_result_free(&res);
+        /* The state still works after every failure. */
+        run(rs, "{\"n\":1}", &res);
+        CHECK_INT_EQ(res.status, HR_RUN_OK);
+        CHECK_INT_EQ(res.nactions, 2);
+        hr_run_result_free(&res);
+    }
+
+    run(rs, "{\"n\":1,}", &res);
+    CHECK_INT_EQ(res.status, HR_RUN_BAD_JSON);
+    CHECK(res.error && strstr(res.error, "invalid JSON") && strstr(res.error, "line 1"));
+    hr_run_result_free(&res);
+    hr_ruleset_unref(rs);
+}
+
+int main(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/hr-test-rules-XXXXXX");
+    if (!mkdtemp(dir)) return 2;
+    test_config_errors();
+    test_rule_errors();
+    test_store_dispatch();
+    test_forward_and_sandbox();
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+    return CHECK_DONE("test_rules");
+}
