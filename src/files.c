@@ -41,7 +41,7 @@ static int mkdir_parents(const char *path)
     int rc = 0;
     if (!slash || slash == dir) goto out; /* relative file in cwd, or a file under / */
     *slash = '\0';
-    for (char *p = dir + 1; ; p++) {
+    for (char *p = dir + 1;; p++) {
         if (*p != '/' && *p != '\0') continue;
         char saved = *p;
         *p = '\0';
@@ -146,7 +146,8 @@ void hr_files_destroy(hr_files_t *f)
 {
     if (!f) return;
     hr_files_reopen(f);
-    for (size_t i = 0; i < f->n; i++) free(f->files[i].path);
+    for (size_t i = 0; i < f->n; i++)
+        free(f->files[i].path);
     free(f->files);
     free(f);
 }

@@ -100,90 +100,90 @@ typedef enum {
 } hr_req_where_t;
 
 typedef struct {
-    hr_http_client_t *c;   /* owner */
-    hr_http_pool_t *pool;  /* host:port it goes to */
-    hr_dlink_t all;        /* in c->reqs */
-    hr_dlink_t q;          /* in pool->waitq or c->failed */
-    hr_req_where_t where;  /* which list q is in, or the connection */
-    hr_http_conn_t *conn;  /* when REQ_CONN */
+    hr_http_client_t *c;    /* owner */
+    hr_http_pool_t *pool;   /* host:port it goes to */
+    hr_dlink_t all;         /* in c->reqs */
+    hr_dlink_t q;           /* in pool->waitq or c->failed */
+    hr_req_where_t where;   /* which list q is in, or the connection */
+    hr_http_conn_t *conn;   /* when REQ_CONN */
     hr_http_bytes_t *bytes; /* request bytes (one reference) */
-    bool is_head;          /* HEAD: the response has no body */
-    bool retried;          /* already retried once on a fresh connection */
-    bool need_fresh;       /* the retry must not reuse an idle connection */
-    uint32_t timeout_ms;   /* for the message */
-    uv_timer_t timer;      /* whole-exchange timeout; its close callback frees the request */
-    int err;               /* REQ_FAILED: the error to report */
-    char errmsg[160];      /* REQ_FAILED: its message */
-    hr_http_done_cb cb;    /* completion */
-    void *arg;             /* for cb */
+    bool is_head;           /* HEAD: the response has no body */
+    bool retried;           /* already retried once on a fresh connection */
+    bool need_fresh;        /* the retry must not reuse an idle connection */
+    uint32_t timeout_ms;    /* for the message */
+    uv_timer_t timer;       /* whole-exchange timeout; its close callback frees the request */
+    int err;                /* REQ_FAILED: the error to report */
+    char errmsg[160];       /* REQ_FAILED: its message */
+    hr_http_done_cb cb;     /* completion */
+    void *arg;              /* for cb */
 } hr_http_req_t;
 
 typedef enum { CONN_CONNECTING, CONN_ACTIVE, CONN_IDLE, CONN_CLOSING } hr_conn_state_t;
 
 struct hr_http_conn {
-    hr_http_client_t *c;     /* owner */
-    hr_http_pool_t *pool;    /* host:port */
-    hr_dlink_t all;          /* in c->conns */
-    hr_dlink_t idle;         /* in pool->idle when CONN_IDLE */
-    hr_conn_state_t state;   /* lifecycle */
-    int open_handles;        /* tcp + idle_timer not yet closed: freed at 0 */
-    uv_tcp_t tcp;            /* the socket */
+    hr_http_client_t *c;      /* owner */
+    hr_http_pool_t *pool;     /* host:port */
+    hr_dlink_t all;           /* in c->conns */
+    hr_dlink_t idle;          /* in pool->idle when CONN_IDLE */
+    hr_conn_state_t state;    /* lifecycle */
+    int open_handles;         /* tcp + idle_timer not yet closed: freed at 0 */
+    uv_tcp_t tcp;             /* the socket */
     uv_connect_t connect_req; /* connect in progress */
-    uv_write_t write_req;    /* the one write in flight */
-    uv_timer_t idle_timer;   /* closes the connection after idle_timeout_ms */
+    uv_write_t write_req;     /* the one write in flight */
+    uv_timer_t idle_timer;    /* closes the connection after idle_timeout_ms */
     hr_http_bytes_t *writing; /* bytes of the write in flight (a reference), or NULL */
-    hr_http_req_t *req;      /* request in progress, or NULL */
-    unsigned nreqs;          /* requests started on this connection */
-    bool got_bytes;          /* a response byte arrived for req */
-    bool msg_done;           /* on_message_complete for a final response */
-    bool keep_alive;         /* llhttp_should_keep_alive at message end */
-    int parse_err;           /* UV_E2BIG from a callback, else 0 */
-    llhttp_t parser;         /* response parser, data = this */
-    char *rbuf;              /* read buffer, HR_HTTP_READ_BUF bytes, reused */
-    hr_buf_t hdata;          /* header names and values, NUL-separated, reused */
-    size_t *hoff;            /* per header: name offset, value offset */
-    size_t nhdrs;            /* headers complete */
-    size_t hoff_cap;         /* pairs allocated in hoff */
-    bool in_value;           /* the last header callback was a value */
-    hr_header_t *hview;      /* headers handed to the callback (point into hdata) */
-    size_t hview_cap;        /* entries allocated in hview */
-    hr_buf_t body;           /* response body, reused */
-    int status;              /* response status */
+    hr_http_req_t *req;       /* request in progress, or NULL */
+    unsigned nreqs;           /* requests started on this connection */
+    bool got_bytes;           /* a response byte arrived for req */
+    bool msg_done;            /* on_message_complete for a final response */
+    bool keep_alive;          /* llhttp_should_keep_alive at message end */
+    int parse_err;            /* UV_E2BIG from a callback, else 0 */
+    llhttp_t parser;          /* response parser, data = this */
+    char *rbuf;               /* read buffer, HR_HTTP_READ_BUF bytes, reused */
+    hr_buf_t hdata;           /* header names and values, NUL-separated, reused */
+    size_t *hoff;             /* per header: name offset, value offset */
+    size_t nhdrs;             /* headers complete */
+    size_t hoff_cap;          /* pairs allocated in hoff */
+    bool in_value;            /* the last header callback was a value */
+    hr_header_t *hview;       /* headers handed to the callback (point into hdata) */
+    size_t hview_cap;         /* entries allocated in hview */
+    hr_buf_t body;            /* response body, reused */
+    int status;               /* response status */
 };
 
 struct hr_http_pool {
-    hr_http_client_t *c;       /* owner */
-    hr_dlink_t link;           /* in c->pools */
-    hr_dlink_t kick;           /* in c->kicked when a dispatch is due */
-    char *host;                /* as in the URL, without brackets */
-    int port;                  /* TCP port */
-    char *host_header;         /* value of the Host header */
-    bool literal;              /* host is an IP literal: addr never expires */
-    bool addr_ok;              /* addr holds a usable address */
-    uint64_t addr_expires;     /* uv_now when addr must be looked up again */
+    hr_http_client_t *c;          /* owner */
+    hr_dlink_t link;              /* in c->pools */
+    hr_dlink_t kick;              /* in c->kicked when a dispatch is due */
+    char *host;                   /* as in the URL, without brackets */
+    int port;                     /* TCP port */
+    char *host_header;            /* value of the Host header */
+    bool literal;                 /* host is an IP literal: addr never expires */
+    bool addr_ok;                 /* addr holds a usable address */
+    uint64_t addr_expires;        /* uv_now when addr must be looked up again */
     struct sockaddr_storage addr; /* resolved address */
-    bool resolving;            /* gai in progress */
-    uv_getaddrinfo_t gai;      /* the lookup */
-    hr_dlink_t idle;           /* idle connections, most recent first */
-    hr_dlink_t waitq;          /* requests waiting for a connection, oldest first */
-    uint32_t nconns;           /* open connections (connecting, active or idle) */
+    bool resolving;               /* gai in progress */
+    uv_getaddrinfo_t gai;         /* the lookup */
+    hr_dlink_t idle;              /* idle connections, most recent first */
+    hr_dlink_t waitq;             /* requests waiting for a connection, oldest first */
+    uint32_t nconns;              /* open connections (connecting, active or idle) */
 };
 
 struct hr_http_client {
-    uv_loop_t *loop;              /* the loop everything runs on */
-    hr_http_client_opts_t opts;   /* with defaults filled in */
-    llhttp_settings_t settings;   /* response callbacks, shared by all parsers */
-    hr_dlink_t pools;             /* every pool */
-    hr_dlink_t reqs;              /* every request not yet completed */
-    hr_dlink_t conns;             /* every connection not yet closing */
-    hr_dlink_t failed;            /* requests whose failure is delivered from defer */
-    hr_dlink_t kicked;            /* pools due for a dispatch from defer */
-    uv_idle_t defer;              /* runs deferred work, then stops */
-    size_t pending;               /* requests not yet completed */
-    size_t open_handles;          /* handles and lookups not yet finished */
-    bool closing;                 /* hr_http_client_close was called */
-    void (*close_cb)(void *arg);  /* run once everything is freed */
-    void *close_arg;              /* for close_cb */
+    uv_loop_t *loop;             /* the loop everything runs on */
+    hr_http_client_opts_t opts;  /* with defaults filled in */
+    llhttp_settings_t settings;  /* response callbacks, shared by all parsers */
+    hr_dlink_t pools;            /* every pool */
+    hr_dlink_t reqs;             /* every request not yet completed */
+    hr_dlink_t conns;            /* every connection not yet closing */
+    hr_dlink_t failed;           /* requests whose failure is delivered from defer */
+    hr_dlink_t kicked;           /* pools due for a dispatch from defer */
+    uv_idle_t defer;             /* runs deferred work, then stops */
+    size_t pending;              /* requests not yet completed */
+    size_t open_handles;         /* handles and lookups not yet finished */
+    bool closing;                /* hr_http_client_close was called */
+    void (*close_cb)(void *arg); /* run once everything is freed */
+    void *close_arg;             /* for close_cb */
 };
 
 static void pool_dispatch(hr_http_pool_t *p);
@@ -240,8 +240,7 @@ static void on_req_timer_close(uv_handle_t *h)
 
 /* Finish a request that is already detached from queues and connections: run its callback
  * (exactly once), then close its timer, which frees it. */
-static void req_complete(hr_http_req_t *r, int err, const char *msg,
-                         const hr_http_response_t *res)
+static void req_complete(hr_http_req_t *r, int err, const char *msg, const hr_http_response_t *res)
 {
     hr_http_client_t *c = r->c;
     dl_remove(&r->all);
@@ -399,8 +398,8 @@ static void conn_write(hr_http_conn_t *conn)
     };
     conn->writing = r->bytes;
     r->bytes->refs++;
-    int rc = uv_write(&conn->write_req, (uv_stream_t *)&conn->tcp, bufs,
-                      r->bytes->body_len ? 2 : 1, on_write);
+    int rc = uv_write(&conn->write_req, (uv_stream_t *)&conn->tcp, bufs, r->bytes->body_len ? 2 : 1,
+                      on_write);
     if (rc < 0) {
         bytes_unref(conn->writing);
         conn->writing = NULL;
@@ -902,7 +901,8 @@ void hr_http_client_close(hr_http_client_t *c, void (*cb)(void *arg), void *arg)
         if (conn) conn_close(conn);
         req_complete(r, UV_ECANCELED, "cancelled: client closing", NULL);
     }
-    while (!dl_empty(&c->conns)) conn_close(hr_container_of(c->conns.next, hr_http_conn_t, all));
+    while (!dl_empty(&c->conns))
+        conn_close(hr_container_of(c->conns.next, hr_http_conn_t, all));
     for (hr_dlink_t *l = c->pools.next; l != &c->pools; l = l->next) {
         hr_http_pool_t *p = hr_container_of(l, hr_http_pool_t, link);
         if (dl_linked(&p->kick)) dl_remove(&p->kick);

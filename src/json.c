@@ -126,12 +126,12 @@ void hr_json_mark_array(lua_State *L, int idx)
 
 /* Where the tokens that cJSON does not keep exactly start, in document order. */
 typedef struct {
-    size_t *nums;    /* offset of each number token */
-    size_t nnums;    /* tokens in nums */
-    size_t numcap;   /* room in nums */
-    size_t *strs;    /* offset of each opening quote, or NULL unless strings are re-read */
-    size_t nstrs;    /* tokens in strs */
-    size_t strcap;   /* room in strs */
+    size_t *nums;  /* offset of each number token */
+    size_t nnums;  /* tokens in nums */
+    size_t numcap; /* room in nums */
+    size_t *strs;  /* offset of each opening quote, or NULL unless strings are re-read */
+    size_t nstrs;  /* tokens in strs */
+    size_t strcap; /* room in strs */
     size_t local[HR_JSON_SCAN_LOCAL]; /* first home of nums */
 } scan_t;
 
@@ -316,7 +316,8 @@ static bool diag_number(diag_t *d)
 {
     char tmp[64];
     size_t n = 0;
-    while (n < sizeof tmp - 1 && d->pos + n < d->len && is_num_byte((unsigned char)d->s[d->pos + n])) {
+    while (n < sizeof tmp - 1 && d->pos + n < d->len &&
+           is_num_byte((unsigned char)d->s[d->pos + n])) {
         tmp[n] = d->s[d->pos + n];
         n++;
     }
@@ -429,19 +430,34 @@ static void parse_error(const char *text, size_t len, size_t cjson_pos, const ch
              what);
 }
 
+/* cJSON reads a \u escape with bad hex digits as U+0000 instead of failing. Returns the
+ * offset of the first such escape in text that cJSON accepted, or SIZE_MAX. Backslashes only
+ * occur inside strings there, so looking at each one in turn (skipping the escaped byte) is
+ * exact; text without any backslash costs one memchr. */
+static size_t find_bad_u_escape(const char *text, size_t len)
+{
+    const char *p = text, *end = text + len;
+    while ((p = memchr(p, '\\', (size_t)(end - p))) != NULL) {
+        if (end - p < 2) break;
+        if (p[1] == 'u' && hex4(p + 2, end) < 0) return (size_t)(p - text);
+        p += 2;
+    }
+    return SIZE_MAX;
+}
+
 /* ================================================================ decoding: the walk */
 
 /* State of one walk of a cJSON tree into Lua values. */
 typedef struct {
-    const char *text;   /* the JSON text */
-    size_t len;         /* its length */
-    const scan_t *sc;   /* token offsets from scan() */
-    size_t inum;        /* next number token */
-    size_t istr;        /* next string token (when sc->strs is set) */
-    const cJSON *root;  /* the tree */
-    hr_buf_t scratch;   /* strings re-read from the text */
-    int null_idx;       /* stack slot of json.null */
-    int mt_idx;         /* stack slot of the array marker */
+    const char *text;  /* the JSON text */
+    size_t len;        /* its length */
+    const scan_t *sc;  /* token offsets from scan() */
+    size_t inum;       /* next number token */
+    size_t istr;       /* next string token (when sc->strs is set) */
+    const cJSON *root; /* the tree */
+    hr_buf_t scratch;  /* strings re-read from the text */
+    int null_idx;      /* stack slot of json.null */
+    int mt_idx;        /* stack slot of the array marker */
 } walk_t;
 
 /* Append code point cp to b as UTF-8. */
@@ -637,11 +653,16 @@ int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t
         goto err_free_scan;
     }
     size_t pos = end ? (size_t)(end - text) : len;
-    while (pos < len && (text[pos] == ' ' || text[pos] == '\t' || text[pos] == '\n' ||
-                         text[pos] == '\r'))
+    while (pos < len &&
+           (text[pos] == ' ' || text[pos] == '\t' || text[pos] == '\n' || text[pos] == '\r'))
         pos++;
     if (pos < len) {
         parse_error(text, len, pos, "trailing characters after the value", err, errlen);
+        goto err_free_tree;
+    }
+    pos = find_bad_u_escape(text, len);
+    if (pos != SIZE_MAX) {
+        parse_error(text, len, pos, "invalid \\u escape in string", err, errlen);
         goto err_free_tree;
     }
 
@@ -944,7 +965,8 @@ static int encode_value(lua_State *L, enc_t *e, int idx, const frame_t *at, int 
         } else {
             double d = lua_tonumber(L, idx);
             if (isnan(d)) return enc_fail(e, at, "cannot encode NaN");
-            if (isinf(d)) return enc_fail(e, at, d > 0 ? "cannot encode inf" : "cannot encode -inf");
+            if (isinf(d))
+                return enc_fail(e, at, d > 0 ? "cannot encode inf" : "cannot encode -inf");
             append_double(e->out, d);
         }
         return 0;

@@ -32,38 +32,38 @@
 
 /* One forward action on its way. */
 typedef struct hr_ob_item {
-    hr_outbox_t *o;             /* owner */
-    hr_action_t *a;             /* the action, owned */
-    struct hr_ob_item *prev;    /* in o->items */
-    struct hr_ob_item *next;    /* in o->items */
-    bool in_flight;             /* an HTTP request is pending */
-    size_t heap_idx;            /* index in o->heap while waiting */
-    uint64_t due;               /* uv_now of the next attempt while waiting */
+    hr_outbox_t *o;          /* owner */
+    hr_action_t *a;          /* the action, owned */
+    struct hr_ob_item *prev; /* in o->items */
+    struct hr_ob_item *next; /* in o->items */
+    bool in_flight;          /* an HTTP request is pending */
+    size_t heap_idx;         /* index in o->heap while waiting */
+    uint64_t due;            /* uv_now of the next attempt while waiting */
 } hr_ob_item_t;
 
 struct hr_outbox {
-    uv_loop_t *loop;            /* the loop */
-    hr_files_t *files;          /* shared file table (not owned) */
-    char *dead_letters;         /* dead-letter path, owned; NULL: log only */
-    hr_outbox_opts_t opts;      /* with defaults */
-    hr_http_client_t *http;     /* NULL once closed */
-    hr_ob_item_t *items;        /* every unfinished forward (waiting or in flight) */
-    hr_ob_item_t **heap;        /* waiting items, min-heap on due */
-    size_t nheap;               /* items in heap */
-    size_t heap_cap;            /* slots allocated */
-    uv_timer_t retry_timer;     /* armed for heap[0] */
-    uv_timer_t drain_timer;     /* grace period end, or 0 when drained early */
-    hr_outbox_stats_t st;       /* counters */
-    hr_buf_t line;              /* scratch for dead-letter lines */
-    bool draining;              /* hr_outbox_drain was called */
-    bool drain_finished;        /* finish_drain ran */
-    uint64_t drain_deadline;    /* uv_now after which nothing is waited for */
-    void (*drain_cb)(void *);   /* run once drained */
-    void *drain_arg;            /* for drain_cb */
-    bool closing;               /* hr_outbox_close was called */
-    int open_handles;           /* timers + http client not yet closed */
-    void (*close_cb)(void *);   /* run once freed */
-    void *close_arg;            /* for close_cb */
+    uv_loop_t *loop;          /* the loop */
+    hr_files_t *files;        /* shared file table (not owned) */
+    char *dead_letters;       /* dead-letter path, owned; NULL: log only */
+    hr_outbox_opts_t opts;    /* with defaults */
+    hr_http_client_t *http;   /* NULL once closed */
+    hr_ob_item_t *items;      /* every unfinished forward (waiting or in flight) */
+    hr_ob_item_t **heap;      /* waiting items, min-heap on due */
+    size_t nheap;             /* items in heap */
+    size_t heap_cap;          /* slots allocated */
+    uv_timer_t retry_timer;   /* armed for heap[0] */
+    uv_timer_t drain_timer;   /* grace period end, or 0 when drained early */
+    hr_outbox_stats_t st;     /* counters */
+    hr_buf_t line;            /* scratch for dead-letter lines */
+    bool draining;            /* hr_outbox_drain was called */
+    bool drain_finished;      /* finish_drain ran */
+    uint64_t drain_deadline;  /* uv_now after which nothing is waited for */
+    void (*drain_cb)(void *); /* run once drained */
+    void *drain_arg;          /* for drain_cb */
+    bool closing;             /* hr_outbox_close was called */
+    int open_handles;         /* timers + http client not yet closed */
+    void (*close_cb)(void *); /* run once freed */
+    void *close_arg;          /* for close_cb */
 };
 
 static void on_retry_timer(uv_timer_t *t);
@@ -152,8 +152,7 @@ static void write_dead_letter(hr_outbox_t *o, const hr_action_t *a, const char *
         hr_log_error("dead-letter file not configured; lost line: %s", o->line.data);
         return;
     }
-    if (hr_files_append(o->files, o->dead_letters, o->line.data, o->line.len, err, sizeof err) <
-        0)
+    if (hr_files_append(o->files, o->dead_letters, o->line.data, o->line.len, err, sizeof err) < 0)
         hr_log_error("dead-letter file: %s; lost line: %s", err, o->line.data);
 }
 
@@ -213,7 +212,8 @@ static uint64_t ms_since(uint64_t wall_ms)
 static uint64_t backoff_ms(const hr_outbox_t *o, uint32_t n)
 {
     uint64_t b = o->opts.retry_base_ms;
-    for (uint32_t i = 1; i < n && b < o->opts.retry_max_ms; i++) b *= 2;
+    for (uint32_t i = 1; i < n && b < o->opts.retry_max_ms; i++)
+        b *= 2;
     if (b > o->opts.retry_max_ms) b = o->opts.retry_max_ms;
     uint64_t half = b / 2;
     return half + hr_rand64() % (b - half + 1);
@@ -223,11 +223,13 @@ static uint64_t backoff_ms(const hr_outbox_t *o, uint32_t n)
  * Returns 0 and sets *ms (0 for a date in the past), or -1. */
 static int parse_retry_after(const char *v, uint64_t *ms)
 {
-    while (*v == ' ' || *v == '\t') v++;
+    while (*v == ' ' || *v == '\t')
+        v++;
     if (*v >= '0' && *v <= '9') {
         char *end;
         unsigned long long s = strtoull(v, &end, 10);
-        while (*end == ' ' || *end == '\t') end++;
+        while (*end == ' ' || *end == '\t')
+            end++;
         if (*end) return -1;
         *ms = s > UINT64_MAX / 1000 ? UINT64_MAX : s * 1000;
         return 0;

@@ -32,15 +32,17 @@
 
 #include "hr/log.h"
 
-#define READ_BUF_SIZE    65536           /* per-server read buffer */
-#define PENDING_MAX      65536           /* buffered unparsed input before reading stops */
-#define DISCARD_MAX      65536           /* a body this small is read and dropped after an early reply */
-#define WRITE_HIGH       (256u * 1024u)  /* write queue size above which parsing waits */
-#define END_TIMEOUT_MS   2000            /* longest lingering close */
-#define LINGER_MAX       (1024u * 1024u) /* bytes dropped during a lingering close */
-#define BODY_KEEP_MAX    (256u * 1024u)  /* larger body buffers are freed between requests */
-#define LISTEN_BACKLOG   511
-#define UNSET            UINT64_MAX
+#define READ_BUF_SIZE   65536 /* per-server read buffer */
+#define PENDING_MAX     65536 /* buffered unparsed input before reading stops */
+#define DISCARD_MAX     65536 /* a body this small is read and dropped after an early reply */
+#define WRITE_HIGH      (256u * 1024u)  /* write queue size above which parsing waits */
+#define END_TIMEOUT_MS  2000            /* longest lingering close */
+#define LINGER_MAX      (1024u * 1024u) /* bytes dropped during a lingering close */
+#define BODY_KEEP_MAX   (256u * 1024u)  /* larger body buffers are freed between requests */
+#define LISTEN_BACKLOG  511
+#define UNSET           UINT64_MAX
+#define DEFAULT_HEADERS 16384           /* header_limit when opts give 0 */
+#define DEFAULT_BODY    (1024u * 1024u) /* body_limit when opts give 0 */
 
 typedef enum { ST_IDLE, ST_READING, ST_APP, ST_DRAIN, ST_ENDING } conn_state_t;
 
@@ -78,16 +80,16 @@ struct hr_conn {
     bool close_if_early;    /* a reply from on_headers must close (body large or unknown) */
     bool keep_alive;        /* the connection may carry another request */
     /* Connection state. */
-    hr_buf_t pending;       /* input received while parsing is paused */
-    size_t pending_off;     /* bytes of pending already parsed */
-    hr_buf_t out;           /* response head being built */
-    size_t lingered;        /* bytes dropped during the lingering close */
-    bool in_execute;        /* inside llhttp_execute: replies must not resume parsing */
-    bool reading;           /* uv_read_start active */
-    bool peer_eof;          /* the client sent FIN */
-    bool ending;            /* no more requests: close once the replies are out */
-    bool shut_sent;         /* uv_shutdown done: lingering */
-    bool closing;           /* uv_close called */
+    hr_buf_t pending;   /* input received while parsing is paused */
+    size_t pending_off; /* bytes of pending already parsed */
+    hr_buf_t out;       /* response head being built */
+    size_t lingered;    /* bytes dropped during the lingering close */
+    bool in_execute;    /* inside llhttp_execute: replies must not resume parsing */
+    bool reading;       /* uv_read_start active */
+    bool peer_eof;      /* the client sent FIN */
+    bool ending;        /* no more requests: close once the replies are out */
+    bool shut_sent;     /* uv_shutdown done: lingering */
+    bool closing;       /* uv_close called */
 };
 
 struct hr_server {
@@ -281,8 +283,8 @@ static int conn_write(hr_conn_t *c, uv_buf_t *bufs, unsigned nbufs)
 /* Build and write a response for the current request of c. keep: the connection stays open
  * (else "Connection: close" is sent). Copies everything. Returns 0 or a negative libuv
  * error. */
-static int conn_send_response(hr_conn_t *c, int status, const hr_header_t *headers,
-                              size_t nheaders, const char *body, size_t body_len, bool keep)
+static int conn_send_response(hr_conn_t *c, int status, const hr_header_t *headers, size_t nheaders,
+                              const char *body, size_t body_len, bool keep)
 {
     hr_buf_t *o = &c->out;
     hr_buf_reset(o);
@@ -362,7 +364,6 @@ static void conn_close(hr_conn_t *c)
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_close);
 }
 
-/* Timer callback: the deadline of the current state passed. */
 static void on_timer(uv_timer_t *t);
 
 /* Shutdown callback: FIN is sent after every queued write; now drop the client's remaining
@@ -394,8 +395,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void conn_update_reading(hr_conn_t *c)
 {
     if (c->closing) return;
-    bool want = !c->peer_eof && (c->shut_sent || c->ending ||
-                                 c->pending.len - c->pending_off < PENDING_MAX);
+    bool want = !c->peer_eof &&
+                (c->shut_sent || c->ending || c->pending.len - c->pending_off < PENDING_MAX);
     if (want == c->reading) return;
     if (want) {
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
@@ -447,6 +448,7 @@ static void conn_fail(hr_conn_t *c, int status, const char *msg)
     conn_end(c);
 }
 
+/* The deadline of the current state passed: 408 for a request not yet answered, else close. */
 static void on_timer(uv_timer_t *t)
 {
     hr_conn_t *c = t->data;
@@ -475,6 +477,7 @@ static int header_span(hr_conn_t *c, const char *at, size_t len)
     return 0;
 }
 
+/* A request's first byte: its deadline starts now. */
 static int on_message_begin(llhttp_t *p)
 {
     hr_conn_t *c = p->data;
@@ -484,6 +487,7 @@ static int on_message_begin(llhttp_t *p)
     return 0;
 }
 
+/* Method and version: only counted against the header limit (llhttp keeps their values). */
 static int on_method(llhttp_t *p, const char *at, size_t len)
 {
     return header_span(p->data, at, len);
@@ -494,6 +498,7 @@ static int on_version(llhttp_t *p, const char *at, size_t len)
     return header_span(p->data, at, len);
 }
 
+/* URL pieces go to the arena; on_url_complete terminates it. */
 static int on_url(llhttp_t *p, const char *at, size_t len)
 {
     hr_conn_t *c = p->data;
@@ -510,6 +515,8 @@ static int on_url_complete(llhttp_t *p)
     return 0;
 }
 
+/* A piece of a header name: a new header starts after a value (or at the first header).
+ * Returns 0, or HPE_USER past the header limit. */
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     hr_conn_t *c = p->data;
@@ -530,6 +537,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* The name is complete: lower-case and terminate it. */
 static int on_header_field_complete(llhttp_t *p)
 {
     hr_conn_t *c = p->data;
@@ -544,6 +552,7 @@ static int on_header_field_complete(llhttp_t *p)
     return 0;
 }
 
+/* A piece of a header value. Returns 0, or HPE_USER past the header limit. */
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     hr_conn_t *c = p->data;
@@ -648,6 +657,8 @@ static int on_headers_complete(llhttp_t *p)
     return 0;
 }
 
+/* A piece of the (de-chunked) body: kept, or dropped after an early reply. Returns 0, or
+ * HPE_USER with a 413 recorded past the body limit. */
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     hr_conn_t *c = p->data;
@@ -906,14 +917,17 @@ static void on_failed_listener_close(uv_handle_t *h)
     free(h->data);
 }
 
+/* Resolve opts->host, bind and listen (see server.h). A header_limit or body_limit of 0
+ * means the defaults above; a timeout of 0 disables that timeout. Returns NULL with the
+ * reason in err; the half-made listener is then freed by its close callback, so the loop must
+ * run once more before uv_loop_close(). */
 hr_server_t *hr_server_start(uv_loop_t *loop, const hr_server_opts_t *opts, char *err,
                              size_t errlen)
 {
     const char *host = opts->host ? opts->host : "127.0.0.1";
     const char *lb = strchr(host, ':') ? "[" : "", *rb = strchr(host, ':') ? "]" : "";
     if (!opts->on_request) {
-        snprintf(err, errlen, "listen %s%s%s:%d: no on_request callback", lb, host, rb,
-                 opts->port);
+        snprintf(err, errlen, "listen %s%s%s:%d: no on_request callback", lb, host, rb, opts->port);
         return NULL;
     }
     struct sockaddr_storage addr;
@@ -926,6 +940,8 @@ hr_server_t *hr_server_start(uv_loop_t *loop, const hr_server_opts_t *opts, char
     s->loop = loop;
     s->opts = *opts;
     s->opts.host = NULL; /* not owned: do not keep */
+    if (s->opts.header_limit == 0) s->opts.header_limit = DEFAULT_HEADERS;
+    if (s->opts.body_limit == 0) s->opts.body_limit = DEFAULT_BODY;
     llhttp_settings_init(&s->settings);
     s->settings.on_message_begin = on_message_begin;
     s->settings.on_method = on_method;
@@ -963,16 +979,19 @@ err_close_listener:
     return NULL;
 }
 
+/* The bound port. */
 int hr_server_port(const hr_server_t *s)
 {
     return s->port;
 }
 
+/* Requests handed to the app (on_request) and not yet answered. */
 size_t hr_server_inflight(const hr_server_t *s)
 {
     return s->inflight;
 }
 
+/* Connections whose handles are not yet closed. */
 size_t hr_server_connections(const hr_server_t *s)
 {
     return s->nconns;
@@ -995,6 +1014,7 @@ static void server_maybe_finish(hr_server_t *s)
     if (cb) cb(arg);
 }
 
+/* Close callbacks of the listener and the token: the server may be done. */
 static void on_listener_close(uv_handle_t *h)
 {
     hr_server_t *s = h->data;
@@ -1009,6 +1029,8 @@ static void on_token_close(uv_handle_t *h)
     server_maybe_finish(s);
 }
 
+/* Close the listener; close idle connections (after their last reply is out); the others
+ * answer what they are working on with "Connection: close" and end. Idempotent. */
 void hr_server_stop_accepting(hr_server_t *s)
 {
     if (s->stopping) return;
@@ -1025,12 +1047,14 @@ void hr_server_stop_accepting(hr_server_t *s)
                 conn_end(c); /* let the last reply out */
             else
                 conn_close(c);
-        }
-        else if (c->state == ST_DRAIN)
+        } else if (c->state == ST_DRAIN)
             conn_end(c);
     }
 }
 
+/* Close the listener and every connection now (queued writes are cancelled); requests the
+ * app holds stay valid until it replies. cb runs from the last close callback, after which
+ * the server is freed. Calling it twice does nothing. */
 void hr_server_close(hr_server_t *s, void (*cb)(void *arg), void *arg)
 {
     if (s->closing) return;
@@ -1043,8 +1067,11 @@ void hr_server_close(hr_server_t *s, void (*cb)(void *arg), void *arg)
     uv_close((uv_handle_t *)&s->token, on_token_close);
 }
 
-void hr_http_reply(hr_http_request_t *req, int status, const hr_header_t *headers,
-                   size_t nheaders, const char *body, size_t body_len)
+/* Answer req (see server.h): write the response, then either go on with the next request of
+ * the connection (parsing what is buffered) or end the connection. On a connection that is
+ * gone it only frees what belongs to req. Copies headers and body. */
+void hr_http_reply(hr_http_request_t *req, int status, const hr_header_t *headers, size_t nheaders,
+                   const char *body, size_t body_len)
 {
     hr_conn_t *c = hr_container_of(req, hr_conn_t, req);
     hr_server_t *s = c->server;
@@ -1088,6 +1115,8 @@ void hr_http_reply(hr_http_request_t *req, int status, const hr_header_t *header
     }
 }
 
+/* The value of the first header called name (lower case), or NULL. Linear: requests have few
+ * headers. */
 const char *hr_http_header(const hr_http_request_t *req, const char *name)
 {
     for (size_t i = 0; i < req->nheaders; i++) {

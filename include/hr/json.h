@@ -10,7 +10,14 @@
  *   string  <-> Lua string, byte-exact
  * Encoding an unmarked table: empty -> {}; keys exactly 1..n -> array; string keys -> object;
  * anything else (mixed keys, sparse arrays, non-string keys), NaN/inf, a cycle, a function
- * or userdata other than json.null is an error whose message names the path ("body.cart[3]").
+ * or userdata other than json.null is an error whose message names the path of the offending
+ * value, jq style, relative to the encoded root: "." is the root, ".cart[2].price" a key then
+ * a Lua (1-based) index, ".[\"a b\"]" a key that is not an identifier
+ * ("cannot encode NaN at .cart[2].price"). A marked array is encoded over 1..rawlen (a nil
+ * slot is an error, json.null gives null; other keys are ignored). Object keys come out sorted
+ * bytewise, so equal values give equal text. Nesting is capped at 1000 levels both ways.
+ * Decode errors read "invalid JSON at line L, column C (byte B): <reason>" (line and column
+ * from 1, column in UTF-8 characters, byte offset from 0).
  */
 #ifndef HR_JSON_H
 #define HR_JSON_H

@@ -4,7 +4,8 @@
  * without touching its callers.
  *
  * Forward actions go through the HTTP client. 2xx: delivered. Connect error, timeout, 408,
- * 429 and 5xx: retried with exponential backoff and full jitter, up to the action's
+ * 429 and 5xx: retried with exponential backoff (each wait drawn between 50% and 100% of
+ * retry_base_ms * 2^(attempt-1), capped at retry_max_ms; Retry-After wins), up to the action's
  * max_attempts. Other statuses: failed at once. A failed action is appended to the dead-letter
  * file with the target, its attempts, the last status/error and the body.
  * Write actions are appended to their file at once (one write(2) per line); an I/O error

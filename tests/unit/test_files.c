@@ -16,7 +16,8 @@ static char *slurp(const char *path)
     hr_buf_t b = HR_BUF_INIT;
     char tmp[4096];
     size_t n;
-    while ((n = fread(tmp, 1, sizeof tmp, fp)) > 0) hr_buf_append(&b, tmp, n);
+    while ((n = fread(tmp, 1, sizeof tmp, fp)) > 0)
+        hr_buf_append(&b, tmp, n);
     fclose(fp);
     if (!b.data) hr_buf_append(&b, "", 0);
     return hr_buf_steal(&b, NULL);
@@ -194,8 +195,7 @@ static void test_deadletter_action(void)
         CHECK_STR_EQ(cJSON_GetObjectItem(j, "action")->valuestring, "write");
         CHECK_STR_EQ(cJSON_GetObjectItem(j, "file")->valuestring, "audit");
         CHECK_STR_EQ(cJSON_GetObjectItem(j, "path")->valuestring, "/var/lib/hr/audit.jsonl");
-        CHECK_STR_EQ(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "record"), "k")->valuestring,
-                     "v");
+        CHECK_STR_EQ(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "record"), "k")->valuestring, "v");
         CHECK(cJSON_GetObjectItem(j, "target") == NULL);
     }
     cJSON_Delete(j);

@@ -14,21 +14,21 @@
 typedef struct tserver tserver_t;
 
 typedef struct {
-    uv_tcp_t tcp;   /* accepted socket */
-    tserver_t *s;   /* owner */
-    int idx;        /* slot in s->conns */
-    hr_buf_t in;    /* bytes not yet consumed */
-    int nreq;       /* requests seen on this connection */
-    bool closing;   /* uv_close called */
+    uv_tcp_t tcp; /* accepted socket */
+    tserver_t *s; /* owner */
+    int idx;      /* slot in s->conns */
+    hr_buf_t in;  /* bytes not yet consumed */
+    int nreq;     /* requests seen on this connection */
+    bool closing; /* uv_close called */
 } sconn_t;
 
 struct tserver {
     uv_loop_t *loop;
     uv_tcp_t listener;
     int port;
-    int accepts;               /* connections accepted */
-    int requests;              /* requests parsed */
-    hr_buf_t last;             /* the last request, raw */
+    int accepts;                /* connections accepted */
+    int requests;               /* requests parsed */
+    hr_buf_t last;              /* the last request, raw */
     sconn_t *conns[MAX_SCONNS]; /* open connections */
 };
 
@@ -117,8 +117,8 @@ static void serve(sconn_t *sc, const char *req, size_t len)
         else
             swrites(sc, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false);
     } else if (strncmp(path, "/echo", 5) == 0) {
-        char *r = hr_xasprintf("HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n%s", strlen(path),
-                               path);
+        char *r =
+            hr_xasprintf("HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n%s", strlen(path), path);
         swrites(sc, r, false);
         free(r);
     } else if (strcmp(path, "/silent") == 0) {
@@ -177,7 +177,8 @@ static void on_sconnection(uv_stream_t *l, int status)
     CHECK_INT_EQ(uv_accept(l, (uv_stream_t *)&sc->tcp), 0);
     s->accepts++;
     int i = 0;
-    while (i < MAX_SCONNS && s->conns[i]) i++;
+    while (i < MAX_SCONNS && s->conns[i])
+        i++;
     CHECK(i < MAX_SCONNS);
     sc->idx = i;
     s->conns[i] = sc;
@@ -211,14 +212,14 @@ static void tserver_stop(tserver_t *s)
 /* ---- Client side helpers ------------------------------------------------------------- */
 
 typedef struct {
-    int done;          /* callbacks run */
-    int err;           /* last err */
-    int status;        /* last status */
-    char body[256];    /* last body */
-    size_t body_len;   /* last body length */
-    char xtest[32];    /* last x-test header */
-    char errmsg[160];  /* last error message */
-    uint64_t done_at;  /* uv_now at completion */
+    int done;         /* callbacks run */
+    int err;          /* last err */
+    int status;       /* last status */
+    char body[256];   /* last body */
+    size_t body_len;  /* last body length */
+    char xtest[32];   /* last x-test header */
+    char errmsg[160]; /* last error message */
+    uint64_t done_at; /* uv_now at completion */
 } result_t;
 
 static bool in_send;
@@ -263,7 +264,8 @@ static int send_get(hr_http_client_t *c, const char *method, const char *path, u
 
 static void run_until(const int *counter, int want)
 {
-    while (*counter < want) uv_run(loop, UV_RUN_ONCE);
+    while (*counter < want)
+        uv_run(loop, UV_RUN_ONCE);
 }
 
 static int closed;
@@ -387,8 +389,8 @@ static void test_timeout_and_refused(void)
     uv_close((uv_handle_t *)&tmp, NULL);
     char url[64];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/x", port);
-    hr_http_out_t out = {.method = "POST", .url = url, .body = "x", .body_len = 1,
-                         .timeout_ms = 2000};
+    hr_http_out_t out = {
+        .method = "POST", .url = url, .body = "x", .body_len = 1, .timeout_ms = 2000};
     CHECK_INT_EQ(hr_http_client_send(c, &out, on_done, &r), 0);
     run_until(&r.done, 2);
     CHECK_INT_EQ(r.err, UV_ECONNREFUSED);
@@ -420,7 +422,8 @@ static void test_server_closes_idle(void)
     /* The server closes an idle keep-alive connection: noticed, next request still works. */
     send_get(c, "GET", "/cl-then-close", 2000, &r);
     run_until(&r.done, 3);
-    for (int i = 0; i < 5; i++) uv_run(loop, UV_RUN_NOWAIT);
+    for (int i = 0; i < 5; i++)
+        uv_run(loop, UV_RUN_NOWAIT);
     send_get(c, "GET", "/cl", 2000, &r);
     run_until(&r.done, 4);
     CHECK_INT_EQ(r.err, 0);

@@ -296,9 +296,11 @@ static void test_numbers(lua_State *L)
     }
 
     /* Floats come back as the same double. */
-    static const char *const floats[] = {"0.1",   "1e-7",          "-2.5e300",
-                                         "3.14159", "123456789.125", "2.2250738585072014e-308",
-                                         "5e-324", "1.7976931348623157e308", "-0.0"};
+    static const char *const floats[] = {"0.1",           "1e-7",
+                                         "-2.5e300",      "3.14159",
+                                         "123456789.125", "2.2250738585072014e-308",
+                                         "5e-324",        "1.7976931348623157e308",
+                                         "-0.0"};
     for (size_t i = 0; i < HR_ARRAY_SIZE(floats); i++) {
         double want = strtod(floats[i], NULL);
         CHECK_INT_EQ(decode(L, floats[i], err, sizeof err), 0);
@@ -334,9 +336,8 @@ static void test_numbers(lua_State *L)
 static void test_strings(lua_State *L)
 {
     char err[256];
-    CHECK_INT_EQ(decode(L,
-                        "\"caf\\u00e9 \\\"q\\\" a\\nb \\ud83d\\ude00 \xc3\xbc \\/\\\\\\t\"",
-                        err, sizeof err),
+    CHECK_INT_EQ(decode(L, "\"caf\\u00e9 \\\"q\\\" a\\nb \\ud83d\\ude00 \xc3\xbc \\/\\\\\\t\"", err,
+                        sizeof err),
                  0);
     size_t n;
     const char *s = lua_tolstring(L, -1, &n);
@@ -394,7 +395,8 @@ static void test_decode_errors(lua_State *L)
         L, "{\"a\":1} x",
         "invalid JSON at line 1, column 9 (byte 8): trailing characters after the value");
     check_decode_error(
-        L, "[1]]", "invalid JSON at line 1, column 4 (byte 3): trailing characters after the value");
+        L, "[1]]",
+        "invalid JSON at line 1, column 4 (byte 3): trailing characters after the value");
     check_decode_error(L, "{\n  \"\xc3\xa9\": [1,\n   x]\n}",
                        "invalid JSON at line 3, column 4 (byte 17): unexpected character 'x'");
     check_decode_error(L, "[1,\x01]",
@@ -402,9 +404,22 @@ static void test_decode_errors(lua_State *L)
     check_decode_error(L, "\xc3\xa9",
                        "invalid JSON at line 1, column 1 (byte 0): unexpected byte 0xC3");
 
+    check_decode_error(L, "[\"a\\qb\"]",
+                       "invalid JSON at line 1, column 4 (byte 3): invalid escape in string");
+    check_decode_error(
+        L, "\"\\ud800x\"",
+        "invalid JSON at line 1, column 2 (byte 1): invalid surrogate pair in string");
+    check_decode_error(L, "\"\\u12g4\"",
+                       "invalid JSON at line 1, column 2 (byte 1): invalid \\u escape in string");
+    check_decode_error(L, "{\"a\"}",
+                       "invalid JSON at line 1, column 5 (byte 4): unexpected character '}'");
+    check_decode_error(L, "nul",
+                       "invalid JSON at line 1, column 4 (byte 3): unexpected end of input");
+
     /* Through Lua. */
-    check_lua_str(L, "local ok, e = pcall(json.decode, '{\"a\":') return e",
-                  "json.decode: invalid JSON at line 1, column 6 (byte 5): unexpected end of input");
+    check_lua_str(
+        L, "local ok, e = pcall(json.decode, '{\"a\":') return e",
+        "json.decode: invalid JSON at line 1, column 6 (byte 5): unexpected end of input");
     run(L, "return select(2, pcall(json.decode, {}))");
     CHECK(strstr(lua_tostring(L, -1), "string expected, got table") != NULL);
     lua_pop(L, 1);
@@ -452,6 +467,51 @@ static void test_deep(lua_State *L)
     (void)err;
 }
 
+/* Mutated fixtures: never a crash (run under ASan) or an internal error; whatever decodes
+ * encodes (unless it holds inf, from a number like 1e999). */
+static void test_mutations(lua_State *L)
+{
+    const char *root = getenv("HR_FIXTURES");
+    if (!root) root = "tests/fixtures";
+    char path[1024];
+    snprintf(path, sizeof path, "%s/variants/unicode-names.json", root);
+    size_t n;
+    char *src = read_file(path, &n);
+    CHECK(src != NULL && n > 0);
+    if (!src) return;
+    static const char set[] = "{}[],:\"\\0123456789.eE-+ tfnu\x01\n";
+    uint64_t r = 88172645463325252u;
+    char *b = malloc(n);
+    int ok = 0;
+    for (int it = 0; it < 3000; it++) {
+        memcpy(b, src, n);
+        size_t len = n;
+        for (int k = 0; k < 2; k++) {
+            r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+            size_t p = (size_t)(r % len);
+            r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+            if (r % 8 == 0)
+                len = p + 1;
+            else
+                b[p] = set[r % (sizeof set - 1)];
+        }
+        char err[256];
+        int top = lua_gettop(L);
+        if (decode_n(L, b, len, err, sizeof err) == 0) {
+            ok++;
+            char *out = encode_top(L, err, sizeof err);
+            CHECK(out != NULL || strstr(err, "inf") != NULL);
+            free(out);
+        } else {
+            CHECK(strncmp(err, "invalid JSON at line ", 21) == 0);
+        }
+        lua_settop(L, top);
+    }
+    CHECK(ok > 0);
+    free(b);
+    free(src);
+}
+
 /* ---------------------------------------------------------------- encoding */
 
 static void test_encode(lua_State *L)
@@ -459,11 +519,13 @@ static void test_encode(lua_State *L)
     check_lua_str(L, "return json.encode(json.array({}))", "[]");
     check_lua_str(L, "return json.encode(json.array())", "[]");
     check_lua_str(L, "return json.encode({})", "{}");
-    check_lua_str(L, "return json.encode({1, 'two', true, false, 2.5})", "[1,\"two\",true,false,2.5]");
+    check_lua_str(L, "return json.encode({1, 'two', true, false, 2.5})",
+                  "[1,\"two\",true,false,2.5]");
     check_lua_str(L, "local t = {} t[3] = 'c' t[1] = 'a' t[2] = 'b' return json.encode(t)",
                   "[\"a\",\"b\",\"c\"]");
     check_lua_str(L, "return json.encode({a = {b = {c = 'd'}}})", "{\"a\":{\"b\":{\"c\":\"d\"}}}");
-    check_lua_str(L, "return json.encode('tab\\there \"q\" \\1')", "\"tab\\there \\\"q\\\" \\u0001\"");
+    check_lua_str(L, "return json.encode('tab\\there \"q\" \\1')",
+                  "\"tab\\there \\\"q\\\" \\u0001\"");
     check_lua_str(L, "return json.encode(nil)", "null");
     check_lua_str(L, "local t = json.decode('[1,2,3]') t[3] = nil return json.encode(t)", "[1,2]");
     check_lua_str(L, "local t = json.decode('[]') t[1] = 'x' return json.encode(t)", "[\"x\"]");
@@ -488,7 +550,8 @@ static void test_encode(lua_State *L)
     check_encode_error(L, "local t = {a = {b = {}}} t.a.b.c = t.a return t",
                        "cycle (a table contains itself) at .a.b.c");
     check_encode_error(L, "return {f = print}", "cannot encode a function at .f");
-    check_encode_error(L, "return {['a b'] = {io.stdout}}", "cannot encode a userdata at .[\"a b\"][1]");
+    check_encode_error(L, "return {['a b'] = {io.stdout}}",
+                       "cannot encode a userdata at .[\"a b\"][1]");
     check_encode_error(L, "return {co = coroutine.create(print)}", "cannot encode a thread at .co");
     check_encode_error(L, "return print", "cannot encode a function at .");
     check_encode_error(L, "return json.array({1, nil, 3})",
@@ -536,6 +599,7 @@ int main(void)
     test_strings(L);
     test_decode_errors(L);
     test_deep(L);
+    test_mutations(L);
     test_encode(L);
     CHECK_INT_EQ(lua_gettop(L), 0);
     lua_close(L);

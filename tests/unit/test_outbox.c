@@ -31,10 +31,10 @@ static struct {
     uv_tcp_t listener;
     int port;
     answer_t script[MAX_SCRIPT];
-    int nscript;             /* answers scripted */
-    int next;                /* next answer to use */
-    int requests;            /* requests received */
-    uint64_t at[64];         /* uv_now of each request */
+    int nscript;     /* answers scripted */
+    int next;        /* next answer to use */
+    int requests;    /* requests received */
+    uint64_t at[64]; /* uv_now of each request */
     sconn_t *conns[MAX_SCONNS];
 } srv;
 
@@ -73,8 +73,8 @@ static void answer(sconn_t *sc)
     answer_t a = srv.next < srv.nscript ? srv.script[srv.next++] : (answer_t){200, NULL};
     if (a.status == 0) return;
     char *r = hr_xasprintf("HTTP/1.1 %d X\r\n%s%s%sContent-Length: 2\r\n\r\nok", a.status,
-                           a.retry_after ? "Retry-After: " : "",
-                           a.retry_after ? a.retry_after : "", a.retry_after ? "\r\n" : "");
+                           a.retry_after ? "Retry-After: " : "", a.retry_after ? a.retry_after : "",
+                           a.retry_after ? "\r\n" : "");
     size_t len = strlen(r);
     uv_write_t *w = hr_xmalloc(sizeof *w + len);
     memcpy(w + 1, r, len);
@@ -121,7 +121,8 @@ static void on_sconnection(uv_stream_t *l, int status)
     sc->tcp.data = sc;
     uv_accept(l, (uv_stream_t *)&sc->tcp);
     int i = 0;
-    while (i < MAX_SCONNS && srv.conns[i]) i++;
+    while (i < MAX_SCONNS && srv.conns[i])
+        i++;
     CHECK(i < MAX_SCONNS);
     sc->idx = i;
     srv.conns[i] = sc;
@@ -186,7 +187,8 @@ static uint64_t pending(hr_outbox_t *o)
 
 static void run_until_idle(hr_outbox_t *o)
 {
-    while (pending(o) > 0) uv_run(loop, UV_RUN_ONCE);
+    while (pending(o) > 0)
+        uv_run(loop, UV_RUN_ONCE);
 }
 
 static int flag_drained, flag_closed;
@@ -207,9 +209,11 @@ static void shutdown_outbox(hr_outbox_t *o)
     int d = flag_drained, c = flag_closed;
     hr_outbox_drain(o, 0, on_drained, NULL);
     CHECK_INT_EQ(flag_drained, d);
-    while (flag_drained == d) uv_run(loop, UV_RUN_ONCE);
+    while (flag_drained == d)
+        uv_run(loop, UV_RUN_ONCE);
     hr_outbox_close(o, on_closed, NULL);
-    while (flag_closed == c) uv_run(loop, UV_RUN_ONCE);
+    while (flag_closed == c)
+        uv_run(loop, UV_RUN_ONCE);
 }
 
 /* Number of lines in the dead-letter file; *last gets the last one parsed (caller frees). */
@@ -409,8 +413,8 @@ static void test_write(hr_files_t *files)
 static void test_drain(hr_files_t *files)
 {
     /* A retry far in the future is not waited for. */
-    hr_outbox_opts_t opts = {.dead_letters = dlpath, .retry_base_ms = 60000,
-                             .retry_max_ms = 120000};
+    hr_outbox_opts_t opts = {
+        .dead_letters = dlpath, .retry_base_ms = 60000, .retry_max_ms = 120000};
     hr_outbox_t *o = hr_outbox_create(loop, files, &opts);
     script(1, (answer_t[]){{503, NULL}});
     hr_outbox_push(o, forward("ev-drain", srv.port, 5));
@@ -425,7 +429,8 @@ static void test_drain(hr_files_t *files)
     int d = flag_drained;
     hr_outbox_drain(o, 5000, on_drained, NULL);
     CHECK_INT_EQ(flag_drained, d); /* never inside drain */
-    while (flag_drained == d) uv_run(loop, UV_RUN_ONCE);
+    while (flag_drained == d)
+        uv_run(loop, UV_RUN_ONCE);
     CHECK(uv_now(loop) - t0 < 1000);
     cJSON *j;
     dead_lines(&j);
@@ -450,19 +455,22 @@ static void test_drain(hr_files_t *files)
     CHECK_INT_EQ(st.pending, 0);
     int c = flag_closed;
     hr_outbox_close(o, on_closed, NULL);
-    while (flag_closed == c) uv_run(loop, UV_RUN_ONCE);
+    while (flag_closed == c)
+        uv_run(loop, UV_RUN_ONCE);
 
     /* An attempt in flight at the end of the grace period is cancelled and dead-lettered. */
     opts.retry_base_ms = 10;
     o = hr_outbox_create(loop, files, &opts);
     script(1, (answer_t[]){{0, NULL}});
     hr_outbox_push(o, forward("ev-inflight", srv.port, 5));
-    while (srv.requests == 0) uv_run(loop, UV_RUN_ONCE);
+    while (srv.requests == 0)
+        uv_run(loop, UV_RUN_ONCE);
     uv_update_time(loop);
     t0 = uv_now(loop);
     d = flag_drained;
     hr_outbox_drain(o, 100, on_drained, NULL);
-    while (flag_drained == d) uv_run(loop, UV_RUN_ONCE);
+    while (flag_drained == d)
+        uv_run(loop, UV_RUN_ONCE);
     uint64_t el = uv_now(loop) - t0;
     CHECK(el >= 95 && el < 1000);
     dead_lines(&j);
@@ -474,7 +482,8 @@ static void test_drain(hr_files_t *files)
     cJSON_Delete(j);
     c = flag_closed;
     hr_outbox_close(o, on_closed, NULL);
-    while (flag_closed == c) uv_run(loop, UV_RUN_ONCE);
+    while (flag_closed == c)
+        uv_run(loop, UV_RUN_ONCE);
 }
 
 static void test_backoff_bounds(hr_files_t *files)
@@ -483,7 +492,8 @@ static void test_backoff_bounds(hr_files_t *files)
     hr_outbox_opts_t opts = {.dead_letters = dlpath, .retry_base_ms = 5, .retry_max_ms = 10};
     hr_outbox_t *o = hr_outbox_create(loop, files, &opts);
     answer_t s[MAX_SCRIPT];
-    for (int i = 0; i < MAX_SCRIPT; i++) s[i] = (answer_t){500, NULL};
+    for (int i = 0; i < MAX_SCRIPT; i++)
+        s[i] = (answer_t){500, NULL};
     script(MAX_SCRIPT, s);
     hr_action_t *head = NULL;
     for (int i = 0; i < 8; i++) {

@@ -1,0 +1,31 @@
+#!/bin/sh
+# hookrouter as a target of ../shared/bench/run-peers.sh (see its README, "Slotting in").
+# Builds a config around the reference rule from the BENCH_* environment, then execs the
+# router in the foreground. The reference rule (BENCH_RULE) returns the legacy table or nil;
+# hookrouter's rule wraps it: forward mode forwards the table to the sink, ack mode does not.
+set -eu
+HR_BIN=${HR_BIN:-$(cd "$(dirname "$0")/.." && pwd)/build/hookrouter}
+dir=$(mktemp -d "${TMPDIR:-/tmp}/hr-bench.XXXXXX")
+mkdir -p "$dir/rules"
+cp "$BENCH_RULE" "$dir/rules/reference.lua"
+cat >"$dir/rules/default.lua" <<'LUA'
+local reference = require("reference")
+local forwarding = os.getenv("BENCH_MODE") == "forward"
+return function(event)
+  local legacy = reference(event.body)
+  if legacy == nil then return drop("reference rule dropped it") end
+  if forwarding then forward("sink", legacy) end
+end
+LUA
+cat >"$dir/hookrouter.lua" <<LUA
+return {
+  listen = "127.0.0.1:${BENCH_PORT:-18080}",
+  tokens = { os.getenv("BENCH_TOKEN") or "bench-token" },
+  endpoints = { [os.getenv("BENCH_PATH") or "/aifi/checkout-zone/left"] = "checkout-zone.left" },
+  rules = "rules",
+  targets = { sink = { url = os.getenv("BENCH_SINK_URL") or "http://127.0.0.1:18090/legacy",
+                       max_attempts = 5 } },
+  log = { level = os.getenv("HR_BENCH_LOG") or "warn" },
+}
+LUA
+exec "$HR_BIN" run -c "$dir/hookrouter.lua"
