@@ -254,6 +254,7 @@ int hr_cmd_run(const char *config)
         hr_log_error("%s", err);
         free(listen);
         free(file);
+        uv_run(&loop, UV_RUN_DEFAULT); /* let the half-built parts finish closing */
         uv_loop_close(&loop);
         return 1;
     }

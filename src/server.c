@@ -806,6 +806,15 @@ static void conn_process_pending(hr_conn_t *c)
     conn_update_reading(c);
 }
 
+/* Timer callback armed by a late reply: parse the requests buffered meanwhile, from the loop,
+ * so that hr_http_reply never calls back into the app. */
+static void on_resume(uv_timer_t *t)
+{
+    hr_conn_t *c = t->data;
+    if (c->closing || c->ending) return;
+    conn_process_pending(c);
+}
+
 /* Read callback: parse fresh bytes at once, or keep them while parsing waits. EOF ends the
  * connection once the requests already received are answered. */
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
@@ -1068,7 +1077,8 @@ void hr_server_close(hr_server_t *s, void (*cb)(void *arg), void *arg)
 }
 
 /* Answer req (see server.h): write the response, then either go on with the next request of
- * the connection (parsing what is buffered) or end the connection. On a connection that is
+ * the connection (buffered requests are parsed from the loop: this never calls back into the
+ * app) or end the connection. On a connection that is
  * gone it only frees what belongs to req. Copies headers and body. */
 void hr_http_reply(hr_http_request_t *req, int status, const hr_header_t *headers, size_t nheaders,
                    const char *body, size_t body_len)
@@ -1098,7 +1108,7 @@ void hr_http_reply(hr_http_request_t *req, int status, const hr_header_t *header
         return;
     }
     if (!keep) {
-        if (c->msg_complete) conn_end(c);
+        if (c->msg_complete || !c->in_execute) conn_end(c);
         return; /* else on_headers_complete ends it */
     }
     if (c->msg_complete && !c->in_execute) {
@@ -1111,7 +1121,10 @@ void hr_http_reply(hr_http_request_t *req, int status, const hr_header_t *header
             return;
         }
         c->state = ST_IDLE;
-        conn_process_pending(c);
+        if (c->pending.len > c->pending_off)
+            uv_timer_start(&c->timer, on_resume, 0, 0); /* never call the app from here */
+        else
+            conn_process_pending(c); /* nothing to parse: re-arms the idle timer */
     }
 }
 
