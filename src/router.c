@@ -31,7 +31,8 @@ struct hr_router {
     uint64_t requests_rejected; /* 4xx before the rule */
     /* shutdown */
     bool stopping;
-    uv_timer_t stop_timer; /* polls for requests in flight to finish */
+    uv_timer_t stop_timer;     /* polls for requests in flight to finish */
+    uint64_t stop_deadline_ms; /* wall time when the grace period ends */
     void (*stop_cb)(void *);
     void *stop_arg;
     int closing_handles;
@@ -150,7 +151,6 @@ static void on_headers(hr_http_request_t *req, void *arg)
         reply_error(req, 401, "missing or invalid bearer token", www, 1);
         return;
     }
-    req->data = (void *)ep;
 }
 
 /* Dead-letter an event whose rule failed. */
@@ -171,8 +171,13 @@ static void dead_letter_event(hr_router_t *r, const hr_event_in_t *ev, const hr_
 static void on_request(hr_http_request_t *req, void *arg)
 {
     hr_router_t *r = arg;
-    const hr_endpoint_conf_t *ep = req->data;
     hr_ruleset_t *rs = r->rs;
+    /* Look the endpoint up again: a reload may have swapped the config since on_headers. */
+    const hr_endpoint_conf_t *ep = hr_config_endpoint(hr_ruleset_config(rs), req->path);
+    if (!ep) {
+        reply_error(req, 404, "no webhook endpoint at this path", NULL, 0);
+        return;
+    }
     hr_ruleset_ref(rs); /* the event finishes on the rule set it started with */
 
     char id[HR_ID_LEN], received_at[32];
@@ -376,18 +381,26 @@ static void on_outbox_drained(void *arg)
     hr_outbox_close(r->outbox, on_part_closed, r);
 }
 
-/* Poll until every request handed to the pipeline has been answered, then drain. */
+/* Poll until every connection has finished its request (requests still arriving count: the
+ * sender has no retry) or the grace period is over, then drain the outbox for what is left
+ * of the grace period. The outbox keeps delivering all along. */
 static void on_stop_tick(uv_timer_t *t)
 {
     hr_router_t *r = t->data;
-    if (hr_server_inflight(r->server) > 0) return;
+    uint64_t now = hr_wall_ms();
+    bool busy = hr_server_inflight(r->server) > 0 || hr_server_connections(r->server) > 0;
+    if (busy && now < r->stop_deadline_ms) return;
+    if (hr_server_inflight(r->server) > 0) return; /* a rule still runs: never cut it off */
     uv_timer_stop(t);
-    const hr_config_t *cfg = hr_ruleset_config(r->rs);
+    if (busy)
+        hr_log_warn("shutdown: grace period over, closing %zu connections",
+                    hr_server_connections(r->server));
+    uint64_t left = r->stop_deadline_ms > now ? r->stop_deadline_ms - now : 0;
     hr_outbox_stats_t st;
     hr_outbox_stats(r->outbox, &st);
-    hr_log_info("shutdown: draining %llu pending deliveries (grace %llu ms)",
-                (unsigned long long)st.pending, (unsigned long long)cfg->shutdown_grace_ms);
-    hr_outbox_drain(r->outbox, cfg->shutdown_grace_ms, on_outbox_drained, r);
+    hr_log_info("shutdown: draining %llu pending deliveries (%llu ms of grace left)",
+                (unsigned long long)st.pending, (unsigned long long)left);
+    hr_outbox_drain(r->outbox, left, on_outbox_drained, r);
 }
 
 void hr_router_shutdown(hr_router_t *r, void (*cb)(void *arg), void *arg)
@@ -396,6 +409,7 @@ void hr_router_shutdown(hr_router_t *r, void (*cb)(void *arg), void *arg)
     r->stopping = true;
     r->stop_cb = cb;
     r->stop_arg = arg;
+    r->stop_deadline_ms = hr_wall_ms() + hr_ruleset_config(r->rs)->shutdown_grace_ms;
     uv_timer_stop(&r->reload_timer);
     hr_log_info("shutdown: no longer accepting connections");
     hr_server_stop_accepting(r->server);

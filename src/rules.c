@@ -44,6 +44,8 @@ struct hr_ruleset {
     bool running;     /* an event is running (the cap applies) */
 };
 
+static void set_file_env(lua_State *L);
+
 /* ---------------------------------------------------------------- allocator */
 
 /* lua_Alloc that keeps the state under rule_memory_bytes while an event runs. Loading and
@@ -294,6 +296,7 @@ static int l_require(lua_State *L)
         return lua_error(L); /* message already says path:line */
     }
     free(file);
+    set_file_env(L);
     lua_pushstring(L, name);
     lua_call(L, 1, 1);
     if (lua_isnil(L, -1)) {
@@ -306,6 +309,43 @@ static int l_require(lua_State *L)
 }
 
 /* ---------------------------------------------------------------- sandbox */
+
+/* Give the chunk at the top of the stack its own global table: reads fall through to the
+ * shared sandbox globals, writes stay in the file's own table. So a rule that assigns a
+ * global (by mistake or not: `forward = nil`) only changes its own file. [-0, +0, m] */
+static void set_file_env(lua_State *L)
+{
+    lua_newtable(L);          /* env */
+    lua_createtable(L, 0, 2); /* its metatable */
+    lua_pushglobaltable(L);
+    lua_setfield(L, -2, "__index");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable"); /* getmetatable(_ENV) cannot reach the shared table */
+    lua_setmetatable(L, -2);
+    if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1); /* _ENV is a main chunk's first upvalue */
+}
+
+static int l_readonly_newindex(lua_State *L)
+{
+    return luaL_error(L, "attempt to modify the shared library table '%s'",
+                      lua_tostring(L, lua_upvalueindex(1)));
+}
+
+/* Replace the global library table name with a read-only view of it. [-0, +0, m] */
+static void make_readonly(lua_State *L, const char *name)
+{
+    lua_newtable(L); /* proxy */
+    lua_createtable(L, 0, 3);
+    lua_getglobal(L, name);
+    lua_setfield(L, -2, "__index");
+    lua_pushstring(L, name);
+    lua_pushcclosure(L, l_readonly_newindex, 1);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+    lua_setglobal(L, name);
+}
 
 /* Open the libraries rules may use and install the rule API as globals. [-0, +0, m] */
 static void open_sandbox(hr_ruleset_t *rs)
@@ -354,6 +394,13 @@ static void open_sandbox(hr_ruleset_t *rs)
     lua_getfield(L, -1, "info");
     lua_setglobal(L, "print"); /* print goes to the log, not stdout */
     lua_setglobal(L, "log");
+
+    static const char *const libs[] = {"string", "table", "math", "utf8",
+                                       "os",     "json",  "log",  NULL};
+    for (size_t i = 0; libs[i]; i++)
+        make_readonly(L, libs[i]);
+    lua_pushnil(L);
+    lua_setglobal(L, "_G"); /* rules reach globals through their own _ENV only */
 
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, LOADED_KEY);
@@ -415,7 +462,10 @@ static int load_rule_file(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
         lua_pop(L, 1);
         return -1;
     }
-    if (rc == LUA_OK) rc = lua_pcall(L, 0, 1, 0);
+    if (rc == LUA_OK) {
+        set_file_env(L);
+        rc = lua_pcall(L, 0, 1, 0);
+    }
     if (rc != LUA_OK) {
         hr_errors_add(errs, "%s", lua_tostring(L, -1));
         lua_pop(L, 1);

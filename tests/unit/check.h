@@ -21,7 +21,7 @@ static int hr_test_failures;
     do {                                                                                           \
         long long va_ = (long long)(a), vb_ = (long long)(b);                                      \
         if (va_ != vb_) {                                                                          \
-            fprintf(stderr, "%s:%d: %s == %s failed: %lld != %lld\n", __FILE__, __LINE__, #a, #b, \
+            fprintf(stderr, "%s:%d: %s == %s failed: %lld != %lld\n", __FILE__, __LINE__, #a, #b,  \
                     va_, vb_);                                                                     \
             hr_test_failures++;                                                                    \
         }                                                                                          \
@@ -31,7 +31,7 @@ static int hr_test_failures;
     do {                                                                                           \
         const char *sa_ = (a), *sb_ = (b);                                                         \
         if (!sa_ || !sb_ || strcmp(sa_, sb_) != 0) {                                               \
-            fprintf(stderr, "%s:%d: %s == %s failed:\n  got:  %s\n  want: %s\n", __FILE__,        \
+            fprintf(stderr, "%s:%d: %s == %s failed:\n  got:  %s\n  want: %s\n", __FILE__,         \
                     __LINE__, #a, #b, sa_ ? sa_ : "(null)", sb_ ? sb_ : "(null)");                 \
             hr_test_failures++;                                                                    \
         }                                                                                          \
@@ -39,7 +39,7 @@ static int hr_test_failures;
 
 /* Print the plain summary line and return the exit status. */
 #define CHECK_DONE(name)                                                                           \
-    (fprintf(stderr, "%s: %s\n", name, hr_test_failures ? "FAILED" : "ok"),                       \
+    (fprintf(stderr, "%s: %s\n", name, hr_test_failures ? "FAILED" : "ok"),                        \
      hr_test_failures ? 1 : 0)
 
 #endif

@@ -210,6 +210,8 @@ static void test_forward_and_sandbox(void)
         "    local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1024) .. i end\n"
         "  elseif b.kind == 'error' then error('boom')\n"
         "  elseif b.kind == 'escape' then require('../hookrouter')\n"
+        "  elseif b.kind == 'clobber-lib' then string.format = nil\n"
+        "  elseif b.kind == 'clobber-global' then forward = nil; error('clobbered')\n"
         "  else\n"
         "    forward('pos', { n = u.twice(b.n), f = b.f, z = b.z, a = b.a },\n"
         "      { path = '/x?y=1', method = 'PUT', headers = { ['X-Api-Key'] = 'rule' } })\n"
@@ -276,9 +278,13 @@ static void test_forward_and_sandbox(void)
     static const struct {
         const char *kind, *error;
     } fails[] = {
-        {"loop", "instruction budget"},    {"pcall-loop", "instruction budget"},
-        {"memory", "memory limit"},        {"error", "default.lua:14: boom"},
+        {"loop", "instruction budget"},
+        {"pcall-loop", "instruction budget"},
+        {"memory", "memory limit"},
+        {"error", "default.lua:14: boom"},
         {"escape", "invalid module name"},
+        {"clobber-lib", "attempt to modify the shared library table 'string'"},
+        {"clobber-global", "clobbered"},
     };
     for (size_t i = 0; i < HR_ARRAY_SIZE(fails); i++) {
         char body[64];

@@ -1,0 +1,391 @@
+"""Inbound HTTP: status codes, auth, keep-alive, pipelining, chunked, 100-continue, timeouts."""
+import os
+import re
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hrtest import *  # noqa: E402,F401,F403
+
+AUDIT_RULE = r'''
+return function(event)
+  write("audit", { id = event.id, type = event.type, body = event.body,
+                   te = event.headers["transfer-encoding"], ua = event.headers["user-agent"] })
+end
+'''
+
+
+class HttpTest(HRTestCase):
+    def start(self, **cfg):
+        self.wd.rule(None, AUDIT_RULE)
+        kw = {"tokens": [TOKEN, TOKEN2]}
+        kw.update(cfg)
+        return self.router(base_config(**kw))
+
+    def audit(self, n, timeout=3):
+        got = wait_until(lambda: len(self.wd.jsonl("var/audit.jsonl")) >= n and self.wd.jsonl("var/audit.jsonl"), timeout)
+        self.assertTrue(got, "audit has %d lines, expected %d" % (len(self.wd.jsonl("var/audit.jsonl")), n))
+        return got
+
+    # --- auth -----------------------------------------------------------------------------
+    def test_auth(self):
+        r = self.start()
+        body = fixture_bytes("customer-created.json")
+        cases = [
+            ("missing", None, {}),
+            ("wrong", "nope", {}),
+            ("prefix of the token", TOKEN[:-1], {}),
+            ("token plus a char", TOKEN + "x", {}),
+            ("empty bearer", "", {}),
+        ]
+        for what, tok, hdr in cases:
+            resp = r.post("/aifi/customer", body, token=tok, headers=hdr)
+            self.assertEqual(resp.status, 401, "%s token: %r" % (what, resp))
+            self.assertTrue((resp.header("WWW-Authenticate") or "").startswith("Bearer"),
+                            "%s: WWW-Authenticate is %r" % (what, resp.header("WWW-Authenticate")))
+        resp = r.post("/aifi/customer", body, token=None, headers={"Authorization": "Basic " + TOKEN})
+        self.assertEqual(resp.status, 401, "Basic auth with the token must not pass: %r" % resp)
+        # rotation: both configured tokens work
+        self.assertOk(r.post("/aifi/customer", body, token=TOKEN))
+        self.assertOk(r.post("/aifi/customer", body, token=TOKEN2))
+        self.assertEqual(len(self.audit(2)), 2)
+        time.sleep(0.1)
+        self.assertEqual(len(self.wd.jsonl("var/audit.jsonl")), 2, "a rejected request ran the rule")
+        log = r.log()
+        for t in (TOKEN, TOKEN2, "nope"):
+            self.assertNotIn(t, log, "token %r appears in the log" % t)
+
+    def test_insecure_no_auth(self):
+        r = self.start(tokens=[], insecure_no_auth=True)
+        self.assertOk(r.post("/aifi/customer", {"a": 1}, token=None))
+
+    def test_empty_tokens_refuses_to_start(self):
+        self.wd.rule(None, AUDIT_RULE)
+        self.wd.config(base_config(tokens=[]))
+        p = run_cli(["run", "-c", self.wd.p("hookrouter.lua")], cwd=self.wd.path, timeout=10)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("tokens", p.stderr + p.stdout)
+
+    # --- status codes ---------------------------------------------------------------------
+    def test_404_405_healthz(self):
+        r = self.start()
+        resp = r.post("/aifi/nope", {"a": 1})
+        self.assertEqual(resp.status, 404, resp)
+        resp = r.post("/aifi/customer/", {"a": 1})
+        self.assertEqual(resp.status, 404, "paths are exact: %r" % resp)
+        resp = r.post("/", {"a": 1})
+        self.assertEqual(resp.status, 404, resp)
+        for m in ("GET", "PUT", "DELETE"):
+            resp = r.request(m, "/aifi/customer", body=b"{}" if m == "PUT" else None)
+            self.assertEqual(resp.status, 405, "%s: %r" % (m, resp))
+            self.assertIn("POST", resp.header("Allow") or "", "%s: Allow header %r" % (m, resp.headers))
+        resp = r.request("GET", "/healthz", token=None)
+        self.assertEqual(resp.status, 200)
+        self.assertIn("json", resp.header("Content-Type") or "")
+        h = resp.json()
+        self.assertEqual(h.get("status"), "ok")
+        self.assertIsInstance(h.get("loaded_at"), str)
+        self.assertIsInstance(h.get("reloads"), int)
+        self.assertEqual(h.get("reloads"), 0)
+        self.assertIn("last_reload_error", h)
+        self.assertIsNone(h["last_reload_error"])
+        ob = h.get("outbox")
+        self.assertIsInstance(ob, dict, h)
+        for k in ("pending", "delivered", "dead", "retried"):
+            self.assertIsInstance(ob.get(k), int, "outbox.%s in %r" % (k, h))
+        self.assertEqual(len(self.wd.jsonl("var/audit.jsonl")), 0)
+
+    def test_413_body_too_large(self):
+        r = self.start(limits={"body_bytes": 1024})
+        ok = b'{"pad":"' + b"x" * 900 + b'"}'
+        self.assertOk(r.post("/aifi/customer", ok))
+        big = b'{"pad":"' + b"x" * 3000 + b'"}'
+        resp = r.post("/aifi/customer", big)
+        self.assertEqual(resp.status, 413, resp)
+        # chunked, over the limit
+        with r.raw() as c:
+            c.send(http_req("POST", "/aifi/customer", body=None,
+                            headers={"Transfer-Encoding": "chunked"}) + chunked([big[:1500], big[1500:]]))
+            resp = c.read_response()
+            self.assertEqual(resp.status, 413, resp)
+        # a huge Content-Length is refused before the body is sent
+        with r.raw() as c:
+            c.send(b"POST /aifi/customer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                   + b"\r\nContent-Length: 10000000000\r\n\r\n")
+            resp = c.read_response()
+            self.assertEqual(resp.status, 413, resp)
+        self.assertEqual(len(self.audit(1)), 1)
+        self.assertOk(r.post("/aifi/customer", ok), "after the 413s")
+
+    def test_431_header_too_large(self):
+        r = self.start(limits={"header_bytes": 4096})
+        with r.raw() as c:
+            c.send(http_req("POST", "/aifi/customer", body=b"{}", headers={"X-Big": "y" * 6000}))
+            resp = c.read_response()
+            self.assertEqual(resp.status, 431, resp)
+        # many small headers adding up
+        with r.raw() as c:
+            hdrs = {"X-H%03d" % i: "v" * 60 for i in range(100)}
+            c.send(http_req("POST", "/aifi/customer", body=b"{}", headers=hdrs))
+            resp = c.read_response()
+            self.assertEqual(resp.status, 431, resp)
+        # just under the limit passes
+        self.assertOk(r.post("/aifi/customer", b"{}", headers={"X-Big": "y" * 3000}))
+
+    def test_431_default_limit_16k(self):
+        r = self.start()
+        self.assertOk(r.post("/aifi/customer", b"{}", headers={"X-Big": "y" * 12000}))
+        with r.raw() as c:
+            c.send(http_req("POST", "/aifi/customer", body=b"{}", headers={"X-Big": "y" * 20000}))
+            self.assertEqual(c.read_response().status, 431)
+
+    def test_malformed_http_400_and_close(self):
+        r = self.start()
+        for garbage in [b"GARBAGE\r\n\r\n", b"POST /aifi/customer HTTP/9.9\r\n\r\n",
+                        b"POST /aifi/customer HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+                        b"POST /aifi/customer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                        + b"\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"]:
+            with r.raw() as c:
+                c.send(garbage)
+                resp = c.read_response()
+                self.assertEqual(resp.status, 400, "for %r: %r" % (garbage, resp))
+                self.assertTrue(c.closed_within(T(2)), "connection not closed after 400 for %r" % garbage)
+        self.assertEqual(r.healthz()["status"], "ok")
+
+    def test_invalid_json_400_names_where(self):
+        r = self.start()
+        resp = r.post("/aifi/customer", b'{"a": 1,\n  "b": }')
+        self.assertEqual(resp.status, 400, resp)
+        j = resp.json()
+        err = j.get("error", "")
+        self.assertTrue(err.startswith("invalid JSON"), err)
+        self.assertRegex(err, r"(?i)line\D{0,3}2\b", "error should name line 2: %r" % err)
+        self.assertRegex(err, r"(?i)col", "error should name the column: %r" % err)
+        for bad in [b"", b"{", b'{"a":1} trailing', b"\xff\xfe", b"{'a': 1}"]:
+            resp = r.post("/aifi/customer", bad)
+            self.assertEqual(resp.status, 400, "%r: %r" % (bad, resp))
+            self.assertTrue(resp.json().get("error", "").startswith("invalid JSON"), resp)
+        time.sleep(0.1)
+        self.assertEqual(self.wd.jsonl("var/audit.jsonl"), [])
+
+    # --- connection handling --------------------------------------------------------------
+    def test_keep_alive(self):
+        r = self.start()
+        with r.raw() as c:
+            ids = []
+            for i in range(5):
+                c.send(http_req("POST", "/aifi/customer", body=b'{"n":%d}' % i))
+                resp = c.read_response()
+                self.assertEqual(resp.status, 200, resp)
+                self.assertNotEqual((resp.header("Connection") or "").lower(), "close")
+                ids.append(resp.json()["id"])
+            c.send(http_req("GET", "/healthz", body=None, token=None))
+            self.assertEqual(c.read_response().status, 200)
+            self.assertFalse(c.eof)
+        self.assertEqual(len(set(ids)), 5)
+        self.assertEqual([a["body"]["n"] for a in self.audit(5)], [0, 1, 2, 3, 4])
+
+    def test_pipelining(self):
+        r = self.start()
+        with r.raw() as c:
+            c.send(http_req("POST", "/aifi/customer", body=b'{"n":1}')
+                   + http_req("POST", "/aifi/nope", body=b'{"n":2}')
+                   + http_req("GET", "/aifi/customer", body=None)
+                   + http_req("GET", "/healthz", body=None, token=None)
+                   + http_req("POST", "/aifi/customer", body=b'{"n":3}'))
+            got = [c.read_response() for _ in range(5)]
+        self.assertEqual([g.status for g in got], [200, 404, 405, 200, 200], got)
+        self.assertIn("id", got[0].json())
+        self.assertEqual(got[3].json().get("status"), "ok")
+        self.assertIn("id", got[4].json())
+        self.assertEqual([a["body"]["n"] for a in self.audit(2)], [1, 3])
+
+    def test_pipelining_many_small(self):
+        r = self.start()
+        n = 50
+        with r.raw() as c:
+            c.send(b"".join(http_req("POST", "/aifi/customer", body=b'{"n":%d}' % i) for i in range(n)))
+            got = [c.read_response() for _ in range(n)]
+        self.assertEqual([g.status for g in got], [200] * n)
+        self.assertEqual(sorted(a["body"]["n"] for a in self.audit(n)), list(range(n)))
+
+    def test_chunked_body(self):
+        r = self.start()
+        body = fixture_bytes("checkout-zone-entered.json")
+        parts = [body[:1], body[1:100], body[100:1000], body[1000:]]
+        with r.raw() as c:
+            c.send(http_req("POST", "/aifi/customer", body=None, headers={"Transfer-Encoding": "chunked"}))
+            for p in parts:  # one chunk per send, with small pauses
+                c.send(b"%x\r\n" % len(p) + p + b"\r\n")
+                time.sleep(0.02)
+            c.send(b"0\r\n\r\n")
+            resp = c.read_response()
+            self.assertEqual(resp.status, 200, resp)
+            # the connection stays usable
+            c.send(http_req("POST", "/aifi/customer", body=b'{"n":2}'))
+            self.assertEqual(c.read_response().status, 200)
+        a = self.audit(2)
+        self.assertEqual(a[0]["body"], fixture_json("checkout-zone-entered.json"))
+        self.assertEqual(a[1]["body"], {"n": 2})
+
+    def test_expect_100_continue(self):
+        r = self.start()
+        body = b'{"n":100}'
+        with r.raw() as c:
+            head = http_req("POST", "/aifi/customer", body=body, headers={"Expect": "100-continue"})
+            c.send(head[:-len(body)])
+            first = c.read_response(timeout=3)
+            self.assertEqual(first.status, 100, "expected 100 Continue before the body, got %r" % first)
+            c.send(body)
+            resp = c.read_response()
+            self.assertEqual(resp.status, 200, resp)
+        self.assertEqual(self.audit(1)[0]["body"], {"n": 100})
+
+    def test_expect_100_continue_rejected_early(self):
+        """A request that will be refused (bad token) need not get 100 Continue: a final status
+        (401) is the right answer, without waiting for the body."""
+        r = self.start()
+        with r.raw() as c:
+            c.send(b"POST /aifi/customer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer bad\r\n"
+                   b"Content-Length: 9\r\nExpect: 100-continue\r\n\r\n")
+            resp = c.read_response(timeout=3)
+            self.assertEqual(resp.status, 401, resp)
+
+    def test_http10_closes(self):
+        r = self.start()
+        with r.raw() as c:
+            c.send(http_req("POST", "/aifi/customer", body=b'{"v":10}', version="HTTP/1.0"))
+            resp = c.read_response()
+            self.assertEqual(resp.status, 200, resp)
+            self.assertTrue(c.closed_within(T(2)), "HTTP/1.0 connection not closed")
+        with r.raw() as c:
+            c.send(http_req("GET", "/healthz", body=None, token=None, version="HTTP/1.0", host=False))
+            resp = c.read_response()
+            self.assertEqual(resp.status, 200, resp)
+            self.assertTrue(c.closed_within(T(2)))
+        self.assertEqual(self.audit(1)[0]["body"], {"v": 10})
+
+    def test_connection_close(self):
+        r = self.start()
+        with r.raw() as c:
+            c.send(http_req("POST", "/aifi/customer", body=b'{"v":1}', headers={"Connection": "close"}))
+            resp = c.read_response()
+            self.assertEqual(resp.status, 200, resp)
+            self.assertTrue(c.closed_within(T(2)), "connection not closed after Connection: close")
+        self.audit(1)
+
+    def test_missing_host_http11(self):
+        """Not required by the spec, but a Host-less HTTP/1.1 request must not crash the router."""
+        r = self.start()
+        with r.raw() as c:
+            c.send(http_req("POST", "/aifi/customer", body=b"{}", host=False))
+            resp = c.read_response()
+            self.assertIn(resp.status, (200, 400), resp)
+        self.assertEqual(r.healthz()["status"], "ok")
+
+    def test_slow_client_is_cut(self):
+        r = self.start(limits={"request_timeout_ms": 500, "idle_timeout_ms": 2000})
+        with r.raw() as c:
+            t0 = time.monotonic()
+            c.send(b"POST /aifi/customer HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            closed = False
+            # dribble one byte every 100 ms: this must not reset the request timer
+            while time.monotonic() - t0 < T(3):
+                try:
+                    c.send(b"a")
+                except OSError:
+                    closed = True
+                    break
+                if c.closed_within(0.1):
+                    closed = True
+                    break
+            dt = time.monotonic() - t0
+            self.assertTrue(closed, "slow client still connected after %.1fs (request_timeout_ms=500)" % dt)
+            self.assertLess(dt, T(2.0), "slow client cut only after %.2fs" % dt)
+        self.assertEqual(r.healthz()["status"], "ok")
+
+    def test_slow_body_is_cut(self):
+        r = self.start(limits={"request_timeout_ms": 500, "idle_timeout_ms": 2000})
+        with r.raw() as c:
+            t0 = time.monotonic()
+            c.send(http_req("POST", "/aifi/customer", body=b'{"a":1}')[:-3])
+            self.assertTrue(c.closed_within(T(2.5)), "a request with a missing body held the connection")
+            self.assertLess(time.monotonic() - t0, T(2.0))
+
+    def test_idle_keepalive_is_closed(self):
+        r = self.start(limits={"request_timeout_ms": 2000, "idle_timeout_ms": 500})
+        with r.raw() as c:
+            c.send(http_req("POST", "/aifi/customer", body=b"{}"))
+            self.assertEqual(c.read_response().status, 200)
+            t0 = time.monotonic()
+            self.assertTrue(c.closed_within(T(2.5)), "idle keep-alive connection not closed")
+            dt = time.monotonic() - t0
+            self.assertGreater(dt, 0.3, "idle connection closed too early (%.2fs)" % dt)
+
+    def test_many_connections(self):
+        r = self.start()
+        conns = [r.raw() for _ in range(50)]
+        try:
+            for i, c in enumerate(conns):
+                c.send(http_req("POST", "/aifi/customer", body=b'{"n":%d}' % i))
+            for c in conns:
+                self.assertEqual(c.read_response().status, 200)
+        finally:
+            for c in conns:
+                c.close()
+        self.assertEqual(len(self.audit(50)), 50)
+
+    def test_client_disconnect_mid_request(self):
+        r = self.start()
+        for _ in range(20):
+            c = r.raw()
+            c.send(http_req("POST", "/aifi/customer", body=b'{"abc": 12345}')[:-5])
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            c.close()  # RST
+        self.assertEqual(r.healthz()["status"], "ok")
+        self.assertOk(r.post("/aifi/customer", {"after": 1}))
+
+    def test_byte_by_byte(self):
+        r = self.start()
+        req = http_req("POST", "/aifi/customer", body=b'{"n": "bytes"}') + http_req("GET", "/healthz", body=None, token=None)
+        with r.raw() as c:
+            c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i in range(len(req)):
+                c.send(req[i:i + 1])
+                if i % 20 == 0:
+                    time.sleep(0.001)
+            self.assertEqual(c.read_response().status, 200)
+            self.assertEqual(c.read_response().status, 200)
+        self.assertEqual(self.audit(1)[0]["body"], {"n": "bytes"})
+
+    def test_smuggling_cl_and_te(self):
+        r = self.start()
+        with r.raw() as c:
+            c.send(b"POST /aifi/customer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                   + b"\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                   + http_req("GET", "/healthz", body=None, token=None))
+            resp = c.read_response()
+            self.assertEqual(resp.status, 400, "Content-Length with Transfer-Encoding must be refused: %r" % resp)
+            self.assertTrue(c.closed_within(T(2)))
+
+    def test_default_body_limit_1mib(self):
+        r = self.start()
+        body = b'{"pad":"' + b"x" * (1024 * 1024 + 10) + b'"}'
+        resp = r.post("/aifi/customer", body, timeout=10)
+        self.assertEqual(resp.status, 413, resp)
+        self.assertOk(post(r.port, "/aifi/customer", fixture_bytes("variants/large-events.json")))
+
+    def test_reply_shape(self):
+        r = self.start()
+        resp = r.post("/aifi/customer", {"a": 1})
+        self.assertOk(resp)
+        self.assertIn("application/json", resp.header("Content-Type") or "")
+        resp = r.post("/aifi/nope", {"a": 1})
+        self.assertEqual(resp.status, 404)
+        resp = r.post("/aifi/customer", {"a": 1}, token="bad")
+        self.assertEqual(resp.status, 401)
+
+
+if __name__ == "__main__":
+    main()
