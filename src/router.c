@@ -262,15 +262,17 @@ static void do_reload(uv_timer_t *t)
         r->last_reload_error = hr_xstrdup(errs.n ? errs.msgs[0] : "unknown error");
         for (size_t i = 0; i < errs.n; i++)
             hr_log_error("reload failed: %s", errs.msgs[i]);
-        hr_log_error("reload failed: keeping the rules loaded at the previous (re)load");
+        char loaded[32];
+        hr_rfc3339(r->loaded_ms, loaded);
+        hr_log_warn("reload: still serving the config and rules loaded at %s", loaded);
         hr_errors_free(&errs);
         return;
     }
     const hr_config_t *old = hr_ruleset_config(r->rs);
     if (strcmp(old->listen, cfg->listen) != 0)
         hr_log_warn("reload: listen changed from %s to %s: that needs a restart; still "
-                    "listening on %s",
-                    old->listen, cfg->listen, old->listen);
+                    "listening on port %d",
+                    old->listen, cfg->listen, hr_server_port(r->server));
     hr_log_level_t level;
     if (hr_log_level_parse(cfg->log_level, &level) == 0) hr_log_set_level(level);
     hr_ruleset_unref(r->rs); /* events in flight hold their own reference */

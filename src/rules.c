@@ -507,10 +507,10 @@ static void load_stores(hr_ruleset_t *rs, hr_errors_t *errs)
         if (n < 5 || strcmp(de->d_name + n - 4, ".lua") != 0) continue;
         char *file = hr_xasprintf("%s/%s", dir, de->d_name);
         if (!hr_is_safe_name(de->d_name, n - 4)) {
-            hr_errors_add(errs,
-                          "%s: a store file name may only use letters, digits, '.', '_' "
-                          "and '-'",
-                          file);
+            /* No store id can reach it (ids must be safe file names): say so, load the rest. */
+            hr_log_warn("%s: ignored: a store rule's name may only use letters, digits, '.', "
+                        "'_' and '-', and not be '.' or '..'",
+                        file);
         } else if (load_rule_file(rs, file, errs) == 0) {
             char *store = hr_xstrndup(de->d_name, n - 4);
             lua_setfield(L, -2, store); /* stores[store] = rule */
