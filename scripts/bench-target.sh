@@ -26,6 +26,9 @@ return {
   targets = { sink = { url = os.getenv("BENCH_SINK_URL") or "http://127.0.0.1:18090/legacy",
                        max_attempts = 5 } },
   log = { level = os.getenv("HR_BENCH_LOG") or "warn" },
+  -- The runner SIGKILLs a target that takes over 5 s to stop; what is still queued then
+  -- goes to the dead letters in this temporary folder.
+  shutdown_grace_ms = 2000,
 }
 LUA
 exec "$HR_BIN" run -c "$dir/hookrouter.lua"
