@@ -14,9 +14,22 @@ return {
     ["/aifi/checkout-zone/entered"] = "checkout-zone.entered",
     ["/aifi/checkout-zone/left"] = "checkout-zone.left",
     ["/aifi/checkout"] = "checkout",
-    ["/aifi/cart-mutator"] = "cart-mutator",
+    -- AiFi reads these replies: the rule asks a legacy service and answers (README, "Rules
+    -- that answer"). If it has not answered within reply_timeout_ms, or fails, the fallback
+    -- goes out at once and the event goes to the dead letters.
+    ["/aifi/cart-mutator"] = {
+      event = "cart-mutator",
+      reply_timeout_ms = 2000,
+      -- No safe cart can be made up: say the retailer could not price it.
+      fallback = { status = 503, body = { error = "retailer pricing unavailable" } },
+    },
     ["/aifi/order-price"] = "order-price",
-    ["/aifi/entry-code/verify"] = "entry-code.verify",
+    ["/aifi/entry-code/verify"] = {
+      event = "entry-code.verify",
+      reply_timeout_ms = 1500,
+      -- The gate stays shut when the member service cannot say yes in time.
+      fallback = { status = 200, body = { status = "FAILED", reason = "retailer unavailable" } },
+    },
     ["/aifi/entry-code/notify"] = "entry-code.notify",
     ["/aifi/customer"] = "customer.created",
     ["/aifi/remote-register"] = "remote-register",
@@ -37,6 +50,18 @@ return {
       headers = { ["X-Api-Key"] = os.getenv("LEGACY_POS_KEY") or "example-key" },
       timeout_ms = 5000,
       max_attempts = 5,
+    },
+    -- Legacy member service asked by store 77's entry-code.verify rule (rules/lib/members.lua).
+    members = {
+      url = os.getenv("MEMBERS_URL") or "http://127.0.0.1:9001/members",
+      headers = { Authorization = "Basic " .. (os.getenv("MEMBERS_AUTH") or "ZXhhbXBsZTpleGFtcGxl") },
+      timeout_ms = 1000,
+    },
+    -- Legacy pricing service asked by the cart-mutator rules of stores 77 and 1042
+    -- (rules/lib/pricing.lua).
+    pricing = {
+      url = os.getenv("PRICING_URL") or "http://127.0.0.1:9002/pricing",
+      timeout_ms = 1500,
     },
   },
 

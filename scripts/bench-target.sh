@@ -26,6 +26,8 @@ return {
   targets = { sink = { url = os.getenv("BENCH_SINK_URL") or "http://127.0.0.1:18090/legacy",
                        max_attempts = 5 } },
   log = { level = os.getenv("HR_BENCH_LOG") or "warn" },
+  -- HR_BENCH_FSYNC=always|interval|never picks the spool's fsync mode (unset: the default).
+  fsync = os.getenv("HR_BENCH_FSYNC"),
   -- The runner SIGKILLs a target that takes over 5 s to stop; what is still queued then
   -- goes to the dead letters in this temporary folder.
   shutdown_grace_ms = 2000,

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hr/json.h"
+
 /* ---------------------------------------------------------------- errors */
 
 void hr_errors_add(hr_errors_t *e, const char *fmt, ...)
@@ -100,6 +102,47 @@ static void want_uint(loader_t *ld, const char *key, uint64_t min, uint64_t max,
         return;
     }
     *out = (uint64_t)v;
+}
+
+/* Read a number >= 0 (integer or float) at the top of the stack. */
+static void want_nonneg(loader_t *ld, const char *key, double max, double *out)
+{
+    if (lua_type(ld->L, -1) != LUA_TNUMBER) {
+        key_err(ld, key, "expected a number, got %s", type_at(ld->L, -1));
+        return;
+    }
+    double d = (double)lua_tonumber(ld->L, -1);
+    if (!(d >= 0 && d <= max)) {
+        key_err(ld, key, "must be between 0 and %g, got %g", max, d);
+        return;
+    }
+    *out = d;
+}
+
+static bool want_table(loader_t *ld, const char *key);
+static size_t count_entries(lua_State *L);
+
+/* Read a list of 1..64 waits in ms (each up to 7 days) at the top of the stack. */
+static void want_retry_list(loader_t *ld, const char *key, uint64_t **out, size_t *n)
+{
+    lua_State *L = ld->L;
+    if (!want_table(ld, key)) return;
+    size_t len = lua_rawlen(L, -1);
+    if (len == 0 || len > 64 || count_entries(L) != len) {
+        key_err(ld, key, "expected a list of 1 to 64 waits in ms, e.g. { 0, 5000, 300000 }");
+        return;
+    }
+    uint64_t *v = hr_xcalloc(len, sizeof *v);
+    for (size_t i = 1; i <= len; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        char *k = hr_xasprintf("%s[%zu]", key, i);
+        want_uint(ld, k, 0, 7ull * 86400000, &v[i - 1]);
+        free(k);
+        lua_pop(L, 1);
+    }
+    free(*out);
+    *out = v;
+    *n = len;
 }
 
 static void want_bool(loader_t *ld, const char *key, bool *out)
@@ -208,6 +251,89 @@ static void load_tokens(loader_t *ld)
     }
 }
 
+static void load_headers(loader_t *ld, const char *key, hr_header_t **h, size_t *n);
+
+/* Read an endpoint's fallback reply (the table on top) into a new hr_reply_t. */
+static hr_reply_t *load_reply(loader_t *ld, const char *prefix)
+{
+    static const char *const keys[] = {"status", "body", "headers", NULL};
+    lua_State *L = ld->L;
+    if (!want_table(ld, prefix)) return NULL;
+    check_keys(ld, prefix, keys);
+    hr_reply_t *rp = hr_xcalloc(1, sizeof *rp);
+    rp->status = 200;
+    char *key = hr_xasprintf("%s.status", prefix);
+    if (lua_getfield(L, -1, "status") != LUA_TNIL) {
+        uint64_t v = 200;
+        want_uint(ld, key, 100, 599, &v);
+        rp->status = (int)v;
+    }
+    lua_pop(L, 1);
+    free(key);
+    key = hr_xasprintf("%s.body", prefix);
+    int t = lua_getfield(L, -1, "body");
+    if (t == LUA_TSTRING) {
+        size_t n;
+        const char *s = lua_tolstring(L, -1, &n);
+        rp->body = hr_xstrndup(s, n);
+        rp->body_len = n;
+    } else if (t == LUA_TTABLE) {
+        hr_buf_t b = HR_BUF_INIT;
+        char err[256];
+        if (hr_json_encode(L, -1, &b, err, sizeof err) != 0) {
+            key_err(ld, key, "%s", err);
+            hr_buf_free(&b);
+        } else {
+            rp->body = hr_buf_steal(&b, &rp->body_len);
+            rp->body_is_json = true;
+        }
+    } else if (t != LUA_TNIL) {
+        key_err(ld, key, "expected a table (sent as JSON) or a string, got %s", type_at(L, -1));
+    }
+    lua_pop(L, 1);
+    free(key);
+    key = hr_xasprintf("%s.headers", prefix);
+    if (lua_getfield(L, -1, "headers") != LUA_TNIL)
+        load_headers(ld, key, &rp->headers, &rp->nheaders);
+    lua_pop(L, 1);
+    free(key);
+    return rp;
+}
+
+/* One endpoint: "event.type", or { event = ..., reply_timeout_ms = ..., fallback = {...} }
+ * on top of the stack. Returns 0 and fills ep, or -1 (errors reported). */
+static int load_endpoint(loader_t *ld, const char *key, hr_endpoint_conf_t *ep)
+{
+    static const char *const keys[] = {"event", "reply_timeout_ms", "fallback", NULL};
+    lua_State *L = ld->L;
+    ep->reply_timeout_ms = HR_REPLY_TIMEOUT_DEFAULT_MS;
+    if (lua_type(L, -1) != LUA_TTABLE) {
+        want_string(ld, key, &ep->event);
+        return ep->event ? 0 : -1;
+    }
+    check_keys(ld, key, keys);
+    char *sub = hr_xasprintf("%s.event", key);
+    if (lua_getfield(L, -1, "event") == LUA_TNIL)
+        key_err(ld, sub, "missing (the event type, e.g. event = \"entry-code.verify\")");
+    else
+        want_string(ld, sub, &ep->event);
+    lua_pop(L, 1);
+    free(sub);
+    sub = hr_xasprintf("%s.reply_timeout_ms", key);
+    if (lua_getfield(L, -1, "reply_timeout_ms") != LUA_TNIL) {
+        uint64_t v = HR_REPLY_TIMEOUT_DEFAULT_MS;
+        want_uint(ld, sub, 1, 3600000, &v);
+        ep->reply_timeout_ms = (uint32_t)v;
+    }
+    lua_pop(L, 1);
+    free(sub);
+    sub = hr_xasprintf("%s.fallback", key);
+    if (lua_getfield(L, -1, "fallback") != LUA_TNIL) ep->fallback = load_reply(ld, sub);
+    lua_pop(L, 1);
+    free(sub);
+    return ep->event ? 0 : -1;
+}
+
 static void load_endpoints(loader_t *ld)
 {
     lua_State *L = ld->L;
@@ -223,15 +349,17 @@ static void load_endpoints(loader_t *ld)
         }
         const char *path = lua_tostring(L, -2);
         char *key = hr_xasprintf("endpoints[\"%s\"]", path);
-        char *event = NULL;
         if (path[0] != '/') key_err(ld, key, "a path must start with '/'");
         if (strcmp(path, "/healthz") == 0) key_err(ld, key, "/healthz is reserved");
-        want_string(ld, key, &event);
-        if (event && !event[0]) key_err(ld, key, "the event type must not be empty");
-        if (event) {
-            c->endpoints[c->nendpoints].path = hr_xstrdup(path);
-            c->endpoints[c->nendpoints].event = event;
+        hr_endpoint_conf_t *ep = &c->endpoints[c->nendpoints];
+        if (load_endpoint(ld, key, ep) == 0) {
+            if (!ep->event[0]) key_err(ld, key, "the event type must not be empty");
+            ep->path = hr_xstrdup(path);
             c->nendpoints++;
+        } else {
+            free(ep->event);
+            hr_reply_free(ep->fallback);
+            memset(ep, 0, sizeof *ep);
         }
         free(key);
         lua_pop(L, 1);
@@ -265,7 +393,9 @@ static void load_headers(loader_t *ld, const char *key, hr_header_t **h, size_t 
 
 static void load_targets(loader_t *ld)
 {
-    static const char *const keys[] = {"url", "headers", "timeout_ms", "max_attempts", NULL};
+    static const char *const keys[] = {
+        "url",         "headers", "timeout_ms", "max_attempts",     "retry_ms",         "max_age_s",
+        "concurrency", "rate",    "ordered",    "circuit_failures", "circuit_probe_ms", NULL};
     lua_State *L = ld->L;
     hr_config_t *c = ld->c;
     if (!want_table(ld, "targets")) return;
@@ -283,7 +413,10 @@ static void load_targets(loader_t *ld)
             hr_target_conf_t *t = &c->targets[c->ntargets++];
             t->name = hr_xstrdup(name);
             t->timeout_ms = 5000;
-            t->max_attempts = 5;
+            t->max_attempts = 8;
+            t->concurrency = 64;
+            t->circuit_failures = 5;
+            t->circuit_probe_ms = 5000;
             check_keys(ld, prefix, keys);
             char key[256];
             snprintf(key, sizeof key, "%s.url", prefix);
@@ -317,6 +450,38 @@ static void load_targets(loader_t *ld)
                 want_uint(ld, key, 1, 1000, &v);
                 t->max_attempts = (uint32_t)v;
             }
+            lua_pop(L, 1);
+            snprintf(key, sizeof key, "%s.retry_ms", prefix);
+            if (lua_getfield(L, -1, "retry_ms") != LUA_TNIL)
+                want_retry_list(ld, key, &t->retry_ms, &t->nretry);
+            lua_pop(L, 1);
+            snprintf(key, sizeof key, "%s.max_age_s", prefix);
+            if (lua_getfield(L, -1, "max_age_s") != LUA_TNIL)
+                want_uint(ld, key, 0, 365ull * 86400, &t->max_age_s);
+            lua_pop(L, 1);
+            snprintf(key, sizeof key, "%s.concurrency", prefix);
+            if (lua_getfield(L, -1, "concurrency") != LUA_TNIL) {
+                v = t->concurrency;
+                want_uint(ld, key, 1, 10000, &v);
+                t->concurrency = (uint32_t)v;
+            }
+            lua_pop(L, 1);
+            snprintf(key, sizeof key, "%s.rate", prefix);
+            if (lua_getfield(L, -1, "rate") != LUA_TNIL) want_nonneg(ld, key, 1e6, &t->rate);
+            lua_pop(L, 1);
+            snprintf(key, sizeof key, "%s.ordered", prefix);
+            if (lua_getfield(L, -1, "ordered") != LUA_TNIL) want_bool(ld, key, &t->ordered);
+            lua_pop(L, 1);
+            snprintf(key, sizeof key, "%s.circuit_failures", prefix);
+            if (lua_getfield(L, -1, "circuit_failures") != LUA_TNIL) {
+                v = t->circuit_failures;
+                want_uint(ld, key, 1, 1000000, &v);
+                t->circuit_failures = (uint32_t)v;
+            }
+            lua_pop(L, 1);
+            snprintf(key, sizeof key, "%s.circuit_probe_ms", prefix);
+            if (lua_getfield(L, -1, "circuit_probe_ms") != LUA_TNIL)
+                want_uint(ld, key, 1, 86400000, &t->circuit_probe_ms);
             lua_pop(L, 1);
         }
         free(prefix);
@@ -415,11 +580,15 @@ static void load_delivery(loader_t *ld)
     hr_config_t *c = ld->c;
     if (!want_table(ld, "delivery")) return;
     check_keys(ld, "delivery", keys);
-    if (lua_getfield(L, -1, "retry_base_ms") != LUA_TNIL)
+    if (lua_getfield(L, -1, "retry_base_ms") != LUA_TNIL) {
         want_uint(ld, "delivery.retry_base_ms", 1, 86400000, &c->retry_base_ms);
+        c->retry_legacy = true;
+    }
     lua_pop(L, 1);
-    if (lua_getfield(L, -1, "retry_max_ms") != LUA_TNIL)
+    if (lua_getfield(L, -1, "retry_max_ms") != LUA_TNIL) {
         want_uint(ld, "delivery.retry_max_ms", 1, 86400000, &c->retry_max_ms);
+        c->retry_legacy = true;
+    }
     lua_pop(L, 1);
     if (lua_getfield(L, -1, "max_connections") != LUA_TNIL) {
         uint64_t v = c->max_conns_per_target;
@@ -427,6 +596,60 @@ static void load_delivery(loader_t *ld)
         c->max_conns_per_target = (uint32_t)v;
     }
     lua_pop(L, 1);
+}
+
+/* The spool keys at the top level (table on top), then each target's retry schedule: its own
+ * retry_ms, else the legacy delivery.retry_base_ms/retry_max_ms doubling, else the default. */
+static void load_spool(loader_t *ld)
+{
+    static const uint64_t def_retry[] = {0,       5000,     300000,   1800000,
+                                         7200000, 18000000, 36000000, 36000000};
+    lua_State *L = ld->L;
+    hr_config_t *c = ld->c;
+    char *dir = NULL;
+    if (lua_getfield(L, -1, "spool_dir") != LUA_TNIL) want_string(ld, "spool_dir", &dir);
+    lua_pop(L, 1);
+    c->spool_dir = hr_path_join(c->dir, dir ? dir : "var/spool");
+    free(dir);
+    char *mode = NULL;
+    if (lua_getfield(L, -1, "fsync") != LUA_TNIL) want_string(ld, "fsync", &mode);
+    lua_pop(L, 1);
+    if (mode) {
+        if (strcmp(mode, "always") == 0)
+            c->fsync_mode = 0;
+        else if (strcmp(mode, "interval") == 0)
+            c->fsync_mode = 1;
+        else if (strcmp(mode, "never") == 0)
+            c->fsync_mode = 2;
+        else
+            key_err(ld, "fsync", "expected \"always\", \"interval\" or \"never\", got \"%s\"",
+                    mode);
+        free(mode);
+    }
+    if (lua_getfield(L, -1, "fsync_interval_ms") != LUA_TNIL)
+        want_uint(ld, "fsync_interval_ms", 1, 3600000, &c->fsync_interval_ms);
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "max_spool_bytes") != LUA_TNIL)
+        want_uint(ld, "max_spool_bytes", 4096, 1ull << 50, &c->max_spool_bytes);
+    lua_pop(L, 1);
+    for (size_t i = 0; i < c->ntargets; i++) {
+        hr_target_conf_t *t = &c->targets[i];
+        if (t->nretry) continue;
+        if (c->retry_legacy) {
+            uint64_t max = c->retry_max_ms < c->retry_base_ms ? c->retry_base_ms : c->retry_max_ms;
+            t->nretry = 16;
+            t->retry_ms = hr_xcalloc(t->nretry, sizeof *t->retry_ms);
+            uint64_t b = c->retry_base_ms;
+            for (size_t k = 1; k < t->nretry; k++) {
+                t->retry_ms[k] = b < max ? b : max;
+                if (b < max) b *= 2;
+            }
+        } else {
+            t->nretry = HR_ARRAY_SIZE(def_retry);
+            t->retry_ms = hr_xmalloc(sizeof def_retry);
+            memcpy(t->retry_ms, def_retry, sizeof def_retry);
+        }
+    }
 }
 
 static void load_log(loader_t *ld)
@@ -460,6 +683,10 @@ static void load_root(loader_t *ld)
                                        "delivery",
                                        "log",
                                        "shutdown_grace_ms",
+                                       "spool_dir",
+                                       "fsync",
+                                       "fsync_interval_ms",
+                                       "max_spool_bytes",
                                        NULL};
     lua_State *L = ld->L;
     hr_config_t *c = ld->c;
@@ -520,6 +747,7 @@ static void load_root(loader_t *ld)
     if (lua_getfield(L, -1, "shutdown_grace_ms") != LUA_TNIL)
         want_uint(ld, "shutdown_grace_ms", 0, 3600000, &c->shutdown_grace_ms);
     lua_pop(L, 1);
+    load_spool(ld);
     if (lua_getfield(L, -1, "log") != LUA_TNIL) load_log(ld);
     lua_pop(L, 1);
 }
@@ -539,6 +767,8 @@ static void set_defaults(hr_config_t *c)
     c->retry_max_ms = 60000;
     c->max_conns_per_target = 64;
     c->shutdown_grace_ms = 10000;
+    c->fsync_interval_ms = 1000;
+    c->max_spool_bytes = 1ull << 30;
 }
 
 /* Open the libraries a config may use: base (without file loading), string, table, math,
@@ -606,6 +836,14 @@ fail:
     return NULL;
 }
 
+void hr_reply_free(hr_reply_t *r)
+{
+    if (!r) return;
+    hr_headers_free(r->headers, r->nheaders);
+    free(r->body);
+    free(r);
+}
+
 void hr_config_destroy(hr_config_t *c)
 {
     if (!c) return;
@@ -619,6 +857,7 @@ void hr_config_destroy(hr_config_t *c)
     for (size_t i = 0; i < c->nendpoints; i++) {
         free(c->endpoints[i].path);
         free(c->endpoints[i].event);
+        hr_reply_free(c->endpoints[i].fallback);
     }
     free(c->endpoints);
     free(c->store_key);
@@ -627,6 +866,7 @@ void hr_config_destroy(hr_config_t *c)
         free(c->targets[i].name);
         free(c->targets[i].url);
         hr_headers_free(c->targets[i].headers, c->targets[i].nheaders);
+        free(c->targets[i].retry_ms);
     }
     free(c->targets);
     for (size_t i = 0; i < c->nfiles; i++) {
@@ -635,6 +875,7 @@ void hr_config_destroy(hr_config_t *c)
     }
     free(c->files);
     free(c->dead_letters);
+    free(c->spool_dir);
     free(c->log_level);
     free(c);
 }

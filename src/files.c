@@ -177,7 +177,11 @@ static void json_dead_at(hr_buf_t *out)
 void hr_deadletter_for_event(hr_buf_t *out, const hr_event_meta_t *ev, const char *error,
                              const char *raw_body, size_t raw_len)
 {
-    hr_buf_appendc(out, '{');
+    char dlid[HR_ID_LEN];
+    hr_id_new(dlid);
+    hr_buf_appends(out, "{\"id\":");
+    hr_buf_append_json_string(out, dlid, strlen(dlid));
+    hr_buf_appendc(out, ',');
     json_dead_at(out);
     hr_buf_appends(out, ",\"reason\":\"rule failed\",\"error\":");
     json_str_or_null(out, error);
@@ -199,15 +203,19 @@ void hr_deadletter_for_event(hr_buf_t *out, const hr_event_meta_t *ev, const cha
 }
 
 /* Format the dead letter of an undeliverable action into out (appended, no '\n'); see
- * files.h for the shape. Both kinds carry attempts, last_status and last_error; a forward has
- * target/url/method/body, a write has file/path/record. A body marked body_is_json is
- * embedded as raw JSON (the rule engine produced it by encoding a table), anything else as a
- * JSON string. Can't fail. */
-void hr_deadletter_for_action(hr_buf_t *out, const hr_action_t *a, const char *reason)
+ * files.h for the shape. Both kinds carry attempts, last_status, last_error and the attempt
+ * log; a forward has target/url/method/headers/body, a write has file/path/record. A body
+ * marked body_is_json is embedded as raw JSON (the rule engine produced it by encoding a
+ * table), anything else as a JSON string. Can't fail. */
+void hr_deadletter_for_action_log(hr_buf_t *out, const hr_action_t *a, const char *reason,
+                                  const hr_attempt_t *log, size_t nlog)
 {
-    char accepted[32];
+    char accepted[32], dlid[HR_ID_LEN];
     hr_rfc3339(a->accepted_ms, accepted);
-    hr_buf_appendc(out, '{');
+    hr_id_new(dlid);
+    hr_buf_appends(out, "{\"id\":");
+    hr_buf_append_json_string(out, dlid, strlen(dlid));
+    hr_buf_appendc(out, ',');
     json_dead_at(out);
     hr_buf_appends(out, ",\"reason\":");
     json_str_or_null(out, reason);
@@ -234,6 +242,14 @@ void hr_deadletter_for_action(hr_buf_t *out, const hr_action_t *a, const char *r
         json_str_or_null(out, a->url);
         hr_buf_appends(out, ",\"method\":");
         json_str_or_null(out, a->method ? a->method : "POST");
+        hr_buf_appends(out, ",\"headers\":{");
+        for (size_t i = 0; i < a->nheaders; i++) {
+            if (i) hr_buf_appendc(out, ',');
+            json_str_or_null(out, a->headers[i].name);
+            hr_buf_appendc(out, ':');
+            json_str_or_null(out, a->headers[i].value);
+        }
+        hr_buf_appendc(out, '}');
         body_key = ",\"body\":";
     }
     hr_buf_printf(out, ",\"attempts\":%u,\"last_status\":", (unsigned)a->attempts);
@@ -243,10 +259,30 @@ void hr_deadletter_for_action(hr_buf_t *out, const hr_action_t *a, const char *r
         hr_buf_appends(out, "null");
     hr_buf_appends(out, ",\"last_error\":");
     json_str_or_null(out, a->last_error[0] ? a->last_error : NULL);
+    hr_buf_appends(out, ",\"attempt_log\":[");
+    for (size_t i = 0; i < nlog; i++) {
+        char at[32];
+        hr_rfc3339(log[i].at_ms, at);
+        hr_buf_printf(out, "%s{\"attempt\":%u,\"at\":\"%s\",\"status\":", i ? "," : "",
+                      (unsigned)log[i].attempt, at);
+        if (log[i].status > 0)
+            hr_buf_printf(out, "%d", log[i].status);
+        else
+            hr_buf_appends(out, "null");
+        hr_buf_appends(out, ",\"error\":");
+        json_str_or_null(out, log[i].error && log[i].error[0] ? log[i].error : NULL);
+        hr_buf_appendc(out, '}');
+    }
+    hr_buf_appendc(out, ']');
     hr_buf_appends(out, body_key);
     if (a->body_is_json && a->body && a->body_len > 0)
         hr_buf_append(out, a->body, a->body_len);
     else
         hr_buf_append_json_string(out, a->body ? a->body : "", a->body ? a->body_len : 0);
     hr_buf_appendc(out, '}');
+}
+
+void hr_deadletter_for_action(hr_buf_t *out, const hr_action_t *a, const char *reason)
+{
+    hr_deadletter_for_action_log(out, a, reason, NULL, 0);
 }

@@ -17,6 +17,7 @@
 #include <cjson/cJSON.h>
 #include <lauxlib.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -535,7 +536,7 @@ static void unescape(hr_buf_t *b, const char *text, size_t len, size_t off)
 static void push_string(lua_State *L, walk_t *w, const char *s)
 {
     if (!w->sc->strs) {
-        lua_pushstring(L, s);
+        lua_pushlstring(L, s, strlen(s)); /* not lua_pushstring: its API cache strcmp()s */
         return;
     }
     if (w->istr >= w->sc->nstrs) luaL_error(L, "internal error: more strings than tokens");
@@ -637,17 +638,94 @@ static int walk_main(lua_State *L)
     return 1;
 }
 
+/* ---------------------------------------------------------------- cJSON's memory */
+
+/* cJSON mallocs every node and every string, then frees them all: for a 2 KB webhook that is
+ * a few hundred malloc/free pairs, more than the rest of the decode costs. While a decode
+ * runs, cJSON allocates from a per-thread bump arena instead, reset when the tree is
+ * deleted. Thread-local, so event loops on several threads never share it; outside a decode
+ * (and past the arena's end) allocations go to malloc as usual. */
+typedef struct {
+    char *base;  /* the arena, or NULL */
+    size_t cap;  /* its size */
+    size_t used; /* bytes handed out in the current decode */
+    bool active; /* a decode is running on this thread */
+} arena_t;
+
+#define ARENA_MIN  (64u * 1024)   /* enough for a webhook of ~16 KB */
+#define ARENA_KEEP (1024u * 1024) /* larger arenas are released after use */
+
+static _Thread_local arena_t arena;
+
+static void *arena_malloc(size_t n)
+{
+    if (arena.active) {
+        size_t need = (n + 15) & ~(size_t)15;
+        if (need <= arena.cap - arena.used) {
+            void *p = arena.base + arena.used;
+            arena.used += need;
+            return p;
+        }
+    }
+    return malloc(n);
+}
+
+static void arena_free(void *p)
+{
+    if (arena.base && (char *)p >= arena.base && (char *)p < arena.base + arena.cap) return;
+    free(p);
+}
+
+static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
+
+static void install_hooks(void)
+{
+    cJSON_Hooks hooks = {arena_malloc, arena_free};
+    cJSON_InitHooks(&hooks);
+}
+
+/* Start a decode of len bytes: make the arena big enough for the usual case (a cJSON node
+ * is 64 bytes; strings are copied), so that it rarely falls back to malloc. */
+static void arena_begin(size_t len)
+{
+    pthread_once(&hooks_once, install_hooks);
+    size_t want = len * 6 + 4096;
+    if (want < ARENA_MIN) want = ARENA_MIN;
+    if (want > arena.cap) {
+        free(arena.base);
+        arena.base = hr_xmalloc(want);
+        arena.cap = want;
+    }
+    arena.used = 0;
+    arena.active = true;
+}
+
+/* The tree is deleted: everything in the arena is free again. */
+static void arena_end(void)
+{
+    arena.active = false;
+    arena.used = 0;
+    if (arena.cap > ARENA_KEEP) {
+        free(arena.base);
+        arena.base = NULL;
+        arena.cap = 0;
+    }
+}
+
 int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen)
 {
     if (!text) text = "";
     /* cJSON cuts strings at NUL: if one may be there, re-read all strings from the text. */
     bool nul = memchr(text, '\0', len) || memmem(text, len, "\\u0000", 6);
-    scan_t *sc = hr_xmalloc(sizeof *sc);
+    scan_t scan_storage; /* on the stack: a 2 KB malloc per decode costs a consolidation */
+    scan_t *sc = &scan_storage;
     scan(text, len, nul, sc);
 
     const char *end = NULL;
+    arena_begin(len);
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (!root) {
+        arena_end();
         size_t pos = end && end >= text ? (size_t)(end - text) : 0;
         parse_error(text, len, pos, NULL, err, errlen);
         goto err_free_scan;
@@ -676,8 +754,8 @@ int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t
     int status = lua_pcall(L, 1, 1, 0);
     hr_buf_free(&w.scratch);
     cJSON_Delete(root);
+    arena_end();
     scan_free(sc);
-    free(sc);
     if (status == LUA_OK) return 0;
     if (status == LUA_ERRMEM) lua_error(L); /* everything is freed: pass it on */
     const char *msg = lua_tostring(L, -1);
@@ -687,9 +765,9 @@ int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t
 
 err_free_tree:
     cJSON_Delete(root);
+    arena_end();
 err_free_scan:
     scan_free(sc);
-    free(sc);
     return -1;
 }
 

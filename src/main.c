@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "hr/cli.h"
+#include "hr/cli_spool.h"
 #include "hr/common.h"
 
 static void usage(FILE *out)
@@ -12,9 +13,18 @@ static void usage(FILE *out)
     fputs("Usage:\n"
           "  hookrouter [run] [-c FILE]      serve webhooks (default FILE: ./hookrouter.lua)\n"
           "  hookrouter check [-c FILE]      load the config, compile every rule, report errors\n"
-          "  hookrouter test [-c FILE] --path PATH [--header 'Name: value']... PAYLOAD.json...\n"
+          "  hookrouter test [-c FILE] --path PATH [--header 'Name: value']... [--reply FILE]\n"
+          "                  PAYLOAD.json...\n"
           "                                  run the rules offline for each payload and print\n"
-          "                                  the actions as JSON lines (nothing is sent)\n"
+          "                                  the actions as JSON lines (nothing is sent);\n"
+          "                                  --reply FILE.json (or a .lua stub) answers every\n"
+          "                                  request() a rule makes\n"
+          "  hookrouter deadletters [-c FILE] [--target T] [--since TIME]\n"
+          "                                  print dead letters, one JSON line each\n"
+          "  hookrouter replay [-c FILE] [--target T] [--since TIME] [--id ID]\n"
+          "                                  put dead letters back in the spool (once each)\n"
+          "  hookrouter spool [-c FILE]      pending deliveries per target\n"
+          "                                  (TIME: RFC 3339 or an age such as 30m, 2h, 7d)\n"
           "  hookrouter --help | --version\n"
           "\n"
           "Signals: SIGHUP reloads config and rules (a broken rule keeps the old ones);\n"
@@ -30,6 +40,8 @@ int main(int argc, char **argv)
     if (i < argc && argv[i][0] != '-') cmd = argv[i++];
     const char *config = "hookrouter.lua";
     const char *path = NULL;
+    const char *reply = NULL;
+    const char *target = NULL, *since = NULL, *dl_id = NULL; /* deadletters, replay */
     char **headers = hr_xcalloc((size_t)argc, sizeof(char *));
     char **payloads = hr_xcalloc((size_t)argc, sizeof(char *));
     size_t nheaders = 0, npayloads = 0;
@@ -49,6 +61,14 @@ int main(int argc, char **argv)
             config = argv[++i];
         } else if (strcmp(a, "--path") == 0 && i + 1 < argc) {
             path = argv[++i];
+        } else if (strcmp(a, "--target") == 0 && i + 1 < argc) {
+            target = argv[++i];
+        } else if (strcmp(a, "--since") == 0 && i + 1 < argc) {
+            since = argv[++i];
+        } else if (strcmp(a, "--id") == 0 && i + 1 < argc) {
+            dl_id = argv[++i];
+        } else if (strcmp(a, "--reply") == 0 && i + 1 < argc) {
+            reply = argv[++i];
         } else if (strcmp(a, "--header") == 0 && i + 1 < argc) {
             headers[nheaders++] = argv[++i];
         } else if (a[0] == '-' && a[1]) {
@@ -71,9 +91,25 @@ int main(int argc, char **argv)
             fprintf(stderr, "hookrouter test: needs --path PATH and at least one PAYLOAD.json\n");
             goto out;
         }
-        rc = hr_cmd_test(config, path, headers, nheaders, payloads, npayloads);
-    } else if (npayloads > 0 || path || nheaders > 0) {
-        fprintf(stderr, "hookrouter %s: --path, --header and payloads are for 'test'\n", cmd);
+        rc = hr_cmd_test(config, path, headers, nheaders, payloads, npayloads, reply);
+    } else if (npayloads > 0 || path || nheaders > 0 || reply) {
+        fprintf(stderr, "hookrouter %s: --path, --header, --reply and payloads are for 'test'\n",
+                cmd);
+    } else if ((target || since || dl_id) && strcmp(cmd, "deadletters") != 0 &&
+               strcmp(cmd, "replay") != 0) {
+        fprintf(stderr,
+                "hookrouter %s: --target, --since and --id are for 'deadletters' and "
+                "'replay'\n",
+                cmd);
+    } else if (strcmp(cmd, "deadletters") == 0) {
+        if (dl_id)
+            fprintf(stderr, "hookrouter deadletters: --id is for 'replay'\n");
+        else
+            rc = hr_cmd_deadletters(config, target, since);
+    } else if (strcmp(cmd, "replay") == 0) {
+        rc = hr_cmd_replay(config, target, since, dl_id);
+    } else if (strcmp(cmd, "spool") == 0) {
+        rc = hr_cmd_spool(config);
     } else if (strcmp(cmd, "run") == 0) {
         rc = hr_cmd_run(config);
     } else if (strcmp(cmd, "check") == 0) {

@@ -1,79 +1,246 @@
-/* The in-memory outbox: delivery, retries, dead letters and drain (see include/hr/outbox.h).
+/* The durable outbox: spool-backed delivery, per-target scheduling, retries that survive
+ * restarts, circuit breakers, dead letters, replays and drain (see include/hr/outbox.h).
  *
- * Each forward action gets an item that lives until the action is delivered or
- * dead-lettered. An item is either in flight (its HTTP request is pending in the client) or
- * waiting for its next attempt. Waiting items sit in one binary min-heap ordered by due time,
- * served by a single uv_timer armed for the earliest one, so thousands of retries cost one
- * timer. Write actions never wait: they are appended at once.
+ * Every unfinished action has an item in memory: a small index entry (its spool location,
+ * target, lane, attempts, next due time). The action itself (URL, headers, body) is read back
+ * from the spool when an attempt starts and dropped again while a long retry wait runs, so a
+ * large backlog costs little memory and a restart only needs a sequential scan.
  *
- * Backoff: min(retry_max_ms, retry_base_ms * 2^(attempts-1)), then a uniform jitter between
- * 50% and 100% of that (so a retry never fires immediately after a failure but clients do
- * not synchronise). A Retry-After header (delta seconds or an HTTP date) on 429/503 replaces
- * the backoff, capped at retry_max_ms.
+ * Records written per action: ACTION once (before the sender gets 200), a STATE after each
+ * finished attempt (attempt number, status or error, time, next due time, and the location of
+ * the previous STATE, so a dead letter can list every attempt), and DONE when it is delivered
+ * or dead-lettered. Recovery replays them in order: an ACTION without a DONE is pending, its
+ * latest STATE says how many attempts it had and when the next one is due.
  *
- * Drain: from hr_outbox_drain on, a retry due after the deadline is dead-lettered at once
- * (reason "shutdown"). When nothing is pending, or at the deadline, every waiting item is
- * dead-lettered, the HTTP client is closed (its in-flight requests come back with
- * UV_ECANCELED and are dead-lettered too), and the drain callback runs once the client is
- * gone. */
+ * An item is in exactly one place: the heap (waiting for its due time), its target's ready
+ * queue (due, waiting for a slot: concurrency, rate, an open circuit), a lane (ordered
+ * targets: parked behind the head of its store's lane), or in flight. One uv_timer serves the
+ * heap; each target has one timer for its circuit probe and rate limit.
+ *
+ * Drain: attempts due after the deadline are not started; when nothing is in flight (or at
+ * the deadline, cancelling what is) the HTTP client closes and every item is let go without a
+ * DONE: it stays in the spool for the next start. */
 #include "hr/outbox.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "hr/http_client.h"
 #include "hr/log.h"
 
-#define HR_OUTBOX_DEF_BASE_MS 500
-#define HR_OUTBOX_DEF_MAX_MS  60000
+#define DEF_CONCURRENCY   64
+#define DEF_CIRCUIT_FAILS 5
+#define DEF_PROBE_MS      5000
+#define KEEP_LOADED_MS    10000 /* keep the action in memory across waits shorter than this */
+#define MAX_LOG_ATTEMPTS  1000
 
-/* One forward action on its way. */
-typedef struct hr_ob_item {
-    hr_outbox_t *o;          /* owner */
-    hr_action_t *a;          /* the action, owned */
-    struct hr_ob_item *prev; /* in o->items */
-    struct hr_ob_item *next; /* in o->items */
-    bool in_flight;          /* an HTTP request is pending */
-    size_t heap_idx;         /* index in o->heap while waiting */
-    uint64_t due;            /* uv_now of the next attempt while waiting */
-} hr_ob_item_t;
+static const uint64_t DEFAULT_RETRY_MS[] = {0,       5000,     300000,   1800000,
+                                            7200000, 18000000, 36000000, 36000000};
+
+typedef enum { IT_NONE = 0, IT_HEAP, IT_READY, IT_LANE, IT_FLIGHT } it_where_t;
+typedef enum { CIRCUIT_CLOSED = 0, CIRCUIT_OPEN, CIRCUIT_HALF } circuit_t;
+
+struct ob_target;
+struct ob_lane;
+
+/* One unfinished action. */
+typedef struct ob_item {
+    hr_outbox_t *o;           /* owner */
+    struct ob_target *t;      /* its target (NULL for a write) */
+    struct ob_lane *lane;     /* its lane on an ordered target, else NULL */
+    struct ob_item *prev;     /* in o->all, arrival order */
+    struct ob_item *next;     /* in o->all */
+    struct ob_item *rnext;    /* in t's ready queue */
+    struct ob_item *lnext;    /* in its lane */
+    hr_action_t *a;           /* the action while loaded, else NULL */
+    uint64_t id;              /* spool id of the action */
+    hr_spool_loc_t loc;       /* its ACTION record (holds a segment reference) */
+    hr_spool_loc_t state_loc; /* its latest STATE record, 0 if none */
+    uint64_t accepted_ms;     /* wall time the event was accepted */
+    uint64_t due;             /* uv_now of the next attempt */
+    uint64_t due_wall;        /* the same in wall time (what the spool keeps) */
+    size_t heap_idx;          /* index in o->heap while IT_HEAP */
+    uint32_t attempts;        /* attempts finished or running */
+    uint32_t max_attempts;    /* from the action */
+    int last_status;          /* last HTTP status, 0 if none */
+    hr_action_kind_t kind;    /* forward or write */
+    it_where_t where;         /* see the file comment */
+    uint64_t started_ms;      /* uv_now when the attempt in flight started */
+} ob_item_t;
+
+/* One store's lane on an ordered target. */
+typedef struct ob_lane {
+    struct ob_lane *next; /* hash chain */
+    char *store;          /* "" for events without a store */
+    ob_item_t *head;      /* the item being delivered (or waiting) */
+    ob_item_t *tail;      /* the newest */
+} ob_lane_t;
+
+#define LANE_BUCKETS 256
+
+typedef struct ob_target {
+    struct ob_target *next; /* in o->targets */
+    hr_outbox_t *o;         /* owner */
+    char *name;             /* owned */
+    uint64_t *retry_ms;     /* owned schedule */
+    size_t nretry;          /* >= 1 */
+    uint64_t max_age_s;     /* 0: none */
+    uint32_t concurrency;   /* >= 1 */
+    double rate;            /* per second, 0: none */
+    bool ordered;           /* lanes per store */
+    uint32_t circuit_fails; /* threshold */
+    uint64_t probe_ms;      /* probe interval */
+    ob_item_t *ready_head;  /* due items waiting for a slot */
+    ob_item_t *ready_tail;  /* ... */
+    size_t nready;          /* items in the ready queue */
+    uint32_t inflight;      /* requests in flight */
+    size_t live;            /* unfinished items */
+    circuit_t circuit;      /* breaker state */
+    uint32_t fails;         /* consecutive failures */
+    uint64_t open_until;    /* uv_now of the next probe while open */
+    double tokens;          /* rate bucket */
+    uint64_t tokens_at;     /* uv_now of the last refill */
+    uv_timer_t timer;       /* probe / rate wake-up */
+    ob_lane_t **lanes;      /* LANE_BUCKETS chains when ordered, else NULL */
+} ob_target_t;
 
 struct hr_outbox {
-    uv_loop_t *loop;          /* the loop */
-    hr_files_t *files;        /* shared file table (not owned) */
-    char *dead_letters;       /* dead-letter path, owned; NULL: log only */
-    hr_outbox_opts_t opts;    /* with defaults */
-    hr_http_client_t *http;   /* NULL once closed */
-    hr_ob_item_t *items;      /* every unfinished forward (waiting or in flight) */
-    hr_ob_item_t **heap;      /* waiting items, min-heap on due */
-    size_t nheap;             /* items in heap */
-    size_t heap_cap;          /* slots allocated */
-    uv_timer_t retry_timer;   /* armed for heap[0] */
-    uv_timer_t drain_timer;   /* grace period end, or 0 when drained early */
-    hr_outbox_stats_t st;     /* counters */
-    hr_buf_t line;            /* scratch for dead-letter lines */
-    bool draining;            /* hr_outbox_drain was called */
-    bool drain_finished;      /* finish_drain ran */
-    uint64_t drain_deadline;  /* uv_now after which nothing is waited for */
-    void (*drain_cb)(void *); /* run once drained */
-    void *drain_arg;          /* for drain_cb */
-    bool closing;             /* hr_outbox_close was called */
-    int open_handles;         /* timers + http client not yet closed */
-    void (*close_cb)(void *); /* run once freed */
-    void *close_arg;          /* for close_cb */
+    uv_loop_t *loop;           /* the loop */
+    hr_files_t *files;         /* shared file table (not owned) */
+    char *dead_letters;        /* dead-letter path, owned; NULL: log only */
+    hr_spool_t *spool;         /* the storage; NULL once closed */
+    hr_http_client_t *http;    /* NULL once closed */
+    char *incoming_dir;        /* <spool_dir>/incoming */
+    ob_target_t *targets;      /* every target seen */
+    ob_item_t *all_head;       /* every unfinished item, arrival order */
+    ob_item_t *all_tail;       /* ... */
+    ob_item_t **heap;          /* waiting items, min-heap on due */
+    size_t nheap;              /* items in heap */
+    size_t heap_cap;           /* slots allocated */
+    uint64_t next_id;          /* id of the next action */
+    uint32_t inflight;         /* requests in flight, all targets */
+    uv_timer_t retry_timer;    /* armed for heap[0] */
+    uv_timer_t drain_timer;    /* grace period end, or 0 when drained early */
+    uv_timer_t incoming_timer; /* scans incoming_dir */
+    hr_outbox_stats_t st;      /* counters */
+    hr_buf_t scratch;          /* encoding and reading records */
+    hr_buf_t line;             /* dead-letter lines */
+    bool draining;             /* hr_outbox_drain was called */
+    bool drain_finished;       /* finish_drain ran */
+    uint64_t drain_deadline;   /* uv_now after which no attempt starts */
+    void (*drain_cb)(void *);  /* run once drained */
+    void *drain_arg;           /* for drain_cb */
+    bool closing;              /* hr_outbox_close was called */
+    int open_handles;          /* timers + http client + spool not yet closed */
+    void (*close_cb)(void *);  /* run once freed */
+    void *close_arg;           /* for close_cb */
+    uint64_t last_full_log;    /* uv_now of the last "spool full" line */
+    bool incoming_scanned;     /* the first scan of incoming_dir ran */
+    /* recovery only */
+    ob_item_t **rec_tab; /* id -> item, open addressing */
+    size_t rec_cap;      /* power of two */
+    size_t rec_n;        /* used slots (with tombstones) */
 };
 
-static void on_retry_timer(uv_timer_t *t);
-static void start_attempt(hr_ob_item_t *it);
+#define TOMB ((ob_item_t *)1)
 
-/* ---- Min-heap of waiting items --------------------------------------------------------- */
+static void on_retry_timer(uv_timer_t *t);
+static void on_target_timer(uv_timer_t *t);
+static void pump(ob_target_t *t);
+static void schedule(ob_item_t *it);
+static void maybe_drained(hr_outbox_t *o);
+
+/* ---- Targets ---------------------------------------------------------------------------- */
+
+static void target_set_policy(ob_target_t *t, const hr_outbox_target_t *p)
+{
+    const uint64_t *r = p && p->nretry ? p->retry_ms : DEFAULT_RETRY_MS;
+    size_t n = p && p->nretry ? p->nretry : HR_ARRAY_SIZE(DEFAULT_RETRY_MS);
+    free(t->retry_ms);
+    t->retry_ms = hr_xmalloc(n * sizeof *t->retry_ms);
+    memcpy(t->retry_ms, r, n * sizeof *r);
+    t->nretry = n;
+    t->max_age_s = p ? p->max_age_s : 0;
+    t->concurrency = p && p->concurrency ? p->concurrency : DEF_CONCURRENCY;
+    t->rate = p ? p->rate : 0;
+    t->circuit_fails = p && p->circuit_failures ? p->circuit_failures : DEF_CIRCUIT_FAILS;
+    t->probe_ms = p && p->circuit_probe_ms ? p->circuit_probe_ms : DEF_PROBE_MS;
+    bool ordered = p && p->ordered;
+    if (ordered && !t->lanes) t->lanes = hr_xcalloc(LANE_BUCKETS, sizeof *t->lanes);
+    /* Turning ordering off keeps the existing lanes until they empty. */
+    t->ordered = ordered;
+}
+
+static ob_target_t *target_find(hr_outbox_t *o, const char *name)
+{
+    for (ob_target_t *t = o->targets; t; t = t->next)
+        if (strcmp(t->name, name) == 0) return t;
+    return NULL;
+}
+
+/* The target called name, created with the default policy if it is new. Never NULL. */
+static ob_target_t *target_get(hr_outbox_t *o, const char *name)
+{
+    ob_target_t *t = target_find(o, name);
+    if (t) return t;
+    t = hr_xcalloc(1, sizeof *t);
+    t->o = o;
+    t->name = hr_xstrdup(name);
+    target_set_policy(t, NULL);
+    uv_timer_init(o->loop, &t->timer);
+    t->timer.data = t;
+    o->open_handles++;
+    t->next = o->targets;
+    o->targets = t;
+    return t;
+}
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    while (*s)
+        h = (h ^ (unsigned char)*s++) * 1099511628211ull;
+    return h;
+}
+
+/* The lane of store on t (created if missing). */
+static ob_lane_t *lane_get(ob_target_t *t, const char *store)
+{
+    const char *key = store ? store : "";
+    ob_lane_t **b = &t->lanes[hash_str(key) % LANE_BUCKETS];
+    for (ob_lane_t *l = *b; l; l = l->next)
+        if (strcmp(l->store, key) == 0) return l;
+    ob_lane_t *l = hr_xcalloc(1, sizeof *l);
+    l->store = hr_xstrdup(key);
+    l->next = *b;
+    *b = l;
+    return l;
+}
+
+static void lane_free_if_empty(ob_target_t *t, ob_lane_t *l)
+{
+    if (l->head) return;
+    ob_lane_t **p = &t->lanes[hash_str(l->store) % LANE_BUCKETS];
+    while (*p != l)
+        p = &(*p)->next;
+    *p = l->next;
+    free(l->store);
+    free(l);
+}
+
+/* ---- Min-heap of waiting items ------------------------------------------------------ */
 
 static void heap_swap(hr_outbox_t *o, size_t i, size_t j)
 {
-    hr_ob_item_t *t = o->heap[i];
+    ob_item_t *t = o->heap[i];
     o->heap[i] = o->heap[j];
     o->heap[j] = t;
     o->heap[i]->heap_idx = i;
@@ -100,19 +267,19 @@ static void heap_down(hr_outbox_t *o, size_t i)
     }
 }
 
-static void heap_push(hr_outbox_t *o, hr_ob_item_t *it)
+static void heap_push(hr_outbox_t *o, ob_item_t *it)
 {
     if (o->nheap == o->heap_cap) {
         o->heap_cap = o->heap_cap ? o->heap_cap * 2 : 64;
         o->heap = hr_xrealloc(o->heap, o->heap_cap * sizeof *o->heap);
     }
     it->heap_idx = o->nheap;
+    it->where = IT_HEAP;
     o->heap[o->nheap++] = it;
     heap_up(o, it->heap_idx);
 }
 
-/* Remove item it (which must be in the heap). */
-static void heap_remove(hr_outbox_t *o, hr_ob_item_t *it)
+static void heap_remove(hr_outbox_t *o, ob_item_t *it)
 {
     size_t i = it->heap_idx;
     o->nheap--;
@@ -122,12 +289,13 @@ static void heap_remove(hr_outbox_t *o, hr_ob_item_t *it)
         heap_down(o, i);
         heap_up(o, i);
     }
+    it->where = IT_NONE;
 }
 
 /* Arm the retry timer for the earliest waiting item, or stop it. */
 static void rearm(hr_outbox_t *o)
 {
-    if (o->closing) return;
+    if (o->closing || o->drain_finished) return;
     if (o->nheap == 0) {
         uv_timer_stop(&o->retry_timer);
         return;
@@ -137,61 +305,87 @@ static void rearm(hr_outbox_t *o)
     uv_timer_start(&o->retry_timer, on_retry_timer, due > now ? due - now : 0, 0);
 }
 
-/* ---- Outcomes -------------------------------------------------------------------------- */
+/* ---- Items ------------------------------------------------------------------------------ */
 
-static void maybe_drained(hr_outbox_t *o);
-
-/* Append the dead-letter line of a to the dead-letter file; if that fails, log the line
- * itself so it is not lost. Does not free a. */
-static void write_dead_letter(hr_outbox_t *o, const hr_action_t *a, const char *reason)
+static ob_item_t *item_new(hr_outbox_t *o)
 {
-    hr_buf_reset(&o->line);
-    hr_deadletter_for_action(&o->line, a, reason);
-    char err[256];
-    if (!o->dead_letters) {
-        hr_log_error("dead-letter file not configured; lost line: %s", o->line.data);
-        return;
-    }
-    if (hr_files_append(o->files, o->dead_letters, o->line.data, o->line.len, err, sizeof err) < 0)
-        hr_log_error("dead-letter file: %s; lost line: %s", err, o->line.data);
+    ob_item_t *it = hr_xcalloc(1, sizeof *it);
+    it->o = o;
+    it->prev = o->all_tail;
+    if (o->all_tail)
+        o->all_tail->next = it;
+    else
+        o->all_head = it;
+    o->all_tail = it;
+    o->st.pending++;
+    return it;
 }
 
-/* Dead-letter a (log, write the line, count) and free it. */
-static void dead_action(hr_outbox_t *o, hr_action_t *a, const char *reason)
-{
-    char what[200];
-    if (a->last_status > 0)
-        snprintf(what, sizeof what, "status=%d", a->last_status);
-    else
-        snprintf(what, sizeof what, "error=%s", a->last_error[0] ? a->last_error : "none");
-    if (a->kind == HR_ACTION_WRITE)
-        hr_log_error("dead-letter id=%s file=%s error=%s attempts=%u reason=%s", a->event_id,
-                     a->name ? a->name : "-", a->last_error, (unsigned)a->attempts, reason);
-    else
-        hr_log_error("dead-letter id=%s target=%s %s attempts=%u reason=%s", a->event_id,
-                     a->name ? a->name : "-", what, (unsigned)a->attempts, reason);
-    write_dead_letter(o, a, reason);
-    o->st.dead++;
-    hr_action_free(a);
-}
-
-/* Finish item it (no longer waiting or in flight): unlink, free it (not its action, which
- * is returned) and see whether a drain is complete. */
-static hr_action_t *item_finish(hr_ob_item_t *it)
+/* Unlink it from everything and free it. With done, its DONE record is written and its
+ * segment reference dropped; without, it stays pending in the spool (shutdown). The next item
+ * of its lane, if any, is scheduled. */
+static void item_release(ob_item_t *it, bool done)
 {
     hr_outbox_t *o = it->o;
-    hr_action_t *a = it->a;
+    if (done && o->spool) {
+        unsigned char idb[8];
+        for (int i = 0; i < 8; i++)
+            idb[i] = (unsigned char)(it->id >> (8 * i));
+        hr_spool_loc_t loc;
+        if (hr_spool_append(o->spool, HR_REC_DONE, idb, sizeof idb, false, &loc) < 0)
+            hr_log_warn("spool: could not mark id=%llu done; it may be delivered again after "
+                        "a restart",
+                        (unsigned long long)it->id);
+        hr_spool_unref(o->spool, it->loc);
+    }
     if (it->prev)
         it->prev->next = it->next;
     else
-        o->items = it->next;
-    if (it->next) it->next->prev = it->prev;
+        o->all_head = it->next;
+    if (it->next)
+        it->next->prev = it->prev;
+    else
+        o->all_tail = it->prev;
     o->st.pending--;
+    ob_target_t *t = it->t;
+    if (t) t->live--;
+    ob_lane_t *lane = it->lane;
+    ob_item_t *next_head = NULL;
+    if (lane && lane->head == it) {
+        lane->head = it->lnext;
+        if (!lane->head) lane->tail = NULL;
+        next_head = lane->head;
+        if (!lane->head) lane_free_if_empty(t, lane);
+    }
+    hr_action_free(it->a);
     free(it);
-    return a;
+    if (next_head && !o->drain_finished && !o->closing) {
+        next_head->where = IT_NONE;
+        schedule(next_head);
+    }
 }
 
-/* Copy msg into a->last_error, truncated to fit. */
+/* Make sure it->a is loaded. Returns 0, or -1 if the record cannot be read. */
+static int item_load(ob_item_t *it)
+{
+    if (it->a) return 0;
+    hr_outbox_t *o = it->o;
+    int type = o->spool ? hr_spool_read(o->spool, it->loc, &o->scratch) : -EBADF;
+    if (type != HR_REC_ACTION) {
+        hr_log_error("spool: cannot read the action id=%llu back (%s)", (unsigned long long)it->id,
+                     type < 0 ? strerror(-type) : "wrong record type");
+        return -1;
+    }
+    it->a = hr_spool_decode_action(o->scratch.data, o->scratch.len, NULL);
+    if (!it->a) {
+        hr_log_error("spool: malformed action id=%llu", (unsigned long long)it->id);
+        return -1;
+    }
+    it->a->attempts = it->attempts;
+    it->a->last_status = it->last_status;
+    return 0;
+}
+
 static void set_last_error(hr_action_t *a, const char *msg)
 {
     size_t n = strlen(msg);
@@ -206,17 +400,101 @@ static uint64_t ms_since(uint64_t wall_ms)
     return now > wall_ms ? now - wall_ms : 0;
 }
 
-/* ---- Forward delivery ------------------------------------------------------------------ */
+/* ---- Dead letters ----------------------------------------------------------------------- */
 
-/* Backoff before the attempt after attempt n (n >= 1), with jitter in [50%, 100%]. */
-static uint64_t backoff_ms(const hr_outbox_t *o, uint32_t n)
+/* Collect the attempt log of it from its STATE chain (oldest first). *n gets the count;
+ * the strings are in the returned array's own storage (free with free_log). */
+typedef struct {
+    hr_attempt_t *v;
+    char (*err)[128];
+    size_t n;
+} attempt_log_t;
+
+static void read_attempt_log(ob_item_t *it, attempt_log_t *lg)
 {
-    uint64_t b = o->opts.retry_base_ms;
-    for (uint32_t i = 1; i < n && b < o->opts.retry_max_ms; i++)
-        b *= 2;
-    if (b > o->opts.retry_max_ms) b = o->opts.retry_max_ms;
-    uint64_t half = b / 2;
-    return half + hr_rand64() % (b - half + 1);
+    hr_outbox_t *o = it->o;
+    memset(lg, 0, sizeof *lg);
+    size_t cap = 0;
+    hr_spool_loc_t loc = it->state_loc;
+    hr_buf_t b = HR_BUF_INIT;
+    while (loc && o->spool && lg->n < MAX_LOG_ATTEMPTS) {
+        if (hr_spool_read(o->spool, loc, &b) != HR_REC_STATE) break;
+        if (lg->n == cap) {
+            cap = cap ? cap * 2 : 8;
+            lg->v = hr_xrealloc(lg->v, cap * sizeof *lg->v);
+            lg->err = hr_xrealloc(lg->err, cap * sizeof *lg->err);
+        }
+        hr_spool_state_t s;
+        if (hr_spool_decode_state(b.data, b.len, &s, lg->err[lg->n], sizeof lg->err[0]) < 0 ||
+            s.id != it->id)
+            break;
+        lg->v[lg->n] = (hr_attempt_t){s.attempt, s.status, s.at_ms, NULL};
+        lg->n++;
+        loc = s.prev;
+    }
+    hr_buf_free(&b);
+    for (size_t i = 0; i < lg->n / 2; i++) { /* oldest first */
+        hr_attempt_t tv = lg->v[i];
+        lg->v[i] = lg->v[lg->n - 1 - i];
+        lg->v[lg->n - 1 - i] = tv;
+        char te[128];
+        memcpy(te, lg->err[i], sizeof te);
+        memcpy(lg->err[i], lg->err[lg->n - 1 - i], sizeof te);
+        memcpy(lg->err[lg->n - 1 - i], te, sizeof te);
+    }
+    for (size_t i = 0; i < lg->n; i++)
+        lg->v[i].error = lg->err[i];
+}
+
+/* Dead-letter it (log, write the line with its attempt log, count), mark it done, free it. */
+static void dead_item(ob_item_t *it, const char *reason)
+{
+    hr_outbox_t *o = it->o;
+    if (item_load(it) == 0) {
+        hr_action_t *a = it->a;
+        a->attempts = it->attempts;
+        char what[200];
+        if (a->last_status > 0)
+            snprintf(what, sizeof what, "status=%d", a->last_status);
+        else
+            snprintf(what, sizeof what, "error=%s", a->last_error[0] ? a->last_error : "none");
+        if (a->kind == HR_ACTION_WRITE)
+            hr_log_error("dead-letter id=%s file=%s error=%s attempts=%u reason=%s", a->event_id,
+                         a->name ? a->name : "-", a->last_error, (unsigned)a->attempts, reason);
+        else
+            hr_log_error("dead-letter id=%s target=%s %s attempts=%u reason=%s", a->event_id,
+                         a->name ? a->name : "-", what, (unsigned)a->attempts, reason);
+        attempt_log_t lg;
+        read_attempt_log(it, &lg);
+        hr_buf_reset(&o->line);
+        hr_deadletter_for_action_log(&o->line, a, reason, lg.v, lg.n);
+        free(lg.v);
+        free(lg.err);
+        char err[256];
+        if (!o->dead_letters)
+            hr_log_error("dead-letter file not configured; lost line: %s", o->line.data);
+        else if (hr_files_append(o->files, o->dead_letters, o->line.data, o->line.len, err,
+                                 sizeof err) < 0)
+            hr_log_error("dead-letter file: %s; lost line: %s", err, o->line.data);
+    } else {
+        hr_log_error("dead-letter id=%llu: the spool record is unreadable; reason=%s",
+                     (unsigned long long)it->id, reason);
+    }
+    o->st.dead++;
+    item_release(it, true);
+}
+
+/* ---- Retry schedule --------------------------------------------------------------------- */
+
+/* The wait before attempt n (1-based) on t, with +-20% jitter. */
+static uint64_t schedule_wait(const ob_target_t *t, uint32_t n)
+{
+    size_t i = n >= 1 ? n - 1 : 0;
+    if (i >= t->nretry) i = t->nretry - 1;
+    uint64_t b = t->retry_ms[i];
+    if (b == 0) return 0;
+    uint64_t span = b * 2 / 5; /* 40% */
+    return b - b / 5 + (span ? hr_rand64() % (span + 1) : 0);
 }
 
 /* Parse a Retry-After value: delta seconds or an HTTP date (IMF-fixdate, RFC 850 or asctime).
@@ -250,28 +528,91 @@ static int parse_retry_after(const char *v, uint64_t *ms)
     return -1;
 }
 
-/* The wait before the next attempt of a after its last answer res (NULL for a transport
- * error). */
-static uint64_t next_wait(const hr_outbox_t *o, const hr_action_t *a, const hr_http_response_t *res)
+/* The wait before the next attempt after answer res (NULL for a transport error). */
+static uint64_t next_wait(const ob_target_t *t, uint32_t attempts, const hr_http_response_t *res)
 {
     if (res && (res->status == 429 || res->status == 503)) {
         for (size_t i = 0; i < res->nheaders; i++) {
             uint64_t ms;
             if (strcmp(res->headers[i].name, "retry-after") == 0 &&
                 parse_retry_after(res->headers[i].value, &ms) == 0)
-                return ms < o->opts.retry_max_ms ? ms : o->opts.retry_max_ms;
+                return ms < 86400000ull ? ms : 86400000ull;
         }
     }
-    return backoff_ms(o, a->attempts);
+    return schedule_wait(t, attempts + 1);
 }
 
-/* Completion of one attempt: delivered, scheduled again, or dead-lettered. */
+/* ---- Circuit breaker -------------------------------------------------------------------- */
+
+static void circuit_success(ob_target_t *t)
+{
+    t->fails = 0;
+    if (t->circuit != CIRCUIT_CLOSED) {
+        hr_log_info("circuit closed target=%s: the probe succeeded, delivering again", t->name);
+        t->circuit = CIRCUIT_CLOSED;
+    }
+}
+
+static void circuit_failure(ob_target_t *t)
+{
+    hr_outbox_t *o = t->o;
+    t->fails++;
+    uint64_t now = uv_now(o->loop);
+    if (t->circuit == CIRCUIT_HALF) {
+        t->circuit = CIRCUIT_OPEN;
+        t->open_until = now + t->probe_ms;
+        hr_log_warn("circuit open target=%s: the probe failed; next probe in %llu ms", t->name,
+                    (unsigned long long)t->probe_ms);
+    } else if (t->circuit == CIRCUIT_CLOSED && t->fails >= t->circuit_fails) {
+        t->circuit = CIRCUIT_OPEN;
+        t->open_until = now + t->probe_ms;
+        hr_log_warn("circuit open target=%s after %u consecutive failures: paused, probing "
+                    "every %llu ms",
+                    t->name, (unsigned)t->fails, (unsigned long long)t->probe_ms);
+    }
+}
+
+/* ---- Forward delivery ------------------------------------------------------------------- */
+
+static void start_attempt(ob_item_t *it);
+
+/* Write the STATE record of the attempt that just ended. */
+static void record_state(ob_item_t *it, const char *error, uint64_t next_due_wall)
+{
+    hr_outbox_t *o = it->o;
+    if (!o->spool) return;
+    hr_spool_state_t s = {.id = it->id,
+                          .prev = it->state_loc,
+                          .attempt = it->attempts,
+                          .status = it->last_status,
+                          .at_ms = hr_wall_ms(),
+                          .next_due_ms = next_due_wall,
+                          .error = error};
+    hr_buf_reset(&o->scratch);
+    hr_spool_encode_state(&o->scratch, &s);
+    hr_spool_loc_t loc;
+    if (hr_spool_append(o->spool, HR_REC_STATE, o->scratch.data, o->scratch.len, false, &loc) == 0)
+        it->state_loc = loc;
+}
+
+/* Completion of one attempt: delivered, scheduled again, left (shutdown) or dead-lettered. */
 static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_response_t *res)
 {
-    hr_ob_item_t *it = arg;
+    ob_item_t *it = arg;
     hr_outbox_t *o = it->o;
+    ob_target_t *t = it->t;
     hr_action_t *a = it->a;
-    it->in_flight = false;
+    it->where = IT_NONE;
+    t->inflight--;
+    o->inflight--;
+    if (err == UV_ECANCELED && (o->draining || o->closing)) {
+        /* Cut off by shutdown: not an attempt; it stays in the spool. */
+        it->attempts--;
+        if (t->circuit == CIRCUIT_HALF) t->circuit = CIRCUIT_OPEN;
+        item_release(it, false);
+        maybe_drained(o);
+        return;
+    }
     if (err == 0) {
         a->last_status = res->status;
         a->last_error[0] = '\0';
@@ -279,6 +620,8 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
         a->last_status = 0;
         set_last_error(a, errmsg ? errmsg : uv_strerror(err));
     }
+    it->last_status = a->last_status;
+    a->attempts = it->attempts;
     char what[200];
     if (err == 0)
         snprintf(what, sizeof what, "status=%d", res->status);
@@ -286,54 +629,66 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
         snprintf(what, sizeof what, "error=%s", a->last_error);
 
     if (err == 0 && res->status >= 200 && res->status < 300) {
+        circuit_success(t);
         hr_log_info("delivered id=%s type=%s store=%s action=forward target=%s status=%d "
                     "attempts=%u ms=%llu",
                     a->event_id, a->event_type ? a->event_type : "-", a->store ? a->store : "-",
-                    a->name ? a->name : "-", res->status, (unsigned)a->attempts,
+                    a->name ? a->name : "-", res->status, (unsigned)it->attempts,
                     (unsigned long long)ms_since(a->accepted_ms));
         o->st.delivered++;
-        hr_action_free(item_finish(it));
-        maybe_drained(o);
-        return;
-    }
-    if (err == UV_ECANCELED && (o->draining || o->closing)) {
-        dead_action(o, item_finish(it), "shutdown");
+        item_release(it, true);
+        pump(t);
         maybe_drained(o);
         return;
     }
     bool retriable = err != 0 || res->status == 408 || res->status == 429 || res->status >= 500;
+    uint64_t now = uv_now(o->loop), wall = hr_wall_ms();
+    uint64_t wait = retriable ? next_wait(t, it->attempts, err == 0 ? res : NULL) : 0;
     if (!retriable) {
-        dead_action(o, item_finish(it), "rejected");
-        maybe_drained(o);
-        return;
+        circuit_success(t); /* the target answered: it is up */
+        record_state(it, a->last_error, 0);
+        dead_item(it, "rejected");
+    } else {
+        circuit_failure(t);
+        if (it->attempts >= it->max_attempts) {
+            record_state(it, a->last_error, 0);
+            dead_item(it, "attempts exhausted");
+        } else if (t->max_age_s && wall + wait > it->accepted_ms + t->max_age_s * 1000) {
+            record_state(it, a->last_error, 0);
+            dead_item(it, "max age exceeded");
+        } else {
+            it->due = now + wait;
+            it->due_wall = wall + wait;
+            record_state(it, a->last_error, it->due_wall);
+            hr_log_warn("retry id=%s target=%s %s attempt=%u/%u in_ms=%llu", a->event_id,
+                        a->name ? a->name : "-", what, (unsigned)it->attempts,
+                        (unsigned)it->max_attempts, (unsigned long long)wait);
+            o->st.retried++;
+            if (wait > KEEP_LOADED_MS) {
+                hr_action_free(it->a);
+                it->a = NULL;
+            }
+            heap_push(o, it);
+            rearm(o);
+        }
     }
-    if (a->attempts >= a->max_attempts) {
-        dead_action(o, item_finish(it), "attempts exhausted");
-        maybe_drained(o);
-        return;
-    }
-    uint64_t wait = next_wait(o, a, err == 0 ? res : NULL);
-    uint64_t now = uv_now(o->loop);
-    if (o->draining && now + wait > o->drain_deadline) {
-        dead_action(o, item_finish(it), "shutdown");
-        maybe_drained(o);
-        return;
-    }
-    hr_log_warn("retry id=%s target=%s %s attempt=%u/%u in_ms=%llu", a->event_id,
-                a->name ? a->name : "-", what, (unsigned)a->attempts, (unsigned)a->max_attempts,
-                (unsigned long long)wait);
-    o->st.retried++;
-    it->due = now + wait;
-    heap_push(o, it);
-    rearm(o);
+    pump(t);
+    maybe_drained(o);
 }
 
-/* Send the next attempt of it. A URL the client refuses dead-letters it at once. */
-static void start_attempt(hr_ob_item_t *it)
+/* Send the next attempt of it (a forward). */
+static void start_attempt(ob_item_t *it)
 {
     hr_outbox_t *o = it->o;
+    ob_target_t *t = it->t;
+    if (item_load(it) < 0) {
+        o->st.dead++;
+        item_release(it, true);
+        return;
+    }
     hr_action_t *a = it->a;
-    a->attempts++;
+    it->attempts++;
+    a->attempts = it->attempts;
     hr_http_out_t req = {
         .method = a->method ? a->method : "POST",
         .url = a->url ? a->url : "",
@@ -346,73 +701,583 @@ static void start_attempt(hr_ob_item_t *it)
     int rc = o->http ? hr_http_client_send(o->http, &req, on_http_done, it) : UV_ECANCELED;
     if (rc < 0) {
         a->last_status = 0;
+        it->last_status = 0;
         set_last_error(a, rc == UV_EINVAL ? "invalid URL" : uv_strerror(rc));
-        dead_action(o, item_finish(it), rc == UV_EINVAL ? "invalid url" : "shutdown");
-        maybe_drained(o);
+        record_state(it, a->last_error, 0);
+        dead_item(it, rc == UV_EINVAL ? "invalid url" : "client closed");
         return;
     }
-    it->in_flight = true;
+    it->where = IT_FLIGHT;
+    it->started_ms = uv_now(o->loop);
+    t->inflight++;
+    o->inflight++;
 }
 
-/* The retry timer: start every attempt that is due, then re-arm for the next one. */
-static void on_retry_timer(uv_timer_t *t)
+/* Start what t may start now: ready items, within concurrency, rate and the circuit. */
+static void pump(ob_target_t *t)
 {
-    hr_outbox_t *o = t->data;
-    uint64_t now = uv_now(o->loop);
-    while (o->nheap > 0 && o->heap[0]->due <= now) {
-        hr_ob_item_t *it = o->heap[0];
-        heap_remove(o, it);
+    hr_outbox_t *o = t->o;
+    if (!o->http || o->closing || o->drain_finished) return;
+    while (t->ready_head) {
+        if (t->inflight >= t->concurrency) return;
+        uint64_t now = uv_now(o->loop);
+        if (t->circuit == CIRCUIT_HALF) return; /* the probe is out */
+        if (t->circuit == CIRCUIT_OPEN) {
+            if (now < t->open_until) {
+                uv_timer_start(&t->timer, on_target_timer, t->open_until - now, 0);
+                return;
+            }
+            t->circuit = CIRCUIT_HALF;
+            hr_log_info("circuit half-open target=%s: sending one probe", t->name);
+        }
+        if (t->rate > 0) {
+            double cap = t->rate < 1 ? 1 : t->rate;
+            if (t->tokens_at == 0) t->tokens = cap;
+            t->tokens += (double)(now - t->tokens_at) * t->rate / 1000.0;
+            if (t->tokens > cap) t->tokens = cap;
+            t->tokens_at = now;
+            if (t->tokens < 1.0) {
+                uint64_t ms = (uint64_t)((1.0 - t->tokens) * 1000.0 / t->rate) + 1;
+                uv_timer_start(&t->timer, on_target_timer, ms, 0);
+                if (t->circuit == CIRCUIT_HALF) t->circuit = CIRCUIT_OPEN;
+                return;
+            }
+            t->tokens -= 1.0;
+        }
+        ob_item_t *it = t->ready_head;
+        t->ready_head = it->rnext;
+        if (!t->ready_head) t->ready_tail = NULL;
+        it->rnext = NULL;
+        t->nready--;
+        it->where = IT_NONE;
+        if (t->max_age_s && hr_wall_ms() > it->accepted_ms + t->max_age_s * 1000) {
+            if (t->circuit == CIRCUIT_HALF) t->circuit = CIRCUIT_OPEN;
+            if (item_load(it) == 0) set_last_error(it->a, "max age exceeded while waiting");
+            dead_item(it, "max age exceeded");
+            continue;
+        }
         start_attempt(it);
     }
-    rearm(o);
 }
 
-/* ---- Write delivery -------------------------------------------------------------------- */
-
-/* Append a write action's line to its file now; delivered or dead-lettered. Frees a. */
-static void deliver_write(hr_outbox_t *o, hr_action_t *a)
+static void on_target_timer(uv_timer_t *h)
 {
+    pump(h->data);
+}
+
+/* Put a due forward at the end of its target's ready queue and pump. */
+static void make_ready(ob_item_t *it)
+{
+    ob_target_t *t = it->t;
+    it->where = IT_READY;
+    it->rnext = NULL;
+    if (t->ready_tail)
+        t->ready_tail->rnext = it;
+    else
+        t->ready_head = it;
+    t->ready_tail = it;
+    t->nready++;
+    pump(t);
+}
+
+/* ---- Write delivery --------------------------------------------------------------------- */
+
+/* Append a write action's line to its file now; delivered or dead-lettered. */
+static void deliver_write(ob_item_t *it)
+{
+    hr_outbox_t *o = it->o;
+    if (item_load(it) < 0) {
+        o->st.dead++;
+        item_release(it, true);
+        return;
+    }
+    hr_action_t *a = it->a;
     char err[256];
-    a->attempts = 1;
+    it->attempts++;
+    a->attempts = it->attempts;
     if (!a->file_path) {
         set_last_error(a, "no file path");
-        dead_action(o, a, "write failed");
+        dead_item(it, "write failed");
         return;
     }
     if (hr_files_append(o->files, a->file_path, a->body ? a->body : "", a->body_len, err,
                         sizeof err) < 0) {
         set_last_error(a, err);
-        dead_action(o, a, "write failed");
+        record_state(it, err, 0);
+        dead_item(it, "write failed");
         return;
     }
     hr_log_info("delivered id=%s type=%s store=%s action=write file=%s ms=%llu", a->event_id,
                 a->event_type ? a->event_type : "-", a->store ? a->store : "-",
                 a->name ? a->name : "-", (unsigned long long)ms_since(a->accepted_ms));
     o->st.delivered++;
-    hr_action_free(a);
+    item_release(it, true);
 }
 
-/* ---- Drain and close ------------------------------------------------------------------- */
+/* ---- Scheduling ------------------------------------------------------------------------- */
+
+/* Route a new or recovered item (or a lane's next head): writes at once; forwards into the
+ * heap or the ready queue, or parked behind their lane's head. */
+static void schedule(ob_item_t *it)
+{
+    hr_outbox_t *o = it->o;
+    if (it->kind == HR_ACTION_WRITE) {
+        deliver_write(it);
+        return;
+    }
+    ob_target_t *t = it->t;
+    if (t->ordered && !it->lane) {
+        const char *store = NULL;
+        char buf[256];
+        if (it->a) {
+            store = it->a->store;
+        } else if (item_load(it) == 0) {
+            snprintf(buf, sizeof buf, "%s", it->a->store ? it->a->store : "");
+            store = it->a->store ? buf : NULL;
+            hr_action_free(it->a);
+            it->a = NULL;
+        }
+        ob_lane_t *l = lane_get(t, store);
+        it->lane = l;
+        if (l->tail) {
+            l->tail->lnext = it;
+            l->tail = it;
+            it->where = IT_LANE;
+            return;
+        }
+        l->head = l->tail = it;
+    }
+    uint64_t now = uv_now(o->loop);
+    if (it->due > now) {
+        heap_push(o, it);
+        rearm(o);
+    } else {
+        make_ready(it);
+    }
+}
+
+/* The retry timer: move every due item to its ready queue. */
+static void on_retry_timer(uv_timer_t *h)
+{
+    hr_outbox_t *o = h->data;
+    uint64_t now = uv_now(o->loop);
+    while (o->nheap > 0 && o->heap[0]->due <= now) {
+        ob_item_t *it = o->heap[0];
+        if (o->draining && it->due > o->drain_deadline) break;
+        heap_remove(o, it);
+        make_ready(it);
+    }
+    rearm(o);
+    maybe_drained(o);
+}
+
+/* A new item for action a (taken over) at loc with id; due per its target's first wait. */
+static ob_item_t *item_for_action(hr_outbox_t *o, hr_action_t *a, uint64_t id, hr_spool_loc_t loc)
+{
+    ob_item_t *it = item_new(o);
+    it->a = a;
+    it->id = id;
+    it->loc = loc;
+    it->kind = a->kind;
+    it->accepted_ms = a->accepted_ms;
+    it->max_attempts = a->max_attempts ? a->max_attempts : 1;
+    if (a->kind == HR_ACTION_FORWARD) {
+        it->t = target_get(o, a->name ? a->name : "-");
+        it->t->live++;
+        uint64_t w = schedule_wait(it->t, 1);
+        it->due = uv_now(o->loop) + w;
+        it->due_wall = hr_wall_ms() + w;
+    }
+    return it;
+}
+
+/* ---- Push ------------------------------------------------------------------------------- */
+
+/* A push waiting for its commit. */
+typedef struct {
+    hr_outbox_t *o;
+    hr_action_t **acts;   /* the actions, owned until committed */
+    uint64_t *ids;        /* their spool ids */
+    hr_spool_loc_t *locs; /* their ACTION records */
+    size_t n;
+    void (*cb)(void *arg, int status);
+    void *arg;
+    char *incoming; /* for an incoming file: its path, unlinked once committed */
+} push_t;
+
+static void push_free(push_t *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        hr_action_free(p->acts[i]);
+    free(p->acts);
+    free(p->ids);
+    free(p->locs);
+    free(p->incoming);
+    free(p);
+}
+
+/* Undo appended ACTION records (DONE + unref), best effort. */
+static void push_undo(hr_outbox_t *o, push_t *p, size_t upto)
+{
+    for (size_t i = 0; i < upto && o->spool; i++) {
+        unsigned char idb[8];
+        for (int k = 0; k < 8; k++)
+            idb[k] = (unsigned char)(p->ids[i] >> (8 * k));
+        hr_spool_loc_t loc;
+        hr_spool_append(o->spool, HR_REC_DONE, idb, sizeof idb, false, &loc);
+        hr_spool_unref(o->spool, p->locs[i]);
+    }
+}
+
+static void on_committed(void *arg, int status)
+{
+    push_t *p = arg;
+    hr_outbox_t *o = p->o;
+    if (status < 0) {
+        push_undo(o, p, p->n);
+        o->st.refused++;
+        if (p->incoming) { /* give the file back to the next scan */
+            char *orig = hr_xstrndup(p->incoming, strlen(p->incoming) - 6);
+            rename(p->incoming, orig);
+            free(orig);
+        }
+        hr_log_error("spool: could not make %zu action(s) durable: %s", p->n, strerror(-status));
+        if (p->cb) p->cb(p->arg, status);
+        push_free(p);
+        return;
+    }
+    if (p->incoming) {
+        if (unlink(p->incoming) < 0 && errno != ENOENT)
+            hr_log_error("replay: cannot remove %s: %s", p->incoming, strerror(errno));
+        o->st.replayed += p->n;
+        hr_log_info("replay: took %zu action(s) from %s", p->n, p->incoming);
+    }
+    for (size_t i = 0; i < p->n; i++) {
+        hr_action_t *a = p->acts[i];
+        p->acts[i] = NULL;
+        if (o->drain_finished || o->closing) { /* stays in the spool for the next start */
+            hr_action_free(a);
+            continue;
+        }
+        ob_item_t *it = item_for_action(o, a, p->ids[i], p->locs[i]);
+        schedule(it);
+    }
+    if (p->cb) p->cb(p->arg, 0);
+    push_free(p);
+}
+
+/* Append every action of list to the spool (taking them over) and commit. Returns 0 (cb will
+ * run) or < 0 (nothing kept; cb will not run). */
+static int push_list(hr_outbox_t *o, hr_action_t *list, void (*cb)(void *, int), void *arg,
+                     const char *incoming)
+{
+    size_t n = 0;
+    for (hr_action_t *a = list; a; a = a->next)
+        n++;
+    push_t *p = hr_xcalloc(1, sizeof *p);
+    p->o = o;
+    p->acts = hr_xcalloc(n ? n : 1, sizeof *p->acts);
+    p->ids = hr_xcalloc(n ? n : 1, sizeof *p->ids);
+    p->locs = hr_xcalloc(n ? n : 1, sizeof *p->locs);
+    p->cb = cb;
+    p->arg = arg;
+    p->incoming = incoming ? hr_xstrdup(incoming) : NULL;
+    size_t i = 0;
+    while (list) {
+        hr_action_t *a = list;
+        list = a->next;
+        a->next = NULL;
+        p->acts[i++] = a;
+    }
+    p->n = n;
+    int rc = o->spool && !o->closing ? 0 : -ESHUTDOWN;
+    size_t done = 0;
+    for (; rc == 0 && done < n; done++) {
+        hr_action_t *a = p->acts[done];
+        if (a->kind == HR_ACTION_FORWARD) {
+            if (a->max_attempts < 1) a->max_attempts = 1;
+            bool has = false;
+            for (size_t h = 0; h < a->nheaders && !has; h++)
+                has = strcasecmp(a->headers[h].name, "X-Hookrouter-Event-Id") == 0;
+            if (!has && a->event_id[0])
+                hr_action_add_header(a, "X-Hookrouter-Event-Id", a->event_id);
+        }
+        p->ids[done] = o->next_id++;
+        hr_buf_reset(&o->scratch);
+        hr_spool_encode_action(&o->scratch, a, p->ids[done]);
+        rc = hr_spool_append(o->spool, HR_REC_ACTION, o->scratch.data, o->scratch.len, true,
+                             &p->locs[done]);
+        if (rc < 0) break;
+    }
+    if (rc == 0) rc = hr_spool_commit(o->spool, on_committed, p);
+    if (rc < 0) {
+        push_undo(o, p, done);
+        push_free(p);
+        return rc;
+    }
+    return 0;
+}
+
+int hr_outbox_push(hr_outbox_t *o, hr_action_t *list, void (*cb)(void *arg, int status), void *arg)
+{
+    size_t n = 0;
+    for (hr_action_t *a = list; a; a = a->next)
+        n++;
+    o->st.accepted += n;
+    int rc = push_list(o, list, cb, arg, NULL);
+    if (rc < 0) {
+        o->st.refused++;
+        uint64_t now = uv_now(o->loop);
+        if (now - o->last_full_log >= 1000 || o->last_full_log == 0) {
+            hr_spool_stats_t ss;
+            if (o->spool) hr_spool_stats(o->spool, &ss);
+            if (rc == -ENOSPC && o->spool && hr_spool_is_full(o->spool, 0))
+                hr_log_error("spool full (%llu bytes, max_spool_bytes reached): answering 503 "
+                             "to new webhooks until deliveries free space (refused so far: %llu)",
+                             (unsigned long long)ss.bytes, (unsigned long long)o->st.refused);
+            else
+                hr_log_error("spool: cannot store new actions (%s): answering 503 (refused so "
+                             "far: %llu)",
+                             strerror(-rc), (unsigned long long)o->st.refused);
+            o->last_full_log = now;
+        }
+    }
+    return rc;
+}
+
+/* ---- Incoming (replay) ------------------------------------------------------------------ */
+
+typedef struct {
+    hr_action_t *head;
+    hr_action_t *tail;
+    size_t bad;
+} incoming_t;
+
+static void on_incoming_rec(void *arg, int type, const char *p, size_t n, hr_spool_loc_t loc)
+{
+    incoming_t *in = arg;
+    (void)loc;
+    if (type != HR_REC_ACTION) return;
+    hr_action_t *a = hr_spool_decode_action(p, n, NULL);
+    if (!a) {
+        in->bad++;
+        return;
+    }
+    if (in->tail)
+        in->tail->next = a;
+    else
+        in->head = a;
+    in->tail = a;
+}
+
+/* Take in one incoming file. Returns 0 or < 0 (left for the next scan). */
+static int take_incoming(hr_outbox_t *o, const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        close(fd);
+        return -errno;
+    }
+    char *data = hr_xmalloc((size_t)st.st_size + 1);
+    ssize_t got = 0;
+    while (got < st.st_size) {
+        ssize_t k = read(fd, data + got, (size_t)(st.st_size - got));
+        if (k <= 0) break;
+        got += k;
+    }
+    close(fd);
+    incoming_t in = {0};
+    uint64_t corrupt = hr_spool_parse(data, (size_t)got, 0, on_incoming_rec, &in, NULL);
+    free(data);
+    if (corrupt || in.bad)
+        hr_log_warn("replay: %s: %llu corrupt record(s) skipped", path,
+                    (unsigned long long)(corrupt + in.bad));
+    if (!in.head) {
+        unlink(path);
+        return 0;
+    }
+    int rc = push_list(o, in.head, NULL, NULL, path);
+    if (rc < 0)
+        hr_log_warn("replay: cannot take %s now (%s); trying again in a second", path,
+                    strerror(-rc));
+    return rc;
+}
+
+static void on_incoming_timer(uv_timer_t *h)
+{
+    hr_outbox_t *o = h->data;
+    if (o->closing || !o->spool) return;
+    DIR *d = opendir(o->incoming_dir);
+    if (!d) return;
+    struct dirent *e;
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    while ((e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        bool fresh = len > 4 && strcmp(e->d_name + len - 4, ".hrs") == 0;
+        bool left = len > 10 && strcmp(e->d_name + len - 10, ".hrs.taken") == 0;
+        if (!fresh && !(left && !o->incoming_scanned)) continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            names = hr_xrealloc(names, cap * sizeof *names);
+        }
+        names[n++] = hr_xasprintf("%s/%s", o->incoming_dir, e->d_name);
+    }
+    closedir(d);
+    /* A fresh file is renamed first, so it is never taken twice while its commit runs; the
+     * first scan also takes ".taken" files a crash left behind (a duplicate is possible, a
+     * loss is not). */
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(names[i]);
+        if (strcmp(names[i] + len - 6, ".taken") == 0) {
+            take_incoming(o, names[i]);
+        } else {
+            char *taken = hr_xasprintf("%s.taken", names[i]);
+            if (rename(names[i], taken) == 0 && take_incoming(o, taken) < 0)
+                rename(taken, names[i]);
+            free(taken);
+        }
+        free(names[i]);
+    }
+    free(names);
+    o->incoming_scanned = true;
+}
+
+/* ---- Recovery --------------------------------------------------------------------------- */
+
+static size_t rec_slot(hr_outbox_t *o, uint64_t id)
+{
+    return (size_t)((id * 0x9E3779B97F4A7C15ull) >> 20) & (o->rec_cap - 1);
+}
+
+static void rec_grow(hr_outbox_t *o);
+
+static void rec_put(hr_outbox_t *o, ob_item_t *it)
+{
+    if ((o->rec_n + 1) * 2 > o->rec_cap) rec_grow(o);
+    size_t i = rec_slot(o, it->id);
+    while (o->rec_tab[i] && o->rec_tab[i] != TOMB)
+        i = (i + 1) & (o->rec_cap - 1);
+    if (!o->rec_tab[i]) o->rec_n++;
+    o->rec_tab[i] = it;
+}
+
+static void rec_grow(hr_outbox_t *o)
+{
+    ob_item_t **old = o->rec_tab;
+    size_t oldcap = o->rec_cap;
+    o->rec_cap = oldcap ? oldcap * 2 : 1024;
+    o->rec_tab = hr_xcalloc(o->rec_cap, sizeof *o->rec_tab);
+    o->rec_n = 0;
+    for (size_t i = 0; i < oldcap; i++)
+        if (old[i] && old[i] != TOMB) rec_put(o, old[i]);
+    free(old);
+}
+
+/* The slot of id, or SIZE_MAX. */
+static size_t rec_find(hr_outbox_t *o, uint64_t id)
+{
+    if (!o->rec_cap) return SIZE_MAX;
+    size_t i = rec_slot(o, id);
+    while (o->rec_tab[i]) {
+        if (o->rec_tab[i] != TOMB && o->rec_tab[i]->id == id) return i;
+        i = (i + 1) & (o->rec_cap - 1);
+    }
+    return SIZE_MAX;
+}
+
+static uint64_t get_u64(const char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | (unsigned char)p[i];
+    return v;
+}
+
+/* Unlink a recovered item from o->all and free it (no records, no references yet). */
+static void rec_drop(hr_outbox_t *o, ob_item_t *it)
+{
+    if (it->prev)
+        it->prev->next = it->next;
+    else
+        o->all_head = it->next;
+    if (it->next)
+        it->next->prev = it->prev;
+    else
+        o->all_tail = it->prev;
+    o->st.pending--;
+    free(it);
+}
+
+static void on_recover_rec(void *arg, int type, const char *p, size_t n, hr_spool_loc_t loc)
+{
+    hr_outbox_t *o = arg;
+    if (type == HR_REC_ACTION) {
+        hr_spool_action_meta_t m;
+        if (hr_spool_action_meta(p, n, &m) < 0) {
+            hr_log_warn("spool: malformed action record skipped");
+            return;
+        }
+        if (m.id >= o->next_id) o->next_id = m.id + 1;
+        size_t slot = rec_find(o, m.id);
+        if (slot != SIZE_MAX) { /* a rewritten copy replaces the old one */
+            ob_item_t *old = o->rec_tab[slot];
+            o->rec_tab[slot] = TOMB;
+            rec_drop(o, old);
+        }
+        ob_item_t *it = item_new(o);
+        it->id = m.id;
+        it->loc = loc;
+        it->kind = m.kind;
+        it->accepted_ms = m.accepted_ms;
+        it->max_attempts = m.max_attempts ? m.max_attempts : 1;
+        if (m.kind == HR_ACTION_FORWARD) {
+            char name[256];
+            size_t k = m.name_len < sizeof name - 1 ? m.name_len : sizeof name - 1;
+            memcpy(name, m.name ? m.name : "-", m.name ? k : 1);
+            name[m.name ? k : 1] = '\0';
+            it->t = target_get(o, name);
+            it->t->live++;
+        }
+        rec_put(o, it);
+    } else if (type == HR_REC_STATE) {
+        hr_spool_state_t s;
+        if (hr_spool_decode_state(p, n, &s, NULL, 0) < 0) return;
+        size_t slot = rec_find(o, s.id);
+        if (slot == SIZE_MAX) return;
+        ob_item_t *it = o->rec_tab[slot];
+        it->attempts = s.attempt;
+        it->last_status = s.status;
+        it->state_loc = loc;
+        it->due_wall = s.next_due_ms;
+    } else if (type == HR_REC_DONE && n >= 8) {
+        size_t slot = rec_find(o, get_u64(p));
+        if (slot == SIZE_MAX) return;
+        ob_item_t *it = o->rec_tab[slot];
+        o->rec_tab[slot] = TOMB;
+        if (it->t) it->t->live--;
+        rec_drop(o, it);
+    }
+}
+
+/* ---- Drain and close -------------------------------------------------------------------- */
 
 static void on_http_closed(void *arg);
 
-/* End of the drain: dead-letter every waiting item, close the HTTP client (its in-flight
- * requests come back cancelled and are dead-lettered); drain_cb runs in on_http_closed. */
+/* Stop: no more attempts; the HTTP client closes (requests in flight come back cancelled and
+ * stay in the spool); drain_cb runs in on_http_closed. */
 static void finish_drain(hr_outbox_t *o)
 {
     if (o->drain_finished) return;
     o->drain_finished = true;
     uv_timer_stop(&o->drain_timer);
-    while (o->nheap > 0) {
-        hr_ob_item_t *it = o->heap[0];
-        heap_remove(o, it);
-        dead_action(o, item_finish(it), "shutdown");
-    }
     uv_timer_stop(&o->retry_timer);
-    if (o->http) {
-        hr_http_client_t *h = o->http;
-        hr_http_client_close(h, on_http_closed, o);
-    }
+    uv_timer_stop(&o->incoming_timer);
+    for (ob_target_t *t = o->targets; t; t = t->next)
+        uv_timer_stop(&t->timer);
+    if (o->http) hr_http_client_close(o->http, on_http_closed, o);
 }
 
 static void on_drain_timer(uv_timer_t *t)
@@ -420,23 +1285,47 @@ static void on_drain_timer(uv_timer_t *t)
     finish_drain(t->data);
 }
 
-/* While draining, once nothing is pending, finish from a fresh loop callback (never from
- * inside the HTTP client's callback that ended the last item). */
+/* True while draining if something may still start before the deadline. */
+static bool drain_has_work(hr_outbox_t *o)
+{
+    if (o->inflight > 0) return true;
+    if (o->nheap > 0 && o->heap[0]->due <= o->drain_deadline) return true;
+    for (ob_target_t *t = o->targets; t; t = t->next)
+        if (t->nready > 0 && t->circuit == CIRCUIT_CLOSED) return true;
+    return false;
+}
+
 static void maybe_drained(hr_outbox_t *o)
 {
-    if (o->draining && !o->drain_finished && o->st.pending == 0)
+    if (o->draining && !o->drain_finished && !drain_has_work(o))
         uv_timer_start(&o->drain_timer, on_drain_timer, 0, 0);
 }
 
 static void outbox_maybe_free(hr_outbox_t *o);
 
-/* The HTTP client is gone: the drain (or close) can complete. */
+/* The HTTP client is gone: let every item go (they stay in the spool) and end the drain. */
 static void on_http_closed(void *arg)
 {
     hr_outbox_t *o = arg;
     o->http = NULL;
     o->open_handles--;
-    if (o->drain_cb && o->drain_finished) {
+    for (ob_target_t *t = o->targets; t; t = t->next) {
+        t->ready_head = t->ready_tail = NULL;
+        t->nready = 0;
+    }
+    size_t left = 0;
+    while (o->all_head) {
+        ob_item_t *it = o->all_head;
+        if (it->where == IT_HEAP) heap_remove(o, it);
+        if (it->lane) it->lane->head = NULL; /* lanes are freed with their target */
+        it->lane = NULL;
+        item_release(it, false);
+        left++;
+    }
+    if (left)
+        hr_log_info("shutdown: %zu undelivered action(s) stay in the spool for the next start",
+                    left);
+    if (o->drain_cb) {
         void (*cb)(void *) = o->drain_cb;
         o->drain_cb = NULL;
         cb(o->drain_arg);
@@ -444,106 +1333,172 @@ static void on_http_closed(void *arg)
     outbox_maybe_free(o);
 }
 
-static void on_timer_close(uv_handle_t *h)
+static void on_handle_closed(uv_handle_t *h)
 {
     hr_outbox_t *o = h->data;
     o->open_handles--;
     outbox_maybe_free(o);
 }
 
-/* Free the outbox once it is closing and every handle (and the HTTP client) is gone. */
+static void on_target_closed(uv_handle_t *h)
+{
+    ob_target_t *t = h->data;
+    hr_outbox_t *o = t->o;
+    o->open_handles--;
+    outbox_maybe_free(o);
+}
+
+/* Free a target (its timer is closed). */
+static void target_free(ob_target_t *t)
+{
+    if (t->lanes) {
+        for (size_t i = 0; i < LANE_BUCKETS; i++) {
+            while (t->lanes[i]) {
+                ob_lane_t *l = t->lanes[i];
+                t->lanes[i] = l->next;
+                free(l->store);
+                free(l);
+            }
+        }
+        free(t->lanes);
+    }
+    free(t->retry_ms);
+    free(t->name);
+    free(t);
+}
+
+static void on_spool_closed(void *arg)
+{
+    hr_outbox_t *o = arg;
+    o->open_handles--;
+    outbox_maybe_free(o);
+}
+
 static void outbox_maybe_free(hr_outbox_t *o)
 {
     if (!o->closing || o->open_handles > 0) return;
     void (*cb)(void *) = o->close_cb;
     void *arg = o->close_arg;
+    while (o->targets) {
+        ob_target_t *t = o->targets;
+        o->targets = t->next;
+        target_free(t);
+    }
     free(o->heap);
     free(o->dead_letters);
+    free(o->incoming_dir);
+    free(o->rec_tab);
+    hr_buf_free(&o->scratch);
     hr_buf_free(&o->line);
     free(o);
     if (cb) cb(arg);
 }
 
-/* ---- Public API ------------------------------------------------------------------------ */
+/* ---- Public API ------------------------------------------------------------------------- */
 
-/* Make sure a forward carries X-Hookrouter-Event-Id (the rule engine normally adds it; this
- * covers actions built elsewhere). */
-static void add_event_id_header(hr_action_t *a)
-{
-    for (size_t i = 0; i < a->nheaders; i++)
-        if (strcasecmp(a->headers[i].name, "X-Hookrouter-Event-Id") == 0) return;
-    if (a->event_id[0]) hr_action_add_header(a, "X-Hookrouter-Event-Id", a->event_id);
-}
-
-/* Create an outbox on loop writing through files (shared, must outlive it). opts may be NULL;
- * zero fields take defaults. Never NULL. */
-hr_outbox_t *hr_outbox_create(uv_loop_t *loop, hr_files_t *files, const hr_outbox_opts_t *opts)
+hr_outbox_t *hr_outbox_create(uv_loop_t *loop, hr_files_t *files, const hr_outbox_opts_t *opts,
+                              char *err, size_t errlen)
 {
     hr_outbox_t *o = hr_xcalloc(1, sizeof *o);
     o->loop = loop;
     o->files = files;
-    if (opts) o->opts = *opts;
-    o->dead_letters = o->opts.dead_letters ? hr_xstrdup(o->opts.dead_letters) : NULL;
-    o->opts.dead_letters = NULL;
-    if (!o->opts.retry_base_ms) o->opts.retry_base_ms = HR_OUTBOX_DEF_BASE_MS;
-    if (!o->opts.retry_max_ms) o->opts.retry_max_ms = HR_OUTBOX_DEF_MAX_MS;
-    if (o->opts.retry_max_ms < o->opts.retry_base_ms) o->opts.retry_max_ms = o->opts.retry_base_ms;
-    hr_http_client_opts_t ho = {.max_conns_per_host = o->opts.max_conns_per_host};
+    o->dead_letters = opts->dead_letters ? hr_xstrdup(opts->dead_letters) : NULL;
+    o->next_id = 1;
+    o->incoming_dir = hr_xasprintf("%s/incoming", opts->spool.dir);
+    for (size_t i = 0; i < opts->ntargets; i++)
+        target_set_policy(target_get(o, opts->targets[i].name), &opts->targets[i]);
+    uint64_t t0 = uv_hrtime();
+    o->spool = hr_spool_open(loop, &opts->spool, on_recover_rec, o, err, errlen);
+    if (!o->spool) {
+        /* The targets' timers close from the loop; the rest is freed then. */
+        while (o->all_head)
+            rec_drop(o, o->all_head);
+        o->closing = true;
+        for (ob_target_t *t = o->targets; t; t = t->next)
+            uv_close((uv_handle_t *)&t->timer, on_target_closed);
+        if (o->open_handles == 0) outbox_maybe_free(o);
+        return NULL;
+    }
+    hr_http_client_opts_t ho = {.max_conns_per_host = opts->max_conns_per_host};
     o->http = hr_http_client_create(loop, &ho);
     uv_timer_init(loop, &o->retry_timer);
     uv_timer_init(loop, &o->drain_timer);
+    uv_timer_init(loop, &o->incoming_timer);
     o->retry_timer.data = o;
     o->drain_timer.data = o;
-    o->open_handles = 3; /* two timers + the HTTP client */
+    o->incoming_timer.data = o;
+    o->open_handles += 5; /* three timers, the HTTP client and the spool */
+    mkdir(o->incoming_dir, 0755);
+
+    /* Take the references of what is pending, then let the spool drop what is finished. */
+    uint64_t now = uv_now(loop), wall = hr_wall_ms(), oldest = 0;
+    for (ob_item_t *it = o->all_head; it; it = it->next) {
+        hr_spool_ref(o->spool, it->loc);
+        it->due = now + (it->due_wall > wall ? it->due_wall - wall : 0);
+        if (!oldest || it->accepted_ms < oldest) oldest = it->accepted_ms;
+    }
+    free(o->rec_tab);
+    o->rec_tab = NULL;
+    o->rec_cap = o->rec_n = 0;
+    hr_spool_gc(o->spool);
+    o->st.recovered = o->st.pending;
+    hr_spool_stats(o->spool, &o->st.spool);
+    double ms = (double)(uv_hrtime() - t0) / 1e6;
+    if (o->st.recovered || o->st.spool.corrupt)
+        hr_log_info("spool %s: recovered %llu pending action(s) in %.1f ms (%llu segments, "
+                    "%llu bytes, %llu corrupt records skipped); delivering them again",
+                    opts->spool.dir, (unsigned long long)o->st.recovered, ms,
+                    (unsigned long long)o->st.spool.segments, (unsigned long long)o->st.spool.bytes,
+                    (unsigned long long)o->st.spool.corrupt);
+    /* Schedule in arrival order (lanes depend on it). */
+    ob_item_t *it = o->all_head;
+    while (it) {
+        ob_item_t *next = it->next;
+        schedule(it);
+        it = next;
+    }
+    uint64_t scan = opts->incoming_scan_ms ? opts->incoming_scan_ms : 1000;
+    uv_timer_start(&o->incoming_timer, on_incoming_timer, 0, scan);
     return o;
 }
 
-/* Replace the dead-letter path (copied). */
 void hr_outbox_set_dead_letters(hr_outbox_t *o, const char *path)
 {
     free(o->dead_letters);
     o->dead_letters = path ? hr_xstrdup(path) : NULL;
 }
 
-/* Take every action of list. Writes are appended now; forwards start their first attempt
- * (the HTTP client sends from the loop). After a drain started, everything is dead-lettered
- * at once with reason "shutdown". Returns 0. */
-int hr_outbox_push(hr_outbox_t *o, hr_action_t *list)
+void hr_outbox_set_targets(hr_outbox_t *o, const hr_outbox_target_t *t, size_t n)
 {
-    while (list) {
-        hr_action_t *a = list;
-        list = a->next;
-        a->next = NULL;
-        o->st.accepted++;
-        if (o->draining || o->closing) {
-            set_last_error(a, "shutting down");
-            dead_action(o, a, "shutdown");
-            continue;
-        }
-        if (a->kind == HR_ACTION_WRITE) {
-            deliver_write(o, a);
-            continue;
-        }
-        if (a->max_attempts < 1) a->max_attempts = 1;
-        add_event_id_header(a);
-        hr_ob_item_t *it = hr_xcalloc(1, sizeof *it);
-        it->o = o;
-        it->a = a;
-        it->next = o->items;
-        if (o->items) o->items->prev = it;
-        o->items = it;
-        o->st.pending++;
-        start_attempt(it);
+    if (o->closing) return;
+    for (size_t i = 0; i < n; i++) {
+        ob_target_t *tg = target_get(o, t[i].name);
+        target_set_policy(tg, &t[i]);
+        pump(tg);
     }
-    return 0;
 }
 
 void hr_outbox_stats(const hr_outbox_t *o, hr_outbox_stats_t *st)
 {
     *st = o->st;
+    if (o->spool) hr_spool_stats(o->spool, &st->spool);
 }
 
-/* Start the shutdown drain; see the file comment. cb runs once, from the loop. */
+void hr_outbox_targets_json(const hr_outbox_t *o, hr_buf_t *out)
+{
+    static const char *const names[] = {"closed", "open", "half-open"};
+    hr_buf_appendc(out, '{');
+    bool first = true;
+    for (const ob_target_t *t = o->targets; t; t = t->next) {
+        if (!first) hr_buf_appendc(out, ',');
+        first = false;
+        hr_buf_append_json_string(out, t->name, strlen(t->name));
+        hr_buf_printf(out, ":{\"circuit\":\"%s\",\"in_flight\":%u,\"queued\":%zu}",
+                      names[t->circuit], (unsigned)t->inflight, t->live);
+    }
+    hr_buf_appendc(out, '}');
+}
+
 void hr_outbox_drain(hr_outbox_t *o, uint64_t grace_ms, void (*cb)(void *arg), void *arg)
 {
     if (o->draining) return;
@@ -551,26 +1506,13 @@ void hr_outbox_drain(hr_outbox_t *o, uint64_t grace_ms, void (*cb)(void *arg), v
     o->drain_cb = cb;
     o->drain_arg = arg;
     o->drain_deadline = uv_now(o->loop) + grace_ms;
-    /* Retries that would fire after the deadline are not waited for. */
-    for (size_t i = 0; i < o->nheap;) {
-        hr_ob_item_t *it = o->heap[i];
-        if (it->due > o->drain_deadline) {
-            heap_remove(o, it);
-            dead_action(o, item_finish(it), "shutdown");
-            i = 0; /* the heap was reshuffled */
-        } else {
-            i++;
-        }
-    }
-    rearm(o);
-    if (o->st.pending == 0)
+    uv_timer_stop(&o->incoming_timer);
+    if (!drain_has_work(o))
         uv_timer_start(&o->drain_timer, on_drain_timer, 0, 0);
     else
         uv_timer_start(&o->drain_timer, on_drain_timer, grace_ms, 0);
 }
 
-/* Free the outbox from the loop, then cb(arg). Without a completed drain, what is still
- * pending is dead-lettered ("shutdown") first. */
 void hr_outbox_close(hr_outbox_t *o, void (*cb)(void *arg), void *arg)
 {
     if (o->closing) return;
@@ -580,6 +1522,12 @@ void hr_outbox_close(hr_outbox_t *o, void (*cb)(void *arg), void *arg)
     o->closing = true;
     o->close_cb = cb;
     o->close_arg = arg;
-    uv_close((uv_handle_t *)&o->retry_timer, on_timer_close);
-    uv_close((uv_handle_t *)&o->drain_timer, on_timer_close);
+    uv_close((uv_handle_t *)&o->retry_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&o->drain_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&o->incoming_timer, on_handle_closed);
+    for (ob_target_t *t = o->targets; t; t = t->next)
+        uv_close((uv_handle_t *)&t->timer, on_target_closed);
+    hr_spool_t *sp = o->spool;
+    o->spool = NULL;
+    if (sp) hr_spool_close(sp, on_spool_closed, o);
 }

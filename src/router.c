@@ -1,14 +1,45 @@
 /* The router: webhook pipeline, health endpoint, reload and shutdown for one event loop. */
 #include "hr/router.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "hr/files.h"
+#include "hr/http_client.h"
 #include "hr/log.h"
 #include "hr/outbox.h"
 #include "hr/server.h"
+
+/* Connections the reply client may open per legacy host: every suspended rule holds one
+ * while it waits, so this bounds how many can wait on one host at once. */
+#define REPLY_CONNS_PER_HOST 1024
+
+/* One event from on_request until its reply is sent and every callback it expects has run.
+ * While its rule waits in request() it is on the router's waiting list, its deadline timer
+ * runs and the reply client has its request. At the deadline (or shutdown) the run is
+ * abandoned and the fallback sent; the struct then stays only until the outbound request's
+ * callback (which drops the late answer) and the timer's close callback have run. */
+typedef struct event_run {
+    struct event_run *prev, *next; /* the router's waiting list, while suspended */
+    hr_router_t *r;
+    hr_http_request_t *req;       /* NULL once replied */
+    hr_ruleset_t *rs;             /* the rule set the event started on, until replied */
+    const hr_endpoint_conf_t *ep; /* in rs's config */
+    hr_event_in_t ev;             /* points into req and the arrays below */
+    char id[HR_ID_LEN];
+    char received_at[32];
+    hr_run_result_t res;  /* the run's outcome; res.run is set while suspended */
+    uint64_t deadline_ms; /* loop time when the reply is due */
+    uv_timer_t timer;     /* the deadline */
+    bool timer_open;      /* timer initialised and its close callback not yet run */
+    bool http_pending;    /* the reply client still owes us a callback */
+    bool abandoned;       /* the run was ended before it returned: a late answer is dropped */
+    bool waiting;         /* on the waiting list */
+    uint64_t sent_ns;     /* when the current request() went out */
+    char target[64];      /* its target, for the late-answer log line */
+} event_run_t;
 
 struct hr_router {
     uv_loop_t *loop;
@@ -29,6 +60,13 @@ struct hr_router {
     uint64_t events_dropped;
     uint64_t events_failed;     /* rule failed: dead-lettered, 500 */
     uint64_t requests_rejected; /* 4xx before the rule */
+    uint64_t events_refused;    /* 503: the spool could not take the actions */
+    /* rules that answer */
+    hr_http_client_t *replies; /* request() traffic: its own pools, never behind retries */
+    event_run_t *waiting;      /* events whose rule waits in request() (doubly linked) */
+    size_t nwaiting;
+    uint64_t fallbacks;    /* replies that were the fallback (deadline, failure, shutdown) */
+    uint64_t late_answers; /* request() answers that came after the deadline */
     /* shutdown */
     bool stopping;
     uv_timer_t stop_timer;     /* polls for requests in flight to finish */
@@ -63,6 +101,8 @@ static void reply_health(hr_router_t *r, hr_http_request_t *req)
     const hr_config_t *cfg = hr_ruleset_config(r->rs);
     hr_outbox_stats_t st;
     hr_outbox_stats(r->outbox, &st);
+    hr_buf_t tj = HR_BUF_INIT;
+    hr_outbox_targets_json(r->outbox, &tj);
     char loaded[32], started[32];
     hr_rfc3339(r->loaded_ms, loaded);
     hr_rfc3339(r->started_ms, started);
@@ -83,15 +123,23 @@ static void reply_health(hr_router_t *r, hr_http_request_t *req)
                   "\"events\":{\"accepted\":%llu,\"dropped\":%llu,\"rule_failed\":%llu,"
                   "\"rejected\":%llu},"
                   "\"outbox\":{\"pending\":%llu,\"delivered\":%llu,\"retried\":%llu,"
-                  "\"dead\":%llu},\"connections\":%zu}",
+                  "\"dead\":%llu,\"refused\":%llu,\"recovered\":%llu,\"replayed\":%llu,"
+                  "\"spool_bytes\":%llu,\"spool_segments\":%llu,\"spool_corrupt\":%llu,"
+                  "\"targets\":%s},\"replies\":{\"waiting\":%zu,\"fallbacks\":%llu,"
+                  "\"late_answers\":%llu},\"connections\":%zu}",
                   hr_ruleset_store_count(r->rs), hr_ruleset_has_default(r->rs) ? "true" : "false",
                   (unsigned long long)r->events_accepted, (unsigned long long)r->events_dropped,
                   (unsigned long long)r->events_failed, (unsigned long long)r->requests_rejected,
                   (unsigned long long)st.pending, (unsigned long long)st.delivered,
                   (unsigned long long)st.retried, (unsigned long long)st.dead,
-                  hr_server_connections(r->server));
+                  (unsigned long long)st.refused, (unsigned long long)st.recovered,
+                  (unsigned long long)st.replayed, (unsigned long long)st.spool.bytes,
+                  (unsigned long long)st.spool.segments, (unsigned long long)st.spool.corrupt,
+                  tj.data ? tj.data : "{}", r->nwaiting, (unsigned long long)r->fallbacks,
+                  (unsigned long long)r->late_answers, hr_server_connections(r->server));
     hr_http_reply(req, r->stopping ? 503 : 200, JSON_CT, 1, b.data, b.len);
     hr_buf_free(&b);
+    hr_buf_free(&tj);
 }
 
 /* ---------------------------------------------------------------- pipeline */
@@ -167,7 +215,288 @@ static void dead_letter_event(hr_router_t *r, const hr_event_in_t *ev, const hr_
     hr_buf_free(&line);
 }
 
-/* Whole request arrived: decode, run the rule, hand the actions over, answer. */
+/* ---------------------------------------------------------------- events */
+
+/* Reply with a fixed reply (respond() or a fallback). */
+static void reply_with(hr_http_request_t *req, const hr_reply_t *rp)
+{
+    hr_header_t h[24];
+    size_t n = 0;
+    bool has_ct = false;
+    for (size_t i = 0; i < rp->nheaders && n < HR_ARRAY_SIZE(h) - 1; i++) {
+        has_ct |= strcasecmp(rp->headers[i].name, "content-type") == 0;
+        h[n++] = rp->headers[i];
+    }
+    if (rp->body && !has_ct)
+        h[n++] = (hr_header_t){"Content-Type",
+                               rp->body_is_json ? "application/json" : "text/plain; charset=utf-8"};
+    hr_http_reply(req, rp->status, h, n, rp->body, rp->body_len);
+}
+
+static void waiting_unlink(event_run_t *e)
+{
+    if (!e->waiting) return;
+    hr_router_t *r = e->r;
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        r->waiting = e->next;
+    if (e->next) e->next->prev = e->prev;
+    e->prev = e->next = NULL;
+    e->waiting = false;
+    r->nwaiting--;
+}
+
+static void event_maybe_free(event_run_t *e)
+{
+    if (!e->req && !e->timer_open && !e->http_pending) free(e);
+}
+
+static void on_event_timer_closed(uv_handle_t *h)
+{
+    event_run_t *e = h->data;
+    e->timer_open = false;
+    event_maybe_free(e);
+}
+
+static void set_outbox_targets(hr_outbox_t *o, const hr_config_t *cfg, hr_outbox_opts_t *oo);
+
+/* An event whose actions are being written to the spool: its reply waits for that. */
+typedef struct {
+    hr_router_t *r;
+    hr_http_request_t *req; /* still owed a reply */
+    char id[HR_ID_LEN];     /* the event id */
+    hr_reply_t *reply;      /* what respond() set, or NULL for 200 {"id": ...} (owned) */
+} push_ctx_t;
+
+/* The outbox stored the actions (status 0: answer as the rule decided) or could not
+ * (spool full, disk error: 503, the event is not accepted). */
+static void on_pushed(void *arg, int status)
+{
+    push_ctx_t *pc = arg;
+    if (status < 0) {
+        pc->r->events_refused++;
+        const char *why = status == -ENOSPC ? "spool full: the event was not stored, retry later"
+                                            : "cannot store the event: retry later";
+        hr_log_error("rejected status=503 id=%s path=%s peer=%s: %s (%s)", pc->id, pc->req->path,
+                     pc->req->peer, why, strerror(-status));
+        reply_error(pc->req, 503, why, NULL, 0);
+    } else if (pc->reply) {
+        reply_with(pc->req, pc->reply);
+    } else {
+        hr_buf_t body = HR_BUF_INIT;
+        hr_buf_printf(&body, "{\"id\":\"%s\"}", pc->id);
+        hr_http_reply(pc->req, 200, JSON_CT, 1, body.data, body.len);
+        hr_buf_free(&body);
+    }
+    hr_reply_free(pc->reply);
+    free(pc);
+}
+
+/* The run is over (returned, failed or abandoned): log, dead-letter a failure, hand the
+ * actions to the outbox, reply, and release what the event holds. fail_status is the reply
+ * to a failed run when the endpoint has no fallback. */
+static void event_complete(event_run_t *e, int fail_status)
+{
+    hr_router_t *r = e->r;
+    hr_http_request_t *req = e->req;
+    const hr_endpoint_conf_t *ep = e->ep;
+    hr_run_result_t *res = &e->res;
+    const char *id = e->id;
+    waiting_unlink(e);
+    double ms = (double)(uv_hrtime() - req->start_ns) / 1e6;
+
+    hr_buf_t body = HR_BUF_INIT;
+    switch (res->status) {
+    case HR_RUN_BAD_JSON:
+        r->requests_rejected++;
+        hr_log_warn("rejected status=400 type=%s path=%s peer=%s: %s", ep->event, req->path,
+                    req->peer, res->error);
+        reply_error(req, 400, res->error, NULL, 0);
+        break;
+    case HR_RUN_RULE_FAILED:
+        r->events_failed++;
+        hr_log_error("rule failed id=%s type=%s store=%s rule=%s ms=%.2f reply=%s: %s", id,
+                     ep->event, res->store ? res->store : "-", res->rule ? res->rule : "-", ms,
+                     ep->fallback ? "fallback" : "error", res->error);
+        dead_letter_event(r, &e->ev, res);
+        if (ep->fallback) {
+            r->fallbacks++;
+            reply_with(req, ep->fallback);
+            break;
+        }
+        hr_buf_printf(&body, "{\"error\":\"%s\",\"id\":\"%s\"}",
+                      fail_status == 500   ? "rule failed"
+                      : fail_status == 503 ? "shutting down"
+                                           : "reply deadline exceeded",
+                      id);
+        hr_http_reply(req, fail_status, JSON_CT, 1, body.data, body.len);
+        break;
+    case HR_RUN_OK: {
+        if (hr_log_enabled(HR_LOG_INFO)) {
+            hr_buf_t acts = HR_BUF_INIT;
+            for (hr_action_t *a = res->actions; a; a = a->next)
+                hr_buf_printf(&acts, "%s%s:%s", acts.len ? "," : "",
+                              a->kind == HR_ACTION_FORWARD ? "forward" : "write", a->name);
+            if (res->dropped) hr_buf_printf(&acts, "%sdrop", acts.len ? "," : "");
+            char extra[64] = "";
+            if (res->requests || res->reply)
+                snprintf(extra, sizeof extra, " requests=%u reply=%d", res->requests,
+                         res->reply ? res->reply->status : 200);
+            hr_log_info("event id=%s type=%s store=%s rule=%s actions=%s%s ms=%.2f%s%s%s", id,
+                        ep->event, res->store ? res->store : "-", res->rule ? res->rule : "-",
+                        acts.len ? acts.data : "none", extra, ms, res->dropped ? " reason=\"" : "",
+                        res->dropped ? res->drop_reason : "", res->dropped ? "\"" : "");
+            hr_buf_free(&acts);
+        }
+        r->events_accepted++;
+        if (res->dropped && !res->actions) r->events_dropped++;
+        if (res->actions) {
+            /* The reply waits until the actions are durable in the spool. */
+            push_ctx_t *pc = hr_xcalloc(1, sizeof *pc);
+            pc->r = r;
+            pc->req = req;
+            memcpy(pc->id, id, sizeof pc->id);
+            pc->reply = res->reply; /* the rule's own answer, sent once stored */
+            res->reply = NULL;
+            hr_action_t *acts = res->actions;
+            res->actions = NULL; /* the outbox owns them now */
+            int prc = hr_outbox_push(r->outbox, acts, on_pushed, pc);
+            if (prc < 0) on_pushed(pc, prc);
+            break;
+        }
+        if (res->reply) {
+            reply_with(req, res->reply);
+            break;
+        }
+        hr_buf_appends(&body, "{\"id\":\"");
+        hr_buf_appends(&body, id);
+        hr_buf_appends(&body, "\"}");
+        hr_http_reply(req, 200, JSON_CT, 1, body.data, body.len);
+        break;
+    }
+    }
+    hr_buf_free(&body);
+    hr_run_result_free(res);
+    e->req = NULL;
+    hr_ruleset_unref(e->rs);
+    e->rs = NULL;
+    if (e->timer_open) {
+        uv_timer_stop(&e->timer);
+        if (!uv_is_closing((uv_handle_t *)&e->timer))
+            uv_close((uv_handle_t *)&e->timer, on_event_timer_closed);
+    }
+    event_maybe_free(e);
+}
+
+/* End a suspended run without resuming it: the fallback (or fail_status) goes out now, the
+ * event to dead letters with reason; a later answer to its request is dropped. */
+static void event_give_up(event_run_t *e, const char *reason, int fail_status)
+{
+    e->abandoned = true;
+    hr_ruleset_abandon(&e->res, reason);
+    event_complete(e, fail_status);
+}
+
+static void on_event_deadline(uv_timer_t *t)
+{
+    event_run_t *e = t->data;
+    char reason[96];
+    snprintf(reason, sizeof reason, "reply deadline exceeded (%u ms)", e->ep->reply_timeout_ms);
+    event_give_up(e, reason, 504);
+}
+
+static void event_send(event_run_t *e);
+
+/* The answer to a suspended rule's request(): resume the rule, or drop a late answer. */
+static void on_event_answer(void *arg, int err, const char *errmsg, const hr_http_response_t *res)
+{
+    event_run_t *e = arg;
+    hr_router_t *r = e->r;
+    e->http_pending = false;
+    double ms = (double)(uv_hrtime() - e->sent_ns) / 1e6;
+    if (e->abandoned) {
+        if (err != UV_ECANCELED) {
+            r->late_answers++;
+            if (err)
+                hr_log_warn("late answer dropped id=%s target=%s error=\"%s\" ms=%.2f: the "
+                            "reply deadline had passed",
+                            e->id, e->target, errmsg, ms);
+            else
+                hr_log_warn("late answer dropped id=%s target=%s status=%d ms=%.2f: the reply "
+                            "deadline had passed",
+                            e->id, e->target, res->status, ms);
+        }
+        event_maybe_free(e);
+        return;
+    }
+    hr_rule_answer_t ans = {.err = err, .errmsg = errmsg, .ms = ms};
+    if (!err) {
+        ans.status = res->status;
+        ans.headers = res->headers;
+        ans.nheaders = res->nheaders;
+        ans.body = res->body;
+        ans.body_len = res->body_len;
+    }
+    hr_log_debug("request id=%s target=%s %s%d ms=%.2f", e->id, e->target,
+                 err ? "error=" : "status=", err ? err : res->status, ms);
+    if (hr_ruleset_resume(&e->res, &ans) == HR_STEP_SUSPENDED)
+        event_send(e);
+    else
+        event_complete(e, 500);
+}
+
+/* The rule is suspended in request(): send the request and arm the deadline (once). While
+ * stopping, a rule that starts waiting gets the fallback at once. */
+static void event_send(event_run_t *e)
+{
+    hr_router_t *r = e->r;
+    for (;;) {
+        if (r->stopping) {
+            event_give_up(e, "shutting down while the rule waited in request()", 503);
+            return;
+        }
+        const hr_action_t *a = e->res.request;
+        hr_http_out_t out = {.method = a->method,
+                             .url = a->url,
+                             .headers = a->headers,
+                             .nheaders = a->nheaders,
+                             .body = a->body,
+                             .body_len = a->body_len,
+                             .timeout_ms = a->timeout_ms};
+        snprintf(e->target, sizeof e->target, "%s", a->name);
+        e->sent_ns = uv_hrtime();
+        int rc = hr_http_client_send(r->replies, &out, on_event_answer, e);
+        if (rc == 0) {
+            e->http_pending = true;
+            break;
+        }
+        hr_rule_answer_t ans = {.err = rc, .errmsg = uv_strerror(rc)};
+        if (hr_ruleset_resume(&e->res, &ans) != HR_STEP_SUSPENDED) {
+            event_complete(e, 500);
+            return;
+        }
+    }
+    if (!e->timer_open) {
+        uv_timer_init(r->loop, &e->timer);
+        e->timer.data = e;
+        e->timer_open = true;
+        uint64_t now = uv_now(r->loop);
+        uv_timer_start(&e->timer, on_event_deadline,
+                       e->deadline_ms > now ? e->deadline_ms - now : 0, 0);
+    }
+    if (!e->waiting) {
+        e->waiting = true;
+        e->prev = NULL;
+        e->next = r->waiting;
+        if (r->waiting) r->waiting->prev = e;
+        r->waiting = e;
+        r->nwaiting++;
+    }
+}
+
+/* Whole request arrived: decode, run the rule, hand the actions over, answer (now, or when
+ * a rule that waits in request() returns or its deadline passes). */
 static void on_request(hr_http_request_t *req, void *arg)
 {
     hr_router_t *r = arg;
@@ -178,73 +507,30 @@ static void on_request(hr_http_request_t *req, void *arg)
         reply_error(req, 404, "no webhook endpoint at this path", NULL, 0);
         return;
     }
+    event_run_t *e = hr_xcalloc(1, sizeof *e);
+    e->r = r;
+    e->req = req;
+    e->rs = rs;
     hr_ruleset_ref(rs); /* the event finishes on the rule set it started with */
-
-    char id[HR_ID_LEN], received_at[32];
-    hr_id_new(id);
+    e->ep = ep;
+    e->deadline_ms = uv_now(r->loop) + ep->reply_timeout_ms;
+    hr_id_new(e->id);
     uint64_t now = hr_wall_ms();
-    hr_rfc3339(now, received_at);
-    hr_event_in_t ev = {.id = id,
-                        .type = ep->event,
-                        .method = req->method,
-                        .path = req->path,
-                        .headers = req->headers,
-                        .nheaders = req->nheaders,
-                        .body = req->body,
-                        .body_len = req->body_len,
-                        .received_at = received_at,
-                        .received_ms = now};
-    hr_run_result_t res;
-    hr_ruleset_run(rs, &ev, &res);
-    double ms = (double)(uv_hrtime() - req->start_ns) / 1e6;
-
-    hr_buf_t body = HR_BUF_INIT;
-    switch (res.status) {
-    case HR_RUN_BAD_JSON:
-        r->requests_rejected++;
-        hr_log_warn("rejected status=400 type=%s path=%s peer=%s: %s", ep->event, req->path,
-                    req->peer, res.error);
-        reply_error(req, 400, res.error, NULL, 0);
-        break;
-    case HR_RUN_RULE_FAILED:
-        r->events_failed++;
-        hr_log_error("rule failed id=%s type=%s store=%s rule=%s: %s", id, ep->event,
-                     res.store ? res.store : "-", res.rule ? res.rule : "-", res.error);
-        dead_letter_event(r, &ev, &res);
-        hr_buf_appends(&body, "{\"error\":\"rule failed\",\"id\":\"");
-        hr_buf_appends(&body, id);
-        hr_buf_appends(&body, "\"}");
-        hr_http_reply(req, 500, JSON_CT, 1, body.data, body.len);
-        break;
-    case HR_RUN_OK: {
-        if (hr_log_enabled(HR_LOG_INFO)) {
-            hr_buf_t acts = HR_BUF_INIT;
-            for (hr_action_t *a = res.actions; a; a = a->next)
-                hr_buf_printf(&acts, "%s%s:%s", acts.len ? "," : "",
-                              a->kind == HR_ACTION_FORWARD ? "forward" : "write", a->name);
-            if (res.dropped) hr_buf_printf(&acts, "%sdrop", acts.len ? "," : "");
-            hr_log_info("event id=%s type=%s store=%s rule=%s actions=%s ms=%.2f%s%s%s", id,
-                        ep->event, res.store ? res.store : "-", res.rule ? res.rule : "-",
-                        acts.len ? acts.data : "none", ms, res.dropped ? " reason=\"" : "",
-                        res.dropped ? res.drop_reason : "", res.dropped ? "\"" : "");
-            hr_buf_free(&acts);
-        }
-        r->events_accepted++;
-        if (res.dropped && !res.actions) r->events_dropped++;
-        if (res.actions) {
-            hr_outbox_push(r->outbox, res.actions); /* the outbox owns them now */
-            res.actions = NULL;
-        }
-        hr_buf_appends(&body, "{\"id\":\"");
-        hr_buf_appends(&body, id);
-        hr_buf_appends(&body, "\"}");
-        hr_http_reply(req, 200, JSON_CT, 1, body.data, body.len);
-        break;
-    }
-    }
-    hr_buf_free(&body);
-    hr_run_result_free(&res);
-    hr_ruleset_unref(rs);
+    hr_rfc3339(now, e->received_at);
+    e->ev = (hr_event_in_t){.id = e->id,
+                            .type = ep->event,
+                            .method = req->method,
+                            .path = req->path,
+                            .headers = req->headers,
+                            .nheaders = req->nheaders,
+                            .body = req->body,
+                            .body_len = req->body_len,
+                            .received_at = e->received_at,
+                            .received_ms = now};
+    if (hr_ruleset_start(rs, &e->ev, &e->res) == HR_STEP_SUSPENDED)
+        event_send(e);
+    else
+        event_complete(e, 500);
 }
 
 /* ---------------------------------------------------------------- reload */
@@ -282,6 +568,7 @@ static void do_reload(uv_timer_t *t)
     free(r->last_reload_error);
     r->last_reload_error = NULL;
     hr_outbox_set_dead_letters(r->outbox, cfg->dead_letters);
+    set_outbox_targets(r->outbox, cfg, NULL);
     hr_files_reopen(r->files); /* logrotate moved the files: start new ones */
     hr_log_info("reloaded %s (reload #%llu): %zu endpoints, %zu store rules, default rule %s",
                 cfg->file, (unsigned long long)r->reloads, cfg->nendpoints,
@@ -305,6 +592,32 @@ void hr_router_request_reload(hr_router_t *r)
 
 /* ---------------------------------------------------------------- start and stop */
 
+/* The config's per-target delivery policies: handed to o (a reload), or stored in oo->targets
+ * (an array the caller frees; its strings point into cfg). */
+static void set_outbox_targets(hr_outbox_t *o, const hr_config_t *cfg, hr_outbox_opts_t *oo)
+{
+    hr_outbox_target_t *v = hr_xcalloc(cfg->ntargets + 1, sizeof *v);
+    for (size_t i = 0; i < cfg->ntargets; i++) {
+        const hr_target_conf_t *t = &cfg->targets[i];
+        v[i] = (hr_outbox_target_t){.name = t->name,
+                                    .retry_ms = t->retry_ms,
+                                    .nretry = t->nretry,
+                                    .max_age_s = t->max_age_s,
+                                    .concurrency = t->concurrency,
+                                    .rate = t->rate,
+                                    .ordered = t->ordered,
+                                    .circuit_failures = t->circuit_failures,
+                                    .circuit_probe_ms = t->circuit_probe_ms};
+    }
+    if (oo) {
+        oo->targets = v;
+        oo->ntargets = cfg->ntargets;
+        return;
+    }
+    hr_outbox_set_targets(o, v, cfg->ntargets);
+    free(v);
+}
+
 hr_router_t *hr_router_start(uv_loop_t *loop, hr_ruleset_t *rs, char *err, size_t errlen)
 {
     const hr_config_t *cfg = hr_ruleset_config(rs);
@@ -315,10 +628,21 @@ hr_router_t *hr_router_start(uv_loop_t *loop, hr_ruleset_t *rs, char *err, size_
     r->started_ms = r->loaded_ms = hr_wall_ms();
     r->files = hr_files_create();
     hr_outbox_opts_t oo = {.dead_letters = cfg->dead_letters,
-                           .retry_base_ms = cfg->retry_base_ms,
-                           .retry_max_ms = cfg->retry_max_ms,
-                           .max_conns_per_host = cfg->max_conns_per_target};
-    r->outbox = hr_outbox_create(loop, r->files, &oo);
+                           .max_conns_per_host = cfg->max_conns_per_target,
+                           .spool = {.dir = cfg->spool_dir,
+                                     .fsync = (hr_fsync_mode_t)cfg->fsync_mode,
+                                     .fsync_interval_ms = cfg->fsync_interval_ms,
+                                     .max_bytes = cfg->max_spool_bytes}};
+    set_outbox_targets(NULL, cfg, &oo);
+    r->outbox = hr_outbox_create(loop, r->files, &oo, err, errlen);
+    free((void *)oo.targets);
+    if (!r->outbox) {
+        hr_files_destroy(r->files);
+        free(r->config_path);
+        free(r);
+        hr_ruleset_unref(rs);
+        return NULL;
+    }
     hr_server_opts_t so = {.host = cfg->listen_host,
                            .port = cfg->listen_port,
                            .body_limit = cfg->limits.body_bytes,
@@ -337,6 +661,8 @@ hr_router_t *hr_router_start(uv_loop_t *loop, hr_ruleset_t *rs, char *err, size_
         hr_ruleset_unref(rs);
         return NULL;
     }
+    hr_http_client_opts_t ho = {.max_conns_per_host = REPLY_CONNS_PER_HOST};
+    r->replies = hr_http_client_create(loop, &ho);
     uv_timer_init(loop, &r->reload_timer);
     r->reload_timer.data = r;
     uv_timer_init(loop, &r->stop_timer);
@@ -375,12 +701,13 @@ static void on_outbox_drained(void *arg)
     hr_outbox_stats(r->outbox, &st);
     hr_log_info("stopped: %llu delivered, %llu dead-lettered since start",
                 (unsigned long long)st.delivered, (unsigned long long)st.dead);
-    /* Each of the four closes below ends in one release(). */
-    r->closing_handles = 4;
+    /* Each of the five closes below ends in one release(). */
+    r->closing_handles = 5;
     uv_close((uv_handle_t *)&r->reload_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->stop_timer, on_handle_closed);
     hr_server_close(r->server, on_part_closed, r);
     hr_outbox_close(r->outbox, on_part_closed, r);
+    hr_http_client_close(r->replies, on_part_closed, r); /* late answers are cancelled */
 }
 
 /* Poll until every connection has finished its request (requests still arriving count: the
@@ -415,5 +742,9 @@ void hr_router_shutdown(hr_router_t *r, void (*cb)(void *arg), void *arg)
     uv_timer_stop(&r->reload_timer);
     hr_log_info("shutdown: no longer accepting connections");
     hr_server_stop_accepting(r->server);
+    if (r->nwaiting)
+        hr_log_info("shutdown: %zu rules waiting in request() get their fallback now", r->nwaiting);
+    while (r->waiting) /* each call unlinks the head */
+        event_give_up(r->waiting, "shutting down while the rule waited in request()", 503);
     uv_timer_start(&r->stop_timer, on_stop_tick, 0, 10);
 }

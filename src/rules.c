@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <uv.h>
 
 #include "hr/json.h"
 #include "hr/log.h"
@@ -21,16 +22,23 @@ static const char STORES_KEY[] = "hr.stores";   /* table: store id -> rule funct
 static const char DEFAULT_KEY[] = "hr.default"; /* the default rule function */
 static const char LOADED_KEY[] = "hr.loaded";   /* table: module name -> value (require) */
 
-/* What a running event collects; reached from C functions through the coroutine's extra
- * space (the main thread's extra space is NULL, so calls outside an event are refused). */
-typedef struct {
-    hr_ruleset_t *rs;
-    const hr_event_in_t *ev;
-    hr_run_result_t *out;
-    hr_action_t **tail; /* where the next action is linked */
-    uint64_t executed;  /* instructions so far (in HOOK_STEP units) */
-    bool over_budget;   /* the instruction budget was exceeded */
-} run_ctx_t;
+/* One event's run: what it collects, and its coroutine. Lives on the heap because a run can
+ * suspend in request() and be resumed from a later loop callback. Reached from C functions
+ * through the coroutine's extra space, which points at the run only during a slice (start or
+ * resume until the next yield or return) and is NULL otherwise; the main thread's is always
+ * NULL, so calls outside an event are refused. */
+struct hr_run {
+    hr_ruleset_t *rs;        /* referenced for as long as the run lives */
+    const hr_event_in_t *ev; /* the caller keeps it valid until the run ends */
+    hr_run_result_t *out;    /* the caller's result, at a fixed address */
+    hr_action_t **tail;      /* where the next action is linked */
+    uint64_t executed;       /* instructions so far, over every slice (HOOK_STEP units) */
+    bool over_budget;        /* the instruction budget was exceeded */
+    lua_State *co;           /* the event's coroutine */
+    int co_ref;              /* registry reference that keeps co alive between slices */
+    hr_action_t *pending;    /* the request() the rule waits for (owned), or NULL */
+};
+typedef struct hr_run run_ctx_t;
 
 struct hr_ruleset {
     lua_State *L;
@@ -143,30 +151,39 @@ static void set_header(hr_action_t *a, const char *name, const char *value)
 
 /* ---------------------------------------------------------------- rule API */
 
-/* forward(target, body [, opts]) [-0, +0, e] */
-static int l_forward(lua_State *L)
+/* Build the forward-kind action of forward() or request(): target at 1, body at 2, opts at
+ * 3 (path, method, headers, content_type, timeout_ms). The action is handed to keep (which
+ * takes ownership) before anything below can raise, so a raise never leaks it.
+ * [-0, +0, e] */
+static hr_action_t *http_action(lua_State *L, run_ctx_t *ctx, const char *fn,
+                                void (*keep)(run_ctx_t *ctx, hr_action_t *a))
 {
-    run_ctx_t *ctx = need_ctx(L, "forward");
     const char *name = luaL_checkstring(L, 1);
     const hr_target_conf_t *t = hr_config_target(ctx->rs->cfg, name);
-    if (!t) luaL_error(L, "forward: unknown target '%s' (not in the config's targets)", name);
+    if (!t) luaL_error(L, "%s: unknown target '%s' (not in the config's targets)", fn, name);
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
 
     const char *path = "", *method = "POST", *ctype = NULL;
+    lua_Integer timeout = t->timeout_ms;
     if (lua_istable(L, 3)) {
         if (lua_getfield(L, 3, "path") != LUA_TNIL) path = luaL_checkstring(L, -1);
         if (lua_getfield(L, 3, "method") != LUA_TNIL) method = luaL_checkstring(L, -1);
         if (lua_getfield(L, 3, "content_type") != LUA_TNIL) ctype = luaL_checkstring(L, -1);
-        lua_pop(L, 3); /* the strings stay valid: opts still references them */
+        if (lua_getfield(L, 3, "timeout_ms") != LUA_TNIL) {
+            timeout = luaL_checkinteger(L, -1);
+            if (timeout < 1 || timeout > 3600000)
+                luaL_error(L, "%s: opts.timeout_ms must be between 1 and 3600000", fn);
+        }
+        lua_pop(L, 4); /* the strings stay valid: opts still references them */
         for (const char *p = method; *p; p++)
-            if (*p < 'A' || *p > 'Z') luaL_error(L, "forward: invalid method '%s'", method);
-        if (strpbrk(path, " \r\n\t#")) luaL_error(L, "forward: invalid path '%s'", path);
-        if (ctype && strpbrk(ctype, "\r\n")) luaL_error(L, "forward: invalid content_type");
+            if (*p < 'A' || *p > 'Z') luaL_error(L, "%s: invalid method '%s'", fn, method);
+        if (strpbrk(path, " \r\n\t#")) luaL_error(L, "%s: invalid path '%s'", fn, path);
+        if (ctype && strpbrk(ctype, "\r\n")) luaL_error(L, "%s: invalid content_type", fn);
     }
 
     size_t len;
     bool is_json;
-    char *body = body_arg(L, 2, "forward", &len, &is_json);
+    char *body = body_arg(L, 2, fn, &len, &is_json);
     hr_action_t *a = hr_action_new(HR_ACTION_FORWARD);
     a->body = body;
     a->body_len = len;
@@ -174,7 +191,7 @@ static int l_forward(lua_State *L)
     a->name = hr_xstrdup(name);
     a->method = hr_xstrdup(method);
     a->url = hr_xasprintf("%s%s", t->url, path);
-    a->timeout_ms = t->timeout_ms;
+    a->timeout_ms = (uint32_t)timeout;
     a->max_attempts = t->max_attempts;
     hr_action_add_header(a, "Content-Type",
                          ctype     ? ctype
@@ -184,20 +201,95 @@ static int l_forward(lua_State *L)
     hr_action_add_header(a, "X-Hookrouter-Event-Id", ctx->ev->id);
     for (size_t i = 0; i < t->nheaders; i++)
         set_header(a, t->headers[i].name, t->headers[i].value);
-    link_action(ctx, a); /* linked first, so a raise below cannot leak it */
+    keep(ctx, a); /* owned elsewhere first, so a raise below cannot leak it */
 
     if (lua_istable(L, 3) && lua_getfield(L, 3, "headers") != LUA_TNIL) {
         luaL_checktype(L, -1, LUA_TTABLE);
         lua_pushnil(L);
         while (lua_next(L, -2)) {
             if (lua_type(L, -2) != LUA_TSTRING || !valid_header_name(lua_tostring(L, -2)))
-                luaL_error(L, "forward: invalid header name in opts.headers");
+                luaL_error(L, "%s: invalid header name in opts.headers", fn);
             if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
-                luaL_error(L, "forward: header '%s' must be a string", lua_tostring(L, -2));
+                luaL_error(L, "%s: header '%s' must be a string", fn, lua_tostring(L, -2));
             const char *v = lua_tostring(L, -1);
             if (strpbrk(v, "\r\n"))
-                luaL_error(L, "forward: header '%s' contains a line break", lua_tostring(L, -2));
+                luaL_error(L, "%s: header '%s' contains a line break", fn, lua_tostring(L, -2));
             set_header(a, lua_tostring(L, -2), v);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    return a;
+}
+
+/* forward(target, body [, opts]) [-0, +0, e] */
+static int l_forward(lua_State *L)
+{
+    run_ctx_t *ctx = need_ctx(L, "forward");
+    http_action(L, ctx, "forward", link_action);
+    return 0;
+}
+
+static void keep_pending(run_ctx_t *ctx, hr_action_t *a)
+{
+    hr_action_free(ctx->pending);
+    ctx->pending = a;
+}
+
+/* request(target, body [, opts]): record the request and suspend the coroutine; the caller
+ * performs it and resumes with (res) or (nil, err), which become request()'s results.
+ * [-0, +(1|2), e] */
+static int l_request(lua_State *L)
+{
+    run_ctx_t *ctx = need_ctx(L, "request");
+    if (!lua_isyieldable(L))
+        luaL_error(L, "request() cannot wait here (inside a metamethod, a sort comparator, a "
+                      "gsub callback or a module's top level): call it from the rule itself");
+    http_action(L, ctx, "request", keep_pending);
+    ctx->pending->max_attempts = 1; /* no retries: the sender is waiting */
+    ctx->out->requests++;
+    return lua_yield(L, 0);
+}
+
+/* respond(status [, body [, headers]]): set the reply to the sender; the last call wins.
+ * [-0, +0, e] */
+static int l_respond(lua_State *L)
+{
+    run_ctx_t *ctx = need_ctx(L, "respond");
+    lua_Integer status = luaL_checkinteger(L, 1);
+    if (status < 100 || status > 599)
+        luaL_error(L, "respond: status must be between 100 and 599, got %d", (int)status);
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    hr_reply_t *rp = hr_xcalloc(1, sizeof *rp);
+    rp->status = (int)status;
+    hr_reply_free(ctx->out->reply);
+    ctx->out->reply = rp; /* owned by out first, so a raise below cannot leak it */
+    if (!lua_isnoneornil(L, 2))
+        rp->body = body_arg(L, 2, "respond", &rp->body_len, &rp->body_is_json);
+    if (lua_istable(L, 3)) {
+        size_t n = 0;
+        lua_pushnil(L);
+        while (lua_next(L, 3)) {
+            lua_pop(L, 1);
+            n++;
+        }
+        rp->headers = hr_xcalloc(n + 1, sizeof *rp->headers);
+        lua_pushnil(L);
+        while (lua_next(L, 3)) {
+            if (lua_type(L, -2) != LUA_TSTRING || !valid_header_name(lua_tostring(L, -2)))
+                luaL_error(L, "respond: invalid header name in headers");
+            if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+                luaL_error(L, "respond: header '%s' must be a string", lua_tostring(L, -2));
+            const char *v = lua_tostring(L, -1);
+            if (strpbrk(v, "\r\n"))
+                luaL_error(L, "respond: header '%s' contains a line break", lua_tostring(L, -2));
+            const char *k = lua_tostring(L, -2);
+            if (strcasecmp(k, "content-length") == 0 || strcasecmp(k, "connection") == 0 ||
+                strcasecmp(k, "transfer-encoding") == 0)
+                luaL_error(L, "respond: header '%s' is set by hookrouter", k);
+            rp->headers[rp->nheaders].name = hr_xstrdup(k);
+            rp->headers[rp->nheaders].value = hr_xstrdup(v);
+            rp->nheaders++;
             lua_pop(L, 1);
         }
     }
@@ -380,6 +472,10 @@ static void open_sandbox(hr_ruleset_t *rs)
     lua_setglobal(L, "write");
     lua_pushcfunction(L, l_drop);
     lua_setglobal(L, "drop");
+    lua_pushcfunction(L, l_request);
+    lua_setglobal(L, "request");
+    lua_pushcfunction(L, l_respond);
+    lua_setglobal(L, "respond");
     lua_pushlightuserdata(L, rs);
     lua_pushcclosure(L, l_require, 1);
     lua_setglobal(L, "require");
@@ -420,8 +516,8 @@ static void check_names(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
     int lineno = 0;
     while (fgets(line, sizeof line, fp)) {
         lineno++;
-        static const char *const fns[] = {"forward", "write"};
-        for (size_t k = 0; k < 2; k++) {
+        static const char *const fns[] = {"forward", "write", "request"};
+        for (size_t k = 0; k < 3; k++) {
             size_t fl = strlen(fns[k]);
             for (char *p = strstr(line, fns[k]); p; p = strstr(p + 1, fns[k])) {
                 if (p > line && (p[-1] == '_' || p[-1] == '.' || p[-1] == ':' ||
@@ -439,11 +535,11 @@ static void check_names(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
                 char *end = strchr(q + 1, quote);
                 if (!end) continue;
                 char *name = hr_xstrndup(q + 1, (size_t)(end - q - 1));
-                bool known = k == 0 ? hr_config_target(rs->cfg, name) != NULL
+                bool known = k != 1 ? hr_config_target(rs->cfg, name) != NULL
                                     : hr_config_file(rs->cfg, name) != NULL;
                 if (!known)
                     hr_errors_add(errs, "%s:%d: %s to '%s', which is not in the config's %s", file,
-                                  lineno, fns[k], name, k == 0 ? "targets" : "files");
+                                  lineno, fns[k], name, k != 1 ? "targets" : "files");
                 free(name);
             }
         }
@@ -683,19 +779,90 @@ static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store)
     lua_setfield(L, -2, "headers");
 }
 
-void hr_ruleset_run(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run_result_t *out)
+/* Free a run that is over or abandoned: close its coroutine, drop what it holds, and its
+ * reference to the rule set (which may free the rule set). */
+static void run_free(run_ctx_t *run)
+{
+    hr_ruleset_t *rs = run->rs;
+    lua_resetthread(run->co); /* close pending to-be-closed variables */
+    luaL_unref(rs->L, LUA_REGISTRYINDEX, run->co_ref);
+    if (rs->mem_denied) lua_gc(rs->L, LUA_GCCOLLECT);
+    hr_action_free(run->pending);
+    if (run->out->run == run) {
+        run->out->run = NULL;
+        run->out->request = NULL;
+    }
+    free(run);
+    hr_ruleset_unref(rs);
+}
+
+/* Run one slice: resume the coroutine with the nargs values on its stack until it yields in
+ * request() or ends. Applies the memory cap for the slice; the instruction count goes on
+ * from earlier slices. Frees the run unless it is suspended. */
+static hr_run_step_t run_slice(run_ctx_t *run, int nargs)
+{
+    hr_ruleset_t *rs = run->rs;
+    hr_run_result_t *out = run->out;
+    lua_State *co = run->co;
+    *(run_ctx_t **)lua_getextraspace(co) = run;
+    rs->mem_denied = false;
+    rs->mem_limit = rs->mem_used + rs->cfg->limits.rule_memory_bytes;
+    rs->running = true;
+    int nres = 0;
+    int rc = lua_resume(co, rs->L, nargs, &nres);
+    rs->running = false;
+    *(run_ctx_t **)lua_getextraspace(co) = NULL;
+
+    bool failed = rs->mem_denied || run->over_budget;
+    if (rc == LUA_YIELD && run->pending && !failed) {
+        lua_pop(co, nres); /* request() yields nothing */
+        out->run = run;
+        out->request = run->pending;
+        return HR_STEP_SUSPENDED;
+    }
+    if (rc == LUA_OK && !failed) {
+        out->status = HR_RUN_OK;
+    } else {
+        out->status = HR_RUN_RULE_FAILED;
+        if (rs->mem_denied)
+            out->error = hr_xasprintf("%s: rule exceeded its memory limit "
+                                      "(limits.rule_memory_bytes = %zu)",
+                                      out->rule, rs->cfg->limits.rule_memory_bytes);
+        else if (run->over_budget)
+            out->error =
+                hr_xasprintf("%s: rule exceeded its instruction budget "
+                             "(limits.rule_instructions = %llu)",
+                             out->rule, (unsigned long long)rs->cfg->limits.rule_instructions);
+        else if (rc == LUA_YIELD)
+            out->error = hr_xasprintf("%s: rule yielded outside of a request", out->rule);
+        else if (lua_type(co, -1) == LUA_TSTRING)
+            out->error = hr_xstrdup(lua_tostring(co, -1));
+        else
+            out->error =
+                hr_xasprintf("%s: rule raised a %s value", out->rule, luaL_typename(co, -1));
+        hr_action_list_free(out->actions);
+        out->actions = NULL;
+        out->nactions = 0;
+        hr_reply_free(out->reply);
+        out->reply = NULL;
+    }
+    run_free(run);
+    return HR_STEP_DONE;
+}
+
+hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run_result_t *out)
 {
     memset(out, 0, sizeof *out);
     lua_State *L = rs->L;
     int top = lua_gettop(L);
-    lua_State *co = lua_newthread(L); /* anchored on L's stack until the end */
+    lua_State *co = lua_newthread(L); /* anchored on L's stack until referenced below */
 
     char err[512];
     if (hr_json_decode(co, ev->body, ev->body_len, err, sizeof err) != 0) {
         out->status = HR_RUN_BAD_JSON;
         out->error = hr_xstrdup(err);
         lua_settop(L, top);
-        return;
+        return HR_STEP_DONE;
     }
     push_path(co, -1, rs->cfg->store_key);
     out->store = pop_store(co);
@@ -721,53 +888,129 @@ void hr_ruleset_run(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run_result_t *
         out->drop_reason = hr_xasprintf("no rule for store %s and no default.lua",
                                         out->store ? out->store : "(none)");
         lua_settop(L, top);
-        return;
+        return HR_STEP_DONE;
     }
     lua_insert(co, -2); /* fn, body */
     push_event(co, ev, out->store);
 
-    run_ctx_t ctx = {.rs = rs, .ev = ev, .out = out, .tail = &out->actions};
-    *(run_ctx_t **)lua_getextraspace(co) = &ctx;
-    lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_STEP);
-    rs->mem_denied = false;
-    rs->mem_limit = rs->mem_used + rs->cfg->limits.rule_memory_bytes;
-    rs->running = true;
-    int nres = 0;
-    int rc = lua_resume(co, L, 1, &nres);
-    rs->running = false;
-    *(run_ctx_t **)lua_getextraspace(co) = NULL;
-
-    if (rc == LUA_OK && !rs->mem_denied && !ctx.over_budget) {
-        out->status = HR_RUN_OK;
-    } else {
-        out->status = HR_RUN_RULE_FAILED;
-        if (rs->mem_denied)
-            out->error = hr_xasprintf("%s: rule exceeded its memory limit "
-                                      "(limits.rule_memory_bytes = %zu)",
-                                      out->rule, rs->cfg->limits.rule_memory_bytes);
-        else if (ctx.over_budget)
-            out->error =
-                hr_xasprintf("%s: rule exceeded its instruction budget "
-                             "(limits.rule_instructions = %llu)",
-                             out->rule, (unsigned long long)rs->cfg->limits.rule_instructions);
-        else if (rc == LUA_YIELD)
-            out->error = hr_xasprintf("%s: rule yielded outside of a request", out->rule);
-        else if (lua_type(co, -1) == LUA_TSTRING)
-            out->error = hr_xstrdup(lua_tostring(co, -1));
-        else
-            out->error =
-                hr_xasprintf("%s: rule raised a %s value", out->rule, luaL_typename(co, -1));
-        hr_action_list_free(out->actions);
-        out->actions = NULL;
-        out->nactions = 0;
-        if (rs->mem_denied) lua_gc(L, LUA_GCCOLLECT);
-    }
-    lua_resetthread(co); /* close pending to-be-closed variables */
+    run_ctx_t *run = hr_xcalloc(1, sizeof *run);
+    run->rs = rs;
+    hr_ruleset_ref(rs);
+    run->ev = ev;
+    run->out = out;
+    run->tail = &out->actions;
+    run->co = co;
+    run->co_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops co off L's stack */
     lua_settop(L, top);
+    lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_STEP);
+    return run_slice(run, 1);
+}
+
+/* Push request()'s results for ans: res, or nil and a message. [-0, +2, m] */
+static void push_answer(lua_State *co, const hr_action_t *req, const hr_rule_answer_t *ans)
+{
+    if (ans->err < 0) {
+        lua_pushnil(co);
+        const char *msg = ans->errmsg ? ans->errmsg : uv_strerror(ans->err);
+        switch (ans->err) {
+        case UV_ETIMEDOUT:
+            lua_pushfstring(co, "timeout: target '%s' did not answer within %d ms", req->name,
+                            (int)req->timeout_ms);
+            break;
+        case UV_ECONNREFUSED:
+        case UV_ECONNRESET:
+        case UV_ECONNABORTED:
+        case UV_EHOSTUNREACH:
+        case UV_ENETUNREACH:
+        case UV_EAI_NONAME:
+        case UV_EAI_AGAIN:
+        case UV_EAI_FAIL:
+            lua_pushfstring(co, "connect error: target '%s': %s", req->name, msg);
+            break;
+        default: lua_pushfstring(co, "request failed: target '%s': %s", req->name, msg);
+        }
+        return;
+    }
+    lua_createtable(co, 0, 4);
+    lua_pushinteger(co, ans->status);
+    lua_setfield(co, -2, "status");
+    bool json = false;
+    lua_createtable(co, 0, (int)ans->nheaders);
+    for (size_t i = 0; i < ans->nheaders; i++) {
+        const hr_header_t *h = &ans->headers[i];
+        if (strcmp(h->name, "content-type") == 0 && strstr(h->value, "json")) json = true;
+        if (lua_getfield(co, -1, h->name) == LUA_TSTRING) { /* repeated: join as HTTP does */
+            lua_pushliteral(co, ", ");
+            lua_pushstring(co, h->value);
+            lua_concat(co, 3);
+        } else {
+            lua_pop(co, 1);
+            lua_pushstring(co, h->value);
+        }
+        lua_setfield(co, -2, h->name);
+    }
+    lua_setfield(co, -2, "headers");
+    char err[256];
+    if (!json || !ans->body || hr_json_decode(co, ans->body, ans->body_len, err, sizeof err) != 0)
+        lua_pushlstring(co, ans->body ? ans->body : "", ans->body ? ans->body_len : 0);
+    lua_setfield(co, -2, "body");
+    lua_pushnumber(co, ans->ms);
+    lua_setfield(co, -2, "ms");
+    lua_pushnil(co); /* second result */
+}
+
+hr_run_step_t hr_ruleset_resume(hr_run_result_t *out, const hr_rule_answer_t *ans)
+{
+    run_ctx_t *run = out->run;
+    if (!run) return HR_STEP_DONE;
+    out->run = NULL;
+    out->request = NULL;
+    hr_action_t *req = run->pending;
+    run->pending = NULL;
+    push_answer(run->co, req, ans);
+    hr_action_free(req);
+    return run_slice(run, 2);
+}
+
+void hr_ruleset_abandon(hr_run_result_t *out, const char *reason)
+{
+    if (!out->run) return;
+    run_free(out->run);
+    hr_action_list_free(out->actions);
+    out->actions = NULL;
+    out->nactions = 0;
+    hr_reply_free(out->reply);
+    out->reply = NULL;
+    out->status = HR_RUN_RULE_FAILED;
+    free(out->error);
+    out->error = hr_xstrdup(reason);
+}
+
+void hr_ruleset_run_stub(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run_result_t *out,
+                         hr_request_stub_cb stub, void *arg)
+{
+    hr_run_step_t st = hr_ruleset_start(rs, ev, out);
+    while (st == HR_STEP_SUSPENDED) {
+        hr_rule_answer_t ans = {0};
+        if (stub) {
+            stub(arg, out->request, &ans);
+        } else {
+            ans.err = UV_ENOTSUP;
+            ans.errmsg = "no target is reachable here";
+        }
+        st = hr_ruleset_resume(out, &ans);
+    }
+}
+
+void hr_ruleset_run(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run_result_t *out)
+{
+    hr_ruleset_run_stub(rs, ev, out, NULL, NULL);
 }
 
 void hr_run_result_free(hr_run_result_t *r)
 {
+    hr_ruleset_abandon(r, "abandoned");
+    hr_reply_free(r->reply);
     free(r->store);
     free(r->rule);
     hr_action_list_free(r->actions);

@@ -11,9 +11,27 @@
 
 #include "hr/common.h"
 
+/* A fixed HTTP reply: an endpoint's fallback, or what a rule set with respond(). */
 typedef struct {
-    char *path;  /* exact request path, e.g. "/aifi/checkout-zone/left" */
-    char *event; /* event type, e.g. "checkout-zone.left" */
+    int status;           /* HTTP status, 100..599 */
+    hr_header_t *headers; /* extra headers, as given */
+    size_t nheaders;
+    char *body; /* JSON text (a table was given) or the string as given; NULL: no body */
+    size_t body_len;
+    bool body_is_json; /* body came from a table: Content-Type application/json */
+} hr_reply_t;
+
+/* Free a reply and what it owns. Accepts NULL. */
+void hr_reply_free(hr_reply_t *r);
+
+#define HR_REPLY_TIMEOUT_DEFAULT_MS 10000u
+
+typedef struct {
+    char *path;                /* exact request path, e.g. "/aifi/checkout-zone/left" */
+    char *event;               /* event type, e.g. "checkout-zone.left" */
+    uint32_t reply_timeout_ms; /* a rule waiting in request() is ended this long after the
+                                  request arrived (default HR_REPLY_TIMEOUT_DEFAULT_MS) */
+    hr_reply_t *fallback;      /* sent at the deadline or when the rule fails; NULL: none */
 } hr_endpoint_conf_t;
 
 typedef struct {
@@ -22,7 +40,16 @@ typedef struct {
     hr_header_t *headers; /* the target's own headers (e.g. an API key) */
     size_t nheaders;
     uint32_t timeout_ms;   /* per attempt (default 5000) */
-    uint32_t max_attempts; /* default 5 */
+    uint32_t max_attempts; /* default 8 */
+    /* Durable delivery (issue 4) */
+    uint64_t *retry_ms;        /* waits before attempts 1, 2, ...; the last repeats (never empty) */
+    size_t nretry;             /* entries in retry_ms */
+    uint64_t max_age_s;        /* give up this long after acceptance; 0: no limit (default) */
+    uint32_t concurrency;      /* requests in flight (default 64) */
+    double rate;               /* requests per second; 0: no limit (default) */
+    bool ordered;              /* one store's events in arrival order (default false) */
+    uint32_t circuit_failures; /* consecutive failures that open the circuit (default 5) */
+    uint64_t circuit_probe_ms; /* probe interval while the circuit is open (default 5000) */
 } hr_target_conf_t;
 
 typedef struct {
@@ -58,11 +85,18 @@ typedef struct hr_config {
     size_t nfiles;
     char *dead_letters; /* resolved path */
     hr_limits_t limits;
-    uint64_t retry_base_ms;        /* delivery.retry_base_ms, default 500 */
-    uint64_t retry_max_ms;         /* delivery.retry_max_ms, default 60000 */
+    uint64_t retry_base_ms; /* delivery.retry_base_ms (legacy), default 500 */
+    uint64_t retry_max_ms;  /* delivery.retry_max_ms (legacy), default 60000 */
+    bool retry_legacy;      /* one of them was given: targets without retry_ms get the schedule
+                               0, base, 2 base, 4 base, ... capped at max (16 attempts' worth) */
     uint32_t max_conns_per_target; /* delivery.max_connections, default 64 */
     uint64_t shutdown_grace_ms;    /* default 10000 */
-    char *log_level;               /* "info" */
+    /* The spool (issue 4) */
+    char *spool_dir;            /* resolved; default <config folder>/var/spool */
+    int fsync_mode;             /* hr_fsync_mode_t: 0 always (default), 1 interval, 2 never */
+    uint64_t fsync_interval_ms; /* for "interval" (default 1000) */
+    uint64_t max_spool_bytes;   /* new webhooks get 503 beyond this (default 1 GiB) */
+    char *log_level;            /* "info" */
 } hr_config_t;
 
 /* A list of error messages. */

@@ -34,11 +34,27 @@ typedef struct {
  *  "method":…,"path":…,"received_at":…},"raw_body":"<the body as a JSON string>"} */
 void hr_deadletter_for_event(hr_buf_t *out, const hr_event_meta_t *ev, const char *error,
                              const char *raw_body, size_t raw_len);
+/* One attempt of a delivery, for the attempt log of a dead letter. */
+typedef struct {
+    uint32_t attempt;  /* 1-based */
+    int status;        /* HTTP status, 0 for a transport error */
+    uint64_t at_ms;    /* wall time the attempt ended */
+    const char *error; /* transport error, or "" / NULL */
+} hr_attempt_t;
+
 /* Format a dead-letter line for an action that could not be delivered:
- * {"dead_at":…,"reason":…,"event":{"id":…,"type":…,"store":…,"accepted_at":…},
- *  "action":"forward","target":…,"url":…,"method":…,"attempts":N,"last_status":N|null,
- *  "last_error":…|null,"body":<JSON if body_is_json, else a JSON string>}
- * (for a write action: "action":"write","file":…,"path":…,"record":… instead). */
+ * {"id":"<dead-letter id>","dead_at":…,"reason":…,
+ *  "event":{"id":…,"type":…,"store":…,"accepted_at":…},
+ *  "action":"forward","target":…,"url":…,"method":…,"headers":{…},"attempts":N,
+ *  "last_status":N|null,"last_error":…|null,
+ *  "attempt_log":[{"attempt":1,"at":…,"status":N|null,"error":…|null},…],
+ *  "body":<JSON if body_is_json, else a JSON string>}
+ * (for a write action: "action":"write","file":…,"path":…,"record":… instead of target, url,
+ * method, headers and body). The id is new for each line (a UUIDv7); `hookrouter replay
+ * --id` takes it. */
+void hr_deadletter_for_action_log(hr_buf_t *out, const hr_action_t *a, const char *reason,
+                                  const hr_attempt_t *log, size_t nlog);
+/* The same without an attempt log. */
 void hr_deadletter_for_action(hr_buf_t *out, const hr_action_t *a, const char *reason);
 
 #endif

@@ -1,18 +1,26 @@
 /* The outbox: every action a rule produced, from the moment the event is accepted until it is
  * delivered or dead-lettered (src/outbox.c). This is the one interface between "accepted" and
- * "delivered"; the in-memory queue behind it is meant to be swapped for a durable spool
- * without touching its callers.
+ * "delivered". It is durable: hr_outbox_push() completes only once the actions are in the
+ * spool on disk (src/spool.c) per the fsync mode, and everything not finished is delivered
+ * again after a restart, with its attempt count and next-attempt time.
  *
- * Forward actions go through the HTTP client. 2xx: delivered. Connect error, timeout, 408,
- * 429 and 5xx: retried with exponential backoff (each wait drawn between 50% and 100% of
- * retry_base_ms * 2^(attempt-1), capped at retry_max_ms; Retry-After wins), up to the action's
- * max_attempts. Other statuses: failed at once. A failed action is appended to the dead-letter
- * file with the target, its attempts, the last status/error and the body.
- * Write actions are appended to their file at once (one write(2) per line); an I/O error
- * dead-letters them.
+ * Forward actions go through the HTTP client, scheduled per target:
+ *   - retries: the wait before attempt n is retry_ms[n-1] (the last value repeats), with
+ *     +-20% jitter; Retry-After on 429/503 replaces it. 2xx: delivered. Connect error,
+ *     timeout, 408, 429, 5xx: retried up to the action's max_attempts and the target's
+ *     max_age_s (age since acceptance). Other statuses: dead-lettered at once.
+ *   - a circuit breaker: after circuit_failures consecutive failures the target is paused
+ *     (open) and probed with one request every circuit_probe_ms; a success closes it.
+ *   - at most concurrency requests in flight, and at most rate requests per second (0: no
+ *     limit); other targets are never held up by one target.
+ *   - ordered: one store's events in arrival order, a failing head blocking only its lane.
+ * Write actions are appended to their file once durable (one write(2) per line); an I/O
+ * error dead-letters them.
  * Each outcome is logged at info:  "delivered id=... target=pos status=200 attempts=1 ms=3"
  * or warn: "retry id=... target=pos error=connection refused attempt=1/5 in_ms=812" /
- * "dead-letter id=... target=pos status=400 attempts=1". */
+ * error: "dead-letter id=... target=pos status=400 attempts=1 reason=rejected".
+ * Replays: files that `hookrouter replay` drops into <spool_dir>/incoming/ are taken in
+ * within a second. */
 #ifndef HR_OUTBOX_H
 #define HR_OUTBOX_H
 
@@ -21,39 +29,69 @@
 
 #include "hr/action.h"
 #include "hr/files.h"
+#include "hr/spool.h"
 
 typedef struct hr_outbox hr_outbox_t;
 
+/* Per-target delivery policy (copied). */
 typedef struct {
-    const char *dead_letters;    /* path of the dead-letter file (JSON lines) */
-    uint64_t retry_base_ms;      /* first backoff (default 500 ms); doubles per attempt */
-    uint64_t retry_max_ms;       /* cap of one backoff (default 60 s) */
-    uint32_t max_conns_per_host; /* passed to the HTTP client (default 64) */
+    const char *name;          /* target name as in the config */
+    const uint64_t *retry_ms;  /* waits before attempts 1, 2, ...; the last repeats */
+    size_t nretry;             /* 0: the default schedule */
+    uint64_t max_age_s;        /* give up this long after acceptance (0: never) */
+    uint32_t concurrency;      /* requests in flight (0: 64) */
+    double rate;               /* requests per second (0: no limit) */
+    bool ordered;              /* per-store arrival order */
+    uint32_t circuit_failures; /* consecutive failures that open the circuit (0: 5) */
+    uint64_t circuit_probe_ms; /* probe interval while open (0: 5000) */
+} hr_outbox_target_t;
+
+typedef struct {
+    const char *dead_letters;          /* path of the dead-letter file (JSON lines) */
+    uint32_t max_conns_per_host;       /* passed to the HTTP client (default 64) */
+    hr_spool_opts_t spool;             /* where and how the actions are kept */
+    const hr_outbox_target_t *targets; /* policies by target (others get the defaults) */
+    size_t ntargets;
+    uint64_t incoming_scan_ms; /* how often <spool>/incoming/ is looked at (default 1000) */
 } hr_outbox_opts_t;
 
 typedef struct {
-    uint64_t accepted;  /* actions pushed */
+    uint64_t accepted;  /* actions pushed (since start) */
     uint64_t delivered; /* forwards answered 2xx and lines written */
     uint64_t retried;   /* attempts scheduled again */
     uint64_t dead;      /* actions dead-lettered */
     uint64_t pending;   /* actions not finished (queued, in flight or waiting to retry) */
+    uint64_t refused;   /* pushes refused (spool full, I/O error): webhooks answered 503 */
+    uint64_t recovered; /* unfinished actions found in the spool at start */
+    uint64_t replayed;  /* actions taken in from <spool>/incoming/ */
+    hr_spool_stats_t spool;
 } hr_outbox_stats_t;
 
-/* files is shared with the caller (who also writes dead letters for failed rules) and must
- * outlive the outbox. */
-hr_outbox_t *hr_outbox_create(uv_loop_t *loop, hr_files_t *files, const hr_outbox_opts_t *opts);
+/* Open the spool, recover what it holds and start delivering it. files is shared with the
+ * caller (who also writes dead letters for failed rules) and must outlive the outbox.
+ * Returns NULL with a message in err if the spool cannot be opened. */
+hr_outbox_t *hr_outbox_create(uv_loop_t *loop, hr_files_t *files, const hr_outbox_opts_t *opts,
+                              char *err, size_t errlen);
 /* Change the dead-letter path (after a reload). */
 void hr_outbox_set_dead_letters(hr_outbox_t *o, const char *path);
-/* Take ownership of a list of actions (linked through next) and start delivering them.
- * Returns 0. (The durable outbox may return < 0 when it cannot accept: the caller then
- * answers 503 and the actions are freed by the outbox.) */
-int hr_outbox_push(hr_outbox_t *o, hr_action_t *list);
+/* Replace the per-target policies (after a reload); targets not listed keep theirs. */
+void hr_outbox_set_targets(hr_outbox_t *o, const hr_outbox_target_t *t, size_t n);
+/* Take ownership of a list of actions (linked through next) and write them to the spool.
+ * Returns 0 and cb(arg, 0) runs once they are durable (then delivery starts), or
+ * cb(arg, < 0) if they could not be made durable (-EIO, ...; the actions are dropped: the
+ * caller answers 503). cb never runs from inside this call. Returns < 0 (-ENOSPC: the spool
+ * is full; -EIO, ...: the disk) if they cannot be taken at all: the actions are freed and cb
+ * never runs. */
+int hr_outbox_push(hr_outbox_t *o, hr_action_t *list, void (*cb)(void *arg, int status), void *arg);
 void hr_outbox_stats(const hr_outbox_t *o, hr_outbox_stats_t *st);
-/* Shutdown: stop retrying later than now + grace_ms; whatever is not delivered when the
- * grace period ends is dead-lettered (reason "shutdown"); then cb runs. Pushing after this
- * dead-letters at once. */
+/* Append the per-target state to out as a JSON object {"name":{"circuit":"closed",
+ * "in_flight":N,"queued":N},...}. */
+void hr_outbox_targets_json(const hr_outbox_t *o, hr_buf_t *out);
+/* Shutdown: start no attempt due after now + grace_ms; when nothing is in flight any more, or
+ * at the deadline (in-flight requests are then cancelled), stop. What is not delivered stays
+ * in the spool for the next start. Then cb runs. Pushes still work until close. */
 void hr_outbox_drain(hr_outbox_t *o, uint64_t grace_ms, void (*cb)(void *arg), void *arg);
-/* Free the outbox; every handle must be closed (call after drain's cb). cb runs when done. */
+/* Sync and close the spool and free the outbox (call after drain's cb). cb runs when done. */
 void hr_outbox_close(hr_outbox_t *o, void (*cb)(void *arg), void *arg);
 
 #endif

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+#include <uv.h>
 
 #include "check.h"
 #include "hr/config.h"
@@ -310,6 +311,247 @@ static void test_forward_and_sandbox(void)
     hr_ruleset_unref(rs);
 }
 
+/* ---------------------------------------------------------------- rules that answer */
+
+static void start_ev(hr_event_in_t *ev, const char *body)
+{
+    static hr_header_t h[] = {{"x-test", "yes"}};
+    *ev = (hr_event_in_t){"0190a7e0-0000-7000-8000-000000000002",
+                          "thing.happened",
+                          "POST",
+                          "/hook",
+                          h,
+                          1,
+                          body,
+                          strlen(body),
+                          "2026-01-01T00:00:00.000Z",
+                          0};
+}
+
+static const hr_header_t JSON_H[] = {
+    {"content-type", "application/json; charset=utf-8"}, {"x-dup", "a"}, {"x-dup", "b"}};
+
+static hr_rule_answer_t json_answer(const char *body)
+{
+    return (hr_rule_answer_t){.status = 200,
+                              .headers = JSON_H,
+                              .nheaders = 3,
+                              .body = body,
+                              .body_len = strlen(body),
+                              .ms = 1.5};
+}
+
+static void test_request_suspend_resume(void)
+{
+    char err[4096];
+    write_file(
+        "hookrouter.lua",
+        "return {\n"
+        "  listen = '127.0.0.1:0', tokens = {'t'},\n"
+        "  endpoints = { ['/hook'] = 'thing.happened',\n"
+        "    ['/verify'] = { event = 'v', reply_timeout_ms = 1500,\n"
+        "      fallback = { status = 200, body = { status = 'FAILED', reason = 'x' } } } },\n"
+        "  rules = 'rules',\n"
+        "  targets = { members = { url = 'http://127.0.0.1:9/m', timeout_ms = 700 } },\n"
+        "  files = { audit = { path = 'var/audit.jsonl' } },\n"
+        "  limits = { rule_instructions = 100000, rule_memory_bytes = 8388608 },\n"
+        "}\n");
+    write_file(
+        "rules/default.lua",
+        "return function(e)\n"
+        "  local b = e.body\n"
+        "  if b.kind == 'two' then\n"
+        "    local r1 = request('members', { q = 1 }, { path = '/a', timeout_ms = 250 })\n"
+        "    write('audit', { first = r1.body.n, dup = r1.headers['x-dup'], ms = r1.ms })\n"
+        "    local r2, err = request('members', 'raw', { method = 'PUT' })\n"
+        "    respond(201, { second = r2 == nil and err or r2.body }, { ['X-Mine'] = 'y' })\n"
+        "    forward('members', { done = true })\n"
+        "  elseif b.kind == 'spin-after' then\n"
+        "    local n = 0\n"
+        "    for i = 1, 3 do for j = 1, b.n do n = n + 1 end request('members', {}) end\n"
+        "    respond(200, 'spun ' .. n)\n"
+        "  elseif b.kind == 'respond-twice' then\n"
+        "    respond(200, 'first') respond(202)\n"
+        "  elseif b.kind == 'sort' then\n"
+        "    table.sort({3, 2, 1}, function(x, y) request('members', {}) return x < y end)\n"
+        "  elseif b.kind == 'fail-after' then\n"
+        "    forward('members', {}) request('members', {}) respond(200, 'no') error('late boom')\n"
+        "  elseif b.kind == 'pcall' then\n"
+        "    local ok, r = pcall(request, 'members', {})\n"
+        "    respond(200, { ok = ok, body = r and r.body or json.null })\n"
+        "  end\n"
+        "end\n");
+    unlink(strcat(strcpy(err, dir), "/rules/stores/us-east-42.lua"));
+    hr_ruleset_t *rs = load(err, sizeof err);
+    CHECK(rs != NULL);
+    if (!rs) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    const hr_endpoint_conf_t *ep = hr_config_endpoint(hr_ruleset_config(rs), "/verify");
+    CHECK(ep && ep->reply_timeout_ms == 1500 && ep->fallback && ep->fallback->status == 200);
+    if (ep && ep->fallback)
+        CHECK(json_eq(ep->fallback->body, "{\"status\":\"FAILED\",\"reason\":\"x\"}"));
+    ep = hr_config_endpoint(hr_ruleset_config(rs), "/hook");
+    CHECK(ep && ep->reply_timeout_ms == HR_REPLY_TIMEOUT_DEFAULT_MS && !ep->fallback);
+
+    /* Two requests in a row; the rule set may be dropped by its owner meanwhile. */
+    hr_event_in_t ev;
+    hr_run_result_t res;
+    start_ev(&ev, "{\"kind\":\"two\"}");
+    CHECK_INT_EQ(hr_ruleset_start(rs, &ev, &res), HR_STEP_SUSPENDED);
+    CHECK(res.run != NULL && res.request != NULL);
+    hr_ruleset_ref(rs);
+    hr_ruleset_unref(rs); /* the run holds its own reference */
+    if (res.request) {
+        CHECK_STR_EQ(res.request->name, "members");
+        CHECK_STR_EQ(res.request->url, "http://127.0.0.1:9/m/a");
+        CHECK_STR_EQ(res.request->method, "POST");
+        CHECK_INT_EQ(res.request->timeout_ms, 250);
+        CHECK(json_eq(res.request->body, "{\"q\":1}"));
+    }
+    hr_rule_answer_t ans = json_answer("{\"n\":7}");
+    CHECK_INT_EQ(hr_ruleset_resume(&res, &ans), HR_STEP_SUSPENDED);
+    if (res.request) {
+        CHECK_STR_EQ(res.request->method, "PUT");
+        CHECK_INT_EQ(res.request->timeout_ms, 700);
+        CHECK_STR_EQ(res.request->body, "raw");
+    }
+    ans = (hr_rule_answer_t){.err = UV_ETIMEDOUT, .errmsg = "timed out"};
+    CHECK_INT_EQ(hr_ruleset_resume(&res, &ans), HR_STEP_DONE);
+    CHECK_INT_EQ(res.status, HR_RUN_OK);
+    CHECK(res.run == NULL);
+    CHECK_INT_EQ(res.requests, 2);
+    CHECK_INT_EQ(res.nactions, 2);
+    if (res.actions) CHECK(json_eq(res.actions->body, "{\"first\":7,\"dup\":\"a, b\",\"ms\":1.5}"));
+    CHECK(res.reply != NULL);
+    if (res.reply) {
+        CHECK_INT_EQ(res.reply->status, 201);
+        CHECK(res.reply->body_is_json);
+        CHECK(json_eq(res.reply->body,
+                      "{\"second\":\"timeout: target 'members' did not answer within 700 ms\"}"));
+        CHECK_INT_EQ(res.reply->nheaders, 1);
+    }
+    hr_run_result_free(&res);
+
+    /* A non-JSON answer stays a string; a connect error says so. */
+    start_ev(&ev, "{\"kind\":\"pcall\"}");
+    CHECK_INT_EQ(hr_ruleset_start(rs, &ev, &res), HR_STEP_SUSPENDED);
+    ans = (hr_rule_answer_t){.status = 200, .body = "{not json", .body_len = 9};
+    CHECK_INT_EQ(hr_ruleset_resume(&res, &ans), HR_STEP_DONE);
+    CHECK_INT_EQ(res.status, HR_RUN_OK);
+    if (res.reply) CHECK(json_eq(res.reply->body, "{\"ok\":true,\"body\":\"{not json\"}"));
+    hr_run_result_free(&res);
+    start_ev(&ev, "{\"kind\":\"two\"}");
+    CHECK_INT_EQ(hr_ruleset_start(rs, &ev, &res), HR_STEP_SUSPENDED);
+    ans = json_answer("{\"n\":1}");
+    CHECK_INT_EQ(hr_ruleset_resume(&res, &ans), HR_STEP_SUSPENDED);
+    ans = (hr_rule_answer_t){.err = UV_ECONNREFUSED, .errmsg = "connection refused"};
+    CHECK_INT_EQ(hr_ruleset_resume(&res, &ans), HR_STEP_DONE);
+    if (res.reply)
+        CHECK(strstr(res.reply->body, "connect error: target 'members': connection refused"));
+    hr_run_result_free(&res);
+
+    /* The budget counts the rule's own work over all its slices, never the time it waits:
+     * 3 x 8000 loop turns fit in 100000 instructions however long the waits, 3 x 20000 do
+     * not (each slice alone would). */
+    start_ev(&ev, "{\"kind\":\"spin-after\",\"n\":8000}");
+    CHECK_INT_EQ(hr_ruleset_start(rs, &ev, &res), HR_STEP_SUSPENDED);
+    ans = json_answer("{}");
+    for (int i = 0; i < 3; i++) {
+        usleep(100000); /* waiting costs nothing */
+        CHECK_INT_EQ(hr_ruleset_resume(&res, &ans), i < 2 ? HR_STEP_SUSPENDED : HR_STEP_DONE);
+    }
+    CHECK_INT_EQ(res.status, HR_RUN_OK);
+    if (res.reply) CHECK_STR_EQ(res.reply->body, "spun 24000");
+    hr_run_result_free(&res);
+    start_ev(&ev, "{\"kind\":\"spin-after\",\"n\":20000}");
+    hr_run_step_t st = hr_ruleset_start(rs, &ev, &res);
+    for (int i = 0; i < 3 && st == HR_STEP_SUSPENDED; i++)
+        st = hr_ruleset_resume(&res, &ans);
+    CHECK_INT_EQ(st, HR_STEP_DONE);
+    CHECK_INT_EQ(res.status, HR_RUN_RULE_FAILED);
+    CHECK(res.error && strstr(res.error, "instruction budget"));
+    hr_run_result_free(&res);
+
+    /* respond() twice: the last call wins. */
+    start_ev(&ev, "{\"kind\":\"respond-twice\"}");
+    CHECK_INT_EQ(hr_ruleset_start(rs, &ev, &res), HR_STEP_DONE);
+    CHECK(res.reply && res.reply->status == 202 && res.reply->body == NULL);
+    hr_run_result_free(&res);
+
+    /* request() where a coroutine cannot yield is a clear error. */
+    start_ev(&ev, "{\"kind\":\"sort\"}");
+    CHECK_INT_EQ(hr_ruleset_start(rs, &ev, &res), HR_STEP_DONE);
+    CHECK_INT_EQ(res.status, HR_RUN_RULE_FAILED);
+    CHECK(res.error && strstr(res.error, "request() cannot wait here"));
+    hr_run_result_free(&res);
+
+    /* A rule that fails after a request: its actions and reply are discarded. */
+    start_ev(&ev, "{\"kind\":\"fail-after\"}");
+    CHECK_INT_EQ(hr_ruleset_start(rs, &ev, &res), HR_STEP_SUSPENDED);
+    ans = json_answer("{}");
+    CHECK_INT_EQ(hr_ruleset_resume(&res, &ans), HR_STEP_DONE);
+    CHECK_INT_EQ(res.status, HR_RUN_RULE_FAILED);
+    CHECK(res.error && strstr(res.error, "late boom"));
+    CHECK(res.actions == NULL && res.reply == NULL);
+    hr_run_result_free(&res);
+
+    /* Abandon (the deadline): actions discarded, the reason becomes the error, and the rule
+     * set reference is released (the last one frees the set: ASan/valgrind check it). */
+    start_ev(&ev, "{\"kind\":\"fail-after\"}");
+    CHECK_INT_EQ(hr_ruleset_start(rs, &ev, &res), HR_STEP_SUSPENDED);
+    CHECK_INT_EQ(res.nactions, 1);
+    hr_ruleset_unref(rs); /* only the run holds the set now */
+    hr_ruleset_abandon(&res, "reply deadline exceeded (1500 ms)");
+    CHECK_INT_EQ(res.status, HR_RUN_RULE_FAILED);
+    CHECK_STR_EQ(res.error, "reply deadline exceeded (1500 ms)");
+    CHECK(res.actions == NULL && res.run == NULL && res.request == NULL);
+    hr_run_result_free(&res);
+
+    /* request() outside an event (at load time) is refused. */
+    write_file("rules/default.lua", "request('members', {})\nreturn function(e) end\n");
+    CHECK(load(err, sizeof err) == NULL);
+    CHECK(strstr(err, "request() can only be called while handling an event") != NULL);
+}
+
+/* The synchronous run answers request() through a stub, as `hookrouter test --reply`. */
+static void stub_answer(void *arg, const hr_action_t *req, hr_rule_answer_t *ans)
+{
+    int *calls = arg;
+    (*calls)++;
+    CHECK_STR_EQ(req->name, "members");
+    *ans = json_answer("{\"valid\":true}");
+}
+
+static void test_run_with_stub(void)
+{
+    char err[4096];
+    write_file("rules/default.lua", "return function(e)\n"
+                                    "  local r = request('members', {})\n"
+                                    "  local r2, e2 = request('members', {})\n"
+                                    "  respond(200, { valid = r.body.valid, again = r2.status })\n"
+                                    "end\n");
+    hr_ruleset_t *rs = load(err, sizeof err);
+    CHECK(rs != NULL);
+    if (!rs) return;
+    hr_event_in_t ev;
+    hr_run_result_t res;
+    start_ev(&ev, "{}");
+    int calls = 0;
+    hr_ruleset_run_stub(rs, &ev, &res, stub_answer, &calls);
+    CHECK_INT_EQ(calls, 2);
+    CHECK_INT_EQ(res.status, HR_RUN_OK);
+    if (res.reply) CHECK(json_eq(res.reply->body, "{\"valid\":true,\"again\":200}"));
+    hr_run_result_free(&res);
+    /* Without a stub, request() gets nil and a message. */
+    hr_ruleset_run(rs, &ev, &res);
+    CHECK_INT_EQ(res.status, HR_RUN_RULE_FAILED);
+    CHECK(res.error && strstr(res.error, "attempt to index a nil value"));
+    hr_run_result_free(&res);
+    hr_ruleset_unref(rs);
+}
+
 int main(void)
 {
     snprintf(dir, sizeof dir, "/tmp/hr-test-rules-XXXXXX");
@@ -318,6 +560,8 @@ int main(void)
     test_rule_errors();
     test_store_dispatch();
     test_forward_and_sandbox();
+    test_request_suspend_resume();
+    test_run_with_stub();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0);

@@ -1,7 +1,10 @@
--- Store 1042 feeds a CRM import that reads JSON lines with its own field names.
+-- Store 1042 feeds a CRM import that reads JSON lines with its own field names, and prices
+-- its carts with the legacy pricing service (see lib/pricing.lua).
 local aifi = require("lib.aifi")
+local pricing = require("lib.pricing")
 
 return function(event)
+  if event.type == "cart-mutator" then return pricing.mutate(event) end
   local b = event.body
   write("crm", {
     kind = event.type,

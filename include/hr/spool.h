@@ -1,0 +1,174 @@
+/* The spool: an append-only, checksummed log of records on disk (src/spool.c). It is the
+ * storage under the durable outbox; it knows records, segments and fsync, not deliveries.
+ *
+ * A spool is a folder of segment files "seg-<16 hex digits>.hrs", numbered in the order they
+ * were created. Records are appended to the newest segment only; a segment that reaches
+ * segment_bytes is closed and a new one started (each start of the process also starts a new
+ * one, so a torn tail left by a crash is never appended to). Every record is
+ *
+ *   offset 0  u32 magic "HRS1" (0x31535248, little-endian)
+ *          4  u32 payload length
+ *          8  u8  type (HR_REC_*)  9: u8 0  10: u16 0
+ *         12  u32 CRC32C of bytes 4..11 and the payload
+ *         16  payload
+ *
+ * (all integers little-endian). A record whose magic, length or checksum is wrong is skipped
+ * and reported: with a plausible length, just that record; otherwise the scan moves forward
+ * to the next "HRS1" whose record checks out. A short record at the end (a torn write) is the
+ * usual case after a crash.
+ *
+ * Durability (fsync): appends are write(2) calls from the loop (the page cache makes them
+ * cheap); hr_spool_commit() asks to be told when everything appended so far is durable.
+ *   HR_FSYNC_ALWAYS:   one fdatasync per loop iteration from the threadpool covers every
+ *                      commit requested in that iteration (group commit); while one sync runs,
+ *                      new commits wait for the next one.
+ *   HR_FSYNC_INTERVAL: commits complete at the end of the loop iteration; a timer syncs every
+ *                      interval_ms.
+ *   HR_FSYNC_NEVER:    commits complete at the end of the loop iteration; only a clean close
+ *                      syncs.
+ *
+ * Segments are reference-counted by the caller (one reference per live record it still needs,
+ * see hr_spool_ref). The oldest segments are deleted, in order, as soon as they hold no
+ * reference and are not the segment being written: deleting only from the oldest end keeps
+ * every later record (done marks, attempt states) as long as anything older survives. */
+#ifndef HR_SPOOL_H
+#define HR_SPOOL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "hr/action.h"
+#include "hr/common.h"
+
+typedef struct hr_spool hr_spool_t;
+
+typedef enum { HR_FSYNC_ALWAYS = 0, HR_FSYNC_INTERVAL, HR_FSYNC_NEVER } hr_fsync_mode_t;
+
+/* Record types. */
+enum {
+    HR_REC_ACTION = 1, /* an accepted action: hr_spool_encode_action */
+    HR_REC_STATE = 2,  /* one finished attempt of an action: hr_spool_state_t */
+    HR_REC_DONE = 3,   /* the action with this id is finished: u64 id */
+};
+
+#define HR_SPOOL_HDR   16
+#define HR_SPOOL_MAGIC 0x31535248u
+
+/* Where a record is: segment number << 32 | offset in the segment. 0 is never a record. */
+typedef uint64_t hr_spool_loc_t;
+#define HR_LOC_SEG(l) ((uint32_t)((l) >> 32))
+#define HR_LOC_OFF(l) ((uint32_t)(l))
+
+typedef struct {
+    const char *dir;            /* the spool folder (created if missing) */
+    hr_fsync_mode_t fsync;      /* default HR_FSYNC_ALWAYS */
+    uint64_t fsync_interval_ms; /* for HR_FSYNC_INTERVAL (default 1000) */
+    uint64_t max_bytes;         /* limit for hr_spool_append(..., limited=true); 0: none */
+    uint64_t segment_bytes;     /* start a new segment beyond this size (default 16 MiB) */
+} hr_spool_opts_t;
+
+typedef struct {
+    uint64_t bytes;         /* size of every segment file */
+    uint64_t segments;      /* segment files */
+    uint64_t syncs;         /* fdatasync batches run */
+    uint64_t commits;       /* commit callbacks completed */
+    uint64_t corrupt;       /* corrupt records skipped by the last scan */
+    uint64_t corrupt_bytes; /* bytes skipped by the last scan */
+    uint64_t deleted;       /* segments deleted since open */
+    uint64_t write_errors;  /* appends or syncs that failed */
+} hr_spool_stats_t;
+
+/* Called for each valid record of a scan, in order. payload is valid during the call. */
+typedef void (*hr_spool_rec_cb)(void *arg, int type, const char *payload, size_t len,
+                                hr_spool_loc_t loc);
+
+/* Open (creating) the spool at opts->dir, call cb for every valid record of its segments in
+ * order (corrupt ones are logged and skipped), then start a new segment for appends. Returns
+ * NULL with a message in err if the folder or a segment cannot be opened, read or created. */
+hr_spool_t *hr_spool_open(uv_loop_t *loop, const hr_spool_opts_t *opts, hr_spool_rec_cb cb,
+                          void *arg, char *err, size_t errlen);
+/* Read-only scan of a spool folder (for the CLI, also while a router writes it): cb for every
+ * valid record; corrupt ones are counted in *st (may be NULL) and not logged. A missing folder
+ * is an empty spool. Returns 0 or a negative errno with a message in err. */
+int hr_spool_scan_dir(const char *dir, hr_spool_rec_cb cb, void *arg, hr_spool_stats_t *st,
+                      char *err, size_t errlen);
+
+/* Append one record. With limited, a record that would take the spool past max_bytes is
+ * refused with -ENOSPC (and nothing is written). An ACTION record takes a reference on its
+ * segment (see hr_spool_ref). Returns 0 and sets *loc, or a negative errno (the write failed;
+ * the segment is cut back so no partial record stays behind). */
+int hr_spool_append(hr_spool_t *sp, int type, const void *payload, size_t len, bool limited,
+                    hr_spool_loc_t *loc);
+/* cb(arg, 0) once everything appended so far is durable per the fsync mode, or cb(arg, <0)
+ * if the sync failed. cb never runs from inside this call. Returns 0, or < 0 after
+ * hr_spool_close (cb never runs then). */
+int hr_spool_commit(hr_spool_t *sp, void (*cb)(void *arg, int status), void *arg);
+/* Read the record at loc into out (payload only). Returns its type, or a negative errno
+ * (-EILSEQ for a record that does not check out). */
+int hr_spool_read(hr_spool_t *sp, hr_spool_loc_t loc, hr_buf_t *out);
+/* One more / one less live record in loc's segment. Segments left without references are
+ * deleted from the oldest end (never the one being written). */
+void hr_spool_ref(hr_spool_t *sp, hr_spool_loc_t loc);
+void hr_spool_unref(hr_spool_t *sp, hr_spool_loc_t loc);
+/* Delete what can be deleted now (call after a recovery that took its references). */
+void hr_spool_gc(hr_spool_t *sp);
+void hr_spool_stats(const hr_spool_t *sp, hr_spool_stats_t *st);
+/* True if an append of len bytes with limited=true would be refused for space. */
+bool hr_spool_is_full(const hr_spool_t *sp, size_t len);
+/* Wait for a running sync, sync what is unsynced, close every file and free the spool; then
+ * cb(arg) from the loop. Commits still waiting complete with their sync's status first. */
+void hr_spool_close(hr_spool_t *sp, void (*cb)(void *arg), void *arg);
+
+/* ---- Record payloads ---------------------------------------------------------------- */
+
+/* One finished attempt (payload of HR_REC_STATE). */
+typedef struct {
+    uint64_t id;          /* the action's id */
+    hr_spool_loc_t prev;  /* the action's previous STATE record, 0 if none */
+    uint32_t attempt;     /* 1-based */
+    int32_t status;       /* HTTP status, 0 for a transport error */
+    uint64_t at_ms;       /* wall time the attempt ended */
+    uint64_t next_due_ms; /* wall time of the next attempt */
+    const char *error;    /* transport error or "" */
+} hr_spool_state_t;
+
+/* The fields of an ACTION payload a recovery needs (strings point into the payload and are
+ * not NUL-terminated). */
+typedef struct {
+    uint64_t id;
+    uint64_t accepted_ms;
+    uint32_t max_attempts;
+    hr_action_kind_t kind;
+    const char *name; /* target or file */
+    size_t name_len;
+    const char *store; /* NULL if none */
+    size_t store_len;
+    const char *event_id;
+    size_t event_id_len;
+} hr_spool_action_meta_t;
+
+/* Append the ACTION payload of a (with id) to out. */
+void hr_spool_encode_action(hr_buf_t *out, const hr_action_t *a, uint64_t id);
+/* Decode an ACTION payload into a new action (bookkeeping zeroed). Returns NULL if it is
+ * malformed. *id may be NULL. */
+hr_action_t *hr_spool_decode_action(const char *p, size_t n, uint64_t *id);
+/* Read the meta fields of an ACTION payload. Returns 0 or -1. */
+int hr_spool_action_meta(const char *p, size_t n, hr_spool_action_meta_t *m);
+void hr_spool_encode_state(hr_buf_t *out, const hr_spool_state_t *s);
+/* Decode a STATE payload; s->error points into a static-free copy in errbuf. Returns 0/-1. */
+int hr_spool_decode_state(const char *p, size_t n, hr_spool_state_t *s, char *errbuf,
+                          size_t errlen);
+
+/* Append one framed record (header + payload) to out: for files written outside a spool
+ * (hookrouter replay writes such a file into <spool>/incoming/). */
+void hr_spool_frame(hr_buf_t *out, int type, const void *payload, size_t len);
+/* Call cb for each valid record in the bytes p[0..n) (loc is the offset). Returns the number
+ * of corrupt records skipped; *bad_bytes (may be NULL) gets the bytes skipped. */
+uint64_t hr_spool_parse(const char *p, size_t n, uint32_t seg, hr_spool_rec_cb cb, void *arg,
+                        uint64_t *bad_bytes);
+
+/* CRC32C (Castagnoli) of p[0..n), continuing from crc (start with 0). */
+uint32_t hr_crc32c(uint32_t crc, const void *p, size_t n);
+
+#endif

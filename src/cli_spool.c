@@ -1,0 +1,638 @@
+/* The dead-letter and spool commands: deadletters, replay, spool (see include/hr/cli_spool.h).
+ *
+ * They never open the spool for writing: `spool` scans the segments read-only, and `replay`
+ * hands its actions to the router through <spool_dir>/incoming/ (a file written whole, synced,
+ * then renamed into place), so both are safe while a router runs. */
+#include "hr/cli_spool.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "hr/config.h"
+#include "hr/spool.h"
+
+/* Load the config, printing its errors. NULL on failure. */
+static hr_config_t *load_config(const char *config)
+{
+    hr_errors_t errs = {0};
+    hr_config_t *cfg = hr_config_load(config, &errs);
+    for (size_t i = 0; i < errs.n; i++)
+        fprintf(stderr, "%s\n", errs.msgs[i]);
+    hr_errors_free(&errs);
+    return cfg;
+}
+
+/* Parse TIME: RFC 3339, or an age "<n>s|m|h|d" before now. Returns 0 or -1. */
+static int parse_since(const char *s, uint64_t *ms)
+{
+    if (hr_rfc3339_parse(s, ms) == 0) return 0;
+    char *end;
+    unsigned long long n = strtoull(s, &end, 10);
+    if (end == s) return -1;
+    uint64_t unit = 0;
+    if (strcmp(end, "s") == 0)
+        unit = 1000;
+    else if (strcmp(end, "m") == 0)
+        unit = 60000;
+    else if (strcmp(end, "h") == 0)
+        unit = 3600000;
+    else if (strcmp(end, "d") == 0)
+        unit = 86400000;
+    else
+        return -1;
+    uint64_t now = hr_wall_ms(), ago = (uint64_t)n * unit;
+    *ms = ago > now ? 0 : now - ago;
+    return 0;
+}
+
+static const char *jstr(const cJSON *j, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* ---- Raw value spans -------------------------------------------------------------------- */
+
+static const char *skip_ws(const char *p, const char *e)
+{
+    while (p < e && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+        p++;
+    return p;
+}
+
+/* Skip one JSON value at p (already validated by cJSON). Returns the end. */
+static const char *skip_value(const char *p, const char *e)
+{
+    if (p >= e) return e;
+    if (*p == '"') {
+        for (p++; p < e && *p != '"'; p++)
+            if (*p == '\\') p++;
+        return p < e ? p + 1 : e;
+    }
+    if (*p == '{' || *p == '[') {
+        int depth = 0;
+        for (; p < e; p++) {
+            if (*p == '"') {
+                p = skip_value(p, e) - 1;
+            } else if (*p == '{' || *p == '[') {
+                depth++;
+            } else if (*p == '}' || *p == ']') {
+                if (--depth == 0) return p + 1;
+            }
+        }
+        return e;
+    }
+    while (p < e && *p != ',' && *p != '}' && *p != ']' && *p != ' ')
+        p++;
+    return p;
+}
+
+/* The raw text of the top-level member key of the object in line (exact: numbers and strings
+ * as written). Returns 0 and sets *v / *n, or -1. */
+static int raw_member(const char *line, size_t len, const char *key, const char **v, size_t *n)
+{
+    const char *p = line, *e = line + len;
+    p = skip_ws(p, e);
+    if (p >= e || *p != '{') return -1;
+    p++;
+    size_t klen = strlen(key);
+    for (;;) {
+        p = skip_ws(p, e);
+        if (p >= e || *p != '"') return -1;
+        const char *ks = p + 1;
+        p = skip_value(p, e);
+        bool match = (size_t)(p - 1 - ks) == klen && memcmp(ks, key, klen) == 0;
+        p = skip_ws(p, e);
+        if (p >= e || *p != ':') return -1;
+        p = skip_ws(p + 1, e);
+        const char *vs = p;
+        p = skip_value(p, e);
+        if (match) {
+            *v = vs;
+            *n = (size_t)(p - vs);
+            return 0;
+        }
+        p = skip_ws(p, e);
+        if (p >= e || *p != ',') return -1;
+        p++;
+    }
+}
+
+/* ---- Reading dead letters --------------------------------------------------------------- */
+
+typedef struct {
+    char *line;    /* the line as stored (owned) */
+    size_t len;    /* its length */
+    cJSON *j;      /* parsed (owned) */
+    char key[128]; /* its dead-letter id (or event id + dead_at for lines without one) */
+} dl_t;
+
+/* The key that identifies a dead letter for replay. */
+static void dl_key(const cJSON *j, char *key, size_t n)
+{
+    const char *id = jstr(j, "id");
+    if (id) {
+        snprintf(key, n, "%s", id);
+        return;
+    }
+    const cJSON *ev = cJSON_GetObjectItemCaseSensitive(j, "event");
+    snprintf(key, n, "%s|%s", ev ? (jstr(ev, "id") ? jstr(ev, "id") : "") : "",
+             jstr(j, "dead_at") ? jstr(j, "dead_at") : "");
+}
+
+/* True if the dead letter j passes the filters. */
+static bool dl_matches(const cJSON *j, const char *key, const char *target, uint64_t since,
+                       const char *id)
+{
+    if (target) {
+        const char *t = jstr(j, "target"), *f = jstr(j, "file");
+        if (!(t && strcmp(t, target) == 0) && !(f && strcmp(f, target) == 0)) return false;
+    }
+    if (since) {
+        uint64_t at;
+        const char *d = jstr(j, "dead_at");
+        if (!d || hr_rfc3339_parse(d, &at) != 0 || at < since) return false;
+    }
+    if (id) {
+        const cJSON *ev = cJSON_GetObjectItemCaseSensitive(j, "event");
+        const char *eid = ev ? jstr(ev, "id") : NULL;
+        if (strcmp(key, id) != 0 && !(eid && strcmp(eid, id) == 0)) return false;
+    }
+    return true;
+}
+
+/* Call fn for each dead letter of path that matches. Returns the lines read, or -1 with a
+ * message printed (a missing file has none). */
+static long each_dead_letter(const char *path, const char *target, uint64_t since, const char *id,
+                             void (*fn)(void *arg, dl_t *d), void *arg)
+{
+    FILE *fp = fopen(path, "r");
+    if (!fp) {
+        if (errno == ENOENT) return 0;
+        fprintf(stderr, "hookrouter: dead letters %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    long count = 0, lineno = 0;
+    while ((n = getline(&line, &cap, fp)) > 0) {
+        lineno++;
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+            line[--n] = '\0';
+        if (n == 0) continue;
+        dl_t d = {.line = line, .len = (size_t)n};
+        d.j = cJSON_ParseWithLength(line, (size_t)n);
+        if (!d.j) {
+            fprintf(stderr, "hookrouter: %s:%ld: not a JSON line, skipped\n", path, lineno);
+            continue;
+        }
+        count++;
+        dl_key(d.j, d.key, sizeof d.key);
+        if (dl_matches(d.j, d.key, target, since, id)) fn(arg, &d);
+        cJSON_Delete(d.j);
+    }
+    free(line);
+    fclose(fp);
+    return count;
+}
+
+/* ---- deadletters ------------------------------------------------------------------------ */
+
+static void print_dl(void *arg, dl_t *d)
+{
+    (void)arg;
+    fwrite(d->line, 1, d->len, stdout);
+    fputc('\n', stdout);
+}
+
+int hr_cmd_deadletters(const char *config, const char *target, const char *since)
+{
+    uint64_t since_ms = 0;
+    if (since && parse_since(since, &since_ms) != 0) {
+        fprintf(stderr,
+                "hookrouter deadletters: --since wants RFC 3339 or an age like 2h, got "
+                "'%s'\n",
+                since);
+        return 2;
+    }
+    hr_config_t *cfg = load_config(config);
+    if (!cfg) return 1;
+    long n = each_dead_letter(cfg->dead_letters, target, since_ms, NULL, print_dl, NULL);
+    hr_config_destroy(cfg);
+    return n < 0 ? 1 : 0;
+}
+
+/* ---- replay ----------------------------------------------------------------------------- */
+
+typedef struct {
+    const hr_config_t *cfg;
+    char **done; /* keys already replayed */
+    size_t ndone;
+    hr_buf_t file;     /* framed ACTION records */
+    hr_buf_t enc;      /* scratch */
+    char **keys;       /* keys replayed now */
+    size_t nkeys;      /* ... */
+    size_t skipped;    /* already replayed */
+    size_t unplayable; /* rule failures, malformed lines */
+} replay_t;
+
+static bool already(const replay_t *rp, const char *key)
+{
+    for (size_t i = 0; i < rp->ndone; i++)
+        if (strcmp(rp->done[i], key) == 0) return true;
+    for (size_t i = 0; i < rp->nkeys; i++)
+        if (strcmp(rp->keys[i], key) == 0) return true;
+    return false;
+}
+
+static char *dupj(const cJSON *j, const char *k)
+{
+    const char *s = jstr(j, k);
+    return s ? hr_xstrdup(s) : NULL;
+}
+
+/* Build the action a dead letter describes. NULL if it is not an undeliverable action. */
+static hr_action_t *action_from_dl(const replay_t *rp, const dl_t *d)
+{
+    const cJSON *j = d->j;
+    const char *kind = jstr(j, "action");
+    const cJSON *ev = cJSON_GetObjectItemCaseSensitive(j, "event");
+    if (!kind || !ev) return NULL;
+    bool fwd = strcmp(kind, "forward") == 0;
+    if (!fwd && strcmp(kind, "write") != 0) return NULL;
+    const char *raw;
+    size_t rawlen;
+    if (raw_member(d->line, d->len, fwd ? "body" : "record", &raw, &rawlen) != 0) return NULL;
+    hr_action_t *a = hr_action_new(fwd ? HR_ACTION_FORWARD : HR_ACTION_WRITE);
+    const char *eid = jstr(ev, "id");
+    snprintf(a->event_id, sizeof a->event_id, "%s", eid ? eid : "");
+    a->event_type = dupj(ev, "type");
+    a->store = dupj(ev, "store");
+    const char *acc = jstr(ev, "accepted_at");
+    if (!acc || hr_rfc3339_parse(acc, &a->accepted_ms) != 0) a->accepted_ms = hr_wall_ms();
+    const cJSON *body = fwd ? cJSON_GetObjectItemCaseSensitive(j, "body")
+                            : cJSON_GetObjectItemCaseSensitive(j, "record");
+    if (cJSON_IsString(body)) {
+        a->body = hr_xstrdup(body->valuestring);
+        a->body_len = strlen(a->body);
+    } else {
+        a->body = hr_xstrndup(raw, rawlen);
+        a->body_len = rawlen;
+        a->body_is_json = true;
+    }
+    if (fwd) {
+        a->name = dupj(j, "target");
+        a->url = dupj(j, "url");
+        a->method = dupj(j, "method");
+        if (!a->name || !a->url) {
+            hr_action_free(a);
+            return NULL;
+        }
+        if (!a->method) a->method = hr_xstrdup("POST");
+        const cJSON *hs = cJSON_GetObjectItemCaseSensitive(j, "headers");
+        const cJSON *h;
+        bool has_id = false;
+        cJSON_ArrayForEach(h, hs)
+        {
+            if (!cJSON_IsString(h) || !h->string) continue;
+            hr_action_add_header(a, h->string, h->valuestring);
+            has_id = has_id || strcasecmp(h->string, "X-Hookrouter-Event-Id") == 0;
+        }
+        if (!has_id && a->event_id[0])
+            hr_action_add_header(a, "X-Hookrouter-Event-Id", a->event_id);
+        const hr_target_conf_t *t = hr_config_target(rp->cfg, a->name);
+        a->timeout_ms = t ? t->timeout_ms : 5000;
+        a->max_attempts = t ? t->max_attempts : 8;
+    } else {
+        a->name = dupj(j, "file");
+        a->file_path = dupj(j, "path");
+        if (!a->file_path) {
+            hr_action_free(a);
+            return NULL;
+        }
+        a->max_attempts = 1;
+    }
+    return a;
+}
+
+static void replay_one(void *arg, dl_t *d)
+{
+    replay_t *rp = arg;
+    if (already(rp, d->key)) {
+        rp->skipped++;
+        return;
+    }
+    hr_action_t *a = action_from_dl(rp, d);
+    if (!a) {
+        rp->unplayable++;
+        return;
+    }
+    hr_buf_reset(&rp->enc);
+    hr_spool_encode_action(&rp->enc, a, 0);
+    hr_spool_frame(&rp->file, HR_REC_ACTION, rp->enc.data, rp->enc.len);
+    hr_action_free(a);
+    rp->keys = hr_xrealloc(rp->keys, (rp->nkeys + 1) * sizeof *rp->keys);
+    rp->keys[rp->nkeys++] = hr_xstrdup(d->key);
+}
+
+/* Write data to path whole and durably (temp file, fsync, rename, fsync the folder).
+ * Returns 0 or -1 with a message printed. */
+static int write_durably(const char *dir, const char *name, const char *data, size_t len)
+{
+    char *tmp = hr_xasprintf("%s/.%s.tmp", dir, name), *path = hr_xasprintf("%s/%s", dir, name);
+    int rc = -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "hookrouter replay: %s: %s\n", tmp, strerror(errno));
+        goto out;
+    }
+    size_t off = 0;
+    while (off < len) {
+        ssize_t k = write(fd, data + off, len - off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) {
+            fprintf(stderr, "hookrouter replay: write %s: %s\n", tmp, strerror(errno));
+            close(fd);
+            unlink(tmp);
+            goto out;
+        }
+        off += (size_t)k;
+    }
+    if (fsync(fd) < 0 || close(fd) < 0 || rename(tmp, path) < 0) {
+        fprintf(stderr, "hookrouter replay: %s: %s\n", path, strerror(errno));
+        unlink(tmp);
+        goto out;
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    rc = 0;
+out:
+    free(tmp);
+    free(path);
+    return rc;
+}
+
+static int mkdir_p(const char *dir)
+{
+    char *d = hr_xstrdup(dir);
+    int rc = 0;
+    for (char *p = d + 1;; p++) {
+        if (*p != '/' && *p != '\0') continue;
+        char saved = *p;
+        *p = '\0';
+        if (mkdir(d, 0755) < 0 && errno != EEXIST) rc = -1;
+        *p = saved;
+        if (!saved) break;
+    }
+    free(d);
+    return rc;
+}
+
+int hr_cmd_replay(const char *config, const char *target, const char *since, const char *id)
+{
+    uint64_t since_ms = 0;
+    if (since && parse_since(since, &since_ms) != 0) {
+        fprintf(stderr, "hookrouter replay: --since wants RFC 3339 or an age like 2h, got '%s'\n",
+                since);
+        return 2;
+    }
+    hr_config_t *cfg = load_config(config);
+    if (!cfg) return 1;
+    int status = 1;
+    replay_t rp = {.cfg = cfg};
+    char *done_path = hr_xasprintf("%s.replayed", cfg->dead_letters);
+    FILE *fp = fopen(done_path, "r");
+    if (fp) {
+        char buf[256];
+        while (fgets(buf, sizeof buf, fp)) {
+            buf[strcspn(buf, "\r\n")] = '\0';
+            if (!buf[0]) continue;
+            rp.done = hr_xrealloc(rp.done, (rp.ndone + 1) * sizeof *rp.done);
+            rp.done[rp.ndone++] = hr_xstrdup(buf);
+        }
+        fclose(fp);
+    }
+    if (each_dead_letter(cfg->dead_letters, target, since_ms, id, replay_one, &rp) < 0) goto out;
+    if (rp.nkeys == 0) {
+        printf("replayed 0 dead letters (%zu already replayed, %zu not replayable)\n", rp.skipped,
+               rp.unplayable);
+        status = 0;
+        goto out;
+    }
+    char *incoming = hr_xasprintf("%s/incoming", cfg->spool_dir);
+    char name[96];
+    snprintf(name, sizeof name, "replay-%llu-%d.hrs", (unsigned long long)hr_wall_ms(),
+             (int)getpid());
+    if (mkdir_p(incoming) != 0 || write_durably(incoming, name, rp.file.data, rp.file.len) != 0) {
+        fprintf(stderr, "hookrouter replay: cannot write into %s\n", incoming);
+        free(incoming);
+        goto out;
+    }
+    /* Record what was replayed (after the file is in place: a crash in between replays again,
+     * it never loses). */
+    hr_buf_t ids = HR_BUF_INIT;
+    for (size_t i = 0; i < rp.nkeys; i++)
+        hr_buf_printf(&ids, "%s\n", rp.keys[i]);
+    int fd = open(done_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0 || write(fd, ids.data, ids.len) != (ssize_t)ids.len || fsync(fd) < 0)
+        fprintf(stderr, "hookrouter replay: warning: cannot record the replay in %s: %s\n",
+                done_path, strerror(errno));
+    if (fd >= 0) close(fd);
+    hr_buf_free(&ids);
+    printf("replayed %zu dead letters into %s/%s (%zu already replayed, %zu not replayable); "
+           "a running router takes them within a second, else the next start does\n",
+           rp.nkeys, incoming, name, rp.skipped, rp.unplayable);
+    free(incoming);
+    status = 0;
+out:
+    for (size_t i = 0; i < rp.ndone; i++)
+        free(rp.done[i]);
+    free(rp.done);
+    for (size_t i = 0; i < rp.nkeys; i++)
+        free(rp.keys[i]);
+    free(rp.keys);
+    hr_buf_free(&rp.file);
+    hr_buf_free(&rp.enc);
+    free(done_path);
+    hr_config_destroy(cfg);
+    return status;
+}
+
+/* ---- spool ------------------------------------------------------------------------------ */
+
+typedef struct {
+    uint64_t id;
+    uint32_t target; /* index in names */
+    uint64_t accepted_ms;
+    uint64_t due_ms; /* 0: at once */
+    uint32_t attempts;
+    bool live;
+} sp_entry_t;
+
+typedef struct {
+    sp_entry_t *v; /* in record order */
+    size_t n, cap;
+    size_t *tab; /* id -> index + 1, open addressing */
+    size_t tcap;
+    char **names;
+    size_t nnames;
+} sp_scan_t;
+
+static size_t tslot(const sp_scan_t *s, uint64_t id)
+{
+    return (size_t)((id * 0x9E3779B97F4A7C15ull) >> 17) & (s->tcap - 1);
+}
+
+static sp_entry_t *sp_find(sp_scan_t *s, uint64_t id)
+{
+    if (!s->tcap) return NULL;
+    for (size_t i = tslot(s, id); s->tab[i]; i = (i + 1) & (s->tcap - 1))
+        if (s->v[s->tab[i] - 1].id == id) return &s->v[s->tab[i] - 1];
+    return NULL;
+}
+
+static void sp_index(sp_scan_t *s, size_t idx)
+{
+    size_t i = tslot(s, s->v[idx].id);
+    while (s->tab[i])
+        i = (i + 1) & (s->tcap - 1);
+    s->tab[i] = idx + 1;
+}
+
+static void on_scan_rec(void *arg, int type, const char *p, size_t n, hr_spool_loc_t loc)
+{
+    sp_scan_t *s = arg;
+    (void)loc;
+    if (type == HR_REC_ACTION) {
+        hr_spool_action_meta_t m;
+        if (hr_spool_action_meta(p, n, &m) < 0) return;
+        sp_entry_t *e = sp_find(s, m.id);
+        if (!e) {
+            if (s->n == s->cap) {
+                s->cap = s->cap ? s->cap * 2 : 1024;
+                s->v = hr_xrealloc(s->v, s->cap * sizeof *s->v);
+            }
+            if ((s->n + 1) * 2 > s->tcap) {
+                free(s->tab);
+                s->tcap = s->tcap ? s->tcap * 2 : 4096;
+                s->tab = hr_xcalloc(s->tcap, sizeof *s->tab);
+                for (size_t i = 0; i < s->n; i++)
+                    sp_index(s, i);
+            }
+            e = &s->v[s->n];
+            memset(e, 0, sizeof *e);
+            e->id = m.id;
+            sp_index(s, s->n++);
+        }
+        char name[300];
+        if (m.kind == HR_ACTION_WRITE)
+            snprintf(name, sizeof name, "file:%.*s", (int)m.name_len, m.name ? m.name : "");
+        else
+            snprintf(name, sizeof name, "%.*s", (int)m.name_len, m.name ? m.name : "-");
+        size_t t = 0;
+        while (t < s->nnames && strcmp(s->names[t], name) != 0)
+            t++;
+        if (t == s->nnames) {
+            s->names = hr_xrealloc(s->names, (s->nnames + 1) * sizeof *s->names);
+            s->names[s->nnames++] = hr_xstrdup(name);
+        }
+        e->target = (uint32_t)t;
+        e->accepted_ms = m.accepted_ms;
+        e->live = true;
+    } else if (type == HR_REC_STATE) {
+        hr_spool_state_t st;
+        if (hr_spool_decode_state(p, n, &st, NULL, 0) < 0) return;
+        sp_entry_t *e = sp_find(s, st.id);
+        if (!e) return;
+        e->attempts = st.attempt;
+        e->due_ms = st.next_due_ms;
+    } else if (type == HR_REC_DONE && n >= 8) {
+        uint64_t id = 0;
+        for (int i = 7; i >= 0; i--)
+            id = id << 8 | (unsigned char)p[i];
+        sp_entry_t *e = sp_find(s, id);
+        if (e) e->live = false;
+    }
+}
+
+/* Format a duration in ms as "3d4h", "2h5m", "4m10s", "12s" or "0s". */
+static void fmt_age(uint64_t ms, char *out, size_t n)
+{
+    uint64_t s = ms / 1000;
+    if (s >= 86400)
+        snprintf(out, n, "%llud%lluh", (unsigned long long)(s / 86400),
+                 (unsigned long long)(s % 86400 / 3600));
+    else if (s >= 3600)
+        snprintf(out, n, "%lluh%llum", (unsigned long long)(s / 3600),
+                 (unsigned long long)(s % 3600 / 60));
+    else if (s >= 60)
+        snprintf(out, n, "%llum%llus", (unsigned long long)(s / 60), (unsigned long long)(s % 60));
+    else
+        snprintf(out, n, "%llus", (unsigned long long)s);
+}
+
+int hr_cmd_spool(const char *config)
+{
+    hr_config_t *cfg = load_config(config);
+    if (!cfg) return 1;
+    sp_scan_t s = {0};
+    hr_spool_stats_t st;
+    char err[512];
+    if (hr_spool_scan_dir(cfg->spool_dir, on_scan_rec, &s, &st, err, sizeof err) < 0) {
+        fprintf(stderr, "hookrouter spool: %s\n", err);
+        hr_config_destroy(cfg);
+        return 1;
+    }
+    uint64_t now = hr_wall_ms();
+    printf("spool %s: %llu segment(s), %llu bytes", cfg->spool_dir, (unsigned long long)st.segments,
+           (unsigned long long)st.bytes);
+    if (st.corrupt)
+        printf(", %llu corrupt/torn record(s) skipped (%llu bytes)", (unsigned long long)st.corrupt,
+               (unsigned long long)st.corrupt_bytes);
+    printf("\n%-24s %8s %12s %s\n", "target", "depth", "oldest_age", "next_attempt");
+    size_t total = 0;
+    for (size_t t = 0; t < s.nnames; t++) {
+        size_t depth = 0;
+        uint64_t oldest = 0, next = UINT64_MAX;
+        for (size_t i = 0; i < s.n; i++) {
+            const sp_entry_t *e = &s.v[i];
+            if (!e->live || e->target != t) continue;
+            depth++;
+            if (!oldest || e->accepted_ms < oldest) oldest = e->accepted_ms;
+            uint64_t due = e->due_ms ? e->due_ms : e->accepted_ms;
+            if (due < next) next = due;
+        }
+        if (!depth) continue;
+        total += depth;
+        char age[32], nx[80], at[32];
+        fmt_age(now - (oldest < now ? oldest : now), age, sizeof age);
+        hr_rfc3339(next, at);
+        if (next <= now) {
+            snprintf(nx, sizeof nx, "now (due %s)", at);
+        } else {
+            char in[32];
+            fmt_age(next - now, in, sizeof in);
+            snprintf(nx, sizeof nx, "in %s (%s)", in, at);
+        }
+        printf("%-24s %8zu %12s %s\n", s.names[t], depth, age, nx);
+    }
+    printf("total pending: %zu\n", total);
+    for (size_t t = 0; t < s.nnames; t++)
+        free(s.names[t]);
+    free(s.names);
+    free(s.v);
+    free(s.tab);
+    hr_config_destroy(cfg);
+    return 0;
+}

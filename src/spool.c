@@ -1,0 +1,1063 @@
+/* The spool: segment files, record framing, append, group commit, recovery scan and segment
+ * deletion (see include/hr/spool.h for the format and the promises).
+ *
+ * Segments live in an array ordered by number, oldest first; the last one is written. An
+ * append is one pwritev(2) of header and payload at the segment's end, from the loop. Commits
+ * wait in a list; a uv_idle handle (which also keeps the next poll from blocking) hands them
+ * to a sync job in the threadpool that fdatasyncs every segment written since the last sync
+ * (and the folder when a segment was created). Commits requested while a job runs wait for
+ * the next job, which starts as soon as the running one ends: that is the group commit.
+ *
+ * What must stay true: a segment's descriptor is never closed while a sync job may use it
+ * (deletion and close wait for the job), and a failed write never leaves a partial record
+ * where the next append goes (the segment is cut back, or abandoned for a new one). */
+#include "hr/spool.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "hr/log.h"
+
+#define DEF_SEGMENT_BYTES (16u << 20)
+#define DEF_INTERVAL_MS   1000
+
+/* ---- CRC32C ----------------------------------------------------------------------------- */
+
+static uint32_t crc_table[8][256];
+static bool crc_ready;
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = crc_table[0][i];
+        for (int t = 1; t < 8; t++) {
+            c = crc_table[0][c & 0xff] ^ (c >> 8);
+            crc_table[t][i] = c;
+        }
+    }
+    crc_ready = true;
+}
+
+/* Slicing-by-8 in software. */
+static uint32_t crc32c_sw(uint32_t crc, const unsigned char *p, size_t n)
+{
+    if (!crc_ready) crc_init();
+    crc = ~crc;
+    while (n >= 8) {
+        uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                             (uint32_t)p[3] << 24);
+        crc = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^
+              crc_table[5][(lo >> 16) & 0xff] ^ crc_table[4][lo >> 24] ^ crc_table[3][p[4]] ^
+              crc_table[2][p[5]] ^ crc_table[1][p[6]] ^ crc_table[0][p[7]];
+        p += 8;
+        n -= 8;
+    }
+    while (n--)
+        crc = crc_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* The SSE4.2 crc32 instruction computes CRC32C. */
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const unsigned char *p,
+                                                            size_t n)
+{
+    uint64_t c = ~crc;
+    while (n >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = __builtin_ia32_crc32di(c, v);
+        p += 8;
+        n -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (n--)
+        c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return ~c32;
+}
+
+uint32_t hr_crc32c(uint32_t crc, const void *p, size_t n)
+{
+    static int hw = -1;
+    if (hw < 0) hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+    return hw ? crc32c_hw(crc, p, n) : crc32c_sw(crc, p, n);
+}
+#else
+uint32_t hr_crc32c(uint32_t crc, const void *p, size_t n)
+{
+    return crc32c_sw(crc, p, n);
+}
+#endif
+
+/* ---- Little-endian helpers -------------------------------------------------------------- */
+
+static void put32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void buf_u8(hr_buf_t *b, uint8_t v)
+{
+    hr_buf_append(b, &v, 1);
+}
+
+static void buf_u16(hr_buf_t *b, uint16_t v)
+{
+    unsigned char p[2] = {(unsigned char)v, (unsigned char)(v >> 8)};
+    hr_buf_append(b, p, 2);
+}
+
+static void buf_u32(hr_buf_t *b, uint32_t v)
+{
+    unsigned char p[4];
+    put32(p, v);
+    hr_buf_append(b, p, 4);
+}
+
+static void buf_u64(hr_buf_t *b, uint64_t v)
+{
+    buf_u32(b, (uint32_t)v);
+    buf_u32(b, (uint32_t)(v >> 32));
+}
+
+/* A string as u32 length + bytes; NULL as length 0xffffffff. */
+static void buf_str(hr_buf_t *b, const char *s, size_t n)
+{
+    if (!s) {
+        buf_u32(b, UINT32_MAX);
+        return;
+    }
+    buf_u32(b, (uint32_t)n);
+    hr_buf_append(b, s, n);
+}
+
+static void buf_cstr(hr_buf_t *b, const char *s)
+{
+    buf_str(b, s, s ? strlen(s) : 0);
+}
+
+/* A bounds-checked reader over a payload. */
+typedef struct {
+    const unsigned char *p;
+    size_t n;
+    size_t off;
+    bool bad;
+} rd_t;
+
+static bool rd_need(rd_t *r, size_t k)
+{
+    if (r->bad || r->n - r->off < k) {
+        r->bad = true;
+        return false;
+    }
+    return true;
+}
+
+static uint8_t rd_u8(rd_t *r)
+{
+    return rd_need(r, 1) ? r->p[r->off++] : 0;
+}
+
+static uint16_t rd_u16(rd_t *r)
+{
+    if (!rd_need(r, 2)) return 0;
+    uint16_t v = (uint16_t)(r->p[r->off] | r->p[r->off + 1] << 8);
+    r->off += 2;
+    return v;
+}
+
+static uint32_t rd_u32(rd_t *r)
+{
+    if (!rd_need(r, 4)) return 0;
+    uint32_t v = get32(r->p + r->off);
+    r->off += 4;
+    return v;
+}
+
+static uint64_t rd_u64(rd_t *r)
+{
+    uint64_t lo = rd_u32(r);
+    return lo | (uint64_t)rd_u32(r) << 32;
+}
+
+/* A string in place: sets *s (NULL for a NULL string) and returns its length. */
+static size_t rd_str(rd_t *r, const char **s)
+{
+    uint32_t n = rd_u32(r);
+    *s = NULL;
+    if (n == UINT32_MAX || r->bad) return 0;
+    if (!rd_need(r, n)) return 0;
+    *s = (const char *)r->p + r->off;
+    r->off += n;
+    return n;
+}
+
+static char *rd_strdup(rd_t *r)
+{
+    const char *s;
+    size_t n = rd_str(r, &s);
+    return s ? hr_xstrndup(s, n) : NULL;
+}
+
+/* ---- Record payloads -------------------------------------------------------------------- */
+
+/* ACTION payload: u64 id, u64 accepted_ms, u32 max_attempts, u32 timeout_ms, u8 kind,
+ * u8 body_is_json, u16 nheaders, str name, str store, str event_id, str event_type,
+ * str method, str url, str file_path, nheaders x (str name, str value), str body. The
+ * fields a recovery needs come first, so it decodes only those. */
+void hr_spool_encode_action(hr_buf_t *out, const hr_action_t *a, uint64_t id)
+{
+    buf_u64(out, id);
+    buf_u64(out, a->accepted_ms);
+    buf_u32(out, a->max_attempts);
+    buf_u32(out, a->timeout_ms);
+    buf_u8(out, (uint8_t)a->kind);
+    buf_u8(out, a->body_is_json ? 1 : 0);
+    buf_u16(out, (uint16_t)(a->nheaders > UINT16_MAX ? UINT16_MAX : a->nheaders));
+    buf_cstr(out, a->name);
+    buf_cstr(out, a->store);
+    buf_str(out, a->event_id, strnlen(a->event_id, sizeof a->event_id));
+    buf_cstr(out, a->event_type);
+    buf_cstr(out, a->method);
+    buf_cstr(out, a->url);
+    buf_cstr(out, a->file_path);
+    for (size_t i = 0; i < a->nheaders && i < UINT16_MAX; i++) {
+        buf_cstr(out, a->headers[i].name);
+        buf_cstr(out, a->headers[i].value);
+    }
+    buf_str(out, a->body ? a->body : "", a->body ? a->body_len : 0);
+}
+
+int hr_spool_action_meta(const char *p, size_t n, hr_spool_action_meta_t *m)
+{
+    rd_t r = {(const unsigned char *)p, n, 0, false};
+    m->id = rd_u64(&r);
+    m->accepted_ms = rd_u64(&r);
+    m->max_attempts = rd_u32(&r);
+    (void)rd_u32(&r);
+    m->kind = (hr_action_kind_t)rd_u8(&r);
+    (void)rd_u8(&r);
+    (void)rd_u16(&r);
+    m->name_len = rd_str(&r, &m->name);
+    m->store_len = rd_str(&r, &m->store);
+    m->event_id_len = rd_str(&r, &m->event_id);
+    if (r.bad || (m->kind != HR_ACTION_FORWARD && m->kind != HR_ACTION_WRITE)) return -1;
+    return 0;
+}
+
+hr_action_t *hr_spool_decode_action(const char *p, size_t n, uint64_t *id)
+{
+    rd_t r = {(const unsigned char *)p, n, 0, false};
+    uint64_t aid = rd_u64(&r);
+    uint64_t accepted = rd_u64(&r);
+    uint32_t max_attempts = rd_u32(&r);
+    uint32_t timeout = rd_u32(&r);
+    uint8_t kind = rd_u8(&r);
+    uint8_t is_json = rd_u8(&r);
+    uint16_t nh = rd_u16(&r);
+    if (r.bad || (kind != HR_ACTION_FORWARD && kind != HR_ACTION_WRITE)) return NULL;
+    hr_action_t *a = hr_action_new((hr_action_kind_t)kind);
+    a->accepted_ms = accepted;
+    a->max_attempts = max_attempts;
+    a->timeout_ms = timeout;
+    a->body_is_json = is_json != 0;
+    a->name = rd_strdup(&r);
+    a->store = rd_strdup(&r);
+    const char *eid;
+    size_t eid_len = rd_str(&r, &eid);
+    if (eid) {
+        if (eid_len >= sizeof a->event_id) eid_len = sizeof a->event_id - 1;
+        memcpy(a->event_id, eid, eid_len);
+        a->event_id[eid_len] = '\0';
+    }
+    a->event_type = rd_strdup(&r);
+    a->method = rd_strdup(&r);
+    a->url = rd_strdup(&r);
+    a->file_path = rd_strdup(&r);
+    for (uint16_t i = 0; i < nh && !r.bad; i++) {
+        char *hn = rd_strdup(&r), *hv = rd_strdup(&r);
+        if (hn && hv) hr_action_add_header(a, hn, hv);
+        free(hn);
+        free(hv);
+    }
+    const char *body;
+    size_t blen = rd_str(&r, &body);
+    if (r.bad) {
+        hr_action_free(a);
+        return NULL;
+    }
+    a->body = hr_xstrndup(body ? body : "", blen);
+    a->body_len = blen;
+    if (id) *id = aid;
+    return a;
+}
+
+/* STATE payload: u64 id, u64 prev, u32 attempt, i32 status, u64 at_ms, u64 next_due_ms,
+ * str error. */
+void hr_spool_encode_state(hr_buf_t *out, const hr_spool_state_t *s)
+{
+    buf_u64(out, s->id);
+    buf_u64(out, s->prev);
+    buf_u32(out, s->attempt);
+    buf_u32(out, (uint32_t)s->status);
+    buf_u64(out, s->at_ms);
+    buf_u64(out, s->next_due_ms);
+    buf_cstr(out, s->error ? s->error : "");
+}
+
+int hr_spool_decode_state(const char *p, size_t n, hr_spool_state_t *s, char *errbuf, size_t errlen)
+{
+    rd_t r = {(const unsigned char *)p, n, 0, false};
+    s->id = rd_u64(&r);
+    s->prev = rd_u64(&r);
+    s->attempt = rd_u32(&r);
+    s->status = (int32_t)rd_u32(&r);
+    s->at_ms = rd_u64(&r);
+    s->next_due_ms = rd_u64(&r);
+    const char *e;
+    size_t elen = rd_str(&r, &e);
+    if (r.bad) return -1;
+    if (errbuf && errlen) {
+        if (elen >= errlen) elen = errlen - 1;
+        if (e) memcpy(errbuf, e, elen);
+        errbuf[e ? elen : 0] = '\0';
+        s->error = errbuf;
+    } else {
+        s->error = "";
+    }
+    return 0;
+}
+
+/* ---- Framing and parsing ---------------------------------------------------------------- */
+
+static void make_header(unsigned char h[HR_SPOOL_HDR], int type, const void *payload, size_t len)
+{
+    put32(h, HR_SPOOL_MAGIC);
+    put32(h + 4, (uint32_t)len);
+    h[8] = (unsigned char)type;
+    h[9] = h[10] = h[11] = 0;
+    uint32_t crc = hr_crc32c(0, h + 4, 8);
+    crc = hr_crc32c(crc, payload, len);
+    put32(h + 12, crc);
+}
+
+void hr_spool_frame(hr_buf_t *out, int type, const void *payload, size_t len)
+{
+    unsigned char h[HR_SPOOL_HDR];
+    make_header(h, type, payload, len);
+    hr_buf_append(out, h, sizeof h);
+    hr_buf_append(out, payload, len);
+}
+
+/* True if a whole, valid record starts at p[off] within n bytes; sets *len to its payload
+ * length. */
+static bool record_ok(const unsigned char *p, size_t n, size_t off, uint32_t *len)
+{
+    if (n - off < HR_SPOOL_HDR || get32(p + off) != HR_SPOOL_MAGIC) return false;
+    uint32_t l = get32(p + off + 4);
+    if (l > n - off - HR_SPOOL_HDR) return false;
+    uint32_t crc = hr_crc32c(0, p + off + 4, 8);
+    crc = hr_crc32c(crc, p + off + HR_SPOOL_HDR, l);
+    if (crc != get32(p + off + 12)) return false;
+    *len = l;
+    return true;
+}
+
+uint64_t hr_spool_parse(const char *data, size_t n, uint32_t seg, hr_spool_rec_cb cb, void *arg,
+                        uint64_t *bad_bytes)
+{
+    const unsigned char *p = (const unsigned char *)data;
+    size_t off = 0;
+    uint64_t corrupt = 0, bad = 0;
+    while (off < n) {
+        uint32_t len;
+        if (record_ok(p, n, off, &len)) {
+            cb(arg, p[off + 8], data + off + HR_SPOOL_HDR, len, (uint64_t)seg << 32 | off);
+            off += HR_SPOOL_HDR + len;
+            continue;
+        }
+        corrupt++;
+        /* A record with a good frame but a bad checksum, followed by a record (or the end):
+         * skip just that record. */
+        if (n - off >= HR_SPOOL_HDR && get32(p + off) == HR_SPOOL_MAGIC) {
+            uint32_t l = get32(p + off + 4);
+            size_t next = off + HR_SPOOL_HDR + (size_t)l;
+            uint32_t l2;
+            if (l <= n - off - HR_SPOOL_HDR && (next == n || record_ok(p, n, next, &l2))) {
+                bad += next - off;
+                off = next;
+                continue;
+            }
+        }
+        /* Otherwise look for the next place where a valid record starts. */
+        size_t at = off + 1;
+        for (; at + HR_SPOOL_HDR <= n; at++) {
+            if (p[at] == 'H' && record_ok(p, n, at, &len)) break;
+        }
+        if (at + HR_SPOOL_HDR > n) at = n;
+        bad += at - off;
+        off = at;
+    }
+    if (bad_bytes) *bad_bytes += bad;
+    return corrupt;
+}
+
+/* ---- Segments --------------------------------------------------------------------------- */
+
+typedef struct {
+    uint32_t seq;  /* its number */
+    int fd;        /* O_RDWR descriptor */
+    uint64_t size; /* bytes written (= the next append's offset) */
+    uint64_t refs; /* live records the caller holds here */
+    bool dirty;    /* written since the last sync started */
+} seg_t;
+
+/* A commit waiting for a sync. */
+typedef struct commit {
+    struct commit *next;
+    void (*cb)(void *arg, int status);
+    void *arg;
+} commit_t;
+
+/* One sync job in the threadpool. */
+typedef struct {
+    uv_work_t work;
+    hr_spool_t *sp;
+    int *fds;      /* descriptors to fdatasync */
+    size_t nfds;   /* how many */
+    int dirfd;     /* the folder, to fsync after a segment was created, or -1 */
+    int result;    /* 0 or -errno */
+    commit_t *cbs; /* commits this job completes */
+} sync_job_t;
+
+struct hr_spool {
+    uv_loop_t *loop;      /* the loop */
+    hr_spool_opts_t opts; /* with defaults; dir owned */
+    int dirfd;            /* the folder, O_RDONLY */
+    seg_t *segs;          /* oldest first; the last is written */
+    size_t nsegs;         /* segments */
+    size_t segs_cap;      /* slots */
+    bool broken;          /* the current segment had a failed write or sync: start a new one */
+    bool dir_dirty;       /* a segment was created since the last sync */
+    commit_t *pending;    /* commits not yet in a sync, oldest first */
+    commit_t *pending_tail;
+    sync_job_t *job;          /* the sync running, or NULL */
+    uv_idle_t idle;           /* runs pending commits at the end of the loop iteration */
+    uv_timer_t timer;         /* HR_FSYNC_INTERVAL syncs */
+    hr_spool_stats_t st;      /* counters */
+    bool closing;             /* hr_spool_close was called */
+    int open_handles;         /* idle + timer */
+    void (*close_cb)(void *); /* after close */
+    void *close_arg;
+};
+
+static seg_t *seg_find(hr_spool_t *sp, uint32_t seq)
+{
+    size_t lo = 0, hi = sp->nsegs;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (sp->segs[mid].seq == seq) return &sp->segs[mid];
+        if (sp->segs[mid].seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+static char *seg_path(const char *dir, uint32_t seq)
+{
+    return hr_xasprintf("%s/seg-%016llx.hrs", dir, (unsigned long long)seq);
+}
+
+static void seg_push(hr_spool_t *sp, seg_t s)
+{
+    if (sp->nsegs == sp->segs_cap) {
+        sp->segs_cap = sp->segs_cap ? sp->segs_cap * 2 : 16;
+        sp->segs = hr_xrealloc(sp->segs, sp->segs_cap * sizeof *sp->segs);
+    }
+    sp->segs[sp->nsegs++] = s;
+}
+
+/* Start a new segment for appends. Returns 0 or a negative errno. */
+static int rotate(hr_spool_t *sp)
+{
+    uint32_t seq = sp->nsegs ? sp->segs[sp->nsegs - 1].seq + 1 : 1;
+    char *path = seg_path(sp->opts.dir, seq);
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int rc = fd < 0 ? -errno : 0;
+    if (fd < 0) hr_log_error("spool: cannot create %s: %s", path, strerror(errno));
+    free(path);
+    if (rc < 0) return rc;
+    seg_push(sp, (seg_t){.seq = seq, .fd = fd});
+    sp->st.segments++;
+    sp->dir_dirty = true;
+    sp->broken = false;
+    return 0;
+}
+
+/* Make a directory and its parents (mkdir -p). Returns 0 or a negative errno. */
+static int mkdir_p(const char *dir)
+{
+    char *d = hr_xstrdup(dir);
+    int rc = 0;
+    for (char *p = d + 1;; p++) {
+        if (*p != '/' && *p != '\0') continue;
+        char saved = *p;
+        *p = '\0';
+        if (mkdir(d, 0755) < 0 && errno != EEXIST) {
+            rc = -errno;
+            break;
+        }
+        *p = saved;
+        if (!saved) break;
+    }
+    free(d);
+    return rc;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The segment numbers in dir, sorted. Returns the count (*out owned by the caller), or a
+ * negative errno. */
+static long list_segments(const char *dir, uint32_t **out)
+{
+    DIR *d = opendir(dir);
+    if (!d) return -errno;
+    uint32_t *v = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        unsigned long long seq;
+        char tail[8];
+        if (sscanf(e->d_name, "seg-%16llx.%7s", &seq, tail) != 2 || strcmp(tail, "hrs") != 0 ||
+            strlen(e->d_name) != 24 || seq == 0 || seq > UINT32_MAX)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            v = hr_xrealloc(v, cap * sizeof *v);
+        }
+        v[n++] = (uint32_t)seq;
+    }
+    closedir(d);
+    if (n) qsort(v, n, sizeof *v, cmp_u32);
+    *out = v;
+    return (long)n;
+}
+
+/* Read up to size bytes of fd from offset 0 into a new buffer. Returns the bytes read or a
+ * negative errno. */
+static long long read_all(int fd, uint64_t size, char **out)
+{
+    char *b = hr_xmalloc(size ? size : 1);
+    uint64_t got = 0;
+    while (got < size) {
+        ssize_t k =
+            pread(fd, b + got, size - got > (1u << 30) ? (1u << 30) : size - got, (off_t)got);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) {
+            int rc = -errno;
+            free(b);
+            return rc;
+        }
+        if (k == 0) break;
+        got += (uint64_t)k;
+    }
+    *out = b;
+    return (long long)got;
+}
+
+/* Scan one segment file. Returns 0 or a negative errno. */
+static int scan_segment(int fd, uint32_t seq, hr_spool_rec_cb cb, void *arg, uint64_t *size,
+                        uint64_t *corrupt, uint64_t *bad)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0) return -errno;
+    char *data = NULL;
+    long long n = read_all(fd, (uint64_t)st.st_size, &data);
+    if (n < 0) return (int)n;
+    *corrupt += hr_spool_parse(data, (size_t)n, seq, cb, arg, bad);
+    *size = (uint64_t)n;
+    free(data);
+    return 0;
+}
+
+int hr_spool_scan_dir(const char *dir, hr_spool_rec_cb cb, void *arg, hr_spool_stats_t *st,
+                      char *err, size_t errlen)
+{
+    hr_spool_stats_t local = {0};
+    uint32_t *seqs = NULL;
+    long n = list_segments(dir, &seqs);
+    if (n == -ENOENT) n = 0;
+    if (n < 0) {
+        snprintf(err, errlen, "spool %s: %s", dir, strerror((int)-n));
+        return (int)n;
+    }
+    int rc = 0;
+    for (long i = 0; i < n; i++) {
+        char *path = seg_path(dir, seqs[i]);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            if (errno == ENOENT) { /* deleted by a router meanwhile */
+                free(path);
+                continue;
+            }
+            rc = -errno;
+            snprintf(err, errlen, "%s: %s", path, strerror(errno));
+            free(path);
+            break;
+        }
+        uint64_t size = 0;
+        rc = scan_segment(fd, seqs[i], cb, arg, &size, &local.corrupt, &local.corrupt_bytes);
+        close(fd);
+        if (rc < 0) {
+            snprintf(err, errlen, "%s: %s", path, strerror(-rc));
+            free(path);
+            break;
+        }
+        free(path);
+        local.bytes += size;
+        local.segments++;
+    }
+    free(seqs);
+    if (st) *st = local;
+    return rc;
+}
+
+/* ---- Sync jobs -------------------------------------------------------------------------- */
+
+static void on_idle(uv_idle_t *h);
+static void gc_now(hr_spool_t *sp);
+static void finish_close(hr_spool_t *sp);
+
+static void sync_work(uv_work_t *w)
+{
+    sync_job_t *j = w->data;
+    j->result = 0;
+    for (size_t i = 0; i < j->nfds; i++) {
+        if (fdatasync(j->fds[i]) < 0 && j->result == 0) j->result = -errno;
+    }
+    if (j->dirfd >= 0 && fsync(j->dirfd) < 0 && j->result == 0) j->result = -errno;
+}
+
+static void complete_commits(hr_spool_t *sp, commit_t *c, int status)
+{
+    while (c) {
+        commit_t *next = c->next;
+        sp->st.commits++;
+        c->cb(c->arg, status);
+        free(c);
+        c = next;
+    }
+}
+
+/* Collect what the next sync must cover and clear the dirty marks. */
+static sync_job_t *job_new(hr_spool_t *sp)
+{
+    sync_job_t *j = hr_xcalloc(1, sizeof *j);
+    j->sp = sp;
+    j->work.data = j;
+    j->fds = hr_xmalloc((sp->nsegs ? sp->nsegs : 1) * sizeof *j->fds);
+    for (size_t i = 0; i < sp->nsegs; i++) {
+        if (!sp->segs[i].dirty) continue;
+        j->fds[j->nfds++] = sp->segs[i].fd;
+        sp->segs[i].dirty = false;
+    }
+    j->dirfd = sp->dir_dirty ? sp->dirfd : -1;
+    sp->dir_dirty = false;
+    return j;
+}
+
+static void start_sync(hr_spool_t *sp, commit_t *cbs);
+
+static void after_sync(uv_work_t *w, int status)
+{
+    sync_job_t *j = w->data;
+    hr_spool_t *sp = j->sp;
+    int rc = status < 0 ? status : j->result;
+    sp->job = NULL;
+    sp->st.syncs++;
+    if (rc < 0) {
+        sp->st.write_errors++;
+        sp->broken = true; /* after a failed fsync the page cache is not to be trusted */
+        hr_log_error("spool: fsync failed: %s; new webhooks get 503 until a sync succeeds",
+                     strerror(-rc));
+    }
+    commit_t *cbs = j->cbs;
+    free(j->fds);
+    free(j);
+    complete_commits(sp, cbs, rc);
+    if (sp->pending && sp->opts.fsync == HR_FSYNC_ALWAYS) {
+        commit_t *next = sp->pending;
+        sp->pending = sp->pending_tail = NULL;
+        start_sync(sp, next);
+    }
+    gc_now(sp);
+    if (sp->closing) finish_close(sp);
+}
+
+static void start_sync(hr_spool_t *sp, commit_t *cbs)
+{
+    sync_job_t *j = job_new(sp);
+    j->cbs = cbs;
+    sp->job = j;
+    int rc = uv_queue_work(sp->loop, &j->work, sync_work, after_sync);
+    if (rc < 0) { /* cannot happen with a valid loop; fail the commits rather than hang */
+        sp->job = NULL;
+        free(j->fds);
+        free(j);
+        complete_commits(sp, cbs, rc);
+    }
+}
+
+static void on_idle(uv_idle_t *h)
+{
+    hr_spool_t *sp = h->data;
+    uv_idle_stop(h);
+    commit_t *cbs = sp->pending;
+    if (!cbs) return;
+    if (sp->opts.fsync != HR_FSYNC_ALWAYS) {
+        sp->pending = sp->pending_tail = NULL;
+        complete_commits(sp, cbs, 0);
+        return;
+    }
+    if (sp->job) return; /* they go with the next sync, started when this one ends */
+    sp->pending = sp->pending_tail = NULL;
+    start_sync(sp, cbs);
+}
+
+static void on_interval(uv_timer_t *t)
+{
+    hr_spool_t *sp = t->data;
+    if (sp->job) return;
+    bool dirty = sp->dir_dirty;
+    for (size_t i = 0; i < sp->nsegs && !dirty; i++)
+        dirty = sp->segs[i].dirty;
+    if (dirty) start_sync(sp, NULL);
+}
+
+/* ---- Public API ------------------------------------------------------------------------- */
+
+typedef struct {
+    hr_spool_rec_cb cb;
+    void *arg;
+} scan_ctx_t;
+
+hr_spool_t *hr_spool_open(uv_loop_t *loop, const hr_spool_opts_t *opts, hr_spool_rec_cb cb,
+                          void *arg, char *err, size_t errlen)
+{
+    hr_spool_t *sp = hr_xcalloc(1, sizeof *sp);
+    sp->loop = loop;
+    sp->opts = *opts;
+    sp->opts.dir = hr_xstrdup(opts->dir);
+    if (!sp->opts.segment_bytes) sp->opts.segment_bytes = DEF_SEGMENT_BYTES;
+    if (!sp->opts.fsync_interval_ms) sp->opts.fsync_interval_ms = DEF_INTERVAL_MS;
+    sp->dirfd = -1;
+    int rc = mkdir_p(sp->opts.dir);
+    if (rc < 0) {
+        snprintf(err, errlen, "spool_dir %s: %s", sp->opts.dir, strerror(-rc));
+        goto fail;
+    }
+    sp->dirfd = open(sp->opts.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (sp->dirfd < 0) {
+        snprintf(err, errlen, "spool_dir %s: %s", sp->opts.dir, strerror(errno));
+        goto fail;
+    }
+    uint32_t *seqs = NULL;
+    long n = list_segments(sp->opts.dir, &seqs);
+    if (n < 0) {
+        snprintf(err, errlen, "spool_dir %s: %s", sp->opts.dir, strerror((int)-n));
+        goto fail;
+    }
+    for (long i = 0; i < n; i++) {
+        char *path = seg_path(sp->opts.dir, seqs[i]);
+        int fd = open(path, O_RDWR | O_CLOEXEC);
+        if (fd < 0) {
+            snprintf(err, errlen, "spool segment %s: %s", path, strerror(errno));
+            free(path);
+            free(seqs);
+            goto fail;
+        }
+        seg_t s = {.seq = seqs[i], .fd = fd};
+        uint64_t corrupt = 0, bad = 0;
+        rc = scan_segment(fd, seqs[i], cb, arg, &s.size, &corrupt, &bad);
+        seg_push(sp, s);
+        if (rc < 0) {
+            snprintf(err, errlen, "spool segment %s: %s", path, strerror(-rc));
+            free(path);
+            free(seqs);
+            goto fail;
+        }
+        if (corrupt)
+            hr_log_warn("spool: %s: skipped %llu corrupt or torn record(s), %llu bytes "
+                        "(a crash mid-write leaves a torn tail; the rest was recovered)",
+                        path, (unsigned long long)corrupt, (unsigned long long)bad);
+        sp->st.corrupt += corrupt;
+        sp->st.corrupt_bytes += bad;
+        sp->st.bytes += s.size;
+        sp->st.segments++;
+        free(path);
+    }
+    free(seqs);
+    rc = rotate(sp);
+    if (rc < 0) {
+        snprintf(err, errlen, "spool_dir %s: cannot create a segment: %s", sp->opts.dir,
+                 strerror(-rc));
+        goto fail;
+    }
+    uv_idle_init(loop, &sp->idle);
+    sp->idle.data = sp;
+    uv_timer_init(loop, &sp->timer);
+    sp->timer.data = sp;
+    sp->open_handles = 2;
+    if (sp->opts.fsync == HR_FSYNC_INTERVAL)
+        uv_timer_start(&sp->timer, on_interval, sp->opts.fsync_interval_ms,
+                       sp->opts.fsync_interval_ms);
+    return sp;
+fail:
+    for (size_t i = 0; i < sp->nsegs; i++)
+        close(sp->segs[i].fd);
+    if (sp->dirfd >= 0) close(sp->dirfd);
+    free(sp->segs);
+    free((char *)sp->opts.dir);
+    free(sp);
+    return NULL;
+}
+
+bool hr_spool_is_full(const hr_spool_t *sp, size_t len)
+{
+    return sp->opts.max_bytes && sp->st.bytes + HR_SPOOL_HDR + len > sp->opts.max_bytes;
+}
+
+int hr_spool_append(hr_spool_t *sp, int type, const void *payload, size_t len, bool limited,
+                    hr_spool_loc_t *loc)
+{
+    if (sp->closing) return -ESHUTDOWN;
+    if (len > UINT32_MAX - HR_SPOOL_HDR) return -EFBIG;
+    if (limited && hr_spool_is_full(sp, len)) {
+        /* Full, but maybe only of finished records in the segment being written: start a
+         * new one so that one can be deleted, and look again. */
+        seg_t *c = &sp->segs[sp->nsegs - 1];
+        if (c->refs > 0 || c->size == 0 || rotate(sp) < 0) return -ENOSPC;
+        gc_now(sp);
+        if (hr_spool_is_full(sp, len)) return -ENOSPC;
+    }
+    uint64_t rec = HR_SPOOL_HDR + len;
+    seg_t *cur = &sp->segs[sp->nsegs - 1];
+    if (sp->broken || (cur->size > 0 && cur->size + rec > sp->opts.segment_bytes) ||
+        cur->size + rec > UINT32_MAX) {
+        int rc = rotate(sp);
+        if (rc < 0) {
+            sp->st.write_errors++;
+            return rc;
+        }
+        gc_now(sp); /* the old segment may hold nothing live any more */
+        cur = &sp->segs[sp->nsegs - 1];
+    }
+    unsigned char h[HR_SPOOL_HDR];
+    make_header(h, type, payload, len);
+    struct iovec iov[2] = {{h, sizeof h}, {(void *)payload, len}};
+    struct iovec *v = iov;
+    int iovcnt = 2;
+    uint64_t off = cur->size, pos = off;
+    while (iovcnt > 0) {
+        ssize_t k = pwritev(cur->fd, v, iovcnt, (off_t)pos);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) {
+            int rc = k < 0 ? -errno : -EIO;
+            sp->st.write_errors++;
+            if (ftruncate(cur->fd, (off_t)off) < 0) sp->broken = true;
+            hr_log_error("spool: write to segment %u failed: %s", cur->seq, strerror(-rc));
+            return rc;
+        }
+        pos += (uint64_t)k;
+        size_t left = (size_t)k;
+        while (iovcnt > 0 && left >= v->iov_len) {
+            left -= v->iov_len;
+            v++;
+            iovcnt--;
+        }
+        if (iovcnt > 0) {
+            v->iov_base = (char *)v->iov_base + left;
+            v->iov_len -= left;
+        }
+    }
+    cur->size += rec;
+    cur->dirty = true;
+    sp->st.bytes += rec;
+    if (type == HR_REC_ACTION) cur->refs++;
+    *loc = (uint64_t)cur->seq << 32 | off;
+    return 0;
+}
+
+int hr_spool_commit(hr_spool_t *sp, void (*cb)(void *arg, int status), void *arg)
+{
+    if (sp->closing) return -ESHUTDOWN;
+    commit_t *c = hr_xcalloc(1, sizeof *c);
+    c->cb = cb;
+    c->arg = arg;
+    if (sp->pending_tail)
+        sp->pending_tail->next = c;
+    else
+        sp->pending = c;
+    sp->pending_tail = c;
+    uv_idle_start(&sp->idle, on_idle);
+    return 0;
+}
+
+int hr_spool_read(hr_spool_t *sp, hr_spool_loc_t loc, hr_buf_t *out)
+{
+    seg_t *s = seg_find(sp, HR_LOC_SEG(loc));
+    if (!s) return -ENOENT;
+    unsigned char h[HR_SPOOL_HDR];
+    off_t off = (off_t)HR_LOC_OFF(loc);
+    ssize_t k = pread(s->fd, h, sizeof h, off);
+    if (k < 0) return -errno;
+    if (k != (ssize_t)sizeof h || get32(h) != HR_SPOOL_MAGIC) return -EILSEQ;
+    uint32_t len = get32(h + 4);
+    if ((uint64_t)off + HR_SPOOL_HDR + len > s->size) return -EILSEQ;
+    hr_buf_reset(out);
+    hr_buf_reserve(out, len);
+    size_t got = 0;
+    while (got < len) {
+        k = pread(s->fd, out->data + got, len - got, off + HR_SPOOL_HDR + (off_t)got);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) return -errno;
+        if (k == 0) return -EILSEQ;
+        got += (size_t)k;
+    }
+    out->len = len;
+    out->data[len] = '\0';
+    uint32_t crc = hr_crc32c(0, h + 4, 8);
+    crc = hr_crc32c(crc, out->data, len);
+    if (crc != get32(h + 12)) return -EILSEQ;
+    return h[8];
+}
+
+void hr_spool_ref(hr_spool_t *sp, hr_spool_loc_t loc)
+{
+    seg_t *s = seg_find(sp, HR_LOC_SEG(loc));
+    if (s) s->refs++;
+}
+
+void hr_spool_unref(hr_spool_t *sp, hr_spool_loc_t loc)
+{
+    seg_t *s = seg_find(sp, HR_LOC_SEG(loc));
+    if (!s || s->refs == 0) return;
+    if (--s->refs == 0 && s == &sp->segs[0]) gc_now(sp);
+}
+
+/* Delete the oldest segments without references (never the current one), unless a sync job
+ * may be using their descriptors. */
+static void gc_now(hr_spool_t *sp)
+{
+    if (sp->job) return;
+    size_t k = 0;
+    while (k + 1 < sp->nsegs && sp->segs[k].refs == 0) {
+        seg_t *s = &sp->segs[k];
+        char *path = seg_path(sp->opts.dir, s->seq);
+        if (unlink(path) < 0 && errno != ENOENT) {
+            hr_log_error("spool: cannot delete finished segment %s: %s", path, strerror(errno));
+            free(path);
+            break;
+        }
+        hr_log_debug("spool: deleted finished segment %s", path);
+        free(path);
+        close(s->fd);
+        sp->st.bytes -= s->size;
+        sp->st.segments--;
+        sp->st.deleted++;
+        k++;
+    }
+    if (k) {
+        memmove(sp->segs, sp->segs + k, (sp->nsegs - k) * sizeof *sp->segs);
+        sp->nsegs -= k;
+    }
+}
+
+void hr_spool_gc(hr_spool_t *sp)
+{
+    gc_now(sp);
+}
+
+void hr_spool_stats(const hr_spool_t *sp, hr_spool_stats_t *st)
+{
+    *st = sp->st;
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    hr_spool_t *sp = h->data;
+    if (--sp->open_handles > 0) return;
+    void (*cb)(void *) = sp->close_cb;
+    void *arg = sp->close_arg;
+    free(sp->segs);
+    free((char *)sp->opts.dir);
+    free(sp);
+    if (cb) cb(arg);
+}
+
+/* Once no sync runs: sync the rest here (shutdown may block briefly), complete what waits,
+ * close the files and the handles. */
+static void finish_close(hr_spool_t *sp)
+{
+    if (sp->job || sp->open_handles == 0 || uv_is_closing((uv_handle_t *)&sp->idle)) return;
+    int rc = 0;
+    for (size_t i = 0; i < sp->nsegs; i++) { /* a clean close syncs in every mode */
+        if (sp->segs[i].dirty && fdatasync(sp->segs[i].fd) < 0 && rc == 0) rc = -errno;
+        sp->segs[i].dirty = false;
+    }
+    if (sp->dir_dirty && fsync(sp->dirfd) < 0 && rc == 0) rc = -errno;
+    commit_t *cbs = sp->pending;
+    sp->pending = sp->pending_tail = NULL;
+    complete_commits(sp, cbs, rc);
+    gc_now(sp);
+    /* At a clean close the segment being written goes too when nothing in it is live (every
+     * older one is gone then, so no record it holds matters any more). */
+    if (sp->nsegs == 1 && sp->segs[0].refs == 0) {
+        char *path = seg_path(sp->opts.dir, sp->segs[0].seq);
+        unlink(path);
+        free(path);
+    }
+    for (size_t i = 0; i < sp->nsegs; i++)
+        close(sp->segs[i].fd);
+    close(sp->dirfd);
+    uv_close((uv_handle_t *)&sp->idle, on_handle_closed);
+    uv_close((uv_handle_t *)&sp->timer, on_handle_closed);
+}
+
+void hr_spool_close(hr_spool_t *sp, void (*cb)(void *arg), void *arg)
+{
+    if (sp->closing) return;
+    sp->closing = true;
+    sp->close_cb = cb;
+    sp->close_arg = arg;
+    uv_timer_stop(&sp->timer);
+    uv_idle_stop(&sp->idle);
+    finish_close(sp);
+}

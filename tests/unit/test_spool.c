@@ -1,0 +1,359 @@
+/* Unit tests for src/spool.c: framing, append and recovery, torn tails, corrupt records in
+ * the middle, segment deletion, group commit. */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "check.h"
+#include "hr/log.h"
+#include "hr/spool.h"
+
+static uv_loop_t *loop;
+static char dir[64];
+
+typedef struct {
+    int n;           /* records seen */
+    char last[64];   /* payload of the last one */
+    int types[4096]; /* their types */
+    hr_spool_loc_t locs[4096];
+} seen_t;
+
+static void on_rec(void *arg, int type, const char *p, size_t n, hr_spool_loc_t loc)
+{
+    seen_t *s = arg;
+    if (s->n < 4096) {
+        s->types[s->n] = type;
+        s->locs[s->n] = loc;
+    }
+    s->n++;
+    snprintf(s->last, sizeof s->last, "%.*s", (int)(n < 63 ? n : 63), p);
+}
+
+static int closed;
+static void on_closed(void *arg)
+{
+    closed++;
+}
+
+static void close_spool(hr_spool_t *sp)
+{
+    int c = closed;
+    hr_spool_close(sp, on_closed, NULL);
+    while (closed == c)
+        uv_run(loop, UV_RUN_ONCE);
+}
+
+static int commits_done, commit_status;
+static void on_commit(void *arg, int status)
+{
+    commits_done++;
+    commit_status = status;
+}
+
+static char *spool_dir(const char *name)
+{
+    return hr_xasprintf("%s/%s", dir, name);
+}
+
+/* The newest non-empty segment file of d. */
+static char *last_segment(const char *d)
+{
+    char *best = NULL;
+    for (unsigned i = 1; i < 100; i++) {
+        char *p = hr_xasprintf("%s/seg-%016x.hrs", d, i);
+        struct stat st;
+        if (stat(p, &st) == 0 && st.st_size > 0) {
+            free(best);
+            best = p;
+        } else {
+            free(p);
+        }
+    }
+    return best;
+}
+
+static void test_append_recover(void)
+{
+    char *d = spool_dir("a");
+    char err[256];
+    hr_spool_opts_t o = {.dir = d, .fsync = HR_FSYNC_ALWAYS};
+    seen_t s = {0};
+    hr_spool_t *sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    CHECK(sp != NULL);
+    CHECK_INT_EQ(s.n, 0);
+    hr_spool_loc_t loc[10];
+    for (int i = 0; i < 10; i++) {
+        char p[32];
+        int n = snprintf(p, sizeof p, "record-%d", i);
+        CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, (size_t)n, true, &loc[i]), 0);
+    }
+    CHECK_INT_EQ(hr_spool_commit(sp, on_commit, NULL), 0);
+    CHECK_INT_EQ(commits_done, 0); /* never from inside */
+    while (commits_done == 0)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK_INT_EQ(commit_status, 0);
+    hr_buf_t b = HR_BUF_INIT;
+    CHECK_INT_EQ(hr_spool_read(sp, loc[3], &b), HR_REC_ACTION);
+    CHECK_STR_EQ(b.data, "record-3");
+    hr_buf_free(&b);
+    close_spool(sp);
+
+    /* Reopen: every record comes back in order. */
+    memset(&s, 0, sizeof s);
+    sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    CHECK(sp != NULL);
+    CHECK_INT_EQ(s.n, 10);
+    CHECK_STR_EQ(s.last, "record-9");
+    /* Nobody took references: the old segment goes at the first gc. */
+    hr_spool_gc(sp);
+    hr_spool_stats_t st;
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.deleted, 1);
+    close_spool(sp);
+    free(d);
+}
+
+/* Write 5 records, close, damage the file with fn, reopen and count. */
+static void damaged(const char *name, void (*fn)(const char *path), int want, uint64_t corrupt)
+{
+    char *d = spool_dir(name);
+    char err[256];
+    hr_spool_opts_t o = {.dir = d, .fsync = HR_FSYNC_NEVER};
+    seen_t s = {0};
+    hr_spool_t *sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    hr_spool_loc_t loc;
+    for (int i = 0; i < 5; i++) {
+        char p[64];
+        int n = snprintf(p, sizeof p, "payload number %d with some bytes", i);
+        hr_spool_append(sp, HR_REC_ACTION, p, (size_t)n, false, &loc); /* live: kept */
+    }
+    close_spool(sp);
+    char *path = last_segment(d);
+    CHECK(path != NULL);
+    if (path) fn(path);
+    free(path);
+    memset(&s, 0, sizeof s);
+    sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    CHECK(sp != NULL);
+    if (!sp) return;
+    CHECK_INT_EQ(s.n, want);
+    hr_spool_stats_t st;
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.corrupt, corrupt);
+    close_spool(sp);
+    free(d);
+}
+
+static void truncate_3(const char *path)
+{
+    struct stat st;
+    stat(path, &st);
+    CHECK_INT_EQ(truncate(path, st.st_size - 3), 0);
+}
+
+/* Flip a payload byte of the third record (each is 16 + 33 bytes). */
+static void flip_middle(const char *path)
+{
+    int fd = open(path, O_RDWR);
+    off_t off = 2 * (16 + 33) + 20;
+    char c;
+    CHECK_INT_EQ(pread(fd, &c, 1, off), 1);
+    c ^= 0x40;
+    CHECK_INT_EQ(pwrite(fd, &c, 1, off), 1);
+    close(fd);
+}
+
+/* Garble the second record's length field: the scan resynchronises on the next record. */
+static void garble_length(const char *path)
+{
+    int fd = open(path, O_RDWR);
+    unsigned char v[4] = {0xff, 0xff, 0x00, 0x10};
+    CHECK_INT_EQ(pwrite(fd, v, 4, (16 + 33) + 4), 4);
+    close(fd);
+}
+
+static void garbage_tail(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_APPEND);
+    CHECK_INT_EQ(write(fd, "HRS1\x05garbage", 12), 12);
+    close(fd);
+}
+
+static void test_damage(void)
+{
+    damaged("torn", truncate_3, 4, 1);
+    damaged("flip", flip_middle, 4, 1);
+    damaged("len", garble_length, 4, 1);
+    damaged("tail", garbage_tail, 5, 1);
+}
+
+static void test_segments_deleted(void)
+{
+    char *d = spool_dir("segs");
+    char err[256];
+    hr_spool_opts_t o = {.dir = d, .fsync = HR_FSYNC_NEVER, .segment_bytes = 200};
+    seen_t s = {0};
+    hr_spool_t *sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    hr_spool_loc_t loc[20];
+    char p[100];
+    memset(p, 'x', sizeof p);
+    for (int i = 0; i < 20; i++)
+        CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, false, &loc[i]), 0);
+    hr_spool_stats_t st;
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.segments, 20); /* 116-byte records, 200-byte segments: one each */
+    /* Finishing a later record deletes nothing while an older one lives. */
+    hr_spool_unref(sp, loc[5]);
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.deleted, 0);
+    for (int i = 0; i < 5; i++)
+        hr_spool_unref(sp, loc[i]);
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.deleted, 6); /* 0..5, in order */
+    CHECK_INT_EQ(st.segments, 14);
+    for (int i = 6; i < 20; i++)
+        hr_spool_unref(sp, loc[i]);
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.segments, 1); /* the one being written stays */
+    close_spool(sp);
+    /* A clean close with nothing live leaves no segment. */
+    memset(&s, 0, sizeof s);
+    sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    CHECK_INT_EQ(s.n, 0);
+    close_spool(sp);
+
+    /* max_bytes: limited appends are refused; unlimited ones are not. */
+    o.max_bytes = 300;
+    o.segment_bytes = 0;
+    sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, true, &loc[0]), 0);
+    CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, true, &loc[1]), 0);
+    CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, true, &loc[2]), -ENOSPC);
+    CHECK_INT_EQ(hr_spool_append(sp, HR_REC_DONE, p, 8, false, &loc[2]), 0);
+    /* Once both are finished the segment is rotated away and there is room again. */
+    hr_spool_unref(sp, loc[0]);
+    hr_spool_unref(sp, loc[1]);
+    CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, true, &loc[2]), 0);
+    close_spool(sp);
+    free(d);
+}
+
+static void test_group_commit(void)
+{
+    char *d = spool_dir("group");
+    char err[256];
+    hr_spool_opts_t o = {.dir = d, .fsync = HR_FSYNC_ALWAYS};
+    seen_t s = {0};
+    hr_spool_t *sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    hr_spool_loc_t loc;
+    /* 100 commits requested in one loop iteration share one sync. */
+    commits_done = 0;
+    for (int i = 0; i < 100; i++) {
+        hr_spool_append(sp, HR_REC_ACTION, "abc", 3, true, &loc);
+        hr_spool_commit(sp, on_commit, NULL);
+    }
+    while (commits_done < 100)
+        uv_run(loop, UV_RUN_ONCE);
+    hr_spool_stats_t st;
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.syncs, 1);
+    CHECK_INT_EQ(st.commits, 100);
+    /* Commits arriving while a sync runs wait for the next one: at most 2 more syncs. */
+    commits_done = 0;
+    for (int i = 0; i < 50; i++) {
+        hr_spool_append(sp, HR_REC_ACTION, "abc", 3, true, &loc);
+        hr_spool_commit(sp, on_commit, NULL);
+        uv_run(loop, UV_RUN_NOWAIT);
+    }
+    while (commits_done < 50)
+        uv_run(loop, UV_RUN_ONCE);
+    hr_spool_stats(sp, &st);
+    CHECK(st.syncs >= 2);
+    CHECK(st.syncs <= 51);
+    fprintf(stderr, "group commit: 50 interleaved commits took %llu syncs\n",
+            (unsigned long long)(st.syncs - 1));
+    close_spool(sp);
+
+    /* "never": commits complete without any sync. */
+    o.fsync = HR_FSYNC_NEVER;
+    sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    commits_done = 0;
+    hr_spool_append(sp, HR_REC_ACTION, "abc", 3, true, &loc);
+    hr_spool_commit(sp, on_commit, NULL);
+    while (commits_done < 1)
+        uv_run(loop, UV_RUN_ONCE);
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.syncs, 0);
+    close_spool(sp);
+    free(d);
+}
+
+static void test_codec(void)
+{
+    hr_action_t *a = hr_action_new(HR_ACTION_FORWARD);
+    strcpy(a->event_id, "0190-abc");
+    a->event_type = hr_xstrdup("checkout");
+    a->store = hr_xstrdup("42");
+    a->name = hr_xstrdup("pos");
+    a->method = hr_xstrdup("PUT");
+    a->url = hr_xstrdup("http://127.0.0.1:9/x");
+    hr_action_add_header(a, "X-Api-Key", "k");
+    a->body = hr_xstrndup("{\"a\":\0}", 8);
+    a->body_len = 8;
+    a->body_is_json = true;
+    a->accepted_ms = 123456789;
+    a->max_attempts = 7;
+    a->timeout_ms = 900;
+    hr_buf_t b = HR_BUF_INIT;
+    hr_spool_encode_action(&b, a, 99);
+    uint64_t id = 0;
+    hr_action_t *c = hr_spool_decode_action(b.data, b.len, &id);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_INT_EQ(id, 99);
+        CHECK_STR_EQ(c->event_id, "0190-abc");
+        CHECK_STR_EQ(c->store, "42");
+        CHECK_STR_EQ(c->url, "http://127.0.0.1:9/x");
+        CHECK_STR_EQ(c->headers[0].value, "k");
+        CHECK_INT_EQ(c->body_len, 8);
+        CHECK(memcmp(c->body, a->body, 8) == 0);
+        CHECK(c->file_path == NULL);
+        CHECK_INT_EQ(c->max_attempts, 7);
+        CHECK_INT_EQ(c->timeout_ms, 900);
+        CHECK_INT_EQ(c->accepted_ms, 123456789);
+    }
+    hr_spool_action_meta_t m;
+    CHECK_INT_EQ(hr_spool_action_meta(b.data, b.len, &m), 0);
+    CHECK_INT_EQ(m.id, 99);
+    CHECK_INT_EQ(m.name_len, 3);
+    CHECK(hr_spool_decode_action(b.data, b.len - 1, NULL) == NULL); /* truncated */
+    hr_action_free(c);
+    hr_action_free(a);
+    hr_buf_free(&b);
+    /* CRC32C check value. */
+    CHECK_INT_EQ(hr_crc32c(0, "123456789", 9), 0xE3069283u);
+}
+
+int main(void)
+{
+    hr_log_set_level(HR_LOG_ERROR);
+    snprintf(dir, sizeof dir, "/tmp/hr_test_spool.XXXXXX");
+    CHECK(mkdtemp(dir) != NULL);
+    loop = hr_xmalloc(sizeof *loop);
+    uv_loop_init(loop);
+    test_codec();
+    test_append_recover();
+    test_damage();
+    test_segments_deleted();
+    test_group_commit();
+    uv_run(loop, UV_RUN_DEFAULT);
+    CHECK_INT_EQ(uv_loop_close(loop), 0);
+    free(loop);
+    char *cmd = hr_xasprintf("rm -rf '%s'", dir);
+    CHECK_INT_EQ(system(cmd), 0);
+    free(cmd);
+    return CHECK_DONE("test_spool");
+}
