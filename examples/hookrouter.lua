@@ -49,6 +49,9 @@ return {
       url = os.getenv("LEGACY_POS_URL") or "http://127.0.0.1:9000/legacy",
       headers = { ["X-Api-Key"] = os.getenv("LEGACY_POS_KEY") or "example-key" },
       timeout_ms = 5000,
+      -- Waits before attempts 1, 2, 3, ... (+-20% jitter). Short here so the walkthrough shows
+      -- a dead letter in seconds; the default is Svix-like: 0, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h.
+      retry_ms = { 0, 500, 1000, 2000, 4000 },
       max_attempts = 5,
     },
     -- Legacy member service asked by store 77's entry-code.verify rule (rules/lib/members.lua).
@@ -71,6 +74,9 @@ return {
   },
   dead_letters = "var/dead-letters.jsonl",
 
-  delivery = { retry_base_ms = 500, retry_max_ms = 60000 },
+  -- Every event is in this spool, fsync'd, before AiFi gets its 200 (see docs/ARCHITECTURE.md).
+  spool_dir = "var/spool",
+  fsync = "always",
+
   log = { level = "info" },
 }
