@@ -17,6 +17,12 @@ return function(event)
   if forwarding then forward("sink", legacy) end
 end
 LUA
+HR_BENCH_WORKERS=${HR_BENCH_WORKERS:-1}
+case $HR_BENCH_WORKERS in
+auto) HR_BENCH_WORKERS_LUA='"auto"' ;;
+*[!0-9]* | '') echo "HR_BENCH_WORKERS must be a number or auto" >&2; exit 2 ;;
+*) HR_BENCH_WORKERS_LUA=$HR_BENCH_WORKERS ;;
+esac
 cat >"$dir/hookrouter.lua" <<LUA
 return {
   listen = "127.0.0.1:${BENCH_PORT:-18080}",
@@ -31,6 +37,9 @@ return {
   -- The runner SIGKILLs a target that takes over 5 s to stop; what is still queued then
   -- goes to the dead letters in this temporary folder.
   shutdown_grace_ms = 2000,
+  -- HR_BENCH_WORKERS: front worker threads (an integer or "auto"); 1 unless set, whatever
+  -- BENCH_WORKERS the runner passes, so a run measures what the script says.
+  workers = ${HR_BENCH_WORKERS_LUA},
 }
 LUA
 exec "$HR_BIN" run -c "$dir/hookrouter.lua"

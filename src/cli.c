@@ -18,6 +18,7 @@
 #include "hr/log.h"
 #include "hr/router.h"
 #include "hr/rules.h"
+#include "hr/workers.h"
 
 /* Load config and rules; print every error to stderr. NULL on failure. */
 static hr_ruleset_t *load_all(const char *config)
@@ -427,7 +428,8 @@ out:
 /* ---------------------------------------------------------------- run */
 
 typedef struct {
-    hr_router_t *router;
+    hr_router_t *router;   /* one worker */
+    hr_workers_t *workers; /* or several */
     uv_signal_t sighup, sigterm, sigint;
     int signals_open;
     bool stopped;
@@ -442,6 +444,7 @@ static void on_router_stopped(void *arg)
 {
     runner_t *run = arg;
     run->router = NULL;
+    run->workers = NULL;
     uv_close((uv_handle_t *)&run->sighup, on_signal_closed);
     uv_close((uv_handle_t *)&run->sigterm, on_signal_closed);
     uv_close((uv_handle_t *)&run->sigint, on_signal_closed);
@@ -452,7 +455,10 @@ static void on_signal(uv_signal_t *h, int signum)
     runner_t *run = h->data;
     if (signum == SIGHUP) {
         hr_log_info("SIGHUP: reloading");
-        hr_router_request_reload(run->router);
+        if (run->workers)
+            hr_workers_request_reload(run->workers);
+        else
+            hr_router_request_reload(run->router);
         return;
     }
     if (run->stopped) {
@@ -461,7 +467,10 @@ static void on_signal(uv_signal_t *h, int signum)
     }
     run->stopped = true;
     hr_log_info("%s: shutting down", strsignal(signum));
-    hr_router_shutdown(run->router, on_router_stopped, run);
+    if (run->workers)
+        hr_workers_shutdown(run->workers, on_router_stopped, run);
+    else
+        hr_router_shutdown(run->router, on_router_stopped, run);
 }
 
 int hr_cmd_run(const char *config)
@@ -481,8 +490,12 @@ int hr_cmd_run(const char *config)
     size_t nstores = hr_ruleset_store_count(rs), nendpoints = cfg->nendpoints;
     bool has_default = hr_ruleset_has_default(rs);
     char *file = hr_xstrdup(cfg->file);
-    run.router = hr_router_start(&loop, rs, err, sizeof err);
-    if (!run.router) {
+    unsigned nworkers = cfg->workers ? cfg->workers : hr_workers_auto();
+    if (nworkers == 1)
+        run.router = hr_router_start(&loop, rs, err, sizeof err);
+    else
+        run.workers = hr_workers_start(&loop, rs, nworkers, err, sizeof err);
+    if (!run.router && !run.workers) {
         hr_log_error("%s", err);
         free(listen);
         free(file);
@@ -499,7 +512,10 @@ int hr_cmd_run(const char *config)
     }
     hr_log_info("hookrouter %s: config %s: %zu endpoints, %zu store rules, default rule %s",
                 HR_VERSION, file, nendpoints, nstores, has_default ? "yes" : "no");
-    hr_router_log_listening(run.router);
+    if (run.workers)
+        hr_workers_log_listening(run.workers);
+    else
+        hr_router_log_listening(run.router);
     free(listen);
     free(file);
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -514,8 +514,14 @@ static void on_scan_rec(void *arg, int type, const char *p, size_t n, hr_spool_l
 {
     sp_scan_t *s = arg;
     (void)loc;
-    if (type == HR_REC_ACTION) {
+    if (type == HR_REC_ACTION || type == HR_REC_COPY) {
         hr_spool_action_meta_t m;
+        hr_spool_copy_t c = {0}; /* a COPY: the action moved by compaction, with its state */
+        if (type == HR_REC_COPY) {
+            if (hr_spool_decode_copy(p, n, &c) < 0) return;
+            p = c.action;
+            n = c.action_len;
+        }
         if (hr_spool_action_meta(p, n, &m) < 0) return;
         sp_entry_t *e = sp_find(s, m.id);
         if (!e) {
@@ -550,6 +556,10 @@ static void on_scan_rec(void *arg, int type, const char *p, size_t n, hr_spool_l
         e->target = (uint32_t)t;
         e->accepted_ms = m.accepted_ms;
         e->live = true;
+        if (type == HR_REC_COPY) {
+            e->attempts = c.attempts;
+            e->due_ms = c.next_due_ms;
+        }
     } else if (type == HR_REC_STATE) {
         hr_spool_state_t st;
         if (hr_spool_decode_state(p, n, &st, NULL, 0) < 0) return;

@@ -667,6 +667,21 @@ static void load_log(loader_t *ld)
     lua_pop(ld->L, 1);
 }
 
+/* workers (value on top): an integer >= 1, or "auto" (stored as 0: one per CPU). */
+static void load_workers(loader_t *ld)
+{
+    if (lua_type(ld->L, -1) == LUA_TSTRING) {
+        if (strcmp(lua_tostring(ld->L, -1), "auto") != 0)
+            key_err(ld, "workers", "expected an integer >= 1 or \"auto\", got \"%s\"",
+                    lua_tostring(ld->L, -1));
+        ld->c->workers = 0;
+        return;
+    }
+    uint64_t n = 1;
+    want_uint(ld, "workers", 1, HR_WORKERS_MAX, &n);
+    ld->c->workers = (uint32_t)n;
+}
+
 /* Walk the table on top of the stack into ld->c. */
 static void load_root(loader_t *ld)
 {
@@ -687,6 +702,7 @@ static void load_root(loader_t *ld)
                                        "fsync",
                                        "fsync_interval_ms",
                                        "max_spool_bytes",
+                                       "workers",
                                        NULL};
     lua_State *L = ld->L;
     hr_config_t *c = ld->c;
@@ -748,6 +764,8 @@ static void load_root(loader_t *ld)
         want_uint(ld, "shutdown_grace_ms", 0, 3600000, &c->shutdown_grace_ms);
     lua_pop(L, 1);
     load_spool(ld);
+    if (lua_getfield(L, -1, "workers") != LUA_TNIL) load_workers(ld);
+    lua_pop(L, 1);
     if (lua_getfield(L, -1, "log") != LUA_TNIL) load_log(ld);
     lua_pop(L, 1);
 }
@@ -769,6 +787,7 @@ static void set_defaults(hr_config_t *c)
     c->shutdown_grace_ms = 10000;
     c->fsync_interval_ms = 1000;
     c->max_spool_bytes = 1ull << 30;
+    c->workers = 1;
 }
 
 /* Open the libraries a config may use: base (without file loading), string, table, math,

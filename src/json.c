@@ -712,6 +712,12 @@ static void arena_end(void)
     }
 }
 
+void hr_json_thread_done(void)
+{
+    free(arena.base);
+    arena = (arena_t){0};
+}
+
 int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen)
 {
     if (!text) text = "";

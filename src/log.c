@@ -2,16 +2,19 @@
  * crashing process are not lost in a stdio buffer. */
 #include "hr/log.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
-static hr_log_level_t min_level = HR_LOG_INFO;
+/* Set by whichever thread loads a config (every worker on reload), read by all: atomic, relaxed
+ * (a level change need not be ordered with anything else). */
+static _Atomic int min_level = HR_LOG_INFO;
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 void hr_log_set_level(hr_log_level_t level)
 {
-    min_level = level;
+    atomic_store_explicit(&min_level, (int)level, memory_order_relaxed);
 }
 
 int hr_log_level_parse(const char *s, hr_log_level_t *level)
@@ -31,12 +34,12 @@ int hr_log_level_parse(const char *s, hr_log_level_t *level)
 
 bool hr_log_enabled(hr_log_level_t level)
 {
-    return level >= min_level;
+    return (int)level >= atomic_load_explicit(&min_level, memory_order_relaxed);
 }
 
 void hr_log(hr_log_level_t level, const char *fmt, ...)
 {
-    if (level < min_level) return;
+    if (!hr_log_enabled(level)) return;
     char line[4096];
     char ts[32];
     hr_rfc3339(hr_wall_ms(), ts);

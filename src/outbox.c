@@ -17,6 +17,17 @@
  * targets: parked behind the head of its store's lane), or in flight. One uv_timer serves the
  * heap; each target has one timer for its circuit probe and rate limit.
  *
+ * Compaction: one action that keeps retrying would pin its segment and, since segments go
+ * only from the oldest end, every newer one. So when the oldest segment holds few pending
+ * actions (hr_spool_compact_candidate), each of them is copied forward as a COPY record (the
+ * action as stored, attempts, last status, next due time and the attempt log), its item
+ * points there, and once an fdatasync covered the copies the segment's pin is dropped and
+ * it goes. One segment at a time, from a timer (and at once when a push finds the spool
+ * full), so the loop never does more than one segment's copies per turn. Recovery: a COPY
+ * for an id already seen updates that item in place (the later record holds the later
+ * state); one for an id whose ACTION is gone adds it; the list is then put back in id
+ * (arrival) order.
+ *
  * Drain: attempts due after the deadline are not started; when nothing is in flight (or at
  * the deadline, cancelling what is) the HTTP client closes and every item is let go without a
  * DONE: it stays in the spool for the next start. */
@@ -41,6 +52,8 @@
 #define DEF_PROBE_MS      5000
 #define KEEP_LOADED_MS    10000 /* keep the action in memory across waits shorter than this */
 #define MAX_LOG_ATTEMPTS  1000
+#define COMPACT_MS        1000 /* how often the spool is looked at for compaction */
+#define COMPACT_RETRY_MS  100  /* after a candidate whose items were not all found */
 
 static const uint64_t DEFAULT_RETRY_MS[] = {0,       5000,     300000,   1800000,
                                             7200000, 18000000, 36000000, 36000000};
@@ -130,6 +143,11 @@ struct hr_outbox {
     uv_timer_t retry_timer;    /* armed for heap[0] */
     uv_timer_t drain_timer;    /* grace period end, or 0 when drained early */
     uv_timer_t incoming_timer; /* scans incoming_dir */
+    uv_timer_t compact_timer;  /* compaction steps */
+    bool compacting;           /* a compaction waits for its sync */
+    uint32_t compact_skip;     /* a segment whose compaction sync failed: left alone */
+    uint64_t compact_after;    /* uv_now before which a push does not trigger a step */
+    bool compact_manual;       /* only hr_outbox_compact runs steps (tests) */
     hr_outbox_stats_t st;      /* counters */
     hr_buf_t scratch;          /* encoding and reading records */
     hr_buf_t line;             /* dead-letter lines */
@@ -148,6 +166,7 @@ struct hr_outbox {
     ob_item_t **rec_tab; /* id -> item, open addressing */
     size_t rec_cap;      /* power of two */
     size_t rec_n;        /* used slots (with tombstones) */
+    bool rec_unsorted;   /* an item was added out of id order (a COPY) */
 };
 
 #define TOMB ((ob_item_t *)1)
@@ -157,6 +176,7 @@ static void on_target_timer(uv_timer_t *t);
 static void pump(ob_target_t *t);
 static void schedule(ob_item_t *it);
 static void maybe_drained(hr_outbox_t *o);
+static void compact_kick(hr_outbox_t *o);
 
 /* ---- Targets ---------------------------------------------------------------------------- */
 
@@ -371,12 +391,18 @@ static int item_load(ob_item_t *it)
     if (it->a) return 0;
     hr_outbox_t *o = it->o;
     int type = o->spool ? hr_spool_read(o->spool, it->loc, &o->scratch) : -EBADF;
-    if (type != HR_REC_ACTION) {
+    const char *p = o->scratch.data;
+    size_t n = o->scratch.len;
+    hr_spool_copy_t c;
+    if (type == HR_REC_COPY && hr_spool_decode_copy(p, n, &c) == 0) {
+        p = c.action;
+        n = c.action_len;
+    } else if (type != HR_REC_ACTION) {
         hr_log_error("spool: cannot read the action id=%llu back (%s)", (unsigned long long)it->id,
                      type < 0 ? strerror(-type) : "wrong record type");
         return -1;
     }
-    it->a = hr_spool_decode_action(o->scratch.data, o->scratch.len, NULL);
+    it->a = hr_spool_decode_action(p, n, NULL);
     if (!it->a) {
         hr_log_error("spool: malformed action id=%llu", (unsigned long long)it->id);
         return -1;
@@ -410,6 +436,37 @@ typedef struct {
     size_t n;
 } attempt_log_t;
 
+/* Room for one more entry in lg (cap: its slots). */
+static void log_grow(attempt_log_t *lg, size_t *cap)
+{
+    if (lg->n < *cap) return;
+    *cap = *cap ? *cap * 2 : 8;
+    lg->v = hr_xrealloc(lg->v, *cap * sizeof *lg->v);
+    lg->err = hr_xrealloc(lg->err, *cap * sizeof *lg->err);
+}
+
+/* Add the attempt log carried by a COPY record (oldest first) to lg, which is built newest
+ * first. */
+static void log_add_copy(attempt_log_t *lg, size_t *cap, hr_spool_copy_t *c)
+{
+    size_t first = lg->n;
+    hr_spool_state_t s;
+    while (lg->n < MAX_LOG_ATTEMPTS) {
+        log_grow(lg, cap);
+        if (hr_spool_copy_log_next(c, &s, lg->err[lg->n], sizeof lg->err[0]) <= 0) break;
+        lg->v[lg->n++] = (hr_attempt_t){s.attempt, s.status, s.at_ms, NULL};
+    }
+    for (size_t i = first, j = lg->n; j > i + 1; i++, j--) { /* newest first, as the chain */
+        hr_attempt_t tv = lg->v[i];
+        lg->v[i] = lg->v[j - 1];
+        lg->v[j - 1] = tv;
+        char te[128];
+        memcpy(te, lg->err[i], sizeof te);
+        memcpy(lg->err[i], lg->err[j - 1], sizeof te);
+        memcpy(lg->err[j - 1], te, sizeof te);
+    }
+}
+
 static void read_attempt_log(ob_item_t *it, attempt_log_t *lg)
 {
     hr_outbox_t *o = it->o;
@@ -418,12 +475,15 @@ static void read_attempt_log(ob_item_t *it, attempt_log_t *lg)
     hr_spool_loc_t loc = it->state_loc;
     hr_buf_t b = HR_BUF_INIT;
     while (loc && o->spool && lg->n < MAX_LOG_ATTEMPTS) {
-        if (hr_spool_read(o->spool, loc, &b) != HR_REC_STATE) break;
-        if (lg->n == cap) {
-            cap = cap ? cap * 2 : 8;
-            lg->v = hr_xrealloc(lg->v, cap * sizeof *lg->v);
-            lg->err = hr_xrealloc(lg->err, cap * sizeof *lg->err);
+        int type = hr_spool_read(o->spool, loc, &b);
+        if (type == HR_REC_COPY) { /* the log as it was when the action was moved: the end */
+            hr_spool_copy_t c;
+            if (hr_spool_decode_copy(b.data, b.len, &c) == 0 && c.id == it->id)
+                log_add_copy(lg, &cap, &c);
+            break;
         }
+        if (type != HR_REC_STATE) break;
+        log_grow(lg, &cap);
         hr_spool_state_t s;
         if (hr_spool_decode_state(b.data, b.len, &s, lg->err[lg->n], sizeof lg->err[0]) < 0 ||
             s.id != it->id)
@@ -1025,6 +1085,7 @@ int hr_outbox_push(hr_outbox_t *o, hr_action_t *list, void (*cb)(void *arg, int 
         n++;
     o->st.accepted += n;
     int rc = push_list(o, list, cb, arg, NULL);
+    compact_kick(o);
     if (rc < 0) {
         o->st.refused++;
         uint64_t now = uv_now(o->loop);
@@ -1211,6 +1272,54 @@ static void rec_drop(hr_outbox_t *o, ob_item_t *it)
     free(it);
 }
 
+/* A new recovered item for the action m at loc, indexed by its id. */
+static ob_item_t *rec_add(hr_outbox_t *o, const hr_spool_action_meta_t *m, hr_spool_loc_t loc)
+{
+    if (m->id >= o->next_id) o->next_id = m->id + 1;
+    if (o->all_tail && o->all_tail->id > m->id) o->rec_unsorted = true;
+    ob_item_t *it = item_new(o);
+    it->id = m->id;
+    it->loc = loc;
+    it->kind = m->kind;
+    it->accepted_ms = m->accepted_ms;
+    it->max_attempts = m->max_attempts ? m->max_attempts : 1;
+    if (m->kind == HR_ACTION_FORWARD) {
+        char name[256];
+        size_t k = m->name_len < sizeof name - 1 ? m->name_len : sizeof name - 1;
+        memcpy(name, m->name ? m->name : "-", m->name ? k : 1);
+        name[m->name ? k : 1] = '\0';
+        it->t = target_get(o, name);
+        it->t->live++;
+    }
+    rec_put(o, it);
+    return it;
+}
+
+static int cmp_item_id(const void *a, const void *b)
+{
+    uint64_t x = (*(ob_item_t *const *)a)->id, y = (*(ob_item_t *const *)b)->id;
+    return x < y ? -1 : x > y;
+}
+
+/* Put o->all back in id order, which is arrival order (after COPY records added items out
+ * of it). */
+static void rec_sort(hr_outbox_t *o)
+{
+    size_t n = (size_t)o->st.pending, i = 0;
+    if (n < 2) return;
+    ob_item_t **v = hr_xmalloc(n * sizeof *v);
+    for (ob_item_t *it = o->all_head; it && i < n; it = it->next)
+        v[i++] = it;
+    qsort(v, i, sizeof *v, cmp_item_id);
+    for (size_t k = 0; k < i; k++) {
+        v[k]->prev = k ? v[k - 1] : NULL;
+        v[k]->next = k + 1 < i ? v[k + 1] : NULL;
+    }
+    o->all_head = v[0];
+    o->all_tail = v[i - 1];
+    free(v);
+}
+
 static void on_recover_rec(void *arg, int type, const char *p, size_t n, hr_spool_loc_t loc)
 {
     hr_outbox_t *o = arg;
@@ -1220,28 +1329,31 @@ static void on_recover_rec(void *arg, int type, const char *p, size_t n, hr_spoo
             hr_log_warn("spool: malformed action record skipped");
             return;
         }
-        if (m.id >= o->next_id) o->next_id = m.id + 1;
         size_t slot = rec_find(o, m.id);
         if (slot != SIZE_MAX) { /* a rewritten copy replaces the old one */
             ob_item_t *old = o->rec_tab[slot];
             o->rec_tab[slot] = TOMB;
+            if (old->t) old->t->live--;
             rec_drop(o, old);
         }
-        ob_item_t *it = item_new(o);
-        it->id = m.id;
-        it->loc = loc;
-        it->kind = m.kind;
-        it->accepted_ms = m.accepted_ms;
-        it->max_attempts = m.max_attempts ? m.max_attempts : 1;
-        if (m.kind == HR_ACTION_FORWARD) {
-            char name[256];
-            size_t k = m.name_len < sizeof name - 1 ? m.name_len : sizeof name - 1;
-            memcpy(name, m.name ? m.name : "-", m.name ? k : 1);
-            name[m.name ? k : 1] = '\0';
-            it->t = target_get(o, name);
-            it->t->live++;
+        rec_add(o, &m, loc);
+    } else if (type == HR_REC_COPY) {
+        hr_spool_copy_t c;
+        hr_spool_action_meta_t m;
+        if (hr_spool_decode_copy(p, n, &c) < 0 ||
+            hr_spool_action_meta(c.action, c.action_len, &m) < 0) {
+            hr_log_warn("spool: malformed copy record skipped");
+            return;
         }
-        rec_put(o, it);
+        /* The same action as an earlier ACTION or COPY (a crash before the old segment was
+         * deleted): same item, later state. Else its old record is gone: a new item. */
+        size_t slot = rec_find(o, m.id);
+        ob_item_t *it = slot != SIZE_MAX ? o->rec_tab[slot] : rec_add(o, &m, loc);
+        it->loc = loc;
+        it->state_loc = loc;
+        it->attempts = c.attempts;
+        it->last_status = c.last_status;
+        it->due_wall = c.next_due_ms;
     } else if (type == HR_REC_STATE) {
         hr_spool_state_t s;
         if (hr_spool_decode_state(p, n, &s, NULL, 0) < 0) return;
@@ -1262,6 +1374,160 @@ static void on_recover_rec(void *arg, int type, const char *p, size_t n, hr_spoo
     }
 }
 
+/* ---- Compaction ------------------------------------------------------------------------- */
+
+/* A compaction waiting for the sync of its copies. */
+typedef struct {
+    hr_outbox_t *o;  /* owner */
+    hr_spool_t *sp;  /* the spool (o->spool is NULL once the outbox closes) */
+    uint32_t seq;    /* the segment being emptied (pinned by one reference) */
+    size_t moved;    /* actions copied forward */
+    size_t total;    /* actions it held */
+    uint64_t copied; /* bytes of the copies */
+} compact_t;
+
+/* Append a COPY of it (its action as stored, attempts, last status, next due time, attempt
+ * log) and point it there; its segment reference moves with it. Returns 0, or < 0 with it
+ * unchanged (the old record cannot be read, or the append failed). */
+static int compact_item(hr_outbox_t *o, ob_item_t *it, uint64_t *bytes)
+{
+    hr_buf_t rec = HR_BUF_INIT, out = HR_BUF_INIT;
+    hr_spool_copy_t c = {0};
+    int type = hr_spool_read(o->spool, it->loc, &rec);
+    int rc = 0;
+    if (type == HR_REC_ACTION) {
+        c.action = rec.data;
+        c.action_len = rec.len;
+    } else if (type != HR_REC_COPY || hr_spool_decode_copy(rec.data, rec.len, &c) < 0) {
+        rc = type < 0 ? type : -EILSEQ;
+        hr_log_error("spool: compaction cannot read the action id=%llu (%s); its segment stays",
+                     (unsigned long long)it->id, strerror(-rc));
+        goto out;
+    }
+    c.id = it->id;
+    /* What a recovery would have computed: the attempt in flight has not finished. */
+    c.attempts = it->attempts - (it->where == IT_FLIGHT && it->attempts > 0 ? 1 : 0);
+    c.last_status = it->last_status;
+    c.next_due_ms = it->due_wall;
+    attempt_log_t lg;
+    read_attempt_log(it, &lg);
+    hr_spool_state_t *log = hr_xcalloc(lg.n ? lg.n : 1, sizeof *log);
+    for (size_t i = 0; i < lg.n; i++)
+        log[i] = (hr_spool_state_t){.id = it->id,
+                                    .attempt = lg.v[i].attempt,
+                                    .status = lg.v[i].status,
+                                    .at_ms = lg.v[i].at_ms,
+                                    .error = lg.v[i].error};
+    hr_spool_encode_copy(&out, &c, log, lg.n);
+    free(log);
+    free(lg.v);
+    free(lg.err);
+    hr_spool_loc_t loc;
+    rc = hr_spool_append(o->spool, HR_REC_COPY, out.data, out.len, false, &loc);
+    if (rc < 0) goto out;
+    hr_spool_unref(o->spool, it->loc); /* the old segment is pinned: it stays for now */
+    it->loc = loc;
+    it->state_loc = loc;
+    *bytes += HR_SPOOL_HDR + out.len;
+out:
+    hr_buf_free(&rec);
+    hr_buf_free(&out);
+    return rc;
+}
+
+/* The copies are durable (or not): drop the pin, which deletes the old segment (and the
+ * newer ones it kept) from the oldest end. After a failed sync the pin stays: the segment
+ * is kept until the next start, whose recovery resolves old record and copy to one. */
+static void on_compact_synced(void *arg, int status)
+{
+    compact_t *c = arg;
+    hr_outbox_t *o = c->o;
+    o->compacting = false;
+    if (status < 0) {
+        o->compact_skip = c->seq;
+        hr_log_error("spool: compaction of seg-%016llx.hrs: sync failed (%s); the segment is "
+                     "kept until the next start",
+                     (unsigned long long)c->seq, strerror(-status));
+        free(c);
+        return;
+    }
+    hr_spool_stats_t before, after;
+    hr_spool_stats(c->sp, &before);
+    hr_spool_unref(c->sp, (hr_spool_loc_t)c->seq << 32);
+    hr_spool_stats(c->sp, &after);
+    o->st.compactions++;
+    uint64_t freed = before.bytes > after.bytes ? before.bytes - after.bytes : 0;
+    if (c->moved == c->total)
+        hr_log_info("spool: compacted seg-%016llx.hrs (%zu pending moved, %llu bytes freed)",
+                    (unsigned long long)c->seq, c->moved, (unsigned long long)freed);
+    else
+        hr_log_warn("spool: compacted seg-%016llx.hrs only in part (%zu of %zu pending moved); "
+                    "it stays until the rest is finished",
+                    (unsigned long long)c->seq, c->moved, c->total);
+    free(c);
+    if (freed && !o->closing && !o->drain_finished) compact_kick(o); /* maybe the next one */
+}
+
+/* One compaction step: if the spool has a candidate, copy its pending actions forward and
+ * ask for a sync; the segment goes in on_compact_synced. Returns true if one started. Work:
+ * the copies of one segment's pending actions, plus a walk of the oldest items. */
+static bool compact_step(hr_outbox_t *o)
+{
+    if (!o->spool || o->closing || o->draining || o->compacting) return false;
+    uint64_t refs = 0;
+    uint32_t seq = hr_spool_compact_candidate(o->spool, &refs);
+    if (!seq || seq == o->compact_skip) return false;
+    /* Its items are among the oldest (arrival order is id order, and copies keep their
+     * place), so the walk from the head stops early. */
+    ob_item_t **v = hr_xmalloc(refs * sizeof *v);
+    size_t n = 0;
+    for (ob_item_t *it = o->all_head; it && n < refs; it = it->next)
+        if (HR_LOC_SEG(it->loc) == seq) v[n++] = it;
+    if (n < refs) { /* a push not committed yet holds the rest: later */
+        free(v);
+        o->compact_after = uv_now(o->loop) + COMPACT_RETRY_MS;
+        return false;
+    }
+    compact_t *c = hr_xcalloc(1, sizeof *c);
+    c->o = o;
+    c->sp = o->spool;
+    c->seq = seq;
+    c->total = n;
+    hr_spool_ref(o->spool, (hr_spool_loc_t)seq << 32); /* pinned until the copies are synced */
+    for (size_t i = 0; i < n; i++) {
+        if (compact_item(o, v[i], &c->copied) < 0) break;
+        c->moved++;
+    }
+    free(v);
+    o->compacting = true;
+    if (hr_spool_sync(o->spool, on_compact_synced, c) < 0) { /* closing: the pin stays */
+        o->compacting = false;
+        free(c);
+    }
+    return true;
+}
+
+static void on_compact_timer(uv_timer_t *h)
+{
+    compact_step(h->data);
+}
+
+/* Run a compaction step on the next loop turn if one is due now (a push found the spool
+ * full, or a segment just became a candidate). Cheap: called on every push. */
+static void compact_kick(hr_outbox_t *o)
+{
+    if (!o->spool || o->closing || o->draining || o->compacting || o->compact_manual) return;
+    if (uv_now(o->loop) < o->compact_after) return;
+    uint32_t seq = hr_spool_compact_candidate(o->spool, NULL);
+    if (!seq || seq == o->compact_skip) return;
+    uv_timer_start(&o->compact_timer, on_compact_timer, 0, COMPACT_MS);
+}
+
+int hr_outbox_compact(hr_outbox_t *o)
+{
+    return compact_step(o) ? 1 : 0;
+}
+
 /* ---- Drain and close -------------------------------------------------------------------- */
 
 static void on_http_closed(void *arg);
@@ -1275,6 +1541,7 @@ static void finish_drain(hr_outbox_t *o)
     uv_timer_stop(&o->drain_timer);
     uv_timer_stop(&o->retry_timer);
     uv_timer_stop(&o->incoming_timer);
+    uv_timer_stop(&o->compact_timer);
     for (ob_target_t *t = o->targets; t; t = t->next)
         uv_timer_stop(&t->timer);
     if (o->http) hr_http_client_close(o->http, on_http_closed, o);
@@ -1424,12 +1691,15 @@ hr_outbox_t *hr_outbox_create(uv_loop_t *loop, hr_files_t *files, const hr_outbo
     uv_timer_init(loop, &o->retry_timer);
     uv_timer_init(loop, &o->drain_timer);
     uv_timer_init(loop, &o->incoming_timer);
+    uv_timer_init(loop, &o->compact_timer);
     o->retry_timer.data = o;
     o->drain_timer.data = o;
     o->incoming_timer.data = o;
-    o->open_handles += 5; /* three timers, the HTTP client and the spool */
+    o->compact_timer.data = o;
+    o->open_handles += 6; /* four timers, the HTTP client and the spool */
     mkdir(o->incoming_dir, 0755);
 
+    if (o->rec_unsorted) rec_sort(o);
     /* Take the references of what is pending, then let the spool drop what is finished. */
     uint64_t now = uv_now(loop), wall = hr_wall_ms(), oldest = 0;
     for (ob_item_t *it = o->all_head; it; it = it->next) {
@@ -1459,6 +1729,9 @@ hr_outbox_t *hr_outbox_create(uv_loop_t *loop, hr_files_t *files, const hr_outbo
     }
     uint64_t scan = opts->incoming_scan_ms ? opts->incoming_scan_ms : 1000;
     uv_timer_start(&o->incoming_timer, on_incoming_timer, 0, scan);
+    o->compact_manual = opts->manual_compaction;
+    if (!o->compact_manual)
+        uv_timer_start(&o->compact_timer, on_compact_timer, COMPACT_MS, COMPACT_MS);
     return o;
 }
 
@@ -1482,6 +1755,22 @@ void hr_outbox_stats(const hr_outbox_t *o, hr_outbox_stats_t *st)
 {
     *st = o->st;
     if (o->spool) hr_spool_stats(o->spool, &st->spool);
+}
+
+void hr_outbox_each_pending(const hr_outbox_t *o,
+                            void (*cb)(void *arg, const hr_outbox_pending_t *p), void *arg)
+{
+    for (const ob_item_t *it = o->all_head; it; it = it->next) {
+        hr_outbox_pending_t p = {
+            .id = it->id,
+            .target = it->t ? it->t->name : NULL,
+            .attempts = it->attempts - (it->where == IT_FLIGHT && it->attempts > 0 ? 1 : 0),
+            .last_status = it->last_status,
+            .next_due_ms = it->due_wall,
+            .loc = it->loc,
+        };
+        cb(arg, &p);
+    }
 }
 
 void hr_outbox_targets_json(const hr_outbox_t *o, hr_buf_t *out)
@@ -1525,6 +1814,7 @@ void hr_outbox_close(hr_outbox_t *o, void (*cb)(void *arg), void *arg)
     uv_close((uv_handle_t *)&o->retry_timer, on_handle_closed);
     uv_close((uv_handle_t *)&o->drain_timer, on_handle_closed);
     uv_close((uv_handle_t *)&o->incoming_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&o->compact_timer, on_handle_closed);
     for (ob_target_t *t = o->targets; t; t = t->next)
         uv_close((uv_handle_t *)&t->timer, on_target_closed);
     hr_spool_t *sp = o->spool;

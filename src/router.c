@@ -1,7 +1,9 @@
-/* The router: webhook pipeline, health endpoint, reload and shutdown for one event loop. */
+/* The router: webhook pipeline, health endpoint, reload and shutdown for one event loop
+ * (the only one, or one front worker's: see router.h). */
 #include "hr/router.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,9 +46,11 @@ typedef struct event_run {
 struct hr_router {
     uv_loop_t *loop;
     hr_server_t *server;
-    hr_ruleset_t *rs; /* current rule set (one reference held here) */
-    hr_outbox_t *outbox;
-    hr_files_t *files;
+    hr_ruleset_t *rs;        /* current rule set (one reference held here) */
+    hr_outbox_t *outbox;     /* one worker: ours, called directly; NULL for a front worker */
+    hr_handoff_port_t *port; /* a front worker: its end of the hand-off to the outbox */
+    hr_files_t *files;       /* one worker: shared with the outbox; a front worker: its own
+                                (dead letters of failed rules) */
     char *config_path;       /* what a reload reads */
     uv_timer_t reload_timer; /* runs a requested reload from the loop */
     bool reload_pending;
@@ -56,17 +60,15 @@ struct hr_router {
     uint64_t reload_failures;
     char *last_reload_error; /* NULL after a success */
     /* counters for /healthz */
-    uint64_t events_accepted;
-    uint64_t events_dropped;
-    uint64_t events_failed;     /* rule failed: dead-lettered, 500 */
-    uint64_t requests_rejected; /* 4xx before the rule */
-    uint64_t events_refused;    /* 503: the spool could not take the actions */
+    hr_router_counters_t own;  /* one worker: the counters */
+    hr_router_counters_t *ctr; /* ours: &own, or our slot in the workers' array */
+    hr_router_counters_t *all; /* every worker's (nall), summed by /healthz */
+    unsigned nall;
+    unsigned index; /* a front worker's number */
     /* rules that answer */
     hr_http_client_t *replies; /* request() traffic: its own pools, never behind retries */
     event_run_t *waiting;      /* events whose rule waits in request() (doubly linked) */
     size_t nwaiting;
-    uint64_t fallbacks;    /* replies that were the fallback (deadline, failure, shutdown) */
-    uint64_t late_answers; /* request() answers that came after the deadline */
     /* shutdown */
     bool stopping;
     uv_timer_t stop_timer;     /* polls for requests in flight to finish */
@@ -77,6 +79,31 @@ struct hr_router {
 };
 
 static const hr_header_t JSON_CT[] = {{"Content-Type", "application/json"}};
+
+/* Counters: single writer (the router's thread), read from any worker. */
+static inline void counter_add(atomic_uint_least64_t *c, uint64_t d)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + d,
+                          memory_order_relaxed);
+}
+
+static inline uint64_t counter_get(const atomic_uint_least64_t *c)
+{
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+#define COUNT(r, field) counter_add(&(r)->ctr->field, 1)
+
+/* Sum one counter (at offset off in hr_router_counters_t) over every worker. */
+static unsigned long long counters_sum(const hr_router_t *r, size_t off)
+{
+    unsigned long long sum = 0;
+    for (unsigned i = 0; i < r->nall; i++)
+        sum += counter_get((const atomic_uint_least64_t *)((const char *)&r->all[i] + off));
+    return sum;
+}
+
+#define SUM(r, field) counters_sum((r), offsetof(hr_router_counters_t, field))
 
 /* Reply with a JSON body {"error": msg} plus optional extra headers. */
 static void reply_error(hr_http_request_t *req, int status, const char *msg,
@@ -96,13 +123,13 @@ static void reply_error(hr_http_request_t *req, int status, const char *msg,
 
 /* ---------------------------------------------------------------- health */
 
-static void reply_health(hr_router_t *r, hr_http_request_t *req)
+/* Answer /healthz with the outbox's numbers st and targets JSON tj (an object). Event counters
+ * are summed over the workers; reloads, loaded_at and connections are this worker's. */
+static void reply_health_with(hr_router_t *r, hr_http_request_t *req, const hr_outbox_stats_t *stp,
+                              const char *tj)
 {
     const hr_config_t *cfg = hr_ruleset_config(r->rs);
-    hr_outbox_stats_t st;
-    hr_outbox_stats(r->outbox, &st);
-    hr_buf_t tj = HR_BUF_INIT;
-    hr_outbox_targets_json(r->outbox, &tj);
+    hr_outbox_stats_t st = *stp;
     char loaded[32], started[32];
     hr_rfc3339(r->loaded_ms, loaded);
     hr_rfc3339(r->started_ms, started);
@@ -125,21 +152,53 @@ static void reply_health(hr_router_t *r, hr_http_request_t *req)
                   "\"outbox\":{\"pending\":%llu,\"delivered\":%llu,\"retried\":%llu,"
                   "\"dead\":%llu,\"refused\":%llu,\"recovered\":%llu,\"replayed\":%llu,"
                   "\"spool_bytes\":%llu,\"spool_segments\":%llu,\"spool_corrupt\":%llu,"
+                  "\"spool_compactions\":%llu,"
                   "\"targets\":%s},\"replies\":{\"waiting\":%zu,\"fallbacks\":%llu,"
-                  "\"late_answers\":%llu},\"connections\":%zu}",
+                  "\"late_answers\":%llu},\"connections\":%zu,\"workers\":%u",
                   hr_ruleset_store_count(r->rs), hr_ruleset_has_default(r->rs) ? "true" : "false",
-                  (unsigned long long)r->events_accepted, (unsigned long long)r->events_dropped,
-                  (unsigned long long)r->events_failed, (unsigned long long)r->requests_rejected,
+                  SUM(r, accepted), SUM(r, dropped), SUM(r, failed), SUM(r, rejected),
                   (unsigned long long)st.pending, (unsigned long long)st.delivered,
                   (unsigned long long)st.retried, (unsigned long long)st.dead,
                   (unsigned long long)st.refused, (unsigned long long)st.recovered,
                   (unsigned long long)st.replayed, (unsigned long long)st.spool.bytes,
                   (unsigned long long)st.spool.segments, (unsigned long long)st.spool.corrupt,
-                  tj.data ? tj.data : "{}", r->nwaiting, (unsigned long long)r->fallbacks,
-                  (unsigned long long)r->late_answers, hr_server_connections(r->server));
+                  (unsigned long long)st.compactions, tj, (size_t)SUM(r, waiting),
+                  SUM(r, fallbacks), SUM(r, late_answers), hr_server_connections(r->server),
+                  r->nall);
+    if (r->port) { /* front workers: which one answered, and each one's events */
+        hr_buf_printf(&b, ",\"worker\":%u,\"worker_events\":[", r->index);
+        for (unsigned i = 0; i < r->nall; i++)
+            hr_buf_printf(&b, "%s%llu", i ? "," : "",
+                          (unsigned long long)counter_get(&r->all[i].accepted));
+        hr_buf_appendc(&b, ']');
+    }
+    hr_buf_appendc(&b, '}');
     hr_http_reply(req, r->stopping ? 503 : 200, JSON_CT, 1, b.data, b.len);
     hr_buf_free(&b);
+}
+
+/* /healthz with the router's own outbox. */
+static void reply_health(hr_router_t *r, hr_http_request_t *req)
+{
+    hr_outbox_stats_t st;
+    hr_outbox_stats(r->outbox, &st);
+    hr_buf_t tj = HR_BUF_INIT;
+    hr_outbox_targets_json(r->outbox, &tj);
+    reply_health_with(r, req, &st, tj.data ? tj.data : "{}");
     hr_buf_free(&tj);
+}
+
+/* A front worker's /healthz waits for the delivery loop's numbers. */
+typedef struct {
+    hr_router_t *r;
+    hr_http_request_t *req;
+} health_ctx_t;
+
+static void on_health_stats(void *arg, const hr_outbox_stats_t *st, const char *targets_json)
+{
+    health_ctx_t *hc = arg;
+    reply_health_with(hc->r, hc->req, st, targets_json);
+    free(hc);
 }
 
 /* ---------------------------------------------------------------- pipeline */
@@ -168,7 +227,7 @@ static void on_headers(hr_http_request_t *req, void *arg)
     const hr_config_t *cfg = hr_ruleset_config(r->rs);
     if (strcmp(req->path, "/healthz") == 0) {
         if (strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0) {
-            reply_health(r, req);
+            if (!r->port) reply_health(r, req); /* a front worker answers in on_request */
         } else {
             static const hr_header_t allow[] = {{"Allow", "GET, HEAD"}};
             reply_error(req, 405, "method not allowed: use GET /healthz", allow, 1);
@@ -177,7 +236,7 @@ static void on_headers(hr_http_request_t *req, void *arg)
     }
     const hr_endpoint_conf_t *ep = hr_config_endpoint(cfg, req->path);
     if (!ep) {
-        r->requests_rejected++;
+        COUNT(r, rejected);
         hr_log_info("rejected status=404 path=%s peer=%s: no endpoint for this path", req->path,
                     req->peer);
         reply_error(req, 404, "no webhook endpoint at this path", NULL, 0);
@@ -185,7 +244,7 @@ static void on_headers(hr_http_request_t *req, void *arg)
     }
     if (strcmp(req->method, "POST") != 0) {
         static const hr_header_t allow[] = {{"Allow", "POST"}};
-        r->requests_rejected++;
+        COUNT(r, rejected);
         hr_log_info("rejected status=405 method=%s path=%s peer=%s", req->method, req->path,
                     req->peer);
         reply_error(req, 405, "method not allowed: webhooks are POSTed", allow, 1);
@@ -193,7 +252,7 @@ static void on_headers(hr_http_request_t *req, void *arg)
     }
     if (!authorized(cfg, req)) {
         static const hr_header_t www[] = {{"WWW-Authenticate", "Bearer"}};
-        r->requests_rejected++;
+        COUNT(r, rejected);
         hr_log_warn("rejected status=401 path=%s peer=%s: %s bearer token", req->path, req->peer,
                     hr_http_header(req, "authorization") ? "wrong" : "missing");
         reply_error(req, 401, "missing or invalid bearer token", www, 1);
@@ -245,6 +304,7 @@ static void waiting_unlink(event_run_t *e)
     e->prev = e->next = NULL;
     e->waiting = false;
     r->nwaiting--;
+    counter_add(&r->ctr->waiting, (uint64_t)-1);
 }
 
 static void event_maybe_free(event_run_t *e)
@@ -258,8 +318,6 @@ static void on_event_timer_closed(uv_handle_t *h)
     e->timer_open = false;
     event_maybe_free(e);
 }
-
-static void set_outbox_targets(hr_outbox_t *o, const hr_config_t *cfg, hr_outbox_opts_t *oo);
 
 /* An event whose actions are being written to the spool: its reply waits for that. */
 typedef struct {
@@ -275,7 +333,7 @@ static void on_pushed(void *arg, int status)
 {
     push_ctx_t *pc = arg;
     if (status < 0) {
-        pc->r->events_refused++;
+        COUNT(pc->r, refused);
         const char *why = status == -ENOSPC ? "spool full: the event was not stored, retry later"
                                             : "cannot store the event: retry later";
         hr_log_error("rejected status=503 id=%s path=%s peer=%s: %s (%s)", pc->id, pc->req->path,
@@ -309,19 +367,19 @@ static void event_complete(event_run_t *e, int fail_status)
     hr_buf_t body = HR_BUF_INIT;
     switch (res->status) {
     case HR_RUN_BAD_JSON:
-        r->requests_rejected++;
+        COUNT(r, rejected);
         hr_log_warn("rejected status=400 type=%s path=%s peer=%s: %s", ep->event, req->path,
                     req->peer, res->error);
         reply_error(req, 400, res->error, NULL, 0);
         break;
     case HR_RUN_RULE_FAILED:
-        r->events_failed++;
+        COUNT(r, failed);
         hr_log_error("rule failed id=%s type=%s store=%s rule=%s ms=%.2f reply=%s: %s", id,
                      ep->event, res->store ? res->store : "-", res->rule ? res->rule : "-", ms,
                      ep->fallback ? "fallback" : "error", res->error);
         dead_letter_event(r, &e->ev, res);
         if (ep->fallback) {
-            r->fallbacks++;
+            COUNT(r, fallbacks);
             reply_with(req, ep->fallback);
             break;
         }
@@ -349,8 +407,8 @@ static void event_complete(event_run_t *e, int fail_status)
                         res->dropped ? res->drop_reason : "", res->dropped ? "\"" : "");
             hr_buf_free(&acts);
         }
-        r->events_accepted++;
-        if (res->dropped && !res->actions) r->events_dropped++;
+        COUNT(r, accepted);
+        if (res->dropped && !res->actions) COUNT(r, dropped);
         if (res->actions) {
             /* The reply waits until the actions are durable in the spool. */
             push_ctx_t *pc = hr_xcalloc(1, sizeof *pc);
@@ -361,7 +419,8 @@ static void event_complete(event_run_t *e, int fail_status)
             res->reply = NULL;
             hr_action_t *acts = res->actions;
             res->actions = NULL; /* the outbox owns them now */
-            int prc = hr_outbox_push(r->outbox, acts, on_pushed, pc);
+            int prc = r->outbox ? hr_outbox_push(r->outbox, acts, on_pushed, pc)
+                                : hr_handoff_push(r->port, acts, on_pushed, pc);
             if (prc < 0) on_pushed(pc, prc);
             break;
         }
@@ -417,7 +476,7 @@ static void on_event_answer(void *arg, int err, const char *errmsg, const hr_htt
     double ms = (double)(uv_hrtime() - e->sent_ns) / 1e6;
     if (e->abandoned) {
         if (err != UV_ECANCELED) {
-            r->late_answers++;
+            COUNT(r, late_answers);
             if (err)
                 hr_log_warn("late answer dropped id=%s target=%s error=\"%s\" ms=%.2f: the "
                             "reply deadline had passed",
@@ -492,6 +551,7 @@ static void event_send(event_run_t *e)
         if (r->waiting) r->waiting->prev = e;
         r->waiting = e;
         r->nwaiting++;
+        COUNT(r, waiting);
     }
 }
 
@@ -501,6 +561,12 @@ static void on_request(hr_http_request_t *req, void *arg)
 {
     hr_router_t *r = arg;
     hr_ruleset_t *rs = r->rs;
+    if (r->port && strcmp(req->path, "/healthz") == 0) { /* GET or HEAD: see on_headers */
+        health_ctx_t *hc = hr_xmalloc(sizeof *hc);
+        *hc = (health_ctx_t){r, req};
+        hr_handoff_stats(r->port, on_health_stats, hc);
+        return;
+    }
     /* Look the endpoint up again: a reload may have swapped the config since on_headers. */
     const hr_endpoint_conf_t *ep = hr_config_endpoint(hr_ruleset_config(rs), req->path);
     if (!ep) {
@@ -567,12 +633,17 @@ static void do_reload(uv_timer_t *t)
     r->loaded_ms = hr_wall_ms();
     free(r->last_reload_error);
     r->last_reload_error = NULL;
-    hr_outbox_set_dead_letters(r->outbox, cfg->dead_letters);
-    set_outbox_targets(r->outbox, cfg, NULL);
+    if (r->outbox) /* a front worker's: the delivery side reconfigures it */
+        hr_router_outbox_reconfigure(r->outbox, cfg);
     hr_files_reopen(r->files); /* logrotate moved the files: start new ones */
     hr_log_info("reloaded %s (reload #%llu): %zu endpoints, %zu store rules, default rule %s",
                 cfg->file, (unsigned long long)r->reloads, cfg->nendpoints,
                 hr_ruleset_store_count(rs), hr_ruleset_has_default(rs) ? "yes" : "no");
+}
+
+int hr_router_port(const hr_router_t *r)
+{
+    return hr_server_port(r->server);
 }
 
 void hr_router_log_listening(const hr_router_t *r)
@@ -592,9 +663,9 @@ void hr_router_request_reload(hr_router_t *r)
 
 /* ---------------------------------------------------------------- start and stop */
 
-/* The config's per-target delivery policies: handed to o (a reload), or stored in oo->targets
- * (an array the caller frees; its strings point into cfg). */
-static void set_outbox_targets(hr_outbox_t *o, const hr_config_t *cfg, hr_outbox_opts_t *oo)
+/* The config's per-target delivery policies, as an array the caller frees (its strings point
+ * into cfg). */
+static hr_outbox_target_t *outbox_targets(const hr_config_t *cfg)
 {
     hr_outbox_target_t *v = hr_xcalloc(cfg->ntargets + 1, sizeof *v);
     for (size_t i = 0; i < cfg->ntargets; i++) {
@@ -609,16 +680,31 @@ static void set_outbox_targets(hr_outbox_t *o, const hr_config_t *cfg, hr_outbox
                                     .circuit_failures = t->circuit_failures,
                                     .circuit_probe_ms = t->circuit_probe_ms};
     }
-    if (oo) {
-        oo->targets = v;
-        oo->ntargets = cfg->ntargets;
-        return;
-    }
+    return v;
+}
+
+void hr_router_outbox_opts(const hr_config_t *cfg, hr_outbox_opts_t *oo)
+{
+    *oo = (hr_outbox_opts_t){.dead_letters = cfg->dead_letters,
+                             .max_conns_per_host = cfg->max_conns_per_target,
+                             .spool = {.dir = cfg->spool_dir,
+                                       .fsync = (hr_fsync_mode_t)cfg->fsync_mode,
+                                       .fsync_interval_ms = cfg->fsync_interval_ms,
+                                       .max_bytes = cfg->max_spool_bytes},
+                             .targets = outbox_targets(cfg),
+                             .ntargets = cfg->ntargets};
+}
+
+void hr_router_outbox_reconfigure(hr_outbox_t *o, const hr_config_t *cfg)
+{
+    hr_outbox_set_dead_letters(o, cfg->dead_letters);
+    hr_outbox_target_t *v = outbox_targets(cfg);
     hr_outbox_set_targets(o, v, cfg->ntargets);
     free(v);
 }
 
-hr_router_t *hr_router_start(uv_loop_t *loop, hr_ruleset_t *rs, char *err, size_t errlen)
+/* A router with nothing started yet: rule set, counters, files. */
+static hr_router_t *router_new(uv_loop_t *loop, hr_ruleset_t *rs)
 {
     const hr_config_t *cfg = hr_ruleset_config(rs);
     hr_router_t *r = hr_xcalloc(1, sizeof *r);
@@ -627,46 +713,81 @@ hr_router_t *hr_router_start(uv_loop_t *loop, hr_ruleset_t *rs, char *err, size_
     r->config_path = hr_xstrdup(cfg->file);
     r->started_ms = r->loaded_ms = hr_wall_ms();
     r->files = hr_files_create();
-    hr_outbox_opts_t oo = {.dead_letters = cfg->dead_letters,
-                           .max_conns_per_host = cfg->max_conns_per_target,
-                           .spool = {.dir = cfg->spool_dir,
-                                     .fsync = (hr_fsync_mode_t)cfg->fsync_mode,
-                                     .fsync_interval_ms = cfg->fsync_interval_ms,
-                                     .max_bytes = cfg->max_spool_bytes}};
-    set_outbox_targets(NULL, cfg, &oo);
-    r->outbox = hr_outbox_create(loop, r->files, &oo, err, errlen);
-    free((void *)oo.targets);
-    if (!r->outbox) {
-        hr_files_destroy(r->files);
-        free(r->config_path);
-        free(r);
-        hr_ruleset_unref(rs);
-        return NULL;
-    }
+    r->ctr = r->all = &r->own;
+    r->nall = 1;
+    return r;
+}
+
+/* Free a router whose listener could not be set up (its outbox or port already closing). */
+static void router_free_failed(hr_router_t *r)
+{
+    hr_files_destroy(r->files);
+    free(r->config_path);
+    hr_ruleset_unref(r->rs);
+    free(r);
+}
+
+/* Listener, reply client and timers. Returns 0, or -1 with a message in err. */
+static int router_listen(hr_router_t *r, int port, bool reuseport, bool exclusive, char *err,
+                         size_t errlen)
+{
+    const hr_config_t *cfg = hr_ruleset_config(r->rs);
     hr_server_opts_t so = {.host = cfg->listen_host,
-                           .port = cfg->listen_port,
+                           .port = port,
                            .body_limit = cfg->limits.body_bytes,
                            .header_limit = cfg->limits.header_bytes,
                            .idle_timeout_ms = cfg->limits.idle_timeout_ms,
                            .request_timeout_ms = cfg->limits.request_timeout_ms,
+                           .reuseport = reuseport,
+                           .exclusive = exclusive,
                            .on_headers = on_headers,
                            .on_request = on_request,
                            .arg = r};
-    r->server = hr_server_start(loop, &so, err, errlen);
-    if (!r->server) {
-        hr_outbox_close(r->outbox, NULL, NULL);
-        hr_files_destroy(r->files);
-        free(r->config_path);
-        free(r);
-        hr_ruleset_unref(rs);
+    r->server = hr_server_start(r->loop, &so, err, errlen);
+    if (!r->server) return -1;
+    hr_http_client_opts_t ho = {.max_conns_per_host = REPLY_CONNS_PER_HOST};
+    r->replies = hr_http_client_create(r->loop, &ho);
+    uv_timer_init(r->loop, &r->reload_timer);
+    r->reload_timer.data = r;
+    uv_timer_init(r->loop, &r->stop_timer);
+    r->stop_timer.data = r;
+    return 0;
+}
+
+hr_router_t *hr_router_start(uv_loop_t *loop, hr_ruleset_t *rs, char *err, size_t errlen)
+{
+    const hr_config_t *cfg = hr_ruleset_config(rs);
+    hr_router_t *r = router_new(loop, rs);
+    hr_outbox_opts_t oo;
+    hr_router_outbox_opts(cfg, &oo);
+    r->outbox = hr_outbox_create(loop, r->files, &oo, err, errlen);
+    free((void *)oo.targets);
+    if (!r->outbox) {
+        router_free_failed(r);
         return NULL;
     }
-    hr_http_client_opts_t ho = {.max_conns_per_host = REPLY_CONNS_PER_HOST};
-    r->replies = hr_http_client_create(loop, &ho);
-    uv_timer_init(loop, &r->reload_timer);
-    r->reload_timer.data = r;
-    uv_timer_init(loop, &r->stop_timer);
-    r->stop_timer.data = r;
+    if (router_listen(r, cfg->listen_port, false, false, err, errlen) != 0) {
+        hr_outbox_close(r->outbox, NULL, NULL);
+        router_free_failed(r);
+        return NULL;
+    }
+    return r;
+}
+
+hr_router_t *hr_router_start_worker(uv_loop_t *loop, hr_ruleset_t *rs, const hr_router_worker_t *w,
+                                    char *err, size_t errlen)
+{
+    hr_router_t *r = router_new(loop, rs);
+    r->ctr = &w->counters[w->index];
+    r->all = w->counters;
+    r->nall = w->nworkers;
+    r->index = w->index;
+    r->port = hr_handoff_port_open(w->handoff, loop);
+    if (router_listen(r, w->port, true, w->exclusive, err, errlen) != 0) {
+        hr_handoff_port_close(r->port, NULL, NULL);
+        router_free_failed(r);
+        return NULL;
+    }
     return r;
 }
 
@@ -694,6 +815,20 @@ static void on_part_closed(void *arg)
     release(arg);
 }
 
+/* Close every part; each of the five closes ends in one release(). */
+static void router_close(hr_router_t *r)
+{
+    r->closing_handles = 5;
+    uv_close((uv_handle_t *)&r->reload_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&r->stop_timer, on_handle_closed);
+    hr_server_close(r->server, on_part_closed, r);
+    if (r->outbox)
+        hr_outbox_close(r->outbox, on_part_closed, r);
+    else
+        hr_handoff_port_close(r->port, on_part_closed, r); /* nothing is owed: no request left */
+    hr_http_client_close(r->replies, on_part_closed, r);   /* late answers are cancelled */
+}
+
 static void on_outbox_drained(void *arg)
 {
     hr_router_t *r = arg;
@@ -701,13 +836,7 @@ static void on_outbox_drained(void *arg)
     hr_outbox_stats(r->outbox, &st);
     hr_log_info("stopped: %llu delivered, %llu dead-lettered since start",
                 (unsigned long long)st.delivered, (unsigned long long)st.dead);
-    /* Each of the five closes below ends in one release(). */
-    r->closing_handles = 5;
-    uv_close((uv_handle_t *)&r->reload_timer, on_handle_closed);
-    uv_close((uv_handle_t *)&r->stop_timer, on_handle_closed);
-    hr_server_close(r->server, on_part_closed, r);
-    hr_outbox_close(r->outbox, on_part_closed, r);
-    hr_http_client_close(r->replies, on_part_closed, r); /* late answers are cancelled */
+    router_close(r);
 }
 
 /* Poll until every connection has finished its request (requests still arriving count: the
@@ -724,6 +853,10 @@ static void on_stop_tick(uv_timer_t *t)
     if (busy)
         hr_log_warn("shutdown: grace period over, closing %zu connections",
                     hr_server_connections(r->server));
+    if (!r->outbox) { /* a front worker: the delivery side drains the outbox */
+        router_close(r);
+        return;
+    }
     uint64_t left = r->stop_deadline_ms > now ? r->stop_deadline_ms - now : 0;
     hr_outbox_stats_t st;
     hr_outbox_stats(r->outbox, &st);

@@ -25,10 +25,13 @@
  */
 #include "hr/server.h"
 
+#include <errno.h>
 #include <llhttp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "hr/log.h"
 
@@ -920,6 +923,36 @@ static int resolve(uv_loop_t *loop, const char *host, int port, struct sockaddr_
     return 0;
 }
 
+/* Bind a listening socket for addr with SO_REUSEPORT (libuv 1.44 has no flag for it) and hand
+ * it to the listener. With exclusive, first check with a plain bind that nothing else listens
+ * there: SO_REUSEPORT would otherwise quietly share the port with another process of the same
+ * user (a second router on the same spool). Returns 0 or a negative libuv error; on error the
+ * socket is closed and the listener still needs uv_close. */
+static int bind_reuseport(uv_tcp_t *listener, const struct sockaddr_storage *addr, bool exclusive)
+{
+    socklen_t alen =
+        addr->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    int on = 1;
+    if (exclusive && ((const struct sockaddr_in *)addr)->sin_port != 0) {
+        int probe = socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (probe < 0) return -errno;
+        setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on); /* as uv_tcp_bind */
+        int rc = bind(probe, (const struct sockaddr *)addr, alen) == 0 ? 0 : -errno;
+        close(probe);
+        if (rc < 0) return rc;
+    }
+    int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    int rc = 0;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0 ||
+        bind(fd, (const struct sockaddr *)addr, alen) != 0)
+        rc = -errno;
+    if (rc == 0) rc = uv_tcp_open(listener, fd);
+    if (rc < 0) close(fd);
+    return rc;
+}
+
 /* Close callback of the listener of a server whose start failed: frees it. */
 static void on_failed_listener_close(uv_handle_t *h)
 {
@@ -967,8 +1000,10 @@ hr_server_t *hr_server_start(uv_loop_t *loop, const hr_server_opts_t *opts, char
 
     uv_tcp_init(loop, &s->listener);
     s->listener.data = s;
-    /* SO_REUSEPORT (several loops on one port) would be set here, between init and bind. */
-    r = uv_tcp_bind(&s->listener, (const struct sockaddr *)&addr, 0);
+    if (opts->reuseport)
+        r = bind_reuseport(&s->listener, &addr, opts->exclusive);
+    else
+        r = uv_tcp_bind(&s->listener, (const struct sockaddr *)&addr, 0);
     if (r == 0) r = uv_listen((uv_stream_t *)&s->listener, LISTEN_BACKLOG, on_connection);
     if (r < 0) goto err_close_listener;
     struct sockaddr_storage bound;

@@ -349,6 +349,73 @@ int hr_spool_decode_state(const char *p, size_t n, hr_spool_state_t *s, char *er
     return 0;
 }
 
+/* COPY payload: see hr_spool_copy_t. */
+void hr_spool_encode_copy(hr_buf_t *out, const hr_spool_copy_t *c, const hr_spool_state_t *log,
+                          size_t nlog)
+{
+    buf_u64(out, c->id);
+    buf_u32(out, c->attempts);
+    buf_u32(out, (uint32_t)c->last_status);
+    buf_u64(out, c->next_due_ms);
+    buf_u32(out, (uint32_t)c->action_len);
+    hr_buf_append(out, c->action, c->action_len);
+    buf_u32(out, (uint32_t)nlog);
+    for (size_t i = 0; i < nlog; i++) {
+        buf_u32(out, log[i].attempt);
+        buf_u32(out, (uint32_t)log[i].status);
+        buf_u64(out, log[i].at_ms);
+        buf_cstr(out, log[i].error ? log[i].error : "");
+    }
+}
+
+int hr_spool_decode_copy(const char *p, size_t n, hr_spool_copy_t *c)
+{
+    rd_t r = {(const unsigned char *)p, n, 0, false};
+    c->id = rd_u64(&r);
+    c->attempts = rd_u32(&r);
+    c->last_status = (int32_t)rd_u32(&r);
+    c->next_due_ms = rd_u64(&r);
+    uint32_t alen = rd_u32(&r);
+    if (!rd_need(&r, alen)) return -1;
+    c->action = p + r.off;
+    c->action_len = alen;
+    r.off += alen;
+    c->nlog = rd_u32(&r);
+    if (r.bad) return -1;
+    c->log = p + r.off;
+    c->log_len = n - r.off;
+    hr_spool_action_meta_t m;
+    if (hr_spool_action_meta(c->action, c->action_len, &m) < 0 || m.id != c->id) return -1;
+    return 0;
+}
+
+int hr_spool_copy_log_next(hr_spool_copy_t *c, hr_spool_state_t *s, char *errbuf, size_t errlen)
+{
+    if (c->nlog == 0) return 0;
+    rd_t r = {(const unsigned char *)c->log, c->log_len, 0, false};
+    s->id = c->id;
+    s->prev = 0;
+    s->attempt = rd_u32(&r);
+    s->status = (int32_t)rd_u32(&r);
+    s->at_ms = rd_u64(&r);
+    s->next_due_ms = 0;
+    const char *e;
+    size_t elen = rd_str(&r, &e);
+    if (r.bad) return -1;
+    if (errbuf && errlen) {
+        if (elen >= errlen) elen = errlen - 1;
+        if (e) memcpy(errbuf, e, elen);
+        errbuf[e ? elen : 0] = '\0';
+        s->error = errbuf;
+    } else {
+        s->error = "";
+    }
+    c->log += r.off;
+    c->log_len -= r.off;
+    c->nlog--;
+    return 1;
+}
+
 /* ---- Framing and parsing ---------------------------------------------------------------- */
 
 static void make_header(unsigned char h[HR_SPOOL_HDR], int type, const void *payload, size_t len)
@@ -426,11 +493,12 @@ uint64_t hr_spool_parse(const char *data, size_t n, uint32_t seg, hr_spool_rec_c
 /* ---- Segments --------------------------------------------------------------------------- */
 
 typedef struct {
-    uint32_t seq;  /* its number */
-    int fd;        /* O_RDWR descriptor */
-    uint64_t size; /* bytes written (= the next append's offset) */
-    uint64_t refs; /* live records the caller holds here */
-    bool dirty;    /* written since the last sync started */
+    uint32_t seq;     /* its number */
+    int fd;           /* O_RDWR descriptor */
+    uint64_t size;    /* bytes written (= the next append's offset) */
+    uint64_t refs;    /* live records the caller holds here */
+    uint64_t actions; /* ACTION and COPY records in it (what refs is compared to) */
+    bool dirty;       /* written since the last sync started */
 } seg_t;
 
 /* A commit waiting for a sync. */
@@ -438,6 +506,7 @@ typedef struct commit {
     struct commit *next;
     void (*cb)(void *arg, int status);
     void *arg;
+    bool force; /* needs an fdatasync whatever the fsync mode (hr_spool_sync) */
 } commit_t;
 
 /* One sync job in the threadpool. */
@@ -592,16 +661,33 @@ static long long read_all(int fd, uint64_t size, char **out)
     return (long long)got;
 }
 
-/* Scan one segment file. Returns 0 or a negative errno. */
+/* The caller's record callback, counting the ACTION and COPY records of a segment. */
+typedef struct {
+    hr_spool_rec_cb cb;
+    void *arg;
+    uint64_t actions;
+} scan_ctx_t;
+
+static void on_scan_rec(void *arg, int type, const char *p, size_t n, hr_spool_loc_t loc)
+{
+    scan_ctx_t *sc = arg;
+    if (type == HR_REC_ACTION || type == HR_REC_COPY) sc->actions++;
+    sc->cb(sc->arg, type, p, n, loc);
+}
+
+/* Scan one segment file; *actions (may be NULL) gets its ACTION and COPY records. Returns 0
+ * or a negative errno. */
 static int scan_segment(int fd, uint32_t seq, hr_spool_rec_cb cb, void *arg, uint64_t *size,
-                        uint64_t *corrupt, uint64_t *bad)
+                        uint64_t *corrupt, uint64_t *bad, uint64_t *actions)
 {
     struct stat st;
     if (fstat(fd, &st) < 0) return -errno;
     char *data = NULL;
     long long n = read_all(fd, (uint64_t)st.st_size, &data);
     if (n < 0) return (int)n;
-    *corrupt += hr_spool_parse(data, (size_t)n, seq, cb, arg, bad);
+    scan_ctx_t sc = {cb, arg, 0};
+    *corrupt += hr_spool_parse(data, (size_t)n, seq, on_scan_rec, &sc, bad);
+    if (actions) *actions = sc.actions;
     *size = (uint64_t)n;
     free(data);
     return 0;
@@ -633,7 +719,7 @@ int hr_spool_scan_dir(const char *dir, hr_spool_rec_cb cb, void *arg, hr_spool_s
             break;
         }
         uint64_t size = 0;
-        rc = scan_segment(fd, seqs[i], cb, arg, &size, &local.corrupt, &local.corrupt_bytes);
+        rc = scan_segment(fd, seqs[i], cb, arg, &size, &local.corrupt, &local.corrupt_bytes, NULL);
         close(fd);
         if (rc < 0) {
             snprintf(err, errlen, "%s: %s", path, strerror(-rc));
@@ -695,6 +781,13 @@ static sync_job_t *job_new(hr_spool_t *sp)
 
 static void start_sync(hr_spool_t *sp, commit_t *cbs);
 
+static bool has_forced(const commit_t *c)
+{
+    for (; c; c = c->next)
+        if (c->force) return true;
+    return false;
+}
+
 static void after_sync(uv_work_t *w, int status)
 {
     sync_job_t *j = w->data;
@@ -712,7 +805,7 @@ static void after_sync(uv_work_t *w, int status)
     free(j->fds);
     free(j);
     complete_commits(sp, cbs, rc);
-    if (sp->pending && sp->opts.fsync == HR_FSYNC_ALWAYS) {
+    if (sp->pending && (sp->opts.fsync == HR_FSYNC_ALWAYS || has_forced(sp->pending))) {
         commit_t *next = sp->pending;
         sp->pending = sp->pending_tail = NULL;
         start_sync(sp, next);
@@ -739,14 +832,31 @@ static void on_idle(uv_idle_t *h)
 {
     hr_spool_t *sp = h->data;
     uv_idle_stop(h);
-    commit_t *cbs = sp->pending;
-    if (!cbs) return;
+    if (!sp->pending) return;
     if (sp->opts.fsync != HR_FSYNC_ALWAYS) {
+        /* Complete the plain commits now; forced ones (hr_spool_sync) stay for a sync. */
+        commit_t *now = NULL, **nt = &now, *c = sp->pending;
         sp->pending = sp->pending_tail = NULL;
-        complete_commits(sp, cbs, 0);
-        return;
+        while (c) {
+            commit_t *next = c->next;
+            c->next = NULL;
+            if (c->force) {
+                if (sp->pending_tail)
+                    sp->pending_tail->next = c;
+                else
+                    sp->pending = c;
+                sp->pending_tail = c;
+            } else {
+                *nt = c;
+                nt = &c->next;
+            }
+            c = next;
+        }
+        complete_commits(sp, now, 0);
+        if (!sp->pending) return;
     }
     if (sp->job) return; /* they go with the next sync, started when this one ends */
+    commit_t *cbs = sp->pending;
     sp->pending = sp->pending_tail = NULL;
     start_sync(sp, cbs);
 }
@@ -763,11 +873,6 @@ static void on_interval(uv_timer_t *t)
 
 /* ---- Public API ------------------------------------------------------------------------- */
 
-typedef struct {
-    hr_spool_rec_cb cb;
-    void *arg;
-} scan_ctx_t;
-
 hr_spool_t *hr_spool_open(uv_loop_t *loop, const hr_spool_opts_t *opts, hr_spool_rec_cb cb,
                           void *arg, char *err, size_t errlen)
 {
@@ -776,6 +881,8 @@ hr_spool_t *hr_spool_open(uv_loop_t *loop, const hr_spool_opts_t *opts, hr_spool
     sp->opts = *opts;
     sp->opts.dir = hr_xstrdup(opts->dir);
     if (!sp->opts.segment_bytes) sp->opts.segment_bytes = DEF_SEGMENT_BYTES;
+    if (sp->opts.max_bytes && sp->opts.segment_bytes > sp->opts.max_bytes / 8)
+        sp->opts.segment_bytes = sp->opts.max_bytes / 8 > 1024 ? sp->opts.max_bytes / 8 : 1024;
     if (!sp->opts.fsync_interval_ms) sp->opts.fsync_interval_ms = DEF_INTERVAL_MS;
     sp->dirfd = -1;
     int rc = mkdir_p(sp->opts.dir);
@@ -805,7 +912,7 @@ hr_spool_t *hr_spool_open(uv_loop_t *loop, const hr_spool_opts_t *opts, hr_spool
         }
         seg_t s = {.seq = seqs[i], .fd = fd};
         uint64_t corrupt = 0, bad = 0;
-        rc = scan_segment(fd, seqs[i], cb, arg, &s.size, &corrupt, &bad);
+        rc = scan_segment(fd, seqs[i], cb, arg, &s.size, &corrupt, &bad, &s.actions);
         seg_push(sp, s);
         if (rc < 0) {
             snprintf(err, errlen, "spool segment %s: %s", path, strerror(-rc));
@@ -910,23 +1017,50 @@ int hr_spool_append(hr_spool_t *sp, int type, const void *payload, size_t len, b
     cur->size += rec;
     cur->dirty = true;
     sp->st.bytes += rec;
-    if (type == HR_REC_ACTION) cur->refs++;
+    if (type == HR_REC_ACTION || type == HR_REC_COPY) {
+        cur->refs++;
+        cur->actions++;
+    }
     *loc = (uint64_t)cur->seq << 32 | off;
     return 0;
 }
 
-int hr_spool_commit(hr_spool_t *sp, void (*cb)(void *arg, int status), void *arg)
+/* Queue a commit (force: it needs a real sync) for the end of the loop iteration. */
+static int commit_add(hr_spool_t *sp, void (*cb)(void *arg, int status), void *arg, bool force)
 {
     if (sp->closing) return -ESHUTDOWN;
     commit_t *c = hr_xcalloc(1, sizeof *c);
     c->cb = cb;
     c->arg = arg;
+    c->force = force;
     if (sp->pending_tail)
         sp->pending_tail->next = c;
     else
         sp->pending = c;
     sp->pending_tail = c;
     uv_idle_start(&sp->idle, on_idle);
+    return 0;
+}
+
+int hr_spool_commit(hr_spool_t *sp, void (*cb)(void *arg, int status), void *arg)
+{
+    return commit_add(sp, cb, arg, false);
+}
+
+int hr_spool_sync(hr_spool_t *sp, void (*cb)(void *arg, int status), void *arg)
+{
+    return commit_add(sp, cb, arg, true);
+}
+
+uint32_t hr_spool_compact_candidate(const hr_spool_t *sp, uint64_t *refs)
+{
+    if (sp->closing || sp->nsegs < 2) return 0;
+    const seg_t *s = &sp->segs[0];
+    if (refs) *refs = s->refs;
+    if (s->refs == 0) return 0;
+    bool pressure = sp->opts.max_bytes && sp->st.bytes > sp->opts.max_bytes / 2;
+    if (sp->nsegs >= 3 && s->refs * 4 <= s->actions) return s->seq;
+    if (pressure && s->refs * 4 <= s->actions * 3) return s->seq;
     return 0;
 }
 

@@ -97,7 +97,11 @@ typedef struct hr_config {
     uint64_t fsync_interval_ms; /* for "interval" (default 1000) */
     uint64_t max_spool_bytes;   /* new webhooks get 503 beyond this (default 1 GiB) */
     char *log_level;            /* "info" */
+    uint32_t workers;           /* front worker threads (default 1); 0: "auto", one per CPU */
 } hr_config_t;
+
+/* The largest accepted `workers`. */
+#define HR_WORKERS_MAX 256
 
 /* A list of error messages. */
 typedef struct {

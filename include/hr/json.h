@@ -30,6 +30,9 @@
  * ("invalid JSON at line 3, column 7 (byte 41): unexpected character") and nothing pushed.
  * Nesting deeper than 1000 levels is an error. [-0, +(1|0), m] */
 int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen);
+/* Free the calling thread's decode arena (a per-thread buffer kept between decodes). Call
+ * before a thread that decoded JSON exits; the next decode on it makes a new one. */
+void hr_json_thread_done(void);
 
 /* Encode the value at idx as compact JSON appended to out. Returns 0, or -1 with a message
  * in err (out may then hold a partial result: the caller resets it). [-0, +0, m] */

@@ -20,7 +20,10 @@
  * or warn: "retry id=... target=pos error=connection refused attempt=1/5 in_ms=812" /
  * error: "dead-letter id=... target=pos status=400 attempts=1 reason=rejected".
  * Replays: files that `hookrouter replay` drops into <spool_dir>/incoming/ are taken in
- * within a second. */
+ * within a second.
+ * Compaction: a few actions that keep retrying never pin old segments; when the oldest
+ * segment holds few pending actions they are copied forward with their state and attempt
+ * log, and the segment is deleted once the copies are synced ("spool: compacted ..."). */
 #ifndef HR_OUTBOX_H
 #define HR_OUTBOX_H
 
@@ -53,17 +56,19 @@ typedef struct {
     const hr_outbox_target_t *targets; /* policies by target (others get the defaults) */
     size_t ntargets;
     uint64_t incoming_scan_ms; /* how often <spool>/incoming/ is looked at (default 1000) */
+    bool manual_compaction;    /* tests: compact only through hr_outbox_compact() */
 } hr_outbox_opts_t;
 
 typedef struct {
-    uint64_t accepted;  /* actions pushed (since start) */
-    uint64_t delivered; /* forwards answered 2xx and lines written */
-    uint64_t retried;   /* attempts scheduled again */
-    uint64_t dead;      /* actions dead-lettered */
-    uint64_t pending;   /* actions not finished (queued, in flight or waiting to retry) */
-    uint64_t refused;   /* pushes refused (spool full, I/O error): webhooks answered 503 */
-    uint64_t recovered; /* unfinished actions found in the spool at start */
-    uint64_t replayed;  /* actions taken in from <spool>/incoming/ */
+    uint64_t accepted;    /* actions pushed (since start) */
+    uint64_t delivered;   /* forwards answered 2xx and lines written */
+    uint64_t retried;     /* attempts scheduled again */
+    uint64_t dead;        /* actions dead-lettered */
+    uint64_t pending;     /* actions not finished (queued, in flight or waiting to retry) */
+    uint64_t refused;     /* pushes refused (spool full, I/O error): webhooks answered 503 */
+    uint64_t recovered;   /* unfinished actions found in the spool at start */
+    uint64_t replayed;    /* actions taken in from <spool>/incoming/ */
+    uint64_t compactions; /* spool segments emptied by copying their few pending actions on */
     hr_spool_stats_t spool;
 } hr_outbox_stats_t;
 
@@ -84,6 +89,25 @@ void hr_outbox_set_targets(hr_outbox_t *o, const hr_outbox_target_t *t, size_t n
  * never runs. */
 int hr_outbox_push(hr_outbox_t *o, hr_action_t *list, void (*cb)(void *arg, int status), void *arg);
 void hr_outbox_stats(const hr_outbox_t *o, hr_outbox_stats_t *st);
+
+/* One unfinished action, as hr_outbox_each_pending reports it. */
+typedef struct {
+    uint64_t id;          /* spool id */
+    const char *target;   /* target name, NULL for a write */
+    uint32_t attempts;    /* attempts finished */
+    int last_status;      /* HTTP status of the last one, 0 if none */
+    uint64_t next_due_ms; /* wall time of the next attempt (0 or past: due) */
+    hr_spool_loc_t loc;   /* where its ACTION (or COPY) record is */
+} hr_outbox_pending_t;
+/* cb for every unfinished action, in arrival order (p is valid during the call; cb must not
+ * push or change the outbox). */
+void hr_outbox_each_pending(const hr_outbox_t *o,
+                            void (*cb)(void *arg, const hr_outbox_pending_t *p), void *arg);
+/* Run one compaction step now (it also runs by itself every second and when a push finds
+ * the spool full): if the oldest segment qualifies (hr_spool_compact_candidate), copy its
+ * pending actions forward; the segment is deleted once the copies are synced. Returns 1 if
+ * a step started, 0 if there was nothing to do (or one is still waiting for its sync). */
+int hr_outbox_compact(hr_outbox_t *o);
 /* Append the per-target state to out as a JSON object {"name":{"circuit":"closed",
  * "in_flight":N,"queued":N},...}. */
 void hr_outbox_targets_json(const hr_outbox_t *o, hr_buf_t *out);

@@ -1,28 +1,68 @@
 /* The router: one event loop's worth of hookrouter (src/router.c). It owns the listener, the
- * current rule set, the outbox and the file sink, and runs the webhook pipeline:
+ * current rule set, the reply client and the file sink for failed rules, and runs the webhook
+ * pipeline:
  *   request -> route (endpoints) -> auth (bearer, constant time) -> JSON decode -> rule
  *           -> actions handed to the outbox -> 200 {"id": ...}
- * All its state hangs off hr_router_t (nothing process-wide), so one router per loop and
- * core is a small later step. */
+ * With one worker (hr_router_start) it also owns the outbox and calls it directly. As a front
+ * worker (hr_router_start_worker, src/workers.c) it runs on its own thread and loop and hands
+ * the actions to the one outbox on the delivery loop through hr_handoff (hr/handoff.h). */
 #ifndef HR_ROUTER_H
 #define HR_ROUTER_H
 
+#include <stdatomic.h>
 #include <uv.h>
 
+#include "hr/handoff.h"
+#include "hr/outbox.h"
 #include "hr/rules.h"
 
 typedef struct hr_router hr_router_t;
 
+/* A router's counters for /healthz. Written only by the router's own thread, read by any
+ * worker answering /healthz (which sums them over the workers): relaxed atomics. */
+typedef struct {
+    atomic_uint_least64_t accepted;     /* events whose rule ran (200 or 503 after) */
+    atomic_uint_least64_t dropped;      /* dropped on purpose, no actions */
+    atomic_uint_least64_t failed;       /* rule failed: dead-lettered, 500 */
+    atomic_uint_least64_t rejected;     /* 4xx before the rule */
+    atomic_uint_least64_t refused;      /* 503: the spool could not take the actions */
+    atomic_uint_least64_t fallbacks;    /* replies that were the fallback */
+    atomic_uint_least64_t late_answers; /* request() answers after the deadline */
+    atomic_uint_least64_t waiting;      /* rules waiting in request() now */
+} hr_router_counters_t;
+
+/* What a front worker needs besides its loop and rule set. */
+typedef struct {
+    hr_handoff_t *handoff;          /* the delivery side (the worker opens its own port) */
+    unsigned index;                 /* this worker, 0-based */
+    unsigned nworkers;              /* how many there are */
+    hr_router_counters_t *counters; /* nworkers of them; this worker writes counters[index] */
+    int port;                       /* listen here (not the config's port: it may be 0) */
+    bool exclusive;                 /* the first worker: fail if another process has the port */
+} hr_router_worker_t;
+
 /* Start serving rs's config (takes over the caller's reference to rs). Returns NULL with a
  * message in err if the listener cannot be set up. */
 hr_router_t *hr_router_start(uv_loop_t *loop, hr_ruleset_t *rs, char *err, size_t errlen);
+/* The same as a front worker (SO_REUSEPORT listener, no outbox of its own). Call from the
+ * worker's thread. */
+hr_router_t *hr_router_start_worker(uv_loop_t *loop, hr_ruleset_t *rs, const hr_router_worker_t *w,
+                                    char *err, size_t errlen);
+/* The outbox options for cfg; oo->targets is allocated (free it), its strings point into
+ * cfg. */
+void hr_router_outbox_opts(const hr_config_t *cfg, hr_outbox_opts_t *oo);
+/* Apply a reloaded cfg's delivery settings to o: dead-letter path and target policies. */
+void hr_router_outbox_reconfigure(hr_outbox_t *o, const hr_config_t *cfg);
+/* The port the router listens on. */
+int hr_router_port(const hr_router_t *r);
 /* Log "listening on HOST:PORT" with the port actually bound (the config may say port 0). */
 void hr_router_log_listening(const hr_router_t *r);
 /* Ask for a reload of the config file and rules. Several requests before the reload runs
  * coalesce into one; a request during a reload causes exactly one more. */
 void hr_router_request_reload(hr_router_t *r);
 /* Stop accepting, finish requests in flight, drain the outbox within the config's grace
- * period, close everything and free the router; then cb runs. */
+ * period (a front worker has none: the delivery side drains it), close everything and free
+ * the router; then cb runs. */
 void hr_router_shutdown(hr_router_t *r, void (*cb)(void *arg), void *arg);
 
 #endif

@@ -55,6 +55,8 @@ typedef struct {
     size_t header_limit;         /* bytes of request line + headers; larger get 431 */
     uint64_t idle_timeout_ms;    /* close keep-alive connections idle this long */
     uint64_t request_timeout_ms; /* a request must be complete this long after its first byte */
+    bool reuseport;              /* SO_REUSEPORT: servers on several loops share the address */
+    bool exclusive;              /* with reuseport: fail if another socket already has it */
     void (*on_headers)(hr_http_request_t *req, void *arg);
     void (*on_request)(hr_http_request_t *req, void *arg);
     void *arg;

@@ -30,7 +30,15 @@
  * Segments are reference-counted by the caller (one reference per live record it still needs,
  * see hr_spool_ref). The oldest segments are deleted, in order, as soon as they hold no
  * reference and are not the segment being written: deleting only from the oldest end keeps
- * every later record (done marks, attempt states) as long as anything older survives. */
+ * every later record (done marks, attempt states) as long as anything older survives.
+ *
+ * Compaction (copy-forward, driven by the outbox): when the oldest segment holds only a few
+ * live records (hr_spool_compact_candidate), the caller re-appends each of them as a COPY
+ * record (the action plus its current state and attempt log), drops its reference on the old
+ * one, and asks hr_spool_sync() for a real fdatasync in every fsync mode; only after that
+ * does the old segment lose its last reference (a pin the caller held) and get deleted. A
+ * crash at any point leaves either the old record, or both (the later COPY wins), never
+ * neither. */
 #ifndef HR_SPOOL_H
 #define HR_SPOOL_H
 
@@ -50,6 +58,7 @@ enum {
     HR_REC_ACTION = 1, /* an accepted action: hr_spool_encode_action */
     HR_REC_STATE = 2,  /* one finished attempt of an action: hr_spool_state_t */
     HR_REC_DONE = 3,   /* the action with this id is finished: u64 id */
+    HR_REC_COPY = 4,   /* an action moved forward by compaction, with its state: hr_spool_copy_t */
 };
 
 #define HR_SPOOL_HDR   16
@@ -65,7 +74,9 @@ typedef struct {
     hr_fsync_mode_t fsync;      /* default HR_FSYNC_ALWAYS */
     uint64_t fsync_interval_ms; /* for HR_FSYNC_INTERVAL (default 1000) */
     uint64_t max_bytes;         /* limit for hr_spool_append(..., limited=true); 0: none */
-    uint64_t segment_bytes;     /* start a new segment beyond this size (default 16 MiB) */
+    uint64_t segment_bytes;     /* start a new segment beyond this size (default 16 MiB; at
+                                 * most max_bytes / 8, so that deletion and compaction work in
+                                 * units well below the limit) */
 } hr_spool_opts_t;
 
 typedef struct {
@@ -95,15 +106,25 @@ int hr_spool_scan_dir(const char *dir, hr_spool_rec_cb cb, void *arg, hr_spool_s
                       char *err, size_t errlen);
 
 /* Append one record. With limited, a record that would take the spool past max_bytes is
- * refused with -ENOSPC (and nothing is written). An ACTION record takes a reference on its
- * segment (see hr_spool_ref). Returns 0 and sets *loc, or a negative errno (the write failed;
- * the segment is cut back so no partial record stays behind). */
+ * refused with -ENOSPC (and nothing is written). An ACTION or COPY record takes a reference
+ * on its segment (see hr_spool_ref). Returns 0 and sets *loc, or a negative errno (the write
+ * failed; the segment is cut back so no partial record stays behind). */
 int hr_spool_append(hr_spool_t *sp, int type, const void *payload, size_t len, bool limited,
                     hr_spool_loc_t *loc);
 /* cb(arg, 0) once everything appended so far is durable per the fsync mode, or cb(arg, <0)
  * if the sync failed. cb never runs from inside this call. Returns 0, or < 0 after
  * hr_spool_close (cb never runs then). */
 int hr_spool_commit(hr_spool_t *sp, void (*cb)(void *arg, int status), void *arg);
+/* As hr_spool_commit, but cb runs only after an fdatasync of everything appended so far,
+ * whatever the fsync mode (compaction: the copies must be on disk before the old segment
+ * goes). Returns 0, or < 0 after hr_spool_close (cb never runs then). */
+int hr_spool_sync(hr_spool_t *sp, void (*cb)(void *arg, int status), void *arg);
+/* The segment compaction should empty next, or 0 if none should now. A candidate is the
+ * oldest segment if it is not the one being written, still holds references (else it is
+ * simply deleted), and either a newer segment that is not being written exists and at most
+ * a quarter of its ACTION/COPY records are still referenced, or the spool is past half of
+ * max_bytes and at most three quarters are. *refs (may be NULL) gets its reference count. */
+uint32_t hr_spool_compact_candidate(const hr_spool_t *sp, uint64_t *refs);
 /* Read the record at loc into out (payload only). Returns its type, or a negative errno
  * (-EILSEQ for a record that does not check out). */
 int hr_spool_read(hr_spool_t *sp, hr_spool_loc_t loc, hr_buf_t *out);
@@ -147,6 +168,33 @@ typedef struct {
     const char *event_id;
     size_t event_id_len;
 } hr_spool_action_meta_t;
+
+/* An action moved forward by compaction (payload of HR_REC_COPY): the ACTION payload as it
+ * was, the state recovery needs, and the attempt log a dead letter needs (the STATE records
+ * it came from may be gone with the old segments). Layout: u64 id, u32 attempts, i32 status,
+ * u64 next_due_ms, u32 action length, the ACTION payload, u32 log entries, then per entry
+ * u32 attempt, i32 status, u64 at_ms, str error (oldest first). */
+typedef struct {
+    uint64_t id;          /* the action's id (as in its ACTION payload) */
+    uint32_t attempts;    /* attempts finished */
+    int32_t last_status;  /* HTTP status of the last one, 0 if none or a transport error */
+    uint64_t next_due_ms; /* wall time of the next attempt (0: at once) */
+    const char *action;   /* the ACTION payload (points into the record) */
+    size_t action_len;    /* its length */
+    uint32_t nlog;        /* attempt log entries */
+    const char *log;      /* decoding only: the entries (hr_spool_copy_log_next) */
+    size_t log_len;       /* decoding only: bytes left in log */
+} hr_spool_copy_t;
+
+/* Append the COPY payload of c (c->log unused) with the attempt log log[0..nlog) to out. */
+void hr_spool_encode_copy(hr_buf_t *out, const hr_spool_copy_t *c, const hr_spool_state_t *log,
+                          size_t nlog);
+/* Decode a COPY payload (pointers into p). Returns 0, or -1 if it is malformed (the embedded
+ * action included). */
+int hr_spool_decode_copy(const char *p, size_t n, hr_spool_copy_t *c);
+/* Take the next attempt log entry of a decoded c into s (s->error copied into errbuf, as
+ * hr_spool_decode_state does). Returns 1, 0 at the end, or -1 if it is malformed. */
+int hr_spool_copy_log_next(hr_spool_copy_t *c, hr_spool_state_t *s, char *errbuf, size_t errlen);
 
 /* Append the ACTION payload of a (with id) to out. */
 void hr_spool_encode_action(hr_buf_t *out, const hr_action_t *a, uint64_t id);

@@ -5,6 +5,7 @@ the spool / deadletters / replay commands."""
 import glob
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -192,6 +193,53 @@ class DurabilityTest(HRTestCase):
         self.assertTrue(wait_until(lambda: r.healthz()["outbox"]["pending"] == 0, 3))
         r.stop()
         self.assertEqual(self.segments(), [], "finished segments stayed: %r" % self.segments())
+
+    def test_dead_target_does_not_pin_the_spool(self):
+        """One event for a target that stays down, then a stream for a healthy one: compaction
+        copies the pending event forward, so the spool stays bounded and nothing gets a 503;
+        after a restart the event is still pending with its attempt count."""
+        dead = self.sink(down=True)
+        ok = self.sink()
+        self.wd.rule(None, 'return function(e) if e.body.dead then forward("dead", { n = e.body.n }) '
+                           'else forward("pos", { n = e.body.n, pad = e.body.pad }) end end\n')
+        max_bytes = 512 * 1024  # segments of max / 8 = 64 KiB
+        cfg = base_config(max_spool_bytes=max_bytes, targets={
+            "dead": target(dead.url, max_attempts=1000, retry_ms=[0, 300], circuit_probe_ms=300),
+            "pos": target(ok.url, retry_ms=[0, 100])})
+        r = self.router(cfg)
+        eid = self.assertOk(r.post("/t", {"n": 0, "dead": True}))
+        self.assertTrue(r.wait_log(r"retry id=%s[^\n]*attempt=2/" % eid, 5), r.log_tail())
+        pad = "x" * 700
+        codes, peak, n = [], 0, 1500  # ~1.1 MB of actions through a 512 KiB spool
+        for i in range(1, n + 1):
+            codes.append(r.post("/t", {"n": i, "pad": pad}).status)
+            if i % 100 == 0:  # let the healthy target keep up: its backlog is not the point
+                peak = max(peak, r.healthz()["outbox"]["spool_bytes"])
+                wait_until(lambda: r.healthz()["outbox"]["pending"] <= 10, 5)
+        self.assertEqual([c for c in codes if c != 200], [], "refused: %s" % r.log_tail())
+        ok.wait_for(n, timeout=T(20))
+        self.assertTrue(r.wait_log(r"spool: compacted seg-[0-9a-f]+\.hrs \(1 pending moved, \d+ "
+                                   r"bytes freed\)", 5), r.log_tail())
+        h = r.healthz()["outbox"]
+        self.assertGreaterEqual(h["spool_compactions"], 1)
+        self.assertLessEqual(peak, max_bytes)
+        self.assertTrue(wait_until(lambda: r.healthz()["outbox"]["pending"] == 1, 5), r.log_tail())
+        self.assertLess(r.healthz()["outbox"]["spool_bytes"], max_bytes // 2)
+        seen = [int(m) for m in re.findall(r"retry id=%s[^\n]*attempt=(\d+)/" % eid, r.log())]
+        self.assertGreaterEqual(max(seen), 2)
+        r.stop()
+        out = self.cli("spool").stdout
+        self.assertRegex(out, r"(?m)^dead\s+1\s", out)
+        self.assertIn("total pending: 1", out)
+        # restart with the target up: the same event, its attempt count carried on
+        dead.start()
+        r2 = self.router()
+        m = r2.wait_log(r"delivered id=%s[^\n]*attempts=(\d+)" % eid, T(5))
+        self.assertTrue(m, r2.log_tail())
+        self.assertGreater(int(m.group(1)), max(seen), "the attempt count restarted")
+        self.assertEqual(r2.healthz()["outbox"]["recovered"], 1)
+        self.assertTrue(wait_until(lambda: r2.healthz()["outbox"]["pending"] == 0, 3))
+        self.assertEqual(dead.count(), 1)
 
     # ---- delivery policy -------------------------------------------------------------------
 

@@ -337,6 +337,99 @@ static void test_codec(void)
     CHECK_INT_EQ(hr_crc32c(0, "123456789", 9), 0xE3069283u);
 }
 
+/* Compaction's pieces: the candidate rule, a sync that really syncs in "never" mode, the
+ * old segment deleted once its pin goes, and the COPY codec. */
+static void test_compaction_pieces(void)
+{
+    char *d = spool_dir("compact");
+    char err[256];
+    hr_spool_opts_t o = {.dir = d, .fsync = HR_FSYNC_NEVER, .segment_bytes = 256};
+    seen_t s = {0};
+    hr_spool_t *sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    CHECK(sp != NULL);
+    hr_spool_loc_t loc[12];
+    for (int i = 0; i < 12; i++) { /* 4 records of 60 bytes per segment: 3 segments */
+        char p[44];
+        memset(p, 'a' + i, sizeof p);
+        CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, true, &loc[i]), 0);
+    }
+    CHECK_INT_EQ(HR_LOC_SEG(loc[0]), 1);
+    CHECK_INT_EQ(HR_LOC_SEG(loc[11]), 3);
+    uint64_t refs = 0;
+    CHECK_INT_EQ(hr_spool_compact_candidate(sp, &refs), 0); /* 4 of 4 live */
+    for (int i = 1; i < 4; i++)
+        hr_spool_unref(sp, loc[i]);
+    CHECK_INT_EQ(hr_spool_compact_candidate(sp, &refs), 1); /* 1 of 4 live */
+    CHECK_INT_EQ(refs, 1);
+
+    /* Copy forward: pin, append the COPY, move the reference, sync, unpin. */
+    hr_spool_ref(sp, (hr_spool_loc_t)1 << 32);
+    hr_buf_t b = HR_BUF_INIT, act = HR_BUF_INIT;
+    hr_action_t *a = hr_action_new(HR_ACTION_FORWARD);
+    a->name = hr_xstrdup("pos");
+    strcpy(a->event_id, "ev-1");
+    a->body = hr_xstrdup("{}");
+    a->body_len = 2;
+    hr_spool_encode_action(&act, a, 77);
+    hr_action_free(a);
+    hr_spool_state_t log[2] = {{.attempt = 1, .status = 503, .at_ms = 10, .error = ""},
+                               {.attempt = 2, .status = 0, .at_ms = 20, .error = "refused"}};
+    hr_spool_copy_t c = {.id = 77,
+                         .attempts = 2,
+                         .last_status = 0,
+                         .next_due_ms = 12345,
+                         .action = act.data,
+                         .action_len = act.len};
+    hr_spool_encode_copy(&b, &c, log, 2);
+    hr_spool_loc_t cl;
+    CHECK_INT_EQ(hr_spool_append(sp, HR_REC_COPY, b.data, b.len, false, &cl), 0);
+    hr_spool_unref(sp, loc[0]);
+    hr_spool_stats_t st;
+    hr_spool_stats(sp, &st);
+    uint64_t syncs = st.syncs;
+    commits_done = 0;
+    CHECK_INT_EQ(hr_spool_sync(sp, on_commit, NULL), 0);
+    while (commits_done == 0)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK_INT_EQ(commit_status, 0);
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.syncs, syncs + 1); /* a real fdatasync although fsync = "never" */
+    CHECK_INT_EQ(st.deleted, 0);       /* still pinned */
+    hr_spool_unref(sp, (hr_spool_loc_t)1 << 32);
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.deleted, 1);
+
+    /* The COPY reads back whole. */
+    hr_buf_t r = HR_BUF_INIT;
+    CHECK_INT_EQ(hr_spool_read(sp, cl, &r), HR_REC_COPY);
+    hr_spool_copy_t dc;
+    CHECK_INT_EQ(hr_spool_decode_copy(r.data, r.len, &dc), 0);
+    CHECK_INT_EQ(dc.id, 77);
+    CHECK_INT_EQ(dc.attempts, 2);
+    CHECK_INT_EQ(dc.next_due_ms, 12345);
+    CHECK_INT_EQ(dc.nlog, 2);
+    hr_action_t *da = hr_spool_decode_action(dc.action, dc.action_len, NULL);
+    CHECK(da != NULL);
+    if (da) CHECK_STR_EQ(da->event_id, "ev-1");
+    hr_action_free(da);
+    hr_spool_state_t e;
+    char eb[64];
+    CHECK_INT_EQ(hr_spool_copy_log_next(&dc, &e, eb, sizeof eb), 1);
+    CHECK_INT_EQ(e.attempt, 1);
+    CHECK_INT_EQ(e.status, 503);
+    CHECK_INT_EQ(hr_spool_copy_log_next(&dc, &e, eb, sizeof eb), 1);
+    CHECK_INT_EQ(e.attempt, 2);
+    CHECK_STR_EQ(e.error, "refused");
+    CHECK_INT_EQ(hr_spool_copy_log_next(&dc, &e, eb, sizeof eb), 0);
+    /* A truncated COPY is refused. */
+    CHECK_INT_EQ(hr_spool_decode_copy(r.data, 30, &dc), -1);
+    hr_buf_free(&r);
+    hr_buf_free(&b);
+    hr_buf_free(&act);
+    close_spool(sp);
+    free(d);
+}
+
 int main(void)
 {
     hr_log_set_level(HR_LOG_ERROR);
@@ -349,6 +442,7 @@ int main(void)
     test_damage();
     test_segments_deleted();
     test_group_commit();
+    test_compaction_pieces();
     uv_run(loop, UV_RUN_DEFAULT);
     CHECK_INT_EQ(uv_loop_close(loop), 0);
     free(loop);

@@ -1,0 +1,229 @@
+/* The hand-off between front workers and the delivery side: two kinds of mutex-protected
+ * queues, each drained by a uv_async on the loop that owns it (see handoff.h). */
+#include "hr/handoff.h"
+
+#include <stdlib.h>
+
+#include "hr/common.h"
+
+typedef enum { ITEM_PUSH, ITEM_STATS } item_kind_t;
+
+/* One push or stats call, from the worker to the delivery loop and back. */
+typedef struct item {
+    struct item *next;       /* in the queue it is on */
+    hr_handoff_port_t *port; /* where the answer goes */
+    item_kind_t kind;
+    hr_action_t *actions; /* PUSH: owned until handed to the outbox */
+    void (*push_cb)(void *arg, int status);
+    hr_handoff_stats_cb stats_cb;
+    void *arg;
+    int status;           /* PUSH: the outbox's verdict */
+    hr_outbox_stats_t st; /* STATS */
+    hr_buf_t targets;     /* STATS: targets JSON */
+} item_t;
+
+/* A FIFO of items under a mutex. */
+typedef struct {
+    uv_mutex_t lock;
+    item_t *head, *tail;
+} queue_t;
+
+struct hr_handoff {
+    uv_loop_t *loop; /* the delivery loop */
+    hr_outbox_t *outbox;
+    uv_async_t async; /* wakes the delivery loop: queue has items */
+    queue_t queue;    /* calls from every worker, in arrival order */
+    void (*close_cb)(void *arg);
+    void *close_arg;
+};
+
+struct hr_handoff_port {
+    hr_handoff_t *h;
+    uv_loop_t *loop;    /* the worker's loop */
+    uv_async_t async;   /* wakes the worker: queue has answers */
+    queue_t queue;      /* answers from the delivery loop */
+    size_t outstanding; /* calls made and not yet called back (worker thread only) */
+    bool closing;       /* hr_handoff_port_close called */
+    void (*close_cb)(void *arg);
+    void *close_arg;
+};
+
+static void queue_init(queue_t *q)
+{
+    if (uv_mutex_init(&q->lock) != 0) abort();
+    q->head = q->tail = NULL;
+}
+
+/* Append it and wake the owner. The wake-up is sent while the lock is held: the owner frees
+ * the async handle only after it has taken the lock once more with the queue empty, so a send
+ * can never touch a closed handle. */
+static void queue_put(queue_t *q, item_t *it, uv_async_t *wake)
+{
+    it->next = NULL;
+    uv_mutex_lock(&q->lock);
+    if (q->tail)
+        q->tail->next = it;
+    else
+        q->head = it;
+    q->tail = it;
+    uv_async_send(wake);
+    uv_mutex_unlock(&q->lock);
+}
+
+/* Take everything queued, oldest first. */
+static item_t *queue_take(queue_t *q)
+{
+    uv_mutex_lock(&q->lock);
+    item_t *it = q->head;
+    q->head = q->tail = NULL;
+    uv_mutex_unlock(&q->lock);
+    return it;
+}
+
+/* ---------------------------------------------------------------- delivery side */
+
+static void answer(item_t *it)
+{
+    queue_put(&it->port->queue, it, &it->port->async);
+}
+
+static void on_pushed(void *arg, int status)
+{
+    item_t *it = arg;
+    it->status = status;
+    answer(it);
+}
+
+/* Delivery loop: push every queued call into the outbox, in arrival order. */
+static void on_delivery_async(uv_async_t *a)
+{
+    hr_handoff_t *h = a->data;
+    item_t *it = queue_take(&h->queue);
+    while (it) {
+        item_t *next = it->next;
+        if (it->kind == ITEM_PUSH) {
+            hr_action_t *acts = it->actions;
+            it->actions = NULL; /* the outbox owns them now */
+            int rc = hr_outbox_push(h->outbox, acts, on_pushed, it);
+            if (rc < 0) on_pushed(it, rc);
+        } else {
+            hr_outbox_stats(h->outbox, &it->st);
+            hr_outbox_targets_json(h->outbox, &it->targets);
+            answer(it);
+        }
+        it = next;
+    }
+}
+
+hr_handoff_t *hr_handoff_create(uv_loop_t *loop, hr_outbox_t *o)
+{
+    hr_handoff_t *h = hr_xcalloc(1, sizeof *h);
+    h->loop = loop;
+    h->outbox = o;
+    queue_init(&h->queue);
+    uv_async_init(loop, &h->async, on_delivery_async);
+    h->async.data = h;
+    return h;
+}
+
+static void on_handoff_closed(uv_handle_t *handle)
+{
+    hr_handoff_t *h = handle->data;
+    void (*cb)(void *) = h->close_cb;
+    void *arg = h->close_arg;
+    uv_mutex_destroy(&h->queue.lock);
+    free(h);
+    if (cb) cb(arg);
+}
+
+void hr_handoff_close(hr_handoff_t *h, void (*cb)(void *arg), void *arg)
+{
+    h->close_cb = cb;
+    h->close_arg = arg;
+    uv_close((uv_handle_t *)&h->async, on_handoff_closed);
+}
+
+/* ---------------------------------------------------------------- worker side */
+
+static void on_port_closed(uv_handle_t *handle)
+{
+    hr_handoff_port_t *p = handle->data;
+    void (*cb)(void *) = p->close_cb;
+    void *arg = p->close_arg;
+    uv_mutex_destroy(&p->queue.lock);
+    free(p);
+    if (cb) cb(arg);
+}
+
+static void port_maybe_close(hr_handoff_port_t *p)
+{
+    if (!p->closing || p->outstanding > 0 || uv_is_closing((uv_handle_t *)&p->async)) return;
+    /* Every answer is in, so no sender will touch the queue again; taking the lock once
+     * waits out a sender still inside queue_put's uv_async_send. */
+    uv_mutex_lock(&p->queue.lock);
+    uv_mutex_unlock(&p->queue.lock);
+    uv_close((uv_handle_t *)&p->async, on_port_closed);
+}
+
+/* Worker loop: run the callbacks of every answer that came back. */
+static void on_port_async(uv_async_t *a)
+{
+    hr_handoff_port_t *p = a->data;
+    item_t *it = queue_take(&p->queue);
+    while (it) {
+        item_t *next = it->next;
+        p->outstanding--;
+        if (it->kind == ITEM_PUSH)
+            it->push_cb(it->arg, it->status);
+        else
+            it->stats_cb(it->arg, &it->st, it->targets.data ? it->targets.data : "{}");
+        hr_buf_free(&it->targets);
+        free(it);
+        it = next;
+    }
+    port_maybe_close(p);
+}
+
+hr_handoff_port_t *hr_handoff_port_open(hr_handoff_t *h, uv_loop_t *loop)
+{
+    hr_handoff_port_t *p = hr_xcalloc(1, sizeof *p);
+    p->h = h;
+    p->loop = loop;
+    queue_init(&p->queue);
+    uv_async_init(loop, &p->async, on_port_async);
+    p->async.data = p;
+    return p;
+}
+
+void hr_handoff_port_close(hr_handoff_port_t *p, void (*cb)(void *arg), void *arg)
+{
+    p->closing = true;
+    p->close_cb = cb;
+    p->close_arg = arg;
+    port_maybe_close(p);
+}
+
+int hr_handoff_push(hr_handoff_port_t *p, hr_action_t *list, void (*cb)(void *arg, int status),
+                    void *arg)
+{
+    item_t *it = hr_xcalloc(1, sizeof *it);
+    it->port = p;
+    it->kind = ITEM_PUSH;
+    it->actions = list;
+    it->push_cb = cb;
+    it->arg = arg;
+    p->outstanding++;
+    queue_put(&p->h->queue, it, &p->h->async);
+    return 0;
+}
+
+void hr_handoff_stats(hr_handoff_port_t *p, hr_handoff_stats_cb cb, void *arg)
+{
+    item_t *it = hr_xcalloc(1, sizeof *it);
+    it->port = p;
+    it->kind = ITEM_STATS;
+    it->stats_cb = cb;
+    it->arg = arg;
+    p->outstanding++;
+    queue_put(&p->h->queue, it, &p->h->async);
+}
