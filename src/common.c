@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/uio.h>
 #include <time.h>
 
 /* ---------------------------------------------------------------- allocation */
@@ -168,6 +169,19 @@ char *hr_buf_steal(hr_buf_t *b, size_t *len)
     if (len) *len = b->len;
     hr_buf_init(b);
     return p;
+}
+
+void hr_iov_advance(struct iovec **v, int *iovcnt, size_t n)
+{
+    while (*iovcnt > 0 && n >= (*v)->iov_len) {
+        n -= (*v)->iov_len;
+        (*v)++;
+        (*iovcnt)--;
+    }
+    if (*iovcnt > 0) {
+        (*v)->iov_base = (char *)(*v)->iov_base + n;
+        (*v)->iov_len -= n;
+    }
 }
 
 void hr_headers_free(hr_header_t *h, size_t n)

@@ -117,16 +117,7 @@ int hr_files_append(hr_files_t *f, const char *path, const char *line, size_t le
             e->fd = -1;
             return rc;
         }
-        size_t left = (size_t)n;
-        while (iovcnt > 0 && left >= v->iov_len) {
-            left -= v->iov_len;
-            v++;
-            iovcnt--;
-        }
-        if (iovcnt > 0) {
-            v->iov_base = (char *)v->iov_base + left;
-            v->iov_len -= left;
-        }
+        hr_iov_advance(&v, &iovcnt, (size_t)n);
     }
     return 0;
 }

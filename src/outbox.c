@@ -341,6 +341,20 @@ static ob_item_t *item_new(hr_outbox_t *o)
     return it;
 }
 
+/* Take it off o->all (every pending item, in arrival order); it is no longer pending. */
+static void all_unlink(hr_outbox_t *o, ob_item_t *it)
+{
+    if (it->prev)
+        it->prev->next = it->next;
+    else
+        o->all_head = it->next;
+    if (it->next)
+        it->next->prev = it->prev;
+    else
+        o->all_tail = it->prev;
+    o->st.pending--;
+}
+
 /* Unlink it from everything and free it. With done, its DONE record is written and its
  * segment reference dropped; without, it stays pending in the spool (shutdown). The next item
  * of its lane, if any, is scheduled. */
@@ -358,15 +372,7 @@ static void item_release(ob_item_t *it, bool done)
                         (unsigned long long)it->id);
         hr_spool_unref(o->spool, it->loc);
     }
-    if (it->prev)
-        it->prev->next = it->next;
-    else
-        o->all_head = it->next;
-    if (it->next)
-        it->next->prev = it->prev;
-    else
-        o->all_tail = it->prev;
-    o->st.pending--;
+    all_unlink(o, it);
     ob_target_t *t = it->t;
     if (t) t->live--;
     ob_lane_t *lane = it->lane;
@@ -1260,15 +1266,7 @@ static uint64_t get_u64(const char *p)
 /* Unlink a recovered item from o->all and free it (no records, no references yet). */
 static void rec_drop(hr_outbox_t *o, ob_item_t *it)
 {
-    if (it->prev)
-        it->prev->next = it->next;
-    else
-        o->all_head = it->next;
-    if (it->next)
-        it->next->prev = it->prev;
-    else
-        o->all_tail = it->prev;
-    o->st.pending--;
+    all_unlink(o, it);
     free(it);
 }
 

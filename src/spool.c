@@ -201,6 +201,17 @@ static uint64_t rd_u64(rd_t *r)
     return lo | (uint64_t)rd_u32(r) << 32;
 }
 
+/* The error string (e, elen) of a record, copied into errbuf (cut to fit); "" without a
+ * buffer. */
+static const char *copy_error(const char *e, size_t elen, char *errbuf, size_t errlen)
+{
+    if (!errbuf || !errlen) return "";
+    if (elen >= errlen) elen = errlen - 1;
+    if (e) memcpy(errbuf, e, elen);
+    errbuf[e ? elen : 0] = '\0';
+    return errbuf;
+}
+
 /* A string in place: sets *s (NULL for a NULL string) and returns its length. */
 static size_t rd_str(rd_t *r, const char **s)
 {
@@ -338,14 +349,7 @@ int hr_spool_decode_state(const char *p, size_t n, hr_spool_state_t *s, char *er
     const char *e;
     size_t elen = rd_str(&r, &e);
     if (r.bad) return -1;
-    if (errbuf && errlen) {
-        if (elen >= errlen) elen = errlen - 1;
-        if (e) memcpy(errbuf, e, elen);
-        errbuf[e ? elen : 0] = '\0';
-        s->error = errbuf;
-    } else {
-        s->error = "";
-    }
+    s->error = copy_error(e, elen, errbuf, errlen);
     return 0;
 }
 
@@ -402,14 +406,7 @@ int hr_spool_copy_log_next(hr_spool_copy_t *c, hr_spool_state_t *s, char *errbuf
     const char *e;
     size_t elen = rd_str(&r, &e);
     if (r.bad) return -1;
-    if (errbuf && errlen) {
-        if (elen >= errlen) elen = errlen - 1;
-        if (e) memcpy(errbuf, e, elen);
-        errbuf[e ? elen : 0] = '\0';
-        s->error = errbuf;
-    } else {
-        s->error = "";
-    }
+    s->error = copy_error(e, elen, errbuf, errlen);
     c->log += r.off;
     c->log_len -= r.off;
     c->nlog--;
@@ -1003,16 +1000,7 @@ int hr_spool_append(hr_spool_t *sp, int type, const void *payload, size_t len, b
             return rc;
         }
         pos += (uint64_t)k;
-        size_t left = (size_t)k;
-        while (iovcnt > 0 && left >= v->iov_len) {
-            left -= v->iov_len;
-            v++;
-            iovcnt--;
-        }
-        if (iovcnt > 0) {
-            v->iov_base = (char *)v->iov_base + left;
-            v->iov_len -= left;
-        }
+        hr_iov_advance(&v, &iovcnt, (size_t)k);
     }
     cur->size += rec;
     cur->dirty = true;

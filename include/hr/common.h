@@ -54,6 +54,11 @@ void hr_buf_append_json_string(hr_buf_t *b, const char *s, size_t n);
 /* Hand the memory over to the caller (who frees it) and leave b empty. Never NULL. */
 char *hr_buf_steal(hr_buf_t *b, size_t *len);
 
+struct iovec;
+/* Skip n bytes written from the front of the iovec array *v of *iovcnt entries (after a short
+ * writev): whole entries are dropped, a partial one is trimmed. */
+void hr_iov_advance(struct iovec **v, int *iovcnt, size_t n);
+
 /* A header as name and value, both NUL-terminated and owned by whoever owns the array. */
 typedef struct {
     char *name;
