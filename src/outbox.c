@@ -74,6 +74,7 @@ typedef struct ob_item {
     struct ob_item *rnext;    /* in t's ready queue */
     struct ob_item *lnext;    /* in its lane */
     hr_action_t *a;           /* the action while loaded, else NULL */
+    size_t a_weight;          /* what a counts in o->loaded_bytes */
     uint64_t id;              /* spool id of the action */
     hr_spool_loc_t loc;       /* its ACTION record (holds a segment reference) */
     hr_spool_loc_t state_loc; /* its latest STATE record, 0 if none */
@@ -127,6 +128,7 @@ typedef struct ob_target {
 
 struct hr_outbox {
     uv_loop_t *loop;           /* the loop */
+    size_t loaded_bytes;       /* about what the loaded actions (it->a) take, see item_unload */
     hr_files_t *files;         /* shared file table (not owned) */
     char *dead_letters;        /* dead-letter path, owned; NULL: log only */
     hr_spool_t *spool;         /* the storage; NULL once closed */
@@ -175,6 +177,26 @@ static void on_retry_timer(uv_timer_t *t);
 static void on_target_timer(uv_timer_t *t);
 static void pump(ob_target_t *t);
 static void schedule(ob_item_t *it);
+
+/* Loaded actions (it->a) beyond this many bytes are not kept in memory while they wait: they
+ * are read back from the spool when their attempt starts. */
+#define MAX_LOADED_BYTES (32u << 20)
+
+/* About the memory a loaded action takes: what loaded_bytes counts. */
+static size_t action_weight(const hr_action_t *a)
+{
+    return sizeof *a + a->body_len + 64 * a->nheaders + (a->url ? strlen(a->url) : 0);
+}
+
+/* Drop it's loaded action (it stays in the spool; item_load reads it back). */
+static void item_unload(ob_item_t *it)
+{
+    if (!it->a) return;
+    it->o->loaded_bytes -= it->a_weight;
+    it->a_weight = 0;
+    hr_action_free(it->a);
+    it->a = NULL;
+}
 static void maybe_drained(hr_outbox_t *o);
 static void compact_kick(hr_outbox_t *o);
 
@@ -383,7 +405,7 @@ static void item_release(ob_item_t *it, bool done)
         next_head = lane->head;
         if (!lane->head) lane_free_if_empty(t, lane);
     }
-    hr_action_free(it->a);
+    item_unload(it);
     free(it);
     if (next_head && !o->drain_finished && !o->closing) {
         next_head->where = IT_NONE;
@@ -415,6 +437,8 @@ static int item_load(ob_item_t *it)
     }
     it->a->attempts = it->attempts;
     it->a->last_status = it->last_status;
+    it->a_weight = action_weight(it->a);
+    o->loaded_bytes += it->a_weight;
     return 0;
 }
 
@@ -730,10 +754,7 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
                         a->name ? a->name : "-", what, (unsigned)it->attempts,
                         (unsigned)it->max_attempts, (unsigned long long)wait);
             o->st.retried++;
-            if (wait > KEEP_LOADED_MS) {
-                hr_action_free(it->a);
-                it->a = NULL;
-            }
+            if (wait > KEEP_LOADED_MS) item_unload(it);
             heap_push(o, it);
             rearm(o);
         }
@@ -900,8 +921,7 @@ static void schedule(ob_item_t *it)
         } else if (item_load(it) == 0) {
             snprintf(buf, sizeof buf, "%s", it->a->store ? it->a->store : "");
             store = it->a->store ? buf : NULL;
-            hr_action_free(it->a);
-            it->a = NULL;
+            item_unload(it);
         }
         ob_lane_t *l = lane_get(t, store);
         it->lane = l;
@@ -942,6 +962,8 @@ static ob_item_t *item_for_action(hr_outbox_t *o, hr_action_t *a, uint64_t id, h
 {
     ob_item_t *it = item_new(o);
     it->a = a;
+    it->a_weight = action_weight(a);
+    o->loaded_bytes += it->a_weight;
     it->id = id;
     it->loc = loc;
     it->kind = a->kind;
@@ -1026,6 +1048,13 @@ static void on_committed(void *arg, int status)
             continue;
         }
         ob_item_t *it = item_for_action(o, a, p->ids[i], p->locs[i]);
+        /* A backlog (a slow target, or fsync modes that answer before delivery catches up)
+         * stays on disk: past the cap, actions are read back from the spool on their turn. */
+        if (it->kind == HR_ACTION_FORWARD && o->loaded_bytes > MAX_LOADED_BYTES) {
+            hr_log_debug("outbox: %zu bytes of actions in memory: id=%llu waits on disk",
+                         o->loaded_bytes, (unsigned long long)it->id);
+            item_unload(it);
+        }
         schedule(it);
     }
     if (p->cb) p->cb(p->arg, 0);

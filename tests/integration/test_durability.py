@@ -184,6 +184,27 @@ class DurabilityTest(HRTestCase):
         self.assertTrue(wait_until(lambda: r2.healthz()["outbox"]["pending"] == 0, 3))
         self.assertTrue(wait_until(lambda: "total pending: 0" in self.cli("spool").stdout, 3))
 
+    def test_backlog_beyond_memory_cap_is_read_back_from_spool(self):
+        """Pending actions past the outbox's in-memory cap (32 MiB) are dropped from memory and
+        read back from the spool on their turn: every one arrives intact."""
+        snk = self.sink(down=True)
+        self.wd.rule(None, 'return function(e) forward("pos", e.body) end\n')
+        r = self.router(self.cfg(snk.url, retry=(0, 100), log={"level": "debug"}))
+        pad = "x" * 700000
+        n = 52  # 52 * 700 KB > 32 MiB
+        for i in range(n):
+            self.assertOk(r.post("/t", {"n": i, "pad": pad}))
+        self.assertEqual(r.healthz()["outbox"]["pending"], n)
+        self.assertTrue(r.wait_log(r"bytes of actions in memory: id=\d+ waits on disk", 3),
+                        "the cap was never reached: " + r.log_tail())
+        snk.start()
+        self.assertTrue(snk.wait_for(n, 30), "delivered %d of %d" % (snk.count(), n))
+        got = sorted(q.json()["n"] for q in snk.requests[:n])
+        self.assertEqual(got, list(range(n)))
+        for q in snk.requests[:n]:
+            self.assertEqual(q.json()["pad"], pad)
+        self.assertTrue(wait_until(lambda: r.healthz()["outbox"]["pending"] == 0, 5))
+
     def test_finished_segments_deleted(self):
         snk = self.sink()
         r = self.start(snk.url)
