@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "check.h"
+#include "spool_util.h"
 #include "hr/log.h"
 #include "hr/outbox.h"
 
@@ -113,29 +114,6 @@ static pend_t pending_set(hr_outbox_t *o)
     return ps;
 }
 
-static int flag_drained, flag_closed;
-
-static void on_drained(void *arg)
-{
-    flag_drained++;
-}
-
-static void on_closed(void *arg)
-{
-    flag_closed++;
-}
-
-static void shutdown_outbox(hr_outbox_t *o)
-{
-    int d = flag_drained, c = flag_closed;
-    hr_outbox_drain(o, 0, on_drained, NULL);
-    while (flag_drained == d)
-        uv_run(loop, UV_RUN_ONCE);
-    hr_outbox_close(o, on_closed, NULL);
-    while (flag_closed == c)
-        uv_run(loop, UV_RUN_ONCE);
-}
-
 static bool seg_exists(const char *sd, unsigned seq)
 {
     char *p = hr_xasprintf("%s/seg-%016x.hrs", sd, seq);
@@ -143,23 +121,6 @@ static bool seg_exists(const char *sd, unsigned seq)
     bool ok = stat(p, &st) == 0;
     free(p);
     return ok;
-}
-
-/* The newest segment file of sd (caller frees), or NULL. */
-static char *newest_segment(const char *sd)
-{
-    char *best = NULL;
-    for (unsigned i = 1; i < 4096; i++) {
-        char *p = hr_xasprintf("%s/seg-%016x.hrs", sd, i);
-        struct stat st;
-        if (stat(p, &st) == 0 && st.st_size > 0) {
-            free(best);
-            best = p;
-        } else {
-            free(p);
-        }
-    }
-    return best;
 }
 
 static void run_ms(uint64_t ms)
@@ -214,7 +175,7 @@ static void test_compact_and_recover(hr_files_t *files)
     CHECK_INT_EQ(ps.v[0].next_due_ms, before.next_due_ms);
     /* Only the segment holding the copy (and the one being written) are left. */
     CHECK(stats(o).spool.segments <= 2);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
 
     o = mk(sd, HOUR, 2, 4096, 0, files, true);
     ps = pending_set(o);
@@ -230,13 +191,13 @@ static void test_compact_and_recover(hr_files_t *files)
     for (int i = 0; i < 1000 && stats(o).compactions == 0; i++)
         uv_run(loop, UV_RUN_ONCE);
     CHECK_INT_EQ(stats(o).compactions, 1);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
     o = mk(sd, HOUR, 2, 4096, 0, files, true);
     ps = pending_set(o);
     CHECK_INT_EQ(ps.n, 1);
     CHECK_INT_EQ(ps.v[0].attempts, 1);
     CHECK_INT_EQ(ps.v[0].next_due_ms, before.next_due_ms);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
     free(sd);
 }
 
@@ -259,7 +220,7 @@ static void test_crash_mid_compaction(hr_files_t *files)
     free(cmd);
     for (int i = 0; i < 1000 && stats(o).compactions == 0; i++)
         uv_run(loop, UV_RUN_ONCE);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
     CHECK(seg_exists(snap, 1));
 
     o = mk(snap, HOUR, 2, 4096, 0, files, true);
@@ -273,7 +234,7 @@ static void test_crash_mid_compaction(hr_files_t *files)
     CHECK_INT_EQ(hr_outbox_compact(o), 0);
     CHECK(!seg_exists(snap, 1)); /* nothing references it any more: deleted at start */
     CHECK_INT_EQ(stats(o).pending, 1);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
 
     /* Torn copy: the newest segment lost its last bytes (the copy's). */
     char *last = newest_segment(torn);
@@ -292,7 +253,7 @@ static void test_crash_mid_compaction(hr_files_t *files)
     CHECK_INT_EQ(ps.v[0].next_due_ms, before.next_due_ms);
     CHECK_INT_EQ(HR_LOC_SEG(ps.v[0].loc), 1);
     CHECK_INT_EQ(stats(o).spool.corrupt, 1);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
     free(sd);
     free(snap);
     free(torn);
@@ -336,7 +297,7 @@ static void test_dead_letter_keeps_attempt_log(hr_files_t *files)
         CHECK(cJSON_IsString(cJSON_GetObjectItem(e, "at")));
     }
     cJSON_Delete(j);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
     free(sd);
 }
 
@@ -362,7 +323,7 @@ static void test_full_spool_compacts(hr_files_t *files)
     CHECK(stats(o).spool.bytes < max / 2);
     CHECK_INT_EQ(push(o, write_action(n)), 0);
     CHECK_INT_EQ(stats(o).pending, 1);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
 
     /* With the automatic steps, a long stream never reaches the limit. */
     o = mk(sd, HOUR, 2, 0, max, files, false);
@@ -391,7 +352,7 @@ static void test_full_spool_compacts(hr_files_t *files)
             "  full spool: 300 pushes, %d refused and retried, peak %llu bytes, %llu "
             "compactions\n",
             refused, (unsigned long long)peak, (unsigned long long)stats(o).compactions);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
     free(sd);
 }
 

@@ -7,6 +7,7 @@
 #include <uv.h>
 
 #include "check.h"
+#include "spool_util.h"
 #include "hr/log.h"
 #include "hr/outbox.h"
 
@@ -245,19 +246,6 @@ static void on_closed(void *arg)
     flag_closed++;
 }
 
-/* Drain (grace 0) and close o, running the loop until both callbacks ran. */
-static void shutdown_outbox(hr_outbox_t *o)
-{
-    int d = flag_drained, c = flag_closed;
-    hr_outbox_drain(o, 0, on_drained, NULL);
-    CHECK_INT_EQ(flag_drained, d);
-    while (flag_drained == d)
-        uv_run(loop, UV_RUN_ONCE);
-    hr_outbox_close(o, on_closed, NULL);
-    while (flag_closed == c)
-        uv_run(loop, UV_RUN_ONCE);
-}
-
 /* Number of lines in the dead-letter file; *last gets the last one parsed (caller frees). */
 static int dead_lines(cJSON **last)
 {
@@ -304,7 +292,7 @@ static void test_retry_then_delivered(hr_files_t *files)
     cJSON *j;
     CHECK_INT_EQ(dead_lines(&j), 0);
     cJSON_Delete(j);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
 }
 
 static void test_rejected(hr_files_t *files)
@@ -340,7 +328,7 @@ static void test_rejected(hr_files_t *files)
     CHECK_INT_EQ(st.dead, 1);
     CHECK_INT_EQ(st.retried, 0);
     CHECK_INT_EQ(st.delivered, 0);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
 }
 
 static void test_refused(hr_files_t *files)
@@ -371,7 +359,7 @@ static void test_refused(hr_files_t *files)
     hr_outbox_stats(o, &st);
     CHECK_INT_EQ(st.retried, 2);
     CHECK_INT_EQ(st.dead, 1);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
 }
 
 static void test_retry_after(hr_files_t *files)
@@ -383,7 +371,7 @@ static void test_retry_after(hr_files_t *files)
     run_until_idle(o);
     CHECK_INT_EQ(srv.requests, 2);
     CHECK(srv.at[1] - srv.at[0] < 500);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
 
     /* Retry-After: 1 beats a 10 ms backoff. */
     o = mk(files, 0, 10);
@@ -396,7 +384,7 @@ static void test_retry_after(hr_files_t *files)
     hr_outbox_stats_t st;
     hr_outbox_stats(o, &st);
     CHECK_INT_EQ(st.delivered, 1);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
 }
 
 static void test_write(hr_files_t *files)
@@ -443,7 +431,7 @@ static void test_write(hr_files_t *files)
     CHECK_INT_EQ(st.delivered, 1);
     CHECK_INT_EQ(st.dead, 1);
     CHECK_INT_EQ(st.pending, 0);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
 }
 
 static void test_drain(hr_files_t *files)
@@ -498,7 +486,7 @@ static void test_drain(hr_files_t *files)
     hr_outbox_stats(o, &st);
     CHECK_INT_EQ(st.delivered, 1);
     CHECK_INT_EQ(st.pending, 1);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
 
     /* An attempt in flight at the end of the grace period is cancelled and stays pending
      * (not counted as an attempt). */
@@ -549,7 +537,7 @@ static void test_backoff_bounds(hr_files_t *files)
     CHECK_INT_EQ(st.dead, 8);
     CHECK_INT_EQ(st.delivered, 0);
     CHECK_INT_EQ(srv.requests, 16);
-    shutdown_outbox(o);
+    shutdown_outbox(loop, o);
 }
 
 int main(void)

@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "check.h"
+#include "spool_util.h"
 #include "hr/log.h"
 #include "hr/spool.h"
 
@@ -56,23 +57,6 @@ static void on_commit(void *arg, int status)
 static char *spool_dir(const char *name)
 {
     return hr_xasprintf("%s/%s", dir, name);
-}
-
-/* The newest non-empty segment file of d. */
-static char *last_segment(const char *d)
-{
-    char *best = NULL;
-    for (unsigned i = 1; i < 100; i++) {
-        char *p = hr_xasprintf("%s/seg-%016x.hrs", d, i);
-        struct stat st;
-        if (stat(p, &st) == 0 && st.st_size > 0) {
-            free(best);
-            best = p;
-        } else {
-            free(p);
-        }
-    }
-    return best;
 }
 
 static void test_append_recover(void)
@@ -131,7 +115,7 @@ static void damaged(const char *name, void (*fn)(const char *path), int want, ui
         hr_spool_append(sp, HR_REC_ACTION, p, (size_t)n, false, &loc); /* live: kept */
     }
     close_spool(sp);
-    char *path = last_segment(d);
+    char *path = newest_segment(d);
     CHECK(path != NULL);
     if (path) fn(path);
     free(path);
