@@ -12,6 +12,11 @@
 #include <string.h>
 
 #include "hr/json.h"
+#include "hr/lua_budget.h"
+
+/* What a config file's own code may use: it builds a table, so these are generous. */
+#define CONFIG_INSTRUCTIONS 10000000u   /* VM instructions */
+#define CONFIG_MEMORY       (64u << 20) /* bytes */
 
 /* ---------------------------------------------------------------- errors */
 
@@ -544,16 +549,16 @@ static void load_limits(loader_t *ld)
         {"rule_instructions", 1000, 1000000000000ull, offsetof(hr_limits_t, rule_instructions),
          false},
         {"rule_memory_bytes", 1u << 20, 1ull << 40, offsetof(hr_limits_t, rule_memory_bytes), true},
+        {"state_memory_bytes", 4u << 20, 1ull << 44, offsetof(hr_limits_t, state_memory_bytes),
+         true},
+        {"actions_per_event", 1, 100000, offsetof(hr_limits_t, actions_per_event), true},
         {"idle_timeout_ms", 1, 86400000, offsetof(hr_limits_t, idle_timeout_ms), false},
         {"request_timeout_ms", 1, 86400000, offsetof(hr_limits_t, request_timeout_ms), false},
     };
-    static const char *const keys[] = {"body_bytes",
-                                       "header_bytes",
-                                       "rule_instructions",
-                                       "rule_memory_bytes",
-                                       "idle_timeout_ms",
-                                       "request_timeout_ms",
-                                       NULL};
+    static const char *const keys[] = {
+        "body_bytes",        "header_bytes",       "rule_instructions",
+        "rule_memory_bytes", "state_memory_bytes", "actions_per_event",
+        "idle_timeout_ms",   "request_timeout_ms", NULL};
     lua_State *L = ld->L;
     if (!want_table(ld, "limits")) return;
     check_keys(ld, "limits", keys);
@@ -779,6 +784,8 @@ static void set_defaults(hr_config_t *c)
     c->limits.header_bytes = 16384;
     c->limits.rule_instructions = 1000000;
     c->limits.rule_memory_bytes = 64u << 20;
+    c->limits.state_memory_bytes = 256u << 20;
+    c->limits.actions_per_event = 100;
     c->limits.idle_timeout_ms = 60000;
     c->limits.request_timeout_ms = 30000;
     c->retry_base_ms = 500;
@@ -805,7 +812,10 @@ static void open_config_libs(lua_State *L)
     lua_setfield(L, -2, "getenv");
     lua_setglobal(L, "os");
     lua_pop(L, 1); /* full os */
-    static const char *const banned[] = {"dofile", "loadfile", "load", "require", NULL};
+    /* No setmetatable: the config's tables are walked from C after its code ran, outside the
+     * budget, so none may carry metamethods that would run Lua there. */
+    static const char *const banned[] = {"dofile",  "loadfile",     "load",
+                                         "require", "setmetatable", NULL};
     for (size_t i = 0; banned[i]; i++) {
         lua_pushnil(L);
         lua_setglobal(L, banned[i]);
@@ -821,7 +831,8 @@ hr_config_t *hr_config_load(const char *path, hr_errors_t *errs)
     c->dir = slash ? hr_xstrndup(path, (size_t)(slash - path + (slash == path))) : hr_xstrdup(".");
     set_defaults(c);
 
-    lua_State *L = luaL_newstate();
+    hr_lua_cap_t cap = {.limit = CONFIG_MEMORY};
+    lua_State *L = lua_newstate(hr_lua_capped_alloc, &cap);
     if (!L) {
         hr_errors_add(errs, "%s: cannot create a Lua state", path);
         goto fail;
@@ -833,7 +844,15 @@ hr_config_t *hr_config_load(const char *path, hr_errors_t *errs)
         hr_errors_add(errs, "%s: cannot read the config file: %s", path, strerror(errno));
         goto fail;
     }
-    if (rc != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    if (rc == LUA_OK)
+        rc = hr_lua_pcall_budget(L, 0, 1, CONFIG_INSTRUCTIONS, "the config's code",
+                                 "the fixed config budget");
+    if (rc == LUA_ERRMEM) {
+        hr_errors_add(errs, "%s: the config's code needs more than %u MiB of memory", path,
+                      CONFIG_MEMORY >> 20);
+        goto fail;
+    }
+    if (rc != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
         /* Lua prefixes errors with the chunk name, which is the path already. */
         hr_errors_add(errs, "%s", msg ? msg : "unknown error loading the config");

@@ -78,9 +78,11 @@ static void push_array_mt(lua_State *L)
 {
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &array_key) != LUA_TNIL) return;
     lua_pop(L, 1); /* drop nil */
-    lua_createtable(L, 0, 1);
+    lua_createtable(L, 0, 2);
     lua_pushliteral(L, "array");
     lua_setfield(L, -2, "__jsontype");
+    lua_pushliteral(L, "json.array"); /* getmetatable() sees this: the marker stays unchanged */
+    lua_setfield(L, -2, "__metatable");
     lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &array_key);
 }
@@ -646,10 +648,10 @@ static int walk_main(lua_State *L)
  * deleted. Thread-local, so event loops on several threads never share it; outside a decode
  * (and past the arena's end) allocations go to malloc as usual. */
 typedef struct {
-    char *base;  /* the arena, or NULL */
-    size_t cap;  /* its size */
-    size_t used; /* bytes handed out in the current decode */
-    bool active; /* a decode is running on this thread */
+    char *base;     /* the arena, or NULL */
+    size_t cap;     /* its size */
+    size_t used;    /* bytes handed out in the current decode */
+    unsigned depth; /* decodes running on this thread: > 1 only if one ran inside another */
 } arena_t;
 
 #define ARENA_MIN  (64u * 1024)   /* enough for a webhook of ~16 KB */
@@ -659,7 +661,7 @@ static _Thread_local arena_t arena;
 
 static void *arena_malloc(size_t n)
 {
-    if (arena.active) {
+    if (arena.depth) {
         size_t need = (n + 15) & ~(size_t)15;
         if (need <= arena.cap - arena.used) {
             void *p = arena.base + arena.used;
@@ -685,10 +687,14 @@ static void install_hooks(void)
 }
 
 /* Start a decode of len bytes: make the arena big enough for the usual case (a cJSON node
- * is 64 bytes; strings are copied), so that it rarely falls back to malloc. */
+ * is 64 bytes; strings are copied), so that it rarely falls back to malloc. Nested: no Lua
+ * code runs while a tree is alive (the walk uses raw sets, and rules cannot set __gc), but
+ * should a decode ever run inside another, the inner one bumps on from where the outer one
+ * is and leaves the arena alone, so the outer tree stays valid. */
 static void arena_begin(size_t len)
 {
     pthread_once(&hooks_once, install_hooks);
+    if (arena.depth++) return;
     size_t want = len * 6 + 4096;
     if (want < ARENA_MIN) want = ARENA_MIN;
     if (want > arena.cap) {
@@ -697,13 +703,12 @@ static void arena_begin(size_t len)
         arena.cap = want;
     }
     arena.used = 0;
-    arena.active = true;
 }
 
 /* The tree is deleted: everything in the arena is free again. */
 static void arena_end(void)
 {
-    arena.active = false;
+    if (--arena.depth) return;
     arena.used = 0;
     if (arena.cap > ARENA_KEEP) {
         free(arena.base);
@@ -790,11 +795,13 @@ typedef struct frame {
 
 /* State of one encode call. */
 typedef struct {
-    hr_buf_t *out; /* where the text goes */
-    int null_idx;  /* stack slot of json.null */
-    int mt_idx;    /* stack slot of the array marker */
-    char *err;     /* message buffer */
-    size_t errlen; /* its size */
+    hr_buf_t *out;  /* where the text goes */
+    int null_idx;   /* stack slot of json.null */
+    int mt_idx;     /* stack slot of the array marker */
+    char *err;      /* message buffer */
+    size_t errlen;  /* its size */
+    size_t max;     /* refuse output longer than this */
+    bool too_large; /* the output reached max */
 } enc_t;
 
 /* True if s[0..n) can follow a dot in a path: [A-Za-z_][A-Za-z0-9_]*. */
@@ -876,6 +883,18 @@ static void append_integer(hr_buf_t *b, lua_Integer v)
 }
 
 static int encode_value(lua_State *L, enc_t *e, int idx, const frame_t *at, int depth);
+
+/* Check that the output is still within e->max, after an append: it overshoots by one
+ * value at most (a string, at most 6 times its length once escaped). Returns 0, or -1 with
+ * the message set. [-0, +0, -] */
+static int enc_room(enc_t *e, const frame_t *at)
+{
+    if (e->out->len <= e->max) return 0;
+    e->too_large = true;
+    char what[96];
+    snprintf(what, sizeof what, "output larger than %zu bytes", e->max);
+    return enc_fail(e, at, what);
+}
 
 /* Append the elements 1..n of the table at idx as a JSON array, me being the table's frame.
  * Returns 0, or -1 with the message set (a nil element is an error). [-0, +0, -] */
@@ -965,7 +984,8 @@ static int encode_object(lua_State *L, enc_t *e, int base, size_t n, frame_t *me
         me->keylen = keys[i].len;
         hr_buf_append_json_string(e->out, keys[i].key, keys[i].len);
         hr_buf_appendc(e->out, ':');
-        rc = encode_value(L, e, keys[i].slot, me, depth);
+        rc = enc_room(e, me);
+        if (rc == 0) rc = encode_value(L, e, keys[i].slot, me, depth);
     }
     hr_buf_appendc(e->out, '}');
     if (keys != local) free(keys);
@@ -1058,7 +1078,7 @@ static int encode_value(lua_State *L, enc_t *e, int idx, const frame_t *at, int 
         size_t n;
         const char *s = lua_tolstring(L, idx, &n);
         hr_buf_append_json_string(e->out, s, n);
-        return 0;
+        return enc_room(e, at);
     }
     case LUA_TTABLE: return encode_table(L, e, idx, at, depth + 1);
     case LUA_TUSERDATA:
@@ -1075,23 +1095,45 @@ static int encode_value(lua_State *L, enc_t *e, int idx, const frame_t *at, int 
 
 int hr_json_encode(lua_State *L, int idx, hr_buf_t *out, char *err, size_t errlen)
 {
+    return hr_json_encode_max(L, idx, out, SIZE_MAX, err, errlen);
+}
+
+int hr_json_encode_max(lua_State *L, int idx, hr_buf_t *out, size_t max, char *err, size_t errlen)
+{
     idx = lua_absindex(L, idx);
     int top = lua_gettop(L);
     if (!lua_checkstack(L, 4)) {
         snprintf(err, errlen, "Lua stack overflow");
         return -1;
     }
+    size_t start = out->len;
     enc_t e = {.out = out, .err = err, .errlen = errlen};
+    e.max = max > SIZE_MAX - start ? SIZE_MAX : start + max;
     hr_json_push_null(L);
     e.null_idx = lua_gettop(L);
     push_array_mt(L);
     e.mt_idx = lua_gettop(L);
     int rc = encode_value(L, &e, idx, NULL, 0);
     lua_settop(L, top);
-    return rc;
+    return rc == 0 ? 0 : e.too_large ? HR_JSON_TOO_LARGE : -1;
 }
 
 /* ================================================================ the Lua library */
+
+int hr_json_push_encoded(lua_State *L, int idx, size_t max, char *err, size_t errlen)
+{
+    idx = lua_absindex(L, idx);
+    hr_json_push_null(L); /* make sure nothing below allocates in Lua while buf is busy */
+    push_array_mt(L);
+    lua_pop(L, 2);
+    hr_buf_t *b = state_buf(L);
+    hr_buf_reset(b);
+    int rc = hr_json_encode_max(L, idx, b, max, err, errlen);
+    if (rc == 0) lua_pushlstring(L, b->data ? b->data : "", b->len);
+    hr_buf_reset(b);
+    if (b->cap > HR_JSON_KEEP_BUF) hr_buf_free(b);
+    return rc;
+}
 
 /* json.encode(v): returns the JSON text of v, or raises "json.encode: <message>".
  * [-0, +1, e] */
@@ -1100,16 +1142,8 @@ static int l_encode(lua_State *L)
     luaL_checkany(L, 1);
     lua_settop(L, 1);
     char err[512];
-    hr_json_push_null(L); /* make sure nothing below allocates in Lua while buf is busy */
-    push_array_mt(L);
-    lua_pop(L, 2);
-    hr_buf_t *b = state_buf(L);
-    hr_buf_reset(b);
-    int rc = hr_json_encode(L, 1, b, err, sizeof err);
-    if (rc == 0) lua_pushlstring(L, b->data ? b->data : "", b->len);
-    hr_buf_reset(b);
-    if (b->cap > HR_JSON_KEEP_BUF) hr_buf_free(b);
-    if (rc != 0) return luaL_error(L, "json.encode: %s", err);
+    if (hr_json_push_encoded(L, 1, SIZE_MAX, err, sizeof err) != 0)
+        return luaL_error(L, "json.encode: %s", err);
     return 1;
 }
 

@@ -438,6 +438,11 @@ static void event_complete(event_run_t *e, int fail_status)
     hr_buf_free(&body);
     hr_run_result_free(res);
     e->req = NULL;
+    if (e->rs == r->rs && hr_ruleset_needs_rebuild(e->rs) && !r->reload_pending) {
+        hr_log_warn("rule state over limits.state_memory_bytes: reloading the rules to start "
+                    "clean");
+        hr_router_request_reload(r);
+    }
     hr_ruleset_unref(e->rs);
     e->rs = NULL;
     if (e->timer_open) {

@@ -14,13 +14,14 @@
 
 #include "hr/json.h"
 #include "hr/log.h"
+#include "hr/lua_budget.h"
 
 #define HOOK_STEP 1000 /* instructions between two count-hook calls */
 
 /* Registry keys. */
 static const char STORES_KEY[] = "hr.stores";   /* table: store id -> rule function */
 static const char DEFAULT_KEY[] = "hr.default"; /* the default rule function */
-static const char LOADED_KEY[] = "hr.loaded";   /* table: module name -> value (require) */
+static const char LIBS_KEY[] = "hr.libs";       /* table: library name -> its view's metatable */
 
 /* One event's run: what it collects, and its coroutine. Lives on the heap because a run can
  * suspend in request() and be resumed from a later loop callback. Reached from C functions
@@ -37,6 +38,8 @@ struct hr_run {
     lua_State *co;           /* the event's coroutine */
     int co_ref;              /* registry reference that keeps co alive between slices */
     hr_action_t *pending;    /* the request() the rule waits for (owned), or NULL */
+    size_t charged;          /* C memory the run holds (action and reply bodies), in bytes */
+    bool closing;            /* the run is over: only its to-be-closed handlers still run */
 };
 typedef struct hr_run run_ctx_t;
 
@@ -48,16 +51,20 @@ struct hr_ruleset {
     bool has_default;
     size_t mem_used;  /* bytes the state holds now */
     size_t mem_limit; /* refuse growth past this while an event runs */
+    size_t charged;   /* the running run's C memory, counted against mem_limit too */
     bool mem_denied;  /* an allocation was refused during the current run */
-    bool running;     /* an event is running (the cap applies) */
+    bool running;     /* an event (or a file's top level) is running: the cap applies */
+    bool rebuild;     /* the state outgrew limits.state_memory_bytes: replace this rule set */
 };
 
-static void set_file_env(lua_State *L);
+static void set_file_env(lua_State *L, int loaded);
 
 /* ---------------------------------------------------------------- allocator */
 
-/* lua_Alloc that keeps the state under rule_memory_bytes while an event runs. Loading and
- * garbage collection between events are not capped (the cap is about runaway rules). */
+/* lua_Alloc that keeps the state under mem_limit while an event or a file's top-level code
+ * runs (rule_memory_bytes more than it held when the slice started, C memory the run holds
+ * included). Garbage collection between events is not capped; what the state keeps between
+ * events is checked against state_memory_bytes after each run instead. */
 static void *rs_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     hr_ruleset_t *rs = ud;
@@ -67,7 +74,7 @@ static void *rs_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         rs->mem_used -= old;
         return NULL;
     }
-    if (rs->running && nsize > old && rs->mem_used - old + nsize > rs->mem_limit) {
+    if (rs->running && nsize > old && rs->mem_used - old + nsize + rs->charged > rs->mem_limit) {
         rs->mem_denied = true;
         return NULL;
     }
@@ -84,12 +91,33 @@ static run_ctx_t *ctx_of(lua_State *L)
     return *(run_ctx_t **)lua_getextraspace(L);
 }
 
-/* The context of the running event, or raise an error naming fn. */
+/* The context of the running event, or raise an error naming fn. [-0, +0, v] */
 static run_ctx_t *need_ctx(lua_State *L, const char *fn)
 {
     run_ctx_t *ctx = ctx_of(L);
     if (!ctx) luaL_error(L, "%s() can only be called while handling an event", fn);
+    if (ctx->closing) luaL_error(L, "%s() cannot be called once the rule has returned", fn);
     return ctx;
+}
+
+/* Bytes the running slice may still take under its memory cap. */
+static size_t mem_room(const hr_ruleset_t *rs)
+{
+    size_t held = rs->mem_used + rs->charged;
+    return held < rs->mem_limit ? rs->mem_limit - held : 0;
+}
+
+/* Count n bytes of C memory the run will hold (a body) against its memory cap, or raise the
+ * memory-limit error if they do not fit. [-0, +0, v] */
+static void charge(lua_State *L, run_ctx_t *ctx, size_t n, const char *fn)
+{
+    hr_ruleset_t *rs = ctx->rs;
+    if (n > mem_room(rs)) {
+        rs->mem_denied = true; /* the run fails even if a pcall catches this */
+        luaL_error(L, "%s: not enough memory for a body of %I bytes", fn, (lua_Integer)n);
+    }
+    ctx->charged += n;
+    rs->charged += n;
 }
 
 static void link_action(run_ctx_t *ctx, hr_action_t *a)
@@ -105,11 +133,14 @@ static void link_action(run_ctx_t *ctx, hr_action_t *a)
 }
 
 /* Encode the body argument at idx: a table as JSON, a string as it is. Raises on anything
- * else. Returns a malloc'd copy. [-0, +0, e] */
-static char *body_arg(lua_State *L, int idx, const char *fn, size_t *len, bool *is_json)
+ * else, and when the body does not fit in the run's memory cap (the copy is C memory the run
+ * holds until its actions are handed on, so it counts). Returns a malloc'd copy. [-0, +0, e] */
+static char *body_arg(lua_State *L, run_ctx_t *ctx, int idx, const char *fn, size_t *len,
+                      bool *is_json)
 {
     if (lua_type(L, idx) == LUA_TSTRING) {
         const char *s = lua_tolstring(L, idx, len);
+        charge(L, ctx, *len, fn);
         *is_json = false;
         return hr_xstrndup(s, *len);
     }
@@ -118,12 +149,24 @@ static char *body_arg(lua_State *L, int idx, const char *fn, size_t *len, bool *
                    luaL_typename(L, idx));
     hr_buf_t b = HR_BUF_INIT;
     char err[256];
-    if (hr_json_encode(L, idx, &b, err, sizeof err) != 0) {
+    int rc = hr_json_encode_max(L, idx, &b, mem_room(ctx->rs), err, sizeof err);
+    if (rc != 0) {
         hr_buf_free(&b);
+        if (rc == HR_JSON_TOO_LARGE) charge(L, ctx, SIZE_MAX, fn); /* raises */
         luaL_error(L, "%s: %s", fn, err);
     }
+    charge(L, ctx, b.len, fn); /* fits: encode stopped at the room left */
     *is_json = true;
     return hr_buf_steal(&b, len);
+}
+
+/* Refuse one more action once the event has limits.actions_per_event. [-0, +0, v] */
+static void check_action_count(lua_State *L, run_ctx_t *ctx, const char *fn)
+{
+    size_t max = ctx->rs->cfg->limits.actions_per_event;
+    if (ctx->out->nactions >= max)
+        luaL_error(L, "%s: too many actions for one event (limits.actions_per_event = %I)", fn,
+                   (lua_Integer)max);
 }
 
 static bool valid_header_name(const char *s)
@@ -183,7 +226,7 @@ static hr_action_t *http_action(lua_State *L, run_ctx_t *ctx, const char *fn,
 
     size_t len;
     bool is_json;
-    char *body = body_arg(L, 2, fn, &len, &is_json);
+    char *body = body_arg(L, ctx, 2, fn, &len, &is_json);
     hr_action_t *a = hr_action_new(HR_ACTION_FORWARD);
     a->body = body;
     a->body_len = len;
@@ -226,6 +269,7 @@ static hr_action_t *http_action(lua_State *L, run_ctx_t *ctx, const char *fn,
 static int l_forward(lua_State *L)
 {
     run_ctx_t *ctx = need_ctx(L, "forward");
+    check_action_count(L, ctx, "forward");
     http_action(L, ctx, "forward", link_action);
     return 0;
 }
@@ -265,7 +309,7 @@ static int l_respond(lua_State *L)
     hr_reply_free(ctx->out->reply);
     ctx->out->reply = rp; /* owned by out first, so a raise below cannot leak it */
     if (!lua_isnoneornil(L, 2))
-        rp->body = body_arg(L, 2, "respond", &rp->body_len, &rp->body_is_json);
+        rp->body = body_arg(L, ctx, 2, "respond", &rp->body_len, &rp->body_is_json);
     if (lua_istable(L, 3)) {
         size_t n = 0;
         lua_pushnil(L);
@@ -303,9 +347,10 @@ static int l_write(lua_State *L)
     const char *name = luaL_checkstring(L, 1);
     const hr_file_conf_t *f = hr_config_file(ctx->rs->cfg, name);
     if (!f) luaL_error(L, "write: unknown file '%s' (not in the config's files)", name);
+    check_action_count(L, ctx, "write");
     size_t len;
     bool is_json;
-    char *line = body_arg(L, 2, "write", &len, &is_json);
+    char *line = body_arg(L, ctx, 2, "write", &len, &is_json);
     if (memchr(line, '\n', len)) {
         free(line);
         luaL_error(L, "write: a string record must be one line (it contains a newline)");
@@ -366,47 +411,95 @@ static bool valid_module_name(const char *s)
     return true;
 }
 
-/* require(name): load rules/<name with dots as slashes>.lua once, in the sandbox.
- * [-0, +1, e] */
+/* require(name): load rules/<name with dots as slashes>.lua once per rule file, in the
+ * sandbox. Upvalues: the rule set, and the module table of the rule file that (directly or
+ * through other modules) requires it. Each rule file gets its own instance of a module, so
+ * what one store's rule changes in a module's tables never reaches another store. Top-level
+ * code of a module required while its rule file loads counts against that file's budget;
+ * required during an event, against the event's. [-0, +1, e] */
 static int l_require(lua_State *L)
 {
     const char *name = luaL_checkstring(L, 1);
     hr_ruleset_t *rs = lua_touserdata(L, lua_upvalueindex(1));
     if (!valid_module_name(name))
         luaL_error(L, "require: invalid module name '%s' (use letters, digits, _ - and .)", name);
-    lua_getfield(L, LUA_REGISTRYINDEX, LOADED_KEY);
-    if (lua_getfield(L, -1, name) != LUA_TNIL) return 1;
-    lua_pop(L, 1);
+    if (lua_getfield(L, lua_upvalueindex(2), name) != LUA_TNIL) return 1;
+    lua_pop(L, 1); /* drop nil */
     char *rel = hr_xstrdup(name);
     for (char *p = rel; *p; p++)
         if (*p == '.') *p = '/';
     char *file = hr_xasprintf("%s/%s.lua", rs->cfg->rules_dir, rel);
     free(rel);
     int rc = luaL_loadfilex(L, file, "t");
-    if (rc != LUA_OK) {
-        free(file);
-        return lua_error(L); /* message already says path:line */
-    }
     free(file);
-    set_file_env(L);
+    if (rc != LUA_OK) return lua_error(L); /* message already says path:line */
+    set_file_env(L, lua_upvalueindex(2));
     lua_pushstring(L, name);
     lua_call(L, 1, 1);
     if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
+        lua_pop(L, 1); /* drop nil */
         lua_pushboolean(L, 1);
     }
     lua_pushvalue(L, -1);
-    lua_setfield(L, -3, name);
+    lua_setfield(L, lua_upvalueindex(2), name); /* loaded[name] = value */
+    return 1;
+}
+
+/* setmetatable(t, mt): the base library's, except that a metatable with a __gc field is
+ * refused. A finalizer runs whenever the collector gets to its object: during another
+ * store's event, a reload or shutdown, outside any budget. Without __gc no Lua code can run
+ * there (__gc marks an object only if present when the metatable is set, so adding it later
+ * does nothing). [-0, +1, e] */
+static int l_setmetatable(lua_State *L)
+{
+    int t = lua_type(L, 2);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+    if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+        return luaL_error(L, "cannot change a protected metatable");
+    if (t == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) != LUA_TNIL)
+            return luaL_error(L, "setmetatable: __gc is not allowed in rules (a finalizer would "
+                                 "run outside the rule's budget, during other events)");
+        lua_pop(L, 1); /* drop nil */
+    }
+    lua_settop(L, 2);
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+/* json.encode(v) in the sandbox: the library's, with the text capped at what the running
+ * slice may still allocate (the C buffer it is built in counts too, and a body that
+ * references one large string many times would otherwise grow without bound). Upvalue: the
+ * rule set. [-0, +1, e] */
+static int l_json_encode(lua_State *L)
+{
+    hr_ruleset_t *rs = lua_touserdata(L, lua_upvalueindex(1));
+    luaL_checkany(L, 1);
+    lua_settop(L, 1);
+    char err[512];
+    size_t max = rs->running ? mem_room(rs) : SIZE_MAX;
+    int rc = hr_json_push_encoded(L, 1, max, err, sizeof err);
+    if (rc == HR_JSON_TOO_LARGE) {
+        rs->mem_denied = true;
+        return luaL_error(L, "json.encode: the text would exceed the rule's memory limit "
+                             "(limits.rule_memory_bytes)");
+    }
+    if (rc != 0) return luaL_error(L, "json.encode: %s", err);
     return 1;
 }
 
 /* ---------------------------------------------------------------- sandbox */
 
-/* Give the chunk at the top of the stack its own global table: reads fall through to the
- * shared sandbox globals, writes stay in the file's own table. So a rule that assigns a
- * global (by mistake or not: `forward = nil`) only changes its own file. [-0, +0, m] */
-static void set_file_env(lua_State *L)
+/* Give the chunk at the top of the stack its own global table, with its own views of the
+ * libraries and its own require (sharing the module table at index loaded, or a new one
+ * when loaded is 0). Reads fall through to the shared sandbox globals, writes stay in the
+ * file's own table; so a rule that assigns a global (`forward = nil`), rawsets into
+ * `string` or changes a module's table only changes its own file. [-0, +0, m] */
+static void set_file_env(lua_State *L, int loaded)
 {
+    if (loaded) loaded = lua_absindex(L, loaded);
     lua_newtable(L);          /* env */
     lua_createtable(L, 0, 2); /* its metatable */
     lua_pushglobaltable(L);
@@ -414,6 +507,26 @@ static void set_file_env(lua_State *L)
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable"); /* getmetatable(_ENV) cannot reach the shared table */
     lua_setmetatable(L, -2);
+    lua_getfield(L, LUA_REGISTRYINDEX, LIBS_KEY);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) { /* env[name] = setmetatable({}, view metatable of name) */
+        lua_newtable(L);
+        lua_insert(L, -2);
+        lua_setmetatable(L, -2);
+        lua_pushvalue(L, -2); /* name */
+        lua_insert(L, -2);
+        lua_rawset(L, -5);
+    }
+    lua_pop(L, 1); /* drop the libs table */
+    void *ud;
+    lua_getallocf(L, &ud); /* the rule set */
+    lua_pushlightuserdata(L, ud);
+    if (loaded)
+        lua_pushvalue(L, loaded);
+    else
+        lua_newtable(L);
+    lua_pushcclosure(L, l_require, 2);
+    lua_setfield(L, -2, "require");
     if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1); /* _ENV is a main chunk's first upvalue */
 }
 
@@ -423,10 +536,12 @@ static int l_readonly_newindex(lua_State *L)
                       lua_tostring(L, lua_upvalueindex(1)));
 }
 
-/* Replace the global library table name with a read-only view of it. [-0, +0, m] */
-static void make_readonly(lua_State *L, const char *name)
+/* Record in the registry's libs table the metatable of a read-only view of the global
+ * library table name: __index reads it, __newindex refuses, __metatable hides it. Each rule
+ * file gets an empty table with this metatable (set_file_env), so even rawset on its view
+ * changes nothing another file sees. [-0, +0, m] */
+static void add_lib_view(lua_State *L, int libs, const char *name)
 {
-    lua_newtable(L); /* proxy */
     lua_createtable(L, 0, 3);
     lua_getglobal(L, name);
     lua_setfield(L, -2, "__index");
@@ -435,8 +550,7 @@ static void make_readonly(lua_State *L, const char *name)
     lua_setfield(L, -2, "__newindex");
     lua_pushstring(L, name);
     lua_setfield(L, -2, "__metatable");
-    lua_setmetatable(L, -2);
-    lua_setglobal(L, name);
+    lua_setfield(L, libs, name);
 }
 
 /* Open the libraries rules may use and install the rule API as globals. [-0, +0, m] */
@@ -463,8 +577,20 @@ static void open_sandbox(hr_ruleset_t *rs)
         lua_pushnil(L);
         lua_setglobal(L, banned[i]);
     }
+    lua_pushcfunction(L, l_setmetatable);
+    lua_setglobal(L, "setmetatable");
+    /* Strings share one metatable whose __index is the string library: hide it, so that
+     * getmetatable("").__index cannot reach (and change) what every store's strings use. */
+    lua_pushliteral(L, "");
+    lua_getmetatable(L, -1);
+    lua_pushliteral(L, "string");
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 2); /* drop the metatable and "" */
 
     hr_json_open(L);
+    lua_pushlightuserdata(L, rs);
+    lua_pushcclosure(L, l_json_encode, 1);
+    lua_setfield(L, -2, "encode");
     lua_setglobal(L, "json");
     lua_pushcfunction(L, l_forward);
     lua_setglobal(L, "forward");
@@ -476,9 +602,6 @@ static void open_sandbox(hr_ruleset_t *rs)
     lua_setglobal(L, "request");
     lua_pushcfunction(L, l_respond);
     lua_setglobal(L, "respond");
-    lua_pushlightuserdata(L, rs);
-    lua_pushcclosure(L, l_require, 1);
-    lua_setglobal(L, "require");
 
     static const char *const levels[] = {"debug", "info", "warn", "error"};
     lua_createtable(L, 0, 4);
@@ -493,13 +616,17 @@ static void open_sandbox(hr_ruleset_t *rs)
 
     static const char *const libs[] = {"string", "table", "math", "utf8",
                                        "os",     "json",  "log",  NULL};
+    lua_newtable(L);
     for (size_t i = 0; libs[i]; i++)
-        make_readonly(L, libs[i]);
+        add_lib_view(L, lua_gettop(L), libs[i]);
+    lua_setfield(L, LUA_REGISTRYINDEX, LIBS_KEY);
+    for (size_t i = 0; libs[i]; i++) { /* only the views reach them */
+        lua_pushnil(L);
+        lua_setglobal(L, libs[i]);
+    }
     lua_pushnil(L);
     lua_setglobal(L, "_G"); /* rules reach globals through their own _ENV only */
 
-    lua_newtable(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, LOADED_KEY);
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, STORES_KEY);
 }
@@ -559,11 +686,26 @@ static int load_rule_file(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
         return -1;
     }
     if (rc == LUA_OK) {
-        set_file_env(L);
-        rc = lua_pcall(L, 0, 1, 0);
+        set_file_env(L, 0);
+        /* Top-level code (and the modules it requires) runs under the same budgets as an
+         * event: a file that never finishes loading fails the load, not the router. */
+        rs->mem_denied = false;
+        rs->mem_limit = rs->mem_used + rs->cfg->limits.rule_memory_bytes;
+        rs->running = true;
+        rc = hr_lua_pcall_budget(L, 0, 1, rs->cfg->limits.rule_instructions, "top-level code",
+                                 "limits.rule_instructions");
+        rs->running = false;
     }
     if (rc != LUA_OK) {
-        hr_errors_add(errs, "%s", lua_tostring(L, -1));
+        if (rs->mem_denied)
+            hr_errors_add(errs,
+                          "%s: top-level code exceeded its memory limit "
+                          "(limits.rule_memory_bytes = %zu)",
+                          file, rs->cfg->limits.rule_memory_bytes);
+        else if (lua_type(L, -1) == LUA_TSTRING)
+            hr_errors_add(errs, "%s", lua_tostring(L, -1));
+        else
+            hr_errors_add(errs, "%s: top-level code raised a %s value", file, luaL_typename(L, -1));
         lua_pop(L, 1);
         return -1;
     }
@@ -653,6 +795,14 @@ hr_ruleset_t *hr_ruleset_load(hr_config_t *cfg, hr_errors_t *errs)
     free(def);
     load_stores(rs, errs);
     if (errs->n != before) goto fail;
+    lua_gc(rs->L, LUA_GCCOLLECT);
+    if (rs->mem_used > cfg->limits.state_memory_bytes) {
+        hr_errors_add(errs,
+                      "%s: the rules hold %zu bytes once loaded, more than "
+                      "limits.state_memory_bytes = %zu",
+                      cfg->rules_dir, rs->mem_used, cfg->limits.state_memory_bytes);
+        goto fail;
+    }
     lua_gc(rs->L, LUA_GCGEN, 0, 0); /* events make short-lived garbage */
     return rs;
 fail:
@@ -690,6 +840,11 @@ bool hr_ruleset_has_default(const hr_ruleset_t *rs)
     return rs->has_default;
 }
 
+bool hr_ruleset_needs_rebuild(const hr_ruleset_t *rs)
+{
+    return rs->rebuild;
+}
+
 /* ---------------------------------------------------------------- running */
 
 /* Count hook: stop a rule that ran past its budget. Once tripped it fires on every
@@ -705,8 +860,8 @@ static void count_hook(lua_State *L, lua_Debug *ar)
             ctx->over_budget = true;
             lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
         }
-        luaL_error(L, "rule exceeded its instruction budget (limits.rule_instructions = %llu)",
-                   (unsigned long long)ctx->rs->cfg->limits.rule_instructions);
+        luaL_error(L, "rule exceeded its instruction budget (limits.rule_instructions = %I)",
+                   (lua_Integer)ctx->rs->cfg->limits.rule_instructions);
     }
 }
 
@@ -784,7 +939,16 @@ static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store)
 static void run_free(run_ctx_t *run)
 {
     hr_ruleset_t *rs = run->rs;
-    lua_resetthread(run->co); /* close pending to-be-closed variables */
+    /* A run that failed or was abandoned may have to-be-closed variables left: their
+     * __close handlers run now, still as this run (its instruction budget, its memory cap),
+     * but may no longer add actions or answer. */
+    run->closing = true;
+    *(run_ctx_t **)lua_getextraspace(run->co) = run;
+    rs->mem_limit = rs->mem_used + rs->cfg->limits.rule_memory_bytes;
+    rs->running = true;
+    lua_resetthread(run->co);
+    rs->running = false;
+    *(run_ctx_t **)lua_getextraspace(run->co) = NULL;
     luaL_unref(rs->L, LUA_REGISTRYINDEX, run->co_ref);
     if (rs->mem_denied) lua_gc(rs->L, LUA_GCCOLLECT);
     hr_action_free(run->pending);
@@ -807,24 +971,37 @@ static hr_run_step_t run_slice(run_ctx_t *run, int nargs)
     *(run_ctx_t **)lua_getextraspace(co) = run;
     rs->mem_denied = false;
     rs->mem_limit = rs->mem_used + rs->cfg->limits.rule_memory_bytes;
+    rs->charged = run->charged;
     rs->running = true;
     int nres = 0;
     int rc = lua_resume(co, rs->L, nargs, &nres);
     rs->running = false;
+    rs->charged = 0;
     *(run_ctx_t **)lua_getextraspace(co) = NULL;
 
     bool failed = rs->mem_denied || run->over_budget;
+    bool state_full = false;
+    if (rc != LUA_YIELD && rs->mem_used > rs->cfg->limits.state_memory_bytes) {
+        lua_gc(rs->L, LUA_GCCOLLECT); /* what it keeps, not what it left for the collector */
+        state_full = rs->mem_used > rs->cfg->limits.state_memory_bytes;
+    }
     if (rc == LUA_YIELD && run->pending && !failed) {
         lua_pop(co, nres); /* request() yields nothing */
         out->run = run;
         out->request = run->pending;
         return HR_STEP_SUSPENDED;
     }
-    if (rc == LUA_OK && !failed) {
+    if (rc == LUA_OK && !failed && !state_full) {
         out->status = HR_RUN_OK;
     } else {
         out->status = HR_RUN_RULE_FAILED;
-        if (rs->mem_denied)
+        if (state_full) {
+            rs->rebuild = true;
+            out->error = hr_xasprintf("%s: the rule state holds %zu bytes between events, more "
+                                      "than limits.state_memory_bytes = %zu (data kept across "
+                                      "events?): the rules are reloaded",
+                                      out->rule, rs->mem_used, rs->cfg->limits.state_memory_bytes);
+        } else if (rs->mem_denied)
             out->error = hr_xasprintf("%s: rule exceeded its memory limit "
                                       "(limits.rule_memory_bytes = %zu)",
                                       out->rule, rs->cfg->limits.rule_memory_bytes);

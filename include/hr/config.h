@@ -61,7 +61,9 @@ typedef struct {
     size_t body_bytes;           /* default 1 MiB */
     size_t header_bytes;         /* default 16 KiB */
     uint64_t rule_instructions;  /* default 1e6 VM instructions per event */
-    size_t rule_memory_bytes;    /* default 64 MiB for a rule state */
+    size_t rule_memory_bytes;    /* default 64 MiB that one slice of a rule run may add */
+    size_t state_memory_bytes;   /* default 256 MiB that a rule state may hold between events */
+    size_t actions_per_event;    /* default 100 forward() and write() calls per event */
     uint64_t idle_timeout_ms;    /* default 60 s */
     uint64_t request_timeout_ms; /* default 30 s */
 } hr_limits_t;

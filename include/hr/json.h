@@ -1,6 +1,7 @@
-/* JSON <-> Lua, exact both ways. Pure: no I/O, no global state (safe with one Lua state per
- * event loop). cJSON parses and validates; numbers are re-read from the source text so that
- * integers stay Lua integers (exact to 2^63-1) and floats stay floats.
+/* JSON <-> Lua, exact both ways. No I/O; the only state outside a Lua state is a
+ * per-thread decode arena (safe with one Lua state per event loop, and with nested decodes). cJSON
+ * parses and validates; numbers are re-read from the source text so that integers stay Lua integers
+ * (exact to 2^63-1) and floats stay floats.
  *
  * Mapping:
  *   object  <-> table with string keys
@@ -37,6 +38,19 @@ void hr_json_thread_done(void);
 /* Encode the value at idx as compact JSON appended to out. Returns 0, or -1 with a message
  * in err (out may then hold a partial result: the caller resets it). [-0, +0, m] */
 int hr_json_encode(lua_State *L, int idx, hr_buf_t *out, char *err, size_t errlen);
+
+/* What hr_json_encode_max returns when the text would be longer than max. */
+#define HR_JSON_TOO_LARGE (-2)
+
+/* hr_json_encode, refusing output longer than max bytes (appended to out): returns
+ * HR_JSON_TOO_LARGE with a message once the text grows past it (out then holds up to max
+ * plus one value's text). [-0, +0, m] */
+int hr_json_encode_max(lua_State *L, int idx, hr_buf_t *out, size_t max, char *err, size_t errlen);
+
+/* Encode the value at idx through the state's reusable buffer and push the text as a Lua
+ * string. Returns 0, or -1 / HR_JSON_TOO_LARGE with a message in err and nothing pushed.
+ * No Lua code runs meanwhile (the encoder reads tables raw). [-0, +(1|0), m] */
+int hr_json_push_encoded(lua_State *L, int idx, size_t max, char *err, size_t errlen);
 
 /* Push the json.null sentinel. [-0, +1, m] */
 void hr_json_push_null(lua_State *L);

@@ -30,6 +30,9 @@ const hr_config_t *hr_ruleset_config(const hr_ruleset_t *rs);
 /* Number of store rule files, and whether rules/default.lua exists. */
 size_t hr_ruleset_store_count(const hr_ruleset_t *rs);
 bool hr_ruleset_has_default(const hr_ruleset_t *rs);
+/* True once a run found the state holding more than limits.state_memory_bytes between
+ * events (that run failed saying so): the caller should load a fresh rule set (a reload). */
+bool hr_ruleset_needs_rebuild(const hr_ruleset_t *rs);
 
 /* One received webhook, as the rule sees it. */
 typedef struct {

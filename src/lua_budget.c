@@ -1,0 +1,85 @@
+/* Budgeted Lua calls: an instruction budget for top-level code, a memory cap for a state. */
+#include "hr/lua_budget.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+
+#define BUDGET_STEP 1000 /* instructions between two count-hook calls */
+
+/* Registry key (only its address matters) of the running budgeted call's state. */
+static const char budget_key = 'b';
+
+/* One hr_lua_pcall_budget call in progress (on the C stack, reached through the registry). */
+typedef struct {
+    uint64_t limit;    /* instructions allowed */
+    uint64_t executed; /* instructions so far, in BUDGET_STEP units until tripped */
+    bool tripped;      /* the budget ran out: the hook now fires on every instruction */
+    const char *what;  /* "top-level code" */
+    const char *key;   /* the config key that sets the limit */
+} budget_t;
+
+/* Count hook: raise once the budget is spent, and keep raising on every instruction after,
+ * so a pcall in the chunk cannot swallow the error. [-0, +0, v] */
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &budget_key);
+    budget_t *b = lua_touserdata(L, -1);
+    lua_pop(L, 1); /* drop the light userdata */
+    if (!b) return;
+    b->executed += b->tripped ? 1 : BUDGET_STEP;
+    if (b->executed <= b->limit) return;
+    if (!b->tripped) {
+        b->tripped = true;
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    }
+    lua_getinfo(L, "Sl", ar); /* where the running function is: luaL_where sees its caller */
+    if (ar->currentline > 0)
+        lua_pushfstring(L, "%s:%d: ", ar->short_src, ar->currentline);
+    else
+        lua_pushliteral(L, "");
+    lua_pushfstring(L, "%s exceeded its instruction budget (%s = %I)", b->what, b->key,
+                    (lua_Integer)b->limit);
+    lua_concat(L, 2);
+    lua_error(L);
+}
+
+int hr_lua_pcall_budget(lua_State *L, int nargs, int nres, uint64_t instructions, const char *what,
+                        const char *key)
+{
+    budget_t b = {.limit = instructions, .what = what, .key = key};
+    lua_Hook old_hook = lua_gethook(L);
+    int old_mask = lua_gethookmask(L), old_count = lua_gethookcount(L);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &budget_key); /* an enclosing call's, kept for after */
+    void *outer = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, &b);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &budget_key);
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, BUDGET_STEP);
+    int rc = lua_pcall(L, nargs, nres, 0);
+    lua_sethook(L, old_hook, old_mask, old_count);
+    if (outer)
+        lua_pushlightuserdata(L, outer);
+    else
+        lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &budget_key);
+    return rc;
+}
+
+void *hr_lua_capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    hr_lua_cap_t *cap = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        cap->used -= old;
+        return NULL;
+    }
+    if (nsize > old && cap->used - old + nsize > cap->limit) {
+        cap->denied = true;
+        return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (!p) return NULL;
+    cap->used = cap->used - old + nsize;
+    return p;
+}
