@@ -48,6 +48,11 @@ int hr_cmd_check(const char *config)
     hr_ruleset_t *rs = load_all(config);
     if (!rs) return 1;
     const hr_config_t *cfg = hr_ruleset_config(rs);
+    hr_errors_t warns = {0};
+    hr_ruleset_lint(rs, &warns);
+    for (size_t i = 0; i < warns.n; i++)
+        fprintf(stderr, "warning: %s\n", warns.msgs[i]);
+    hr_errors_free(&warns);
     printf("ok: %s: %zu endpoints, %zu targets, %zu files, %zu store rules, default rule %s\n",
            config, cfg->nendpoints, cfg->ntargets, cfg->nfiles, hr_ruleset_store_count(rs),
            hr_ruleset_has_default(rs) ? "yes" : "no");
@@ -393,7 +398,9 @@ int hr_cmd_test(const char *config, const char *path, char **headers, size_t nhe
         hr_id_new(id);
         uint64_t now = hr_wall_ms();
         hr_rfc3339(now, received_at);
-        hr_event_in_t ev = {id, ep->event, "POST", path, hs, nhs, body, len, received_at, now};
+        /* as if the sender proved the first token, as AiFi would */
+        hr_event_in_t ev = {id,  ep->event,           "POST", path, hs, nhs, body, len, received_at,
+                            now, cfg->ntokens ? 1 : 0};
         hr_run_result_t res;
         hr_ruleset_run_stub(rs, &ev, &res, on_test_request, &stub);
         if (stub.failed) status = 1;

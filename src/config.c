@@ -874,6 +874,26 @@ fail:
     return NULL;
 }
 
+hr_reply_t *hr_reply_dup(const hr_reply_t *r)
+{
+    hr_reply_t *c = hr_xcalloc(1, sizeof *c);
+    c->status = r->status;
+    c->body_is_json = r->body_is_json;
+    c->body_len = r->body_len;
+    if (r->body) {
+        c->body = hr_xmalloc(r->body_len + 1);
+        memcpy(c->body, r->body, r->body_len);
+        c->body[r->body_len] = '\0';
+    }
+    c->nheaders = r->nheaders;
+    c->headers = hr_xcalloc(r->nheaders + 1, sizeof *c->headers);
+    for (size_t i = 0; i < r->nheaders; i++) {
+        c->headers[i].name = hr_xstrdup(r->headers[i].name);
+        c->headers[i].value = hr_xstrdup(r->headers[i].value);
+    }
+    return c;
+}
+
 void hr_reply_free(hr_reply_t *r)
 {
     if (!r) return;

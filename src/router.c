@@ -203,21 +203,30 @@ static void on_health_stats(void *arg, const hr_outbox_stats_t *st, const char *
 
 /* ---------------------------------------------------------------- pipeline */
 
-/* True if the request carries "Authorization: Bearer <one of the tokens>". Every token is
- * compared, each in constant time, so timing tells nothing about which or how much matched. */
-static bool authorized(const hr_config_t *cfg, const hr_http_request_t *req)
+/* Which of the tokens "Authorization: Bearer <token>" carries: its 1-based index, or 0 if
+ * none. Every token is compared, each in constant time, so timing tells nothing about which
+ * or how much matched. */
+static int token_of(const hr_config_t *cfg, const hr_http_request_t *req)
 {
-    if (cfg->insecure_no_auth) return true;
     const char *h = hr_http_header(req, "authorization");
-    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return false;
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
     const char *tok = h + 7;
     while (*tok == ' ')
         tok++;
     size_t n = strlen(tok);
-    bool ok = false;
-    for (size_t i = 0; i < cfg->ntokens; i++)
-        ok |= hr_consttime_eq(tok, n, cfg->tokens[i], strlen(cfg->tokens[i]));
-    return ok;
+    int which = 0;
+    for (size_t i = 0; i < cfg->ntokens; i++) {
+        bool eq = hr_consttime_eq(tok, n, cfg->tokens[i], strlen(cfg->tokens[i]));
+        int first = -(int)(eq && which == 0); /* all ones for the first match, no branch */
+        which = (which & ~first) | (((int)i + 1) & first);
+    }
+    return which;
+}
+
+/* True if the request may go on: a valid token, or the config turned auth off. */
+static bool authorized(const hr_config_t *cfg, const hr_http_request_t *req)
+{
+    return cfg->insecure_no_auth || token_of(cfg, req) > 0;
 }
 
 /* Headers complete: answer what needs no body (health, 404, 405, 401). */
@@ -391,6 +400,19 @@ static void event_complete(event_run_t *e, int fail_status)
         hr_http_reply(req, fail_status, JSON_CT, 1, body.data, body.len);
         break;
     case HR_RUN_OK: {
+        if (ep->fallback && !res->reply) {
+            /* AiFi reads this answer: a rule that gave none fails closed, with the fallback. */
+            char key[300];
+            snprintf(key, sizeof key, "no-respond:%s", res->rule ? res->rule : "-");
+            if (hr_ruleset_first_time(e->rs, key))
+                hr_log_warn("rule %s returned without respond() for %s (type=%s store=%s): "
+                            "answering with the endpoint's fallback (logged once per rule "
+                            "until the next reload)",
+                            res->rule ? res->rule : "(none)", ep->path, ep->event,
+                            res->store ? res->store : "-");
+            COUNT(r, fallbacks);
+            res->reply = hr_reply_dup(ep->fallback);
+        }
         if (hr_log_enabled(HR_LOG_INFO)) {
             hr_buf_t acts = HR_BUF_INIT;
             for (hr_action_t *a = res->actions; a; a = a->next)
@@ -597,7 +619,8 @@ static void on_request(hr_http_request_t *req, void *arg)
                             .body = req->body,
                             .body_len = req->body_len,
                             .received_at = e->received_at,
-                            .received_ms = now};
+                            .received_ms = now,
+                            .token = token_of(hr_ruleset_config(rs), req)};
     if (hr_ruleset_start(rs, &e->ev, &e->res) == HR_STEP_SUSPENDED)
         event_send(e);
     else

@@ -22,6 +22,7 @@
 static const char STORES_KEY[] = "hr.stores";   /* table: store id -> rule function */
 static const char DEFAULT_KEY[] = "hr.default"; /* the default rule function */
 static const char LIBS_KEY[] = "hr.libs";       /* table: library name -> its view's metatable */
+static const char SEEN_KEY[] = "hr.seen";       /* table: key -> true (hr_ruleset_first_time) */
 
 /* One event's run: what it collects, and its coroutine. Lives on the heap because a run can
  * suspend in request() and be resumed from a later loop callback. Reached from C functions
@@ -220,7 +221,13 @@ static hr_action_t *http_action(lua_State *L, run_ctx_t *ctx, const char *fn,
         lua_pop(L, 4); /* the strings stay valid: opts still references them */
         for (const char *p = method; *p; p++)
             if (*p < 'A' || *p > 'Z') luaL_error(L, "%s: invalid method '%s'", fn, method);
-        if (strpbrk(path, " \r\n\t#")) luaL_error(L, "%s: invalid path '%s'", fn, path);
+        /* Event data often ends up in a path: it must never move the request elsewhere. */
+        if (*path && *path != '/')
+            luaL_error(L,
+                       "%s: opts.path must start with '/' (it is joined under the target's URL), "
+                       "got '%s'",
+                       fn, path);
+        if (strpbrk(path, " \r\n\t#\\")) luaL_error(L, "%s: invalid path '%s'", fn, path);
         if (ctype && strpbrk(ctype, "\r\n")) luaL_error(L, "%s: invalid content_type", fn);
     }
 
@@ -721,6 +728,144 @@ static int load_rule_file(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
     return 0;
 }
 
+/* ---------------------------------------------------------------- lint */
+
+/* Read file whole with its comments (-- to the end of the line, --[[ ]] and --[==[ ]==])
+ * blanked out, so a word in a comment is not taken for code. Strings are kept. NULL if it
+ * cannot be read. */
+static char *read_code(const char *file)
+{
+    FILE *fp = fopen(file, "r");
+    if (!fp) return NULL;
+    hr_buf_t b = HR_BUF_INIT;
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, fp)) > 0)
+        hr_buf_append(&b, chunk, n);
+    fclose(fp);
+    char *s = hr_buf_steal(&b, &n);
+    if (!s) return hr_xstrdup("");
+    for (char *p = s; *p; p++) {
+        if (*p == '"' || *p == '\'') { /* skip a short string */
+            char q = *p;
+            for (p++; *p && *p != q && *p != '\n'; p++)
+                if (*p == '\\' && p[1]) p++;
+            if (!*p) break;
+            continue;
+        }
+        if (p[0] != '-' || p[1] != '-') continue;
+        char *end = NULL;
+        if (p[2] == '[') { /* long comment: --[[ ... ]] or --[=*[ ... ]=*] */
+            size_t eq = 0;
+            while (p[3 + eq] == '=')
+                eq++;
+            if (p[3 + eq] == '[') {
+                char close[16] = "]";
+                if (eq < sizeof close - 2) {
+                    memset(close + 1, '=', eq);
+                    close[eq + 1] = ']';
+                    close[eq + 2] = '\0';
+                    end = strstr(p + 4 + eq, close);
+                    end = end ? end + eq + 2 : p + strlen(p);
+                }
+            }
+        }
+        if (!end) end = p + strcspn(p, "\n");
+        memset(p, ' ', (size_t)(end - p));
+        p = end - 1;
+    }
+    return s;
+}
+
+/* True if code calls name( as a plain global (not a field or method of something else). */
+static bool calls(const char *code, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = strstr(code, name); p; p = strstr(p + 1, name)) {
+        if (p > code &&
+            (p[-1] == '_' || p[-1] == '.' || p[-1] == ':' || (p[-1] >= 'a' && p[-1] <= 'z') ||
+             (p[-1] >= 'A' && p[-1] <= 'Z') || (p[-1] >= '0' && p[-1] <= '9')))
+            continue;
+        const char *q = p + n;
+        while (*q == ' ' || *q == '\t')
+            q++;
+        if (*q == '(' || *q == '"' || *q == '\'' || *q == '{') return true;
+    }
+    return false;
+}
+
+/* True if file, or a module it requires by a literal name (to depth levels), calls respond. */
+static bool reaches_respond(const hr_ruleset_t *rs, const char *file, int depth)
+{
+    char *code = read_code(file);
+    if (!code) return true; /* unreadable: the load said so already */
+    bool found = calls(code, "respond");
+    for (const char *p = strstr(code, "require"); p && !found && depth > 0;
+         p = strstr(p + 1, "require")) {
+        const char *q = p + 7;
+        while (*q == ' ' || *q == '\t' || *q == '(')
+            q++;
+        if (*q != '"' && *q != '\'') continue;
+        const char *end = strchr(q + 1, *q);
+        if (!end) continue;
+        char *name = hr_xstrndup(q + 1, (size_t)(end - q - 1));
+        if (valid_module_name(name)) {
+            for (char *c = name; *c; c++)
+                if (*c == '.') *c = '/';
+            char *mod = hr_xasprintf("%s/%s.lua", rs->cfg->rules_dir, name);
+            found = reaches_respond(rs, mod, depth - 1);
+            free(mod);
+        }
+        free(name);
+    }
+    free(code);
+    return found;
+}
+
+/* The answering endpoints (those with a fallback) as "path, path", or NULL if none. */
+static char *answering_paths(const hr_config_t *cfg)
+{
+    hr_buf_t b = HR_BUF_INIT;
+    for (size_t i = 0; i < cfg->nendpoints; i++)
+        if (cfg->endpoints[i].fallback)
+            hr_buf_printf(&b, "%s%s", b.len ? ", " : "", cfg->endpoints[i].path);
+    return hr_buf_steal(&b, NULL);
+}
+
+void hr_ruleset_lint(const hr_ruleset_t *rs, hr_errors_t *warns)
+{
+    char *paths = answering_paths(rs->cfg);
+    if (!paths) return;
+    char *dir = hr_xasprintf("%s/stores", rs->cfg->rules_dir);
+    char **files = NULL;
+    size_t n = 0;
+    if (rs->has_default) {
+        files = hr_xrealloc(files, (n + 1) * sizeof *files);
+        files[n++] = hr_xasprintf("%s/default.lua", rs->cfg->rules_dir);
+    }
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        size_t len = strlen(de->d_name);
+        if (len < 5 || strcmp(de->d_name + len - 4, ".lua") != 0) continue;
+        if (!hr_is_safe_name(de->d_name, len - 4)) continue;
+        files = hr_xrealloc(files, (n + 1) * sizeof *files);
+        files[n++] = hr_xasprintf("%s/%s", dir, de->d_name);
+    }
+    if (d) closedir(d);
+    for (size_t i = 0; i < n; i++) {
+        if (!reaches_respond(rs, files[i], 8))
+            hr_errors_add(warns,
+                          "%s never calls respond(): an event for %s that reaches it is "
+                          "answered with the endpoint's fallback (fine if intended)",
+                          files[i], paths);
+        free(files[i]);
+    }
+    free(files);
+    free(dir);
+    free(paths);
+}
+
 static bool is_dir(const char *path)
 {
     struct stat st;
@@ -845,6 +990,25 @@ bool hr_ruleset_needs_rebuild(const hr_ruleset_t *rs)
     return rs->rebuild;
 }
 
+bool hr_ruleset_first_time(hr_ruleset_t *rs, const char *key)
+{
+    lua_State *L = rs->L;
+    if (lua_getfield(L, LUA_REGISTRYINDEX, SEEN_KEY) != LUA_TTABLE) {
+        lua_pop(L, 1); /* drop nil */
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, LUA_REGISTRYINDEX, SEEN_KEY);
+    }
+    bool seen = lua_getfield(L, -1, key) != LUA_TNIL;
+    lua_pop(L, 1); /* drop the value */
+    if (!seen) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, key);
+    }
+    lua_pop(L, 1); /* drop the table */
+    return !seen;
+}
+
 /* ---------------------------------------------------------------- running */
 
 /* Count hook: stop a rule that ran past its budget. Once tripped it fires on every
@@ -926,8 +1090,17 @@ static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store)
     lua_setfield(L, -2, "path");
     lua_pushstring(L, ev->received_at);
     lua_setfield(L, -2, "received_at");
+    lua_pushboolean(L, ev->token > 0);
+    lua_setfield(L, -2, "authenticated");
+    if (ev->token > 0) {
+        lua_pushinteger(L, ev->token);
+        lua_setfield(L, -2, "token");
+    }
     lua_createtable(L, 0, (int)ev->nheaders);
     for (size_t i = 0; i < ev->nheaders; i++) {
+        /* The sender's credential stays out of rules: one that logs or forwards headers
+         * would leak it. event.authenticated and event.token say what it proved. */
+        if (strcmp(ev->headers[i].name, "authorization") == 0) continue;
         lua_pushstring(L, ev->headers[i].value);
         lua_setfield(L, -2, ev->headers[i].name);
     }

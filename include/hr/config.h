@@ -23,6 +23,8 @@ typedef struct {
 
 /* Free a reply and what it owns. Accepts NULL. */
 void hr_reply_free(hr_reply_t *r);
+/* A deep copy of r. Cannot fail (aborts on out-of-memory). */
+hr_reply_t *hr_reply_dup(const hr_reply_t *r);
 
 #define HR_REPLY_TIMEOUT_DEFAULT_MS 10000u
 

@@ -33,6 +33,13 @@ bool hr_ruleset_has_default(const hr_ruleset_t *rs);
 /* True once a run found the state holding more than limits.state_memory_bytes between
  * events (that run failed saying so): the caller should load a fresh rule set (a reload). */
 bool hr_ruleset_needs_rebuild(const hr_ruleset_t *rs);
+/* True the first time key is asked about in this rule set (so once per reload), false after:
+ * for warnings that would otherwise repeat on every event. */
+bool hr_ruleset_first_time(hr_ruleset_t *rs, const char *key);
+/* Add to warns what `check` should point out but is not an error: a rule file that no
+ * answering endpoint's event can get an answer from (it and the modules it requires never
+ * call respond()), when the config has answering endpoints (with a fallback). */
+void hr_ruleset_lint(const hr_ruleset_t *rs, hr_errors_t *warns);
 
 /* One received webhook, as the rule sees it. */
 typedef struct {
@@ -46,6 +53,7 @@ typedef struct {
     size_t body_len;
     const char *received_at; /* RFC 3339 */
     uint64_t received_ms;
+    int token; /* which of the config's tokens the sender proved (1-based), 0: none checked */
 } hr_event_in_t;
 
 typedef enum {

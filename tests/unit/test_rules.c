@@ -84,7 +84,8 @@ static void run(hr_ruleset_t *rs, const char *body, hr_run_result_t *res)
                         body,
                         strlen(body),
                         "2026-01-01T00:00:00.000Z",
-                        0};
+                        0,
+                        1};
     hr_ruleset_run(rs, &ev, res);
 }
 
@@ -325,7 +326,8 @@ static void start_ev(hr_event_in_t *ev, const char *body)
                           body,
                           strlen(body),
                           "2026-01-01T00:00:00.000Z",
-                          0};
+                          0,
+                          1};
 }
 
 static const hr_header_t JSON_H[] = {

@@ -143,7 +143,8 @@ static void test_close_handlers_run_within_budget(void)
                         body,
                         strlen(body),
                         "2026-01-01T00:00:00.000Z",
-                        0};
+                        0,
+                        1};
     hr_run_result_t res;
     CHECK_INT_EQ(hr_ruleset_start(rs, &ev, &res), HR_STEP_SUSPENDED);
     hr_ruleset_abandon(&res, "deadline");
