@@ -89,7 +89,9 @@ static void on_request(hr_http_request_t *req, void *arg)
     check_request(req);
     FUZZ_CHECK(req->body != NULL && req->body[req->body_len] == '\0');
     FUZZ_CHECK(req->body_len <= BODY_LIMIT);
-    if (req->content_length != UINT64_MAX) FUZZ_CHECK(req->content_length == req->body_len);
+    /* llhttp reads no body after CONNECT (a tunnel follows), whatever Content-Length says. */
+    if (req->content_length != UINT64_MAX && strcmp(req->method, "CONNECT") != 0)
+        FUZZ_CHECK(req->content_length == req->body_len);
     if (hr_http_header(req, "x-defer")) {
         defer_t *d = calloc(1, sizeof *d);
         FUZZ_CHECK(d != NULL);
