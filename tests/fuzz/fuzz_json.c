@@ -1,0 +1,57 @@
+/* Fuzz the JSON bridge: decode arbitrary text into Lua; when it decodes, encode it, decode
+ * that and encode again: the two encodings must be equal (a round trip is a fixed point),
+ * and the first must decode (encode only writes JSON). The one documented way a decoded
+ * value cannot be encoded is a number that overflows to inf ("1e999"). */
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "fuzz.h"
+#include "hr/json.h"
+
+static lua_State *L;
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    L = luaL_newstate();
+    FUZZ_CHECK(L != NULL);
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char err[256];
+    lua_settop(L, 0);
+    if (hr_json_decode(L, (const char *)data, size, err, sizeof err) != 0) {
+        FUZZ_CHECK(lua_gettop(L) == 0); /* nothing pushed on error */
+        FUZZ_CHECK(strncmp(err, "invalid JSON at line ", 21) == 0);
+        return 0;
+    }
+    FUZZ_CHECK(lua_gettop(L) == 1);
+    hr_buf_t a = HR_BUF_INIT, b = HR_BUF_INIT;
+    if (hr_json_encode(L, 1, &a, err, sizeof err) != 0) {
+        if (!strstr(err, "cannot encode inf") && !strstr(err, "cannot encode -inf")) {
+            fprintf(stderr, "decoded but cannot encode: %s\n", err);
+            abort();
+        }
+        goto done;
+    }
+    FUZZ_CHECK(lua_gettop(L) == 1);
+    if (hr_json_decode(L, a.data, a.len, err, sizeof err) != 0) {
+        fprintf(stderr, "own output does not decode: %s\n%.*s\n", err, (int)a.len, a.data);
+        abort();
+    }
+    if (hr_json_encode(L, 2, &b, err, sizeof err) != 0) {
+        fprintf(stderr, "second encode failed: %s\n", err);
+        abort();
+    }
+    if (a.len != b.len || memcmp(a.data, b.data, a.len) != 0) {
+        fprintf(stderr, "round trip differs:\n1: %.*s\n2: %.*s\n", (int)a.len, a.data, (int)b.len,
+                b.data);
+        abort();
+    }
+done:
+    hr_buf_free(&a);
+    hr_buf_free(&b);
+    lua_settop(L, 0);
+    return 0;
+}
