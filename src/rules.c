@@ -6,6 +6,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -732,16 +733,29 @@ static void push_path(lua_State *L, int idx, const char *key)
     }
 }
 
-/* The store id at the top of the stack as a string: integers (also integral floats) in
- * decimal, strings as they are; anything else gives NULL. Pops it. [-1, +0, -] */
+/* The store id at the top of the stack as a string: integers, and floats with an integral
+ * value that fits in an integer, in decimal ("42", 42.0 -> "42", -0.0 -> "0"); other finite
+ * floats in the shortest text that reads back as the same double (42.5 -> "42.5", 1e300 ->
+ * "1e+300"); strings as they are; anything else (NaN, inf, booleans, tables) gives NULL.
+ * Pops it. [-1, +0, -] */
 static char *pop_store(lua_State *L)
 {
     char *s = NULL;
     if (lua_isinteger(L, -1)) {
         s = hr_xasprintf("%lld", (long long)lua_tointeger(L, -1));
     } else if (lua_type(L, -1) == LUA_TNUMBER) {
+        double d = lua_tonumber(L, -1);
         lua_Integer i;
-        if (lua_numbertointeger(lua_tonumber(L, -1), &i)) s = hr_xasprintf("%lld", (long long)i);
+        if (floor(d) == d && lua_numbertointeger(d, &i)) { /* the macro truncates */
+            s = hr_xasprintf("%lld", (long long)i);
+        } else if (isfinite(d)) {
+            char buf[32];
+            for (int prec = 1; prec <= 17; prec++) {
+                snprintf(buf, sizeof buf, "%.*g", prec, d);
+                if (strtod(buf, NULL) == d) break;
+            }
+            s = hr_xstrdup(buf);
+        }
     } else if (lua_type(L, -1) == LUA_TSTRING) {
         size_t n;
         const char *v = lua_tolstring(L, -1, &n);
