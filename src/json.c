@@ -1,11 +1,13 @@
 /* JSON <-> Lua, exact both ways (see include/hr/json.h for the mapping).
  *
- * Decoding: cJSON validates the text and builds a tree, which is walked into Lua values.
- * cJSON keeps a number only as a double, so a pre-scan of the text records where each number
- * token starts; cJSON keeps children in document order, so the n-th number node met in a
+ * Decoding: a strict scan validates the text per RFC 8259 (cJSON alone takes numbers out of
+ * range, leading zeros, raw control bytes, any byte up to 0x20 as whitespace, bad \u hex)
+ * and names the first error exactly; cJSON then builds a tree, which is walked into Lua
+ * values. cJSON keeps a number only as a double, so the scan records where each number token
+ * starts; cJSON keeps children in document order, so the n-th number node met in a
  * depth-first walk is the n-th token of the scan. Integer tokens are re-read exactly from
- * the text. cJSON also cuts strings at a NUL byte: when the text may hold one ("\u0000" or a
- * raw NUL), the scan records string starts too and every string is re-read from the text.
+ * the text. cJSON also cuts strings at a NUL byte: when the text may hold one ("\u0000"),
+ * the scan records string starts too and every string is re-read from the text.
  *
  * Encoding: straight into an hr_buf_t, no intermediate tree. The path of the value being
  * encoded lives in a chain of frames on the C stack and is only formatted on error.
@@ -18,15 +20,13 @@
 #include <lauxlib.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* Deepest nesting of arrays and objects accepted both ways (cJSON's own limit). */
 #define HR_JSON_MAX_DEPTH CJSON_NESTING_LIMIT
-
-#define HR_JSON_STR2(x) #x
-#define HR_JSON_STR(x)  HR_JSON_STR2(x)
 
 /* Number tokens recorded on the C stack before the scan moves to the heap. */
 #define HR_JSON_SCAN_LOCAL 256
@@ -125,7 +125,7 @@ void hr_json_mark_array(lua_State *L, int idx)
     lua_setmetatable(L, idx);
 }
 
-/* ================================================================ decoding: pre-scan */
+/* ================================================================ decoding: the strict scan */
 
 /* Where the tokens that cJSON does not keep exactly start, in document order. */
 typedef struct {
@@ -136,7 +136,12 @@ typedef struct {
     size_t nstrs;  /* tokens in strs */
     size_t strcap; /* room in strs */
     size_t local[HR_JSON_SCAN_LOCAL]; /* first home of nums */
+    size_t pos;                       /* on error, the offending byte (len: the end of the input) */
+    char what[96]; /* on error, the reason, or "" for an unexpected byte or end of input */
 } scan_t;
+
+/* Longest number token accepted: cJSON reads at most this many bytes of a number. */
+#define HR_JSON_MAX_NUMBER 63
 
 /* Append off to the growable array *v (n used, cap allocated; *v may point at local
  * storage of local_cap entries, which is never freed). Aborts on out-of-memory. */
@@ -169,50 +174,10 @@ static inline bool is_num_byte(unsigned char c)
     return (c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-';
 }
 
-/* Record the start of every number token (and of every string when with_strings) of text in
- * document order. The scan does not validate: on text that cJSON accepts, its tokens are
- * exactly cJSON's. Cannot fail (aborts on out-of-memory). */
-static void scan(const char *s, size_t len, bool with_strings, scan_t *sc)
+static inline bool is_digit(char c)
 {
-    sc->nums = sc->local;
-    sc->nnums = 0;
-    sc->numcap = HR_JSON_SCAN_LOCAL;
-    sc->strs = NULL;
-    sc->nstrs = sc->strcap = 0;
-    size_t i = 0;
-    while (i < len) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"') {
-            if (with_strings) offsets_push(&sc->strs, &sc->nstrs, &sc->strcap, NULL, i);
-            /* Find the closing quote: the next quote after an even run of backslashes. */
-            size_t from = i + 1;
-            for (;;) {
-                const char *q = memchr(s + from, '"', len - from);
-                if (!q) {
-                    i = len;
-                    break;
-                }
-                size_t k = (size_t)(q - s), bs = 0;
-                while (k - bs > i + 1 && s[k - bs - 1] == '\\')
-                    bs++;
-                if (!(bs & 1)) {
-                    i = k + 1;
-                    break;
-                }
-                from = k + 1;
-            }
-        } else if (c == '-' || (c >= '0' && c <= '9')) {
-            offsets_push(&sc->nums, &sc->nnums, &sc->numcap, sc->local, i);
-            i++;
-            while (i < len && is_num_byte((unsigned char)s[i]))
-                i++;
-        } else {
-            i++;
-        }
-    }
+    return c >= '0' && c <= '9';
 }
-
-/* ================================================================ decoding: errors */
 
 /* Read 4 hex digits at p (p + 4 <= end). Returns the value, or -1 if they are not hex. */
 static long hex4(const char *p, const char *end)
@@ -231,184 +196,266 @@ static long hex4(const char *p, const char *end)
     return v;
 }
 
-/* cJSON says only where it stopped, and not always at the offending byte (a bad string is
- * reported one byte late, an error at the end as the last byte). So on failure this small
- * checker, which accepts what cJSON accepts (bytes up to 0x20 as whitespace, raw control
- * bytes in strings, numbers as strtod reads them), walks the text again to find the first
- * error exactly. It runs on failures only. */
-typedef struct {
-    const char *s;    /* the text */
-    size_t len;       /* its length */
-    size_t pos;       /* where checking is; on error, the offending byte (len: end of input) */
-    const char *what; /* on error, the reason if not an unexpected byte */
-} diag_t;
-
-/* Skip what cJSON takes for whitespace: every byte up to 0x20. */
-static void diag_ws(diag_t *d)
+/* Length of the valid UTF-8 sequence of 2 to 4 bytes at s (n bytes left), or 0 if the bytes
+ * there are not one: overlong forms, UTF-16 surrogates (U+D800..U+DFFF) and code points past
+ * U+10FFFF are invalid (RFC 3629). */
+static size_t utf8_len(const unsigned char *s, size_t n)
 {
-    while (d->pos < d->len && (unsigned char)d->s[d->pos] <= 0x20)
-        d->pos++;
+    unsigned char c = s[0], lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
+    size_t len;
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else {
+        return 0;
+    }
+    if (n < len || s[1] < lo || s[1] > hi) return 0;
+    for (size_t i = 2; i < len; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    return len;
 }
 
-/* Check 4 hex digits at pos + 2 of the \u escape at pos. Returns the value, or -1 with the
- * error set. */
-static long diag_u(diag_t *d, size_t at)
+/* Fail the scan at pos with the reason fmt (empty: an unexpected byte or end of input, said
+ * by scan_message()). Returns false. */
+static bool scan_fail(scan_t *sc, size_t pos, const char *fmt, ...) HR_PRINTF(3, 4);
+static bool scan_fail(scan_t *sc, size_t pos, const char *fmt, ...)
 {
-    if (at + 6 > d->len) {
-        d->pos = d->len; /* cut short */
-        return -1;
-    }
-    long v = hex4(d->s + at + 2, d->s + d->len);
-    if (v < 0) {
-        d->pos = at;
-        d->what = "invalid \\u escape in string";
-    }
-    return v;
-}
-
-/* Check the string whose opening quote is at pos. Returns true and moves past it, or false
- * with the error set. */
-static bool diag_string(diag_t *d)
-{
-    size_t i = d->pos + 1;
-    while (i < d->len && d->s[i] != '"') {
-        if (d->s[i] != '\\') {
-            i++;
-            continue;
-        }
-        if (i + 1 >= d->len) break;
-        char e = d->s[i + 1];
-        if (e == 'u') {
-            long hi = diag_u(d, i);
-            if (hi < 0) return false;
-            if (hi >= 0xDC00 && hi <= 0xDFFF) {
-                d->pos = i;
-                d->what = "invalid surrogate pair in string";
-                return false;
-            }
-            if (hi >= 0xD800 && hi <= 0xDBFF) {
-                long lo = -1;
-                if (i + 12 <= d->len && d->s[i + 6] == '\\' && d->s[i + 7] == 'u')
-                    lo = hex4(d->s + i + 8, d->s + d->len);
-                if (lo < 0xDC00 || lo > 0xDFFF) {
-                    d->pos = i;
-                    d->what = "invalid surrogate pair in string";
-                    return false;
-                }
-                i += 6;
-            }
-            i += 6;
-        } else if (strchr("\"\\/bfnrt", e) && e != '\0') {
-            i += 2;
-        } else {
-            d->pos = i;
-            d->what = "invalid escape in string";
-            return false;
-        }
-    }
-    if (i >= d->len) {
-        d->pos = d->len;
-        return false;
-    }
-    d->pos = i + 1;
-    return true;
-}
-
-/* Check the number at pos the way cJSON reads it (at most 63 bytes through strtod). */
-static bool diag_number(diag_t *d)
-{
-    char tmp[64];
-    size_t n = 0;
-    while (n < sizeof tmp - 1 && d->pos + n < d->len &&
-           is_num_byte((unsigned char)d->s[d->pos + n])) {
-        tmp[n] = d->s[d->pos + n];
-        n++;
-    }
-    tmp[n] = '\0';
-    char *end;
-    strtod(tmp, &end);
-    if (end == tmp) {
-        if (d->pos + n >= d->len) d->pos = d->len;
-        return false;
-    }
-    d->pos += (size_t)(end - tmp);
-    return true;
-}
-
-/* Check the value at pos, nested depth containers deep. Returns true and moves past it, or
- * false with the error set. */
-static bool diag_value(diag_t *d, int depth)
-{
-    static const char *const lits[] = {"null", "true", "false"};
-    diag_ws(d);
-    if (d->pos >= d->len) return false;
-    char c = d->s[d->pos];
-    if (c == '"') return diag_string(d);
-    if (c == '-' || (c >= '0' && c <= '9')) return diag_number(d);
-    if (c == '[' || c == '{') {
-        char close = c == '[' ? ']' : '}';
-        if (depth >= HR_JSON_MAX_DEPTH) {
-            d->what = "nesting too deep (more than " HR_JSON_STR(HR_JSON_MAX_DEPTH) " levels)";
-            return false;
-        }
-        d->pos++;
-        diag_ws(d);
-        if (d->pos < d->len && d->s[d->pos] == close) {
-            d->pos++;
-            return true;
-        }
-        for (;;) {
-            if (c == '{') {
-                diag_ws(d);
-                if (d->pos >= d->len || d->s[d->pos] != '"') return false;
-                if (!diag_string(d)) return false;
-                diag_ws(d);
-                if (d->pos >= d->len || d->s[d->pos] != ':') return false;
-                d->pos++;
-            }
-            if (!diag_value(d, depth + 1)) return false;
-            diag_ws(d);
-            if (d->pos >= d->len) return false;
-            if (d->s[d->pos] == close) {
-                d->pos++;
-                return true;
-            }
-            if (d->s[d->pos] != ',') return false;
-            d->pos++;
-        }
-    }
-    for (size_t i = 0; i < HR_ARRAY_SIZE(lits); i++) {
-        size_t n = strlen(lits[i]), have = d->len - d->pos;
-        if (have >= n && memcmp(d->s + d->pos, lits[i], n) == 0) {
-            d->pos += n;
-            return true;
-        }
-        if (have < n && memcmp(d->s + d->pos, lits[i], have) == 0) {
-            d->pos = d->len; /* a literal cut short */
-            return false;
-        }
-    }
+    sc->pos = pos;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sc->what, sizeof sc->what, fmt, ap);
+    va_end(ap);
     return false;
 }
 
-/* Write "invalid JSON at line L, column C (byte B): <what>" into err. The error is looked for
- * with the checker above; if it finds none (it should not happen), cJSON's position at
- * cjson_pos is used. reason, if not NULL, overrides the reason. Lines and columns count from
- * 1, columns in UTF-8 characters; the byte offset counts from 0. */
-static void parse_error(const char *text, size_t len, size_t cjson_pos, const char *reason,
-                        char *err, size_t errlen)
+/* Check the string whose opening quote is at *i, per RFC 8259 section 7: no raw bytes below
+ * 0x20, only the escapes \" \\ \/ \b \f \n \r \t \uXXXX, a \u escape of a UTF-16 surrogate
+ * only as a high-low pair (a lone surrogate has no UTF-8 form: rejected, as RFC 8259 section
+ * 8.2 allows), and valid UTF-8 (section 8.1). Returns true and moves *i past the closing
+ * quote, or false with the error set. */
+static bool scan_string(const char *s, size_t len, size_t *i, scan_t *sc)
 {
-    char what[64];
-    diag_t d = {.s = text, .len = len};
-    size_t pos = cjson_pos > len ? len : cjson_pos;
-    if (!reason) {
-        if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) d.pos = 3; /* cJSON skips a BOM */
-        if (!diag_value(&d, 0)) {
-            pos = d.pos;
-            reason = d.what;
+    /* 1 for the bytes a string holds as they are: ASCII from 0x20 but '"' and '\\'. */
+    static const unsigned char plain[256] = {
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    };
+    const unsigned char *u = (const unsigned char *)s;
+    size_t p = *i + 1;
+    for (;;) {
+        while (p < len && plain[u[p]])
+            p++;
+        if (p >= len) return scan_fail(sc, len, "%s", "");
+        unsigned char c = u[p];
+        if (c == '"') break;
+        if (c < 0x20) return scan_fail(sc, p, "unescaped control character 0x%02X in string", c);
+        if (c >= 0x80) {
+            size_t n = utf8_len(u + p, len - p);
+            if (!n) return scan_fail(sc, p, "invalid UTF-8 in string");
+            p += n;
+            continue;
+        }
+        /* a backslash */
+        if (p + 1 >= len) return scan_fail(sc, len, "%s", "");
+        char e = s[p + 1];
+        if (e != 'u') {
+            if (!strchr("\"\\/bfnrt", e) || e == '\0')
+                return scan_fail(sc, p, "invalid escape in string");
+            p += 2;
+            continue;
+        }
+        for (size_t k = p + 2; k < p + 6; k++) {
+            if (k >= len) return scan_fail(sc, len, "%s", ""); /* cut short */
+            char h = s[k];
+            if (!is_digit(h) && !(h >= 'a' && h <= 'f') && !(h >= 'A' && h <= 'F'))
+                return scan_fail(sc, p, "invalid \\u escape in string");
+        }
+        long hi = hex4(s + p + 2, s + len);
+        if (hi >= 0xDC00 && hi <= 0xDFFF)
+            return scan_fail(sc, p, "invalid surrogate pair in string");
+        if (hi >= 0xD800 && hi <= 0xDBFF) {
+            long lo = -1;
+            if (p + 12 <= len && s[p + 6] == '\\' && s[p + 7] == 'u') lo = hex4(s + p + 8, s + len);
+            if (lo < 0xDC00 || lo > 0xDFFF)
+                return scan_fail(sc, p, "invalid surrogate pair in string");
+            p += 6;
+        }
+        p += 6;
+    }
+    *i = p + 1;
+    return true;
+}
+
+/* Check the number token at *i (the longest run of number bytes there) against RFC 8259
+ * section 6: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, at most HR_JSON_MAX_NUMBER
+ * bytes, and within double range (an underflow such as 1e-400 is fine: it reads as 0 or a
+ * denormal). Returns true and moves *i past it, or false with the error set at its start. */
+static bool scan_number(const char *s, size_t len, size_t *i, scan_t *sc)
+{
+    size_t start = *i, end = start;
+    while (end < len && is_num_byte((unsigned char)s[end]))
+        end++;
+    size_t n = end - start, p = start;
+    const char *why = NULL;
+    char unexpected[16];
+    bool exp = false;
+    if (s[p] == '+') {
+        why = "leading '+'";
+    } else {
+        if (s[p] == '-') p++;
+        if (p == end || !is_digit(s[p])) {
+            why = p < end && s[p] == '.' ? "digit expected before '.'" : "digit expected after '-'";
+        } else if (s[p] == '0' && p + 1 < end && is_digit(s[p + 1])) {
+            why = "leading zero";
+        } else {
+            while (p < end && is_digit(s[p]))
+                p++;
+            if (p < end && s[p] == '.') {
+                p++;
+                if (p == end || !is_digit(s[p])) why = "digit expected after '.'";
+                while (p < end && is_digit(s[p]))
+                    p++;
+            }
+            if (!why && p < end && (s[p] == 'e' || s[p] == 'E')) {
+                exp = true;
+                p++;
+                if (p < end && (s[p] == '+' || s[p] == '-')) p++;
+                if (p == end || !is_digit(s[p])) why = "digit expected in exponent";
+                while (p < end && is_digit(s[p]))
+                    p++;
+            }
+            if (!why && p < end) {
+                snprintf(unexpected, sizeof unexpected, "unexpected '%c'", s[p]);
+                why = unexpected;
+            }
         }
     }
-    if (reason) {
+    int shown = n > 24 ? 21 : (int)n;
+    const char *more = n > 24 ? "..." : "";
+    if (why)
+        return scan_fail(sc, start, "invalid number '%.*s%s' (%s)", shown, s + start, more, why);
+    if (n > HR_JSON_MAX_NUMBER)
+        return scan_fail(sc, start, "number too long (more than %d characters)",
+                         HR_JSON_MAX_NUMBER);
+    if (exp) { /* without an exponent, 63 digits cannot reach DBL_MAX */
+        char tmp[HR_JSON_MAX_NUMBER + 1];
+        memcpy(tmp, s + start, n);
+        tmp[n] = '\0';
+        if (isinf(strtod(tmp, NULL)))
+            return scan_fail(sc, start, "number '%.*s%s' out of range", shown, s + start, more);
+    }
+    *i = end;
+    return true;
+}
+
+/* Validate text as one JSON value per RFC 8259 (whitespace only space, tab, LF and CR; a
+ * leading UTF-8 byte order mark is skipped, as cJSON does and section 8.1 allows) and record
+ * the start of every number token (and of every string when with_strings) in document order.
+ * What it accepts cJSON parses into the same tokens. Returns true, or false with sc->pos and
+ * sc->what set at the first error; either way scan_free() releases sc. Aborts on
+ * out-of-memory. */
+static bool scan(const char *s, size_t len, bool with_strings, scan_t *sc)
+{
+    enum { VALUE, FIRST_VALUE, KEY, FIRST_KEY, COLON, AFTER } state = VALUE;
+    char open[HR_JSON_MAX_DEPTH]; /* the closing bracket of each open container */
+    int depth = 0;
+    sc->nums = sc->local;
+    sc->nnums = 0;
+    sc->numcap = HR_JSON_SCAN_LOCAL;
+    sc->strs = NULL;
+    sc->nstrs = sc->strcap = 0;
+    sc->what[0] = '\0';
+    size_t i = len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
+    for (;;) {
+        while (i < len && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t'))
+            i++;
+        if (i >= len) {
+            if (state == AFTER && depth == 0) return true;
+            return scan_fail(sc, len, "%s", "");
+        }
+        char c = s[i];
+        switch (state) {
+        case FIRST_KEY:
+        case KEY:
+            if (state == FIRST_KEY && c == '}') goto close;
+            if (c != '"') return scan_fail(sc, i, "%s", "");
+            if (with_strings) offsets_push(&sc->strs, &sc->nstrs, &sc->strcap, NULL, i);
+            if (!scan_string(s, len, &i, sc)) return false;
+            state = COLON;
+            break;
+        case COLON:
+            if (c != ':') return scan_fail(sc, i, "%s", "");
+            i++;
+            state = VALUE;
+            break;
+        case AFTER:
+            if (depth == 0) return scan_fail(sc, i, "trailing characters after the value");
+            if (c == ',') {
+                i++;
+                state = open[depth - 1] == ']' ? VALUE : KEY;
+                break;
+            }
+            if (c != open[depth - 1]) return scan_fail(sc, i, "%s", "");
+        close:
+            depth--;
+            i++;
+            state = AFTER;
+            break;
+        case FIRST_VALUE:
+        case VALUE:
+            if (state == FIRST_VALUE && c == ']') goto close;
+            state = AFTER;
+            if (c == '"') {
+                if (with_strings) offsets_push(&sc->strs, &sc->nstrs, &sc->strcap, NULL, i);
+                if (!scan_string(s, len, &i, sc)) return false;
+            } else if (c == '-' || c == '+' || c == '.' || is_digit(c)) {
+                offsets_push(&sc->nums, &sc->nnums, &sc->numcap, sc->local, i);
+                if (!scan_number(s, len, &i, sc)) return false;
+            } else if (c == '[' || c == '{') {
+                if (depth >= HR_JSON_MAX_DEPTH)
+                    return scan_fail(sc, i, "nesting too deep (more than %d levels)",
+                                     HR_JSON_MAX_DEPTH);
+                open[depth++] = c == '[' ? ']' : '}';
+                i++;
+                state = c == '[' ? FIRST_VALUE : FIRST_KEY;
+            } else {
+                const char *lit = c == 't' ? "true" : c == 'f' ? "false" : c == 'n' ? "null" : "";
+                size_t n = strlen(lit), have = len - i;
+                if (n && have >= n && memcmp(s + i, lit, n) == 0) {
+                    i += n;
+                } else if (n && have < n && memcmp(s + i, lit, have) == 0) {
+                    return scan_fail(sc, len, "%s", ""); /* a literal cut short */
+                } else {
+                    return scan_fail(sc, i, "%s", "");
+                }
+            }
+            break;
+        }
+    }
+}
+
+/* ================================================================ decoding: errors */
+
+/* Write "invalid JSON at line L, column C (byte B): <what>" into err for the error at pos.
+ * An empty reason becomes "unexpected end of input" (pos >= len) or "unexpected character
+ * 'x'" / "unexpected byte 0xNN". Lines and columns count from 1, columns in UTF-8
+ * characters; the byte offset counts from 0. */
+static void parse_error(const char *text, size_t len, size_t pos, const char *reason, char *err,
+                        size_t errlen)
+{
+    char what[96];
+    if (pos > len) pos = len;
+    if (reason && *reason) {
         snprintf(what, sizeof what, "%s", reason);
     } else if (pos >= len) {
         snprintf(what, sizeof what, "unexpected end of input");
@@ -431,21 +478,6 @@ static void parse_error(const char *text, size_t len, size_t cjson_pos, const ch
     }
     snprintf(err, errlen, "invalid JSON at line %zu, column %zu (byte %zu): %s", line, col, pos,
              what);
-}
-
-/* cJSON reads a \u escape with bad hex digits as U+0000 instead of failing. Returns the
- * offset of the first such escape in text that cJSON accepted, or SIZE_MAX. Backslashes only
- * occur inside strings there, so looking at each one in turn (skipping the escaped byte) is
- * exact; text without any backslash costs one memchr. */
-static size_t find_bad_u_escape(const char *text, size_t len)
-{
-    const char *p = text, *end = text + len;
-    while ((p = memchr(p, '\\', (size_t)(end - p))) != NULL) {
-        if (end - p < 2) break;
-        if (p[1] == 'u' && hex4(p + 2, end) < 0) return (size_t)(p - text);
-        p += 2;
-    }
-    return SIZE_MAX;
 }
 
 /* ================================================================ decoding: the walk */
@@ -491,7 +523,7 @@ static void append_utf8(hr_buf_t *b, unsigned long cp)
 }
 
 /* Decode the JSON string literal whose opening quote is at text[off] into b (reset first),
- * keeping NUL bytes. The text was accepted by cJSON, so escapes are valid; anything odd is
+ * keeping NUL bytes. The text passed scan(), so escapes are valid; anything odd is
  * copied as it is rather than trusted. */
 static void unescape(hr_buf_t *b, const char *text, size_t len, size_t off)
 {
@@ -727,32 +759,22 @@ int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t
 {
     if (!text) text = "";
     /* cJSON cuts strings at NUL: if one may be there, re-read all strings from the text. */
-    bool nul = memchr(text, '\0', len) || memmem(text, len, "\\u0000", 6);
+    bool nul = memmem(text, len, "\\u0000", 6) != NULL; /* a raw NUL is rejected */
     scan_t scan_storage; /* on the stack: a 2 KB malloc per decode costs a consolidation */
     scan_t *sc = &scan_storage;
-    scan(text, len, nul, sc);
+    if (!scan(text, len, nul, sc)) {
+        parse_error(text, len, sc->pos, sc->what, err, errlen);
+        goto err_free_scan;
+    }
 
     const char *end = NULL;
     arena_begin(len);
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-    if (!root) {
+    if (!root) { /* the text is valid: cJSON ran out of memory */
         arena_end();
         size_t pos = end && end >= text ? (size_t)(end - text) : 0;
-        parse_error(text, len, pos, NULL, err, errlen);
+        parse_error(text, len, pos, "out of memory", err, errlen);
         goto err_free_scan;
-    }
-    size_t pos = end ? (size_t)(end - text) : len;
-    while (pos < len &&
-           (text[pos] == ' ' || text[pos] == '\t' || text[pos] == '\n' || text[pos] == '\r'))
-        pos++;
-    if (pos < len) {
-        parse_error(text, len, pos, "trailing characters after the value", err, errlen);
-        goto err_free_tree;
-    }
-    pos = find_bad_u_escape(text, len);
-    if (pos != SIZE_MAX) {
-        parse_error(text, len, pos, "invalid \\u escape in string", err, errlen);
-        goto err_free_tree;
     }
 
     walk_t w = {.text = text, .len = len, .sc = sc, .root = root, .scratch = HR_BUF_INIT};

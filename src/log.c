@@ -1,5 +1,6 @@
 /* Logging: one line per message on stderr, written with one write(2) so lines from a
- * crashing process are not lost in a stdio buffer. */
+ * crashing process are not lost in a stdio buffer. The message is escaped (hr_log_escape),
+ * so data in it cannot break or forge a line. */
 #include "hr/log.h"
 
 #include <stdatomic.h>
@@ -37,19 +38,78 @@ bool hr_log_enabled(hr_log_level_t level)
     return (int)level >= atomic_load_explicit(&min_level, memory_order_relaxed);
 }
 
+/* Length of the valid UTF-8 sequence of 2 to 4 bytes at s (n bytes left), or 0 if the bytes
+ * there are not one (overlong forms, surrogates and code points past U+10FFFF included). */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else {
+        return 0;
+    }
+    if (n < len || s[1] < lo || s[1] > hi) return 0;
+    for (size_t i = 2; i < len; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    return len;
+}
+
+size_t hr_log_escape(char *dst, size_t cap, const char *src, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    const unsigned char *s = (const unsigned char *)src;
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = s[i];
+        char esc[4];
+        size_t elen = 0, take = 1;
+        if (c == '\n' || c == '\r' || c == '\t') {
+            esc[0] = '\\';
+            esc[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+            elen = 2;
+        } else if (c < 0x20 || c == 0x7F || (c >= 0x80 && (take = utf8_seq(s + i, n - i)) == 0)) {
+            esc[0] = '\\';
+            esc[1] = 'x';
+            esc[2] = hex[c >> 4];
+            esc[3] = hex[c & 15];
+            elen = 4;
+            take = 1;
+        }
+        size_t out = elen ? elen : take;
+        if (out > cap - o) break; /* never cut an escape or a character in two */
+        memcpy(dst + o, elen ? esc : (const char *)s + i, out);
+        o += out;
+        i += take;
+    }
+    return o;
+}
+
 void hr_log(hr_log_level_t level, const char *fmt, ...)
 {
     if (!hr_log_enabled(level)) return;
+    char msg[4096];
     char line[4096];
     char ts[32];
     hr_rfc3339(hr_wall_ms(), ts);
     int n = snprintf(line, sizeof line, "%s %-5s ", ts, level_names[level]);
     va_list ap;
     va_start(ap, fmt);
-    int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+    int m = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
-    if (len > sizeof line - 2) len = sizeof line - 2;
+    size_t mlen = m < 0 ? 0 : (size_t)m >= sizeof msg ? sizeof msg - 1 : (size_t)m;
+    /* The message carries event data (store ids, paths, rule text): escaped, it can never
+     * end the line early or forge one. */
+    size_t len = (size_t)n + hr_log_escape(line + n, sizeof line - (size_t)n - 1, msg, mlen);
     line[len++] = '\n';
     ssize_t w = write(STDERR_FILENO, line, len);
     (void)w;

@@ -43,6 +43,22 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     lua_error(L);
 }
 
+void hr_lua_budget_charge(lua_State *L, uint64_t n)
+{
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &budget_key);
+    budget_t *b = lua_touserdata(L, -1);
+    lua_pop(L, 1); /* drop the light userdata */
+    if (!b) return;
+    b->executed += n;
+    if (b->executed <= b->limit) return;
+    if (!b->tripped) {
+        b->tripped = true;
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    }
+    luaL_error(L, "%s exceeded its instruction budget (%s = %I)", b->what, b->key,
+               (lua_Integer)b->limit);
+}
+
 int hr_lua_pcall_budget(lua_State *L, int nargs, int nres, uint64_t instructions, const char *what,
                         const char *key)
 {

@@ -6,6 +6,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 #include "hr/json.h"
 #include "hr/log.h"
 #include "hr/lua_budget.h"
+#include "hr/pattern.h"
 
 #define HOOK_STEP 1000 /* instructions between two count-hook calls */
 
@@ -59,6 +61,7 @@ struct hr_ruleset {
 };
 
 static void set_file_env(lua_State *L, int loaded);
+static void pattern_charge(lua_State *L, unsigned steps);
 
 /* ---------------------------------------------------------------- allocator */
 
@@ -566,6 +569,7 @@ static void open_sandbox(hr_ruleset_t *rs)
     lua_State *L = rs->L;
     luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
     luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+    hr_pattern_install(L, -1, pattern_charge); /* strings' methods use this table too */
     luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
     luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
     luaL_requiref(L, LUA_UTF8LIBNAME, luaopen_utf8, 1);
@@ -1029,6 +1033,26 @@ static void count_hook(lua_State *L, lua_Debug *ar)
     }
 }
 
+/* Charge for pattern matching (string.find, match, gmatch, gsub run in C, where the count
+ * hook never fires): steps count as instructions against the event's budget, or the loading
+ * file's. [-0, +0, v] */
+static void pattern_charge(lua_State *L, unsigned steps)
+{
+    run_ctx_t *ctx = ctx_of(L);
+    if (!ctx) {
+        hr_lua_budget_charge(L, steps);
+        return;
+    }
+    ctx->executed += steps;
+    if (ctx->executed > ctx->rs->cfg->limits.rule_instructions) {
+        if (!ctx->over_budget) {
+            ctx->over_budget = true;
+            lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+        }
+        luaL_error(L, "pattern matching exceeded the rule's instruction budget");
+    }
+}
+
 /* Push the value at the dotted path key of the table at idx (nil if any step is missing).
  * [-0, +1, -] */
 static void push_path(lua_State *L, int idx, const char *key)
@@ -1051,16 +1075,29 @@ static void push_path(lua_State *L, int idx, const char *key)
     }
 }
 
-/* The store id at the top of the stack as a string: integers (also integral floats) in
- * decimal, strings as they are; anything else gives NULL. Pops it. [-1, +0, -] */
+/* The store id at the top of the stack as a string: integers, and floats with an integral
+ * value that fits in an integer, in decimal ("42", 42.0 -> "42", -0.0 -> "0"); other finite
+ * floats in the shortest text that reads back as the same double (42.5 -> "42.5", 1e300 ->
+ * "1e+300"); strings as they are; anything else (NaN, inf, booleans, tables) gives NULL.
+ * Pops it. [-1, +0, -] */
 static char *pop_store(lua_State *L)
 {
     char *s = NULL;
     if (lua_isinteger(L, -1)) {
         s = hr_xasprintf("%lld", (long long)lua_tointeger(L, -1));
     } else if (lua_type(L, -1) == LUA_TNUMBER) {
+        double d = lua_tonumber(L, -1);
         lua_Integer i;
-        if (lua_numbertointeger(lua_tonumber(L, -1), &i)) s = hr_xasprintf("%lld", (long long)i);
+        if (floor(d) == d && lua_numbertointeger(d, &i)) { /* the macro truncates */
+            s = hr_xasprintf("%lld", (long long)i);
+        } else if (isfinite(d)) {
+            char buf[32];
+            for (int prec = 1; prec <= 17; prec++) {
+                snprintf(buf, sizeof buf, "%.*g", prec, d);
+                if (strtod(buf, NULL) == d) break;
+            }
+            s = hr_xstrdup(buf);
+        }
     } else if (lua_type(L, -1) == LUA_TSTRING) {
         size_t n;
         const char *v = lua_tolstring(L, -1, &n);

@@ -21,6 +21,11 @@
 int hr_lua_pcall_budget(lua_State *L, int nargs, int nres, uint64_t instructions, const char *what,
                         const char *key);
 
+/* Charge n instructions' worth of work done in C (pattern matching) to the running
+ * hr_lua_pcall_budget call, raising its error once the budget is spent. Does nothing outside
+ * such a call. [-0, +0, v] */
+void hr_lua_budget_charge(lua_State *L, uint64_t n);
+
 /* A memory cap for a whole Lua state: pass hr_lua_capped_alloc and a hr_lua_cap_t to
  * lua_newstate. Allocations that would take used past limit fail (Lua raises a memory error).
  */

@@ -169,6 +169,37 @@ class HttpTest(HRTestCase):
         time.sleep(0.1)
         self.assertEqual(self.wd.jsonl("var/audit.jsonl"), [])
 
+    def test_json_rfc8259_strict_400_names_where_and_why(self):
+        r = self.start()
+        cases = [
+            (b'{"a": 1e400}', "line 1, column 7 (byte 6): number '1e400' out of range"),
+            (b'{"a": -1e400}', "line 1, column 7 (byte 6): number '-1e400' out of range"),
+            (b'{"a":\n 01}', "line 2, column 2 (byte 7): invalid number '01' (leading zero)"),
+            (b'[-01]', "line 1, column 2 (byte 1): invalid number '-01' (leading zero)"),
+            (b'[1.]', "line 1, column 2 (byte 1): invalid number '1.' (digit expected after '.')"),
+            (b'[.5]', "line 1, column 2 (byte 1): invalid number '.5' (digit expected before '.')"),
+            (b'[-.5]', "line 1, column 2 (byte 1): invalid number '-.5' (digit expected before '.')"),
+            (b'[+1]', "line 1, column 2 (byte 1): invalid number '+1' (leading '+')"),
+            (b'[1e]', "line 1, column 2 (byte 1): invalid number '1e' (digit expected in exponent)"),
+            (b'[1e+]', "line 1, column 2 (byte 1): invalid number '1e+' (digit expected in exponent)"),
+            (b'{"storeId": "42\nx"}',
+             "line 1, column 16 (byte 15): unescaped control character 0x0A in string"),
+            (b'["\x00"]', "line 1, column 3 (byte 2): unescaped control character 0x00 in string"),
+            (b'["\xe9"]', "line 1, column 3 (byte 2): invalid UTF-8 in string"),
+            (b'[1,\x0c2]', "line 1, column 4 (byte 3): unexpected byte 0x0C"),
+        ]
+        for body, where in cases:
+            resp = r.post("/aifi/customer", body)
+            self.assertEqual(resp.status, 400, "%r: %r" % (body, resp))
+            self.assertEqual(resp.json(), {"error": "invalid JSON at " + where}, body)
+        log = wait_until(lambda: "unexpected byte 0x0C" in r.log() and r.log())
+        self.assertIn("invalid number '01' (leading zero)", log)
+        # underflow is a valid number (0.0), not an error
+        resp = r.post("/aifi/customer", b'{"a": 1e-400, "b": [0, -0, 0.5e-3]}')
+        self.assertEqual(resp.status, 200, resp)
+        wait_until(lambda: len(self.wd.jsonl("var/audit.jsonl")) >= 1)
+        self.assertEqual(len(self.wd.jsonl("var/audit.jsonl")), 1)
+
     # --- connection handling --------------------------------------------------------------
     def test_keep_alive(self):
         r = self.start()

@@ -163,6 +163,25 @@ class PipelineTest(HRTestCase):
         self.assertTrue(audit, "audit lines: %r" % self.wd.jsonl("var/audit.jsonl"))
         self.assertEqual([a.get("rule") for a in audit], ["default"] * len(bodies))
 
+    def test_store_id_with_newline_cannot_forge_a_log_line(self):
+        rule = ('return function(event) log.info("store is", event.store, "\\r\\x1b[31m\\xff")\n'
+                '  write("audit", { rule = "default", store = event.store }) end\n')
+        r = self.start(default_rule=rule)
+        sid = "42\nFORGED line\r\n2024-01-01T00:00:00.000Z error FORGED\t\u00e9"
+        self.assertOk(r.post("/t", {"storeId": sid}))
+        wait_until(lambda: len(self.wd.jsonl("var/audit.jsonl")) >= 1)
+        self.assertEqual(self.wd.jsonl("var/audit.jsonl")[0]["store"], sid)  # the data is intact
+        log = wait_until(lambda: "actions=" in r.log() and r.log())
+        self.assertTrue(log, r.log_tail())
+        stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (debug|info |warn |error) ")
+        for line in log.split("\n")[:-1]:
+            self.assertRegex(line, stamp)
+            self.assertNotIn("\r", line)
+            self.assertNotIn("\x1b", line)
+        want = "store=42\\nFORGED line\\r\\n2024-01-01T00:00:00.000Z error FORGED\\t\u00e9"
+        self.assertIn(want, log)
+        self.assertIn("store is " + want[len("store="):] + " \\r\\x1B[31m\\xFF", log)
+
     def test_dotted_store_key(self):
         self.wd.rule("us-east-qm-0077", 'return function(e) write("audit", {rule="dotted", store=e.store}) end\n')
         r = self.start(store_key="store.aifiUniqueStoreId")

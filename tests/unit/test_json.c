@@ -362,12 +362,10 @@ static void test_strings(lua_State *L)
                   "local v = json.decode('{\"k\\\\u0000\":[\"p\",{\"q\":\"r\\\\u0000s\"}]}') "
                   "return #v['k\\0'][2].q .. v['k\\0'][1]",
                   "3p");
-    /* A raw NUL inside a string (cJSON accepts raw control bytes) is kept too. */
-    CHECK_INT_EQ(decode_n(L, "[\"a\0b\"]", 7, err, sizeof err), 0);
-    lua_rawgeti(L, -1, 1);
-    s = lua_tolstring(L, -1, &n);
-    CHECK_INT_EQ(n, 3);
-    lua_pop(L, 2);
+    /* A raw NUL inside a string is a control byte: RFC 8259 wants it escaped. */
+    CHECK_INT_EQ(decode_n(L, "[\"a\0b\"]", 7, err, sizeof err), -1);
+    CHECK_STR_EQ(err, "invalid JSON at line 1, column 4 (byte 3): unescaped control character "
+                      "0x00 in string");
     check_roundtrip(L, "\"\"", "\"\"");
     check_roundtrip(L, "{\"\":\"\"}", "{\"\":\"\"}");
 }
@@ -399,8 +397,8 @@ static void test_decode_errors(lua_State *L)
         "invalid JSON at line 1, column 4 (byte 3): trailing characters after the value");
     check_decode_error(L, "{\n  \"\xc3\xa9\": [1,\n   x]\n}",
                        "invalid JSON at line 3, column 4 (byte 17): unexpected character 'x'");
-    check_decode_error(L, "[1,\x01]",
-                       "invalid JSON at line 1, column 5 (byte 4): unexpected character ']'");
+    check_decode_error(L, "[1,\x01]", /* only space, tab, LF and CR are whitespace */
+                       "invalid JSON at line 1, column 4 (byte 3): unexpected byte 0x01");
     check_decode_error(L, "\xc3\xa9",
                        "invalid JSON at line 1, column 1 (byte 0): unexpected byte 0xC3");
 
@@ -423,6 +421,86 @@ static void test_decode_errors(lua_State *L)
     run(L, "return select(2, pcall(json.decode, {}))");
     CHECK(strstr(lua_tostring(L, -1), "string expected, got table") != NULL);
     lua_pop(L, 1);
+}
+
+/* RFC 8259 strictness: what cJSON alone accepted (numbers out of range, leading zeros, "1.",
+ * "-.5", raw control bytes, bytes up to 0x20 as whitespace, invalid UTF-8) is an error that
+ * says where and why; what the RFC allows still decodes. */
+static void test_decode_strict(lua_State *L)
+{
+    static const struct {
+        const char *text, *want;
+    } bad[] = {
+        {"1e400", "line 1, column 1 (byte 0): number '1e400' out of range"},
+        {"[-1e400]", "line 1, column 2 (byte 1): number '-1e400' out of range"},
+        {"{\"a\":2E+308}", "line 1, column 6 (byte 5): number '2E+308' out of range"},
+        {"01", "line 1, column 1 (byte 0): invalid number '01' (leading zero)"},
+        {"[-01]", "line 1, column 2 (byte 1): invalid number '-01' (leading zero)"},
+        {"[00]", "line 1, column 2 (byte 1): invalid number '00' (leading zero)"},
+        {"1.", "line 1, column 1 (byte 0): invalid number '1.' (digit expected after '.')"},
+        {"[1.e5]", "line 1, column 2 (byte 1): invalid number '1.e5' (digit expected after '.')"},
+        {".5", "line 1, column 1 (byte 0): invalid number '.5' (digit expected before '.')"},
+        {"-.5", "line 1, column 1 (byte 0): invalid number '-.5' (digit expected before '.')"},
+        {"[-]", "line 1, column 2 (byte 1): invalid number '-' (digit expected after '-')"},
+        {"+1", "line 1, column 1 (byte 0): invalid number '+1' (leading '+')"},
+        {"1e", "line 1, column 1 (byte 0): invalid number '1e' (digit expected in exponent)"},
+        {"1e+", "line 1, column 1 (byte 0): invalid number '1e+' (digit expected in exponent)"},
+        {"[1,1.5.3]", "line 1, column 4 (byte 3): invalid number '1.5.3' (unexpected '.')"},
+        {"[1-2]", "line 1, column 2 (byte 1): invalid number '1-2' (unexpected '-')"},
+        {"123456789012345678901234567890.5e-",
+         "line 1, column 1 (byte 0): invalid number '123456789012345678901...' (digit expected "
+         "in exponent)"},
+        {"1234567890123456789012345678901234567890123456789012345678901234",
+         "line 1, column 1 (byte 0): number too long (more than 63 characters)"},
+        {"\"a\nb\"", "line 1, column 3 (byte 2): unescaped control character 0x0A in string"},
+        {"{\"k\":\"\t\"}", "line 1, column 7 (byte 6): unescaped control character 0x09 in string"},
+        {"[\"\x1f\"]", "line 1, column 3 (byte 2): unescaped control character 0x1F in string"},
+        {"{\"a\x01\":1}", "line 1, column 4 (byte 3): unescaped control character 0x01 in string"},
+        {"[1,\f2]", "line 1, column 4 (byte 3): unexpected byte 0x0C"},
+        {"\v1", "line 1, column 1 (byte 0): unexpected byte 0x0B"},
+        {"[\"\xff\"]", "line 1, column 3 (byte 2): invalid UTF-8 in string"},
+        {"[\"\xc3\"]", "line 1, column 3 (byte 2): invalid UTF-8 in string"},
+        {"[\"\xc0\xaf\"]", "line 1, column 3 (byte 2): invalid UTF-8 in string"},     /* overlong */
+        {"[\"\xed\xa0\x80\"]", "line 1, column 3 (byte 2): invalid UTF-8 in string"}, /* D800 */
+        {"[\"\xf4\x90\x80\x80\"]", "line 1, column 3 (byte 2): invalid UTF-8 in string"},
+        {"\"\\udc00\"", "line 1, column 2 (byte 1): invalid surrogate pair in string"},
+        {"\"\\ud800\\u0041\"", "line 1, column 2 (byte 1): invalid surrogate pair in string"},
+        {"\"\\u12\"", "line 1, column 2 (byte 1): invalid \\u escape in string"},
+        {"\"\\U0041\"", "line 1, column 2 (byte 1): invalid escape in string"},
+        {"[1] /* c */", "line 1, column 5 (byte 4): trailing characters after the value"},
+        {"// c\n1", "line 1, column 1 (byte 0): unexpected character '/'"},
+        {"[1,]", "line 1, column 4 (byte 3): unexpected character ']'"},
+        {"{'a':1}", "line 1, column 2 (byte 1): unexpected character '''"},
+        {"[NaN]", "line 1, column 2 (byte 1): unexpected character 'N'"},
+        {"[True]", "line 1, column 2 (byte 1): unexpected character 'T'"},
+        {"[nulx]", "line 1, column 2 (byte 1): unexpected character 'n'"},
+        {"{\"a\":1 \"b\":2}", "line 1, column 8 (byte 7): unexpected character '\"'"},
+        {"{\"a\":[1}", "line 1, column 8 (byte 7): unexpected character '}'"},
+        {"{\n\"a\": 01}", "line 2, column 6 (byte 7): invalid number '01' (leading zero)"},
+    };
+    char want[256];
+    for (size_t i = 0; i < HR_ARRAY_SIZE(bad); i++) {
+        snprintf(want, sizeof want, "invalid JSON at %s", bad[i].want);
+        check_decode_error(L, bad[i].text, want);
+    }
+    /* The same decoder behind json.decode, with the same message. */
+    check_lua_str(L, "return select(2, pcall(json.decode, '[1, 1e400]'))",
+                  "json.decode: invalid JSON at line 1, column 5 (byte 4): number '1e400' out of "
+                  "range");
+
+    /* Valid per RFC 8259 (and kept): underflow, -0, exponents, escapes of control bytes,
+     * a surrogate pair, a byte order mark, 63-byte numbers, all four whitespace bytes. */
+    check_roundtrip(L, "[1e-400,-1e-400]", "[0.0,-0.0]");
+    check_roundtrip(L, "[-0,0,0.0,-0.0,0e0,1E+2,1e-2,10,1.5e1]",
+                    "[0,0,0.0,-0.0,0.0,100.0,0.01,10,15.0]");
+    check_roundtrip(L, "1.7976931348623157e308", "1.7976931348623157e+308");
+    check_roundtrip(L, "\"\\u0001\\u001f\\n\\t\"", "\"\\u0001\\u001f\\n\\t\"");
+    check_roundtrip(L, "\"\\ud83d\\ude00\"", "\"\xf0\x9f\x98\x80\"");
+    check_roundtrip(L, "\xEF\xBB\xBF[1]", "[1]");
+    check_roundtrip(L, " \t\r\n[ 1 ,\t2\r\n] \n", "[1,2]");
+    check_roundtrip(L, "[\"\xf4\x8f\xbf\xbf\xe0\xa0\x80\xc2\x80\"]",
+                    "[\"\xf4\x8f\xbf\xbf\xe0\xa0\x80\xc2\x80\"]");
+    check_roundtrip(L, "100000000000000000000000000000000000000000000000000000000000000", "1e+62");
 }
 
 static void test_deep(lua_State *L)
@@ -598,6 +676,7 @@ int main(void)
     test_numbers(L);
     test_strings(L);
     test_decode_errors(L);
+    test_decode_strict(L);
     test_deep(L);
     test_mutations(L);
     test_encode(L);

@@ -190,6 +190,56 @@ static void test_store_dispatch(void)
     hr_ruleset_unref(rs);
 }
 
+/* Float store ids: integral values give the integer text, others their shortest round-trip
+ * text (42.5 once ran stores/42.lua: it was truncated). */
+static void test_store_id_floats(void)
+{
+    char err[4096];
+    write_file("hookrouter.lua", BASE_CONFIG, "storeId");
+    write_file("rules/default.lua", "return function(e) write('audit', {rule='default'}) end\n");
+    write_file("rules/stores/42.lua", "return function(e) write('audit', {rule='42'}) end\n");
+    write_file("rules/stores/42.5.lua", "return function(e) write('audit', {rule='42.5'}) end\n");
+    hr_ruleset_t *rs = load(err, sizeof err);
+    CHECK(rs != NULL);
+    if (!rs) {
+        fprintf(stderr, "%s", err);
+        return;
+    }
+    static const struct {
+        const char *body, *store, *rule;
+    } cases[] = {
+        {"{\"storeId\":42.5}", "42.5", "42.5"},
+        {"{\"storeId\":4.25e1}", "42.5", "42.5"},
+        {"{\"storeId\":42.0}", "42", "42"},
+        {"{\"storeId\":4.2e1}", "42", "42"},
+        {"{\"storeId\":42.000000000000001}", "42", "42"}, /* the same double as 42 */
+        {"{\"storeId\":42.00000000000001}", "42.00000000000001", "default"},
+        {"{\"storeId\":0.1}", "0.1", "default"},
+        {"{\"storeId\":-0.0}", "0", "default"},
+        {"{\"storeId\":-7.5}", "-7.5", "default"},
+        {"{\"storeId\":1e300}", "1e+300", "default"},
+        {"{\"storeId\":1e-400}", "0", "default"}, /* underflow reads as 0.0 */
+        {"{\"storeId\":9223372036854775808.0}", "9.223372036854776e+18", "default"},
+        {"{\"storeId\":0.30000000000000004}", "0.30000000000000004", "default"},
+    };
+    for (size_t i = 0; i < HR_ARRAY_SIZE(cases); i++) {
+        hr_run_result_t res;
+        run(rs, cases[i].body, &res);
+        CHECK_INT_EQ(res.status, HR_RUN_OK);
+        if (res.store)
+            CHECK_STR_EQ(res.store, cases[i].store);
+        else
+            CHECK(res.store != NULL);
+        CHECK_INT_EQ(res.nactions, 1);
+        char want[64];
+        snprintf(want, sizeof want, "{\"rule\":\"%s\"}", cases[i].rule);
+        if (res.actions) CHECK(json_eq(res.actions->body, want));
+        hr_run_result_free(&res);
+    }
+    hr_ruleset_unref(rs);
+    unlink(strcat(strcpy(err, dir), "/rules/stores/42.5.lua"));
+}
+
 static void test_forward_and_sandbox(void)
 {
     char err[4096];
@@ -561,6 +611,7 @@ int main(void)
     test_config_errors();
     test_rule_errors();
     test_store_dispatch();
+    test_store_id_floats();
     test_forward_and_sandbox();
     test_request_suspend_resume();
     test_run_with_stub();

@@ -203,6 +203,40 @@ static void test_shared_libraries_cannot_be_changed(void)
     hr_ruleset_unref(rs);
 }
 
+static void test_pattern_matching_is_budgeted(void)
+{
+    config("268435456", "100");
+    write_file("rules/stores/2.lua",
+               "return function(e) forward('pos', (('a-b'):gsub('-', '+'))) end\n");
+    write_file("rules/stores/1.lua",
+               "local s = string.rep('a', 30000)\n"
+               "return function(e)\n"
+               "  local k = e.body.kind\n"
+               "  if k == 'find' then string.find(s, '.-.-.-.-b')\n"
+               "  elseif k == 'method' then s:match('(.-)(.-)(.-)b')\n"
+               "  elseif k == 'gsub' then s:gsub('.-.-.-b', 'x')\n"
+               "  elseif k == 'gmatch' then for w in s:gmatch('.-.-.-b') do end\n"
+               "  elseif k == 'pcall' then\n"
+               "    while true do pcall(string.find, s, '.-.-.-.-b') end\n"
+               "  end\n"
+               "end\n");
+    hr_ruleset_t *rs = must_load();
+    if (!rs) return;
+    const char *kinds[] = {"find", "method", "gsub", "gmatch", "pcall"};
+    for (size_t i = 0; i < HR_ARRAY_SIZE(kinds); i++) {
+        char body[128];
+        snprintf(body, sizeof body, "{\"storeId\":1,\"kind\":\"%s\"}", kinds[i]);
+        expect_failure(rs, body, "instruction budget");
+    }
+    expect_forward(rs, "{\"storeId\":2}", "a+b");
+    hr_ruleset_unref(rs);
+
+    char err[4096];
+    write_file("rules/stores/1.lua", "string.rep('a', 30000):find('.-.-.-.-b')\n");
+    CHECK(load(err, sizeof err) == NULL);
+    CHECK(strstr(err, "top-level code exceeded its instruction budget") != NULL);
+}
+
 static void test_c_side_memory_is_capped(void)
 {
     config("268435456", "100");
@@ -342,6 +376,8 @@ int main(void)
     test_close_handlers_run_within_budget();
     CHECK(system(cmd) == 0);
     test_shared_libraries_cannot_be_changed();
+    CHECK(system(cmd) == 0);
+    test_pattern_matching_is_budgeted();
     CHECK(system(cmd) == 0);
     test_c_side_memory_is_capped();
     test_actions_per_event_capped();
