@@ -196,32 +196,6 @@ static long hex4(const char *p, const char *end)
     return v;
 }
 
-/* Length of the valid UTF-8 sequence of 2 to 4 bytes at s (n bytes left), or 0 if the bytes
- * there are not one: overlong forms, UTF-16 surrogates (U+D800..U+DFFF) and code points past
- * U+10FFFF are invalid (RFC 3629). */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0], lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
-    size_t len;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (n < len || s[1] < lo || s[1] > hi) return 0;
-    for (size_t i = 2; i < len; i++)
-        if ((s[i] & 0xC0) != 0x80) return 0;
-    return len;
-}
-
 /* Fail the scan at pos with the reason fmt (empty: an unexpected byte or end of input, said
  * by scan_message()). Returns false. */
 static bool scan_fail(scan_t *sc, size_t pos, const char *fmt, ...) HR_PRINTF(3, 4);
@@ -260,7 +234,7 @@ static bool scan_string(const char *s, size_t len, size_t *i, scan_t *sc)
         if (c == '"') break;
         if (c < 0x20) return scan_fail(sc, p, "unescaped control character 0x%02X in string", c);
         if (c >= 0x80) {
-            size_t n = utf8_len(u + p, len - p);
+            size_t n = hr_utf8_len(u + p, len - p);
             if (!n) return scan_fail(sc, p, "invalid UTF-8 in string");
             p += n;
             continue;

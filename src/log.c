@@ -38,32 +38,6 @@ bool hr_log_enabled(hr_log_level_t level)
     return (int)level >= atomic_load_explicit(&min_level, memory_order_relaxed);
 }
 
-/* Length of the valid UTF-8 sequence of 2 to 4 bytes at s (n bytes left), or 0 if the bytes
- * there are not one (overlong forms, surrogates and code points past U+10FFFF included). */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    size_t len;
-    unsigned char lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (n < len || s[1] < lo || s[1] > hi) return 0;
-    for (size_t i = 2; i < len; i++)
-        if ((s[i] & 0xC0) != 0x80) return 0;
-    return len;
-}
-
 size_t hr_log_escape(char *dst, size_t cap, const char *src, size_t n)
 {
     static const char hex[] = "0123456789ABCDEF";
@@ -77,7 +51,8 @@ size_t hr_log_escape(char *dst, size_t cap, const char *src, size_t n)
             esc[0] = '\\';
             esc[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
             elen = 2;
-        } else if (c < 0x20 || c == 0x7F || (c >= 0x80 && (take = utf8_seq(s + i, n - i)) == 0)) {
+        } else if (c < 0x20 || c == 0x7F ||
+                   (c >= 0x80 && (take = hr_utf8_len(s + i, n - i)) == 0)) {
             esc[0] = '\\';
             esc[1] = 'x';
             esc[2] = hex[c >> 4];

@@ -747,8 +747,8 @@ static char *read_code(const char *file)
     while ((n = fread(chunk, 1, sizeof chunk, fp)) > 0)
         hr_buf_append(&b, chunk, n);
     fclose(fp);
+    hr_buf_appendc(&b, '\0'); /* hr_buf_append does not terminate */
     char *s = hr_buf_steal(&b, &n);
-    if (!s) return hr_xstrdup("");
     for (char *p = s; *p; p++) {
         if (*p == '"' || *p == '\'') { /* skip a short string */
             char q = *p;
@@ -833,6 +833,8 @@ static char *answering_paths(const hr_config_t *cfg)
     for (size_t i = 0; i < cfg->nendpoints; i++)
         if (cfg->endpoints[i].fallback)
             hr_buf_printf(&b, "%s%s", b.len ? ", " : "", cfg->endpoints[i].path);
+    if (!b.len) return NULL;
+    hr_buf_appendc(&b, '\0');
     return hr_buf_steal(&b, NULL);
 }
 

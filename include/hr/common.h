@@ -85,6 +85,10 @@ uint64_t hr_rand64(void);
 
 /* Compare two byte strings in time that depends only on the lengths. */
 bool hr_consttime_eq(const char *a, size_t alen, const char *b, size_t blen);
+/* Length of the valid UTF-8 sequence of 2 to 4 bytes at s (n >= 1 bytes left), or 0 if the
+ * bytes there are not one: overlong forms, UTF-16 surrogates (U+D800..U+DFFF) and code points
+ * past U+10FFFF are invalid (RFC 3629). */
+size_t hr_utf8_len(const unsigned char *s, size_t n);
 
 /* True if s is a safe single path component: [A-Za-z0-9._-]+, not "." or "..". */
 bool hr_is_safe_name(const char *s, size_t n);

@@ -1,6 +1,7 @@
 """Hostile rules at the daemon level (issue 8): a rule that attacks the sandbox fails alone,
 with a 500 and a dead letter naming why, while other stores keep being served; top-level code
 that never finishes fails a reload and `check`, not the router."""
+import json
 import os
 import sys
 import threading
@@ -123,6 +124,55 @@ class HostileTest(HRTestCase):
         ones = lambda: [x for x in self.wd.jsonl("var/audit.jsonl") if x == {"n": 1}]  # noqa: E731
         self.assertTrue(wait_until(lambda: len(ones()) >= 2, 5), self.wd.jsonl("var/audit.jsonl"))
         self.victim_ok(r)
+
+
+
+class FailClosedTest(HRTestCase):
+    """Issue 9's rule-side items: answers fail closed, event data cannot steer a request,
+    the sender's credential never reaches a rule."""
+
+    def test_answering_endpoint_without_respond_gets_the_fallback(self):
+        self.wd.rule("5", 'return function(e) write("audit", { seen = e.type }) end\n')
+        self.wd.rule("6", 'return function(e) respond(200, { ok = true }) end\n')
+        eps = dict(ENDPOINTS)
+        eps["/verify"] = {"event": "entry-code.verify", "reply_timeout_ms": 2000,
+                          "fallback": {"status": 200, "body": {"status": "FAILED"}}}
+        self.wd.config(base_config(endpoints=eps))
+        res = run_cli(["check", "-c", "hookrouter.lua"], cwd=self.wd.path)
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertRegex(res.stderr, r"warning: \S*rules/stores/5\.lua never calls respond\(\)")
+        self.assertNotIn("stores/6.lua", res.stderr)
+        r = self.router()
+        for _ in range(3):
+            resp = r.post("/verify", {"storeId": 5})
+            self.assertEqual((resp.status, resp.json()), (200, {"status": "FAILED"}))
+        self.assertEqual(r.post("/verify", {"storeId": 6}).json(), {"ok": True})
+        self.assertEqual(r.count_log(r"returned without respond\(\)"), 1, r.log_tail())
+        # the rule's actions still count: it ran and returned normally
+        self.assertTrue(wait_until(lambda: len(self.wd.jsonl("var/audit.jsonl")) == 3))
+
+    def test_event_data_cannot_change_the_target_host(self):
+        snk = self.sink()
+        self.wd.rule(None, 'return function(e) forward("pos", {}, { path = e.body.p }) end\n')
+        self.wd.config(base_config(targets={"pos": target(snk.url)}))
+        r = self.router()
+        for p in [".attacker.example/x", "@attacker.example/x", "x", "\\\\evil/x"]:
+            self.assertEqual(r.post("/t", {"p": p}).status, 500, p)
+        self.assertOk(r.post("/t", {"p": "/ok"}))
+        self.assertEqual(snk.wait_for(1)[0].path, "/ok")
+        self.assertIn("opts.path must start with '/'", self.wd.dead_letters[0]["error"])
+
+    def test_rules_never_see_the_senders_token(self):
+        self.wd.rule(None, 'return function(e) write("audit", { h = e.headers, a = e.authenticated, '
+                           't = e.token }) end\n')
+        self.wd.config(base_config(tokens=["other-token", TOKEN]))
+        r = self.router()
+        self.assertOk(r.post("/t", {}))
+        got = wait_until(lambda: self.wd.jsonl("var/audit.jsonl"))
+        self.assertTrue(got)
+        self.assertNotIn("authorization", got[0]["h"])
+        self.assertNotIn(TOKEN, json.dumps(got[0]))
+        self.assertEqual((got[0]["a"], got[0]["t"]), (True, 2))
 
 
 if __name__ == "__main__":

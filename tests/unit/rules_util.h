@@ -50,21 +50,26 @@ static hr_ruleset_t *load(char *errbuf, size_t errlen)
     return rs;
 }
 
+/* A POST /hook event with body (kept by the caller) and one header, x-test: yes. */
+static hr_event_in_t test_event(const char *body)
+{
+    static const hr_header_t h[] = {{"x-test", "yes"}};
+    return (hr_event_in_t){.id = "0190a7e0-0000-7000-8000-000000000001",
+                           .type = "thing.happened",
+                           .method = "POST",
+                           .path = "/hook",
+                           .headers = h,
+                           .nheaders = 1,
+                           .body = body,
+                           .body_len = strlen(body),
+                           .received_at = "2026-01-01T00:00:00.000Z",
+                           .token = 1};
+}
+
 /* Run the rule for a POST /hook with body. */
 static void run(hr_ruleset_t *rs, const char *body, hr_run_result_t *res)
 {
-    static const hr_header_t h[] = {{"x-test", "yes"}};
-    hr_event_in_t ev = {"0190a7e0-0000-7000-8000-000000000001",
-                        "thing.happened",
-                        "POST",
-                        "/hook",
-                        h,
-                        1,
-                        body,
-                        strlen(body),
-                        "2026-01-01T00:00:00.000Z",
-                        0,
-                        1};
+    hr_event_in_t ev = test_event(body);
     hr_ruleset_run(rs, &ev, res);
 }
 

@@ -9,29 +9,7 @@
 #include <cjson/cJSON.h>
 #include <uv.h>
 
-#include "check.h"
-#include "hr/config.h"
-#include "hr/rules.h"
-
-static char dir[256];
-
-static void write_file(const char *rel, const char *fmt, ...)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", dir, rel);
-    char *slash = strrchr(path, '/');
-    *slash = '\0';
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", path);
-    CHECK(system(cmd) == 0);
-    *slash = '/';
-    FILE *f = fopen(path, "w");
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(f, fmt, ap);
-    va_end(ap);
-    fclose(f);
-}
+#include "rules_util.h"
 
 static const char *BASE_CONFIG =
     "return {\n"
@@ -44,23 +22,6 @@ static const char *BASE_CONFIG =
     "  limits = { rule_instructions = 100000, rule_memory_bytes = 8388608 },\n"
     "}\n";
 
-/* Load the config in dir; returns the rule set or NULL, errors joined into errbuf. */
-static hr_ruleset_t *load(char *errbuf, size_t errlen)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/hookrouter.lua", dir);
-    hr_errors_t errs = {0};
-    hr_config_t *cfg = hr_config_load(path, &errs);
-    hr_ruleset_t *rs = cfg ? hr_ruleset_load(cfg, &errs) : NULL;
-    errbuf[0] = '\0';
-    for (size_t i = 0; i < errs.n; i++) {
-        strncat(errbuf, errs.msgs[i], errlen - strlen(errbuf) - 2);
-        strcat(errbuf, "\n");
-    }
-    hr_errors_free(&errs);
-    return rs;
-}
-
 /* True if two JSON texts hold the same value (object key order aside). */
 static bool json_eq(const char *a, const char *b)
 {
@@ -70,23 +31,6 @@ static bool json_eq(const char *a, const char *b)
     cJSON_Delete(ja);
     cJSON_Delete(jb);
     return eq;
-}
-
-static void run(hr_ruleset_t *rs, const char *body, hr_run_result_t *res)
-{
-    hr_header_t h[] = {{"x-test", "yes"}};
-    hr_event_in_t ev = {"0190a7e0-0000-7000-8000-000000000001",
-                        "thing.happened",
-                        "POST",
-                        "/hook",
-                        h,
-                        1,
-                        body,
-                        strlen(body),
-                        "2026-01-01T00:00:00.000Z",
-                        0,
-                        1};
-    hr_ruleset_run(rs, &ev, res);
 }
 
 static void test_config_errors(void)

@@ -132,19 +132,8 @@ static void test_close_handlers_run_within_budget(void)
     expect_forward(rs, "{\"storeId\":2}", "fine");
 
     /* Abandoned while suspended in request(): its __close handler runs as it, bounded. */
-    static const hr_header_t h[] = {{"x-test", "yes"}};
     const char *body = "{\"storeId\":1,\"kind\":\"loop\",\"wait\":true}";
-    hr_event_in_t ev = {"0190a7e0-0000-7000-8000-000000000002",
-                        "thing.happened",
-                        "POST",
-                        "/hook",
-                        h,
-                        1,
-                        body,
-                        strlen(body),
-                        "2026-01-01T00:00:00.000Z",
-                        0,
-                        1};
+    hr_event_in_t ev = test_event(body);
     hr_run_result_t res;
     CHECK_INT_EQ(hr_ruleset_start(rs, &ev, &res), HR_STEP_SUSPENDED);
     hr_ruleset_abandon(&res, "deadline");
