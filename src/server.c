@@ -49,6 +49,17 @@
 
 typedef enum { ST_IDLE, ST_READING, ST_APP, ST_DRAIN, ST_ENDING } conn_state_t;
 
+/* States of the strictness pre-scanner (see "strictness" below): where the raw bytes of the
+ * current request's head are. */
+typedef enum {
+    PS_START,      /* before the request line: empty lines are skipped (as llhttp does) */
+    PS_REQLINE,    /* inside the request line */
+    PS_LINE_START, /* at the first byte of a header line (or of the empty line ending them) */
+    PS_LINE,       /* inside a header line */
+    PS_END_CR,     /* CR of the empty line ending the headers seen */
+    PS_PASSIVE     /* past the header block: llhttp frames the body; reset per request */
+} prescan_state_t;
+
 typedef struct hr_conn hr_conn_t;
 
 struct hr_conn {
@@ -73,6 +84,11 @@ struct hr_conn {
     const char *chunk_base; /* start of the chunk llhttp is executing */
     int err_status;         /* limit hit inside a callback: 413 or 431, else 0 */
     const char *err_msg;    /* its message */
+    prescan_state_t ps;     /* strictness pre-scanner state, kept across reads */
+    int rl_spaces;          /* spaces seen in the request line (2 when it has a version) */
+    uint64_t chunk_left;    /* data bytes of the current chunk not yet seen */
+    int crlf_need;          /* bytes of the CRLF after a chunk's data not yet checked (0-2) */
+    const char *chunk_end;  /* end of the data llhttp is executing */
     bool in_field;          /* receiving a header name */
     bool in_value;          /* receiving a header value */
     bool headers_done;      /* on_headers_complete seen (later headers are trailers) */
@@ -446,7 +462,7 @@ static void conn_fail(hr_conn_t *c, int status, const char *msg)
             conn_close(c);
             return;
         }
-        hr_log_debug("%s: %d %s", c->req.peer, status, msg);
+        hr_log_info("%s: %d %s", c->req.peer, status, msg);
     }
     conn_end(c);
 }
@@ -461,6 +477,76 @@ static void on_timer(uv_timer_t *t)
         return;
     }
     conn_close(c);
+}
+
+/* ---------------------------------------------------------------- strictness
+ *
+ * llhttp 8.1 parses strictly by default (every lenient flag off; parser_set_strict says so
+ * explicitly), but it lets through a few things RFC 9112 forbids. They are refused here:
+ *   - obs-fold (a header line starting with SP or HTAB, RFC 9112 5.2) and an empty header
+ *     name (": v"): llhttp 8.1 accepts both. prescan() looks at the raw bytes of the request
+ *     head before llhttp does;
+ *   - chunk data not followed by CRLF (RFC 9112 7.1): llhttp 8.1 skips any two bytes there,
+ *     which lets a front proxy and us disagree on where a request ends (smuggling). on_body
+ *     checks the two bytes after each chunk's data, prescan() those that arrive in a later
+ *     read;
+ *   - a chunk larger than what is left of body_limit: on_chunk_header answers 413 as soon as
+ *     the size line is read, instead of waiting for the data (or the request timeout);
+ *   - a request line without a version ("GET /"): llhttp takes it for HTTP/0.9 (and waits
+ *     for headers); prescan() refuses it at the end of the line, on_headers_complete too.
+ * The pre-scanner keeps its state in the connection, so a request split anywhere across
+ * reads (even byte by byte) is judged the same as one that arrives whole. It only reads the
+ * request line and headers of each request (PS_PASSIVE afterwards, until request_reset), so
+ * body bytes are never mistaken for header lines. */
+
+/* Turn off every lenient mode of llhttp 8.1 (they are off by default: this documents it and
+ * keeps it so if the defaults change). */
+static void parser_set_strict(llhttp_t *p)
+{
+    llhttp_set_lenient_headers(p, 0);
+    llhttp_set_lenient_chunked_length(p, 0);
+    llhttp_set_lenient_keep_alive(p, 0);
+    llhttp_set_lenient_transfer_encoding(p, 0);
+}
+
+/* Check the raw bytes [data, data+len) that llhttp is about to parse: the end of a chunk's
+ * CRLF left over from the previous read, and the shape of the request head's lines. Updates
+ * c->ps and c->crlf_need. Returns NULL, or a message for a 400 (the connection then ends, so
+ * the state need not be consistent afterwards). */
+static const char *prescan(hr_conn_t *c, const char *data, size_t len)
+{
+    size_t i = 0;
+    for (; c->crlf_need > 0 && i < len; i++, c->crlf_need--) {
+        if (data[i] != "\r\n"[2 - c->crlf_need]) return "chunk data not followed by CRLF";
+    }
+    for (; i < len && c->ps != PS_PASSIVE; i++) {
+        char ch = data[i];
+        switch (c->ps) {
+        case PS_START:
+            if (ch != '\r' && ch != '\n') c->ps = PS_REQLINE;
+            c->rl_spaces = 0;
+            break;
+        case PS_REQLINE:
+            /* "GET /" alone: llhttp would wait for headers of an HTTP/0.9 request. */
+            if (ch == ' ') c->rl_spaces++;
+            if (ch == '\n' && c->rl_spaces < 2) return "request line without HTTP version";
+            if (ch == '\n') c->ps = PS_LINE_START;
+            break;
+        case PS_LINE:
+            if (ch == '\n') c->ps = PS_LINE_START;
+            break;
+        case PS_LINE_START:
+            if (ch == ' ' || ch == '\t') return "obsolete line folding in a header (obs-fold)";
+            if (ch == ':') return "empty header name";
+            c->ps = ch == '\r' ? PS_END_CR : ch == '\n' ? PS_PASSIVE : PS_LINE;
+            break;
+        case PS_END_CR:
+            c->ps = PS_PASSIVE; /* CR not followed by LF: llhttp refuses it */
+            break;
+        case PS_PASSIVE: break;
+        }
+    }
+    return NULL;
 }
 
 /* ---------------------------------------------------------------- parser callbacks */
@@ -625,6 +711,11 @@ static int on_headers_complete(llhttp_t *p)
     c->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade && !s->stopping;
     request_fix_pointers(c);
 
+    if (r->http_major == 0) { /* llhttp's HTTP/0.9: "GET /" with nothing after the URL */
+        c->err_status = 400;
+        c->err_msg = "malformed HTTP request: request line without HTTP version";
+        return HPE_PAUSED;
+    }
     if (has_len && r->content_length > s->opts.body_limit) {
         c->err_status = 413;
         c->err_msg = "request body too large";
@@ -665,6 +756,20 @@ static int on_headers_complete(llhttp_t *p)
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     hr_conn_t *c = p->data;
+    if (p->flags & F_CHUNKED) {
+        /* llhttp hands over at most the chunk's size; after the last byte comes CRLF. */
+        c->chunk_left -= len < c->chunk_left ? len : c->chunk_left;
+        if (c->chunk_left == 0) {
+            const char *q = at + len;
+            for (c->crlf_need = 2; c->crlf_need > 0 && q < c->chunk_end; q++, c->crlf_need--) {
+                if (*q != "\r\n"[2 - c->crlf_need]) {
+                    c->err_status = 400;
+                    c->err_msg = "malformed HTTP request: chunk data not followed by CRLF";
+                    return HPE_USER;
+                }
+            }
+        }
+    }
     if (c->discard_body) return 0;
     if (c->body.len + len > c->server->opts.body_limit) {
         c->err_status = 413;
@@ -672,6 +777,20 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
         return HPE_USER;
     }
     hr_buf_append(&c->body, at, len);
+    return 0;
+}
+
+/* A chunk's size line is read (its size in p->content_length): refuse at once a chunk that
+ * would take the body past the limit. Returns 0, or HPE_USER with a 413 recorded. */
+static int on_chunk_header(llhttp_t *p)
+{
+    hr_conn_t *c = p->data;
+    c->chunk_left = p->content_length;
+    if (!c->discard_body && p->content_length > c->server->opts.body_limit - c->body.len) {
+        c->err_status = 413;
+        c->err_msg = "request body too large (chunk size over the limit)";
+        return HPE_USER;
+    }
     return 0;
 }
 
@@ -720,6 +839,9 @@ static void request_reset(hr_conn_t *c)
     c->in_field = c->in_value = false;
     c->headers_done = c->msg_complete = c->handed = c->replied = c->discard_body = false;
     c->close_if_early = false;
+    c->ps = PS_START;
+    c->chunk_left = 0;
+    c->crlf_need = 0;
     c->keep_alive = false;
 }
 
@@ -733,6 +855,14 @@ static size_t conn_execute(hr_conn_t *c, const char *data, size_t len)
     size_t used = 0;
     while (!c->closing && !c->ending) {
         c->chunk_base = data + used;
+        c->chunk_end = data + len;
+        const char *bad = prescan(c, data + used, len - used);
+        if (bad) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "malformed HTTP request: %s", bad);
+            conn_fail(c, 400, msg);
+            break;
+        }
         c->in_execute = true;
         llhttp_errno_t err = llhttp_execute(&c->parser, data + used, len - used);
         c->in_execute = false;
@@ -882,6 +1012,7 @@ static void on_connection(uv_stream_t *listener, int status)
     s->conns = c;
     s->nconns++;
     llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
+    parser_set_strict(&c->parser);
     c->parser.data = c;
     int r = uv_accept(listener, (uv_stream_t *)&c->tcp);
     if (r < 0) {
@@ -997,6 +1128,7 @@ hr_server_t *hr_server_start(uv_loop_t *loop, const hr_server_opts_t *opts, char
     s->settings.on_headers_complete = on_headers_complete;
     s->settings.on_body = on_body;
     s->settings.on_message_complete = on_message_complete;
+    s->settings.on_chunk_header = on_chunk_header;
 
     uv_tcp_init(loop, &s->listener);
     s->listener.data = s;

@@ -14,8 +14,10 @@
  * for its reply, the server does not parse the next one (pipelined requests stay buffered),
  * so replies always go out in request order.
  *
- * The server itself answers: 400 (malformed HTTP, then close), 413 (body over the limit, then
- * close), 431 (header block over the limit, then close), 408 / close on the request timeout
+ * The server itself answers: 400 (malformed HTTP, then close; beyond llhttp's strict mode also
+ * obs-fold, an empty header name, a request line without a version and chunk data not
+ * followed by CRLF), 413 (body over the limit, then close; a chunk whose size line already
+ * says so is refused at once), 431 (header block over the limit, then close), 408 / close on the request timeout
  * (a request not complete within request_timeout_ms of its first byte), and closes idle
  * keep-alive connections after idle_timeout_ms. It honours keep-alive rules of HTTP/1.0 and
  * 1.1 and "Connection: close".

@@ -1,4 +1,5 @@
 """Inbound HTTP: status codes, auth, keep-alive, pipelining, chunked, 100-continue, timeouts."""
+import json
 import os
 import re
 import socket
@@ -385,6 +386,91 @@ class HttpTest(HRTestCase):
         self.assertEqual(resp.status, 404)
         resp = r.post("/aifi/customer", {"a": 1}, token="bad")
         self.assertEqual(resp.status, 401)
+
+    # --- strictness beyond llhttp 8.1 (issue 9) -------------------------------------------
+    def send_split(self, c, data, bytewise):
+        """Send data whole, or one byte per send (TCP_NODELAY, a pause now and then) so that
+        the server sees it split at every possible place."""
+        if not bytewise:
+            c.send(data)
+            return
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(data)):
+            c.send(data[i:i + 1])
+            if i % 7 == 0:
+                time.sleep(0.001)
+
+    def head(self, extra=b"", te=True):
+        return (b"POST /aifi/customer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                + b"\r\n" + (b"Transfer-Encoding: chunked\r\n" if te else b"") + extra + b"\r\n")
+
+    def expect_refused(self, r, data, status, words):
+        for bytewise in (False, True):
+            with r.raw() as c:
+                self.send_split(c, data, bytewise)
+                resp = c.read_response()
+                what = "for %r (bytewise=%s): %r" % (data, bytewise, resp)
+                self.assertEqual(resp.status, status, what)
+                self.assertIn("application/json", resp.header("Content-Type") or "", what)
+                self.assertIn(words, json.loads(resp.body)["error"], what)
+                self.assertTrue(c.closed_within(T(2)), "not closed " + what)
+        self.assertIn(words, r.log())
+
+    def test_chunk_data_without_crlf_400(self):
+        r = self.start()
+        # llhttp 8.1 skips any two bytes after chunk data: "XY" would hide a second request.
+        self.expect_refused(r, self.head() + b"2\r\n{}XY0\r\n\r\n", 400, "chunk data not followed by CRLF")
+        self.expect_refused(r, self.head() + b"2\r\n{}\rX0\r\n\r\n", 400, "chunk data not followed by CRLF")
+        self.assertEqual(len(self.wd.jsonl("var/audit.jsonl")), 0)
+
+    def test_huge_chunk_size_413_at_once(self):
+        # The request timeout is long: a 413 that comes quickly cannot be the timeout's 408.
+        r = self.start(limits={"body_bytes": 1024, "request_timeout_ms": 60000})
+        self.expect_refused(r, self.head() + b"ffffffffffffffff\r\n", 413, "chunk size over the limit")
+        self.expect_refused(r, self.head() + b"401\r\n", 413, "chunk size over the limit")
+        # a first chunk within the limit, the second one past it
+        self.expect_refused(r, self.head() + b"200\r\n" + b" " * 512 + b"\r\n201\r\n", 413, "chunk size over the limit")
+
+    def test_chunk_extension_accepted(self):
+        r = self.start()
+        for bytewise in (False, True):
+            with r.raw() as c:
+                data = (self.head() + b"3;name=value\r\n{\"n\r\n4;x;y=\"q z\"\r\n\":%d}\r\n0\r\n\r\n" % int(bytewise)
+                        + http_req("GET", "/healthz", body=None, token=None))
+                self.send_split(c, data, bytewise)
+                self.assertEqual(c.read_response().status, 200)
+                self.assertEqual(c.read_response(method="GET").status, 200)
+        self.assertEqual([a["body"] for a in self.audit(2)], [{"n": 0}, {"n": 1}])
+
+    def test_empty_header_name_400(self):
+        r = self.start()
+        self.expect_refused(r, self.head(b": v\r\nContent-Length: 2\r\n", te=False) + b"{}", 400, "empty header name")
+
+    def test_obs_fold_400(self):
+        r = self.start()
+        self.expect_refused(r, self.head(b"X-A: a\r\n b\r\nContent-Length: 2\r\n", te=False) + b"{}", 400, "obs-fold")
+        self.expect_refused(r, self.head(b"X-A:\r\n\tb\r\nContent-Length: 2\r\n", te=False) + b"{}", 400, "obs-fold")
+        self.assertEqual(len(self.wd.jsonl("var/audit.jsonl")), 0)
+
+    def test_request_line_without_version_400(self):
+        r = self.start()
+        self.expect_refused(r, b"GET /\r\n", 400, "request line without HTTP version")
+        self.expect_refused(r, b"GET /healthz\r\n\r\n", 400, "request line without HTTP version")
+
+    def test_strict_checks_leave_pipelined_bodies_alone(self):
+        # Body bytes that look like a fold, an empty name or a bad chunk end are not header
+        # lines: the pre-scanner reads only the request heads.
+        r = self.start()
+        body = b'{"a":\r\n ":"}'
+        data = (http_req("POST", "/aifi/customer", body=body)
+                + self.head() + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+                + http_req("POST", "/aifi/customer", body=b'{"b":1}'))
+        for bytewise in (False, True):
+            with r.raw() as c:
+                self.send_split(c, data, bytewise)
+                for _ in range(3):
+                    self.assertEqual(c.read_response().status, 200)
+        self.assertEqual(len(self.audit(6)), 6)
 
 
 if __name__ == "__main__":
