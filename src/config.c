@@ -546,14 +546,11 @@ static void load_limits(loader_t *ld)
         {"rule_memory_bytes", 1u << 20, 1ull << 40, offsetof(hr_limits_t, rule_memory_bytes), true},
         {"idle_timeout_ms", 1, 86400000, offsetof(hr_limits_t, idle_timeout_ms), false},
         {"request_timeout_ms", 1, 86400000, offsetof(hr_limits_t, request_timeout_ms), false},
+        {"max_connections", 1, 10000000, offsetof(hr_limits_t, max_connections), true},
     };
-    static const char *const keys[] = {"body_bytes",
-                                       "header_bytes",
-                                       "rule_instructions",
-                                       "rule_memory_bytes",
-                                       "idle_timeout_ms",
-                                       "request_timeout_ms",
-                                       NULL};
+    static const char *const keys[] = {
+        "body_bytes",      "header_bytes",       "rule_instructions", "rule_memory_bytes",
+        "idle_timeout_ms", "request_timeout_ms", "max_connections",   NULL};
     lua_State *L = ld->L;
     if (!want_table(ld, "limits")) return;
     check_keys(ld, "limits", keys);

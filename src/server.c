@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -43,6 +44,7 @@
 #define LINGER_MAX      (1024u * 1024u) /* bytes dropped during a lingering close */
 #define BODY_KEEP_MAX   (256u * 1024u)  /* larger body buffers are freed between requests */
 #define LISTEN_BACKLOG  511
+#define WARN_EVERY_MS   1000 /* refusals and accept errors: at most one warn line this often */
 #define UNSET           UINT64_MAX
 #define DEFAULT_HEADERS 16384           /* header_limit when opts give 0 */
 #define DEFAULT_BODY    (1024u * 1024u) /* body_limit when opts give 0 */
@@ -125,6 +127,11 @@ struct hr_server {
     bool closing;               /* hr_server_close called */
     size_t nconns;              /* connections with handles open */
     size_t inflight;            /* requests handed over and not replied */
+    uint64_t refused;           /* connections closed at once: max_connections reached */
+    uint64_t refused_unlogged;  /* of those, not yet in a warn line */
+    uint64_t refused_logged_ms; /* uv_now of the last refusal warn line, or 0 */
+    uint64_t accept_errs;       /* accept errors not yet in a warn line */
+    uint64_t accept_logged_ms;  /* uv_now of the last accept error warn line, or 0 */
     hr_conn_t *conns;           /* all connections, incl. closed ones whose req the app holds */
     void (*close_cb)(void *arg);
     void *close_arg;
@@ -989,15 +996,73 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 
 /* ---------------------------------------------------------------- accepting */
 
-/* A new connection: set it up and start reading. Failures close it and are logged. */
+/* True if a rate-limited warn line may go out now (at most one per WARN_EVERY_MS); then
+ * *last is set to now. */
+static bool warn_due(hr_server_t *s, uint64_t *last)
+{
+    uint64_t now = uv_now(s->loop);
+    if (*last != 0 && now - *last < WARN_EVERY_MS) return false;
+    *last = now ? now : 1;
+    return true;
+}
+
+/* An accept error: counted and logged, at most once per WARN_EVERY_MS with the count since the
+ * last line. On EMFILE/ENFILE libuv (1.44, src/unix/stream.c uv__emfile_trick) has already
+ * closed its reserve descriptor, accepted and closed the waiting connections and reopened it,
+ * so the listener does not spin on a queue it cannot empty. */
+static void accept_failed(hr_server_t *s, int err)
+{
+    s->accept_errs++;
+    if (!warn_due(s, &s->accept_logged_ms)) return;
+    hr_log_warn("accept: %s (%llu error%s since the last line; open connections %zu)",
+                uv_strerror(err), (unsigned long long)s->accept_errs,
+                s->accept_errs == 1 ? "" : "s", s->nconns);
+    s->accept_errs = 0;
+}
+
+/* Close callback of a refused connection's handle. */
+static void on_refused_close(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* max_connections are open: accept the new connection and close it at once (no reply: the
+ * client may not have sent anything, and a reply would need a write queue). Counted and
+ * logged at most once per WARN_EVERY_MS with the count since the last line. */
+static void refuse_connection(hr_server_t *s, uv_stream_t *listener)
+{
+    uv_tcp_t *t = hr_xcalloc(1, sizeof *t);
+    uv_tcp_init(s->loop, t);
+    int r = uv_accept(listener, (uv_stream_t *)t);
+    uv_close((uv_handle_t *)t, on_refused_close);
+    if (r < 0) {
+        accept_failed(s, r);
+        return;
+    }
+    s->refused++;
+    s->refused_unlogged++;
+    if (!warn_due(s, &s->refused_logged_ms)) return;
+    hr_log_warn("limits.max_connections (%zu) reached: %llu connection%s refused since the last "
+                "line (%llu in all)",
+                s->opts.max_connections, (unsigned long long)s->refused_unlogged,
+                s->refused_unlogged == 1 ? "" : "s", (unsigned long long)s->refused);
+    s->refused_unlogged = 0;
+}
+
+/* A new connection: set it up and start reading, or refuse it past max_connections. Failures
+ * close it and are logged. */
 static void on_connection(uv_stream_t *listener, int status)
 {
     hr_server_t *s = listener->data;
     if (status < 0) {
-        hr_log_warn("accept: %s", uv_strerror(status));
+        accept_failed(s, status);
         return;
     }
     if (s->stopping) return;
+    if (s->opts.max_connections && s->nconns >= s->opts.max_connections) {
+        refuse_connection(s, listener);
+        return;
+    }
     hr_conn_t *c = hr_xcalloc(1, sizeof *c);
     c->server = s;
     c->msg_start = UNSET;
@@ -1016,7 +1081,7 @@ static void on_connection(uv_stream_t *listener, int status)
     c->parser.data = c;
     int r = uv_accept(listener, (uv_stream_t *)&c->tcp);
     if (r < 0) {
-        hr_log_warn("accept: %s", uv_strerror(r));
+        accept_failed(s, r);
         conn_close(c);
         return;
     }
@@ -1171,6 +1236,39 @@ size_t hr_server_inflight(const hr_server_t *s)
 size_t hr_server_connections(const hr_server_t *s)
 {
     return s->nconns;
+}
+
+/* Connections refused past max_connections. */
+uint64_t hr_server_refused(const hr_server_t *s)
+{
+    return s->refused;
+}
+
+/* Raise the soft descriptor limit to the hard one (see server.h). */
+uint64_t hr_server_raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
+    if (rl.rlim_cur != rl.rlim_max) {
+        rlim_t want = rl.rlim_max;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+            hr_log_warn("raising RLIMIT_NOFILE to %llu: %s", (unsigned long long)want,
+                        strerror(errno));
+            getrlimit(RLIMIT_NOFILE, &rl);
+        }
+    }
+    return rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
+}
+
+/* (nofile - reserve) / workers, at least 16 (see server.h). */
+size_t hr_server_default_max_connections(uint64_t nofile, uint64_t reserve, unsigned workers)
+{
+    if (workers == 0) workers = 1;
+    uint64_t left = nofile > reserve ? nofile - reserve : 0;
+    uint64_t each = left / workers;
+    if (each > 10000000) each = 10000000; /* the largest limits.max_connections */
+    return each < 16 ? 16 : (size_t)each;
 }
 
 /* Free the server once it is closing and every handle is closed; connections whose request

@@ -3,6 +3,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
 
@@ -471,6 +472,101 @@ class HttpTest(HRTestCase):
                 for _ in range(3):
                     self.assertEqual(c.read_response().status, 200)
         self.assertEqual(len(self.audit(6)), 6)
+
+    # --- connection cap (issue 9) ---------------------------------------------------------
+    def test_max_connections_refuses_counts_and_logs(self):
+        r = self.start(limits={"max_connections": 3})
+        held = [r.raw() for _ in range(3)]
+        try:
+            for c in held:  # each one is surely accepted and counted
+                c.send(http_req("POST", "/aifi/customer", body=b'{"n":1}'))
+                self.assertEqual(c.read_response().status, 200)
+            for _ in range(2):
+                with r.raw() as extra:
+                    self.assertTrue(extra.closed_within(T(2)), "connection past the cap not closed")
+                    self.assertEqual(extra.buf, b"", "a refused connection gets no bytes")
+            # the held ones still work
+            held[0].send(http_req("POST", "/aifi/customer", body=b'{"n":2}'))
+            self.assertEqual(held[0].read_response().status, 200)
+        finally:
+            held[0].close()
+        # a slot is free again once the server has seen the close
+        h = wait_until(lambda: self._healthz_or_none(r), T(5))
+        self.assertTrue(h, "no /healthz after a slot was freed")
+        # 2, plus the /healthz attempts made before the server saw the close
+        self.assertGreaterEqual(h["connections_refused"], 2, h)
+        self.assertEqual(h["connections"], 3, h)
+        self.assertIn("limits.max_connections (3) reached: 1 connection refused", r.log())
+        for c in held[1:]:
+            c.close()
+
+    def _healthz_or_none(self, r):
+        try:
+            return r.healthz()
+        except Exception:
+            return None
+
+    def test_max_connections_default_and_rlimit(self):
+        # No cap configured: derived from RLIMIT_NOFILE, which is raised to the hard limit.
+        # The router inherits a low soft limit from here.
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        try:
+            r = self.start()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        self.assertEqual(r.healthz()["connections_refused"], 0)
+        with open("/proc/%d/limits" % r.proc.pid) as f:
+            line = [l for l in f if l.startswith("Max open files")][0].split()
+        self.assertEqual(line[3], line[4], "soft RLIMIT_NOFILE not raised to the hard one: %r" % line)
+        self.assertEqual(line[4], str(hard) if hard != resource.RLIM_INFINITY else "unlimited")
+
+    def test_max_connections_config_checked(self):
+        self.wd.rule(None, AUDIT_RULE)
+        self.wd.config(base_config(tokens=[TOKEN], limits={"max_connections": 0}))
+        p = run_cli(["check", "-c", self.wd.p("hookrouter.lua")], cwd=self.wd.path, timeout=10)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("limits.max_connections", p.stderr + p.stdout)
+
+    def test_emfile_no_spin_and_recovers(self):
+        # Descriptors run out before the cap: accept fails with EMFILE. libuv's reserve fd
+        # accepts and closes the waiting connections, the listener does not spin, any error
+        # reported to us is logged at most once a second, and service resumes once fds are free.
+        r = self.start(limits={"max_connections": 100000})
+        lim = 48
+        p = subprocess.run(["prlimit", "--pid", str(r.proc.pid), "--nofile=%d:%d" % (lim, lim)],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            self.skipTest("prlimit: " + p.stderr)
+        conns = []
+        try:
+            for _ in range(lim + 10):
+                conns.append(socket.create_connection(("127.0.0.1", r.port), timeout=T(5)))
+            def cpu():
+                with open("/proc/%d/stat" % r.proc.pid) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            # the connections past the descriptors were accepted and closed (libuv's reserve fd)
+            def closed_by_server():
+                for c in conns[-5:]:
+                    c.settimeout(T(5))
+                    try:
+                        if c.recv(1) != b"":
+                            return False
+                    except ConnectionResetError:
+                        pass
+                return True
+            self.assertTrue(closed_by_server(), "connections past RLIMIT_NOFILE not closed")
+            c0, t0 = cpu(), time.monotonic()
+            time.sleep(0.5)
+            used, spent = cpu() - c0, time.monotonic() - t0
+            self.assertLess(used, spent * 0.5, "listener spins on EMFILE: %.2fs CPU in %.2fs" % (used, spent))
+            self.assertLessEqual(r.log().count("accept: too many open files"), 3, r.log_tail())
+        finally:
+            for c in conns:
+                c.close()
+        self.assertTrue(wait_until(lambda: self._healthz_or_none(r), T(5)), "no service after EMFILE")
 
 
 if __name__ == "__main__":
