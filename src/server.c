@@ -17,6 +17,10 @@
  * are closed while the app holds its request stays allocated until hr_http_reply(), which then
  * only frees it; when the server itself is freed such connections are detached (server NULL).
  *
+ * Accepting: the server owns its listening socket (a uv_poll on it, accept4 in
+ * on_listen_readable) so that every accept error is seen and logged (libuv's own listener
+ * handles EMFILE silently); past max_connections a connection is closed at once and counted.
+ *
  * Memory: one read buffer per server (the loop is single-threaded and libuv hands it to the
  * read callback right after allocating), and per connection a string arena for the request
  * line and headers, a body buffer, a pending-input buffer and an output buffer, all reused
@@ -26,6 +30,7 @@
 #include "hr/server.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <llhttp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +49,7 @@
 #define LINGER_MAX      (1024u * 1024u) /* bytes dropped during a lingering close */
 #define BODY_KEEP_MAX   (256u * 1024u)  /* larger body buffers are freed between requests */
 #define LISTEN_BACKLOG  511
+#define ACCEPT_BATCH    64   /* connections accepted per readiness event */
 #define WARN_EVERY_MS   1000 /* refusals and accept errors: at most one warn line this often */
 #define UNSET           UINT64_MAX
 #define DEFAULT_HEADERS 16384           /* header_limit when opts give 0 */
@@ -117,7 +123,10 @@ struct hr_server {
     uv_loop_t *loop;            /* the loop everything runs on */
     hr_server_opts_t opts;      /* copied from hr_server_start */
     llhttp_settings_t settings; /* parser callbacks, shared by the connections */
-    uv_tcp_t listener;          /* listening socket */
+    int lfd;                    /* listening socket (ours: accepted by on_listen_readable) */
+    uv_poll_t listener;         /* readiness of lfd */
+    int reserve_fd;             /* spare descriptor given up on EMFILE to shed the backlog, or -1 */
+    bool accept_paused;         /* EMFILE without a reserve: polling waits for a closed conn */
     uv_timer_t token;           /* never started: closed by hr_server_close so cb is async */
     int port;                   /* bound port */
     bool listener_open;         /* listener not yet through its close callback */
@@ -149,6 +158,7 @@ static void conn_close(hr_conn_t *c);
 static void conn_end(hr_conn_t *c);
 static void conn_process_pending(hr_conn_t *c);
 static void server_maybe_finish(hr_server_t *s);
+static void on_listen_readable(uv_poll_t *h, int status, int events);
 
 /* ---------------------------------------------------------------- small helpers */
 
@@ -375,6 +385,10 @@ static void on_conn_handle_close(uv_handle_t *h)
     if (--c->handles_open > 0) return;
     hr_server_t *s = c->server;
     if (s) s->nconns--;
+    if (s && s->accept_paused && !s->stopping) { /* a descriptor is free again */
+        s->accept_paused = false;
+        uv_poll_start(&s->listener, UV_READABLE, on_listen_readable);
+    }
     if (!c->handed) conn_free(c);
     if (s) server_maybe_finish(s);
 }
@@ -1020,49 +1034,48 @@ static void accept_failed(hr_server_t *s, int err)
     s->accept_errs = 0;
 }
 
-/* Close callback of a refused connection's handle. */
-static void on_refused_close(uv_handle_t *h)
+/* Count and log (at most once per WARN_EVERY_MS, with the count since the last line) n
+ * connections closed at once by the server: max_connections open, or shed on EMFILE. */
+static void count_refused(hr_server_t *s, uint64_t n, const char *why)
 {
-    free(h);
-}
-
-/* max_connections are open: accept the new connection and close it at once (no reply: the
- * client may not have sent anything, and a reply would need a write queue). Counted and
- * logged at most once per WARN_EVERY_MS with the count since the last line. */
-static void refuse_connection(hr_server_t *s, uv_stream_t *listener)
-{
-    uv_tcp_t *t = hr_xcalloc(1, sizeof *t);
-    uv_tcp_init(s->loop, t);
-    int r = uv_accept(listener, (uv_stream_t *)t);
-    uv_close((uv_handle_t *)t, on_refused_close);
-    if (r < 0) {
-        accept_failed(s, r);
-        return;
-    }
-    s->refused++;
-    s->refused_unlogged++;
+    s->refused += n;
+    s->refused_unlogged += n;
     if (!warn_due(s, &s->refused_logged_ms)) return;
-    hr_log_warn("limits.max_connections (%zu) reached: %llu connection%s refused since the last "
-                "line (%llu in all)",
-                s->opts.max_connections, (unsigned long long)s->refused_unlogged,
-                s->refused_unlogged == 1 ? "" : "s", (unsigned long long)s->refused);
+    hr_log_warn("%s: %llu connection%s refused since the last line (%llu in all)", why,
+                (unsigned long long)s->refused_unlogged, s->refused_unlogged == 1 ? "" : "s",
+                (unsigned long long)s->refused);
     s->refused_unlogged = 0;
 }
 
-/* A new connection: set it up and start reading, or refuse it past max_connections. Failures
- * close it and are logged. */
-static void on_connection(uv_stream_t *listener, int status)
+/* EMFILE/ENFILE: the pending connections cannot be accepted, and the listener would stay
+ * readable and spin. Give up the reserve descriptor, accept and close what is waiting, take
+ * the reserve back (the classic fix; libuv does the same for its own listeners). Without a
+ * reserve, stop polling until one of our connections closes. */
+static void shed_backlog(hr_server_t *s)
 {
-    hr_server_t *s = listener->data;
-    if (status < 0) {
-        accept_failed(s, status);
+    if (s->reserve_fd < 0) s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (s->reserve_fd < 0) {
+        s->accept_paused = true;
+        uv_poll_stop(&s->listener);
         return;
     }
-    if (s->stopping) return;
-    if (s->opts.max_connections && s->nconns >= s->opts.max_connections) {
-        refuse_connection(s, listener);
-        return;
+    close(s->reserve_fd);
+    uint64_t n = 0;
+    for (;;) {
+        int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0 && errno == EINTR) continue;
+        if (fd < 0) break;
+        close(fd);
+        n++;
     }
+    s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (n) count_refused(s, n, "out of file descriptors (RLIMIT_NOFILE)");
+}
+
+/* A socket fd accepted from the listener: set up its connection and start reading. Takes
+ * fd (closed on failure, which is logged). */
+static void conn_open(hr_server_t *s, int fd)
+{
     hr_conn_t *c = hr_xcalloc(1, sizeof *c);
     c->server = s;
     c->msg_start = UNSET;
@@ -1079,8 +1092,9 @@ static void on_connection(uv_stream_t *listener, int status)
     llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
     parser_set_strict(&c->parser);
     c->parser.data = c;
-    int r = uv_accept(listener, (uv_stream_t *)&c->tcp);
+    int r = uv_tcp_open(&c->tcp, fd);
     if (r < 0) {
+        close(fd);
         accept_failed(s, r);
         conn_close(c);
         return;
@@ -1095,6 +1109,39 @@ static void on_connection(uv_stream_t *listener, int status)
     c->state = ST_IDLE;
     conn_arm(c, s->opts.idle_timeout_ms, on_timer);
     conn_update_reading(c);
+}
+
+/* The listener is readable: accept up to ACCEPT_BATCH connections. Past max_connections they
+ * are closed at once and counted; accept errors are logged (rate-limited); EMFILE/ENFILE
+ * sheds the backlog so that the loop does not spin. */
+static void on_listen_readable(uv_poll_t *h, int status, int events)
+{
+    hr_server_t *s = h->data;
+    (void)events;
+    if (status < 0) {
+        accept_failed(s, status);
+        return;
+    }
+    for (int i = 0; i < ACCEPT_BATCH && !s->stopping; i++) {
+        int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            int e = errno;
+            if (e == EAGAIN || e == EWOULDBLOCK) return;
+            if (e == EINTR || e == ECONNABORTED) continue;
+            accept_failed(s, -e);
+            if (e == EMFILE || e == ENFILE) shed_backlog(s);
+            return;
+        }
+        if (s->opts.max_connections && s->nconns >= s->opts.max_connections) {
+            close(fd);
+            char why[64];
+            snprintf(why, sizeof why, "limits.max_connections (%zu) reached",
+                     s->opts.max_connections);
+            count_refused(s, 1, why);
+            continue;
+        }
+        conn_open(s, fd);
+    }
 }
 
 /* ---------------------------------------------------------------- public API */
@@ -1119,17 +1166,17 @@ static int resolve(uv_loop_t *loop, const char *host, int port, struct sockaddr_
     return 0;
 }
 
-/* Bind a listening socket for addr with SO_REUSEPORT (libuv 1.44 has no flag for it) and hand
- * it to the listener. With exclusive, first check with a plain bind that nothing else listens
- * there: SO_REUSEPORT would otherwise quietly share the port with another process of the same
- * user (a second router on the same spool). Returns 0 or a negative libuv error; on error the
- * socket is closed and the listener still needs uv_close. */
-static int bind_reuseport(uv_tcp_t *listener, const struct sockaddr_storage *addr, bool exclusive)
+/* Make a non-blocking listening socket bound to addr (SO_REUSEADDR as uv_tcp_bind does; with
+ * reuseport also SO_REUSEPORT, for which libuv 1.44 has no flag). With reuseport and
+ * exclusive, first check with a plain bind that nothing else listens there: SO_REUSEPORT
+ * would otherwise quietly share the port with another process of the same user (a second
+ * router on the same spool). Returns the fd, or a negative errno (nothing left open). */
+static int bind_listener(const struct sockaddr_storage *addr, bool reuseport, bool exclusive)
 {
     socklen_t alen =
         addr->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
     int on = 1;
-    if (exclusive && ((const struct sockaddr_in *)addr)->sin_port != 0) {
+    if (reuseport && exclusive && ((const struct sockaddr_in *)addr)->sin_port != 0) {
         int probe = socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (probe < 0) return -errno;
         setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on); /* as uv_tcp_bind */
@@ -1141,24 +1188,19 @@ static int bind_reuseport(uv_tcp_t *listener, const struct sockaddr_storage *add
     if (fd < 0) return -errno;
     int rc = 0;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0 ||
-        bind(fd, (const struct sockaddr *)addr, alen) != 0)
+        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) ||
+        bind(fd, (const struct sockaddr *)addr, alen) != 0 || listen(fd, LISTEN_BACKLOG) != 0)
         rc = -errno;
-    if (rc == 0) rc = uv_tcp_open(listener, fd);
-    if (rc < 0) close(fd);
-    return rc;
-}
-
-/* Close callback of the listener of a server whose start failed: frees it. */
-static void on_failed_listener_close(uv_handle_t *h)
-{
-    free(h->data);
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    return fd;
 }
 
 /* Resolve opts->host, bind and listen (see server.h). A header_limit or body_limit of 0
  * means the defaults above; a timeout of 0 disables that timeout. Returns NULL with the
- * reason in err; the half-made listener is then freed by its close callback, so the loop must
- * run once more before uv_loop_close(). */
+ * reason in err (nothing is left behind: no handle was made). */
 hr_server_t *hr_server_start(uv_loop_t *loop, const hr_server_opts_t *opts, char *err,
                              size_t errlen)
 {
@@ -1195,18 +1237,24 @@ hr_server_t *hr_server_start(uv_loop_t *loop, const hr_server_opts_t *opts, char
     s->settings.on_message_complete = on_message_complete;
     s->settings.on_chunk_header = on_chunk_header;
 
-    uv_tcp_init(loop, &s->listener);
-    s->listener.data = s;
-    if (opts->reuseport)
-        r = bind_reuseport(&s->listener, &addr, opts->exclusive);
-    else
-        r = uv_tcp_bind(&s->listener, (const struct sockaddr *)&addr, 0);
-    if (r == 0) r = uv_listen((uv_stream_t *)&s->listener, LISTEN_BACKLOG, on_connection);
-    if (r < 0) goto err_close_listener;
+    s->reserve_fd = -1;
+    s->lfd = r = bind_listener(&addr, opts->reuseport, opts->exclusive);
+    if (r < 0) goto err_free;
     struct sockaddr_storage bound;
-    int blen = sizeof bound;
-    r = uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &blen);
-    if (r < 0) goto err_close_listener;
+    socklen_t blen = sizeof bound;
+    if (getsockname(s->lfd, (struct sockaddr *)&bound, &blen) != 0) {
+        r = -errno;
+        goto err_close_fd;
+    }
+    r = uv_poll_init_socket(loop, &s->listener, s->lfd);
+    if (r < 0) goto err_close_fd;
+    s->listener.data = s;
+    r = uv_poll_start(&s->listener, UV_READABLE, on_listen_readable);
+    if (r < 0) { /* cannot happen for a fresh poll handle; keep the cleanup simple */
+        hr_log_error("listen: uv_poll_start: %s", uv_strerror(r));
+        abort();
+    }
+    s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     s->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
                                                 : ((struct sockaddr_in *)&bound)->sin_port);
     uv_timer_init(loop, &s->token);
@@ -1214,9 +1262,11 @@ hr_server_t *hr_server_start(uv_loop_t *loop, const hr_server_opts_t *opts, char
     s->listener_open = s->token_open = true;
     return s;
 
-err_close_listener:
+err_close_fd:
+    close(s->lfd);
+err_free:
     snprintf(err, errlen, "listen %s%s%s:%d: %s", lb, host, rb, opts->port, uv_strerror(r));
-    uv_close((uv_handle_t *)&s->listener, on_failed_listener_close);
+    free(s);
     return NULL;
 }
 
@@ -1292,6 +1342,9 @@ static void server_maybe_finish(hr_server_t *s)
 static void on_listener_close(uv_handle_t *h)
 {
     hr_server_t *s = h->data;
+    close(s->lfd);
+    if (s->reserve_fd >= 0) close(s->reserve_fd);
+    s->reserve_fd = -1;
     s->listener_open = false;
     server_maybe_finish(s);
 }

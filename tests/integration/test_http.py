@@ -530,9 +530,10 @@ class HttpTest(HRTestCase):
         self.assertIn("limits.max_connections", p.stderr + p.stdout)
 
     def test_emfile_no_spin_and_recovers(self):
-        # Descriptors run out before the cap: accept fails with EMFILE. libuv's reserve fd
-        # accepts and closes the waiting connections, the listener does not spin, any error
-        # reported to us is logged at most once a second, and service resumes once fds are free.
+        # Descriptors run out before the cap: accept fails with EMFILE. The error is logged (at
+        # most once a second), the reserve fd lets the server accept and close the waiting
+        # connections (counted as refused), the listener does not spin, and service resumes
+        # once descriptors are free.
         r = self.start(limits={"max_connections": 100000})
         lim = 48
         p = subprocess.run(["prlimit", "--pid", str(r.proc.pid), "--nofile=%d:%d" % (lim, lim)],
@@ -547,7 +548,9 @@ class HttpTest(HRTestCase):
                 with open("/proc/%d/stat" % r.proc.pid) as f:
                     fields = f.read().rsplit(")", 1)[1].split()
                 return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            # the connections past the descriptors were accepted and closed (libuv's reserve fd)
+            self.assertTrue(wait_until(lambda: "accept: too many open files" in r.log(), T(5)), r.log_tail())
+            self.assertIn("out of file descriptors (RLIMIT_NOFILE)", r.log())
+            # the connections past the descriptors were accepted and closed (the reserve fd)
             def closed_by_server():
                 for c in conns[-5:]:
                     c.settimeout(T(5))
@@ -566,7 +569,9 @@ class HttpTest(HRTestCase):
         finally:
             for c in conns:
                 c.close()
-        self.assertTrue(wait_until(lambda: self._healthz_or_none(r), T(5)), "no service after EMFILE")
+        h = wait_until(lambda: self._healthz_or_none(r), T(5))
+        self.assertTrue(h, "no service after EMFILE")
+        self.assertGreaterEqual(h["connections_refused"], 5, h)
 
 
 if __name__ == "__main__":
