@@ -573,6 +573,27 @@ class HttpTest(HRTestCase):
         self.assertTrue(h, "no service after EMFILE")
         self.assertGreaterEqual(h["connections_refused"], 5, h)
 
+    def test_max_connections_shared_by_workers(self):
+        # With workers = 2, max_connections = 2 gives each worker 1: whatever way the kernel
+        # spreads connections, at most 2 of them are served at once, at least 1.
+        r = self.start(workers=2, limits={"max_connections": 2})
+        conns = [r.raw() for _ in range(8)]
+        served = 0
+        try:
+            for c in conns:
+                try:
+                    c.send(http_req("POST", "/aifi/customer", body=b'{"n":1}'))
+                    if c.read_response().status == 200:
+                        served += 1
+                except (EOFError, OSError):
+                    pass
+        finally:
+            for c in conns:
+                c.close()
+        self.assertGreaterEqual(served, 1)
+        self.assertLessEqual(served, 2)
+        self.assertIn("limits.max_connections (1) reached", r.log())
+
 
 if __name__ == "__main__":
     main()
