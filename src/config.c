@@ -554,11 +554,13 @@ static void load_limits(loader_t *ld)
         {"actions_per_event", 1, 100000, offsetof(hr_limits_t, actions_per_event), true},
         {"idle_timeout_ms", 1, 86400000, offsetof(hr_limits_t, idle_timeout_ms), false},
         {"request_timeout_ms", 1, 86400000, offsetof(hr_limits_t, request_timeout_ms), false},
+        {"max_connections", 1, 10000000, offsetof(hr_limits_t, max_connections), true},
     };
-    static const char *const keys[] = {
-        "body_bytes",        "header_bytes",       "rule_instructions",
-        "rule_memory_bytes", "state_memory_bytes", "actions_per_event",
-        "idle_timeout_ms",   "request_timeout_ms", NULL};
+    static const char *const keys[] = {"body_bytes",         "header_bytes",
+                                       "rule_instructions",  "rule_memory_bytes",
+                                       "state_memory_bytes", "actions_per_event",
+                                       "idle_timeout_ms",    "request_timeout_ms",
+                                       "max_connections",    NULL};
     lua_State *L = ld->L;
     if (!want_table(ld, "limits")) return;
     check_keys(ld, "limits", keys);

@@ -154,7 +154,8 @@ static void reply_health_with(hr_router_t *r, hr_http_request_t *req, const hr_o
                   "\"spool_bytes\":%llu,\"spool_segments\":%llu,\"spool_corrupt\":%llu,"
                   "\"spool_compactions\":%llu,"
                   "\"targets\":%s},\"replies\":{\"waiting\":%zu,\"fallbacks\":%llu,"
-                  "\"late_answers\":%llu},\"connections\":%zu,\"workers\":%u",
+                  "\"late_answers\":%llu},\"connections\":%zu,\"connections_refused\":%llu,"
+                  "\"workers\":%u",
                   hr_ruleset_store_count(r->rs), hr_ruleset_has_default(r->rs) ? "true" : "false",
                   SUM(r, accepted), SUM(r, dropped), SUM(r, failed), SUM(r, rejected),
                   (unsigned long long)st.pending, (unsigned long long)st.delivered,
@@ -164,7 +165,7 @@ static void reply_health_with(hr_router_t *r, hr_http_request_t *req, const hr_o
                   (unsigned long long)st.spool.segments, (unsigned long long)st.spool.corrupt,
                   (unsigned long long)st.compactions, tj, (size_t)SUM(r, waiting),
                   SUM(r, fallbacks), SUM(r, late_answers), hr_server_connections(r->server),
-                  r->nall);
+                  (unsigned long long)hr_server_refused(r->server), r->nall);
     if (r->port) { /* front workers: which one answered, and each one's events */
         hr_buf_printf(&b, ",\"worker\":%u,\"worker_events\":[", r->index);
         for (unsigned i = 0; i < r->nall; i++)
@@ -760,7 +761,19 @@ static int router_listen(hr_router_t *r, int port, bool reuseport, bool exclusiv
                          size_t errlen)
 {
     const hr_config_t *cfg = hr_ruleset_config(r->rs);
+    /* limits.max_connections is for all workers: each gets its share. The default leaves of
+     * RLIMIT_NOFILE (raised to the hard limit) a reserve for the spool, files, outbound
+     * connections and the loop (see README, limits.max_connections). */
+    uint64_t nofile = hr_server_raise_nofile();
+    unsigned nw = r->nall ? r->nall : 1;
+    size_t maxc =
+        cfg->limits.max_connections
+            ? (cfg->limits.max_connections + nw - 1) / nw
+            : hr_server_default_max_connections(
+                  nofile, 64 + cfg->nfiles + (uint64_t)cfg->ntargets * cfg->max_conns_per_target,
+                  nw);
     hr_server_opts_t so = {.host = cfg->listen_host,
+                           .max_connections = maxc,
                            .port = port,
                            .body_limit = cfg->limits.body_bytes,
                            .header_limit = cfg->limits.header_bytes,

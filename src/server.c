@@ -17,6 +17,10 @@
  * are closed while the app holds its request stays allocated until hr_http_reply(), which then
  * only frees it; when the server itself is freed such connections are detached (server NULL).
  *
+ * Accepting: the server owns its listening socket (a uv_poll on it, accept4 in
+ * on_listen_readable) so that every accept error is seen and logged (libuv's own listener
+ * handles EMFILE silently); past max_connections a connection is closed at once and counted.
+ *
  * Memory: one read buffer per server (the loop is single-threaded and libuv hands it to the
  * read callback right after allocating), and per connection a string arena for the request
  * line and headers, a body buffer, a pending-input buffer and an output buffer, all reused
@@ -26,10 +30,12 @@
 #include "hr/server.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <llhttp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -43,11 +49,24 @@
 #define LINGER_MAX      (1024u * 1024u) /* bytes dropped during a lingering close */
 #define BODY_KEEP_MAX   (256u * 1024u)  /* larger body buffers are freed between requests */
 #define LISTEN_BACKLOG  511
+#define ACCEPT_BATCH    64   /* connections accepted per readiness event */
+#define WARN_EVERY_MS   1000 /* refusals and accept errors: at most one warn line this often */
 #define UNSET           UINT64_MAX
 #define DEFAULT_HEADERS 16384           /* header_limit when opts give 0 */
 #define DEFAULT_BODY    (1024u * 1024u) /* body_limit when opts give 0 */
 
 typedef enum { ST_IDLE, ST_READING, ST_APP, ST_DRAIN, ST_ENDING } conn_state_t;
+
+/* States of the strictness pre-scanner (see "strictness" below): where the raw bytes of the
+ * current request's head are. */
+typedef enum {
+    PS_START,      /* before the request line: empty lines are skipped (as llhttp does) */
+    PS_REQLINE,    /* inside the request line */
+    PS_LINE_START, /* at the first byte of a header line (or of the empty line ending them) */
+    PS_LINE,       /* inside a header line */
+    PS_END_CR,     /* CR of the empty line ending the headers seen */
+    PS_PASSIVE     /* past the header block: llhttp frames the body; reset per request */
+} prescan_state_t;
 
 typedef struct hr_conn hr_conn_t;
 
@@ -73,6 +92,11 @@ struct hr_conn {
     const char *chunk_base; /* start of the chunk llhttp is executing */
     int err_status;         /* limit hit inside a callback: 413 or 431, else 0 */
     const char *err_msg;    /* its message */
+    prescan_state_t ps;     /* strictness pre-scanner state, kept across reads */
+    int rl_spaces;          /* spaces seen in the request line (2 when it has a version) */
+    uint64_t chunk_left;    /* data bytes of the current chunk not yet seen */
+    int crlf_need;          /* bytes of the CRLF after a chunk's data not yet checked (0-2) */
+    const char *chunk_end;  /* end of the data llhttp is executing */
     bool in_field;          /* receiving a header name */
     bool in_value;          /* receiving a header value */
     bool headers_done;      /* on_headers_complete seen (later headers are trailers) */
@@ -99,7 +123,10 @@ struct hr_server {
     uv_loop_t *loop;            /* the loop everything runs on */
     hr_server_opts_t opts;      /* copied from hr_server_start */
     llhttp_settings_t settings; /* parser callbacks, shared by the connections */
-    uv_tcp_t listener;          /* listening socket */
+    int lfd;                    /* listening socket (ours: accepted by on_listen_readable) */
+    uv_poll_t listener;         /* readiness of lfd */
+    int reserve_fd;             /* spare descriptor given up on EMFILE to shed the backlog, or -1 */
+    bool accept_paused;         /* EMFILE without a reserve: polling waits for a closed conn */
     uv_timer_t token;           /* never started: closed by hr_server_close so cb is async */
     int port;                   /* bound port */
     bool listener_open;         /* listener not yet through its close callback */
@@ -109,6 +136,11 @@ struct hr_server {
     bool closing;               /* hr_server_close called */
     size_t nconns;              /* connections with handles open */
     size_t inflight;            /* requests handed over and not replied */
+    uint64_t refused;           /* connections closed at once: max_connections reached */
+    uint64_t refused_unlogged;  /* of those, not yet in a warn line */
+    uint64_t refused_logged_ms; /* uv_now of the last refusal warn line, or 0 */
+    uint64_t accept_errs;       /* accept errors not yet in a warn line */
+    uint64_t accept_logged_ms;  /* uv_now of the last accept error warn line, or 0 */
     hr_conn_t *conns;           /* all connections, incl. closed ones whose req the app holds */
     void (*close_cb)(void *arg);
     void *close_arg;
@@ -126,6 +158,7 @@ static void conn_close(hr_conn_t *c);
 static void conn_end(hr_conn_t *c);
 static void conn_process_pending(hr_conn_t *c);
 static void server_maybe_finish(hr_server_t *s);
+static void on_listen_readable(uv_poll_t *h, int status, int events);
 
 /* ---------------------------------------------------------------- small helpers */
 
@@ -352,6 +385,10 @@ static void on_conn_handle_close(uv_handle_t *h)
     if (--c->handles_open > 0) return;
     hr_server_t *s = c->server;
     if (s) s->nconns--;
+    if (s && s->accept_paused && !s->stopping) { /* a descriptor is free again */
+        s->accept_paused = false;
+        uv_poll_start(&s->listener, UV_READABLE, on_listen_readable);
+    }
     if (!c->handed) conn_free(c);
     if (s) server_maybe_finish(s);
 }
@@ -446,7 +483,7 @@ static void conn_fail(hr_conn_t *c, int status, const char *msg)
             conn_close(c);
             return;
         }
-        hr_log_debug("%s: %d %s", c->req.peer, status, msg);
+        hr_log_info("%s: %d %s", c->req.peer, status, msg);
     }
     conn_end(c);
 }
@@ -461,6 +498,76 @@ static void on_timer(uv_timer_t *t)
         return;
     }
     conn_close(c);
+}
+
+/* ---------------------------------------------------------------- strictness
+ *
+ * llhttp 8.1 parses strictly by default (every lenient flag off; parser_set_strict says so
+ * explicitly), but it lets through a few things RFC 9112 forbids. They are refused here:
+ *   - obs-fold (a header line starting with SP or HTAB, RFC 9112 5.2) and an empty header
+ *     name (": v"): llhttp 8.1 accepts both. prescan() looks at the raw bytes of the request
+ *     head before llhttp does;
+ *   - chunk data not followed by CRLF (RFC 9112 7.1): llhttp 8.1 skips any two bytes there,
+ *     which lets a front proxy and us disagree on where a request ends (smuggling). on_body
+ *     checks the two bytes after each chunk's data, prescan() those that arrive in a later
+ *     read;
+ *   - a chunk larger than what is left of body_limit: on_chunk_header answers 413 as soon as
+ *     the size line is read, instead of waiting for the data (or the request timeout);
+ *   - a request line without a version ("GET /"): llhttp takes it for HTTP/0.9 (and waits
+ *     for headers); prescan() refuses it at the end of the line, on_headers_complete too.
+ * The pre-scanner keeps its state in the connection, so a request split anywhere across
+ * reads (even byte by byte) is judged the same as one that arrives whole. It only reads the
+ * request line and headers of each request (PS_PASSIVE afterwards, until request_reset), so
+ * body bytes are never mistaken for header lines. */
+
+/* Turn off every lenient mode of llhttp 8.1 (they are off by default: this documents it and
+ * keeps it so if the defaults change). */
+static void parser_set_strict(llhttp_t *p)
+{
+    llhttp_set_lenient_headers(p, 0);
+    llhttp_set_lenient_chunked_length(p, 0);
+    llhttp_set_lenient_keep_alive(p, 0);
+    llhttp_set_lenient_transfer_encoding(p, 0);
+}
+
+/* Check the raw bytes [data, data+len) that llhttp is about to parse: the end of a chunk's
+ * CRLF left over from the previous read, and the shape of the request head's lines. Updates
+ * c->ps and c->crlf_need. Returns NULL, or a message for a 400 (the connection then ends, so
+ * the state need not be consistent afterwards). */
+static const char *prescan(hr_conn_t *c, const char *data, size_t len)
+{
+    size_t i = 0;
+    for (; c->crlf_need > 0 && i < len; i++, c->crlf_need--) {
+        if (data[i] != "\r\n"[2 - c->crlf_need]) return "chunk data not followed by CRLF";
+    }
+    for (; i < len && c->ps != PS_PASSIVE; i++) {
+        char ch = data[i];
+        switch (c->ps) {
+        case PS_START:
+            if (ch != '\r' && ch != '\n') c->ps = PS_REQLINE;
+            c->rl_spaces = 0;
+            break;
+        case PS_REQLINE:
+            /* "GET /" alone: llhttp would wait for headers of an HTTP/0.9 request. */
+            if (ch == ' ') c->rl_spaces++;
+            if (ch == '\n' && c->rl_spaces < 2) return "request line without HTTP version";
+            if (ch == '\n') c->ps = PS_LINE_START;
+            break;
+        case PS_LINE:
+            if (ch == '\n') c->ps = PS_LINE_START;
+            break;
+        case PS_LINE_START:
+            if (ch == ' ' || ch == '\t') return "obsolete line folding in a header (obs-fold)";
+            if (ch == ':') return "empty header name";
+            c->ps = ch == '\r' ? PS_END_CR : ch == '\n' ? PS_PASSIVE : PS_LINE;
+            break;
+        case PS_END_CR:
+            c->ps = PS_PASSIVE; /* CR not followed by LF: llhttp refuses it */
+            break;
+        case PS_PASSIVE: break;
+        }
+    }
+    return NULL;
 }
 
 /* ---------------------------------------------------------------- parser callbacks */
@@ -625,6 +732,11 @@ static int on_headers_complete(llhttp_t *p)
     c->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade && !s->stopping;
     request_fix_pointers(c);
 
+    if (r->http_major == 0) { /* llhttp's HTTP/0.9: "GET /" with nothing after the URL */
+        c->err_status = 400;
+        c->err_msg = "malformed HTTP request: request line without HTTP version";
+        return HPE_PAUSED;
+    }
     if (has_len && r->content_length > s->opts.body_limit) {
         c->err_status = 413;
         c->err_msg = "request body too large";
@@ -665,6 +777,20 @@ static int on_headers_complete(llhttp_t *p)
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     hr_conn_t *c = p->data;
+    if (p->flags & F_CHUNKED) {
+        /* llhttp hands over at most the chunk's size; after the last byte comes CRLF. */
+        c->chunk_left -= len < c->chunk_left ? len : c->chunk_left;
+        if (c->chunk_left == 0) {
+            const char *q = at + len;
+            for (c->crlf_need = 2; c->crlf_need > 0 && q < c->chunk_end; q++, c->crlf_need--) {
+                if (*q != "\r\n"[2 - c->crlf_need]) {
+                    c->err_status = 400;
+                    c->err_msg = "malformed HTTP request: chunk data not followed by CRLF";
+                    return HPE_USER;
+                }
+            }
+        }
+    }
     if (c->discard_body) return 0;
     if (c->body.len + len > c->server->opts.body_limit) {
         c->err_status = 413;
@@ -672,6 +798,20 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
         return HPE_USER;
     }
     hr_buf_append(&c->body, at, len);
+    return 0;
+}
+
+/* A chunk's size line is read (its size in p->content_length): refuse at once a chunk that
+ * would take the body past the limit. Returns 0, or HPE_USER with a 413 recorded. */
+static int on_chunk_header(llhttp_t *p)
+{
+    hr_conn_t *c = p->data;
+    c->chunk_left = p->content_length;
+    if (!c->discard_body && p->content_length > c->server->opts.body_limit - c->body.len) {
+        c->err_status = 413;
+        c->err_msg = "request body too large (chunk size over the limit)";
+        return HPE_USER;
+    }
     return 0;
 }
 
@@ -720,6 +860,9 @@ static void request_reset(hr_conn_t *c)
     c->in_field = c->in_value = false;
     c->headers_done = c->msg_complete = c->handed = c->replied = c->discard_body = false;
     c->close_if_early = false;
+    c->ps = PS_START;
+    c->chunk_left = 0;
+    c->crlf_need = 0;
     c->keep_alive = false;
 }
 
@@ -733,6 +876,14 @@ static size_t conn_execute(hr_conn_t *c, const char *data, size_t len)
     size_t used = 0;
     while (!c->closing && !c->ending) {
         c->chunk_base = data + used;
+        c->chunk_end = data + len;
+        const char *bad = prescan(c, data + used, len - used);
+        if (bad) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "malformed HTTP request: %s", bad);
+            conn_fail(c, 400, msg);
+            break;
+        }
         c->in_execute = true;
         llhttp_errno_t err = llhttp_execute(&c->parser, data + used, len - used);
         c->in_execute = false;
@@ -859,15 +1010,72 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 
 /* ---------------------------------------------------------------- accepting */
 
-/* A new connection: set it up and start reading. Failures close it and are logged. */
-static void on_connection(uv_stream_t *listener, int status)
+/* True if a rate-limited warn line may go out now (at most one per WARN_EVERY_MS); then
+ * *last is set to now. */
+static bool warn_due(hr_server_t *s, uint64_t *last)
 {
-    hr_server_t *s = listener->data;
-    if (status < 0) {
-        hr_log_warn("accept: %s", uv_strerror(status));
+    uint64_t now = uv_now(s->loop);
+    if (*last != 0 && now - *last < WARN_EVERY_MS) return false;
+    *last = now ? now : 1;
+    return true;
+}
+
+/* An accept error: counted and logged, at most once per WARN_EVERY_MS with the count since the
+ * last line. On EMFILE/ENFILE libuv (1.44, src/unix/stream.c uv__emfile_trick) has already
+ * closed its reserve descriptor, accepted and closed the waiting connections and reopened it,
+ * so the listener does not spin on a queue it cannot empty. */
+static void accept_failed(hr_server_t *s, int err)
+{
+    s->accept_errs++;
+    if (!warn_due(s, &s->accept_logged_ms)) return;
+    hr_log_warn("accept: %s (%llu error%s since the last line; open connections %zu)",
+                uv_strerror(err), (unsigned long long)s->accept_errs,
+                s->accept_errs == 1 ? "" : "s", s->nconns);
+    s->accept_errs = 0;
+}
+
+/* Count and log (at most once per WARN_EVERY_MS, with the count since the last line) n
+ * connections closed at once by the server: max_connections open, or shed on EMFILE. */
+static void count_refused(hr_server_t *s, uint64_t n, const char *why)
+{
+    s->refused += n;
+    s->refused_unlogged += n;
+    if (!warn_due(s, &s->refused_logged_ms)) return;
+    hr_log_warn("%s: %llu connection%s refused since the last line (%llu in all)", why,
+                (unsigned long long)s->refused_unlogged, s->refused_unlogged == 1 ? "" : "s",
+                (unsigned long long)s->refused);
+    s->refused_unlogged = 0;
+}
+
+/* EMFILE/ENFILE: the pending connections cannot be accepted, and the listener would stay
+ * readable and spin. Give up the reserve descriptor, accept and close what is waiting, take
+ * the reserve back (the classic fix; libuv does the same for its own listeners). Without a
+ * reserve, stop polling until one of our connections closes. */
+static void shed_backlog(hr_server_t *s)
+{
+    if (s->reserve_fd < 0) s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (s->reserve_fd < 0) {
+        s->accept_paused = true;
+        uv_poll_stop(&s->listener);
         return;
     }
-    if (s->stopping) return;
+    close(s->reserve_fd);
+    uint64_t n = 0;
+    for (;;) {
+        int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0 && errno == EINTR) continue;
+        if (fd < 0) break;
+        close(fd);
+        n++;
+    }
+    s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (n) count_refused(s, n, "out of file descriptors (RLIMIT_NOFILE)");
+}
+
+/* A socket fd accepted from the listener: set up its connection and start reading. Takes
+ * fd (closed on failure, which is logged). */
+static void conn_open(hr_server_t *s, int fd)
+{
     hr_conn_t *c = hr_xcalloc(1, sizeof *c);
     c->server = s;
     c->msg_start = UNSET;
@@ -882,10 +1090,12 @@ static void on_connection(uv_stream_t *listener, int status)
     s->conns = c;
     s->nconns++;
     llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
+    parser_set_strict(&c->parser);
     c->parser.data = c;
-    int r = uv_accept(listener, (uv_stream_t *)&c->tcp);
+    int r = uv_tcp_open(&c->tcp, fd);
     if (r < 0) {
-        hr_log_warn("accept: %s", uv_strerror(r));
+        close(fd);
+        accept_failed(s, r);
         conn_close(c);
         return;
     }
@@ -899,6 +1109,39 @@ static void on_connection(uv_stream_t *listener, int status)
     c->state = ST_IDLE;
     conn_arm(c, s->opts.idle_timeout_ms, on_timer);
     conn_update_reading(c);
+}
+
+/* The listener is readable: accept up to ACCEPT_BATCH connections. Past max_connections they
+ * are closed at once and counted; accept errors are logged (rate-limited); EMFILE/ENFILE
+ * sheds the backlog so that the loop does not spin. */
+static void on_listen_readable(uv_poll_t *h, int status, int events)
+{
+    hr_server_t *s = h->data;
+    (void)events;
+    if (status < 0) {
+        accept_failed(s, status);
+        return;
+    }
+    for (int i = 0; i < ACCEPT_BATCH && !s->stopping; i++) {
+        int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            int e = errno;
+            if (e == EAGAIN || e == EWOULDBLOCK) return;
+            if (e == EINTR || e == ECONNABORTED) continue;
+            accept_failed(s, -e);
+            if (e == EMFILE || e == ENFILE) shed_backlog(s);
+            return;
+        }
+        if (s->opts.max_connections && s->nconns >= s->opts.max_connections) {
+            close(fd);
+            char why[64];
+            snprintf(why, sizeof why, "limits.max_connections (%zu) reached",
+                     s->opts.max_connections);
+            count_refused(s, 1, why);
+            continue;
+        }
+        conn_open(s, fd);
+    }
 }
 
 /* ---------------------------------------------------------------- public API */
@@ -923,17 +1166,17 @@ static int resolve(uv_loop_t *loop, const char *host, int port, struct sockaddr_
     return 0;
 }
 
-/* Bind a listening socket for addr with SO_REUSEPORT (libuv 1.44 has no flag for it) and hand
- * it to the listener. With exclusive, first check with a plain bind that nothing else listens
- * there: SO_REUSEPORT would otherwise quietly share the port with another process of the same
- * user (a second router on the same spool). Returns 0 or a negative libuv error; on error the
- * socket is closed and the listener still needs uv_close. */
-static int bind_reuseport(uv_tcp_t *listener, const struct sockaddr_storage *addr, bool exclusive)
+/* Make a non-blocking listening socket bound to addr (SO_REUSEADDR as uv_tcp_bind does; with
+ * reuseport also SO_REUSEPORT, for which libuv 1.44 has no flag). With reuseport and
+ * exclusive, first check with a plain bind that nothing else listens there: SO_REUSEPORT
+ * would otherwise quietly share the port with another process of the same user (a second
+ * router on the same spool). Returns the fd, or a negative errno (nothing left open). */
+static int bind_listener(const struct sockaddr_storage *addr, bool reuseport, bool exclusive)
 {
     socklen_t alen =
         addr->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
     int on = 1;
-    if (exclusive && ((const struct sockaddr_in *)addr)->sin_port != 0) {
+    if (reuseport && exclusive && ((const struct sockaddr_in *)addr)->sin_port != 0) {
         int probe = socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (probe < 0) return -errno;
         setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on); /* as uv_tcp_bind */
@@ -945,24 +1188,19 @@ static int bind_reuseport(uv_tcp_t *listener, const struct sockaddr_storage *add
     if (fd < 0) return -errno;
     int rc = 0;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0 ||
-        bind(fd, (const struct sockaddr *)addr, alen) != 0)
+        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) ||
+        bind(fd, (const struct sockaddr *)addr, alen) != 0 || listen(fd, LISTEN_BACKLOG) != 0)
         rc = -errno;
-    if (rc == 0) rc = uv_tcp_open(listener, fd);
-    if (rc < 0) close(fd);
-    return rc;
-}
-
-/* Close callback of the listener of a server whose start failed: frees it. */
-static void on_failed_listener_close(uv_handle_t *h)
-{
-    free(h->data);
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    return fd;
 }
 
 /* Resolve opts->host, bind and listen (see server.h). A header_limit or body_limit of 0
  * means the defaults above; a timeout of 0 disables that timeout. Returns NULL with the
- * reason in err; the half-made listener is then freed by its close callback, so the loop must
- * run once more before uv_loop_close(). */
+ * reason in err (nothing is left behind: no handle was made). */
 hr_server_t *hr_server_start(uv_loop_t *loop, const hr_server_opts_t *opts, char *err,
                              size_t errlen)
 {
@@ -997,19 +1235,26 @@ hr_server_t *hr_server_start(uv_loop_t *loop, const hr_server_opts_t *opts, char
     s->settings.on_headers_complete = on_headers_complete;
     s->settings.on_body = on_body;
     s->settings.on_message_complete = on_message_complete;
+    s->settings.on_chunk_header = on_chunk_header;
 
-    uv_tcp_init(loop, &s->listener);
-    s->listener.data = s;
-    if (opts->reuseport)
-        r = bind_reuseport(&s->listener, &addr, opts->exclusive);
-    else
-        r = uv_tcp_bind(&s->listener, (const struct sockaddr *)&addr, 0);
-    if (r == 0) r = uv_listen((uv_stream_t *)&s->listener, LISTEN_BACKLOG, on_connection);
-    if (r < 0) goto err_close_listener;
+    s->reserve_fd = -1;
+    s->lfd = r = bind_listener(&addr, opts->reuseport, opts->exclusive);
+    if (r < 0) goto err_free;
     struct sockaddr_storage bound;
-    int blen = sizeof bound;
-    r = uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &blen);
-    if (r < 0) goto err_close_listener;
+    socklen_t blen = sizeof bound;
+    if (getsockname(s->lfd, (struct sockaddr *)&bound, &blen) != 0) {
+        r = -errno;
+        goto err_close_fd;
+    }
+    r = uv_poll_init_socket(loop, &s->listener, s->lfd);
+    if (r < 0) goto err_close_fd;
+    s->listener.data = s;
+    r = uv_poll_start(&s->listener, UV_READABLE, on_listen_readable);
+    if (r < 0) { /* cannot happen for a fresh poll handle; keep the cleanup simple */
+        hr_log_error("listen: uv_poll_start: %s", uv_strerror(r));
+        abort();
+    }
+    s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     s->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
                                                 : ((struct sockaddr_in *)&bound)->sin_port);
     uv_timer_init(loop, &s->token);
@@ -1017,9 +1262,11 @@ hr_server_t *hr_server_start(uv_loop_t *loop, const hr_server_opts_t *opts, char
     s->listener_open = s->token_open = true;
     return s;
 
-err_close_listener:
+err_close_fd:
+    close(s->lfd);
+err_free:
     snprintf(err, errlen, "listen %s%s%s:%d: %s", lb, host, rb, opts->port, uv_strerror(r));
-    uv_close((uv_handle_t *)&s->listener, on_failed_listener_close);
+    free(s);
     return NULL;
 }
 
@@ -1039,6 +1286,39 @@ size_t hr_server_inflight(const hr_server_t *s)
 size_t hr_server_connections(const hr_server_t *s)
 {
     return s->nconns;
+}
+
+/* Connections refused past max_connections. */
+uint64_t hr_server_refused(const hr_server_t *s)
+{
+    return s->refused;
+}
+
+/* Raise the soft descriptor limit to the hard one (see server.h). */
+uint64_t hr_server_raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
+    if (rl.rlim_cur != rl.rlim_max) {
+        rlim_t want = rl.rlim_max;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+            hr_log_warn("raising RLIMIT_NOFILE to %llu: %s", (unsigned long long)want,
+                        strerror(errno));
+            getrlimit(RLIMIT_NOFILE, &rl);
+        }
+    }
+    return rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
+}
+
+/* (nofile - reserve) / workers, at least 16 (see server.h). */
+size_t hr_server_default_max_connections(uint64_t nofile, uint64_t reserve, unsigned workers)
+{
+    if (workers == 0) workers = 1;
+    uint64_t left = nofile > reserve ? nofile - reserve : 0;
+    uint64_t each = left / workers;
+    if (each > 10000000) each = 10000000; /* the largest limits.max_connections */
+    return each < 16 ? 16 : (size_t)each;
 }
 
 /* Free the server once it is closing and every handle is closed; connections whose request
@@ -1062,6 +1342,9 @@ static void server_maybe_finish(hr_server_t *s)
 static void on_listener_close(uv_handle_t *h)
 {
     hr_server_t *s = h->data;
+    close(s->lfd);
+    if (s->reserve_fd >= 0) close(s->reserve_fd);
+    s->reserve_fd = -1;
     s->listener_open = false;
     server_maybe_finish(s);
 }

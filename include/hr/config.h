@@ -68,6 +68,8 @@ typedef struct {
     size_t actions_per_event;    /* default 100 forward() and write() calls per event */
     uint64_t idle_timeout_ms;    /* default 60 s */
     uint64_t request_timeout_ms; /* default 30 s */
+    size_t max_connections;      /* inbound connections, all workers; 0 (default): derived from
+                                    RLIMIT_NOFILE (hr_server_default_max_connections) */
 } hr_limits_t;
 
 typedef struct hr_config {

@@ -14,10 +14,12 @@
  * for its reply, the server does not parse the next one (pipelined requests stay buffered),
  * so replies always go out in request order.
  *
- * The server itself answers: 400 (malformed HTTP, then close), 413 (body over the limit, then
- * close), 431 (header block over the limit, then close), 408 / close on the request timeout
- * (a request not complete within request_timeout_ms of its first byte), and closes idle
- * keep-alive connections after idle_timeout_ms. It honours keep-alive rules of HTTP/1.0 and
+ * The server itself answers: 400 (malformed HTTP, then close; beyond llhttp's strict mode also
+ * obs-fold, an empty header name, a request line without a version and chunk data not
+ * followed by CRLF), 413 (body over the limit, then close; a chunk whose size line already
+ * says so is refused at once), 431 (header block over the limit, then close), 408 / close on the
+ * request timeout (a request not complete within request_timeout_ms of its first byte), and closes
+ * idle keep-alive connections after idle_timeout_ms. It honours keep-alive rules of HTTP/1.0 and
  * 1.1 and "Connection: close".
  */
 #ifndef HR_SERVER_H
@@ -55,6 +57,8 @@ typedef struct {
     size_t header_limit;         /* bytes of request line + headers; larger get 431 */
     uint64_t idle_timeout_ms;    /* close keep-alive connections idle this long */
     uint64_t request_timeout_ms; /* a request must be complete this long after its first byte */
+    size_t max_connections;      /* open connections past which new ones are accepted and
+                                    closed at once (counted, see hr_server_refused); 0: no cap */
     bool reuseport;              /* SO_REUSEPORT: servers on several loops share the address */
     bool exclusive;              /* with reuseport: fail if another socket already has it */
     void (*on_headers)(hr_http_request_t *req, void *arg);
@@ -75,6 +79,16 @@ void hr_server_stop_accepting(hr_server_t *s);
 size_t hr_server_inflight(const hr_server_t *s);
 /* Number of open connections. */
 size_t hr_server_connections(const hr_server_t *s);
+/* Connections accepted and closed at once because max_connections were open. */
+uint64_t hr_server_refused(const hr_server_t *s);
+
+/* Raise the soft RLIMIT_NOFILE to the hard limit (logged if that fails). Returns the soft
+ * limit now in force (UINT64_MAX for "unlimited"). Can be called more than once. */
+uint64_t hr_server_raise_nofile(void);
+/* The default connection cap of one server among `workers`: the descriptors left by nofile
+ * once `reserve` are set aside for the spool, files, outbound connections and the loop,
+ * shared evenly by the workers; at least 16 each. Pure. */
+size_t hr_server_default_max_connections(uint64_t nofile, uint64_t reserve, unsigned workers);
 /* Close everything (requests still waiting for a reply are dropped: call hr_http_reply on
  * them is then a no-op that frees them). cb runs once every handle is closed; then the
  * server is freed. */

@@ -1,7 +1,9 @@
 """Inbound HTTP: status codes, auth, keep-alive, pipelining, chunked, 100-continue, timeouts."""
+import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
 
@@ -416,6 +418,212 @@ class HttpTest(HRTestCase):
         self.assertEqual(resp.status, 404)
         resp = r.post("/aifi/customer", {"a": 1}, token="bad")
         self.assertEqual(resp.status, 401)
+
+    # --- strictness beyond llhttp 8.1 (issue 9) -------------------------------------------
+    def send_split(self, c, data, bytewise):
+        """Send data whole, or one byte per send (TCP_NODELAY, a pause now and then) so that
+        the server sees it split at every possible place."""
+        if not bytewise:
+            c.send(data)
+            return
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(data)):
+            c.send(data[i:i + 1])
+            if i % 7 == 0:
+                time.sleep(0.001)
+
+    def head(self, extra=b"", te=True):
+        return (b"POST /aifi/customer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                + b"\r\n" + (b"Transfer-Encoding: chunked\r\n" if te else b"") + extra + b"\r\n")
+
+    def expect_refused(self, r, data, status, words):
+        for bytewise in (False, True):
+            with r.raw() as c:
+                self.send_split(c, data, bytewise)
+                resp = c.read_response()
+                what = "for %r (bytewise=%s): %r" % (data, bytewise, resp)
+                self.assertEqual(resp.status, status, what)
+                self.assertIn("application/json", resp.header("Content-Type") or "", what)
+                self.assertIn(words, json.loads(resp.body)["error"], what)
+                self.assertTrue(c.closed_within(T(2)), "not closed " + what)
+        self.assertIn(words, r.log())
+
+    def test_chunk_data_without_crlf_400(self):
+        r = self.start()
+        # llhttp 8.1 skips any two bytes after chunk data: "XY" would hide a second request.
+        self.expect_refused(r, self.head() + b"2\r\n{}XY0\r\n\r\n", 400, "chunk data not followed by CRLF")
+        self.expect_refused(r, self.head() + b"2\r\n{}\rX0\r\n\r\n", 400, "chunk data not followed by CRLF")
+        self.assertEqual(len(self.wd.jsonl("var/audit.jsonl")), 0)
+
+    def test_huge_chunk_size_413_at_once(self):
+        # The request timeout is long: a 413 that comes quickly cannot be the timeout's 408.
+        r = self.start(limits={"body_bytes": 1024, "request_timeout_ms": 60000})
+        self.expect_refused(r, self.head() + b"ffffffffffffffff\r\n", 413, "chunk size over the limit")
+        self.expect_refused(r, self.head() + b"401\r\n", 413, "chunk size over the limit")
+        # a first chunk within the limit, the second one past it
+        self.expect_refused(r, self.head() + b"200\r\n" + b" " * 512 + b"\r\n201\r\n", 413, "chunk size over the limit")
+
+    def test_chunk_extension_accepted(self):
+        r = self.start()
+        for bytewise in (False, True):
+            with r.raw() as c:
+                data = (self.head() + b"3;name=value\r\n{\"n\r\n4;x;y=\"q z\"\r\n\":%d}\r\n0\r\n\r\n" % int(bytewise)
+                        + http_req("GET", "/healthz", body=None, token=None))
+                self.send_split(c, data, bytewise)
+                self.assertEqual(c.read_response().status, 200)
+                self.assertEqual(c.read_response(method="GET").status, 200)
+        self.assertEqual([a["body"] for a in self.audit(2)], [{"n": 0}, {"n": 1}])
+
+    def test_empty_header_name_400(self):
+        r = self.start()
+        self.expect_refused(r, self.head(b": v\r\nContent-Length: 2\r\n", te=False) + b"{}", 400, "empty header name")
+
+    def test_obs_fold_400(self):
+        r = self.start()
+        self.expect_refused(r, self.head(b"X-A: a\r\n b\r\nContent-Length: 2\r\n", te=False) + b"{}", 400, "obs-fold")
+        self.expect_refused(r, self.head(b"X-A:\r\n\tb\r\nContent-Length: 2\r\n", te=False) + b"{}", 400, "obs-fold")
+        self.assertEqual(len(self.wd.jsonl("var/audit.jsonl")), 0)
+
+    def test_request_line_without_version_400(self):
+        r = self.start()
+        self.expect_refused(r, b"GET /\r\n", 400, "request line without HTTP version")
+        self.expect_refused(r, b"GET /healthz\r\n\r\n", 400, "request line without HTTP version")
+
+    def test_strict_checks_leave_pipelined_bodies_alone(self):
+        # Body bytes that look like a fold, an empty name or a bad chunk end are not header
+        # lines: the pre-scanner reads only the request heads.
+        r = self.start()
+        body = b'{"a":\r\n ":"}'
+        data = (http_req("POST", "/aifi/customer", body=body)
+                + self.head() + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+                + http_req("POST", "/aifi/customer", body=b'{"b":1}'))
+        for bytewise in (False, True):
+            with r.raw() as c:
+                self.send_split(c, data, bytewise)
+                for _ in range(3):
+                    self.assertEqual(c.read_response().status, 200)
+        self.assertEqual(len(self.audit(6)), 6)
+
+    # --- connection cap (issue 9) ---------------------------------------------------------
+    def test_max_connections_refuses_counts_and_logs(self):
+        r = self.start(limits={"max_connections": 3})
+        held = [r.raw() for _ in range(3)]
+        try:
+            for c in held:  # each one is surely accepted and counted
+                c.send(http_req("POST", "/aifi/customer", body=b'{"n":1}'))
+                self.assertEqual(c.read_response().status, 200)
+            for _ in range(2):
+                with r.raw() as extra:
+                    self.assertTrue(extra.closed_within(T(2)), "connection past the cap not closed")
+                    self.assertEqual(extra.buf, b"", "a refused connection gets no bytes")
+            # the held ones still work
+            held[0].send(http_req("POST", "/aifi/customer", body=b'{"n":2}'))
+            self.assertEqual(held[0].read_response().status, 200)
+        finally:
+            held[0].close()
+        # a slot is free again once the server has seen the close
+        h = wait_until(lambda: self._healthz_or_none(r), T(5))
+        self.assertTrue(h, "no /healthz after a slot was freed")
+        # 2, plus the /healthz attempts made before the server saw the close
+        self.assertGreaterEqual(h["connections_refused"], 2, h)
+        self.assertEqual(h["connections"], 3, h)
+        self.assertIn("limits.max_connections (3) reached: 1 connection refused", r.log())
+        for c in held[1:]:
+            c.close()
+
+    def _healthz_or_none(self, r):
+        try:
+            return r.healthz()
+        except Exception:
+            return None
+
+    def test_max_connections_default_and_rlimit(self):
+        # No cap configured: derived from RLIMIT_NOFILE, which is raised to the hard limit.
+        # The router inherits a low soft limit from here.
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        try:
+            r = self.start()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        self.assertEqual(r.healthz()["connections_refused"], 0)
+        with open("/proc/%d/limits" % r.proc.pid) as f:
+            line = [l for l in f if l.startswith("Max open files")][0].split()
+        self.assertEqual(line[3], line[4], "soft RLIMIT_NOFILE not raised to the hard one: %r" % line)
+        self.assertEqual(line[4], str(hard) if hard != resource.RLIM_INFINITY else "unlimited")
+
+    def test_max_connections_config_checked(self):
+        self.wd.rule(None, AUDIT_RULE)
+        self.wd.config(base_config(tokens=[TOKEN], limits={"max_connections": 0}))
+        p = run_cli(["check", "-c", self.wd.p("hookrouter.lua")], cwd=self.wd.path, timeout=10)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("limits.max_connections", p.stderr + p.stdout)
+
+    def test_emfile_no_spin_and_recovers(self):
+        # Descriptors run out before the cap: accept fails with EMFILE. The error is logged (at
+        # most once a second), the reserve fd lets the server accept and close the waiting
+        # connections (counted as refused), the listener does not spin, and service resumes
+        # once descriptors are free.
+        r = self.start(limits={"max_connections": 100000})
+        lim = 48
+        p = subprocess.run(["prlimit", "--pid", str(r.proc.pid), "--nofile=%d:%d" % (lim, lim)],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            self.skipTest("prlimit: " + p.stderr)
+        conns = []
+        try:
+            for _ in range(lim + 10):
+                conns.append(socket.create_connection(("127.0.0.1", r.port), timeout=T(5)))
+            def cpu():
+                with open("/proc/%d/stat" % r.proc.pid) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            self.assertTrue(wait_until(lambda: "accept: too many open files" in r.log(), T(5)), r.log_tail())
+            self.assertIn("out of file descriptors (RLIMIT_NOFILE)", r.log())
+            # the connections past the descriptors were accepted and closed (the reserve fd)
+            def closed_by_server():
+                for c in conns[-5:]:
+                    c.settimeout(T(5))
+                    try:
+                        if c.recv(1) != b"":
+                            return False
+                    except ConnectionResetError:
+                        pass
+                return True
+            self.assertTrue(closed_by_server(), "connections past RLIMIT_NOFILE not closed")
+            c0, t0 = cpu(), time.monotonic()
+            time.sleep(0.5)
+            used, spent = cpu() - c0, time.monotonic() - t0
+            self.assertLess(used, spent * 0.5, "listener spins on EMFILE: %.2fs CPU in %.2fs" % (used, spent))
+            self.assertLessEqual(r.log().count("accept: too many open files"), 3, r.log_tail())
+        finally:
+            for c in conns:
+                c.close()
+        h = wait_until(lambda: self._healthz_or_none(r), T(5))
+        self.assertTrue(h, "no service after EMFILE")
+        self.assertGreaterEqual(h["connections_refused"], 5, h)
+
+    def test_max_connections_shared_by_workers(self):
+        # With workers = 2, max_connections = 2 gives each worker 1: whatever way the kernel
+        # spreads connections, at most 2 of them are served at once, at least 1.
+        r = self.start(workers=2, limits={"max_connections": 2})
+        conns = [r.raw() for _ in range(8)]
+        served = 0
+        try:
+            for c in conns:
+                try:
+                    c.send(http_req("POST", "/aifi/customer", body=b'{"n":1}'))
+                    if c.read_response().status == 200:
+                        served += 1
+                except (EOFError, OSError):
+                    pass
+        finally:
+            for c in conns:
+                c.close()
+        self.assertGreaterEqual(served, 1)
+        self.assertLessEqual(served, 2)
+        self.assertIn("limits.max_connections (1) reached", r.log())
 
 
 if __name__ == "__main__":

@@ -301,6 +301,18 @@ static void cl_close(client_t *c)
 static client_t cl;
 static resp_t rs;
 
+/* The default connection cap: RLIMIT_NOFILE minus the reserve, shared by the workers, never
+ * below 16 per worker. */
+static void test_default_max_connections(void)
+{
+    CHECK_INT_EQ(hr_server_default_max_connections(20000, 1000, 1), 19000);
+    CHECK_INT_EQ(hr_server_default_max_connections(20000, 1000, 4), 4750);
+    CHECK_INT_EQ(hr_server_default_max_connections(20000, 1000, 0), 19000);
+    CHECK_INT_EQ(hr_server_default_max_connections(1024, 2000, 1), 16);
+    CHECK_INT_EQ(hr_server_default_max_connections(100, 64, 8), 16);
+    CHECK_INT_EQ(hr_server_default_max_connections(UINT64_MAX, 64, 1), 10000000);
+}
+
 static void test_simple_post(void)
 {
     CHECK(cl_connect(&cl, port_main) == 0);
@@ -801,6 +813,7 @@ int main(void)
     CHECK_INT_EQ(hr_server_connections(srv_main), 0);
     CHECK_INT_EQ(hr_server_inflight(srv_main), 0);
     test_listen_errors();
+    test_default_max_connections();
 
     uv_async_init(loop, &done_async, on_done);
     pthread_t th;
