@@ -489,9 +489,31 @@ static void load_targets(loader_t *ld)
     }
 }
 
+/* Read a file mode at the top of the stack: an octal string ("0640", "640") or an integer
+ * (its value, e.g. 0x1a0 or 416; Lua has no octal literals), at most 0777. */
+static void want_file_mode(loader_t *ld, const char *key, unsigned *out)
+{
+    lua_State *L = ld->L;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        const char *s = lua_tostring(L, -1);
+        char *end = NULL;
+        unsigned long v = strtoul(s, &end, 8);
+        if (!*s || *end || strspn(s, "01234567") != strlen(s) || v > 0777) {
+            key_err(ld, key, "expected an octal mode between \"0000\" and \"0777\", got \"%s\"", s);
+            return;
+        }
+        *out = (unsigned)v | HR_FILE_MODE_SET;
+        return;
+    }
+    uint64_t v = 0;
+    size_t before = ld->errs->n;
+    want_uint(ld, key, 0, 0777, &v);
+    if (ld->errs->n == before) *out = (unsigned)v | HR_FILE_MODE_SET;
+}
+
 static void load_files(loader_t *ld)
 {
-    static const char *const keys[] = {"path", NULL};
+    static const char *const keys[] = {"path", "mode", NULL};
     lua_State *L = ld->L;
     hr_config_t *c = ld->c;
     if (!want_table(ld, "files")) return;
@@ -506,6 +528,7 @@ static void load_files(loader_t *ld)
         const char *name = lua_tostring(L, -2);
         char *prefix = hr_xasprintf("files.%s", name);
         char *path = NULL;
+        unsigned mode = 0;
         if (lua_type(L, -1) == LUA_TSTRING) {
             want_string(ld, prefix, &path); /* files = { audit = "var/audit.jsonl" } */
         } else if (want_table(ld, prefix)) {
@@ -517,8 +540,13 @@ static void load_files(loader_t *ld)
                 want_string(ld, key, &path);
             lua_pop(L, 1);
             free(key);
+            key = hr_xasprintf("%s.mode", prefix);
+            if (lua_getfield(L, -1, "mode") != LUA_TNIL) want_file_mode(ld, key, &mode);
+            lua_pop(L, 1);
+            free(key);
         }
         if (path) {
+            c->files[c->nfiles].mode = mode;
             c->files[c->nfiles].name = hr_xstrdup(name);
             c->files[c->nfiles].path = hr_path_join(c->dir, path);
             c->nfiles++;

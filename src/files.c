@@ -16,8 +16,9 @@
 
 /* One open file. */
 typedef struct {
-    char *path; /* as given to hr_files_append, owned */
-    int fd;     /* O_WRONLY|O_APPEND descriptor, or -1 after hr_files_reopen */
+    char *path;  /* as given to hr_files_append, owned */
+    int fd;      /* O_WRONLY|O_APPEND descriptor, or -1 after hr_files_reopen */
+    mode_t mode; /* permissions if this process creates the file (default 0600) */
 } hr_file_t;
 
 struct hr_files {
@@ -32,7 +33,7 @@ hr_files_t *hr_files_create(void)
     return hr_xcalloc(1, sizeof(hr_files_t));
 }
 
-/* Create every missing parent directory of path (mkdir -p of its dirname), mode 0755.
+/* Create every missing parent directory of path (mkdir -p of its dirname), mode 0700.
  * Returns 0, or a negative errno. */
 static int mkdir_parents(const char *path)
 {
@@ -45,7 +46,7 @@ static int mkdir_parents(const char *path)
         if (*p != '/' && *p != '\0') continue;
         char saved = *p;
         *p = '\0';
-        if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
             rc = -errno;
             goto out;
         }
@@ -57,16 +58,24 @@ out:
     return rc;
 }
 
-/* Open path for appending, creating it and its parent directories. Returns the descriptor,
- * or a negative errno. */
-static int open_append(const char *path)
+/* Open path for appending, creating it (with exactly mode: fchmod undoes the umask) and its
+ * parent directories. An existing file keeps its mode. Returns the descriptor, or a negative
+ * errno. */
+static int open_append(const char *path, mode_t mode)
 {
-    const int flags = O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC;
-    int fd = open(path, flags, 0644);
+    const int flags = O_WRONLY | O_APPEND | O_CLOEXEC;
+    int fd = open(path, flags);
     if (fd >= 0 || errno != ENOENT) return fd >= 0 ? fd : -errno;
-    int rc = mkdir_parents(path);
-    if (rc < 0) return rc;
-    fd = open(path, flags, 0644);
+    fd = open(path, flags | O_CREAT | O_EXCL, mode);
+    if (fd < 0 && errno == ENOENT) {
+        int rc = mkdir_parents(path);
+        if (rc < 0) return rc;
+        fd = open(path, flags | O_CREAT | O_EXCL, mode);
+    }
+    if (fd < 0 && errno == EEXIST)
+        fd = open(path, flags); /* another writer created it */
+    else if (fd >= 0)
+        (void)fchmod(fd, mode);
     return fd >= 0 ? fd : -errno;
 }
 
@@ -83,7 +92,18 @@ static hr_file_t *file_slot(hr_files_t *f, const char *path)
     hr_file_t *e = &f->files[f->n++];
     e->path = hr_xstrdup(path);
     e->fd = -1;
+    e->mode = 0600;
     return e;
+}
+
+/* Set the mode of each configured file the router creates from now on (HR_FILE_MODE_SET
+ * entries; others get 0600). Existing files keep theirs. Can't fail. */
+void hr_files_set_modes(hr_files_t *f, const hr_file_conf_t *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        hr_file_t *e = file_slot(f, v[i].path);
+        e->mode = (v[i].mode & HR_FILE_MODE_SET) ? (mode_t)(v[i].mode & 0777) : 0600;
+    }
 }
 
 /* Append line + '\n' to path in one writev (looping on short writes, which only happen when
@@ -94,7 +114,7 @@ int hr_files_append(hr_files_t *f, const char *path, const char *line, size_t le
 {
     hr_file_t *e = file_slot(f, path);
     if (e->fd < 0) {
-        int fd = open_append(path);
+        int fd = open_append(path, e->mode);
         if (fd < 0) {
             snprintf(err, errlen, "open %s: %s", path, strerror(-fd));
             return fd;

@@ -636,6 +636,7 @@ static void do_reload(uv_timer_t *t)
     if (r->outbox) /* a front worker's: the delivery side reconfigures it */
         hr_router_outbox_reconfigure(r->outbox, cfg);
     hr_files_reopen(r->files); /* logrotate moved the files: start new ones */
+    hr_files_set_modes(r->files, cfg->files, cfg->nfiles);
     hr_log_info("reloaded %s (reload #%llu): %zu endpoints, %zu store rules, default rule %s",
                 cfg->file, (unsigned long long)r->reloads, cfg->nendpoints,
                 hr_ruleset_store_count(rs), hr_ruleset_has_default(rs) ? "yes" : "no");
@@ -713,6 +714,7 @@ static hr_router_t *router_new(uv_loop_t *loop, hr_ruleset_t *rs)
     r->config_path = hr_xstrdup(cfg->file);
     r->started_ms = r->loaded_ms = hr_wall_ms();
     r->files = hr_files_create();
+    hr_files_set_modes(r->files, cfg->files, cfg->nfiles);
     r->ctr = r->all = &r->own;
     r->nall = 1;
     return r;

@@ -53,9 +53,12 @@ typedef struct {
 } hr_target_conf_t;
 
 typedef struct {
-    char *name; /* key in files */
-    char *path; /* resolved against the config folder */
+    char *name;    /* key in files */
+    char *path;    /* resolved against the config folder */
+    unsigned mode; /* HR_FILE_MODE_SET | permission bits when files.<name>.mode is given, else 0 */
 } hr_file_conf_t;
+
+#define HR_FILE_MODE_SET 0x10000u /* marks hr_file_conf_t.mode as given ("0000" is a mode) */
 
 typedef struct {
     size_t body_bytes;           /* default 1 MiB */
