@@ -626,12 +626,32 @@ static void load_delivery(loader_t *ld)
     lua_pop(L, 1);
 }
 
+/* The schedule of a target without retry_ms (and of write actions): the legacy
+ * delivery.retry_base_ms/retry_max_ms doubling if given, else the default. */
+static void default_schedule(const hr_config_t *c, uint64_t **out, size_t *n)
+{
+    static const uint64_t def_retry[] = {0,       5000,     300000,   1800000,
+                                         7200000, 18000000, 36000000, 36000000};
+    if (c->retry_legacy) {
+        uint64_t max = c->retry_max_ms < c->retry_base_ms ? c->retry_base_ms : c->retry_max_ms;
+        *n = 16;
+        *out = hr_xcalloc(*n, sizeof **out);
+        uint64_t b = c->retry_base_ms;
+        for (size_t k = 1; k < *n; k++) {
+            (*out)[k] = b < max ? b : max;
+            if (b < max) b *= 2;
+        }
+    } else {
+        *n = HR_ARRAY_SIZE(def_retry);
+        *out = hr_xmalloc(sizeof def_retry);
+        memcpy(*out, def_retry, sizeof def_retry);
+    }
+}
+
 /* The spool keys at the top level (table on top), then each target's retry schedule: its own
  * retry_ms, else the legacy delivery.retry_base_ms/retry_max_ms doubling, else the default. */
 static void load_spool(loader_t *ld)
 {
-    static const uint64_t def_retry[] = {0,       5000,     300000,   1800000,
-                                         7200000, 18000000, 36000000, 36000000};
     lua_State *L = ld->L;
     hr_config_t *c = ld->c;
     char *dir = NULL;
@@ -662,22 +682,9 @@ static void load_spool(loader_t *ld)
     lua_pop(L, 1);
     for (size_t i = 0; i < c->ntargets; i++) {
         hr_target_conf_t *t = &c->targets[i];
-        if (t->nretry) continue;
-        if (c->retry_legacy) {
-            uint64_t max = c->retry_max_ms < c->retry_base_ms ? c->retry_base_ms : c->retry_max_ms;
-            t->nretry = 16;
-            t->retry_ms = hr_xcalloc(t->nretry, sizeof *t->retry_ms);
-            uint64_t b = c->retry_base_ms;
-            for (size_t k = 1; k < t->nretry; k++) {
-                t->retry_ms[k] = b < max ? b : max;
-                if (b < max) b *= 2;
-            }
-        } else {
-            t->nretry = HR_ARRAY_SIZE(def_retry);
-            t->retry_ms = hr_xmalloc(sizeof def_retry);
-            memcpy(t->retry_ms, def_retry, sizeof def_retry);
-        }
+        if (!t->nretry) default_schedule(c, &t->retry_ms, &t->nretry);
     }
+    default_schedule(c, &c->write_retry_ms, &c->nwrite_retry);
 }
 
 static void load_log(loader_t *ld)
@@ -916,6 +923,7 @@ void hr_config_destroy(hr_config_t *c)
         free(c->targets[i].retry_ms);
     }
     free(c->targets);
+    free(c->write_retry_ms);
     for (size_t i = 0; i < c->nfiles; i++) {
         free(c->files[i].name);
         free(c->files[i].path);

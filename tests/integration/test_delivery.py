@@ -279,6 +279,22 @@ end
         self.assertEqual(d.get("action"), "write", d)
         self.assertTrue(r.alive())
 
+    def test_write_retried_on_enospc(self):
+        """Regression (issue 9.1): a write() hitting ENOSPC (its file a symlink to /dev/full) is
+        retried on the schedule, not dead-lettered, and written once there is room."""
+        self.wd.rule(None, 'return function(e) write("audit", { n = e.body.n }) end\n')
+        os.symlink("/dev/full", self.wd.p("var", "audit.jsonl"))
+        r = self.router(base_config(delivery={"retry_base_ms": 20, "retry_max_ms": 50}))
+        eid = self.assertOk(r.post("/t", {"n": 7}))
+        self.assertTrue(r.wait_log(r"retry id=%s file=audit error=[^\n]*No space left[^\n]*attempt=2/" % eid, 5),
+                        r.log_tail())
+        self.assertEqual(self.wd.dead_letters, [])
+        self.assertEqual(r.healthz()["outbox"]["pending"], 1)
+        os.unlink(self.wd.p("var", "audit.jsonl"))
+        self.assertTrue(wait_until(lambda: self.wd.jsonl("var/audit.jsonl") == [{"n": 7}], 5), r.log_tail())
+        self.assertTrue(r.wait_log(r"delivered id=%s[^\n]*action=write" % eid, 3), r.log_tail())
+        self.assertEqual(self.wd.dead_letters, [])
+
     def test_created_files_private_unless_mode(self):
         """Regression (issue 9.5): spool segments, dead letters, outputs and incoming/ are 0600
         and new folders 0700; files.<name>.mode sets an output's mode; existing files keep theirs."""
