@@ -686,23 +686,28 @@ static hr_outbox_target_t *outbox_targets(const hr_config_t *cfg)
 
 void hr_router_outbox_opts(const hr_config_t *cfg, hr_outbox_opts_t *oo)
 {
-    *oo = (hr_outbox_opts_t){
-        .dead_letters = cfg->dead_letters,
-        .max_conns_per_host = cfg->max_conns_per_target,
-        .spool = {.dir = cfg->spool_dir,
-                  .fsync = (hr_fsync_mode_t)cfg->fsync_mode,
-                  .fsync_interval_ms = cfg->fsync_interval_ms,
-                  .max_bytes = cfg->max_spool_bytes},
-        .targets = outbox_targets(cfg),
-        .ntargets = cfg->ntargets,
-        .writes = {.retry_ms = cfg->write_retry_ms, .nretry = cfg->nwrite_retry}};
+    *oo = (hr_outbox_opts_t){.dead_letters = cfg->dead_letters,
+                             .max_conns_per_host = cfg->max_conns_per_target,
+                             .spool = {.dir = cfg->spool_dir,
+                                       .fsync = (hr_fsync_mode_t)cfg->fsync_mode,
+                                       .fsync_interval_ms = cfg->fsync_interval_ms,
+                                       .max_bytes = cfg->max_spool_bytes},
+                             .targets = outbox_targets(cfg),
+                             .ntargets = cfg->ntargets};
+    oo->writes = (hr_outbox_target_t){.retry_ms = cfg->write_retry_ms, .nretry = cfg->nwrite_retry};
+}
+
+/* The write actions' policy of cfg to the outbox. */
+static void oo_writes_set(hr_outbox_t *o, const hr_config_t *cfg)
+{
+    hr_outbox_target_t w = {.retry_ms = cfg->write_retry_ms, .nretry = cfg->nwrite_retry};
+    hr_outbox_set_writes(o, &w, 0);
 }
 
 void hr_router_outbox_reconfigure(hr_outbox_t *o, const hr_config_t *cfg)
 {
     hr_outbox_set_dead_letters(o, cfg->dead_letters);
-    hr_outbox_set_writes(
-        o, &(hr_outbox_target_t){.retry_ms = cfg->write_retry_ms, .nretry = cfg->nwrite_retry}, 0);
+    oo_writes_set(o, cfg);
     hr_outbox_target_t *v = outbox_targets(cfg);
     hr_outbox_set_targets(o, v, cfg->ntargets);
     free(v);

@@ -88,14 +88,13 @@ typedef struct hr_config {
     size_t nfiles;
     char *dead_letters; /* resolved path */
     hr_limits_t limits;
-    uint64_t retry_base_ms;   /* delivery.retry_base_ms (legacy), default 500 */
-    uint64_t retry_max_ms;    /* delivery.retry_max_ms (legacy), default 60000 */
-    bool retry_legacy;        /* one of them was given: targets without retry_ms get the schedule
-                                 0, base, 2 base, 4 base, ... capped at max (16 attempts' worth) */
-    uint64_t *write_retry_ms; /* write actions' schedule: the legacy one if given, else the
-                                 default (as for a target without retry_ms) */
-    size_t nwrite_retry;      /* entries in write_retry_ms */
+    uint64_t retry_base_ms; /* delivery.retry_base_ms (legacy), default 500 */
+    uint64_t retry_max_ms;  /* delivery.retry_max_ms (legacy), default 60000 */
+    bool retry_legacy;      /* one of them was given: targets without retry_ms get the schedule
+                               0, base, 2 base, 4 base, ... capped at max (16 attempts' worth) */
     uint32_t max_conns_per_target; /* delivery.max_connections, default 64 */
+    uint64_t *write_retry_ms;      /* write actions' schedule: as a target's without retry_ms */
+    size_t nwrite_retry;           /* entries in write_retry_ms */
     uint64_t shutdown_grace_ms;    /* default 10000 */
     /* The spool (issue 4) */
     char *spool_dir;            /* resolved; default <config folder>/var/spool */
