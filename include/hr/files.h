@@ -14,8 +14,9 @@ typedef struct hr_files hr_files_t;
 hr_files_t *hr_files_create(void);
 /* Append line plus '\n' to path, opening it (O_APPEND; a missing file is created with mode
  * 0600, or the one set by hr_files_set_modes, and missing parent directories with 0700) on
- * first use. An existing file's mode is never changed. Returns 0, or a negative errno with a
- * message in err. */
+ * first use. An existing file's mode is never changed. A file that does not end in '\n' when
+ * opened (a torn tail) gets a '\n' before the line, in the same write. Short writes are
+ * continued. Returns 0, or a negative errno with a message in err. */
 int hr_files_append(hr_files_t *f, const char *path, const char *line, size_t len, char *err,
                     size_t errlen);
 /* Set the creation mode of the configured files (files.<name>.mode); the others, and the dead

@@ -251,6 +251,29 @@ static void test_modes(const char *root)
     free(dir);
 }
 
+/* Regression (issue 9.3): a file whose last line was cut short (no '\n' at the end) gets a
+ * '\n' before the next line, so the new line is whole and on its own. */
+static void test_torn_tail(const char *root)
+{
+    char err[256] = "";
+    char *path = hr_xasprintf("%s/torn.jsonl", root);
+    FILE *fp = fopen(path, "w");
+    CHECK(fp != NULL);
+    if (!fp) return;
+    fputs("{\"n\":1}\n{\"n\":", fp);
+    fclose(fp);
+    hr_files_t *f = hr_files_create();
+    CHECK_INT_EQ(hr_files_append(f, path, "{\"n\":3}", 7, err, sizeof err), 0);
+    CHECK_INT_EQ(hr_files_append(f, path, "{\"n\":4}", 7, err, sizeof err), 0);
+    hr_files_reopen(f); /* a whole file: nothing added on reopen */
+    CHECK_INT_EQ(hr_files_append(f, path, "{\"n\":5}", 7, err, sizeof err), 0);
+    char *s = slurp(path);
+    CHECK_STR_EQ(s, "{\"n\":1}\n{\"n\":\n{\"n\":3}\n{\"n\":4}\n{\"n\":5}\n");
+    free(s);
+    hr_files_destroy(f);
+    free(path);
+}
+
 int main(void)
 {
     char tmpl[] = "/tmp/hr_test_files.XXXXXX";
@@ -261,6 +284,7 @@ int main(void)
     test_deadletter_event();
     test_deadletter_action();
     test_modes(root);
+    test_torn_tail(root);
     rm_rf(root);
     return CHECK_DONE("test_files");
 }
