@@ -349,7 +349,7 @@ static int write_durably(const char *dir, const char *name, const char *data, si
 {
     char *tmp = hr_xasprintf("%s/.%s.tmp", dir, name), *path = hr_xasprintf("%s/%s", dir, name);
     int rc = -1;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) {
         fprintf(stderr, "hookrouter replay: %s: %s\n", tmp, strerror(errno));
         goto out;
@@ -391,7 +391,7 @@ static int mkdir_p(const char *dir)
         if (*p != '/' && *p != '\0') continue;
         char saved = *p;
         *p = '\0';
-        if (mkdir(d, 0755) < 0 && errno != EEXIST) rc = -1;
+        if (mkdir(d, 0700) < 0 && errno != EEXIST) rc = -1;
         *p = saved;
         if (!saved) break;
     }
@@ -444,7 +444,7 @@ int hr_cmd_replay(const char *config, const char *target, const char *since, con
     hr_buf_t ids = HR_BUF_INIT;
     for (size_t i = 0; i < rp.nkeys; i++)
         hr_buf_printf(&ids, "%s\n", rp.keys[i]);
-    int fd = open(done_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    int fd = open(done_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0 || write(fd, ids.data, ids.len) != (ssize_t)ids.len || fsync(fd) < 0)
         fprintf(stderr, "hookrouter replay: warning: cannot record the replay in %s: %s\n",
                 done_path, strerror(errno));

@@ -494,9 +494,31 @@ static void load_targets(loader_t *ld)
     }
 }
 
+/* Read a file mode at the top of the stack: an octal string ("0640", "640") or an integer
+ * (its value, e.g. 0x1a0 or 416; Lua has no octal literals), at most 0777. */
+static void want_file_mode(loader_t *ld, const char *key, unsigned *out)
+{
+    lua_State *L = ld->L;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        const char *s = lua_tostring(L, -1);
+        char *end = NULL;
+        unsigned long v = strtoul(s, &end, 8);
+        if (!*s || *end || strspn(s, "01234567") != strlen(s) || v > 0777) {
+            key_err(ld, key, "expected an octal mode between \"0000\" and \"0777\", got \"%s\"", s);
+            return;
+        }
+        *out = (unsigned)v | HR_FILE_MODE_SET;
+        return;
+    }
+    uint64_t v = 0;
+    size_t before = ld->errs->n;
+    want_uint(ld, key, 0, 0777, &v);
+    if (ld->errs->n == before) *out = (unsigned)v | HR_FILE_MODE_SET;
+}
+
 static void load_files(loader_t *ld)
 {
-    static const char *const keys[] = {"path", NULL};
+    static const char *const keys[] = {"path", "mode", NULL};
     lua_State *L = ld->L;
     hr_config_t *c = ld->c;
     if (!want_table(ld, "files")) return;
@@ -511,6 +533,7 @@ static void load_files(loader_t *ld)
         const char *name = lua_tostring(L, -2);
         char *prefix = hr_xasprintf("files.%s", name);
         char *path = NULL;
+        unsigned mode = 0;
         if (lua_type(L, -1) == LUA_TSTRING) {
             want_string(ld, prefix, &path); /* files = { audit = "var/audit.jsonl" } */
         } else if (want_table(ld, prefix)) {
@@ -522,8 +545,13 @@ static void load_files(loader_t *ld)
                 want_string(ld, key, &path);
             lua_pop(L, 1);
             free(key);
+            key = hr_xasprintf("%s.mode", prefix);
+            if (lua_getfield(L, -1, "mode") != LUA_TNIL) want_file_mode(ld, key, &mode);
+            lua_pop(L, 1);
+            free(key);
         }
         if (path) {
+            c->files[c->nfiles].mode = mode;
             c->files[c->nfiles].name = hr_xstrdup(name);
             c->files[c->nfiles].path = hr_path_join(c->dir, path);
             c->nfiles++;
@@ -605,12 +633,32 @@ static void load_delivery(loader_t *ld)
     lua_pop(L, 1);
 }
 
+/* The schedule of a target without retry_ms (and of write actions): the legacy
+ * delivery.retry_base_ms/retry_max_ms doubling if given, else the default. */
+static void default_schedule(const hr_config_t *c, uint64_t **out, size_t *n)
+{
+    static const uint64_t def_retry[] = {0,       5000,     300000,   1800000,
+                                         7200000, 18000000, 36000000, 36000000};
+    if (c->retry_legacy) {
+        uint64_t max = c->retry_max_ms < c->retry_base_ms ? c->retry_base_ms : c->retry_max_ms;
+        *n = 16;
+        *out = hr_xcalloc(*n, sizeof **out);
+        uint64_t b = c->retry_base_ms;
+        for (size_t k = 1; k < *n; k++) {
+            (*out)[k] = b < max ? b : max;
+            if (b < max) b *= 2;
+        }
+    } else {
+        *n = HR_ARRAY_SIZE(def_retry);
+        *out = hr_xmalloc(sizeof def_retry);
+        memcpy(*out, def_retry, sizeof def_retry);
+    }
+}
+
 /* The spool keys at the top level (table on top), then each target's retry schedule: its own
  * retry_ms, else the legacy delivery.retry_base_ms/retry_max_ms doubling, else the default. */
 static void load_spool(loader_t *ld)
 {
-    static const uint64_t def_retry[] = {0,       5000,     300000,   1800000,
-                                         7200000, 18000000, 36000000, 36000000};
     lua_State *L = ld->L;
     hr_config_t *c = ld->c;
     char *dir = NULL;
@@ -641,22 +689,9 @@ static void load_spool(loader_t *ld)
     lua_pop(L, 1);
     for (size_t i = 0; i < c->ntargets; i++) {
         hr_target_conf_t *t = &c->targets[i];
-        if (t->nretry) continue;
-        if (c->retry_legacy) {
-            uint64_t max = c->retry_max_ms < c->retry_base_ms ? c->retry_base_ms : c->retry_max_ms;
-            t->nretry = 16;
-            t->retry_ms = hr_xcalloc(t->nretry, sizeof *t->retry_ms);
-            uint64_t b = c->retry_base_ms;
-            for (size_t k = 1; k < t->nretry; k++) {
-                t->retry_ms[k] = b < max ? b : max;
-                if (b < max) b *= 2;
-            }
-        } else {
-            t->nretry = HR_ARRAY_SIZE(def_retry);
-            t->retry_ms = hr_xmalloc(sizeof def_retry);
-            memcpy(t->retry_ms, def_retry, sizeof def_retry);
-        }
+        if (!t->nretry) default_schedule(c, &t->retry_ms, &t->nretry);
     }
+    default_schedule(c, &c->write_retry_ms, &c->nwrite_retry);
 }
 
 static void load_log(loader_t *ld)
@@ -929,6 +964,7 @@ void hr_config_destroy(hr_config_t *c)
         free(c->targets[i].retry_ms);
     }
     free(c->targets);
+    free(c->write_retry_ms);
     for (size_t i = 0; i < c->nfiles; i++) {
         free(c->files[i].name);
         free(c->files[i].path);

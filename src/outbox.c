@@ -54,6 +54,8 @@
 #define MAX_LOG_ATTEMPTS  1000
 #define COMPACT_MS        1000 /* how often the spool is looked at for compaction */
 #define COMPACT_RETRY_MS  100  /* after a candidate whose items were not all found */
+#define DL_RETRY_MS       1000 /* wait before writing a dead letter again after it failed */
+#define DEF_WRITE_TRIES   8    /* attempts of a write action (as a target's max_attempts) */
 
 static const uint64_t DEFAULT_RETRY_MS[] = {0,       5000,     300000,   1800000,
                                             7200000, 18000000, 36000000, 36000000};
@@ -87,6 +89,7 @@ typedef struct ob_item {
     int last_status;          /* last HTTP status, 0 if none */
     hr_action_kind_t kind;    /* forward or write */
     it_where_t where;         /* see the file comment */
+    const char *dead_reason;  /* a dead letter that could not be written yet (a literal) */
     uint64_t started_ms;      /* uv_now when the attempt in flight started */
 } ob_item_t;
 
@@ -163,6 +166,10 @@ struct hr_outbox {
     void (*close_cb)(void *);  /* run once freed */
     void *close_arg;           /* for close_cb */
     uint64_t last_full_log;    /* uv_now of the last "spool full" line */
+    ob_target_t writes;        /* policy of write actions: retry_ms, nretry, max_age_s only */
+    uint32_t write_attempts;   /* attempts of a write action (default 8) */
+    uint64_t last_dl_log;      /* uv_now of the last "dead-letter file failed" line */
+    uint32_t dl_suppressed;    /* such lines left out since */
     bool incoming_scanned;     /* the first scan of incoming_dir ran */
     /* recovery only */
     ob_item_t **rec_tab; /* id -> item, open addressing */
@@ -177,6 +184,8 @@ static void on_retry_timer(uv_timer_t *t);
 static void on_target_timer(uv_timer_t *t);
 static void pump(ob_target_t *t);
 static void schedule(ob_item_t *it);
+static void heap_push(hr_outbox_t *o, ob_item_t *it);
+static void rearm(hr_outbox_t *o);
 
 /* Loaded actions (it->a) beyond this many bytes are not kept in memory while they wait: they
  * are read back from the spool when their attempt starts. */
@@ -537,6 +546,33 @@ static void read_attempt_log(ob_item_t *it, attempt_log_t *lg)
 }
 
 /* Dead-letter it (log, write the line with its attempt log, count), mark it done, free it. */
+/* The dead letter of it could not be written (err): keep it in the spool (no DONE record)
+ * and try the dead-letter file again after DL_RETRY_MS. Logs at most one line a second,
+ * counting the ones left out. */
+static void dead_later(ob_item_t *it, const char *reason, const char *err)
+{
+    hr_outbox_t *o = it->o;
+    uint64_t now = uv_now(o->loop);
+    if (!o->last_dl_log || now - o->last_dl_log >= 1000) {
+        hr_log_error("dead-letter file: %s; id=%s reason=%s stays in the spool, trying again in "
+                     "%u ms (%u such lines left out)",
+                     err, it->a && it->a->event_id ? it->a->event_id : "-", reason,
+                     (unsigned)DL_RETRY_MS, (unsigned)o->dl_suppressed);
+        o->last_dl_log = now;
+        o->dl_suppressed = 0;
+    } else {
+        o->dl_suppressed++;
+    }
+    it->dead_reason = reason;
+    it->due = now + DL_RETRY_MS;
+    it->due_wall = hr_wall_ms() + DL_RETRY_MS;
+    item_unload(it);
+    heap_push(o, it);
+    rearm(o);
+}
+
+/* Write the dead letter of it (reason: a literal) and finish it; if the dead-letter file
+ * fails, it stays in the spool and is tried again later (dead_later). */
 static void dead_item(ob_item_t *it, const char *reason)
 {
     hr_outbox_t *o = it->o;
@@ -561,11 +597,13 @@ static void dead_item(ob_item_t *it, const char *reason)
         free(lg.v);
         free(lg.err);
         char err[256];
-        if (!o->dead_letters)
+        if (!o->dead_letters) {
             hr_log_error("dead-letter file not configured; lost line: %s", o->line.data);
-        else if (hr_files_append(o->files, o->dead_letters, o->line.data, o->line.len, err,
-                                 sizeof err) < 0)
-            hr_log_error("dead-letter file: %s; lost line: %s", err, o->line.data);
+        } else if (hr_files_append(o->files, o->dead_letters, o->line.data, o->line.len, err,
+                                   sizeof err) < 0) {
+            dead_later(it, reason, err);
+            return;
+        }
     } else {
         hr_log_error("dead-letter id=%llu: the spool record is unreadable; reason=%s",
                      (unsigned long long)it->id, reason);
@@ -869,7 +907,28 @@ static void make_ready(ob_item_t *it)
 
 /* ---- Write delivery --------------------------------------------------------------------- */
 
-/* Append a write action's line to its file now; delivered or dead-lettered. */
+/* Whether a file error is worth retrying: a full disk, a descriptor or quota limit, an I/O
+ * error may pass; a path that names a folder or goes through a file will not. */
+static bool write_error_is_transient(int err)
+{
+    switch (err) {
+    case -ENOTDIR:
+    case -EISDIR:
+    case -ENAMETOOLONG:
+    case -ELOOP:
+    case -EINVAL:
+    case -EACCES:
+    case -EPERM:
+    case -EROFS:
+    case -ENXIO:
+    case -ENODEV: return false;
+    default: return true;
+    }
+}
+
+/* Append a write action's line to its file now: delivered; on a transient error scheduled
+ * again on the writes' schedule (as a forward), else or when out of attempts or age,
+ * dead-lettered. */
 static void deliver_write(ob_item_t *it)
 {
     hr_outbox_t *o = it->o;
@@ -887,11 +946,34 @@ static void deliver_write(ob_item_t *it)
         dead_item(it, "write failed");
         return;
     }
-    if (hr_files_append(o->files, a->file_path, a->body ? a->body : "", a->body_len, err,
-                        sizeof err) < 0) {
+    int rc = hr_files_append(o->files, a->file_path, a->body ? a->body : "", a->body_len, err,
+                             sizeof err);
+    if (rc < 0) {
         set_last_error(a, err);
-        record_state(it, err, 0);
-        dead_item(it, "write failed");
+        uint64_t wait = schedule_wait(&o->writes, it->attempts + 1);
+        uint64_t wall = hr_wall_ms();
+        if (!write_error_is_transient(rc)) {
+            record_state(it, err, 0);
+            dead_item(it, "write failed");
+        } else if (it->attempts >= it->max_attempts) {
+            record_state(it, err, 0);
+            dead_item(it, "attempts exhausted");
+        } else if (o->writes.max_age_s &&
+                   wall + wait > it->accepted_ms + o->writes.max_age_s * 1000) {
+            record_state(it, err, 0);
+            dead_item(it, "max age exceeded");
+        } else {
+            it->due = uv_now(o->loop) + wait;
+            it->due_wall = wall + wait;
+            record_state(it, err, it->due_wall);
+            hr_log_warn("retry id=%s file=%s error=%s attempt=%u/%u in_ms=%llu", a->event_id,
+                        a->name ? a->name : "-", err, (unsigned)it->attempts,
+                        (unsigned)it->max_attempts, (unsigned long long)wait);
+            o->st.retried++;
+            if (wait > KEEP_LOADED_MS) item_unload(it);
+            heap_push(o, it);
+            rearm(o);
+        }
         return;
     }
     hr_log_info("delivered id=%s type=%s store=%s action=write file=%s ms=%llu", a->event_id,
@@ -909,7 +991,12 @@ static void schedule(ob_item_t *it)
 {
     hr_outbox_t *o = it->o;
     if (it->kind == HR_ACTION_WRITE) {
-        deliver_write(it);
+        if (it->due > uv_now(o->loop)) {
+            heap_push(o, it);
+            rearm(o);
+        } else {
+            deliver_write(it);
+        }
         return;
     }
     ob_target_t *t = it->t;
@@ -951,7 +1038,12 @@ static void on_retry_timer(uv_timer_t *h)
         ob_item_t *it = o->heap[0];
         if (o->draining && it->due > o->drain_deadline) break;
         heap_remove(o, it);
-        make_ready(it);
+        if (it->dead_reason)
+            dead_item(it, it->dead_reason);
+        else if (it->kind == HR_ACTION_WRITE)
+            deliver_write(it);
+        else
+            make_ready(it);
     }
     rearm(o);
     maybe_drained(o);
@@ -969,6 +1061,7 @@ static ob_item_t *item_for_action(hr_outbox_t *o, hr_action_t *a, uint64_t id, h
     it->kind = a->kind;
     it->accepted_ms = a->accepted_ms;
     it->max_attempts = a->max_attempts ? a->max_attempts : 1;
+    if (a->kind == HR_ACTION_WRITE) it->max_attempts = o->write_attempts; /* the outbox's policy */
     if (a->kind == HR_ACTION_FORWARD) {
         it->t = target_get(o, a->name ? a->name : "-");
         it->t->live++;
@@ -1310,6 +1403,7 @@ static ob_item_t *rec_add(hr_outbox_t *o, const hr_spool_action_meta_t *m, hr_sp
     it->kind = m->kind;
     it->accepted_ms = m->accepted_ms;
     it->max_attempts = m->max_attempts ? m->max_attempts : 1;
+    if (m->kind == HR_ACTION_WRITE) it->max_attempts = o->write_attempts;
     if (m->kind == HR_ACTION_FORWARD) {
         char name[256];
         size_t k = m->name_len < sizeof name - 1 ? m->name_len : sizeof name - 1;
@@ -1679,6 +1773,7 @@ static void outbox_maybe_free(hr_outbox_t *o)
         target_free(t);
     }
     free(o->heap);
+    free(o->writes.retry_ms);
     free(o->dead_letters);
     free(o->incoming_dir);
     free(o->rec_tab);
@@ -1701,6 +1796,9 @@ hr_outbox_t *hr_outbox_create(uv_loop_t *loop, hr_files_t *files, const hr_outbo
     o->incoming_dir = hr_xasprintf("%s/incoming", opts->spool.dir);
     for (size_t i = 0; i < opts->ntargets; i++)
         target_set_policy(target_get(o, opts->targets[i].name), &opts->targets[i]);
+    target_set_policy(&o->writes,
+                      opts->writes.nretry || opts->writes.max_age_s ? &opts->writes : NULL);
+    o->write_attempts = opts->write_attempts ? opts->write_attempts : DEF_WRITE_TRIES;
     uint64_t t0 = uv_hrtime();
     o->spool = hr_spool_open(loop, &opts->spool, on_recover_rec, o, err, errlen);
     if (!o->spool) {
@@ -1724,7 +1822,7 @@ hr_outbox_t *hr_outbox_create(uv_loop_t *loop, hr_files_t *files, const hr_outbo
     o->incoming_timer.data = o;
     o->compact_timer.data = o;
     o->open_handles += 6; /* four timers, the HTTP client and the spool */
-    mkdir(o->incoming_dir, 0755);
+    mkdir(o->incoming_dir, 0700);
 
     if (o->rec_unsorted) rec_sort(o);
     /* Take the references of what is pending, then let the spool drop what is finished. */
@@ -1766,6 +1864,12 @@ void hr_outbox_set_dead_letters(hr_outbox_t *o, const char *path)
 {
     free(o->dead_letters);
     o->dead_letters = path ? hr_xstrdup(path) : NULL;
+}
+
+void hr_outbox_set_writes(hr_outbox_t *o, const hr_outbox_target_t *p, uint32_t max_attempts)
+{
+    target_set_policy(&o->writes, p && (p->nretry || p->max_age_s) ? p : NULL);
+    o->write_attempts = max_attempts ? max_attempts : DEF_WRITE_TRIES;
 }
 
 void hr_outbox_set_targets(hr_outbox_t *o, const hr_outbox_target_t *t, size_t n)

@@ -665,6 +665,7 @@ static void do_reload(uv_timer_t *t)
     if (r->outbox) /* a front worker's: the delivery side reconfigures it */
         hr_router_outbox_reconfigure(r->outbox, cfg);
     hr_files_reopen(r->files); /* logrotate moved the files: start new ones */
+    hr_files_set_modes(r->files, cfg->files, cfg->nfiles);
     hr_log_info("reloaded %s (reload #%llu): %zu endpoints, %zu store rules, default rule %s",
                 cfg->file, (unsigned long long)r->reloads, cfg->nendpoints,
                 hr_ruleset_store_count(rs), hr_ruleset_has_default(rs) ? "yes" : "no");
@@ -722,11 +723,20 @@ void hr_router_outbox_opts(const hr_config_t *cfg, hr_outbox_opts_t *oo)
                                        .max_bytes = cfg->max_spool_bytes},
                              .targets = outbox_targets(cfg),
                              .ntargets = cfg->ntargets};
+    oo->writes = (hr_outbox_target_t){.retry_ms = cfg->write_retry_ms, .nretry = cfg->nwrite_retry};
+}
+
+/* The write actions' policy of cfg to the outbox. */
+static void oo_writes_set(hr_outbox_t *o, const hr_config_t *cfg)
+{
+    hr_outbox_target_t w = {.retry_ms = cfg->write_retry_ms, .nretry = cfg->nwrite_retry};
+    hr_outbox_set_writes(o, &w, 0);
 }
 
 void hr_router_outbox_reconfigure(hr_outbox_t *o, const hr_config_t *cfg)
 {
     hr_outbox_set_dead_letters(o, cfg->dead_letters);
+    oo_writes_set(o, cfg);
     hr_outbox_target_t *v = outbox_targets(cfg);
     hr_outbox_set_targets(o, v, cfg->ntargets);
     free(v);
@@ -742,6 +752,7 @@ static hr_router_t *router_new(uv_loop_t *loop, hr_ruleset_t *rs)
     r->config_path = hr_xstrdup(cfg->file);
     r->started_ms = r->loaded_ms = hr_wall_ms();
     r->files = hr_files_create();
+    hr_files_set_modes(r->files, cfg->files, cfg->nfiles);
     r->ctr = r->all = &r->own;
     r->nall = 1;
     return r;

@@ -571,7 +571,7 @@ static int rotate(hr_spool_t *sp)
 {
     uint32_t seq = sp->nsegs ? sp->segs[sp->nsegs - 1].seq + 1 : 1;
     char *path = seg_path(sp->opts.dir, seq);
-    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     int rc = fd < 0 ? -errno : 0;
     if (fd < 0) hr_log_error("spool: cannot create %s: %s", path, strerror(errno));
     free(path);
@@ -592,7 +592,7 @@ static int mkdir_p(const char *dir)
         if (*p != '/' && *p != '\0') continue;
         char saved = *p;
         *p = '\0';
-        if (mkdir(d, 0755) < 0 && errno != EEXIST) {
+        if (mkdir(d, 0700) < 0 && errno != EEXIST) {
             rc = -errno;
             break;
         }

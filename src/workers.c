@@ -241,6 +241,7 @@ static void do_reload(uv_timer_t *t)
     if (!rs) return;
     hr_router_outbox_reconfigure(ws->outbox, hr_ruleset_config(rs));
     hr_files_reopen(ws->files); /* logrotate moved the files: start new ones */
+    hr_files_set_modes(ws->files, hr_ruleset_config(rs)->files, hr_ruleset_config(rs)->nfiles);
     hr_ruleset_unref(ws->rs);
     ws->rs = rs;
 }
@@ -313,6 +314,7 @@ hr_workers_t *hr_workers_start(uv_loop_t *loop, hr_ruleset_t *rs, unsigned n, ch
     ws->w = hr_xcalloc(n, sizeof *ws->w);
     ws->counters = hr_xcalloc(n, sizeof *ws->counters);
     ws->files = hr_files_create();
+    hr_files_set_modes(ws->files, cfg->files, cfg->nfiles);
     if (uv_mutex_init(&ws->lock) != 0 || uv_cond_init(&ws->cond) != 0) abort();
     uv_async_init(loop, &ws->done_async, on_done);
     ws->done_async.data = ws;

@@ -55,9 +55,12 @@ typedef struct {
 } hr_target_conf_t;
 
 typedef struct {
-    char *name; /* key in files */
-    char *path; /* resolved against the config folder */
+    char *name;    /* key in files */
+    char *path;    /* resolved against the config folder */
+    unsigned mode; /* HR_FILE_MODE_SET | permission bits when files.<name>.mode is given, else 0 */
 } hr_file_conf_t;
+
+#define HR_FILE_MODE_SET 0x10000u /* marks hr_file_conf_t.mode as given ("0000" is a mode) */
 
 typedef struct {
     size_t body_bytes;           /* default 1 MiB */
@@ -96,6 +99,8 @@ typedef struct hr_config {
     bool retry_legacy;      /* one of them was given: targets without retry_ms get the schedule
                                0, base, 2 base, 4 base, ... capped at max (16 attempts' worth) */
     uint32_t max_conns_per_target; /* delivery.max_connections, default 64 */
+    uint64_t *write_retry_ms;      /* write actions' schedule: as a target's without retry_ms */
+    size_t nwrite_retry;           /* entries in write_retry_ms */
     uint64_t shutdown_grace_ms;    /* default 10000 */
     /* The spool (issue 4) */
     char *spool_dir;            /* resolved; default <config folder>/var/spool */

@@ -14,8 +14,13 @@
  *   - at most concurrency requests in flight, and at most rate requests per second (0: no
  *     limit); other targets are never held up by one target.
  *   - ordered: one store's events in arrival order, a failing head blocking only its lane.
- * Write actions are appended to their file once durable (one write(2) per line); an I/O
- * error dead-letters them.
+ * Write actions are appended to their file once durable (one write(2) per line). A
+ * transient error (EMFILE, ENFILE, ENOSPC, EIO, EDQUOT, EAGAIN, ...) retries them like a
+ * forward, on opts.writes' schedule, up to opts.write_attempts and its max_age_s; a path error
+ * (ENOTDIR, EISDIR, EACCES, EROFS, ...) dead-letters them at once.
+ * A dead letter that cannot be written (the dead-letter file fails) is not finished: the
+ * action stays in the spool and its dead letter is tried again a second later (logged at most
+ * once a second).
  * Each outcome is logged at info:  "delivered id=... target=pos status=200 attempts=1 ms=3"
  * or warn: "retry id=... target=pos error=connection refused attempt=1/5 in_ms=812" /
  * error: "dead-letter id=... target=pos status=400 attempts=1 reason=rejected".
@@ -57,6 +62,9 @@ typedef struct {
     size_t ntargets;
     uint64_t incoming_scan_ms; /* how often <spool>/incoming/ is looked at (default 1000) */
     bool manual_compaction;    /* tests: compact only through hr_outbox_compact() */
+    hr_outbox_target_t writes; /* write actions' retry_ms and max_age_s (name and the rest
+                                  unused; nretry 0: the default schedule) */
+    uint32_t write_attempts;   /* attempts of a write action before its dead letter (0: 8) */
 } hr_outbox_opts_t;
 
 typedef struct {
@@ -81,6 +89,9 @@ hr_outbox_t *hr_outbox_create(uv_loop_t *loop, hr_files_t *files, const hr_outbo
 void hr_outbox_set_dead_letters(hr_outbox_t *o, const char *path);
 /* Replace the per-target policies (after a reload); targets not listed keep theirs. */
 void hr_outbox_set_targets(hr_outbox_t *o, const hr_outbox_target_t *t, size_t n);
+/* Change the write actions' policy (as opts.writes and opts.write_attempts); for actions
+ * scheduled from now on. */
+void hr_outbox_set_writes(hr_outbox_t *o, const hr_outbox_target_t *p, uint32_t max_attempts);
 /* Take ownership of a list of actions (linked through next) and write them to the spool.
  * Returns 0 and cb(arg, 0) runs once they are durable (then delivery starts), or
  * cb(arg, < 0) if they could not be made durable (-EIO, ...; the actions are dropped: the

@@ -115,6 +115,9 @@ class CliTest(HRTestCase):
             (base_config(files={"audit": {"paht": "x"}}), "paht"),
             (base_config(targets={"pos": {"url": "ftp://x/y"}}), "targets.pos.url"),
             (base_config(listen="nonsense"), "listen"),
+            (base_config(files={"audit": {"path": "x", "mode": "0999"}}), "files.audit.mode"),
+            (base_config(files={"audit": {"path": "x", "mode": 640}}), "files.audit.mode"),
+            (base_config(files={"audit": {"path": "x", "mode": True}}), "files.audit.mode"),
         ]
         nope = base_config()
         del nope["endpoints"]

@@ -279,6 +279,52 @@ end
         self.assertEqual(d.get("action"), "write", d)
         self.assertTrue(r.alive())
 
+    def test_write_retried_on_enospc(self):
+        """Regression (issue 9.1): a write() hitting ENOSPC (its file a symlink to /dev/full) is
+        retried on the schedule, not dead-lettered, and written once there is room."""
+        self.wd.rule(None, 'return function(e) write("audit", { n = e.body.n }) end\n')
+        os.symlink("/dev/full", self.wd.p("var", "audit.jsonl"))
+        r = self.router(base_config(delivery={"retry_base_ms": 20, "retry_max_ms": 50}))
+        eid = self.assertOk(r.post("/t", {"n": 7}))
+        self.assertTrue(r.wait_log(r"retry id=%s file=audit error=[^\n]*No space left[^\n]*attempt=2/" % eid, 5),
+                        r.log_tail())
+        self.assertEqual(self.wd.dead_letters, [])
+        self.assertEqual(r.healthz()["outbox"]["pending"], 1)
+        os.unlink(self.wd.p("var", "audit.jsonl"))
+        self.assertTrue(wait_until(lambda: self.wd.jsonl("var/audit.jsonl") == [{"n": 7}], 5), r.log_tail())
+        self.assertTrue(r.wait_log(r"delivered id=%s[^\n]*action=write" % eid, 3), r.log_tail())
+        self.assertEqual(self.wd.dead_letters, [])
+
+    def test_created_files_private_unless_mode(self):
+        """Regression (issue 9.5): spool segments, dead letters, outputs and incoming/ are 0600
+        and new folders 0700; files.<name>.mode sets an output's mode; existing files keep theirs."""
+        snk = self.sink(status=400)  # permanent: dead-lettered at once
+        self.wd.rule(None, 'return function(e)\n  forward("pos", { n = e.body.n })\n'
+                           '  write("shared", { n = e.body.n })\n  write("old", { n = e.body.n })\nend\n')
+        self.wd.write("var/old.jsonl", "", mode=0o644)
+        r = self.router(base_config(targets={"pos": target(snk.url, max_attempts=1)},
+                                    files={"shared": {"path": "out/shared.jsonl", "mode": "0640"},
+                                           "old": {"path": "var/old.jsonl", "mode": "0600"}},
+                                    dead_letters="dl/dead-letters.jsonl", spool_dir="sp/q"))
+        self.assertOk(r.post("/t", {"n": 1}))
+        self.assertTrue(wait_until(lambda: os.path.exists(self.wd.p("dl", "dead-letters.jsonl")), 5),
+                        r.log_tail())
+        self.assertTrue(wait_until(lambda: os.path.exists(self.wd.p("out", "shared.jsonl")), 5),
+                        r.log_tail())
+        mode = lambda *p: os.stat(self.wd.p(*p)).st_mode & 0o777
+        self.assertEqual(mode("dl", "dead-letters.jsonl"), 0o600)
+        self.assertEqual(mode("dl"), 0o700)
+        self.assertEqual(mode("out", "shared.jsonl"), 0o640)
+        self.assertEqual(mode("out"), 0o700)
+        self.assertEqual(mode("var", "old.jsonl"), 0o644, "an existing file's mode must not change")
+        self.assertEqual(mode("sp"), 0o700)
+        self.assertEqual(mode("sp", "q"), 0o700)
+        self.assertEqual(mode("sp", "q", "incoming"), 0o700)
+        segs = [f for f in os.listdir(self.wd.p("sp", "q")) if f != "incoming"]
+        self.assertTrue(segs, os.listdir(self.wd.p("sp", "q")))
+        for f in segs:
+            self.assertEqual(mode("sp", "q", f), 0o600, f)
+
 
 if __name__ == "__main__":
     main()

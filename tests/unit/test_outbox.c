@@ -434,6 +434,157 @@ static void test_write(hr_files_t *files)
     shutdown_outbox(loop, o);
 }
 
+/* An outbox like mk() whose write actions wait 1 ms between attempts, at most tries. */
+static hr_outbox_t *mk_writes(hr_files_t *files, const char *spool, uint32_t tries)
+{
+    static const uint64_t retry[] = {0, 1};
+    hr_outbox_target_t t = {
+        .name = "pos", .retry_ms = retry, .nretry = 1, .circuit_failures = 1000};
+    hr_outbox_opts_t opts = {.dead_letters = dlpath,
+                             .spool = {.dir = spool},
+                             .targets = &t,
+                             .ntargets = 1,
+                             .writes = {.retry_ms = retry, .nretry = 2},
+                             .write_attempts = tries};
+    char err[256] = "";
+    hr_outbox_t *o = hr_outbox_create(loop, files, &opts, err, sizeof err);
+    if (!o) fprintf(stderr, "hr_outbox_create: %s\n", err);
+    CHECK(o != NULL);
+    return o;
+}
+
+static hr_action_t *write_action(const char *id, const char *path)
+{
+    hr_action_t *w = hr_action_new(HR_ACTION_WRITE);
+    snprintf(w->event_id, sizeof w->event_id, "%s", id);
+    w->name = hr_xstrdup("audit");
+    w->file_path = hr_xstrdup(path);
+    w->body = hr_xstrdup("{\"n\":1}");
+    w->body_len = strlen(w->body);
+    w->body_is_json = true;
+    w->accepted_ms = hr_wall_ms();
+    return w;
+}
+
+/* Regression (issue 9.1): a write that fails with ENOSPC (the file is a symlink to /dev/full)
+ * is retried, kept in the spool, and delivered once the disk has room (the link is gone). */
+static void test_write_retried(hr_files_t *files)
+{
+    char *spool = hr_xasprintf("%s/spool-wr", dir);
+    char *path = hr_xasprintf("%s/full.jsonl", dir);
+    CHECK_INT_EQ(symlink("/dev/full", path), 0);
+    hr_outbox_t *o = mk_writes(files, spool, 100);
+    cJSON *j;
+    int before = dead_lines(&j);
+    cJSON_Delete(j);
+    push(o, write_action("ev-full", path));
+    hr_outbox_stats_t st;
+    do {
+        uv_run(loop, UV_RUN_ONCE);
+        hr_outbox_stats(o, &st);
+    } while (st.retried < 2);
+    CHECK_INT_EQ(st.pending, 1);
+    CHECK_INT_EQ(st.dead, 0);
+    /* A restart keeps it: it is in the spool with its attempts. */
+    shutdown_outbox(loop, o);
+    o = mk_writes(files, spool, 100);
+    hr_outbox_stats(o, &st);
+    CHECK_INT_EQ(st.recovered, 1);
+    CHECK_INT_EQ(unlink(path), 0); /* room again */
+    run_until_idle(o);
+    hr_outbox_stats(o, &st);
+    CHECK_INT_EQ(st.delivered, 1);
+    CHECK_INT_EQ(st.dead, 0);
+    CHECK_INT_EQ(dead_lines(&j), before);
+    cJSON_Delete(j);
+    FILE *fp = fopen(path, "r");
+    CHECK(fp != NULL);
+    if (fp) {
+        char buf[64] = "";
+        size_t n = fread(buf, 1, sizeof buf - 1, fp);
+        buf[n] = '\0';
+        CHECK_STR_EQ(buf, "{\"n\":1}\n");
+        fclose(fp);
+    }
+    shutdown_outbox(loop, o);
+    free(path);
+    free(spool);
+}
+
+/* Regression (issue 9.1): a write failing on every attempt is dead-lettered after
+ * write_attempts with every attempt logged, not at its first error. */
+static void test_write_attempts_exhausted(hr_files_t *files)
+{
+    char *spool = hr_xasprintf("%s/spool-wx", dir);
+    char *path = hr_xasprintf("%s/full2.jsonl", dir);
+    CHECK_INT_EQ(symlink("/dev/full", path), 0);
+    hr_outbox_t *o = mk_writes(files, spool, 3);
+    cJSON *j;
+    int before = dead_lines(&j);
+    cJSON_Delete(j);
+    push(o, write_action("ev-full2", path));
+    run_until_idle(o);
+    CHECK_INT_EQ(dead_lines(&j), before + 1);
+    if (j) {
+        CHECK_STR_EQ(jstr(j, "reason"), "attempts exhausted");
+        CHECK_STR_EQ(jstr(j, "action"), "write");
+        CHECK_INT_EQ(cJSON_GetObjectItem(j, "attempts")->valueint, 3);
+        CHECK_INT_EQ(cJSON_GetArraySize(cJSON_GetObjectItem(j, "attempt_log")), 3);
+        CHECK(jstr(j, "last_error") && strstr(jstr(j, "last_error"), "No space") != NULL);
+    }
+    cJSON_Delete(j);
+    hr_outbox_stats_t st;
+    hr_outbox_stats(o, &st);
+    CHECK_INT_EQ(st.retried, 2);
+    CHECK_INT_EQ(st.dead, 1);
+    shutdown_outbox(loop, o);
+    unlink(path);
+    free(path);
+    free(spool);
+}
+
+/* Regression (issue 9.2): a dead letter that cannot be written (the dead-letter file is a
+ * symlink to /dev/full: ENOSPC) stays in the spool, across a restart too, and is written once
+ * the file works again. */
+static void test_deadletter_file_fails(hr_files_t *files)
+{
+    char *spool = hr_xasprintf("%s/spool-dlf", dir);
+    char *dl = hr_xasprintf("%s/dl-full.jsonl", dir);
+    CHECK_INT_EQ(symlink("/dev/full", dl), 0);
+    hr_outbox_t *o = mk_at(files, spool, (const uint64_t[]){0}, 1);
+    hr_outbox_set_dead_letters(o, dl);
+    script(2, (answer_t[]){{400, NULL}, {400, NULL}});
+    push(o, forward("ev-dlf", srv.port, 1));
+    while (srv.requests < 1)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_run(loop, UV_RUN_NOWAIT);
+    hr_outbox_stats_t st;
+    hr_outbox_stats(o, &st);
+    CHECK_INT_EQ(st.pending, 1);
+    CHECK_INT_EQ(st.dead, 0);
+    shutdown_outbox(loop, o);
+    o = mk_at(files, spool, (const uint64_t[]){0}, 1);
+    hr_outbox_set_dead_letters(o, dl);
+    hr_outbox_stats(o, &st);
+    CHECK_INT_EQ(st.recovered, 1);
+    CHECK_INT_EQ(unlink(dl), 0); /* the dead-letter file works again */
+    run_until_idle(o);
+    hr_outbox_stats(o, &st);
+    CHECK_INT_EQ(st.dead, 1);
+    FILE *fp = fopen(dl, "r");
+    CHECK(fp != NULL);
+    if (fp) {
+        char line[8192] = "";
+        CHECK(fgets(line, sizeof line, fp) != NULL);
+        CHECK(strstr(line, "\"ev-dlf\"") != NULL);
+        CHECK(strstr(line, "\"rejected\"") != NULL);
+        fclose(fp);
+    }
+    shutdown_outbox(loop, o);
+    free(dl);
+    free(spool);
+}
+
 static void test_drain(hr_files_t *files)
 {
     /* A retry far in the future is not waited for: it stays in the spool, not in dead letters,
@@ -556,6 +707,9 @@ int main(void)
     test_refused(files);
     test_retry_after(files);
     test_write(files);
+    test_write_retried(files);
+    test_write_attempts_exhausted(files);
+    test_deadletter_file_fails(files);
     test_drain(files);
     test_backoff_bounds(files);
 
