@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "hr/config.h"
+#include "hr/files.h"
 #include "hr/spool.h"
 
 /* Load the config, printing its errors. NULL on failure. */
@@ -300,15 +301,28 @@ static hr_action_t *action_from_dl(const replay_t *rp, const dl_t *d)
         const cJSON *hs = cJSON_GetObjectItemCaseSensitive(j, "headers");
         const cJSON *h;
         bool has_id = false;
+        const hr_target_conf_t *t = hr_config_target(rp->cfg, a->name);
         cJSON_ArrayForEach(h, hs)
         {
             if (!cJSON_IsString(h) || !h->string) continue;
-            hr_action_add_header(a, h->string, h->valuestring);
+            const char *v = h->valuestring;
+            if (strcmp(v, HR_REDACTED) == 0) { /* the credential comes from the config now */
+                v = NULL;
+                for (size_t i = 0; t && i < t->nheaders && !v; i++)
+                    if (strcasecmp(t->headers[i].name, h->string) == 0) v = t->headers[i].value;
+                if (!v) {
+                    fprintf(stderr,
+                            "hookrouter replay: %s: header %s was redacted and target '%s' in "
+                            "the config does not set it: replayed without it\n",
+                            d->key, h->string, a->name);
+                    continue;
+                }
+            }
+            hr_action_add_header(a, h->string, v);
             has_id = has_id || strcasecmp(h->string, "X-Hookrouter-Event-Id") == 0;
         }
         if (!has_id && a->event_id[0])
             hr_action_add_header(a, "X-Hookrouter-Event-Id", a->event_id);
-        const hr_target_conf_t *t = hr_config_target(rp->cfg, a->name);
         a->timeout_ms = t ? t->timeout_ms : 5000;
         a->max_attempts = t ? t->max_attempts : 8;
     } else {

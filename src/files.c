@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -246,6 +247,18 @@ void hr_deadletter_for_event(hr_buf_t *out, const hr_event_meta_t *ev, const cha
  * log; a forward has target/url/method/headers/body, a write has file/path/record. A body
  * marked body_is_json is embedded as raw JSON (the rule engine produced it by encoding a
  * table), anything else as a JSON string. Can't fail. */
+bool hr_header_is_secret(const char *name)
+{
+    static const char *const exact[] = {"authorization", "proxy-authorization", "cookie", NULL};
+    static const char *const parts[] = {"key",      "token",     "secret", "auth",
+                                        "password", "signature", NULL};
+    for (size_t i = 0; exact[i]; i++)
+        if (strcasecmp(name, exact[i]) == 0) return true;
+    for (size_t i = 0; parts[i]; i++)
+        if (strcasestr(name, parts[i])) return true;
+    return false;
+}
+
 void hr_deadletter_for_action_log(hr_buf_t *out, const hr_action_t *a, const char *reason,
                                   const hr_attempt_t *log, size_t nlog)
 {
@@ -286,7 +299,8 @@ void hr_deadletter_for_action_log(hr_buf_t *out, const hr_action_t *a, const cha
             if (i) hr_buf_appendc(out, ',');
             json_str_or_null(out, a->headers[i].name);
             hr_buf_appendc(out, ':');
-            json_str_or_null(out, a->headers[i].value);
+            json_str_or_null(out, hr_header_is_secret(a->headers[i].name) ? HR_REDACTED
+                                                                          : a->headers[i].value);
         }
         hr_buf_appendc(out, '}');
         body_key = ",\"body\":";

@@ -49,6 +49,14 @@ typedef struct {
     const char *error; /* transport error, or "" / NULL */
 } hr_attempt_t;
 
+/* What a credential header's value is in a dead letter: dead letters are read by people and
+ * copied around, so "Authorization", "Cookie" and every header whose name contains key,
+ * token, secret, auth, password or signature is written as this; `hookrouter replay` takes
+ * the value from the target's headers in the current config. */
+#define HR_REDACTED "[redacted]"
+/* True if a header called name carries a credential (see HR_REDACTED). */
+bool hr_header_is_secret(const char *name);
+
 /* Format a dead-letter line for an action that could not be delivered:
  * {"id":"<dead-letter id>","dead_at":…,"reason":…,
  *  "event":{"id":…,"type":…,"store":…,"accepted_at":…},
@@ -57,7 +65,8 @@ typedef struct {
  *  "attempt_log":[{"attempt":1,"at":…,"status":N|null,"error":…|null},…],
  *  "body":<JSON if body_is_json, else a JSON string>}
  * (for a write action: "action":"write","file":…,"path":…,"record":… instead of target, url,
- * method, headers and body). The id is new for each line (a UUIDv7); `hookrouter replay
+ * method, headers and body). Credential header values are HR_REDACTED. The id is new for each line
+ * (a UUIDv7); `hookrouter replay
  * --id` takes it. */
 void hr_deadletter_for_action_log(hr_buf_t *out, const hr_action_t *a, const char *reason,
                                   const hr_attempt_t *log, size_t nlog);

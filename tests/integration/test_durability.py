@@ -399,6 +399,30 @@ class DurabilityTest(HRTestCase):
         self.assertEqual(snk.count(), 2, "a second replay duplicated the event")
         self.assertGreaterEqual(r.healthz()["outbox"]["replayed"], 1)
 
+    def test_dead_letters_hold_no_credentials_and_replay_restores_them(self):
+        snk = ScriptSink(script=[(422, {})])
+        self.addCleanup(snk.stop)
+        self.wd.rule(None, 'return function(e) forward("pos", e.body, { headers = '
+                           '{ ["X-Session-Token"] = "rule-secret", ["X-Plain"] = "p" } }) end\n')
+        cfg = self.cfg(snk.url, target_kw={"headers": {"X-Api-Key": "k-secret", "Authorization": "Basic c2VjcmV0"}})
+        r = self.router(cfg)
+        self.assertOk(r.post("/t", {"n": 1}))
+        self.assertTrue(wait_until(lambda: self.wd.dead_letters, 5), r.log_tail())
+        raw = open(self.wd.p("var/dead-letters.jsonl")).read()
+        for secret in ("k-secret", "c2VjcmV0", "rule-secret", TOKEN):
+            self.assertNotIn(secret, raw)
+        hs = {k.lower(): v for k, v in self.wd.dead_letters[0]["headers"].items()}
+        self.assertEqual((hs["x-api-key"], hs["authorization"], hs["x-session-token"], hs["x-plain"]),
+                         ("[redacted]", "[redacted]", "[redacted]", "p"))
+        rep = self.cli("replay", "--target", "pos")
+        self.assertEqual(rep.returncode, 0, rep.stderr)
+        self.assertIn("X-Session-Token was redacted", rep.stderr)
+        self.assertTrue(wait_until(lambda: snk.count() >= 2, 4), r.log_tail())
+        _, h, _ = snk.requests[1]
+        self.assertEqual((h.get("X-Api-Key"), h.get("Authorization"), h.get("X-Plain")),
+                         ("k-secret", "Basic c2VjcmV0", "p"))
+        self.assertIsNone(h.get("X-Session-Token"))
+
     def test_fsync_modes_accept(self):
         for mode in ("interval", "never"):
             snk = self.sink()
