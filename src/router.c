@@ -270,18 +270,39 @@ static void on_headers(hr_http_request_t *req, void *arg)
     }
 }
 
-/* Dead-letter an event whose rule failed. */
+/* The outbox took the dead letter of a failed rule (status 0), or could not store it. */
+static void on_dead_letter_pushed(void *arg, int status)
+{
+    char *line = arg;
+    if (status < 0)
+        hr_log_error("cannot store the dead letter of a failed rule (%s); the event follows: %s",
+                     strerror(-status), line);
+    free(line);
+}
+
+/* Dead-letter an event whose rule failed: the line goes through the outbox as a write to
+ * the dead-letter file, so a file error (EMFILE, ENOSPC, EIO) retries it from the spool
+ * like any write instead of leaving it only in a log line. */
 static void dead_letter_event(hr_router_t *r, const hr_event_in_t *ev, const hr_run_result_t *res)
 {
     const hr_config_t *cfg = hr_ruleset_config(r->rs);
     hr_event_meta_t meta = {ev->id, ev->type, res->store, ev->method, ev->path, ev->received_at};
     hr_buf_t line = HR_BUF_INIT;
     hr_deadletter_for_event(&line, &meta, res->error, ev->body, ev->body_len);
-    char err[256];
-    if (hr_files_append(r->files, cfg->dead_letters, line.data, line.len, err, sizeof err) != 0)
-        hr_log_error("cannot write dead letter to %s (%s); the event follows: %s",
-                     cfg->dead_letters, err, line.data);
-    hr_buf_free(&line);
+    hr_action_t *a = hr_action_new(HR_ACTION_WRITE);
+    memcpy(a->event_id, ev->id, HR_ID_LEN);
+    a->event_type = hr_xstrdup(ev->type);
+    a->store = res->store ? hr_xstrdup(res->store) : NULL;
+    a->accepted_ms = ev->received_ms;
+    a->name = hr_xstrdup("dead_letters");
+    a->file_path = hr_xstrdup(cfg->dead_letters);
+    a->body_is_json = true;
+    a->body = hr_xstrndup(line.data, line.len);
+    a->body_len = line.len;
+    char *copy = hr_buf_steal(&line, NULL); /* for the log line if it cannot be stored */
+    int rc = r->outbox ? hr_outbox_push(r->outbox, a, on_dead_letter_pushed, copy)
+                       : hr_handoff_push(r->port, a, on_dead_letter_pushed, copy);
+    if (rc < 0) on_dead_letter_pushed(copy, rc);
 }
 
 /* ---------------------------------------------------------------- events */

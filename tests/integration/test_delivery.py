@@ -295,6 +295,20 @@ end
         self.assertTrue(r.wait_log(r"delivered id=%s[^\n]*action=write" % eid, 3), r.log_tail())
         self.assertEqual(self.wd.dead_letters, [])
 
+    def test_failed_rule_dead_letter_kept_in_spool_when_the_file_fails(self):
+        """Regression (issue 9.2): the dead letter of a failed rule goes through the outbox, so
+        an unwritable dead-letter file (ENOSPC) keeps it in the spool until it can be written."""
+        self.wd.rule(None, 'return function(e) error("boom " .. e.body.n) end\n')
+        os.makedirs(self.wd.p("var"), exist_ok=True)
+        os.symlink("/dev/full", self.wd.p("var", "dead-letters.jsonl"))
+        r = self.router(base_config(delivery={"retry_base_ms": 20, "retry_max_ms": 50}))
+        self.assertEqual(r.post("/t", {"n": 3}).status, 500)
+        self.assertTrue(r.wait_log(r"No space left", 5), r.log_tail())
+        self.assertGreaterEqual(r.healthz()["outbox"]["pending"], 1)
+        os.unlink(self.wd.p("var", "dead-letters.jsonl"))
+        self.assertTrue(wait_until(lambda: self.wd.dead_letters, 5), r.log_tail())
+        self.assertIn("boom 3", self.wd.dead_letters[0]["error"])
+
     def test_created_files_private_unless_mode(self):
         """Regression (issue 9.5): spool segments, dead letters, outputs and incoming/ are 0600
         and new folders 0700; files.<name>.mode sets an output's mode; existing files keep theirs."""

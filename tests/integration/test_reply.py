@@ -157,6 +157,7 @@ class ReplyTest(HRTestCase):
         self.assertEqual(resp.json(), FALLBACK)
         self.assertGreaterEqual(dt, 0.49)
         self.assertLess(dt, T(0.5) + 0.25, "fallback not sent at the deadline")
+        wait_until(lambda: self.wd.dead_letters, 3)  # written through the outbox
         dl = self.wd.dead_letters
         self.assertEqual(len(dl), 1, dl)
         self.assertIn("reply deadline exceeded (500 ms)", json.dumps(dl[0]))
@@ -199,6 +200,7 @@ class ReplyTest(HRTestCase):
         self.assertEqual(resp.json()["error"], "reply deadline exceeded")
         self.assertGreaterEqual(dt, 0.79)
         self.assertLess(dt, T(0.8) + 0.3)
+        self.assertTrue(wait_until(lambda: self.wd.dead_letters, 3))  # through the outbox
         self.assertIn("reply deadline exceeded (800 ms)", json.dumps(self.wd.dead_letters[0]))
 
     def test_respond_forms_and_actions(self):

@@ -76,6 +76,7 @@ class RulesTest(HRTestCase):
         for i in range(5):
             resp = r.post("/t", {"storeId": "loop", "i": i}, timeout=10)
             self.assertEqual(resp.status, 500)
+        wait_until(lambda: len(self.dead_for("loop")) >= 5, 3)  # written through the outbox
         self.assertEqual(len(self.dead_for("loop")), 5)
         self.assertEqual(r.healthz()["status"], "ok")
 
