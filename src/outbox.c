@@ -556,7 +556,7 @@ static void dead_later(ob_item_t *it, const char *reason, const char *err)
     if (!o->last_dl_log || now - o->last_dl_log >= 1000) {
         hr_log_error("dead-letter file: %s; id=%s reason=%s stays in the spool, trying again in "
                      "%u ms (%u such lines left out)",
-                     err, it->a && it->a->event_id ? it->a->event_id : "-", reason,
+                     err, it->a && it->a->event_id[0] ? it->a->event_id : "-", reason,
                      (unsigned)DL_RETRY_MS, (unsigned)o->dl_suppressed);
         o->last_dl_log = now;
         o->dl_suppressed = 0;
