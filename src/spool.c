@@ -466,8 +466,9 @@ static bool header_like(const unsigned char *p, size_t n, size_t i, size_t *next
  * length chain from s lands on e (or runs past the end of the segment: a torn tail);
  * otherwise a lower bound (*exact false): the framing carries no record count, so records
  * whose header was destroyed (zeroed) cannot be counted. The bound is the records of the
- * chain from s, one more for the header the chain broke on, and every header-like position
- * after it (at least 1: the spool writes nothing but records). */
+ * chain from s and every header-like position after it (at least 1: the spool writes
+ * nothing but records). Where the chain breaks is not counted: the length that led there
+ * may be the damaged field itself. */
 static uint64_t lost_records(const unsigned char *p, size_t n, size_t s, size_t e, bool *exact)
 {
     size_t i = s, next;
@@ -482,7 +483,6 @@ static uint64_t lost_records(const unsigned char *p, size_t n, size_t s, size_t 
         i = next;
     }
     *exact = false;
-    if (k && i < e && i > s) k++; /* the chain ended on a record whose header is damaged */
     for (size_t j = i + 1; j < e; j++)
         if (p[j] == 'H' && header_like(p, n, j, &next)) k++;
     return k ? k : 1;

@@ -483,7 +483,8 @@ static void test_recovery_report(void)
     hr_buf_free(&b);
 
     /* The same 4 KiB zeroed: the headers of records 6..18 are gone, so only a lower bound
-     * can be given (record 5, whose header survives, and record 6 its length points at). */
+     * can be given: record 5, whose header survives (the zeroed bytes where its length
+     * points might as well be the damage of record 5's own length field). */
     thirty_records(&b);
     memset(b.data + 5 * R_SIZE + 100, 0, 4096);
     CHECK_INT_EQ(parse7(&b, &gs, &tot), 16);
@@ -492,10 +493,10 @@ static void test_recovery_report(void)
     CHECK_INT_EQ(gs.g[0].end, 6004);
     CHECK_INT_EQ(tot.bytes, 4424);
     CHECK(!gs.g[0].exact);
-    CHECK_INT_EQ(gs.g[0].records, 2);
+    CHECK_INT_EQ(gs.g[0].records, 1);
     CHECK_STR_EQ(gs.line[0],
                  "segment seg-0000000000000007.hrs: bytes 1580-6003 skipped (4424 bytes, at "
-                 "least 2 records lost)");
+                 "least 1 records lost)");
     hr_buf_free(&b);
 
     /* Zeroed from a record boundary (record 5's header gone too): at least 1. */
@@ -505,6 +506,19 @@ static void test_recovery_report(void)
     CHECK_INT_EQ(gs.n, 1);
     CHECK_INT_EQ(gs.g[0].start, 5 * R_SIZE);
     CHECK_INT_EQ(gs.g[0].end, 18 * R_SIZE);
+    CHECK_INT_EQ(gs.g[0].records, 1);
+    CHECK(!gs.g[0].exact);
+    hr_buf_free(&b);
+
+    /* One record's length field damaged to point inside its own payload: one record lost,
+     * not two (where the chain breaks is not counted). */
+    thirty_records(&b);
+    b.data[3 * R_SIZE + 4] = 100;
+    b.data[3 * R_SIZE + 5] = 0;
+    CHECK_INT_EQ(parse7(&b, &gs, &tot), 29);
+    CHECK_INT_EQ(gs.n, 1);
+    CHECK_INT_EQ(gs.g[0].start, 3 * R_SIZE);
+    CHECK_INT_EQ(gs.g[0].end, 4 * R_SIZE);
     CHECK_INT_EQ(gs.g[0].records, 1);
     CHECK(!gs.g[0].exact);
     hr_buf_free(&b);
