@@ -606,6 +606,22 @@ static void fmt_age(uint64_t ms, char *out, size_t n)
         snprintf(out, n, "%llus", (unsigned long long)s);
 }
 
+/* The skipped ranges and empty segments of the scan, printed after its summary line. */
+typedef struct {
+    hr_spool_gap_t *v;
+    size_t n, cap;
+} sp_gaps_t;
+
+static void on_scan_gap(void *arg, const hr_spool_gap_t *g)
+{
+    sp_gaps_t *gs = arg;
+    if (gs->n == gs->cap) {
+        gs->cap = gs->cap ? gs->cap * 2 : 8;
+        gs->v = hr_xrealloc(gs->v, gs->cap * sizeof *gs->v);
+    }
+    gs->v[gs->n++] = *g;
+}
+
 int hr_cmd_spool(const char *config)
 {
     hr_config_t *cfg = load_config(config);
@@ -613,17 +629,27 @@ int hr_cmd_spool(const char *config)
     sp_scan_t s = {0};
     hr_spool_stats_t st;
     char err[512];
-    if (hr_spool_scan_dir(cfg->spool_dir, on_scan_rec, &s, &st, err, sizeof err) < 0) {
+    sp_gaps_t gs = {0};
+    if (hr_spool_scan_dir_gaps(cfg->spool_dir, on_scan_rec, &s, on_scan_gap, &gs, &st, err,
+                               sizeof err) < 0) {
         fprintf(stderr, "hookrouter spool: %s\n", err);
+        free(gs.v);
         hr_config_destroy(cfg);
         return 1;
     }
     uint64_t now = hr_wall_ms();
     printf("spool %s: %llu segment(s), %llu bytes", cfg->spool_dir, (unsigned long long)st.segments,
            (unsigned long long)st.bytes);
-    if (st.corrupt)
-        printf(", %llu corrupt/torn record(s) skipped (%llu bytes)", (unsigned long long)st.corrupt,
-               (unsigned long long)st.corrupt_bytes);
+    if (st.corrupt_ranges)
+        printf(", %llu skipped range(s), %llu bytes, %llu record(s) lost",
+               (unsigned long long)st.corrupt_ranges, (unsigned long long)st.corrupt_bytes,
+               (unsigned long long)st.corrupt);
+    for (size_t i = 0; i < gs.n; i++) {
+        char line[160];
+        hr_spool_gap_format(line, sizeof line, &gs.v[i]);
+        printf("\n%s", line);
+    }
+    free(gs.v);
     printf("\n%-24s %8s %12s %s\n", "target", "depth", "oldest_age", "next_attempt");
     size_t total = 0;
     for (size_t t = 0; t < s.nnames; t++) {

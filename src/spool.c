@@ -448,20 +448,71 @@ static bool record_ok(const unsigned char *p, size_t n, size_t off, uint32_t *le
     return true;
 }
 
-uint64_t hr_spool_parse(const char *data, size_t n, uint32_t seg, hr_spool_rec_cb cb, void *arg,
-                        uint64_t *bad_bytes)
+/* Looks like the start of a record header at p[i] (the bytes there match the magic and
+ * the reserved bytes 9..11 are 0, as far as the segment goes). *next gets where the record
+ * following it would start (SIZE_MAX if the length field is cut off). */
+static bool header_like(const unsigned char *p, size_t n, size_t i, size_t *next)
+{
+    static const unsigned char magic[4] = {'H', 'R', 'S', '1'};
+    size_t avail = n - i;
+    if (memcmp(p + i, magic, avail < 4 ? avail : 4) != 0) return false;
+    for (size_t j = 9; j < 12 && j < avail; j++)
+        if (p[i + j]) return false;
+    *next = avail >= 8 ? i + HR_SPOOL_HDR + (size_t)get32(p + i + 4) : SIZE_MAX;
+    return true;
+}
+
+/* The records that started inside the skipped bytes [s, e) of p[0..n). Exact when the
+ * length chain from s lands on e (or runs past the end of the segment: a torn tail);
+ * otherwise a lower bound (*exact false): the framing carries no record count, so records
+ * whose header was destroyed (zeroed) cannot be counted. The bound is the records of the
+ * chain from s and every header-like position after it (at least 1: the spool writes
+ * nothing but records). Where the chain breaks is not counted: the length that led there
+ * may be the damaged field itself. */
+static uint64_t lost_records(const unsigned char *p, size_t n, size_t s, size_t e, bool *exact)
+{
+    size_t i = s, next;
+    uint64_t k = 0;
+    while (i < e && header_like(p, n, i, &next)) {
+        k++;
+        if (next == e || (e == n && next > n)) {
+            *exact = true;
+            return k;
+        }
+        if (next > e) break; /* runs into the record after the gap: not a real length */
+        i = next;
+    }
+    *exact = false;
+    for (size_t j = i + 1; j < e; j++)
+        if (p[j] == 'H' && header_like(p, n, j, &next)) k++;
+    return k ? k : 1;
+}
+
+uint64_t hr_spool_parse_gaps(const char *data, size_t n, uint32_t seg, hr_spool_rec_cb cb,
+                             void *arg, hr_spool_gap_cb gap, void *gap_arg, hr_spool_gaps_t *tot)
 {
     const unsigned char *p = (const unsigned char *)data;
-    size_t off = 0;
-    uint64_t corrupt = 0, bad = 0;
-    while (off < n) {
+    size_t off = 0, gap_at = SIZE_MAX;
+    hr_spool_gaps_t t = {0};
+    for (;;) {
         uint32_t len;
-        if (record_ok(p, n, off, &len)) {
+        bool ok = off < n && record_ok(p, n, off, &len);
+        if ((ok || off >= n) && gap_at != SIZE_MAX) { /* a skipped range ends here */
+            hr_spool_gap_t g = {.seg = seg, .start = gap_at, .end = off};
+            g.records = lost_records(p, n, gap_at, off, &g.exact);
+            t.ranges++;
+            t.bytes += g.end - g.start;
+            t.records += g.records;
+            if (gap) gap(gap_arg, &g);
+            gap_at = SIZE_MAX;
+        }
+        if (off >= n) break;
+        if (ok) {
             cb(arg, p[off + 8], data + off + HR_SPOOL_HDR, len, (uint64_t)seg << 32 | off);
             off += HR_SPOOL_HDR + len;
             continue;
         }
-        corrupt++;
+        if (gap_at == SIZE_MAX) gap_at = off;
         /* A record with a good frame but a bad checksum, followed by a record (or the end):
          * skip just that record. */
         if (n - off >= HR_SPOOL_HDR && get32(p + off) == HR_SPOOL_MAGIC) {
@@ -469,22 +520,50 @@ uint64_t hr_spool_parse(const char *data, size_t n, uint32_t seg, hr_spool_rec_c
             size_t next = off + HR_SPOOL_HDR + (size_t)l;
             uint32_t l2;
             if (l <= n - off - HR_SPOOL_HDR && (next == n || record_ok(p, n, next, &l2))) {
-                bad += next - off;
                 off = next;
                 continue;
             }
         }
-        /* Otherwise look for the next place where a valid record starts. */
+        /* Otherwise look for the next place where a valid record starts. Candidates whose
+         * reserved bytes are not 0 are passed over before any checksum is computed
+         * (record_ok also passes over lengths that run past the end before it). */
         size_t at = off + 1;
         for (; at + HR_SPOOL_HDR <= n; at++) {
-            if (p[at] == 'H' && record_ok(p, n, at, &len)) break;
+            if (p[at] == 'H' && !p[at + 9] && !p[at + 10] && !p[at + 11] &&
+                record_ok(p, n, at, &len))
+                break;
         }
         if (at + HR_SPOOL_HDR > n) at = n;
-        bad += at - off;
         off = at;
     }
-    if (bad_bytes) *bad_bytes += bad;
-    return corrupt;
+    if (tot) {
+        tot->ranges += t.ranges;
+        tot->bytes += t.bytes;
+        tot->records += t.records;
+    }
+    return t.records;
+}
+
+uint64_t hr_spool_parse(const char *data, size_t n, uint32_t seg, hr_spool_rec_cb cb, void *arg,
+                        uint64_t *bad_bytes)
+{
+    hr_spool_gaps_t t = {0};
+    uint64_t lost = hr_spool_parse_gaps(data, n, seg, cb, arg, NULL, NULL, &t);
+    if (bad_bytes) *bad_bytes += t.bytes;
+    return lost;
+}
+
+int hr_spool_gap_format(char *out, size_t cap, const hr_spool_gap_t *g)
+{
+    if (g->empty)
+        return snprintf(out, cap, "segment seg-%016llx.hrs: empty (0 bytes, 0 records)",
+                        (unsigned long long)g->seg);
+    return snprintf(out, cap,
+                    "segment seg-%016llx.hrs: bytes %llu-%llu skipped (%llu bytes, %s%llu "
+                    "records lost)",
+                    (unsigned long long)g->seg, (unsigned long long)g->start,
+                    (unsigned long long)(g->end - 1), (unsigned long long)(g->end - g->start),
+                    g->exact ? "" : "at least ", (unsigned long long)g->records);
 }
 
 /* ---- Segments --------------------------------------------------------------------------- */
@@ -672,10 +751,12 @@ static void on_scan_rec(void *arg, int type, const char *p, size_t n, hr_spool_l
     sc->cb(sc->arg, type, p, n, loc);
 }
 
-/* Scan one segment file; *actions (may be NULL) gets its ACTION and COPY records. Returns 0
- * or a negative errno. */
+/* Scan one segment file; *actions (may be NULL) gets its ACTION and COPY records, *gaps its
+ * skipped ranges (each also passed to gap, which may be NULL; so is an empty segment).
+ * Returns 0 or a negative errno. */
 static int scan_segment(int fd, uint32_t seq, hr_spool_rec_cb cb, void *arg, uint64_t *size,
-                        uint64_t *corrupt, uint64_t *bad, uint64_t *actions)
+                        hr_spool_gaps_t *gaps, uint64_t *actions, hr_spool_gap_cb gap,
+                        void *gap_arg)
 {
     struct stat st;
     if (fstat(fd, &st) < 0) return -errno;
@@ -683,7 +764,12 @@ static int scan_segment(int fd, uint32_t seq, hr_spool_rec_cb cb, void *arg, uin
     long long n = read_all(fd, (uint64_t)st.st_size, &data);
     if (n < 0) return (int)n;
     scan_ctx_t sc = {cb, arg, 0};
-    *corrupt += hr_spool_parse(data, (size_t)n, seq, on_scan_rec, &sc, bad);
+    if (n == 0) {
+        hr_spool_gap_t g = {.seg = seq, .empty = true, .exact = true};
+        gaps->empty++;
+        if (gap) gap(gap_arg, &g);
+    }
+    hr_spool_parse_gaps(data, (size_t)n, seq, on_scan_rec, &sc, gap, gap_arg, gaps);
     if (actions) *actions = sc.actions;
     *size = (uint64_t)n;
     free(data);
@@ -693,6 +779,13 @@ static int scan_segment(int fd, uint32_t seq, hr_spool_rec_cb cb, void *arg, uin
 int hr_spool_scan_dir(const char *dir, hr_spool_rec_cb cb, void *arg, hr_spool_stats_t *st,
                       char *err, size_t errlen)
 {
+    return hr_spool_scan_dir_gaps(dir, cb, arg, NULL, NULL, st, err, errlen);
+}
+
+int hr_spool_scan_dir_gaps(const char *dir, hr_spool_rec_cb cb, void *arg, hr_spool_gap_cb gap,
+                           void *gap_arg, hr_spool_stats_t *st, char *err, size_t errlen)
+{
+    hr_spool_gaps_t gaps = {0};
     hr_spool_stats_t local = {0};
     uint32_t *seqs = NULL;
     long n = list_segments(dir, &seqs);
@@ -716,7 +809,7 @@ int hr_spool_scan_dir(const char *dir, hr_spool_rec_cb cb, void *arg, hr_spool_s
             break;
         }
         uint64_t size = 0;
-        rc = scan_segment(fd, seqs[i], cb, arg, &size, &local.corrupt, &local.corrupt_bytes, NULL);
+        rc = scan_segment(fd, seqs[i], cb, arg, &size, &gaps, NULL, gap, gap_arg);
         close(fd);
         if (rc < 0) {
             snprintf(err, errlen, "%s: %s", path, strerror(-rc));
@@ -728,6 +821,10 @@ int hr_spool_scan_dir(const char *dir, hr_spool_rec_cb cb, void *arg, hr_spool_s
         local.segments++;
     }
     free(seqs);
+    local.corrupt = gaps.records;
+    local.corrupt_bytes = gaps.bytes;
+    local.corrupt_ranges = gaps.ranges;
+    local.empty_segments = gaps.empty;
     if (st) *st = local;
     return rc;
 }
@@ -870,6 +967,18 @@ static void on_interval(uv_timer_t *t)
 
 /* ---- Public API ------------------------------------------------------------------------- */
 
+/* Recovery logs every skipped range and every empty segment on a line of its own. */
+static void log_gap(void *arg, const hr_spool_gap_t *g)
+{
+    (void)arg;
+    char line[160];
+    hr_spool_gap_format(line, sizeof line, g);
+    if (g->empty)
+        hr_log_info("spool: %s", line);
+    else
+        hr_log_warn("spool: %s", line);
+}
+
 hr_spool_t *hr_spool_open(uv_loop_t *loop, const hr_spool_opts_t *opts, hr_spool_rec_cb cb,
                           void *arg, char *err, size_t errlen)
 {
@@ -908,8 +1017,8 @@ hr_spool_t *hr_spool_open(uv_loop_t *loop, const hr_spool_opts_t *opts, hr_spool
             goto fail;
         }
         seg_t s = {.seq = seqs[i], .fd = fd};
-        uint64_t corrupt = 0, bad = 0;
-        rc = scan_segment(fd, seqs[i], cb, arg, &s.size, &corrupt, &bad, &s.actions);
+        hr_spool_gaps_t gaps = {0};
+        rc = scan_segment(fd, seqs[i], cb, arg, &s.size, &gaps, &s.actions, log_gap, NULL);
         seg_push(sp, s);
         if (rc < 0) {
             snprintf(err, errlen, "spool segment %s: %s", path, strerror(-rc));
@@ -917,12 +1026,15 @@ hr_spool_t *hr_spool_open(uv_loop_t *loop, const hr_spool_opts_t *opts, hr_spool
             free(seqs);
             goto fail;
         }
-        if (corrupt)
-            hr_log_warn("spool: %s: skipped %llu corrupt or torn record(s), %llu bytes "
-                        "(a crash mid-write leaves a torn tail; the rest was recovered)",
-                        path, (unsigned long long)corrupt, (unsigned long long)bad);
-        sp->st.corrupt += corrupt;
-        sp->st.corrupt_bytes += bad;
+        if (gaps.ranges)
+            hr_log_warn("spool: %s: skipped %llu corrupt or torn record(s), %llu bytes in %llu "
+                        "range(s) (a crash mid-write leaves a torn tail; the rest was recovered)",
+                        path, (unsigned long long)gaps.records, (unsigned long long)gaps.bytes,
+                        (unsigned long long)gaps.ranges);
+        sp->st.corrupt += gaps.records;
+        sp->st.corrupt_bytes += gaps.bytes;
+        sp->st.corrupt_ranges += gaps.ranges;
+        sp->st.empty_segments += gaps.empty;
         sp->st.bytes += s.size;
         sp->st.segments++;
         free(path);

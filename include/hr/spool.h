@@ -12,10 +12,12 @@
  *         12  u32 CRC32C of bytes 4..11 and the payload
  *         16  payload
  *
- * (all integers little-endian). A record whose magic, length or checksum is wrong is skipped
- * and reported: with a plausible length, just that record; otherwise the scan moves forward
- * to the next "HRS1" whose record checks out. A short record at the end (a torn write) is the
- * usual case after a crash.
+ * (all integers little-endian). A record whose magic, length or checksum is wrong is skipped:
+ * with a plausible length, just that record; otherwise the scan moves forward to the next
+ * "HRS1" whose record checks out. Adjacent skips form one range, reported (logged by
+ * hr_spool_open, printed by `hookrouter spool`) with its byte offsets and the records that
+ * started in it (see hr_spool_gap_t); an empty segment is reported too. A short record at the end
+ * (a torn write) is the usual case after a crash.
  *
  * Durability (fsync): appends are write(2) calls from the loop (the page cache makes them
  * cheap); hr_spool_commit() asks to be told when everything appended so far is durable.
@@ -80,19 +82,44 @@ typedef struct {
 } hr_spool_opts_t;
 
 typedef struct {
-    uint64_t bytes;         /* size of every segment file */
-    uint64_t segments;      /* segment files */
-    uint64_t syncs;         /* fdatasync batches run */
-    uint64_t commits;       /* commit callbacks completed */
-    uint64_t corrupt;       /* corrupt records skipped by the last scan */
-    uint64_t corrupt_bytes; /* bytes skipped by the last scan */
-    uint64_t deleted;       /* segments deleted since open */
-    uint64_t write_errors;  /* appends or syncs that failed */
+    uint64_t bytes;          /* size of every segment file */
+    uint64_t segments;       /* segment files */
+    uint64_t syncs;          /* fdatasync batches run */
+    uint64_t commits;        /* commit callbacks completed */
+    uint64_t corrupt;        /* records lost in skipped ranges by the last scan (a lower
+                              * bound where a range's count is "at least", see hr_spool_gap_t) */
+    uint64_t corrupt_bytes;  /* bytes skipped by the last scan */
+    uint64_t corrupt_ranges; /* skipped byte ranges of the last scan */
+    uint64_t empty_segments; /* zero-length segment files seen by the last scan */
+    uint64_t deleted;        /* segments deleted since open */
+    uint64_t write_errors;   /* appends or syncs that failed */
 } hr_spool_stats_t;
 
 /* Called for each valid record of a scan, in order. payload is valid during the call. */
 typedef void (*hr_spool_rec_cb)(void *arg, int type, const char *payload, size_t len,
                                 hr_spool_loc_t loc);
+
+/* One skipped byte range [start, end) of segment seg, or (empty) a zero-length segment.
+ * records counts the records that started inside the range: exact (exact true) when the
+ * length chain from start lands on end or runs past the end of the segment (a torn tail);
+ * otherwise a lower bound, because the framing carries no record count and a record whose
+ * header was destroyed (e.g. zeroed) leaves nothing to count. */
+typedef struct {
+    uint32_t seg;
+    bool empty;
+    bool exact;
+    uint64_t start, end;
+    uint64_t records;
+} hr_spool_gap_t;
+typedef void (*hr_spool_gap_cb)(void *arg, const hr_spool_gap_t *g);
+/* Totals of the ranges of a parse or scan. */
+typedef struct {
+    uint64_t ranges, bytes, records, empty;
+} hr_spool_gaps_t;
+/* Format g as "segment seg-<16 hex>.hrs: bytes <start>-<last> skipped (<n> bytes, [at least ]
+ * <k> records lost)" (last = end - 1, inclusive) or "segment <name>: empty (0 bytes, 0
+ * records)". Returns what snprintf returns. */
+int hr_spool_gap_format(char *out, size_t cap, const hr_spool_gap_t *g);
 
 /* Open (creating) the spool at opts->dir, call cb for every valid record of its segments in
  * order (corrupt ones are logged and skipped), then start a new segment for appends. Returns
@@ -104,6 +131,9 @@ hr_spool_t *hr_spool_open(uv_loop_t *loop, const hr_spool_opts_t *opts, hr_spool
  * is an empty spool. Returns 0 or a negative errno with a message in err. */
 int hr_spool_scan_dir(const char *dir, hr_spool_rec_cb cb, void *arg, hr_spool_stats_t *st,
                       char *err, size_t errlen);
+/* As hr_spool_scan_dir, and gap (may be NULL) for every skipped range and empty segment. */
+int hr_spool_scan_dir_gaps(const char *dir, hr_spool_rec_cb cb, void *arg, hr_spool_gap_cb gap,
+                           void *gap_arg, hr_spool_stats_t *st, char *err, size_t errlen);
 
 /* Append one record. With limited, a record that would take the spool past max_bytes is
  * refused with -ENOSPC (and nothing is written). An ACTION or COPY record takes a reference
@@ -212,9 +242,13 @@ int hr_spool_decode_state(const char *p, size_t n, hr_spool_state_t *s, char *er
  * (hookrouter replay writes such a file into <spool>/incoming/). */
 void hr_spool_frame(hr_buf_t *out, int type, const void *payload, size_t len);
 /* Call cb for each valid record in the bytes p[0..n) (loc is the offset). Returns the number
- * of corrupt records skipped; *bad_bytes (may be NULL) gets the bytes skipped. */
+ * of records lost in skipped ranges; *bad_bytes (may be NULL) gets the bytes skipped. */
 uint64_t hr_spool_parse(const char *p, size_t n, uint32_t seg, hr_spool_rec_cb cb, void *arg,
                         uint64_t *bad_bytes);
+/* As hr_spool_parse, and gap (may be NULL) for every maximal skipped range; *tot (may be
+ * NULL) is added the totals. Returns the records lost. */
+uint64_t hr_spool_parse_gaps(const char *p, size_t n, uint32_t seg, hr_spool_rec_cb cb, void *arg,
+                             hr_spool_gap_cb gap, void *gap_arg, hr_spool_gaps_t *tot);
 
 /* CRC32C (Castagnoli) of p[0..n), continuing from crc (start with 0). */
 uint32_t hr_crc32c(uint32_t crc, const void *p, size_t n);

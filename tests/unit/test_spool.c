@@ -414,6 +414,195 @@ static void test_compaction_pieces(void)
     free(d);
 }
 
+/* ---- Recovery reports (issue 9) ------------------------------------------------------- */
+
+typedef struct {
+    int n;
+    hr_spool_gap_t g[8];
+    char line[8][160];
+} gaps_seen_t;
+
+static void on_gap(void *arg, const hr_spool_gap_t *g)
+{
+    gaps_seen_t *gs = arg;
+    if (gs->n < 8) {
+        gs->g[gs->n] = *g;
+        hr_spool_gap_format(gs->line[gs->n], sizeof gs->line[0], g);
+    }
+    gs->n++;
+}
+
+static void on_rec_count(void *arg, int type, const char *p, size_t n, hr_spool_loc_t loc)
+{
+    (void)type, (void)p, (void)n, (void)loc;
+    (*(int *)arg)++;
+}
+
+/* 30 records of 16 + 300 bytes: record i starts at 316 * i. */
+#define R_SIZE 316
+static void thirty_records(hr_buf_t *b)
+{
+    char p[300];
+    for (int i = 0; i < 30; i++) {
+        memset(p, 'a' + i % 26, sizeof p);
+        hr_spool_frame(b, HR_REC_ACTION, p, sizeof p);
+    }
+}
+
+/* Parse b as segment 7 and collect records, ranges and totals. */
+static int parse7(const hr_buf_t *b, gaps_seen_t *gs, hr_spool_gaps_t *tot)
+{
+    int recs = 0;
+    memset(gs, 0, sizeof *gs);
+    memset(tot, 0, sizeof *tot);
+    uint64_t lost = hr_spool_parse_gaps(b->data, b->len, 7, on_rec_count, &recs, on_gap, gs, tot);
+    CHECK_INT_EQ(lost, tot->records);
+    return recs;
+}
+
+static void test_recovery_report(void)
+{
+    gaps_seen_t gs;
+    hr_spool_gaps_t tot;
+    /* 4 KiB of bit rot from inside record 5 over 14 records (5..18), headers intact: one
+     * range from record 5 to record 19, 14 records, exact. */
+    hr_buf_t b = {0};
+    thirty_records(&b);
+    for (size_t i = 5 * R_SIZE + 100; i < 5 * R_SIZE + 100 + 4096; i++)
+        if (i % R_SIZE >= HR_SPOOL_HDR) b.data[i] ^= 0x55;
+    CHECK_INT_EQ(parse7(&b, &gs, &tot), 16);
+    CHECK_INT_EQ(gs.n, 1);
+    CHECK_INT_EQ(tot.ranges, 1);
+    CHECK_INT_EQ(gs.g[0].start, 5 * R_SIZE);
+    CHECK_INT_EQ(gs.g[0].end, 19 * R_SIZE);
+    CHECK_INT_EQ(gs.g[0].records, 14);
+    CHECK(gs.g[0].exact);
+    CHECK_STR_EQ(gs.line[0],
+                 "segment seg-0000000000000007.hrs: bytes 1580-6003 skipped (4424 bytes, 14 "
+                 "records lost)");
+    hr_buf_free(&b);
+
+    /* The same 4 KiB zeroed: the headers of records 6..18 are gone, so only a lower bound
+     * can be given: record 5, whose header survives (the zeroed bytes where its length
+     * points might as well be the damage of record 5's own length field). */
+    thirty_records(&b);
+    memset(b.data + 5 * R_SIZE + 100, 0, 4096);
+    CHECK_INT_EQ(parse7(&b, &gs, &tot), 16);
+    CHECK_INT_EQ(gs.n, 1);
+    CHECK_INT_EQ(gs.g[0].start, 1580);
+    CHECK_INT_EQ(gs.g[0].end, 6004);
+    CHECK_INT_EQ(tot.bytes, 4424);
+    CHECK(!gs.g[0].exact);
+    CHECK_INT_EQ(gs.g[0].records, 1);
+    CHECK_STR_EQ(gs.line[0],
+                 "segment seg-0000000000000007.hrs: bytes 1580-6003 skipped (4424 bytes, at "
+                 "least 1 records lost)");
+    hr_buf_free(&b);
+
+    /* Zeroed from a record boundary (record 5's header gone too): at least 1. */
+    thirty_records(&b);
+    memset(b.data + 5 * R_SIZE, 0, 4096);
+    CHECK_INT_EQ(parse7(&b, &gs, &tot), 17); /* 0..4 and 18..29 */
+    CHECK_INT_EQ(gs.n, 1);
+    CHECK_INT_EQ(gs.g[0].start, 5 * R_SIZE);
+    CHECK_INT_EQ(gs.g[0].end, 18 * R_SIZE);
+    CHECK_INT_EQ(gs.g[0].records, 1);
+    CHECK(!gs.g[0].exact);
+    hr_buf_free(&b);
+
+    /* One record's length field damaged to point inside its own payload: one record lost,
+     * not two (where the chain breaks is not counted). */
+    thirty_records(&b);
+    b.data[3 * R_SIZE + 4] = 100;
+    b.data[3 * R_SIZE + 5] = 0;
+    CHECK_INT_EQ(parse7(&b, &gs, &tot), 29);
+    CHECK_INT_EQ(gs.n, 1);
+    CHECK_INT_EQ(gs.g[0].start, 3 * R_SIZE);
+    CHECK_INT_EQ(gs.g[0].end, 4 * R_SIZE);
+    CHECK_INT_EQ(gs.g[0].records, 1);
+    CHECK(!gs.g[0].exact);
+    hr_buf_free(&b);
+
+    /* Two separate damaged records: two ranges, one line each. */
+    thirty_records(&b);
+    b.data[3 * R_SIZE + 50] ^= 1;
+    b.data[10 * R_SIZE + 200] ^= 1;
+    CHECK_INT_EQ(parse7(&b, &gs, &tot), 28);
+    CHECK_INT_EQ(gs.n, 2);
+    CHECK_INT_EQ(tot.ranges, 2);
+    CHECK_INT_EQ(tot.records, 2);
+    CHECK_INT_EQ(tot.bytes, 2 * R_SIZE);
+    CHECK_STR_EQ(gs.line[0], "segment seg-0000000000000007.hrs: bytes 948-1263 skipped (316 "
+                             "bytes, 1 records lost)");
+    CHECK_STR_EQ(gs.line[1], "segment seg-0000000000000007.hrs: bytes 3160-3475 skipped (316 "
+                             "bytes, 1 records lost)");
+    hr_buf_free(&b);
+
+    /* A torn tail: one range at the end, exact, whether the payload or the header is cut. */
+    thirty_records(&b);
+    b.len -= 5;
+    CHECK_INT_EQ(parse7(&b, &gs, &tot), 29);
+    CHECK_INT_EQ(gs.n, 1);
+    CHECK_INT_EQ(gs.g[0].start, 29 * R_SIZE);
+    CHECK_INT_EQ(gs.g[0].end, 30 * R_SIZE - 5);
+    CHECK_INT_EQ(gs.g[0].records, 1);
+    CHECK(gs.g[0].exact);
+    b.len = 29 * R_SIZE + 3; /* "HRS" */
+    CHECK_INT_EQ(parse7(&b, &gs, &tot), 29);
+    CHECK_INT_EQ(gs.n, 1);
+    CHECK_INT_EQ(gs.g[0].start, 29 * R_SIZE);
+    CHECK_INT_EQ(gs.g[0].records, 1);
+    CHECK(gs.g[0].exact);
+    CHECK_STR_EQ(gs.line[0], "segment seg-0000000000000007.hrs: bytes 9164-9166 skipped (3 "
+                             "bytes, 1 records lost)");
+    /* Undamaged: nothing reported. */
+    b.len = 30 * R_SIZE;
+    CHECK_INT_EQ(parse7(&b, &gs, &tot), 30);
+    CHECK_INT_EQ(gs.n, 0);
+    CHECK_INT_EQ(tot.ranges, 0);
+    hr_buf_free(&b);
+
+    /* A crash right after a start leaves the newest segment empty: reported by the
+     * read-only scan and by recovery, with the totals in the stats of both. */
+    char *d = spool_dir("empty");
+    char err[256];
+    hr_spool_opts_t o = {.dir = d, .fsync = HR_FSYNC_NEVER};
+    seen_t s = {0};
+    hr_spool_t *sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    CHECK(sp != NULL);
+    hr_spool_loc_t loc;
+    CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, "x", 1, false, &loc), 0); /* live */
+    close_spool(sp);
+    char *empty = hr_xasprintf("%s/seg-%016llx.hrs", d, (unsigned long long)HR_LOC_SEG(loc) + 1);
+    int fd = open(empty, O_CREAT | O_WRONLY, 0644);
+    CHECK(fd >= 0);
+    close(fd);
+    hr_spool_stats_t st;
+    memset(&gs, 0, sizeof gs);
+    CHECK_INT_EQ(hr_spool_scan_dir_gaps(d, on_rec, &s, on_gap, &gs, &st, err, sizeof err), 0);
+    CHECK_INT_EQ(gs.n, 1);
+    CHECK(gs.g[0].empty);
+    CHECK_INT_EQ(gs.g[0].seg, HR_LOC_SEG(loc) + 1);
+    CHECK_INT_EQ(st.empty_segments, 1);
+    CHECK_INT_EQ(st.corrupt_ranges, 0);
+    CHECK_INT_EQ(st.segments, 2);
+    char want[80];
+    snprintf(want, sizeof want, "segment seg-%016llx.hrs: empty (0 bytes, 0 records)",
+             (unsigned long long)HR_LOC_SEG(loc) + 1);
+    CHECK_STR_EQ(gs.line[0], want);
+    memset(&s, 0, sizeof s);
+    sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    CHECK(sp != NULL);
+    CHECK_INT_EQ(s.n, 1);
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.empty_segments, 1);
+    CHECK_INT_EQ(st.corrupt_ranges, 0);
+    CHECK_INT_EQ(st.corrupt, 0);
+    close_spool(sp);
+    free(empty);
+    free(d);
+}
+
 int main(void)
 {
     hr_log_set_level(HR_LOG_ERROR);
@@ -427,6 +616,7 @@ int main(void)
     test_segments_deleted();
     test_group_commit();
     test_compaction_pieces();
+    test_recovery_report();
     uv_run(loop, UV_RUN_DEFAULT);
     CHECK_INT_EQ(uv_loop_close(loop), 0);
     free(loop);
