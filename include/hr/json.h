@@ -1,10 +1,10 @@
 /* JSON <-> Lua, exact both ways. No I/O; the only state outside a Lua state is a
- * per-thread decode arena (safe with one Lua state per event loop, and with nested decodes). Decoding is RFC 8259 strict (a scan validates before cJSON parses): numbers
- * only per the grammar, within double range (underflow reads as 0 or a denormal), at most 63
- * characters; no raw bytes below 0x20 in strings, valid UTF-8, \u surrogates only in pairs;
- * whitespace only space, tab, LF, CR; a leading UTF-8 BOM is skipped. Numbers are re-read
- * from the source text so that integers stay Lua integers (exact to 2^63-1) and floats stay
- * floats.
+ * per-thread decode arena (safe with one Lua state per event loop, and with nested decodes).
+ * Decoding is RFC 8259 strict (a scan validates before cJSON parses): numbers only per the grammar,
+ * within double range (underflow reads as 0 or a denormal), at most 63 characters; no raw bytes
+ * below 0x20 in strings, valid UTF-8, \u surrogates only in pairs; whitespace only space, tab, LF,
+ * CR; a leading UTF-8 BOM is skipped. Numbers are re-read from the source text so that integers
+ * stay Lua integers (exact to 2^63-1) and floats stay floats.
  *
  * Mapping:
  *   object  <-> table with string keys
