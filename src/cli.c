@@ -62,24 +62,6 @@ int hr_cmd_check(const char *config)
 
 /* ---------------------------------------------------------------- test */
 
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    hr_buf_t b = HR_BUF_INIT;
-    char chunk[65536];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        hr_buf_append(&b, chunk, n);
-    bool err = ferror(f);
-    fclose(f);
-    if (err) {
-        hr_buf_free(&b);
-        return NULL;
-    }
-    return hr_buf_steal(&b, len);
-}
-
 /* Append an action's body: JSON as it is, anything else as a JSON string. */
 static void append_body(hr_buf_t *out, const hr_action_t *a)
 {
@@ -203,7 +185,7 @@ static int stub_load(reply_stub_t *st, const char *path)
         st->fn_ref = luaL_ref(st->L, LUA_REGISTRYINDEX);
         return 0;
     }
-    st->json = read_file(path, &st->json_len);
+    st->json = hr_read_file(path, &st->json_len);
     if (!st->json) {
         fprintf(stderr, "hookrouter test: --reply %s: %s\n", path, strerror(errno));
         return -1;
@@ -388,7 +370,7 @@ int hr_cmd_test(const char *config, const char *path, char **headers, size_t nhe
     }
     for (size_t i = 0; i < npayloads; i++) {
         size_t len;
-        char *body = read_file(payloads[i], &len);
+        char *body = hr_read_file(payloads[i], &len);
         if (!body) {
             fprintf(stderr, "hookrouter test: %s: %s\n", payloads[i], strerror(errno));
             status = 1;

@@ -406,3 +406,24 @@ size_t hr_utf8_len(const unsigned char *s, size_t n)
         if ((s[i] & 0xC0) != 0x80) return 0;
     return len;
 }
+
+char *hr_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    hr_buf_t b = HR_BUF_INIT;
+    char chunk[65536];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        hr_buf_append(&b, chunk, n);
+    bool err = ferror(f);
+    fclose(f);
+    if (err) {
+        hr_buf_free(&b);
+        return NULL;
+    }
+    size_t used = b.len;
+    hr_buf_appendc(&b, '\0');
+    if (len) *len = used;
+    return hr_buf_steal(&b, NULL);
+}

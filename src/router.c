@@ -280,15 +280,23 @@ static void on_dead_letter_pushed(void *arg, int status)
     free(line);
 }
 
-/* Dead-letter an event whose rule failed: the line goes through the outbox as a write to
- * the dead-letter file, so a file error (EMFILE, ENOSPC, EIO) retries it from the spool
- * like any write instead of leaving it only in a log line. */
+/* Dead-letter an event whose rule failed: appended at once (so it is there even when the
+ * router is stopping), and if that fails (EMFILE, ENOSPC, EIO) handed to the outbox as a
+ * write to the dead-letter file, which keeps it in the spool and retries it like any write
+ * instead of leaving it only in a log line. */
 static void dead_letter_event(hr_router_t *r, const hr_event_in_t *ev, const hr_run_result_t *res)
 {
     const hr_config_t *cfg = hr_ruleset_config(r->rs);
     hr_event_meta_t meta = {ev->id, ev->type, res->store, ev->method, ev->path, ev->received_at};
     hr_buf_t line = HR_BUF_INIT;
     hr_deadletter_for_event(&line, &meta, res->error, ev->body, ev->body_len);
+    char err[256];
+    if (hr_files_append(r->files, cfg->dead_letters, line.data, line.len, err, sizeof err) == 0) {
+        hr_buf_free(&line);
+        return;
+    }
+    hr_log_warn("cannot write dead letter to %s (%s): keeping it in the spool to retry",
+                cfg->dead_letters, err);
     hr_action_t *a = hr_action_new(HR_ACTION_WRITE);
     memcpy(a->event_id, ev->id, HR_ID_LEN);
     a->event_type = hr_xstrdup(ev->type);

@@ -739,16 +739,8 @@ static int load_rule_file(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
  * cannot be read. */
 static char *read_code(const char *file)
 {
-    FILE *fp = fopen(file, "r");
-    if (!fp) return NULL;
-    hr_buf_t b = HR_BUF_INIT;
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, fp)) > 0)
-        hr_buf_append(&b, chunk, n);
-    fclose(fp);
-    hr_buf_appendc(&b, '\0'); /* hr_buf_append does not terminate */
-    char *s = hr_buf_steal(&b, &n);
+    char *s = hr_read_file(file, NULL);
+    if (!s) return NULL;
     for (char *p = s; *p; p++) {
         if (*p == '"' || *p == '\'') { /* skip a short string */
             char q = *p;

@@ -89,6 +89,9 @@ bool hr_consttime_eq(const char *a, size_t alen, const char *b, size_t blen);
  * bytes there are not one: overlong forms, UTF-16 surrogates (U+D800..U+DFFF) and code points
  * past U+10FFFF are invalid (RFC 3629). */
 size_t hr_utf8_len(const unsigned char *s, size_t n);
+/* Read the file at path whole. Returns a malloc'd copy, NUL-terminated (len, if not NULL,
+ * excludes the NUL), or NULL with errno set if it cannot be opened or read. */
+char *hr_read_file(const char *path, size_t *len);
 
 /* True if s is a safe single path component: [A-Za-z0-9._-]+, not "." or "..". */
 bool hr_is_safe_name(const char *s, size_t n);

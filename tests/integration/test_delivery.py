@@ -296,14 +296,15 @@ end
         self.assertEqual(self.wd.dead_letters, [])
 
     def test_failed_rule_dead_letter_kept_in_spool_when_the_file_fails(self):
-        """Regression (issue 9.2): the dead letter of a failed rule goes through the outbox, so
-        an unwritable dead-letter file (ENOSPC) keeps it in the spool until it can be written."""
+        """Regression (issue 9.2): the dead letter of a failed rule that cannot be appended
+        (ENOSPC) goes to the outbox, which keeps it in the spool until it can be written."""
         self.wd.rule(None, 'return function(e) error("boom " .. e.body.n) end\n')
         os.makedirs(self.wd.p("var"), exist_ok=True)
         os.symlink("/dev/full", self.wd.p("var", "dead-letters.jsonl"))
         r = self.router(base_config(delivery={"retry_base_ms": 20, "retry_max_ms": 50}))
         self.assertEqual(r.post("/t", {"n": 3}).status, 500)
-        self.assertTrue(r.wait_log(r"No space left", 5), r.log_tail())
+        self.assertTrue(r.wait_log(r"keeping it in the spool to retry", 5), r.log_tail())
+        self.assertTrue(r.wait_log(r"retry id=[^\n]*file=dead_letters[^\n]*No space left", 5), r.log_tail())
         self.assertGreaterEqual(r.healthz()["outbox"]["pending"], 1)
         os.unlink(self.wd.p("var", "dead-letters.jsonl"))
         self.assertTrue(wait_until(lambda: self.wd.dead_letters, 5), r.log_tail())
