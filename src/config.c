@@ -868,7 +868,7 @@ hr_config_t *hr_config_load(const char *path, hr_errors_t *errs)
     c->dir = slash ? hr_xstrndup(path, (size_t)(slash - path + (slash == path))) : hr_xstrdup(".");
     set_defaults(c);
 
-    hr_lua_cap_t cap = {.limit = CONFIG_MEMORY};
+    hr_lua_cap_t cap = {.limit = CONFIG_MEMORY, .on = true};
     lua_State *L = lua_newstate(hr_lua_capped_alloc, &cap);
     if (!L) {
         hr_errors_add(errs, "%s: cannot create a Lua state", path);

@@ -2,6 +2,7 @@
 #include "hr/lua_budget.h"
 
 #include <lauxlib.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #define BUDGET_STEP 1000 /* instructions between two count-hook calls */
@@ -18,45 +19,50 @@ typedef struct {
     const char *key;   /* the config key that sets the limit */
 } budget_t;
 
-/* Count hook: raise once the budget is spent, and keep raising on every instruction after,
- * so a pcall in the chunk cannot swallow the error. [-0, +0, v] */
-static void budget_hook(lua_State *L, lua_Debug *ar)
+static void budget_hook(lua_State *L, lua_Debug *ar);
+
+/* The running budgeted call's state, or NULL outside one. [-0, +0, -] */
+static budget_t *current(lua_State *L)
 {
     lua_rawgetp(L, LUA_REGISTRYINDEX, &budget_key);
     budget_t *b = lua_touserdata(L, -1);
     lua_pop(L, 1); /* drop the light userdata */
-    if (!b) return;
-    b->executed += b->tripped ? 1 : BUDGET_STEP;
-    if (b->executed <= b->limit) return;
-    if (!b->tripped) {
-        b->tripped = true;
-        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-    }
-    lua_getinfo(L, "Sl", ar); /* where the running function is: luaL_where sees its caller */
-    if (ar->currentline > 0)
-        lua_pushfstring(L, "%s:%d: ", ar->short_src, ar->currentline);
-    else
-        lua_pushliteral(L, "");
-    lua_pushfstring(L, "%s exceeded its instruction budget (%s = %I)", b->what, b->key,
-                    (lua_Integer)b->limit);
-    lua_concat(L, 2);
-    lua_error(L);
+    return b;
 }
 
-void hr_lua_budget_charge(lua_State *L, uint64_t n)
+/* Add n instructions to b; past its limit, make the hook fire on every instruction (so a
+ * pcall in the chunk cannot swallow the error) and raise, prefixed with where (may be "").
+ * [-0, +0, v] */
+static void spend(lua_State *L, budget_t *b, uint64_t n, const char *where)
 {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &budget_key);
-    budget_t *b = lua_touserdata(L, -1);
-    lua_pop(L, 1); /* drop the light userdata */
-    if (!b) return;
     b->executed += n;
     if (b->executed <= b->limit) return;
     if (!b->tripped) {
         b->tripped = true;
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
     }
-    luaL_error(L, "%s exceeded its instruction budget (%s = %I)", b->what, b->key,
+    luaL_error(L, "%s%s exceeded its instruction budget (%s = %I)", where, b->what, b->key,
                (lua_Integer)b->limit);
+}
+
+/* Count hook of a budgeted call. [-0, +0, v] */
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    budget_t *b = current(L);
+    if (!b) return;
+    char where[LUA_IDSIZE + 24] = "";
+    if (b->executed + (b->tripped ? 1 : BUDGET_STEP) > b->limit) {
+        lua_getinfo(L, "Sl", ar); /* the running function: luaL_where would see its caller */
+        if (ar->currentline > 0)
+            snprintf(where, sizeof where, "%s:%d: ", ar->short_src, ar->currentline);
+    }
+    spend(L, b, b->tripped ? 1 : BUDGET_STEP, where);
+}
+
+void hr_lua_budget_charge(lua_State *L, uint64_t n)
+{
+    budget_t *b = current(L);
+    if (b) spend(L, b, n, "");
 }
 
 int hr_lua_pcall_budget(lua_State *L, int nargs, int nres, uint64_t instructions, const char *what,
@@ -90,7 +96,7 @@ void *hr_lua_capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         cap->used -= old;
         return NULL;
     }
-    if (nsize > old && cap->used - old + nsize > cap->limit) {
+    if (cap->on && nsize > old && cap->used - old + nsize + cap->extra > cap->limit) {
         cap->denied = true;
         return NULL;
     }

@@ -52,41 +52,15 @@ struct hr_ruleset {
     int refs;
     size_t nstores;
     bool has_default;
-    size_t mem_used;  /* bytes the state holds now */
-    size_t mem_limit; /* refuse growth past this while an event runs */
-    size_t charged;   /* the running run's C memory, counted against mem_limit too */
-    bool mem_denied;  /* an allocation was refused during the current run */
-    bool running;     /* an event (or a file's top level) is running: the cap applies */
+    hr_lua_cap_t mem; /* the state's memory: capped while an event or a file's top level runs
+                         (rule_memory_bytes more than it held when the slice started, the run's
+                         C memory as extra); what it keeps between events is checked against
+                         state_memory_bytes after each run instead */
     bool rebuild;     /* the state outgrew limits.state_memory_bytes: replace this rule set */
 };
 
 static void set_file_env(lua_State *L, int loaded);
 static void pattern_charge(lua_State *L, unsigned steps);
-
-/* ---------------------------------------------------------------- allocator */
-
-/* lua_Alloc that keeps the state under mem_limit while an event or a file's top-level code
- * runs (rule_memory_bytes more than it held when the slice started, C memory the run holds
- * included). Garbage collection between events is not capped; what the state keeps between
- * events is checked against state_memory_bytes after each run instead. */
-static void *rs_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    hr_ruleset_t *rs = ud;
-    size_t old = ptr ? osize : 0;
-    if (nsize == 0) {
-        free(ptr);
-        rs->mem_used -= old;
-        return NULL;
-    }
-    if (rs->running && nsize > old && rs->mem_used - old + nsize + rs->charged > rs->mem_limit) {
-        rs->mem_denied = true;
-        return NULL;
-    }
-    void *p = realloc(ptr, nsize);
-    if (!p) return NULL;
-    rs->mem_used = rs->mem_used - old + nsize;
-    return p;
-}
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -107,8 +81,8 @@ static run_ctx_t *need_ctx(lua_State *L, const char *fn)
 /* Bytes the running slice may still take under its memory cap. */
 static size_t mem_room(const hr_ruleset_t *rs)
 {
-    size_t held = rs->mem_used + rs->charged;
-    return held < rs->mem_limit ? rs->mem_limit - held : 0;
+    size_t held = rs->mem.used + rs->mem.extra;
+    return held < rs->mem.limit ? rs->mem.limit - held : 0;
 }
 
 /* Count n bytes of C memory the run will hold (a body) against its memory cap, or raise the
@@ -117,11 +91,11 @@ static void charge(lua_State *L, run_ctx_t *ctx, size_t n, const char *fn)
 {
     hr_ruleset_t *rs = ctx->rs;
     if (n > mem_room(rs)) {
-        rs->mem_denied = true; /* the run fails even if a pcall catches this */
+        rs->mem.denied = true; /* the run fails even if a pcall catches this */
         luaL_error(L, "%s: not enough memory for a body of %I bytes", fn, (lua_Integer)n);
     }
     ctx->charged += n;
-    rs->charged += n;
+    rs->mem.extra += n;
 }
 
 static void link_action(run_ctx_t *ctx, hr_action_t *a)
@@ -489,10 +463,10 @@ static int l_json_encode(lua_State *L)
     luaL_checkany(L, 1);
     lua_settop(L, 1);
     char err[512];
-    size_t max = rs->running ? mem_room(rs) : SIZE_MAX;
+    size_t max = rs->mem.on ? mem_room(rs) : SIZE_MAX;
     int rc = hr_json_push_encoded(L, 1, max, err, sizeof err);
     if (rc == HR_JSON_TOO_LARGE) {
-        rs->mem_denied = true;
+        rs->mem.denied = true;
         return luaL_error(L, "json.encode: the text would exceed the rule's memory limit "
                              "(limits.rule_memory_bytes)");
     }
@@ -529,8 +503,8 @@ static void set_file_env(lua_State *L, int loaded)
     }
     lua_pop(L, 1); /* drop the libs table */
     void *ud;
-    lua_getallocf(L, &ud); /* the rule set */
-    lua_pushlightuserdata(L, ud);
+    lua_getallocf(L, &ud); /* the rule set's hr_lua_cap_t */
+    lua_pushlightuserdata(L, hr_container_of(ud, hr_ruleset_t, mem));
     if (loaded)
         lua_pushvalue(L, loaded);
     else
@@ -700,15 +674,15 @@ static int load_rule_file(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
         set_file_env(L, 0);
         /* Top-level code (and the modules it requires) runs under the same budgets as an
          * event: a file that never finishes loading fails the load, not the router. */
-        rs->mem_denied = false;
-        rs->mem_limit = rs->mem_used + rs->cfg->limits.rule_memory_bytes;
-        rs->running = true;
+        rs->mem.denied = false;
+        rs->mem.limit = rs->mem.used + rs->cfg->limits.rule_memory_bytes;
+        rs->mem.on = true;
         rc = hr_lua_pcall_budget(L, 0, 1, rs->cfg->limits.rule_instructions, "top-level code",
                                  "limits.rule_instructions");
-        rs->running = false;
+        rs->mem.on = false;
     }
     if (rc != LUA_OK) {
-        if (rs->mem_denied)
+        if (rs->mem.denied)
             hr_errors_add(errs,
                           "%s: top-level code exceeded its memory limit "
                           "(limits.rule_memory_bytes = %zu)",
@@ -911,8 +885,8 @@ hr_ruleset_t *hr_ruleset_load(hr_config_t *cfg, hr_errors_t *errs)
     hr_ruleset_t *rs = hr_xcalloc(1, sizeof *rs);
     rs->cfg = cfg;
     rs->refs = 1;
-    rs->mem_limit = cfg->limits.rule_memory_bytes;
-    rs->L = lua_newstate(rs_alloc, rs);
+    rs->mem.limit = cfg->limits.rule_memory_bytes;
+    rs->L = lua_newstate(hr_lua_capped_alloc, &rs->mem);
     if (!rs->L) {
         hr_errors_add(errs, "cannot create a Lua state");
         goto fail;
@@ -939,11 +913,11 @@ hr_ruleset_t *hr_ruleset_load(hr_config_t *cfg, hr_errors_t *errs)
     load_stores(rs, errs);
     if (errs->n != before) goto fail;
     lua_gc(rs->L, LUA_GCCOLLECT);
-    if (rs->mem_used > cfg->limits.state_memory_bytes) {
+    if (rs->mem.used > cfg->limits.state_memory_bytes) {
         hr_errors_add(errs,
                       "%s: the rules hold %zu bytes once loaded, more than "
                       "limits.state_memory_bytes = %zu",
-                      cfg->rules_dir, rs->mem_used, cfg->limits.state_memory_bytes);
+                      cfg->rules_dir, rs->mem.used, cfg->limits.state_memory_bytes);
         goto fail;
     }
     lua_gc(rs->L, LUA_GCGEN, 0, 0); /* events make short-lived garbage */
@@ -1009,22 +983,29 @@ bool hr_ruleset_first_time(hr_ruleset_t *rs, const char *key)
 
 /* ---------------------------------------------------------------- running */
 
-/* Count hook: stop a rule that ran past its budget. Once tripped it fires on every
- * instruction, so a pcall inside the rule cannot swallow the error for long. */
+static void count_hook(lua_State *L, lua_Debug *ar);
+
+/* Add n instructions' worth of work to the event's count; past the budget, make the count
+ * hook fire on every instruction (so a pcall inside the rule cannot swallow the error for
+ * long) and raise. [-0, +0, v] */
+static void spend(lua_State *L, run_ctx_t *ctx, uint64_t n)
+{
+    ctx->executed += n;
+    if (ctx->executed <= ctx->rs->cfg->limits.rule_instructions) return;
+    if (!ctx->over_budget) {
+        ctx->over_budget = true;
+        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+    }
+    luaL_error(L, "rule exceeded its instruction budget (limits.rule_instructions = %I)",
+               (lua_Integer)ctx->rs->cfg->limits.rule_instructions);
+}
+
+/* Count hook: stop a rule that ran past its budget. [-0, +0, v] */
 static void count_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     run_ctx_t *ctx = ctx_of(L);
-    if (!ctx) return;
-    ctx->executed += ctx->over_budget ? 1 : HOOK_STEP;
-    if (ctx->executed > ctx->rs->cfg->limits.rule_instructions) {
-        if (!ctx->over_budget) {
-            ctx->over_budget = true;
-            lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
-        }
-        luaL_error(L, "rule exceeded its instruction budget (limits.rule_instructions = %I)",
-                   (lua_Integer)ctx->rs->cfg->limits.rule_instructions);
-    }
+    if (ctx) spend(L, ctx, ctx->over_budget ? 1 : HOOK_STEP);
 }
 
 /* Charge for pattern matching (string.find, match, gmatch, gsub run in C, where the count
@@ -1033,18 +1014,10 @@ static void count_hook(lua_State *L, lua_Debug *ar)
 static void pattern_charge(lua_State *L, unsigned steps)
 {
     run_ctx_t *ctx = ctx_of(L);
-    if (!ctx) {
+    if (ctx)
+        spend(L, ctx, steps);
+    else
         hr_lua_budget_charge(L, steps);
-        return;
-    }
-    ctx->executed += steps;
-    if (ctx->executed > ctx->rs->cfg->limits.rule_instructions) {
-        if (!ctx->over_budget) {
-            ctx->over_budget = true;
-            lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
-        }
-        luaL_error(L, "pattern matching exceeded the rule's instruction budget");
-    }
 }
 
 /* Push the value at the dotted path key of the table at idx (nil if any step is missing).
@@ -1148,13 +1121,13 @@ static void run_free(run_ctx_t *run)
      * but may no longer add actions or answer. */
     run->closing = true;
     *(run_ctx_t **)lua_getextraspace(run->co) = run;
-    rs->mem_limit = rs->mem_used + rs->cfg->limits.rule_memory_bytes;
-    rs->running = true;
+    rs->mem.limit = rs->mem.used + rs->cfg->limits.rule_memory_bytes;
+    rs->mem.on = true;
     lua_resetthread(run->co);
-    rs->running = false;
+    rs->mem.on = false;
     *(run_ctx_t **)lua_getextraspace(run->co) = NULL;
     luaL_unref(rs->L, LUA_REGISTRYINDEX, run->co_ref);
-    if (rs->mem_denied) lua_gc(rs->L, LUA_GCCOLLECT);
+    if (rs->mem.denied) lua_gc(rs->L, LUA_GCCOLLECT);
     hr_action_free(run->pending);
     if (run->out->run == run) {
         run->out->run = NULL;
@@ -1173,21 +1146,21 @@ static hr_run_step_t run_slice(run_ctx_t *run, int nargs)
     hr_run_result_t *out = run->out;
     lua_State *co = run->co;
     *(run_ctx_t **)lua_getextraspace(co) = run;
-    rs->mem_denied = false;
-    rs->mem_limit = rs->mem_used + rs->cfg->limits.rule_memory_bytes;
-    rs->charged = run->charged;
-    rs->running = true;
+    rs->mem.denied = false;
+    rs->mem.limit = rs->mem.used + rs->cfg->limits.rule_memory_bytes;
+    rs->mem.extra = run->charged;
+    rs->mem.on = true;
     int nres = 0;
     int rc = lua_resume(co, rs->L, nargs, &nres);
-    rs->running = false;
-    rs->charged = 0;
+    rs->mem.on = false;
+    rs->mem.extra = 0;
     *(run_ctx_t **)lua_getextraspace(co) = NULL;
 
-    bool failed = rs->mem_denied || run->over_budget;
+    bool failed = rs->mem.denied || run->over_budget;
     bool state_full = false;
-    if (rc != LUA_YIELD && rs->mem_used > rs->cfg->limits.state_memory_bytes) {
+    if (rc != LUA_YIELD && rs->mem.used > rs->cfg->limits.state_memory_bytes) {
         lua_gc(rs->L, LUA_GCCOLLECT); /* what it keeps, not what it left for the collector */
-        state_full = rs->mem_used > rs->cfg->limits.state_memory_bytes;
+        state_full = rs->mem.used > rs->cfg->limits.state_memory_bytes;
     }
     if (rc == LUA_YIELD && run->pending && !failed) {
         lua_pop(co, nres); /* request() yields nothing */
@@ -1204,8 +1177,8 @@ static hr_run_step_t run_slice(run_ctx_t *run, int nargs)
             out->error = hr_xasprintf("%s: the rule state holds %zu bytes between events, more "
                                       "than limits.state_memory_bytes = %zu (data kept across "
                                       "events?): the rules are reloaded",
-                                      out->rule, rs->mem_used, rs->cfg->limits.state_memory_bytes);
-        } else if (rs->mem_denied)
+                                      out->rule, rs->mem.used, rs->cfg->limits.state_memory_bytes);
+        } else if (rs->mem.denied)
             out->error = hr_xasprintf("%s: rule exceeded its memory limit "
                                       "(limits.rule_memory_bytes = %zu)",
                                       out->rule, rs->cfg->limits.rule_memory_bytes);

@@ -26,12 +26,14 @@ int hr_lua_pcall_budget(lua_State *L, int nargs, int nres, uint64_t instructions
  * such a call. [-0, +0, v] */
 void hr_lua_budget_charge(lua_State *L, uint64_t n);
 
-/* A memory cap for a whole Lua state: pass hr_lua_capped_alloc and a hr_lua_cap_t to
- * lua_newstate. Allocations that would take used past limit fail (Lua raises a memory error).
- */
+/* A memory cap for a Lua state: pass hr_lua_capped_alloc and a hr_lua_cap_t to lua_newstate.
+ * While on, allocations that would take used + extra past limit fail (Lua raises a memory
+ * error) and set denied; while off, the state grows freely (used is still counted). */
 typedef struct {
     size_t used;  /* bytes the state holds now */
-    size_t limit; /* refuse growth past this */
+    size_t limit; /* refuse growth past this while on */
+    size_t extra; /* memory held outside the state (C buffers) that counts against limit */
+    bool on;      /* the cap applies */
     bool denied;  /* an allocation was refused */
 } hr_lua_cap_t;
 

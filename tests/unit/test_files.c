@@ -8,21 +8,6 @@
 #include "check.h"
 #include "hr/files.h"
 
-/* Read a whole file into a new string (NULL if it cannot be read). */
-static char *slurp(const char *path)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    hr_buf_t b = HR_BUF_INIT;
-    char tmp[4096];
-    size_t n;
-    while ((n = fread(tmp, 1, sizeof tmp, fp)) > 0)
-        hr_buf_append(&b, tmp, n);
-    fclose(fp);
-    if (!b.data) hr_buf_append(&b, "", 0);
-    return hr_buf_steal(&b, NULL);
-}
-
 /* Remove a directory tree made by a test. */
 static void rm_rf(const char *dir)
 {
@@ -38,7 +23,7 @@ static void test_append_and_reopen(const char *root)
     char *path = hr_xasprintf("%s/a/b/c/out.jsonl", root);
     CHECK_INT_EQ(hr_files_append(f, path, "{\"n\":1}", 7, err, sizeof err), 0);
     CHECK_INT_EQ(hr_files_append(f, path, "{\"n\":2}", 7, err, sizeof err), 0);
-    char *s = slurp(path);
+    char *s = hr_read_file(path, NULL);
     CHECK_STR_EQ(s, "{\"n\":1}\n{\"n\":2}\n");
     free(s);
 
@@ -46,7 +31,7 @@ static void test_append_and_reopen(const char *root)
     hr_files_t *f2 = hr_files_create();
     CHECK_INT_EQ(hr_files_append(f2, path, "x", 1, err, sizeof err), 0);
     hr_files_destroy(f2);
-    s = slurp(path);
+    s = hr_read_file(path, NULL);
     CHECK_STR_EQ(s, "{\"n\":1}\n{\"n\":2}\nx\n");
     free(s);
 
@@ -56,10 +41,10 @@ static void test_append_and_reopen(const char *root)
     CHECK_INT_EQ(hr_files_append(f, path, "late", 4, err, sizeof err), 0);
     hr_files_reopen(f);
     CHECK_INT_EQ(hr_files_append(f, path, "fresh", 5, err, sizeof err), 0);
-    s = slurp(path);
+    s = hr_read_file(path, NULL);
     CHECK_STR_EQ(s, "fresh\n");
     free(s);
-    s = slurp(rotated);
+    s = hr_read_file(rotated, NULL);
     CHECK_STR_EQ(s, "{\"n\":1}\n{\"n\":2}\nx\nlate\n");
     free(s);
 
@@ -239,7 +224,7 @@ static void test_modes(const char *root)
     CHECK_INT_EQ(chmod(existing, 0644), 0);
     CHECK_INT_EQ(hr_files_append(f, existing, "z", 1, err, sizeof err), 0);
     CHECK_INT_EQ(mode_of(existing), 0644);
-    char *s = slurp(existing);
+    char *s = hr_read_file(existing, NULL);
     CHECK_STR_EQ(s, "z\n");
     free(s);
     umask(old);
@@ -267,7 +252,7 @@ static void test_torn_tail(const char *root)
     CHECK_INT_EQ(hr_files_append(f, path, "{\"n\":4}", 7, err, sizeof err), 0);
     hr_files_reopen(f); /* a whole file: nothing added on reopen */
     CHECK_INT_EQ(hr_files_append(f, path, "{\"n\":5}", 7, err, sizeof err), 0);
-    char *s = slurp(path);
+    char *s = hr_read_file(path, NULL);
     CHECK_STR_EQ(s, "{\"n\":1}\n{\"n\":\n{\"n\":3}\n{\"n\":4}\n{\"n\":5}\n");
     free(s);
     hr_files_destroy(f);

@@ -131,25 +131,12 @@ static void check_encode_error(lua_State *L, const char *code, const char *want)
 
 /* ---------------------------------------------------------------- fixtures */
 
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    hr_buf_t b = HR_BUF_INIT;
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        hr_buf_append(&b, chunk, n);
-    fclose(f);
-    return hr_buf_steal(&b, len);
-}
-
 /* decode -> encode -> decode -> encode one fixture: the encodings match byte for byte and
  * the first equals the original. Returns 1 if the file was tested. */
 static int check_fixture(lua_State *L, const char *path, const char *name)
 {
     size_t len;
-    char *text = read_file(path, &len);
+    char *text = hr_read_file(path, &len);
     if (!text) return 0;
     char err[256];
     int top = lua_gettop(L);
@@ -554,7 +541,7 @@ static void test_mutations(lua_State *L)
     char path[1024];
     snprintf(path, sizeof path, "%s/variants/unicode-names.json", root);
     size_t n;
-    char *src = read_file(path, &n);
+    char *src = hr_read_file(path, &n);
     CHECK(src != NULL && n > 0);
     if (!src) return;
     static const char set[] = "{}[],:\"\\0123456789.eE-+ tfnu\x01\n";
