@@ -91,6 +91,7 @@ void hr_buf_reserve(hr_buf_t *b, size_t extra)
         cap *= 2;
     b->data = hr_xrealloc(b->data, cap);
     b->cap = cap;
+    b->data[b->len] = '\0'; /* a first allocation is a string too */
 }
 
 void hr_buf_append(hr_buf_t *b, const void *p, size_t n)
@@ -240,8 +241,11 @@ int hr_rfc3339_parse(const char *s, uint64_t *ms)
     if (*p == 'Z' || *p == 'z') {
         p++;
     } else if (*p == '+' || *p == '-') {
-        int hh, mm;
-        if (sscanf(p + 1, "%2d:%2d", &hh, &mm) != 2) return -1;
+        /* Exactly [+-]hh:mm: checked byte by byte, so a short one is not read past its end. */
+        for (int i = 1; i <= 5; i++)
+            if (i == 3 ? p[i] != ':' : !isdigit((unsigned char)p[i])) return -1;
+        int hh = (p[1] - '0') * 10 + (p[2] - '0'), mm = (p[4] - '0') * 10 + (p[5] - '0');
+        if (hh > 23 || mm > 59) return -1;
         offset = (hh * 60 + mm) * 60 * (*p == '-' ? -1 : 1);
         p += 6;
     }
@@ -340,6 +344,11 @@ int hr_url_parse(const char *url, hr_url_t *u, char *err, size_t errlen)
         return -1;
     }
     const char *host_end, *host_start = p;
+    const char *at = memchr(p, '@', strcspn(p, "/?#"));
+    if (at) {
+        snprintf(err, errlen, "credentials (userinfo) in the URL are not supported: %s", url);
+        return -1;
+    }
     if (*p == '[') {
         host_start = p + 1;
         host_end = strchr(p, ']');

@@ -826,7 +826,7 @@ static int on_message_complete(llhttp_t *p)
     if (!c->replied) {
         c->state = ST_APP;
         hr_buf_reserve(&c->body, 0);
-        c->body.data[c->body.len] = '\0'; /* reserve does not terminate a new buffer */
+        c->body.data[c->body.len] = '\0';
         c->req.body = c->body.data;
         c->req.body_len = c->body.len;
         c->handed = true;

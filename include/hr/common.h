@@ -72,8 +72,8 @@ uint64_t hr_wall_ms(void);
 /* Format ms since the epoch as RFC 3339 UTC with milliseconds: 2024-05-14T16:02:11.482Z.
  * out must hold 32 bytes. */
 void hr_rfc3339(uint64_t ms, char out[32]);
-/* Parse an RFC 3339 time (as hr_rfc3339 writes it, or with seconds only / an offset).
- * Returns 0 and sets *ms, or -1. */
+/* Parse an RFC 3339 time (as hr_rfc3339 writes it, or with seconds only / a +hh:mm offset).
+ * Returns 0 and sets *ms, or -1 (times before the epoch too). */
 int hr_rfc3339_parse(const char *s, uint64_t *ms);
 
 /* A new event id: a UUIDv7 string (time-ordered, 36 chars + NUL). Thread-safe. */
@@ -99,7 +99,7 @@ bool hr_is_safe_name(const char *s, size_t n);
 /* Join dir and path unless path is absolute. Returns a new string. */
 char *hr_path_join(const char *dir, const char *path);
 
-/* An http:// URL split into parts (https is refused: no TLS yet). */
+/* An http:// URL split into parts (https is refused: no TLS yet; so are credentials, user@). */
 typedef struct {
     char *host; /* without brackets for IPv6 */
     int port;   /* 80 if absent */

@@ -12,6 +12,7 @@
 #include "spool_util.h"
 #include "hr/log.h"
 #include "hr/outbox.h"
+#include "peer.h"
 
 static uv_loop_t *loop;
 static char dir[64];
@@ -364,18 +365,7 @@ int main(void)
     snprintf(dlpath, sizeof dlpath, "%s/dead.jsonl", dir);
     loop = hr_xmalloc(sizeof *loop);
     uv_loop_init(loop);
-    /* A port nobody listens on. */
-    uv_tcp_t t;
-    uv_tcp_init(loop, &t);
-    struct sockaddr_in sa;
-    uv_ip4_addr("127.0.0.1", 0, &sa);
-    CHECK_INT_EQ(uv_tcp_bind(&t, (const struct sockaddr *)&sa, 0), 0);
-    struct sockaddr_storage ss;
-    int len = sizeof ss;
-    uv_tcp_getsockname(&t, (struct sockaddr *)&ss, &len);
-    dead_port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(loop, UV_RUN_DEFAULT);
+    dead_port = peer_closed_port(); /* nobody listens: connection refused */
     hr_files_t *files = hr_files_create();
 
     test_compact_and_recover(files);

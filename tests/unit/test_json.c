@@ -137,6 +137,7 @@ static int check_fixture(lua_State *L, const char *path, const char *name)
 {
     size_t len;
     char *text = hr_read_file(path, &len);
+    CHECK(text != NULL); /* listed but unreadable: a failure, not a fixture fewer */
     if (!text) return 0;
     char err[256];
     int top = lua_gettop(L);

@@ -1,6 +1,5 @@
-/* Unit tests for src/outbox.c against a scripted HTTP server on 127.0.0.1: each request
- * takes the next scripted answer (status, optional Retry-After, or silence); 200 once the
- * script is used up. */
+/* Unit tests for src/outbox.c against the loopback peer (peer.h): each request takes the next
+ * scripted answer (status, optional Retry-After, or silence); 200 once the script is used up. */
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,149 +9,27 @@
 #include "spool_util.h"
 #include "hr/log.h"
 #include "hr/outbox.h"
+#include "peer.h"
 
-/* ---- Scripted server ----------------------------------------------------------------- */
+/* ---- Scripted server (peer.h) ------------------------------------------------------- */
 
-#define MAX_SCONNS 64
 #define MAX_SCRIPT 16
 
-typedef struct {
-    int status;              /* 0: never answer */
-    const char *retry_after; /* Retry-After value or NULL */
-} answer_t;
-
-typedef struct {
-    uv_tcp_t tcp;
-    int idx;
-    hr_buf_t in;
-    bool closing;
-} sconn_t;
-
-static struct {
-    uv_tcp_t listener;
-    int port;
-    answer_t script[MAX_SCRIPT];
-    int nscript;     /* answers scripted */
-    int next;        /* next answer to use */
-    int requests;    /* requests received */
-    uint64_t at[64]; /* uv_now of each request */
-    sconn_t *conns[MAX_SCONNS];
-} srv;
-
+static peer_t *srv;
 static uv_loop_t *loop;
 
-static void script(int n, const answer_t *a)
+/* Answer the next n requests with a[0..n), then 200; the request count starts again at 0. */
+static void script(int n, const peer_answer_t *a)
 {
-    memcpy(srv.script, a, (size_t)n * sizeof *a);
-    srv.nscript = n;
-    srv.next = 0;
-    srv.requests = 0;
+    peer_script(srv, (size_t)n, a);
 }
 
-static void on_sconn_close(uv_handle_t *h)
+/* uv_now when request i (since the last script) arrived. */
+static uint64_t at(int i)
 {
-    sconn_t *sc = h->data;
-    hr_buf_free(&sc->in);
-    free(sc);
-}
-
-static void sconn_close(sconn_t *sc)
-{
-    if (sc->closing) return;
-    sc->closing = true;
-    srv.conns[sc->idx] = NULL;
-    uv_close((uv_handle_t *)&sc->tcp, on_sconn_close);
-}
-
-static void on_swrite(uv_write_t *w, int status)
-{
-    free(w);
-}
-
-static void answer(sconn_t *sc)
-{
-    answer_t a = srv.next < srv.nscript ? srv.script[srv.next++] : (answer_t){200, NULL};
-    if (a.status == 0) return;
-    char *r = hr_xasprintf("HTTP/1.1 %d X\r\n%s%s%sContent-Length: 2\r\n\r\nok", a.status,
-                           a.retry_after ? "Retry-After: " : "", a.retry_after ? a.retry_after : "",
-                           a.retry_after ? "\r\n" : "");
-    size_t len = strlen(r);
-    uv_write_t *w = hr_xmalloc(sizeof *w + len);
-    memcpy(w + 1, r, len);
-    free(r);
-    uv_buf_t b = uv_buf_init((char *)(w + 1), (unsigned)len);
-    if (uv_write(w, (uv_stream_t *)&sc->tcp, &b, 1, on_swrite) < 0) free(w);
-}
-
-static void on_salloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    buf->base = hr_xmalloc(suggested);
-    buf->len = suggested;
-}
-
-static void on_sread(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
-{
-    sconn_t *sc = st->data;
-    if (nread < 0) {
-        free(buf->base);
-        sconn_close(sc);
-        return;
-    }
-    hr_buf_append(&sc->in, buf->base, (size_t)nread);
-    free(buf->base);
-    for (;;) {
-        char *end = sc->in.len ? memmem(sc->in.data, sc->in.len, "\r\n\r\n", 4) : NULL;
-        if (!end) return;
-        size_t hlen = (size_t)(end - sc->in.data) + 4, cl = 0;
-        char *p = strcasestr(sc->in.data, "\r\ncontent-length:");
-        if (p && p < end) cl = strtoul(p + 17, NULL, 10);
-        if (sc->in.len < hlen + cl) return;
-        if (srv.requests < 64) srv.at[srv.requests] = uv_now(loop);
-        srv.requests++;
-        memmove(sc->in.data, sc->in.data + hlen + cl, sc->in.len - hlen - cl);
-        sc->in.len -= hlen + cl;
-        answer(sc);
-    }
-}
-
-static void on_sconnection(uv_stream_t *l, int status)
-{
-    sconn_t *sc = hr_xcalloc(1, sizeof *sc);
-    uv_tcp_init(loop, &sc->tcp);
-    sc->tcp.data = sc;
-    uv_accept(l, (uv_stream_t *)&sc->tcp);
-    int i = 0;
-    while (i < MAX_SCONNS && srv.conns[i])
-        i++;
-    CHECK(i < MAX_SCONNS);
-    sc->idx = i;
-    srv.conns[i] = sc;
-    uv_read_start((uv_stream_t *)&sc->tcp, on_salloc, on_sread);
-}
-
-static int bound_port(uv_tcp_t *t)
-{
-    struct sockaddr_storage ss;
-    int n = sizeof ss;
-    uv_tcp_getsockname(t, (struct sockaddr *)&ss, &n);
-    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
-}
-
-static void server_start(void)
-{
-    uv_tcp_init(loop, &srv.listener);
-    struct sockaddr_in a;
-    uv_ip4_addr("127.0.0.1", 0, &a);
-    CHECK_INT_EQ(uv_tcp_bind(&srv.listener, (struct sockaddr *)&a, 0), 0);
-    CHECK_INT_EQ(uv_listen((uv_stream_t *)&srv.listener, 128, on_sconnection), 0);
-    srv.port = bound_port(&srv.listener);
-}
-
-static void server_stop(void)
-{
-    for (int i = 0; i < MAX_SCONNS; i++)
-        if (srv.conns[i]) sconn_close(srv.conns[i]);
-    uv_close((uv_handle_t *)&srv.listener, NULL);
+    const peer_req_t *r = peer_req(srv, i);
+    CHECK(r != NULL);
+    return r ? r->at_ms : 0;
 }
 
 /* ---- Helpers ------------------------------------------------------------------------- */
@@ -275,20 +152,31 @@ static const char *jstr(cJSON *j, const char *k)
 static void test_retry_then_delivered(hr_files_t *files)
 {
     hr_outbox_t *o = mk(files, 0, 10, 20);
-    script(3, (answer_t[]){{500, NULL}, {500, NULL}, {200, NULL}});
-    CHECK_INT_EQ(push(o, forward("ev-1", srv.port, 5)), 0);
+    script(3, (peer_answer_t[]){{.status = 500}, {.status = 500}, {.status = 200}});
+    CHECK_INT_EQ(push(o, forward("ev-1", peer_port(srv), 5)), 0);
     run_until_idle(o);
     hr_outbox_stats_t st;
     hr_outbox_stats(o, &st);
-    CHECK_INT_EQ(srv.requests, 3);
+    CHECK_INT_EQ(peer_requests(srv), 3);
     CHECK_INT_EQ(st.accepted, 1);
     CHECK_INT_EQ(st.delivered, 1);
     CHECK_INT_EQ(st.retried, 2);
     CHECK_INT_EQ(st.dead, 0);
     CHECK_INT_EQ(st.pending, 0);
     /* waits 10 then 20 ms, jittered +-20%. */
-    CHECK(srv.at[1] - srv.at[0] >= 7);
-    CHECK(srv.at[2] - srv.at[1] >= 15);
+    CHECK(at(1) - at(0) >= 7);
+    CHECK(at(2) - at(1) >= 15);
+    /* Every attempt carries the action's method, path, headers and body. */
+    for (int i = 0; i < 3; i++) {
+        const peer_req_t *r = peer_req(srv, i);
+        CHECK(r != NULL);
+        if (!r) continue;
+        CHECK_STR_EQ(r->method, "POST");
+        CHECK_STR_EQ(r->path, "/hook");
+        CHECK(strcasestr(r->raw, "\r\nContent-Type: application/json\r\n") != NULL);
+        CHECK_INT_EQ(r->body_len, strlen("{\"x\":1}"));
+        CHECK(memcmp(r->body, "{\"x\":1}", r->body_len) == 0);
+    }
     cJSON *j;
     CHECK_INT_EQ(dead_lines(&j), 0);
     cJSON_Delete(j);
@@ -298,14 +186,15 @@ static void test_retry_then_delivered(hr_files_t *files)
 static void test_rejected(hr_files_t *files)
 {
     hr_outbox_t *o = mk(files, 0, 10);
-    script(1, (answer_t[]){{400, NULL}});
+    script(1, (peer_answer_t[]){{.status = 400}});
     cJSON *j;
     int before = dead_lines(&j);
     cJSON_Delete(j);
-    push(o, forward("ev-400", srv.port, 5));
+    push(o, forward("ev-400", peer_port(srv), 5));
     run_until_idle(o);
-    CHECK_INT_EQ(srv.requests, 1);
+    CHECK_INT_EQ(peer_requests(srv), 1);
     CHECK_INT_EQ(dead_lines(&j), before + 1);
+    CHECK(j != NULL);
     if (j) {
         CHECK_STR_EQ(jstr(cJSON_GetObjectItem(j, "event"), "id"), "ev-400");
         CHECK_STR_EQ(jstr(cJSON_GetObjectItem(j, "event"), "type"), "checkout.completed");
@@ -333,19 +222,14 @@ static void test_rejected(hr_files_t *files)
 
 static void test_refused(hr_files_t *files)
 {
-    uv_tcp_t tmp;
-    uv_tcp_init(loop, &tmp);
-    struct sockaddr_in a;
-    uv_ip4_addr("127.0.0.1", 0, &a);
-    uv_tcp_bind(&tmp, (struct sockaddr *)&a, 0);
-    int port = bound_port(&tmp);
-    uv_close((uv_handle_t *)&tmp, NULL);
+    int port = peer_closed_port();
 
     hr_outbox_t *o = mk(files, 0, 5, 10, 20);
     push(o, forward("ev-refused", port, 3));
     run_until_idle(o);
     cJSON *j;
     dead_lines(&j);
+    CHECK(j != NULL);
     if (j) {
         CHECK_STR_EQ(jstr(cJSON_GetObjectItem(j, "event"), "id"), "ev-refused");
         CHECK_STR_EQ(jstr(j, "reason"), "attempts exhausted");
@@ -366,24 +250,46 @@ static void test_retry_after(hr_files_t *files)
 {
     /* Retry-After: 0 beats a 2 s backoff. */
     hr_outbox_t *o = mk(files, 0, 2000);
-    script(1, (answer_t[]){{429, "0"}});
-    push(o, forward("ev-429-0", srv.port, 3));
+    script(1, (peer_answer_t[]){{.status = 429, .retry_after = "0"}});
+    push(o, forward("ev-429-0", peer_port(srv), 3));
     run_until_idle(o);
-    CHECK_INT_EQ(srv.requests, 2);
-    CHECK(srv.at[1] - srv.at[0] < 500);
+    CHECK_INT_EQ(peer_requests(srv), 2);
+    CHECK(at(1) - at(0) < 500);
     shutdown_outbox(loop, o);
 
     /* Retry-After: 1 beats a 10 ms backoff. */
     o = mk(files, 0, 10);
-    script(1, (answer_t[]){{503, "1"}});
-    push(o, forward("ev-503-1", srv.port, 3));
+    script(1, (peer_answer_t[]){{.status = 503, .retry_after = "1"}});
+    push(o, forward("ev-503-1", peer_port(srv), 3));
     run_until_idle(o);
-    CHECK_INT_EQ(srv.requests, 2);
-    CHECK(srv.at[1] - srv.at[0] >= 990);
-    CHECK(srv.at[1] - srv.at[0] < 1500);
+    CHECK_INT_EQ(peer_requests(srv), 2);
+    CHECK(at(1) - at(0) >= 990);
+    CHECK(at(1) - at(0) < 1500);
     hr_outbox_stats_t st;
     hr_outbox_stats(o, &st);
     CHECK_INT_EQ(st.delivered, 1);
+    shutdown_outbox(loop, o);
+}
+
+/* Transport failures are failed attempts too: an answer later than the action's timeout, and
+ * a connection closed in the middle of the answer, are each retried; the third attempt is
+ * delivered. */
+static void test_timeout_and_cut(hr_files_t *files)
+{
+    hr_outbox_t *o = mk(files, 0, 10);
+    script(2, (peer_answer_t[]){{.status = 200, .delay_ms = 400}, {.status = 200, .cut = 12}});
+    hr_action_t *a = forward("ev-slow", peer_port(srv), 5);
+    a->timeout_ms = 100;
+    push(o, a);
+    run_until_idle(o);
+    CHECK_INT_EQ(peer_requests(srv), 3);
+    CHECK(at(1) - at(0) >= 90); /* the first attempt waited for its timeout */
+    CHECK(at(1) - at(0) < 400); /* and not for the late answer */
+    hr_outbox_stats_t st;
+    hr_outbox_stats(o, &st);
+    CHECK_INT_EQ(st.retried, 2);
+    CHECK_INT_EQ(st.delivered, 1);
+    CHECK_INT_EQ(st.dead, 0);
     shutdown_outbox(loop, o);
 }
 
@@ -418,6 +324,7 @@ static void test_write(hr_files_t *files)
     free(path);
     cJSON *j;
     dead_lines(&j);
+    CHECK(j != NULL);
     if (j) {
         CHECK_STR_EQ(jstr(j, "action"), "write");
         CHECK_STR_EQ(jstr(j, "reason"), "write failed");
@@ -525,6 +432,7 @@ static void test_write_attempts_exhausted(hr_files_t *files)
     push(o, write_action("ev-full2", path));
     run_until_idle(o);
     CHECK_INT_EQ(dead_lines(&j), before + 1);
+    CHECK(j != NULL);
     if (j) {
         CHECK_STR_EQ(jstr(j, "reason"), "attempts exhausted");
         CHECK_STR_EQ(jstr(j, "action"), "write");
@@ -553,9 +461,9 @@ static void test_deadletter_file_fails(hr_files_t *files)
     CHECK_INT_EQ(symlink("/dev/full", dl), 0);
     hr_outbox_t *o = mk_at(files, spool, (const uint64_t[]){0}, 1);
     hr_outbox_set_dead_letters(o, dl);
-    script(2, (answer_t[]){{400, NULL}, {400, NULL}});
-    push(o, forward("ev-dlf", srv.port, 1));
-    while (srv.requests < 1)
+    script(2, (peer_answer_t[]){{.status = 400}, {.status = 400}});
+    push(o, forward("ev-dlf", peer_port(srv), 1));
+    while (peer_requests(srv) < 1)
         uv_run(loop, UV_RUN_ONCE);
     uv_run(loop, UV_RUN_NOWAIT);
     hr_outbox_stats_t st;
@@ -592,11 +500,11 @@ static void test_drain(hr_files_t *files)
     char *sd = hr_xasprintf("%s/spool-drain", dir);
     const uint64_t slow[] = {0, 60000};
     hr_outbox_t *o = mk_at(files, sd, slow, 2);
-    script(1, (answer_t[]){{503, NULL}});
+    script(1, (peer_answer_t[]){{.status = 503}});
     cJSON *j;
     int dl_before = dead_lines(&j);
     cJSON_Delete(j);
-    push(o, forward("ev-drain", srv.port, 5));
+    push(o, forward("ev-drain", peer_port(srv), 5));
     hr_outbox_stats_t st;
     do {
         uv_run(loop, UV_RUN_ONCE);
@@ -615,7 +523,7 @@ static void test_drain(hr_files_t *files)
     cJSON_Delete(j);
 
     /* Pushing after the drain still stores (the next start delivers it). */
-    CHECK_INT_EQ(push(o, forward("ev-late", srv.port, 5)), 0);
+    CHECK_INT_EQ(push(o, forward("ev-late", peer_port(srv), 5)), 0);
     hr_outbox_stats(o, &st);
     CHECK_INT_EQ(st.accepted, 2);
     CHECK_INT_EQ(st.dead, 0);
@@ -625,9 +533,7 @@ static void test_drain(hr_files_t *files)
         uv_run(loop, UV_RUN_ONCE);
 
     /* The restart: both are pending; ev-late is delivered at once, ev-drain waits 60 s. */
-    int before = srv.requests;
-    script(1, (answer_t[]){{200, NULL}});
-    srv.requests = before;
+    script(1, (peer_answer_t[]){{.status = 200}});
     o = mk_at(files, sd, slow, 2);
     hr_outbox_stats(o, &st);
     CHECK_INT_EQ(st.recovered, 2);
@@ -642,9 +548,9 @@ static void test_drain(hr_files_t *files)
     /* An attempt in flight at the end of the grace period is cancelled and stays pending
      * (not counted as an attempt). */
     o = mk(files, 0, 10);
-    script(1, (answer_t[]){{0, NULL}});
-    push(o, forward("ev-inflight", srv.port, 5));
-    while (srv.requests == 0)
+    script(1, (peer_answer_t[]){{.status = 0}});
+    push(o, forward("ev-inflight", peer_port(srv), 5));
+    while (peer_requests(srv) == 0)
         uv_run(loop, UV_RUN_ONCE);
     uv_update_time(loop);
     t0 = uv_now(loop);
@@ -667,15 +573,15 @@ static void test_backoff_bounds(hr_files_t *files)
 {
     /* Many actions against 500s with max_attempts 2: all dead-lettered, counters add up. */
     hr_outbox_t *o = mk(files, 0, 5, 10);
-    answer_t s[MAX_SCRIPT];
+    peer_answer_t s[MAX_SCRIPT];
     for (int i = 0; i < MAX_SCRIPT; i++)
-        s[i] = (answer_t){500, NULL};
+        s[i] = (peer_answer_t){.status = 500};
     script(MAX_SCRIPT, s);
     hr_action_t *head = NULL;
     for (int i = 0; i < 8; i++) {
         char id[16];
         snprintf(id, sizeof id, "ev-b%d", i);
-        hr_action_t *a = forward(id, srv.port, 2);
+        hr_action_t *a = forward(id, peer_port(srv), 2);
         a->next = head;
         head = a;
     }
@@ -687,7 +593,7 @@ static void test_backoff_bounds(hr_files_t *files)
     CHECK_INT_EQ(st.retried, 8);
     CHECK_INT_EQ(st.dead, 8);
     CHECK_INT_EQ(st.delivered, 0);
-    CHECK_INT_EQ(srv.requests, 16);
+    CHECK_INT_EQ(peer_requests(srv), 16);
     shutdown_outbox(loop, o);
 }
 
@@ -699,13 +605,16 @@ int main(void)
     snprintf(dlpath, sizeof dlpath, "%s/dl/dead.jsonl", dir);
     loop = hr_xmalloc(sizeof *loop);
     uv_loop_init(loop);
-    server_start();
+    srv = peer_start(loop);
+    CHECK(srv != NULL);
+    if (!srv) return CHECK_DONE("test_outbox");
     hr_files_t *files = hr_files_create();
 
     test_retry_then_delivered(files);
     test_rejected(files);
     test_refused(files);
     test_retry_after(files);
+    test_timeout_and_cut(files);
     test_write(files);
     test_write_retried(files);
     test_write_attempts_exhausted(files);
@@ -714,7 +623,7 @@ int main(void)
     test_backoff_bounds(files);
 
     hr_files_destroy(files);
-    server_stop();
+    peer_stop(srv);
     uv_run(loop, UV_RUN_DEFAULT);
     CHECK_INT_EQ(uv_loop_close(loop), 0);
     free(loop);
