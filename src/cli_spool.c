@@ -323,8 +323,8 @@ static hr_action_t *action_from_dl(const replay_t *rp, const dl_t *d)
         }
         if (!has_id && a->event_id[0])
             hr_action_add_header(a, "X-Hookrouter-Event-Id", a->event_id);
-        a->timeout_ms = t ? t->timeout_ms : 5000;
-        a->max_attempts = t ? t->max_attempts : 8;
+        a->timeout_ms = t ? t->timeout_ms : HR_DEF_TARGET_TIMEOUT_MS;
+        a->max_attempts = t ? t->max_attempts : HR_DEF_TARGET_MAX_ATTEMPTS;
     } else {
         a->name = dupj(j, "file");
         a->file_path = dupj(j, "path");

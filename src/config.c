@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hr/defaults.h"
 #include "hr/json.h"
 #include "hr/lua_budget.h"
 
@@ -396,6 +397,18 @@ static void load_headers(loader_t *ld, const char *key, hr_header_t **h, size_t 
     }
 }
 
+/* A target before its keys are read. */
+static const hr_target_conf_t target_defaults = {
+    .timeout_ms = HR_DEF_TARGET_TIMEOUT_MS,
+    .max_attempts = HR_DEF_TARGET_MAX_ATTEMPTS,
+    .max_age_s = HR_DEF_TARGET_MAX_AGE_S,
+    .concurrency = HR_DEF_TARGET_CONCURRENCY,
+    .rate = HR_DEF_TARGET_RATE,
+    .ordered = HR_DEF_TARGET_ORDERED,
+    .circuit_failures = HR_DEF_TARGET_CIRCUIT_FAILURES,
+    .circuit_probe_ms = HR_DEF_TARGET_CIRCUIT_PROBE_MS,
+};
+
 static void load_targets(loader_t *ld)
 {
     static const char *const keys[] = {
@@ -416,12 +429,8 @@ static void load_targets(loader_t *ld)
         char *prefix = hr_xasprintf("targets.%s", name);
         if (want_table(ld, prefix)) {
             hr_target_conf_t *t = &c->targets[c->ntargets++];
+            *t = target_defaults;
             t->name = hr_xstrdup(name);
-            t->timeout_ms = 5000;
-            t->max_attempts = 8;
-            t->concurrency = 64;
-            t->circuit_failures = 5;
-            t->circuit_probe_ms = 5000;
             check_keys(ld, prefix, keys);
             char key[256];
             snprintf(key, sizeof key, "%s.url", prefix);
@@ -637,8 +646,6 @@ static void load_delivery(loader_t *ld)
  * delivery.retry_base_ms/retry_max_ms doubling if given, else the default. */
 static void default_schedule(const hr_config_t *c, uint64_t **out, size_t *n)
 {
-    static const uint64_t def_retry[] = {0,       5000,     300000,   1800000,
-                                         7200000, 18000000, 36000000, 36000000};
     if (c->retry_legacy) {
         uint64_t max = c->retry_max_ms < c->retry_base_ms ? c->retry_base_ms : c->retry_max_ms;
         *n = 16;
@@ -649,9 +656,9 @@ static void default_schedule(const hr_config_t *c, uint64_t **out, size_t *n)
             if (b < max) b *= 2;
         }
     } else {
-        *n = HR_ARRAY_SIZE(def_retry);
-        *out = hr_xmalloc(sizeof def_retry);
-        memcpy(*out, def_retry, sizeof def_retry);
+        *n = hr_def_nretry;
+        *out = hr_xmalloc(hr_def_nretry * sizeof **out);
+        memcpy(*out, hr_def_retry_ms, hr_def_nretry * sizeof **out);
     }
 }
 
@@ -664,23 +671,20 @@ static void load_spool(loader_t *ld)
     char *dir = NULL;
     if (lua_getfield(L, -1, "spool_dir") != LUA_TNIL) want_string(ld, "spool_dir", &dir);
     lua_pop(L, 1);
-    c->spool_dir = hr_path_join(c->dir, dir ? dir : "var/spool");
+    c->spool_dir = hr_path_join(c->dir, dir ? dir : HR_DEF_SPOOL_DIR);
     free(dir);
-    char *mode = NULL;
+    char *mode = hr_xstrdup(HR_DEF_FSYNC);
     if (lua_getfield(L, -1, "fsync") != LUA_TNIL) want_string(ld, "fsync", &mode);
     lua_pop(L, 1);
-    if (mode) {
-        if (strcmp(mode, "always") == 0)
-            c->fsync_mode = 0;
-        else if (strcmp(mode, "interval") == 0)
-            c->fsync_mode = 1;
-        else if (strcmp(mode, "never") == 0)
-            c->fsync_mode = 2;
-        else
-            key_err(ld, "fsync", "expected \"always\", \"interval\" or \"never\", got \"%s\"",
-                    mode);
-        free(mode);
-    }
+    if (strcmp(mode, "always") == 0)
+        c->fsync_mode = 0;
+    else if (strcmp(mode, "interval") == 0)
+        c->fsync_mode = 1;
+    else if (strcmp(mode, "never") == 0)
+        c->fsync_mode = 2;
+    else
+        key_err(ld, "fsync", "expected \"always\", \"interval\" or \"never\", got \"%s\"", mode);
+    free(mode);
     if (lua_getfield(L, -1, "fsync_interval_ms") != LUA_TNIL)
         want_uint(ld, "fsync_interval_ms", 1, 3600000, &c->fsync_interval_ms);
     lua_pop(L, 1);
@@ -719,7 +723,7 @@ static void load_workers(loader_t *ld)
         ld->c->workers = 0;
         return;
     }
-    uint64_t n = 1;
+    uint64_t n = ld->c->workers;
     want_uint(ld, "workers", 1, HR_WORKERS_MAX, &n);
     ld->c->workers = (uint32_t)n;
 }
@@ -795,7 +799,7 @@ static void load_root(loader_t *ld)
     char *dl = NULL;
     if (lua_getfield(L, -1, "dead_letters") != LUA_TNIL) want_string(ld, "dead_letters", &dl);
     lua_pop(L, 1);
-    c->dead_letters = hr_path_join(c->dir, dl ? dl : "var/dead-letters.jsonl");
+    c->dead_letters = hr_path_join(c->dir, dl ? dl : HR_DEF_DEAD_LETTERS);
     free(dl);
 
     if (lua_getfield(L, -1, "limits") != LUA_TNIL) load_limits(ld);
@@ -814,24 +818,26 @@ static void load_root(loader_t *ld)
 
 static void set_defaults(hr_config_t *c)
 {
-    c->listen = hr_xstrdup("127.0.0.1:8080");
-    c->store_key = hr_xstrdup("storeId");
-    c->log_level = hr_xstrdup("info");
-    c->limits.body_bytes = 1u << 20;
-    c->limits.header_bytes = 16384;
-    c->limits.rule_instructions = 1000000;
-    c->limits.rule_memory_bytes = 64u << 20;
-    c->limits.state_memory_bytes = 256u << 20;
-    c->limits.actions_per_event = 100;
-    c->limits.idle_timeout_ms = 60000;
-    c->limits.request_timeout_ms = 30000;
-    c->retry_base_ms = 500;
-    c->retry_max_ms = 60000;
-    c->max_conns_per_target = 64;
-    c->shutdown_grace_ms = 10000;
-    c->fsync_interval_ms = 1000;
-    c->max_spool_bytes = 1ull << 30;
-    c->workers = 1;
+    c->listen = hr_xstrdup(HR_DEF_LISTEN);
+    c->insecure_no_auth = HR_DEF_INSECURE_NO_AUTH;
+    c->store_key = hr_xstrdup(HR_DEF_STORE_KEY);
+    c->log_level = hr_xstrdup(HR_DEF_LOG_LEVEL);
+    c->limits.body_bytes = HR_DEF_BODY_BYTES;
+    c->limits.header_bytes = HR_DEF_HEADER_BYTES;
+    c->limits.rule_instructions = HR_DEF_RULE_INSTRUCTIONS;
+    c->limits.rule_memory_bytes = HR_DEF_RULE_MEMORY_BYTES;
+    c->limits.state_memory_bytes = HR_DEF_STATE_MEMORY_BYTES;
+    c->limits.actions_per_event = HR_DEF_ACTIONS_PER_EVENT;
+    c->limits.idle_timeout_ms = HR_DEF_IDLE_TIMEOUT_MS;
+    c->limits.request_timeout_ms = HR_DEF_REQUEST_TIMEOUT_MS;
+    c->limits.max_connections = HR_DEF_MAX_CONNECTIONS;
+    c->retry_base_ms = HR_DEF_RETRY_BASE_MS;
+    c->retry_max_ms = HR_DEF_RETRY_MAX_MS;
+    c->max_conns_per_target = HR_DEF_MAX_CONNS_PER_TARGET;
+    c->shutdown_grace_ms = HR_DEF_SHUTDOWN_GRACE_MS;
+    c->fsync_interval_ms = HR_DEF_FSYNC_INTERVAL_MS;
+    c->max_spool_bytes = HR_DEF_MAX_SPOOL_BYTES;
+    c->workers = HR_DEF_WORKERS;
 }
 
 /* Open the libraries a config may use: base (without file loading), string, table, math,

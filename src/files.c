@@ -116,17 +116,17 @@ static hr_file_t *file_slot(hr_files_t *f, const char *path)
     hr_file_t *e = &f->files[f->n++];
     e->path = hr_xstrdup(path);
     e->fd = -1;
-    e->mode = 0600;
+    e->mode = HR_DEF_FILE_MODE;
     return e;
 }
 
 /* Set the mode of each configured file the router creates from now on (HR_FILE_MODE_SET
- * entries; others get 0600). Existing files keep theirs. Can't fail. */
+ * entries; others get HR_DEF_FILE_MODE). Existing files keep theirs. Can't fail. */
 void hr_files_set_modes(hr_files_t *f, const hr_file_conf_t *v, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         hr_file_t *e = file_slot(f, v[i].path);
-        e->mode = (v[i].mode & HR_FILE_MODE_SET) ? (mode_t)(v[i].mode & 0777) : 0600;
+        e->mode = (v[i].mode & HR_FILE_MODE_SET) ? (mode_t)(v[i].mode & 0777) : HR_DEF_FILE_MODE;
     }
 }
 

@@ -15,7 +15,10 @@
  * An item is in exactly one place: the heap (waiting for its due time), its target's ready
  * queue (due, waiting for a slot: concurrency, rate, an open circuit), a lane (ordered
  * targets: parked behind the head of its store's lane), or in flight. One uv_timer serves the
- * heap; each target has one timer for its circuit probe and rate limit.
+ * heap; each target has one timer for its circuit probe and rate limit. What to do when (the
+ * wait before an attempt, Retry-After, the breaker, the rate bucket, max age, "retry or dead
+ * letter" after an attempt) is the target policy's (src/target.c); this file keeps the
+ * timers and queues and calls it.
  *
  * Compaction: one action that keeps retrying would pin its segment and, since segments go
  * only from the oldest end, every newer one. So when the oldest segment holds few pending
@@ -41,27 +44,20 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "hr/defaults.h"
 #include "hr/http_client.h"
 #include "hr/log.h"
+#include "hr/target.h"
 
-#define DEF_CONCURRENCY   64
-#define DEF_CIRCUIT_FAILS 5
-#define DEF_PROBE_MS      5000
-#define KEEP_LOADED_MS    10000 /* keep the action in memory across waits shorter than this */
-#define MAX_LOG_ATTEMPTS  1000
-#define COMPACT_MS        1000 /* how often the spool is looked at for compaction */
-#define COMPACT_RETRY_MS  100  /* after a candidate whose items were not all found */
-#define DL_RETRY_MS       1000 /* wait before writing a dead letter again after it failed */
-#define DEF_WRITE_TRIES   8    /* attempts of a write action (as a target's max_attempts) */
-
-static const uint64_t DEFAULT_RETRY_MS[] = {0,       5000,     300000,   1800000,
-                                            7200000, 18000000, 36000000, 36000000};
+#define KEEP_LOADED_MS   10000 /* keep the action in memory across waits shorter than this */
+#define MAX_LOG_ATTEMPTS 1000
+#define COMPACT_MS       1000 /* how often the spool is looked at for compaction */
+#define COMPACT_RETRY_MS 100  /* after a candidate whose items were not all found */
+#define DL_RETRY_MS      1000 /* wait before writing a dead letter again after it failed */
 
 typedef enum { IT_NONE = 0, IT_HEAP, IT_READY, IT_LANE, IT_FLIGHT } it_where_t;
-typedef enum { CIRCUIT_CLOSED = 0, CIRCUIT_OPEN, CIRCUIT_HALF } circuit_t;
 
 struct ob_target;
 struct ob_lane;
@@ -107,24 +103,14 @@ typedef struct ob_target {
     struct ob_target *next; /* in o->targets */
     hr_outbox_t *o;         /* owner */
     char *name;             /* owned */
-    uint64_t *retry_ms;     /* owned schedule */
-    size_t nretry;          /* >= 1 */
-    uint64_t max_age_s;     /* 0: none */
-    uint32_t concurrency;   /* >= 1 */
-    double rate;            /* per second, 0: none */
-    bool ordered;           /* lanes per store */
-    uint32_t circuit_fails; /* threshold */
-    uint64_t probe_ms;      /* probe interval */
+    hr_target_policy_t pol; /* its policy (schedule, max age, concurrency, rate, ...) */
     ob_item_t *ready_head;  /* due items waiting for a slot */
     ob_item_t *ready_tail;  /* ... */
     size_t nready;          /* items in the ready queue */
     uint32_t inflight;      /* requests in flight */
     size_t live;            /* unfinished items */
-    circuit_t circuit;      /* breaker state */
-    uint32_t fails;         /* consecutive failures */
-    uint64_t open_until;    /* uv_now of the next probe while open */
-    double tokens;          /* rate bucket */
-    uint64_t tokens_at;     /* uv_now of the last refill */
+    hr_circuit_t circuit;   /* breaker (times in uv_now) */
+    hr_bucket_t bucket;     /* rate bucket (times in uv_now) */
     uv_timer_t timer;       /* probe / rate wake-up */
     ob_lane_t **lanes;      /* LANE_BUCKETS chains when ordered, else NULL */
 } ob_target_t;
@@ -166,8 +152,8 @@ struct hr_outbox {
     void (*close_cb)(void *);  /* run once freed */
     void *close_arg;           /* for close_cb */
     uint64_t last_full_log;    /* uv_now of the last "spool full" line */
-    ob_target_t writes;        /* policy of write actions: retry_ms, nretry, max_age_s only */
-    uint32_t write_attempts;   /* attempts of a write action (default 8) */
+    hr_target_policy_t writes; /* policy of write actions: retry_ms, nretry, max_age_s only */
+    uint32_t write_attempts;   /* attempts of a write action */
     uint64_t last_dl_log;      /* uv_now of the last "dead-letter file failed" line */
     uint32_t dl_suppressed;    /* such lines left out since */
     bool incoming_scanned;     /* the first scan of incoming_dir ran */
@@ -213,21 +199,9 @@ static void compact_kick(hr_outbox_t *o);
 
 static void target_set_policy(ob_target_t *t, const hr_outbox_target_t *p)
 {
-    const uint64_t *r = p && p->nretry ? p->retry_ms : DEFAULT_RETRY_MS;
-    size_t n = p && p->nretry ? p->nretry : HR_ARRAY_SIZE(DEFAULT_RETRY_MS);
-    free(t->retry_ms);
-    t->retry_ms = hr_xmalloc(n * sizeof *t->retry_ms);
-    memcpy(t->retry_ms, r, n * sizeof *r);
-    t->nretry = n;
-    t->max_age_s = p ? p->max_age_s : 0;
-    t->concurrency = p && p->concurrency ? p->concurrency : DEF_CONCURRENCY;
-    t->rate = p ? p->rate : 0;
-    t->circuit_fails = p && p->circuit_failures ? p->circuit_failures : DEF_CIRCUIT_FAILS;
-    t->probe_ms = p && p->circuit_probe_ms ? p->circuit_probe_ms : DEF_PROBE_MS;
-    bool ordered = p && p->ordered;
-    if (ordered && !t->lanes) t->lanes = hr_xcalloc(LANE_BUCKETS, sizeof *t->lanes);
+    hr_target_policy_set(&t->pol, p);
     /* Turning ordering off keeps the existing lanes until they empty. */
-    t->ordered = ordered;
+    if (t->pol.ordered && !t->lanes) t->lanes = hr_xcalloc(LANE_BUCKETS, sizeof *t->lanes);
 }
 
 static ob_target_t *target_find(hr_outbox_t *o, const char *name)
@@ -612,97 +586,35 @@ static void dead_item(ob_item_t *it, const char *reason)
     item_release(it, true);
 }
 
-/* ---- Retry schedule --------------------------------------------------------------------- */
-
-/* The wait before attempt n (1-based) on t, with +-20% jitter. */
-static uint64_t schedule_wait(const ob_target_t *t, uint32_t n)
-{
-    size_t i = n >= 1 ? n - 1 : 0;
-    if (i >= t->nretry) i = t->nretry - 1;
-    uint64_t b = t->retry_ms[i];
-    if (b == 0) return 0;
-    uint64_t span = b * 2 / 5; /* 40% */
-    return b - b / 5 + (span ? hr_rand64() % (span + 1) : 0);
-}
-
-/* Parse a Retry-After value: delta seconds or an HTTP date (IMF-fixdate, RFC 850 or asctime).
- * Returns 0 and sets *ms (0 for a date in the past), or -1. */
-static int parse_retry_after(const char *v, uint64_t *ms)
-{
-    while (*v == ' ' || *v == '\t')
-        v++;
-    if (*v >= '0' && *v <= '9') {
-        char *end;
-        unsigned long long s = strtoull(v, &end, 10);
-        while (*end == ' ' || *end == '\t')
-            end++;
-        if (*end) return -1;
-        *ms = s > UINT64_MAX / 1000 ? UINT64_MAX : s * 1000;
-        return 0;
-    }
-    static const char *const fmts[] = {"%a, %d %b %Y %H:%M:%S GMT", "%A, %d-%b-%y %H:%M:%S GMT",
-                                       "%a %b %e %H:%M:%S %Y"};
-    for (size_t i = 0; i < HR_ARRAY_SIZE(fmts); i++) {
-        struct tm tm;
-        memset(&tm, 0, sizeof tm);
-        const char *end = strptime(v, fmts[i], &tm);
-        if (!end || *end) continue;
-        time_t t = timegm(&tm);
-        if (t == (time_t)-1) return -1;
-        uint64_t at = (uint64_t)t * 1000, now = hr_wall_ms();
-        *ms = at > now ? at - now : 0;
-        return 0;
-    }
-    return -1;
-}
-
-/* The wait before the next attempt after answer res (NULL for a transport error). */
-static uint64_t next_wait(const ob_target_t *t, uint32_t attempts, const hr_http_response_t *res)
-{
-    if (res && (res->status == 429 || res->status == 503)) {
-        for (size_t i = 0; i < res->nheaders; i++) {
-            uint64_t ms;
-            if (strcmp(res->headers[i].name, "retry-after") == 0 &&
-                parse_retry_after(res->headers[i].value, &ms) == 0)
-                return ms < 86400000ull ? ms : 86400000ull;
-        }
-    }
-    return schedule_wait(t, attempts + 1);
-}
-
 /* ---- Circuit breaker -------------------------------------------------------------------- */
 
+/* The target answered (delivered, or rejected: it is up). */
 static void circuit_success(ob_target_t *t)
 {
-    t->fails = 0;
-    if (t->circuit != CIRCUIT_CLOSED) {
+    if (hr_circuit_success(&t->circuit) == HR_CIRCUIT_CLOSED_NOW)
         hr_log_info("circuit closed target=%s: the probe succeeded, delivering again", t->name);
-        t->circuit = CIRCUIT_CLOSED;
-    }
 }
 
+/* A retriable failure (transport error, 408, 429, 5xx). */
 static void circuit_failure(ob_target_t *t)
 {
-    hr_outbox_t *o = t->o;
-    t->fails++;
-    uint64_t now = uv_now(o->loop);
-    if (t->circuit == CIRCUIT_HALF) {
-        t->circuit = CIRCUIT_OPEN;
-        t->open_until = now + t->probe_ms;
+    switch (hr_circuit_failure(&t->circuit, &t->pol, uv_now(t->o->loop))) {
+    case HR_CIRCUIT_REOPENED:
         hr_log_warn("circuit open target=%s: the probe failed; next probe in %llu ms", t->name,
-                    (unsigned long long)t->probe_ms);
-    } else if (t->circuit == CIRCUIT_CLOSED && t->fails >= t->circuit_fails) {
-        t->circuit = CIRCUIT_OPEN;
-        t->open_until = now + t->probe_ms;
+                    (unsigned long long)t->pol.circuit_probe_ms);
+        break;
+    case HR_CIRCUIT_OPENED:
         hr_log_warn("circuit open target=%s after %u consecutive failures: paused, probing "
                     "every %llu ms",
-                    t->name, (unsigned)t->fails, (unsigned long long)t->probe_ms);
+                    t->name, (unsigned)t->circuit.fails,
+                    (unsigned long long)t->pol.circuit_probe_ms);
+        break;
+    case HR_CIRCUIT_SAME:
+    case HR_CIRCUIT_CLOSED_NOW: break;
     }
 }
 
-/* ---- Forward delivery ------------------------------------------------------------------- */
-
-static void start_attempt(ob_item_t *it);
+/* ---- Retry or dead letter --------------------------------------------------------------- */
 
 /* Write the STATE record of the attempt that just ended. */
 static void record_state(ob_item_t *it, const char *error, uint64_t next_due_wall)
@@ -723,6 +635,49 @@ static void record_state(ob_item_t *it, const char *error, uint64_t next_due_wal
         it->state_loc = loc;
 }
 
+/* The attempt of it that just ended, for hr_target_after_attempt (no answer: status 0). */
+static hr_target_attempt_t attempt_of(const ob_item_t *it, bool retriable, const char *reject)
+{
+    return (hr_target_attempt_t){.attempts = it->attempts,
+                                 .max_attempts = it->max_attempts,
+                                 .accepted_ms = it->accepted_ms,
+                                 .retriable = retriable,
+                                 .reject = reject};
+}
+
+/* After an attempt of it (loaded) that did not deliver, a forward or a write: policy p
+ * decides. Dead: its last STATE and the dead letter. Retry: the STATE with the next due
+ * time, the "retry" line and the heap. error: the attempt's error for the STATE record;
+ * what: "status=503" or "error=..." for the line. */
+static void retry_or_dead(ob_item_t *it, const hr_target_policy_t *p, const hr_target_attempt_t *at,
+                          const char *error, const char *what)
+{
+    hr_outbox_t *o = it->o;
+    hr_action_t *a = it->a;
+    uint64_t now = uv_now(o->loop), wall = hr_wall_ms();
+    hr_target_next_t next = hr_target_after_attempt(p, at, wall, hr_rand64());
+    if (next.dead) {
+        record_state(it, error, 0);
+        dead_item(it, next.dead);
+        return;
+    }
+    it->due = now + next.wait_ms;
+    it->due_wall = wall + next.wait_ms;
+    record_state(it, error, it->due_wall);
+    hr_log_warn("retry id=%s %s=%s %s attempt=%u/%u in_ms=%llu", a->event_id,
+                it->kind == HR_ACTION_WRITE ? "file" : "target", a->name ? a->name : "-", what,
+                (unsigned)it->attempts, (unsigned)it->max_attempts,
+                (unsigned long long)next.wait_ms);
+    o->st.retried++;
+    if (next.wait_ms > KEEP_LOADED_MS) item_unload(it);
+    heap_push(o, it);
+    rearm(o);
+}
+
+/* ---- Forward delivery ------------------------------------------------------------------- */
+
+static void start_attempt(ob_item_t *it);
+
 /* Completion of one attempt: delivered, scheduled again, left (shutdown) or dead-lettered. */
 static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_response_t *res)
 {
@@ -736,7 +691,7 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
     if (err == UV_ECANCELED && (o->draining || o->closing)) {
         /* Cut off by shutdown: not an attempt; it stays in the spool. */
         it->attempts--;
-        if (t->circuit == CIRCUIT_HALF) t->circuit = CIRCUIT_OPEN;
+        hr_circuit_unprobe(&t->circuit);
         item_release(it, false);
         maybe_drained(o);
         return;
@@ -769,34 +724,18 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
         maybe_drained(o);
         return;
     }
-    bool retriable = err != 0 || res->status == 408 || res->status == 429 || res->status >= 500;
-    uint64_t now = uv_now(o->loop), wall = hr_wall_ms();
-    uint64_t wait = retriable ? next_wait(t, it->attempts, err == 0 ? res : NULL) : 0;
-    if (!retriable) {
-        circuit_success(t); /* the target answered: it is up */
-        record_state(it, a->last_error, 0);
-        dead_item(it, "rejected");
-    } else {
-        circuit_failure(t);
-        if (it->attempts >= it->max_attempts) {
-            record_state(it, a->last_error, 0);
-            dead_item(it, "attempts exhausted");
-        } else if (t->max_age_s && wall + wait > it->accepted_ms + t->max_age_s * 1000) {
-            record_state(it, a->last_error, 0);
-            dead_item(it, "max age exceeded");
-        } else {
-            it->due = now + wait;
-            it->due_wall = wall + wait;
-            record_state(it, a->last_error, it->due_wall);
-            hr_log_warn("retry id=%s target=%s %s attempt=%u/%u in_ms=%llu", a->event_id,
-                        a->name ? a->name : "-", what, (unsigned)it->attempts,
-                        (unsigned)it->max_attempts, (unsigned long long)wait);
-            o->st.retried++;
-            if (wait > KEEP_LOADED_MS) item_unload(it);
-            heap_push(o, it);
-            rearm(o);
-        }
+    hr_target_attempt_t at =
+        attempt_of(it, err != 0 || hr_target_status_retriable(res->status), "rejected");
+    if (err == 0) {
+        at.status = res->status;
+        at.headers = res->headers;
+        at.nheaders = res->nheaders;
     }
+    if (at.retriable)
+        circuit_failure(t);
+    else
+        circuit_success(t); /* the target answered: it is up */
+    retry_or_dead(it, &t->pol, &at, a->last_error, what);
     pump(t);
     maybe_drained(o);
 }
@@ -821,7 +760,7 @@ static void start_attempt(ob_item_t *it)
         .nheaders = a->nheaders,
         .body = a->body,
         .body_len = a->body_len,
-        .timeout_ms = a->timeout_ms ? a->timeout_ms : 10000,
+        .timeout_ms = a->timeout_ms ? a->timeout_ms : HR_DEF_TARGET_TIMEOUT_MS,
     };
     int rc = o->http ? hr_http_client_send(o->http, &req, on_http_done, it) : UV_ECANCELED;
     if (rc < 0) {
@@ -838,36 +777,25 @@ static void start_attempt(ob_item_t *it)
     o->inflight++;
 }
 
-/* Start what t may start now: ready items, within concurrency, rate and the circuit. */
+/* Start what t may start now: ready items, within concurrency, the circuit and the rate. */
 static void pump(ob_target_t *t)
 {
     hr_outbox_t *o = t->o;
     if (!o->http || o->closing || o->drain_finished) return;
     while (t->ready_head) {
-        if (t->inflight >= t->concurrency) return;
-        uint64_t now = uv_now(o->loop);
-        if (t->circuit == CIRCUIT_HALF) return; /* the probe is out */
-        if (t->circuit == CIRCUIT_OPEN) {
-            if (now < t->open_until) {
-                uv_timer_start(&t->timer, on_target_timer, t->open_until - now, 0);
-                return;
-            }
-            t->circuit = CIRCUIT_HALF;
-            hr_log_info("circuit half-open target=%s: sending one probe", t->name);
+        if (t->inflight >= t->pol.concurrency) return;
+        uint64_t now = uv_now(o->loop), wait = 0;
+        switch (hr_circuit_gate(&t->circuit, now, &wait)) {
+        case HR_GATE_BUSY: return; /* the probe is out */
+        case HR_GATE_WAIT: uv_timer_start(&t->timer, on_target_timer, wait, 0); return;
+        case HR_GATE_PROBE: hr_log_info("circuit half-open target=%s: sending one probe", t->name);
+        /* fall through */
+        case HR_GATE_PASS: break;
         }
-        if (t->rate > 0) {
-            double cap = t->rate < 1 ? 1 : t->rate;
-            if (t->tokens_at == 0) t->tokens = cap;
-            t->tokens += (double)(now - t->tokens_at) * t->rate / 1000.0;
-            if (t->tokens > cap) t->tokens = cap;
-            t->tokens_at = now;
-            if (t->tokens < 1.0) {
-                uint64_t ms = (uint64_t)((1.0 - t->tokens) * 1000.0 / t->rate) + 1;
-                uv_timer_start(&t->timer, on_target_timer, ms, 0);
-                if (t->circuit == CIRCUIT_HALF) t->circuit = CIRCUIT_OPEN;
-                return;
-            }
-            t->tokens -= 1.0;
+        if (t->pol.rate > 0 && (wait = hr_bucket_take(&t->bucket, t->pol.rate, now)) > 0) {
+            uv_timer_start(&t->timer, on_target_timer, wait, 0);
+            hr_circuit_unprobe(&t->circuit);
+            return;
         }
         ob_item_t *it = t->ready_head;
         t->ready_head = it->rnext;
@@ -875,8 +803,8 @@ static void pump(ob_target_t *t)
         it->rnext = NULL;
         t->nready--;
         it->where = IT_NONE;
-        if (t->max_age_s && hr_wall_ms() > it->accepted_ms + t->max_age_s * 1000) {
-            if (t->circuit == CIRCUIT_HALF) t->circuit = CIRCUIT_OPEN;
+        if (hr_target_too_old(t->pol.max_age_s, it->accepted_ms, hr_wall_ms())) {
+            hr_circuit_unprobe(&t->circuit);
             if (item_load(it) == 0) set_last_error(it->a, "max age exceeded while waiting");
             dead_item(it, "max age exceeded");
             continue;
@@ -907,28 +835,9 @@ static void make_ready(ob_item_t *it)
 
 /* ---- Write delivery --------------------------------------------------------------------- */
 
-/* Whether a file error is worth retrying: a full disk, a descriptor or quota limit, an I/O
- * error may pass; a path that names a folder or goes through a file will not. */
-static bool write_error_is_transient(int err)
-{
-    switch (err) {
-    case -ENOTDIR:
-    case -EISDIR:
-    case -ENAMETOOLONG:
-    case -ELOOP:
-    case -EINVAL:
-    case -EACCES:
-    case -EPERM:
-    case -EROFS:
-    case -ENXIO:
-    case -ENODEV: return false;
-    default: return true;
-    }
-}
-
-/* Append a write action's line to its file now: delivered; on a transient error scheduled
- * again on the writes' schedule (as a forward), else or when out of attempts or age,
- * dead-lettered. */
+/* Append a write action's line to its file now: delivered; on an error that may pass
+ * (hr_target_write_retriable) scheduled again on the writes' schedule (as a forward), else
+ * or when out of attempts or age, dead-lettered. */
 static void deliver_write(ob_item_t *it)
 {
     hr_outbox_t *o = it->o;
@@ -950,30 +859,10 @@ static void deliver_write(ob_item_t *it)
                              sizeof err);
     if (rc < 0) {
         set_last_error(a, err);
-        uint64_t wait = schedule_wait(&o->writes, it->attempts + 1);
-        uint64_t wall = hr_wall_ms();
-        if (!write_error_is_transient(rc)) {
-            record_state(it, err, 0);
-            dead_item(it, "write failed");
-        } else if (it->attempts >= it->max_attempts) {
-            record_state(it, err, 0);
-            dead_item(it, "attempts exhausted");
-        } else if (o->writes.max_age_s &&
-                   wall + wait > it->accepted_ms + o->writes.max_age_s * 1000) {
-            record_state(it, err, 0);
-            dead_item(it, "max age exceeded");
-        } else {
-            it->due = uv_now(o->loop) + wait;
-            it->due_wall = wall + wait;
-            record_state(it, err, it->due_wall);
-            hr_log_warn("retry id=%s file=%s error=%s attempt=%u/%u in_ms=%llu", a->event_id,
-                        a->name ? a->name : "-", err, (unsigned)it->attempts,
-                        (unsigned)it->max_attempts, (unsigned long long)wait);
-            o->st.retried++;
-            if (wait > KEEP_LOADED_MS) item_unload(it);
-            heap_push(o, it);
-            rearm(o);
-        }
+        char what[sizeof err + 8];
+        snprintf(what, sizeof what, "error=%s", err);
+        hr_target_attempt_t at = attempt_of(it, hr_target_write_retriable(rc), "write failed");
+        retry_or_dead(it, &o->writes, &at, err, what);
         return;
     }
     hr_log_info("delivered id=%s type=%s store=%s action=write file=%s ms=%llu", a->event_id,
@@ -1000,7 +889,7 @@ static void schedule(ob_item_t *it)
         return;
     }
     ob_target_t *t = it->t;
-    if (t->ordered && !it->lane) {
+    if (t->pol.ordered && !it->lane) {
         const char *store = NULL;
         char buf[256];
         if (it->a) {
@@ -1065,7 +954,7 @@ static ob_item_t *item_for_action(hr_outbox_t *o, hr_action_t *a, uint64_t id, h
     if (a->kind == HR_ACTION_FORWARD) {
         it->t = target_get(o, a->name ? a->name : "-");
         it->t->live++;
-        uint64_t w = schedule_wait(it->t, 1);
+        uint64_t w = hr_target_wait(&it->t->pol, 1, hr_rand64());
         it->due = uv_now(o->loop) + w;
         it->due_wall = hr_wall_ms() + w;
     }
@@ -1679,7 +1568,7 @@ static bool drain_has_work(hr_outbox_t *o)
     if (o->inflight > 0) return true;
     if (o->nheap > 0 && o->heap[0]->due <= o->drain_deadline) return true;
     for (ob_target_t *t = o->targets; t; t = t->next)
-        if (t->nready > 0 && t->circuit == CIRCUIT_CLOSED) return true;
+        if (t->nready > 0 && t->circuit.state == HR_CIRCUIT_CLOSED) return true;
     return false;
 }
 
@@ -1750,7 +1639,7 @@ static void target_free(ob_target_t *t)
         }
         free(t->lanes);
     }
-    free(t->retry_ms);
+    hr_target_policy_free(&t->pol);
     free(t->name);
     free(t);
 }
@@ -1773,7 +1662,7 @@ static void outbox_maybe_free(hr_outbox_t *o)
         target_free(t);
     }
     free(o->heap);
-    free(o->writes.retry_ms);
+    hr_target_policy_free(&o->writes);
     free(o->dead_letters);
     free(o->incoming_dir);
     free(o->rec_tab);
@@ -1796,9 +1685,8 @@ hr_outbox_t *hr_outbox_create(uv_loop_t *loop, hr_files_t *files, const hr_outbo
     o->incoming_dir = hr_xasprintf("%s/incoming", opts->spool.dir);
     for (size_t i = 0; i < opts->ntargets; i++)
         target_set_policy(target_get(o, opts->targets[i].name), &opts->targets[i]);
-    target_set_policy(&o->writes,
-                      opts->writes.nretry || opts->writes.max_age_s ? &opts->writes : NULL);
-    o->write_attempts = opts->write_attempts ? opts->write_attempts : DEF_WRITE_TRIES;
+    hr_target_policy_set(&o->writes, &opts->writes);
+    o->write_attempts = opts->write_attempts ? opts->write_attempts : HR_DEF_WRITE_ATTEMPTS;
     uint64_t t0 = uv_hrtime();
     o->spool = hr_spool_open(loop, &opts->spool, on_recover_rec, o, err, errlen);
     if (!o->spool) {
@@ -1868,8 +1756,8 @@ void hr_outbox_set_dead_letters(hr_outbox_t *o, const char *path)
 
 void hr_outbox_set_writes(hr_outbox_t *o, const hr_outbox_target_t *p, uint32_t max_attempts)
 {
-    target_set_policy(&o->writes, p && (p->nretry || p->max_age_s) ? p : NULL);
-    o->write_attempts = max_attempts ? max_attempts : DEF_WRITE_TRIES;
+    hr_target_policy_set(&o->writes, p);
+    o->write_attempts = max_attempts ? max_attempts : HR_DEF_WRITE_ATTEMPTS;
 }
 
 void hr_outbox_set_targets(hr_outbox_t *o, const hr_outbox_target_t *t, size_t n)
@@ -1914,7 +1802,7 @@ void hr_outbox_targets_json(const hr_outbox_t *o, hr_buf_t *out)
         first = false;
         hr_buf_append_json_string(out, t->name, strlen(t->name));
         hr_buf_printf(out, ":{\"circuit\":\"%s\",\"in_flight\":%u,\"queued\":%zu}",
-                      names[t->circuit], (unsigned)t->inflight, t->live);
+                      names[t->circuit.state], (unsigned)t->inflight, t->live);
     }
     hr_buf_appendc(out, '}');
 }

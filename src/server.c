@@ -39,6 +39,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "hr/defaults.h"
 #include "hr/log.h"
 
 #define READ_BUF_SIZE   65536 /* per-server read buffer */
@@ -52,8 +53,8 @@
 #define ACCEPT_BATCH    64   /* connections accepted per readiness event */
 #define WARN_EVERY_MS   1000 /* refusals and accept errors: at most one warn line this often */
 #define UNSET           UINT64_MAX
-#define DEFAULT_HEADERS 16384           /* header_limit when opts give 0 */
-#define DEFAULT_BODY    (1024u * 1024u) /* body_limit when opts give 0 */
+#define DEFAULT_HEADERS HR_DEF_HEADER_BYTES /* header_limit when opts give 0 */
+#define DEFAULT_BODY    HR_DEF_BODY_BYTES   /* body_limit when opts give 0 */
 
 typedef enum { ST_IDLE, ST_READING, ST_APP, ST_DRAIN, ST_ENDING } conn_state_t;
 

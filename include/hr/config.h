@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "hr/common.h"
+#include "hr/defaults.h"
 
 /* A fixed HTTP reply: an endpoint's fallback, or what a rule set with respond(). */
 typedef struct {
@@ -26,13 +27,13 @@ void hr_reply_free(hr_reply_t *r);
 /* A deep copy of r. Cannot fail (aborts on out-of-memory). */
 hr_reply_t *hr_reply_dup(const hr_reply_t *r);
 
-#define HR_REPLY_TIMEOUT_DEFAULT_MS 10000u
+#define HR_REPLY_TIMEOUT_DEFAULT_MS HR_DEF_REPLY_TIMEOUT_MS /* see hr/defaults.h */
 
 typedef struct {
     char *path;                /* exact request path, e.g. "/aifi/checkout-zone/left" */
     char *event;               /* event type, e.g. "checkout-zone.left" */
     uint32_t reply_timeout_ms; /* a rule waiting in request() is ended this long after the
-                                  request arrived (default HR_REPLY_TIMEOUT_DEFAULT_MS) */
+                                  request arrived */
     hr_reply_t *fallback;      /* sent at the deadline or when the rule fails; NULL: none */
 } hr_endpoint_conf_t;
 
@@ -41,17 +42,17 @@ typedef struct {
     char *url;            /* http://host:port/base */
     hr_header_t *headers; /* the target's own headers (e.g. an API key) */
     size_t nheaders;
-    uint32_t timeout_ms;   /* per attempt (default 5000) */
-    uint32_t max_attempts; /* default 8 */
+    uint32_t timeout_ms;   /* per attempt */
+    uint32_t max_attempts; /* attempts before the dead letter */
     /* Durable delivery (issue 4) */
     uint64_t *retry_ms;        /* waits before attempts 1, 2, ...; the last repeats (never empty) */
     size_t nretry;             /* entries in retry_ms */
-    uint64_t max_age_s;        /* give up this long after acceptance; 0: no limit (default) */
-    uint32_t concurrency;      /* requests in flight (default 64) */
-    double rate;               /* requests per second; 0: no limit (default) */
-    bool ordered;              /* one store's events in arrival order (default false) */
-    uint32_t circuit_failures; /* consecutive failures that open the circuit (default 5) */
-    uint64_t circuit_probe_ms; /* probe interval while the circuit is open (default 5000) */
+    uint64_t max_age_s;        /* give up this long after acceptance; 0: no limit */
+    uint32_t concurrency;      /* requests in flight */
+    double rate;               /* requests per second; 0: no limit */
+    bool ordered;              /* one store's events in arrival order */
+    uint32_t circuit_failures; /* consecutive failures that open the circuit */
+    uint64_t circuit_probe_ms; /* probe interval while the circuit is open */
 } hr_target_conf_t;
 
 typedef struct {
@@ -63,18 +64,19 @@ typedef struct {
 #define HR_FILE_MODE_SET 0x10000u /* marks hr_file_conf_t.mode as given ("0000" is a mode) */
 
 typedef struct {
-    size_t body_bytes;           /* default 1 MiB */
-    size_t header_bytes;         /* default 16 KiB */
-    uint64_t rule_instructions;  /* default 1e6 VM instructions per event */
-    size_t rule_memory_bytes;    /* default 64 MiB that one slice of a rule run may add */
-    size_t state_memory_bytes;   /* default 256 MiB that a rule state may hold between events */
-    size_t actions_per_event;    /* default 100 forward() and write() calls per event */
-    uint64_t idle_timeout_ms;    /* default 60 s */
-    uint64_t request_timeout_ms; /* default 30 s */
+    size_t body_bytes;           /* larger bodies get 413 */
+    size_t header_bytes;         /* larger header blocks get 431 */
+    uint64_t rule_instructions;  /* VM instructions per event */
+    size_t rule_memory_bytes;    /* what one slice of a rule run may add */
+    size_t state_memory_bytes;   /* what a rule state may hold between events */
+    size_t actions_per_event;    /* forward() and write() calls per event */
+    uint64_t idle_timeout_ms;    /* idle keep-alive connections are closed */
+    uint64_t request_timeout_ms; /* a request must arrive whole within this */
     size_t max_connections;      /* inbound connections, all workers; 0 (default): derived from
                                     RLIMIT_NOFILE (hr_server_default_max_connections) */
 } hr_limits_t;
 
+/* Every value not given in the file has its default from hr/defaults.h. */
 typedef struct hr_config {
     char *file;        /* the config file as given */
     char *dir;         /* its folder: relative paths are resolved against it */
@@ -86,7 +88,7 @@ typedef struct hr_config {
     bool insecure_no_auth; /* accept requests without a token (tests, local dev) */
     hr_endpoint_conf_t *endpoints;
     size_t nendpoints;
-    char *store_key; /* dotted path into the body, default "storeId" */
+    char *store_key; /* dotted path into the body */
     char *rules_dir; /* resolved folder of default.lua and stores/ */
     hr_target_conf_t *targets;
     size_t ntargets;
@@ -94,21 +96,21 @@ typedef struct hr_config {
     size_t nfiles;
     char *dead_letters; /* resolved path */
     hr_limits_t limits;
-    uint64_t retry_base_ms; /* delivery.retry_base_ms (legacy), default 500 */
-    uint64_t retry_max_ms;  /* delivery.retry_max_ms (legacy), default 60000 */
+    uint64_t retry_base_ms; /* delivery.retry_base_ms (legacy) */
+    uint64_t retry_max_ms;  /* delivery.retry_max_ms (legacy) */
     bool retry_legacy;      /* one of them was given: targets without retry_ms get the schedule
                                0, base, 2 base, 4 base, ... capped at max (16 attempts' worth) */
-    uint32_t max_conns_per_target; /* delivery.max_connections, default 64 */
+    uint32_t max_conns_per_target; /* delivery.max_connections */
     uint64_t *write_retry_ms;      /* write actions' schedule: as a target's without retry_ms */
     size_t nwrite_retry;           /* entries in write_retry_ms */
-    uint64_t shutdown_grace_ms;    /* default 10000 */
+    uint64_t shutdown_grace_ms;    /* how long SIGTERM waits for deliveries */
     /* The spool (issue 4) */
-    char *spool_dir;            /* resolved; default <config folder>/var/spool */
-    int fsync_mode;             /* hr_fsync_mode_t: 0 always (default), 1 interval, 2 never */
-    uint64_t fsync_interval_ms; /* for "interval" (default 1000) */
-    uint64_t max_spool_bytes;   /* new webhooks get 503 beyond this (default 1 GiB) */
+    char *spool_dir;            /* resolved against the config folder */
+    int fsync_mode;             /* hr_fsync_mode_t: 0 always, 1 interval, 2 never */
+    uint64_t fsync_interval_ms; /* for "interval" */
+    uint64_t max_spool_bytes;   /* new webhooks get 503 beyond this */
     char *log_level;            /* "info" */
-    uint32_t workers;           /* front worker threads (default 1); 0: "auto", one per CPU */
+    uint32_t workers;           /* front worker threads; 0: "auto", one per CPU */
 } hr_config_t;
 
 /* The largest accepted `workers`. */

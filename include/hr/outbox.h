@@ -4,7 +4,8 @@
  * spool on disk (src/spool.c) per the fsync mode, and everything not finished is delivered
  * again after a restart, with its attempt count and next-attempt time.
  *
- * Forward actions go through the HTTP client, scheduled per target:
+ * Forward actions go through the HTTP client, scheduled per target (the policy, its defaults
+ * and every decision below are src/target.c's; the outbox keeps the timers and queues):
  *   - retries: the wait before attempt n is retry_ms[n-1] (the last value repeats), with
  *     +-20% jitter; Retry-After on 429/503 replaces it. 2xx: delivered. Connect error,
  *     timeout, 408, 429, 5xx: retried up to the action's max_attempts and the target's
@@ -38,21 +39,13 @@
 #include "hr/action.h"
 #include "hr/files.h"
 #include "hr/spool.h"
+#include "hr/target.h"
 
 typedef struct hr_outbox hr_outbox_t;
 
-/* Per-target delivery policy (copied). */
-typedef struct {
-    const char *name;          /* target name as in the config */
-    const uint64_t *retry_ms;  /* waits before attempts 1, 2, ...; the last repeats */
-    size_t nretry;             /* 0: the default schedule */
-    uint64_t max_age_s;        /* give up this long after acceptance (0: never) */
-    uint32_t concurrency;      /* requests in flight (0: 64) */
-    double rate;               /* requests per second (0: no limit) */
-    bool ordered;              /* per-store arrival order */
-    uint32_t circuit_failures; /* consecutive failures that open the circuit (0: 5) */
-    uint64_t circuit_probe_ms; /* probe interval while open (0: 5000) */
-} hr_outbox_target_t;
+/* Per-target delivery policy (copied; 0 means the default of hr/defaults.h): the target
+ * policy's options (hr/target.h). */
+typedef hr_target_opts_t hr_outbox_target_t;
 
 typedef struct {
     const char *dead_letters;          /* path of the dead-letter file (JSON lines) */
@@ -64,7 +57,8 @@ typedef struct {
     bool manual_compaction;    /* tests: compact only through hr_outbox_compact() */
     hr_outbox_target_t writes; /* write actions' retry_ms and max_age_s (name and the rest
                                   unused; nretry 0: the default schedule) */
-    uint32_t write_attempts;   /* attempts of a write action before its dead letter (0: 8) */
+    uint32_t write_attempts;   /* attempts of a write action before its dead letter (0:
+                                  HR_DEF_WRITE_ATTEMPTS) */
 } hr_outbox_opts_t;
 
 typedef struct {
