@@ -11,7 +11,6 @@
 #include "hr/files.h"
 #include "hr/http_client.h"
 #include "hr/log.h"
-#include "hr/outbox.h"
 #include "hr/server.h"
 
 /* Connections the reply client may open per legacy host: every suspended rule holds one
@@ -47,10 +46,8 @@ struct hr_router {
     uv_loop_t *loop;
     hr_server_t *server;
     hr_ruleset_t *rs;        /* current rule set (one reference held here) */
-    hr_outbox_t *outbox;     /* one worker: ours, called directly; NULL for a front worker */
-    hr_handoff_port_t *port; /* a front worker: its end of the hand-off to the outbox */
-    hr_files_t *files;       /* one worker: shared with the outbox; a front worker: its own
-                                (dead letters of failed rules) */
+    hr_delivery_t *delivery; /* ours: the outbox directly, or a front worker's hand-off port */
+    hr_files_t *files;       /* dead letters of failed rules (the delivery side has its own) */
     char *config_path;       /* what a reload reads */
     uv_timer_t reload_timer; /* runs a requested reload from the loop */
     bool reload_pending;
@@ -64,6 +61,7 @@ struct hr_router {
     hr_router_counters_t *ctr; /* ours: &own, or our slot in the workers' array */
     hr_router_counters_t *all; /* every worker's (nall), summed by /healthz */
     unsigned nall;
+    bool front;     /* a front worker */
     unsigned index; /* a front worker's number */
     /* rules that answer */
     hr_http_client_t *replies; /* request() traffic: its own pools, never behind retries */
@@ -166,7 +164,7 @@ static void reply_health_with(hr_router_t *r, hr_http_request_t *req, const hr_o
                   (unsigned long long)st.compactions, tj, (size_t)SUM(r, waiting),
                   SUM(r, fallbacks), SUM(r, late_answers), hr_server_connections(r->server),
                   (unsigned long long)hr_server_refused(r->server), r->nall);
-    if (r->port) { /* front workers: which one answered, and each one's events */
+    if (r->front) { /* front workers: which one answered, and each one's events */
         hr_buf_printf(&b, ",\"worker\":%u,\"worker_events\":[", r->index);
         for (unsigned i = 0; i < r->nall; i++)
             hr_buf_printf(&b, "%s%llu", i ? "," : "",
@@ -178,18 +176,8 @@ static void reply_health_with(hr_router_t *r, hr_http_request_t *req, const hr_o
     hr_buf_free(&b);
 }
 
-/* /healthz with the router's own outbox. */
-static void reply_health(hr_router_t *r, hr_http_request_t *req)
-{
-    hr_outbox_stats_t st;
-    hr_outbox_stats(r->outbox, &st);
-    hr_buf_t tj = HR_BUF_INIT;
-    hr_outbox_targets_json(r->outbox, &tj);
-    reply_health_with(r, req, &st, tj.data ? tj.data : "{}");
-    hr_buf_free(&tj);
-}
-
-/* A front worker's /healthz waits for the delivery loop's numbers. */
+/* A /healthz waiting for the delivery side's numbers (at once with the router's own outbox,
+ * from the delivery loop for a front worker). */
 typedef struct {
     hr_router_t *r;
     hr_http_request_t *req;
@@ -236,9 +224,8 @@ static void on_headers(hr_http_request_t *req, void *arg)
     hr_router_t *r = arg;
     const hr_config_t *cfg = hr_ruleset_config(r->rs);
     if (strcmp(req->path, "/healthz") == 0) {
-        if (strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0) {
-            if (!r->port) reply_health(r, req); /* a front worker answers in on_request */
-        } else {
+        if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0) {
+            /* GET and HEAD are answered in on_request: the numbers may come later */
             static const hr_header_t allow[] = {{"Allow", "GET, HEAD"}};
             reply_error(req, 405, "method not allowed: use GET /healthz", allow, 1);
         }
@@ -308,8 +295,7 @@ static void dead_letter_event(hr_router_t *r, const hr_event_in_t *ev, const hr_
     a->body = hr_xstrndup(line.data, line.len);
     a->body_len = line.len;
     char *copy = hr_buf_steal(&line, NULL); /* for the log line if it cannot be stored */
-    int rc = r->outbox ? hr_outbox_push(r->outbox, a, on_dead_letter_pushed, copy)
-                       : hr_handoff_push(r->port, a, on_dead_letter_pushed, copy);
+    int rc = hr_delivery_push(r->delivery, a, on_dead_letter_pushed, copy);
     if (rc < 0) on_dead_letter_pushed(copy, rc);
 }
 
@@ -471,8 +457,7 @@ static void event_complete(event_run_t *e, int fail_status)
             res->reply = NULL;
             hr_action_t *acts = res->actions;
             res->actions = NULL; /* the outbox owns them now */
-            int prc = r->outbox ? hr_outbox_push(r->outbox, acts, on_pushed, pc)
-                                : hr_handoff_push(r->port, acts, on_pushed, pc);
+            int prc = hr_delivery_push(r->delivery, acts, on_pushed, pc);
             if (prc < 0) on_pushed(pc, prc);
             break;
         }
@@ -618,10 +603,10 @@ static void on_request(hr_http_request_t *req, void *arg)
 {
     hr_router_t *r = arg;
     hr_ruleset_t *rs = r->rs;
-    if (r->port && strcmp(req->path, "/healthz") == 0) { /* GET or HEAD: see on_headers */
+    if (strcmp(req->path, "/healthz") == 0) { /* GET or HEAD: see on_headers */
         health_ctx_t *hc = hr_xmalloc(sizeof *hc);
         *hc = (health_ctx_t){r, req};
-        hr_handoff_stats(r->port, on_health_stats, hc);
+        hr_delivery_stats(r->delivery, on_health_stats, hc);
         return;
     }
     /* Look the endpoint up again: a reload may have swapped the config since on_headers. */
@@ -659,6 +644,14 @@ static void on_request(hr_http_request_t *req, void *arg)
 
 /* ---------------------------------------------------------------- reload */
 
+/* The delivery side applied a reload's settings: release the rule set that holds them. */
+static void on_delivery_reloaded(void *arg)
+{
+    hr_ruleset_unref(arg);
+}
+
+/* The one reload, with one worker or N: load config and rules (all or nothing), swap them
+ * in, and hand the new delivery settings to the delivery side. */
 static void do_reload(uv_timer_t *t)
 {
     hr_router_t *r = t->data;
@@ -691,10 +684,10 @@ static void do_reload(uv_timer_t *t)
     r->loaded_ms = hr_wall_ms();
     free(r->last_reload_error);
     r->last_reload_error = NULL;
-    if (r->outbox) /* a front worker's: the delivery side reconfigures it */
-        hr_router_outbox_reconfigure(r->outbox, cfg);
     hr_files_reopen(r->files); /* logrotate moved the files: start new ones */
     hr_files_set_modes(r->files, cfg->files, cfg->nfiles);
+    hr_ruleset_ref(rs); /* cfg stays valid until the delivery side has applied it */
+    hr_delivery_reload(r->delivery, cfg, on_delivery_reloaded, rs);
     hr_log_info("reloaded %s (reload #%llu): %zu endpoints, %zu store rules, default rule %s",
                 cfg->file, (unsigned long long)r->reloads, cfg->nendpoints,
                 hr_ruleset_store_count(rs), hr_ruleset_has_default(rs) ? "yes" : "no");
@@ -705,12 +698,18 @@ int hr_router_port(const hr_router_t *r)
     return hr_server_port(r->server);
 }
 
+void hr_router_log_listening_at(const hr_config_t *cfg, int port, unsigned nworkers)
+{
+    bool v6 = strchr(cfg->listen_host, ':') != NULL;
+    char workers[32] = "";
+    if (nworkers > 1) snprintf(workers, sizeof workers, " (%u workers)", nworkers);
+    hr_log_info("listening on %s%s%s:%d%s", v6 ? "[" : "", cfg->listen_host, v6 ? "]" : "", port,
+                workers);
+}
+
 void hr_router_log_listening(const hr_router_t *r)
 {
-    const hr_config_t *cfg = hr_ruleset_config(r->rs);
-    bool v6 = strchr(cfg->listen_host, ':') != NULL;
-    hr_log_info("listening on %s%s%s:%d", v6 ? "[" : "", cfg->listen_host, v6 ? "]" : "",
-                hr_server_port(r->server));
+    hr_router_log_listening_at(hr_ruleset_config(r->rs), hr_server_port(r->server), 1);
 }
 
 void hr_router_request_reload(hr_router_t *r)
@@ -721,55 +720,6 @@ void hr_router_request_reload(hr_router_t *r)
 }
 
 /* ---------------------------------------------------------------- start and stop */
-
-/* The config's per-target delivery policies, as an array the caller frees (its strings point
- * into cfg). */
-static hr_outbox_target_t *outbox_targets(const hr_config_t *cfg)
-{
-    hr_outbox_target_t *v = hr_xcalloc(cfg->ntargets + 1, sizeof *v);
-    for (size_t i = 0; i < cfg->ntargets; i++) {
-        const hr_target_conf_t *t = &cfg->targets[i];
-        v[i] = (hr_outbox_target_t){.name = t->name,
-                                    .retry_ms = t->retry_ms,
-                                    .nretry = t->nretry,
-                                    .max_age_s = t->max_age_s,
-                                    .concurrency = t->concurrency,
-                                    .rate = t->rate,
-                                    .ordered = t->ordered,
-                                    .circuit_failures = t->circuit_failures,
-                                    .circuit_probe_ms = t->circuit_probe_ms};
-    }
-    return v;
-}
-
-void hr_router_outbox_opts(const hr_config_t *cfg, hr_outbox_opts_t *oo)
-{
-    *oo = (hr_outbox_opts_t){.dead_letters = cfg->dead_letters,
-                             .max_conns_per_host = cfg->max_conns_per_target,
-                             .spool = {.dir = cfg->spool_dir,
-                                       .fsync = (hr_fsync_mode_t)cfg->fsync_mode,
-                                       .fsync_interval_ms = cfg->fsync_interval_ms,
-                                       .max_bytes = cfg->max_spool_bytes},
-                             .targets = outbox_targets(cfg),
-                             .ntargets = cfg->ntargets};
-    oo->writes = (hr_outbox_target_t){.retry_ms = cfg->write_retry_ms, .nretry = cfg->nwrite_retry};
-}
-
-/* The write actions' policy of cfg to the outbox. */
-static void oo_writes_set(hr_outbox_t *o, const hr_config_t *cfg)
-{
-    hr_outbox_target_t w = {.retry_ms = cfg->write_retry_ms, .nretry = cfg->nwrite_retry};
-    hr_outbox_set_writes(o, &w, 0);
-}
-
-void hr_router_outbox_reconfigure(hr_outbox_t *o, const hr_config_t *cfg)
-{
-    hr_outbox_set_dead_letters(o, cfg->dead_letters);
-    oo_writes_set(o, cfg);
-    hr_outbox_target_t *v = outbox_targets(cfg);
-    hr_outbox_set_targets(o, v, cfg->ntargets);
-    free(v);
-}
 
 /* A router with nothing started yet: rule set, counters, files. */
 static hr_router_t *router_new(uv_loop_t *loop, hr_ruleset_t *rs)
@@ -787,7 +737,7 @@ static hr_router_t *router_new(uv_loop_t *loop, hr_ruleset_t *rs)
     return r;
 }
 
-/* Free a router whose listener could not be set up (its outbox or port already closing). */
+/* Free a router whose listener could not be set up (its delivery already closing). */
 static void router_free_failed(hr_router_t *r)
 {
     hr_files_destroy(r->files);
@@ -839,16 +789,13 @@ hr_router_t *hr_router_start(uv_loop_t *loop, hr_ruleset_t *rs, char *err, size_
 {
     const hr_config_t *cfg = hr_ruleset_config(rs);
     hr_router_t *r = router_new(loop, rs);
-    hr_outbox_opts_t oo;
-    hr_router_outbox_opts(cfg, &oo);
-    r->outbox = hr_outbox_create(loop, r->files, &oo, err, errlen);
-    free((void *)oo.targets);
-    if (!r->outbox) {
+    r->delivery = hr_delivery_open(loop, cfg, err, errlen);
+    if (!r->delivery) {
         router_free_failed(r);
         return NULL;
     }
     if (router_listen(r, cfg->listen_port, false, false, err, errlen) != 0) {
-        hr_outbox_close(r->outbox, NULL, NULL);
+        hr_delivery_close(r->delivery, NULL, NULL);
         router_free_failed(r);
         return NULL;
     }
@@ -862,10 +809,11 @@ hr_router_t *hr_router_start_worker(uv_loop_t *loop, hr_ruleset_t *rs, const hr_
     r->ctr = &w->counters[w->index];
     r->all = w->counters;
     r->nall = w->nworkers;
+    r->front = true;
     r->index = w->index;
-    r->port = hr_handoff_port_open(w->handoff, loop);
+    r->delivery = w->delivery;
     if (router_listen(r, w->port, true, w->exclusive, err, errlen) != 0) {
-        hr_handoff_port_close(r->port, NULL, NULL);
+        hr_delivery_close(r->delivery, NULL, NULL);
         router_free_failed(r);
         return NULL;
     }
@@ -903,26 +851,19 @@ static void router_close(hr_router_t *r)
     uv_close((uv_handle_t *)&r->reload_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->stop_timer, on_handle_closed);
     hr_server_close(r->server, on_part_closed, r);
-    if (r->outbox)
-        hr_outbox_close(r->outbox, on_part_closed, r);
-    else
-        hr_handoff_port_close(r->port, on_part_closed, r); /* nothing is owed: no request left */
-    hr_http_client_close(r->replies, on_part_closed, r);   /* late answers are cancelled */
+    hr_delivery_close(r->delivery, on_part_closed, r);   /* no request is left to answer */
+    hr_http_client_close(r->replies, on_part_closed, r); /* late answers are cancelled */
 }
 
-static void on_outbox_drained(void *arg)
+static void on_delivery_drained(void *arg)
 {
-    hr_router_t *r = arg;
-    hr_outbox_stats_t st;
-    hr_outbox_stats(r->outbox, &st);
-    hr_log_info("stopped: %llu delivered, %llu dead-lettered since start",
-                (unsigned long long)st.delivered, (unsigned long long)st.dead);
-    router_close(r);
+    router_close(arg);
 }
 
 /* Poll until every connection has finished its request (requests still arriving count: the
- * sender has no retry) or the grace period is over, then drain the outbox for what is left
- * of the grace period. The outbox keeps delivering all along. */
+ * sender has no retry) or the grace period is over, then drain the delivery side for what is
+ * left of the grace period (a front worker's hands the deadline to the delivery loop). The
+ * outbox keeps delivering all along. */
 static void on_stop_tick(uv_timer_t *t)
 {
     hr_router_t *r = t->data;
@@ -934,16 +875,7 @@ static void on_stop_tick(uv_timer_t *t)
     if (busy)
         hr_log_warn("shutdown: grace period over, closing %zu connections",
                     hr_server_connections(r->server));
-    if (!r->outbox) { /* a front worker: the delivery side drains the outbox */
-        router_close(r);
-        return;
-    }
-    uint64_t left = r->stop_deadline_ms > now ? r->stop_deadline_ms - now : 0;
-    hr_outbox_stats_t st;
-    hr_outbox_stats(r->outbox, &st);
-    hr_log_info("shutdown: draining %llu pending deliveries (%llu ms of grace left)",
-                (unsigned long long)st.pending, (unsigned long long)left);
-    hr_outbox_drain(r->outbox, left, on_outbox_drained, r);
+    hr_delivery_drain(r->delivery, r->stop_deadline_ms, on_delivery_drained, r);
 }
 
 void hr_router_shutdown(hr_router_t *r, void (*cb)(void *arg), void *arg)

@@ -6,11 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "hr/files.h"
+#include "hr/delivery.h"
 #include "hr/handoff.h"
 #include "hr/json.h"
 #include "hr/log.h"
-#include "hr/outbox.h"
 #include "hr/router.h"
 
 /* One front worker. The fields under "commands" and "lifecycle" are shared with the main
@@ -36,24 +35,20 @@ typedef struct {
 } worker_t;
 
 struct hr_workers {
-    uv_loop_t *loop;     /* the delivery loop (the caller's thread) */
-    hr_ruleset_t *rs;    /* the last config and rules that loaded here (one reference) */
-    char *config_path;   /* what workers and reloads read */
-    hr_files_t *files;   /* write actions and dead letters of undeliverable actions */
-    hr_outbox_t *outbox; /* the one outbox */
-    hr_handoff_t *handoff;
+    uv_loop_t *loop;                /* the delivery loop (the caller's thread) */
+    hr_ruleset_t *rs;               /* the config and rules loaded at start (one reference) */
+    char *config_path;              /* what workers read */
+    hr_delivery_t *delivery;        /* the one outbox and its files, direct */
+    hr_handoff_t *handoff;          /* the workers' ports lead to delivery */
     hr_router_counters_t *counters; /* one per worker, for /healthz */
     worker_t *w;
-    unsigned n;              /* workers */
-    unsigned nthreads;       /* threads created (each ends with done) */
-    uv_mutex_t lock;         /* guards the shared fields of every worker_t */
-    uv_cond_t cond;          /* signalled when a worker's start attempt is over */
-    uv_async_t done_async;   /* wakes the delivery loop: a worker's loop has ended */
-    uv_timer_t reload_timer; /* runs a requested reload of the delivery side */
-    bool reload_pending;
+    unsigned n;            /* workers */
+    unsigned nthreads;     /* threads created (each ends with done) */
+    uv_mutex_t lock;       /* guards the shared fields of every worker_t */
+    uv_cond_t cond;        /* signalled when a worker's start attempt is over */
+    uv_async_t done_async; /* wakes the delivery loop: a worker's loop has ended */
     bool stopping;
     bool failed; /* a start failed: shut down, and give no callback */
-    uint64_t stop_deadline_ms;
     void (*stop_cb)(void *arg);
     void *stop_arg;
     int closing; /* handles and parts still closing at the end */
@@ -98,7 +93,7 @@ static void worker_main(void *arg)
         snprintf(err, sizeof err, "worker %u: %s", w->index,
                  errs.n ? errs.msgs[0] : "cannot load the config");
     } else {
-        hr_router_worker_t rw = {.handoff = ws->handoff,
+        hr_router_worker_t rw = {.delivery = hr_handoff_port_open(ws->handoff, &w->loop),
                                  .index = w->index,
                                  .nworkers = ws->n,
                                  .counters = ws->counters,
@@ -139,7 +134,6 @@ static void release(hr_workers_t *ws)
     if (--ws->closing > 0) return;
     void (*cb)(void *) = ws->failed ? NULL : ws->stop_cb;
     void *arg = ws->stop_arg;
-    hr_files_destroy(ws->files);
     hr_ruleset_unref(ws->rs);
     free(ws->config_path);
     free(ws->counters);
@@ -163,31 +157,26 @@ static void on_part_closed(void *arg)
 /* The outbox is drained (or there is none): close the delivery side. */
 static void close_delivery(hr_workers_t *ws)
 {
-    ws->closing = 3;
+    ws->closing = 2;
     uv_close((uv_handle_t *)&ws->done_async, on_handle_closed);
-    uv_close((uv_handle_t *)&ws->reload_timer, on_handle_closed);
     if (ws->handoff) {
         ws->closing += 1;
         hr_handoff_close(ws->handoff, on_part_closed, ws);
     }
-    if (ws->outbox)
-        hr_outbox_close(ws->outbox, on_part_closed, ws);
+    if (ws->delivery)
+        hr_delivery_close(ws->delivery, on_part_closed, ws);
     else
         release(ws);
 }
 
-static void on_outbox_drained(void *arg)
+static void on_delivery_drained(void *arg)
 {
-    hr_workers_t *ws = arg;
-    hr_outbox_stats_t st;
-    hr_outbox_stats(ws->outbox, &st);
-    hr_log_info("stopped: %llu delivered, %llu dead-lettered since start",
-                (unsigned long long)st.delivered, (unsigned long long)st.dead);
-    close_delivery(ws);
+    close_delivery(arg);
 }
 
 /* A worker's loop ended. Once every thread's has (after a stop), join them and drain the
- * outbox for what is left of the grace period: no push can come any more. */
+ * outbox until the deadline the workers' drains handed over (the end of their grace
+ * period): no push can come any more. */
 static void on_done(uv_async_t *a)
 {
     hr_workers_t *ws = a->data;
@@ -201,17 +190,12 @@ static void on_done(uv_async_t *a)
     for (unsigned i = 0; i < ws->nthreads; i++)
         uv_thread_join(&ws->w[i].thread);
     ws->nthreads = 0;
-    if (ws->failed || !ws->outbox) {
+    if (ws->failed || !ws->delivery) {
         close_delivery(ws);
         return;
     }
-    uint64_t now = hr_wall_ms();
-    uint64_t left = ws->stop_deadline_ms > now ? ws->stop_deadline_ms - now : 0;
-    hr_outbox_stats_t st;
-    hr_outbox_stats(ws->outbox, &st);
-    hr_log_info("shutdown: draining %llu pending deliveries (%llu ms of grace left)",
-                (unsigned long long)st.pending, (unsigned long long)left);
-    hr_outbox_drain(ws->outbox, left, on_outbox_drained, ws);
+    hr_delivery_drain(ws->delivery, hr_handoff_drain_deadline(ws->handoff), on_delivery_drained,
+                      ws);
 }
 
 /* Ask every running worker to stop (they finish their requests first). */
@@ -229,23 +213,6 @@ static void stop_workers(hr_workers_t *ws)
     uv_async_send(&ws->done_async); /* in case every thread is already done */
 }
 
-/* The delivery side's part of a reload: all or nothing, like the workers'. */
-static void do_reload(uv_timer_t *t)
-{
-    hr_workers_t *ws = t->data;
-    ws->reload_pending = false;
-    hr_errors_t errs = {0};
-    hr_config_t *cfg = hr_config_load(ws->config_path, &errs);
-    hr_ruleset_t *rs = cfg ? hr_ruleset_load(cfg, &errs) : NULL;
-    hr_errors_free(&errs); /* the workers log them */
-    if (!rs) return;
-    hr_router_outbox_reconfigure(ws->outbox, hr_ruleset_config(rs));
-    hr_files_reopen(ws->files); /* logrotate moved the files: start new ones */
-    hr_files_set_modes(ws->files, hr_ruleset_config(rs)->files, hr_ruleset_config(rs)->nfiles);
-    hr_ruleset_unref(ws->rs);
-    ws->rs = rs;
-}
-
 void hr_workers_request_reload(hr_workers_t *ws)
 {
     if (ws->stopping) return;
@@ -257,9 +224,6 @@ void hr_workers_request_reload(hr_workers_t *ws)
         uv_async_send(&w->cmd);
     }
     uv_mutex_unlock(&ws->lock);
-    if (ws->reload_pending) return;
-    ws->reload_pending = true;
-    uv_timer_start(&ws->reload_timer, do_reload, 0, 0);
 }
 
 void hr_workers_shutdown(hr_workers_t *ws, void (*cb)(void *arg), void *arg)
@@ -268,17 +232,12 @@ void hr_workers_shutdown(hr_workers_t *ws, void (*cb)(void *arg), void *arg)
     ws->stopping = true;
     ws->stop_cb = cb;
     ws->stop_arg = arg;
-    ws->stop_deadline_ms = hr_wall_ms() + hr_ruleset_config(ws->rs)->shutdown_grace_ms;
-    uv_timer_stop(&ws->reload_timer);
     stop_workers(ws);
 }
 
 void hr_workers_log_listening(const hr_workers_t *ws)
 {
-    const hr_config_t *cfg = hr_ruleset_config(ws->rs);
-    bool v6 = strchr(cfg->listen_host, ':') != NULL;
-    hr_log_info("listening on %s%s%s:%d (%u workers)", v6 ? "[" : "", cfg->listen_host,
-                v6 ? "]" : "", ws->w[0].port, ws->n);
+    hr_router_log_listening_at(hr_ruleset_config(ws->rs), ws->w[0].port, ws->n);
 }
 
 /* Start worker i and wait until it listens or has failed. Returns 0 or -1 (err set). */
@@ -313,26 +272,19 @@ hr_workers_t *hr_workers_start(uv_loop_t *loop, hr_ruleset_t *rs, unsigned n, ch
     ws->n = n;
     ws->w = hr_xcalloc(n, sizeof *ws->w);
     ws->counters = hr_xcalloc(n, sizeof *ws->counters);
-    ws->files = hr_files_create();
-    hr_files_set_modes(ws->files, cfg->files, cfg->nfiles);
     if (uv_mutex_init(&ws->lock) != 0 || uv_cond_init(&ws->cond) != 0) abort();
     uv_async_init(loop, &ws->done_async, on_done);
     ws->done_async.data = ws;
-    uv_timer_init(loop, &ws->reload_timer);
-    ws->reload_timer.data = ws;
-    hr_outbox_opts_t oo;
-    hr_router_outbox_opts(cfg, &oo);
-    ws->outbox = hr_outbox_create(loop, ws->files, &oo, err, errlen);
-    free((void *)oo.targets);
-    if (ws->outbox) {
-        ws->handoff = hr_handoff_create(loop, ws->outbox);
+    ws->delivery = hr_delivery_open(loop, cfg, err, errlen);
+    if (ws->delivery) {
+        ws->handoff = hr_handoff_create(loop, ws->delivery);
         int port = cfg->listen_port;
         for (unsigned i = 0; i < n; i++) {
             if (start_worker(ws, i, port, err, errlen) != 0) break;
             port = ws->w[0].port; /* port 0: the others bind the one the first got */
         }
     }
-    if (ws->outbox && ws->nthreads == n && ws->w[n - 1].ok) return ws;
+    if (ws->delivery && ws->nthreads == n && ws->w[n - 1].ok) return ws;
     /* Stop what started; the caller's loop finishes the job and frees ws. */
     ws->failed = true;
     ws->stopping = true;

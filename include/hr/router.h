@@ -2,18 +2,19 @@
  * current rule set, the reply client and the file sink for failed rules, and runs the webhook
  * pipeline:
  *   request -> route (endpoints) -> auth (bearer, constant time) -> JSON decode -> rule
- *           -> actions handed to the outbox -> 200 {"id": ...}
- * With one worker (hr_router_start) it also owns the outbox and calls it directly. As a front
- * worker (hr_router_start_worker, src/workers.c) it runs on its own thread and loop and hands
- * the actions to the one outbox on the delivery loop through hr_handoff (hr/handoff.h). */
+ *           -> actions handed to the delivery side -> 200 {"id": ...}
+ * It talks to the delivery side through one interface (hr/delivery.h: push, stats, reload,
+ * drain), whatever stands behind it: with one worker (hr_router_start) a direct delivery it
+ * opens on its own loop, the outbox called straight through; as a front worker
+ * (hr_router_start_worker, src/workers.c), on its own thread and loop, its hand-off port to
+ * the one outbox on the delivery loop (hr/handoff.h). */
 #ifndef HR_ROUTER_H
 #define HR_ROUTER_H
 
 #include <stdatomic.h>
 #include <uv.h>
 
-#include "hr/handoff.h"
-#include "hr/outbox.h"
+#include "hr/delivery.h"
 #include "hr/rules.h"
 
 typedef struct hr_router hr_router_t;
@@ -33,7 +34,8 @@ typedef struct {
 
 /* What a front worker needs besides its loop and rule set. */
 typedef struct {
-    hr_handoff_t *handoff;          /* the delivery side (the worker opens its own port) */
+    hr_delivery_t *delivery;        /* the worker's hand-off port, opened on its loop (the
+                                       router takes it over, and closes it even on failure) */
     unsigned index;                 /* this worker, 0-based */
     unsigned nworkers;              /* how many there are */
     hr_router_counters_t *counters; /* nworkers of them; this worker writes counters[index] */
@@ -44,25 +46,24 @@ typedef struct {
 /* Start serving rs's config (takes over the caller's reference to rs). Returns NULL with a
  * message in err if the listener cannot be set up. */
 hr_router_t *hr_router_start(uv_loop_t *loop, hr_ruleset_t *rs, char *err, size_t errlen);
-/* The same as a front worker (SO_REUSEPORT listener, no outbox of its own). Call from the
- * worker's thread. */
+/* The same as a front worker (SO_REUSEPORT listener, w->delivery instead of an outbox of its
+ * own). Call from the worker's thread. */
 hr_router_t *hr_router_start_worker(uv_loop_t *loop, hr_ruleset_t *rs, const hr_router_worker_t *w,
                                     char *err, size_t errlen);
-/* The outbox options for cfg; oo->targets is allocated (free it), its strings point into
- * cfg. */
-void hr_router_outbox_opts(const hr_config_t *cfg, hr_outbox_opts_t *oo);
-/* Apply a reloaded cfg's delivery settings to o: dead-letter path and target policies. */
-void hr_router_outbox_reconfigure(hr_outbox_t *o, const hr_config_t *cfg);
 /* The port the router listens on. */
 int hr_router_port(const hr_router_t *r);
-/* Log "listening on HOST:PORT" with the port actually bound (the config may say port 0). */
+/* The start-up line: "listening on HOST:PORT" with the port actually bound (the config may
+ * say port 0), followed by " (N workers)" when nworkers > 1. */
+void hr_router_log_listening_at(const hr_config_t *cfg, int port, unsigned nworkers);
+/* hr_router_log_listening_at for this (single) router. */
 void hr_router_log_listening(const hr_router_t *r);
 /* Ask for a reload of the config file and rules. Several requests before the reload runs
  * coalesce into one; a request during a reload causes exactly one more. */
 void hr_router_request_reload(hr_router_t *r);
-/* Stop accepting, finish requests in flight, drain the outbox within the config's grace
- * period (a front worker has none: the delivery side drains it), close everything and free
- * the router; then cb runs. */
+/* Stop accepting, finish requests in flight, drain the delivery side within the config's
+ * grace period (hr_delivery_drain: a front worker's port hands the deadline to the delivery
+ * loop, which drains when every worker has stopped), close everything and free the router;
+ * then cb runs. */
 void hr_router_shutdown(hr_router_t *r, void (*cb)(void *arg), void *arg);
 
 #endif

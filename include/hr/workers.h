@@ -4,7 +4,9 @@
  * own SO_REUSEPORT listener on the same address, its own rule set and Lua state (loaded by the
  * worker itself: Lua states are not thread-safe), its own reply client for request() and its
  * own file handles for dead letters of failed rules. The calling thread's loop is the delivery
- * side: the one outbox (spool, scheduling, delivery, write actions), fed through hr_handoff.
+ * side: the one outbox (spool, scheduling, delivery, write actions) in a direct delivery
+ * (hr/delivery.h), fed through hr_handoff: each worker's router holds a port of it as its
+ * delivery.
  * Signals stay with the caller, who forwards them here. */
 #ifndef HR_WORKERS_H
 #define HR_WORKERS_H
@@ -15,7 +17,7 @@
 
 typedef struct hr_workers hr_workers_t;
 
-/* Open the outbox for rs's config on loop and start n front workers, one after the other
+/* Open the delivery side for rs's config on loop and start n front workers, one after the other
  * (the first binds the address, the others bind the port it got). Takes over the caller's
  * reference to rs. Returns NULL with a message in err if the outbox or any worker cannot
  * start; what was started is then stopped by running loop until it has no handles left. */
@@ -23,13 +25,14 @@ hr_workers_t *hr_workers_start(uv_loop_t *loop, hr_ruleset_t *rs, unsigned n, ch
                                size_t errlen);
 /* Log "listening on HOST:PORT (N workers)". */
 void hr_workers_log_listening(const hr_workers_t *ws);
-/* SIGHUP: every worker reloads its own rule set (each coalesces as a single router does),
- * and the delivery side applies the new config's dead-letter path and target policies and
- * reopens its files, if the config and rules load. */
+/* SIGHUP: every worker reloads its own rule set (each coalesces as a single router does);
+ * a worker whose config and rules load hands the new config to the delivery side through its
+ * port (hr_delivery_reload), which applies its dead-letter path and target policies and
+ * reopens its files. */
 void hr_workers_request_reload(hr_workers_t *ws);
-/* SIGTERM: every worker stops accepting and finishes its requests; then the outbox drains
- * for what is left of shutdown_grace_ms, the threads are joined, everything is closed and
- * freed, and cb runs (on loop). */
+/* SIGTERM: every worker stops accepting and finishes its requests; then the threads are
+ * joined, the outbox drains for what is left of shutdown_grace_ms (the latest deadline a
+ * worker handed over), everything is closed and freed, and cb runs (on loop). */
 void hr_workers_shutdown(hr_workers_t *ws, void (*cb)(void *arg), void *arg);
 
 /* The number of CPUs this process may use (for workers = "auto"); at least 1. */
