@@ -881,18 +881,22 @@ hr_config_t *hr_config_load(const char *path, hr_errors_t *errs)
         hr_errors_add(errs, "%s: cannot read the config file: %s", path, strerror(errno));
         goto fail;
     }
+    char *trace = NULL; /* where the config's code raised, for the message's later lines */
     if (rc == LUA_OK)
         rc = hr_lua_pcall_budget(L, 0, 1, CONFIG_INSTRUCTIONS, "the config's code",
-                                 "the fixed config budget");
+                                 "the fixed config budget", &trace);
     if (rc == LUA_ERRMEM) {
         hr_errors_add(errs, "%s: the config's code needs more than %u MiB of memory", path,
                       CONFIG_MEMORY >> 20);
+        free(trace);
         goto fail;
     }
     if (rc != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
         /* Lua prefixes errors with the chunk name, which is the path already. */
-        hr_errors_add(errs, "%s", msg ? msg : "unknown error loading the config");
+        hr_errors_add(errs, "%s%s%s", msg ? msg : "unknown error loading the config",
+                      trace ? "\n" : "", trace ? trace : "");
+        free(trace);
         goto fail;
     }
     if (lua_type(L, -1) != LUA_TTABLE) {

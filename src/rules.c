@@ -664,6 +664,7 @@ static void check_names(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
 static int load_rule_file(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
 {
     lua_State *L = rs->L;
+    char *trace = NULL; /* where top-level code raised: the message's later lines */
     int rc = luaL_loadfilex(L, file, "t");
     if (rc == LUA_ERRFILE) {
         hr_errors_add(errs, "%s: cannot read: %s", file, strerror(errno));
@@ -678,19 +679,22 @@ static int load_rule_file(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
         rs->mem.limit = rs->mem.used + rs->cfg->limits.rule_memory_bytes;
         rs->mem.on = true;
         rc = hr_lua_pcall_budget(L, 0, 1, rs->cfg->limits.rule_instructions, "top-level code",
-                                 "limits.rule_instructions");
+                                 "limits.rule_instructions", &trace);
         rs->mem.on = false;
     }
     if (rc != LUA_OK) {
+        const char *nl = trace ? "\n" : "", *tb = trace ? trace : "";
         if (rs->mem.denied)
             hr_errors_add(errs,
                           "%s: top-level code exceeded its memory limit "
-                          "(limits.rule_memory_bytes = %zu)",
-                          file, rs->cfg->limits.rule_memory_bytes);
+                          "(limits.rule_memory_bytes = %zu)%s%s",
+                          file, rs->cfg->limits.rule_memory_bytes, nl, tb);
         else if (lua_type(L, -1) == LUA_TSTRING)
-            hr_errors_add(errs, "%s", lua_tostring(L, -1));
+            hr_errors_add(errs, "%s%s%s", lua_tostring(L, -1), nl, tb);
         else
-            hr_errors_add(errs, "%s: top-level code raised a %s value", file, luaL_typename(L, -1));
+            hr_errors_add(errs, "%s: top-level code raised a %s value%s%s", file,
+                          luaL_typename(L, -1), nl, tb);
+        free(trace);
         lua_pop(L, 1);
         return -1;
     }
@@ -1194,6 +1198,16 @@ static hr_run_step_t run_slice(run_ctx_t *run, int nargs)
         else
             out->error =
                 hr_xasprintf("%s: rule raised a %s value", out->rule, luaL_typename(co, -1));
+        /* A coroutine's error runs no message handler: its stack, kept until run_free
+         * resets it, gives the traceback. After a newline, so the message's first line is
+         * the same; the log line escapes it, the dead letter and `test` carry it whole. */
+        char *trace = rc != LUA_OK && rc != LUA_YIELD ? hr_lua_thread_trace(rs->L, co) : NULL;
+        if (trace) {
+            char *e = hr_xasprintf("%s\n%s", out->error, trace);
+            free(out->error);
+            free(trace);
+            out->error = e;
+        }
         hr_action_list_free(out->actions);
         out->actions = NULL;
         out->nactions = 0;
