@@ -16,6 +16,7 @@
 #include "hr/json.h"
 #include "hr/log.h"
 #include "hr/lua_budget.h"
+#include "hr/lua_scan.h"
 #include "hr/pattern.h"
 
 #define HOOK_STEP 1000 /* instructions between two count-hook calls */
@@ -618,45 +619,44 @@ static void open_sandbox(hr_ruleset_t *rs)
 
 /* ---------------------------------------------------------------- loading */
 
-/* Scan a rule's source for forward("name", …) and write("name", …) with a literal name and
- * report names the config lacks, as path:line: message. */
+/* The calls check_names looks at, and the config table each one's name must be in. */
+static const char *const NAMED_CALLS[] = {"forward", "write", "request", NULL};
+static const bool NAMES_A_FILE[] = {false, true, false};
+
+/* What check_names' scan reports to. */
+typedef struct {
+    const hr_config_t *cfg;
+    const char *file;
+    hr_errors_t *errs;
+} names_scan_t;
+
+/* hr_lua_call_cb of check_names: report a literal name the config lacks. */
+static bool check_name(void *ud, const hr_lua_call_t *call)
+{
+    names_scan_t *ns = ud;
+    if (!call->arg) return true;
+    char *name = hr_xstrndup(call->arg, call->arg_len);
+    bool file = NAMES_A_FILE[call->fn];
+    bool known =
+        file ? hr_config_file(ns->cfg, name) != NULL : hr_config_target(ns->cfg, name) != NULL;
+    if (!known)
+        hr_errors_add(ns->errs, "%s:%d: %s to '%s', which is not in the config's %s", ns->file,
+                      call->line, NAMED_CALLS[call->fn], name, file ? "files" : "targets");
+    free(name);
+    return true;
+}
+
+/* Scan a rule's source for forward("name", …), write("name", …) and request("name", …)
+ * with a literal name (outside comments and strings) and report names the config lacks, as
+ * path:line: message. */
 static void check_names(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
 {
-    FILE *fp = fopen(file, "r");
-    if (!fp) return;
-    char line[4096];
-    int lineno = 0;
-    while (fgets(line, sizeof line, fp)) {
-        lineno++;
-        static const char *const fns[] = {"forward", "write", "request"};
-        for (size_t k = 0; k < 3; k++) {
-            size_t fl = strlen(fns[k]);
-            for (char *p = strstr(line, fns[k]); p; p = strstr(p + 1, fns[k])) {
-                if (p > line && (p[-1] == '_' || p[-1] == '.' || p[-1] == ':' ||
-                                 (p[-1] >= 'a' && p[-1] <= 'z') || (p[-1] >= 'A' && p[-1] <= 'Z') ||
-                                 (p[-1] >= '0' && p[-1] <= '9')))
-                    continue;
-                char *q = p + fl;
-                while (*q == ' ' || *q == '\t')
-                    q++;
-                if (*q++ != '(') continue;
-                while (*q == ' ' || *q == '\t')
-                    q++;
-                char quote = *q;
-                if (quote != '"' && quote != '\'') continue;
-                char *end = strchr(q + 1, quote);
-                if (!end) continue;
-                char *name = hr_xstrndup(q + 1, (size_t)(end - q - 1));
-                bool known = k != 1 ? hr_config_target(rs->cfg, name) != NULL
-                                    : hr_config_file(rs->cfg, name) != NULL;
-                if (!known)
-                    hr_errors_add(errs, "%s:%d: %s to '%s', which is not in the config's %s", file,
-                                  lineno, fns[k], name, k != 1 ? "targets" : "files");
-                free(name);
-            }
-        }
-    }
-    fclose(fp);
+    size_t len;
+    char *src = hr_read_file(file, &len);
+    if (!src) return;
+    names_scan_t ns = {rs->cfg, file, errs};
+    hr_lua_scan_calls(src, len, NAMED_CALLS, check_name, &ns);
+    free(src);
 }
 
 /* Compile file and run its chunk; it must return a function, left on the stack.
@@ -712,88 +712,50 @@ static int load_rule_file(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
 
 /* ---------------------------------------------------------------- lint */
 
-/* Read file whole with its comments (-- to the end of the line, --[[ ]] and --[==[ ]==])
- * blanked out, so a word in a comment is not taken for code. Strings are kept. NULL if it
- * cannot be read. */
-static char *read_code(const char *file)
+/* What reaches_respond's scan of one file reports to. */
+typedef struct {
+    const hr_ruleset_t *rs;
+    int depth;  /* how many more require levels to follow */
+    bool found; /* respond() is called here or in a module required from here */
+} respond_scan_t;
+
+static bool reaches_respond(const hr_ruleset_t *rs, const char *file, int depth);
+
+/* The calls reaches_respond looks at. */
+static const char *const RESPOND_CALLS[] = {"respond", "require", NULL};
+
+/* hr_lua_call_cb of reaches_respond: stop at respond(), follow require("literal"). */
+static bool respond_call(void *ud, const hr_lua_call_t *call)
 {
-    char *s = hr_read_file(file, NULL);
-    if (!s) return NULL;
-    for (char *p = s; *p; p++) {
-        if (*p == '"' || *p == '\'') { /* skip a short string */
-            char q = *p;
-            for (p++; *p && *p != q && *p != '\n'; p++)
-                if (*p == '\\' && p[1]) p++;
-            if (!*p) break;
-            continue;
-        }
-        if (p[0] != '-' || p[1] != '-') continue;
-        char *end = NULL;
-        if (p[2] == '[') { /* long comment: --[[ ... ]] or --[=*[ ... ]=*] */
-            size_t eq = 0;
-            while (p[3 + eq] == '=')
-                eq++;
-            if (p[3 + eq] == '[') {
-                char close[16] = "]";
-                if (eq < sizeof close - 2) {
-                    memset(close + 1, '=', eq);
-                    close[eq + 1] = ']';
-                    close[eq + 2] = '\0';
-                    end = strstr(p + 4 + eq, close);
-                    end = end ? end + eq + 2 : p + strlen(p);
-                }
-            }
-        }
-        if (!end) end = p + strcspn(p, "\n");
-        memset(p, ' ', (size_t)(end - p));
-        p = end - 1;
+    respond_scan_t *sc = ud;
+    if (call->fn == 0) {
+        sc->found = true;
+        return false;
     }
-    return s;
+    if (!call->arg || sc->depth <= 0) return true;
+    char *name = hr_xstrndup(call->arg, call->arg_len);
+    if (valid_module_name(name)) {
+        for (char *c = name; *c; c++)
+            if (*c == '.') *c = '/';
+        char *mod = hr_xasprintf("%s/%s.lua", sc->rs->cfg->rules_dir, name);
+        sc->found = reaches_respond(sc->rs, mod, sc->depth - 1);
+        free(mod);
+    }
+    free(name);
+    return !sc->found;
 }
 
-/* True if code calls name( as a plain global (not a field or method of something else). */
-static bool calls(const char *code, const char *name)
-{
-    size_t n = strlen(name);
-    for (const char *p = strstr(code, name); p; p = strstr(p + 1, name)) {
-        if (p > code &&
-            (p[-1] == '_' || p[-1] == '.' || p[-1] == ':' || (p[-1] >= 'a' && p[-1] <= 'z') ||
-             (p[-1] >= 'A' && p[-1] <= 'Z') || (p[-1] >= '0' && p[-1] <= '9')))
-            continue;
-        const char *q = p + n;
-        while (*q == ' ' || *q == '\t')
-            q++;
-        if (*q == '(' || *q == '"' || *q == '\'' || *q == '{') return true;
-    }
-    return false;
-}
-
-/* True if file, or a module it requires by a literal name (to depth levels), calls respond. */
+/* True if file, or a module it requires by a literal name (to depth levels), calls respond
+ * (outside comments and strings). */
 static bool reaches_respond(const hr_ruleset_t *rs, const char *file, int depth)
 {
-    char *code = read_code(file);
-    if (!code) return true; /* unreadable: the load said so already */
-    bool found = calls(code, "respond");
-    for (const char *p = strstr(code, "require"); p && !found && depth > 0;
-         p = strstr(p + 1, "require")) {
-        const char *q = p + 7;
-        while (*q == ' ' || *q == '\t' || *q == '(')
-            q++;
-        if (*q != '"' && *q != '\'') continue;
-        const char *end = strchr(q + 1, *q);
-        if (!end) continue;
-        char *name = hr_xstrndup(q + 1, (size_t)(end - q - 1));
-        if (valid_module_name(name)) {
-            for (char *c = name; *c; c++)
-                if (*c == '.') *c = '/';
-            char *mod = hr_xasprintf("%s/%s.lua", rs->cfg->rules_dir, name);
-            found = reaches_respond(rs, mod, depth - 1);
-            free(mod);
-        }
-        free(name);
-    }
-    free(code);
-    return found;
+    size_t len;
+    char *src = hr_read_file(file, &len);
+    if (!src) return true; /* unreadable: the load said so already */
+    respond_scan_t sc = {rs, depth, false};
+    hr_lua_scan_calls(src, len, RESPOND_CALLS, respond_call, &sc);
+    free(src);
+    return sc.found;
 }
 
 /* The answering endpoints (those with a fallback) as "path, path", or NULL if none. */

@@ -158,6 +158,56 @@ static void test_errors_carry_a_traceback(void)
     write_file("rules/default.lua", "return function(e) end\n");
 }
 
+/* The literal-name check and the respond() lint read code only: a name in a comment or a
+ * string is not a call. */
+static void test_source_checks_skip_comments_and_strings(void)
+{
+    char err[4096];
+    write_file("hookrouter.lua", BASE_CONFIG, "storeId");
+    write_file("rules/default.lua", "return function(e) end\n");
+    write_file("rules/stores/42.lua",
+               "-- forward('old-target', e.body) is gone\n"
+               "--[==[ write('old-file', x) ]] request('old', {}) ]==]\n"
+               "local help = [[ forward('nope', {}) ]]\n"
+               "return function(e)\n  log.info(\"write('nope', x)\") forward('pos', {})\nend\n");
+    hr_ruleset_t *rs = load(err, sizeof err);
+    CHECK(rs != NULL);
+    if (!rs) fprintf(stderr, "  load failed:\n%s", err);
+    hr_ruleset_unref(rs);
+    /* code after a string holding "--" is still checked, on its own line number */
+    write_file("rules/stores/42.lua", "return function(e)\n  write('audit', '--')"
+                                      " forward('gone', {})\nend\n");
+    CHECK(load(err, sizeof err) == NULL);
+    CHECK(strstr(err, "rules/stores/42.lua:2: forward to 'gone', which is not in the config's "
+                      "targets") != NULL);
+    unlink(strcat(strcpy(err, dir), "/rules/stores/42.lua"));
+
+    /* the lint: respond() in a comment or a string does not count, in a module it does */
+    write_file("hookrouter.lua",
+               "return {\n"
+               "  listen = '127.0.0.1:0', tokens = {'t'},\n"
+               "  endpoints = { ['/hook'] = { event = 'thing.happened', reply_timeout_ms = 1000,\n"
+               "                 fallback = { status = 200, body = { ok = false } } } },\n"
+               "  rules = 'rules', store_key = 'storeId',\n"
+               "}\n");
+    write_file("rules/lib/answer.lua", "return { ok = function() respond(200, 'ok') end }\n");
+    write_file("rules/default.lua", "-- respond(200) comes later\nlocal s = 'respond(200)'\n"
+                                    "return function(e) end\n");
+    write_file("rules/stores/7.lua", "local a = require('lib.answer')\n"
+                                     "return function(e) a.ok() end\n");
+    rs = load(err, sizeof err);
+    CHECK(rs != NULL);
+    if (!rs) return;
+    hr_errors_t warns = {0};
+    hr_ruleset_lint(rs, &warns);
+    CHECK_INT_EQ(warns.n, 1);
+    CHECK(warns.n >= 1 && strstr(warns.msgs[0], "rules/default.lua never calls respond()"));
+    hr_errors_free(&warns);
+    hr_ruleset_unref(rs);
+    unlink(strcat(strcpy(err, dir), "/rules/stores/7.lua"));
+    write_file("rules/default.lua", "return function(e) end\n");
+}
+
 static void test_store_dispatch(void)
 {
     char err[4096];
@@ -637,6 +687,7 @@ int main(void)
     test_config_errors();
     test_rule_errors();
     test_errors_carry_a_traceback();
+    test_source_checks_skip_comments_and_strings();
     test_store_dispatch();
     test_store_id_floats();
     test_forward_and_sandbox();
