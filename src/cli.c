@@ -163,7 +163,9 @@ static void stub_clear(reply_stub_t *st)
     hr_buf_reset(&st->body);
 }
 
-/* Load the --reply file. Returns 0, or -1 with a message printed. */
+/* Load the --reply file. Returns 0, or -1 with a message printed. A .lua file gets a state
+ * of its own, whose stack is left empty (the stub function is in its registry).
+ * [-0, +0, -] */
 static int stub_load(reply_stub_t *st, const char *path)
 {
     size_t n = strlen(path);
@@ -198,6 +200,7 @@ static int stub_load(reply_stub_t *st, const char *path)
     return 0;
 }
 
+/* Free what st holds, closing the stub's state. [-0, +0, -] */
 static void stub_close(reply_stub_t *st)
 {
     stub_clear(st);

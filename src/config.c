@@ -60,13 +60,14 @@ static void key_err(loader_t *ld, const char *key, const char *fmt, ...)
     hr_buf_free(&b);
 }
 
+/* The type name of the value at idx ("integer" and "number" apart). [-0, +0, -] */
 static const char *type_at(lua_State *L, int idx)
 {
     if (lua_type(L, idx) == LUA_TNUMBER) return lua_isinteger(L, idx) ? "integer" : "number";
     return luaL_typename(L, idx);
 }
 
-/* Read the string at the top of the stack into *out (a copy). Pops nothing. */
+/* Read the string at the top of the stack into *out (a copy). Pops nothing. [-0, +0, -] */
 static void want_string(loader_t *ld, const char *key, char **out)
 {
     if (lua_type(ld->L, -1) != LUA_TSTRING) {
@@ -83,7 +84,7 @@ static void want_string(loader_t *ld, const char *key, char **out)
     *out = hr_xstrdup(s);
 }
 
-/* Read a whole number in [min, max] at the top of the stack. */
+/* Read a whole number in [min, max] at the top of the stack. [-0, +0, -] */
 static void want_uint(loader_t *ld, const char *key, uint64_t min, uint64_t max, uint64_t *out)
 {
     lua_State *L = ld->L;
@@ -109,7 +110,7 @@ static void want_uint(loader_t *ld, const char *key, uint64_t min, uint64_t max,
     *out = (uint64_t)v;
 }
 
-/* Read a number >= 0 (integer or float) at the top of the stack. */
+/* Read a number >= 0 (integer or float) at the top of the stack. [-0, +0, -] */
 static void want_nonneg(loader_t *ld, const char *key, double max, double *out)
 {
     if (lua_type(ld->L, -1) != LUA_TNUMBER) {
@@ -127,7 +128,7 @@ static void want_nonneg(loader_t *ld, const char *key, double max, double *out)
 static bool want_table(loader_t *ld, const char *key);
 static size_t count_entries(lua_State *L);
 
-/* Read a list of 1..64 waits in ms (each up to 7 days) at the top of the stack. */
+/* Read a list of 1..64 waits in ms (each up to 7 days) at the top of the stack. [-0, +0, -] */
 static void want_retry_list(loader_t *ld, const char *key, uint64_t **out, size_t *n)
 {
     lua_State *L = ld->L;
@@ -150,6 +151,7 @@ static void want_retry_list(loader_t *ld, const char *key, uint64_t **out, size_
     *n = len;
 }
 
+/* Read a boolean at the top of the stack. [-0, +0, -] */
 static void want_bool(loader_t *ld, const char *key, bool *out)
 {
     if (lua_type(ld->L, -1) != LUA_TBOOLEAN) {
@@ -159,6 +161,7 @@ static void want_bool(loader_t *ld, const char *key, bool *out)
     *out = lua_toboolean(ld->L, -1);
 }
 
+/* Whether the value at the top of the stack is a table (else report it). [-0, +0, -] */
 static bool want_table(loader_t *ld, const char *key)
 {
     if (lua_type(ld->L, -1) == LUA_TTABLE) return true;
@@ -166,7 +169,7 @@ static bool want_table(loader_t *ld, const char *key)
     return false;
 }
 
-/* Check that the table on top only has keys from allowed (NULL-terminated). */
+/* Check that the table on top only has keys from allowed (NULL-terminated). [-0, +0, -] */
 static void check_keys(loader_t *ld, const char *prefix, const char *const *allowed)
 {
     lua_State *L = ld->L;
@@ -194,7 +197,7 @@ static void check_keys(loader_t *ld, const char *prefix, const char *const *allo
     }
 }
 
-/* Count string-keyed entries of the table on top. */
+/* Count string-keyed entries of the table on top. [-0, +0, -] */
 static size_t count_entries(lua_State *L)
 {
     size_t n = 0;
@@ -233,6 +236,7 @@ bad:
     return -1;
 }
 
+/* tokens (value on top): a list of non-empty strings. [-0, +0, -] */
 static void load_tokens(loader_t *ld)
 {
     lua_State *L = ld->L;
@@ -258,7 +262,7 @@ static void load_tokens(loader_t *ld)
 
 static void load_headers(loader_t *ld, const char *key, hr_header_t **h, size_t *n);
 
-/* Read an endpoint's fallback reply (the table on top) into a new hr_reply_t. */
+/* Read an endpoint's fallback reply (the table on top) into a new hr_reply_t. [-0, +0, m] */
 static hr_reply_t *load_reply(loader_t *ld, const char *prefix)
 {
     static const char *const keys[] = {"status", "body", "headers", NULL};
@@ -306,7 +310,7 @@ static hr_reply_t *load_reply(loader_t *ld, const char *prefix)
 }
 
 /* One endpoint: "event.type", or { event = ..., reply_timeout_ms = ..., fallback = {...} }
- * on top of the stack. Returns 0 and fills ep, or -1 (errors reported). */
+ * on top of the stack. Returns 0 and fills ep, or -1 (errors reported). [-0, +0, m] */
 static int load_endpoint(loader_t *ld, const char *key, hr_endpoint_conf_t *ep)
 {
     static const char *const keys[] = {"event", "reply_timeout_ms", "fallback", NULL};
@@ -339,6 +343,7 @@ static int load_endpoint(loader_t *ld, const char *key, hr_endpoint_conf_t *ep)
     return ep->event ? 0 : -1;
 }
 
+/* endpoints (value on top): path -> endpoint. [-0, +0, m] */
 static void load_endpoints(loader_t *ld)
 {
     lua_State *L = ld->L;
@@ -372,7 +377,7 @@ static void load_endpoints(loader_t *ld)
     if (c->nendpoints == 0) key_err(ld, "endpoints", "no endpoint configured");
 }
 
-/* Read a table of string -> string headers on top into *h / *n. */
+/* Read a table of string -> string headers on top into *h / *n. [-0, +0, -] */
 static void load_headers(loader_t *ld, const char *key, hr_header_t **h, size_t *n)
 {
     lua_State *L = ld->L;
@@ -396,6 +401,7 @@ static void load_headers(loader_t *ld, const char *key, hr_header_t **h, size_t 
     }
 }
 
+/* targets (value on top): name -> target table. [-0, +0, m] */
 static void load_targets(loader_t *ld)
 {
     static const char *const keys[] = {
@@ -495,7 +501,7 @@ static void load_targets(loader_t *ld)
 }
 
 /* Read a file mode at the top of the stack: an octal string ("0640", "640") or an integer
- * (its value, e.g. 0x1a0 or 416; Lua has no octal literals), at most 0777. */
+ * (its value, e.g. 0x1a0 or 416; Lua has no octal literals), at most 0777. [-0, +0, -] */
 static void want_file_mode(loader_t *ld, const char *key, unsigned *out)
 {
     lua_State *L = ld->L;
@@ -516,6 +522,7 @@ static void want_file_mode(loader_t *ld, const char *key, unsigned *out)
     if (ld->errs->n == before) *out = (unsigned)v | HR_FILE_MODE_SET;
 }
 
+/* files (value on top): name -> { path, mode }. [-0, +0, m] */
 static void load_files(loader_t *ld)
 {
     static const char *const keys[] = {"path", "mode", NULL};
@@ -569,6 +576,7 @@ typedef struct {
     bool is_size;  /* size_t rather than uint64_t */
 } limit_def_t;
 
+/* limits (value on top): each of LIMITS, in its range. [-0, +0, m] */
 static void load_limits(loader_t *ld)
 {
     static const limit_def_t defs[] = {
@@ -608,6 +616,7 @@ static void load_limits(loader_t *ld)
     }
 }
 
+/* delivery (value on top). [-0, +0, m] */
 static void load_delivery(loader_t *ld)
 {
     static const char *const keys[] = {"retry_base_ms", "retry_max_ms", "max_connections", NULL};
@@ -656,7 +665,8 @@ static void default_schedule(const hr_config_t *c, uint64_t **out, size_t *n)
 }
 
 /* The spool keys at the top level (table on top), then each target's retry schedule: its own
- * retry_ms, else the legacy delivery.retry_base_ms/retry_max_ms doubling, else the default. */
+ * retry_ms, else the legacy delivery.retry_base_ms/retry_max_ms doubling, else the default.
+ * [-0, +0, m] */
 static void load_spool(loader_t *ld)
 {
     lua_State *L = ld->L;
@@ -694,6 +704,7 @@ static void load_spool(loader_t *ld)
     default_schedule(c, &c->write_retry_ms, &c->nwrite_retry);
 }
 
+/* log (value on top): { level = ... }. [-0, +0, m] */
 static void load_log(loader_t *ld)
 {
     static const char *const keys[] = {"level", NULL};
@@ -709,7 +720,7 @@ static void load_log(loader_t *ld)
     lua_pop(ld->L, 1);
 }
 
-/* workers (value on top): an integer >= 1, or "auto" (stored as 0: one per CPU). */
+/* workers (value on top): an integer >= 1, or "auto" (stored as 0: one per CPU). [-0, +0, -] */
 static void load_workers(loader_t *ld)
 {
     if (lua_type(ld->L, -1) == LUA_TSTRING) {
@@ -724,7 +735,7 @@ static void load_workers(loader_t *ld)
     ld->c->workers = (uint32_t)n;
 }
 
-/* Walk the table on top of the stack into ld->c. */
+/* Walk the table on top of the stack into ld->c. [-0, +0, m] */
 static void load_root(loader_t *ld)
 {
     static const char *const keys[] = {"listen",
@@ -859,6 +870,7 @@ static void open_config_libs(lua_State *L)
     }
 }
 
+/* [-0, +0, -]: the Lua state is its own, closed before it returns. */
 hr_config_t *hr_config_load(const char *path, hr_errors_t *errs)
 {
     size_t before = errs->n;

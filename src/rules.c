@@ -65,6 +65,8 @@ static void pattern_charge(lua_State *L, unsigned steps);
 
 /* ---------------------------------------------------------------- helpers */
 
+/* The run whose slice is running on L, or NULL (the main thread, or between slices).
+ * [-0, +0, -] */
 static run_ctx_t *ctx_of(lua_State *L)
 {
     return *(run_ctx_t **)lua_getextraspace(L);
@@ -515,6 +517,7 @@ static void set_file_env(lua_State *L, int loaded)
     if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1); /* _ENV is a main chunk's first upvalue */
 }
 
+/* __newindex of a library view: refuse. Upvalue: the library's name. [-0, +0, v] */
 static int l_readonly_newindex(lua_State *L)
 {
     return luaL_error(L, "attempt to modify the shared library table '%s'",
@@ -810,7 +813,7 @@ static bool is_dir(const char *path)
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-/* Load rules/stores/<store>.lua files into the registry table. */
+/* Load rules/stores/<store>.lua files into the registry table. [-0, +0, m] */
 static void load_stores(hr_ruleset_t *rs, hr_errors_t *errs)
 {
     lua_State *L = rs->L;
@@ -845,6 +848,7 @@ static void load_stores(hr_ruleset_t *rs, hr_errors_t *errs)
     free(dir);
 }
 
+/* Creates the state and leaves its stack empty: [-0, +0, -] on rs->L. */
 hr_ruleset_t *hr_ruleset_load(hr_config_t *cfg, hr_errors_t *errs)
 {
     size_t before = errs->n;
@@ -900,6 +904,7 @@ void hr_ruleset_ref(hr_ruleset_t *rs)
     rs->refs++;
 }
 
+/* The last reference closes the state; the others leave it alone. [-0, +0, -] */
 void hr_ruleset_unref(hr_ruleset_t *rs)
 {
     if (!rs || --rs->refs > 0) return;
@@ -928,6 +933,7 @@ bool hr_ruleset_needs_rebuild(const hr_ruleset_t *rs)
     return rs->rebuild;
 }
 
+/* On rs->L: [-0, +0, m] */
 bool hr_ruleset_first_time(hr_ruleset_t *rs, const char *key)
 {
     lua_State *L = rs->L;
@@ -1078,7 +1084,9 @@ static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store)
 }
 
 /* Free a run that is over or abandoned: close its coroutine, drop what it holds, and its
- * reference to the rule set (which may free the rule set). */
+ * reference to the rule set (which may free the rule set). The coroutine's stack is reset
+ * (its to-be-closed handlers run, their errors dropped); the main thread's is untouched.
+ * [-0, +0, -] on rs->L */
 static void run_free(run_ctx_t *run)
 {
     hr_ruleset_t *rs = run->rs;
@@ -1105,7 +1113,9 @@ static void run_free(run_ctx_t *run)
 
 /* Run one slice: resume the coroutine with the nargs values on its stack until it yields in
  * request() or ends. Applies the memory cap for the slice; the instruction count goes on
- * from earlier slices. Frees the run unless it is suspended. */
+ * from earlier slices. Frees the run unless it is suspended. [-nargs, +0, -] on the
+ * coroutine (what it yields or returns is dropped, an error read before the reset); the
+ * main thread's stack is untouched. */
 static hr_run_step_t run_slice(run_ctx_t *run, int nargs)
 {
     hr_ruleset_t *rs = run->rs;
@@ -1180,6 +1190,7 @@ static hr_run_step_t run_slice(run_ctx_t *run, int nargs)
     return HR_STEP_DONE;
 }
 
+/* [-0, +0, m] on rs->L: the coroutine is anchored in the registry, not on the stack. */
 hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run_result_t *out)
 {
     memset(out, 0, sizeof *out);
