@@ -911,6 +911,9 @@ hr_config_t *hr_config_load(const char *path, hr_errors_t *errs)
         free(trace);
         goto fail;
     }
+    /* The config's code is done: what the walk below allocates (key strings) is the
+     * router's, and outside any pcall a refused allocation would be a panic. */
+    cap.on = false;
     if (lua_type(L, -1) != LUA_TTABLE) {
         hr_errors_add(errs, "%s: the config file must return a table (return { ... }), got %s",
                       path, type_at(L, -1));
