@@ -92,8 +92,9 @@ static char *traceback(lua_State *L, lua_State *of, int level)
 }
 
 /* Message handler of hr_lua_pcall: keeps the error value and, when upvalue 1 (a light
- * userdata char **) is there and not NULL, stores the traceback from the raising function up there
- * (replacing one a __close handler's earlier error left). [-0, +1, m] */
+ * userdata char **) is there and not NULL, stores through it the traceback from the raising
+ * function on (replacing one an earlier error left, as when a __close handler raises while
+ * the stack unwinds). [-0, +1, m] */
 static int traceback_handler(lua_State *L)
 {
     char **trace = lua_touserdata(L, lua_upvalueindex(1));
