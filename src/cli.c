@@ -16,6 +16,7 @@
 
 #include "hr/json.h"
 #include "hr/log.h"
+#include "hr/lua_budget.h"
 #include "hr/router.h"
 #include "hr/rules.h"
 #include "hr/workers.h"
@@ -162,7 +163,9 @@ static void stub_clear(reply_stub_t *st)
     hr_buf_reset(&st->body);
 }
 
-/* Load the --reply file. Returns 0, or -1 with a message printed. */
+/* Load the --reply file. Returns 0, or -1 with a message printed. A .lua file gets a state
+ * of its own, whose stack is left empty (the stub function is in its registry).
+ * [-0, +0, -] */
 static int stub_load(reply_stub_t *st, const char *path)
 {
     size_t n = strlen(path);
@@ -171,8 +174,12 @@ static int stub_load(reply_stub_t *st, const char *path)
         luaL_openlibs(st->L);
         hr_json_open(st->L);
         lua_setglobal(st->L, "json");
-        if (luaL_loadfilex(st->L, path, "t") != LUA_OK || lua_pcall(st->L, 0, 1, 0) != LUA_OK) {
-            fprintf(stderr, "hookrouter test: --reply %s\n", lua_tostring(st->L, -1));
+        char *trace = NULL;
+        if (luaL_loadfilex(st->L, path, "t") != LUA_OK ||
+            hr_lua_pcall(st->L, 0, 1, &trace) != LUA_OK) {
+            fprintf(stderr, "hookrouter test: --reply %s\n%s%s", lua_tostring(st->L, -1),
+                    trace ? trace : "", trace ? "\n" : "");
+            free(trace);
             return -1;
         }
         if (!lua_isfunction(st->L, -1)) {
@@ -193,6 +200,7 @@ static int stub_load(reply_stub_t *st, const char *path)
     return 0;
 }
 
+/* Free what st holds, closing the stub's state. [-0, +0, -] */
 static void stub_close(reply_stub_t *st)
 {
     stub_clear(st);
@@ -224,9 +232,12 @@ static void stub_call_lua(reply_stub_t *st, const hr_action_t *req, hr_rule_answ
         lua_setfield(L, -2, req->headers[i].name);
     }
     lua_setfield(L, -2, "headers");
-    if (lua_pcall(L, 3, 2, 0) != LUA_OK) {
+    char *trace = NULL;
+    if (hr_lua_pcall(L, 3, 2, &trace) != LUA_OK) {
         snprintf(st->errmsg, sizeof st->errmsg, "--reply stub failed: %s", lua_tostring(L, -1));
-        fprintf(stderr, "hookrouter test: %s\n", st->errmsg);
+        fprintf(stderr, "hookrouter test: %s\n%s%s", st->errmsg, trace ? trace : "",
+                trace ? "\n" : "");
+        free(trace);
         st->failed = true;
         ans->err = UV_EPROTO;
         ans->errmsg = st->errmsg;

@@ -61,13 +61,14 @@ static void key_err(loader_t *ld, const char *key, const char *fmt, ...)
     hr_buf_free(&b);
 }
 
+/* The type name of the value at idx ("integer" and "number" apart). [-0, +0, -] */
 static const char *type_at(lua_State *L, int idx)
 {
     if (lua_type(L, idx) == LUA_TNUMBER) return lua_isinteger(L, idx) ? "integer" : "number";
     return luaL_typename(L, idx);
 }
 
-/* Read the string at the top of the stack into *out (a copy). Pops nothing. */
+/* Read the string at the top of the stack into *out (a copy). Pops nothing. [-0, +0, -] */
 static void want_string(loader_t *ld, const char *key, char **out)
 {
     if (lua_type(ld->L, -1) != LUA_TSTRING) {
@@ -84,7 +85,7 @@ static void want_string(loader_t *ld, const char *key, char **out)
     *out = hr_xstrdup(s);
 }
 
-/* Read a whole number in [min, max] at the top of the stack. */
+/* Read a whole number in [min, max] at the top of the stack. [-0, +0, -] */
 static void want_uint(loader_t *ld, const char *key, uint64_t min, uint64_t max, uint64_t *out)
 {
     lua_State *L = ld->L;
@@ -110,7 +111,7 @@ static void want_uint(loader_t *ld, const char *key, uint64_t min, uint64_t max,
     *out = (uint64_t)v;
 }
 
-/* Read a number >= 0 (integer or float) at the top of the stack. */
+/* Read a number >= 0 (integer or float) at the top of the stack. [-0, +0, -] */
 static void want_nonneg(loader_t *ld, const char *key, double max, double *out)
 {
     if (lua_type(ld->L, -1) != LUA_TNUMBER) {
@@ -128,7 +129,7 @@ static void want_nonneg(loader_t *ld, const char *key, double max, double *out)
 static bool want_table(loader_t *ld, const char *key);
 static size_t count_entries(lua_State *L);
 
-/* Read a list of 1..64 waits in ms (each up to 7 days) at the top of the stack. */
+/* Read a list of 1..64 waits in ms (each up to 7 days) at the top of the stack. [-0, +0, -] */
 static void want_retry_list(loader_t *ld, const char *key, uint64_t **out, size_t *n)
 {
     lua_State *L = ld->L;
@@ -151,6 +152,7 @@ static void want_retry_list(loader_t *ld, const char *key, uint64_t **out, size_
     *n = len;
 }
 
+/* Read a boolean at the top of the stack. [-0, +0, -] */
 static void want_bool(loader_t *ld, const char *key, bool *out)
 {
     if (lua_type(ld->L, -1) != LUA_TBOOLEAN) {
@@ -160,6 +162,7 @@ static void want_bool(loader_t *ld, const char *key, bool *out)
     *out = lua_toboolean(ld->L, -1);
 }
 
+/* Whether the value at the top of the stack is a table (else report it). [-0, +0, -] */
 static bool want_table(loader_t *ld, const char *key)
 {
     if (lua_type(ld->L, -1) == LUA_TTABLE) return true;
@@ -167,7 +170,7 @@ static bool want_table(loader_t *ld, const char *key)
     return false;
 }
 
-/* Check that the table on top only has keys from allowed (NULL-terminated). */
+/* Check that the table on top only has keys from allowed (NULL-terminated). [-0, +0, -] */
 static void check_keys(loader_t *ld, const char *prefix, const char *const *allowed)
 {
     lua_State *L = ld->L;
@@ -195,7 +198,7 @@ static void check_keys(loader_t *ld, const char *prefix, const char *const *allo
     }
 }
 
-/* Count string-keyed entries of the table on top. */
+/* Count string-keyed entries of the table on top. [-0, +0, -] */
 static size_t count_entries(lua_State *L)
 {
     size_t n = 0;
@@ -234,6 +237,7 @@ bad:
     return -1;
 }
 
+/* tokens (value on top): a list of non-empty strings. [-0, +0, -] */
 static void load_tokens(loader_t *ld)
 {
     lua_State *L = ld->L;
@@ -259,7 +263,7 @@ static void load_tokens(loader_t *ld)
 
 static void load_headers(loader_t *ld, const char *key, hr_header_t **h, size_t *n);
 
-/* Read an endpoint's fallback reply (the table on top) into a new hr_reply_t. */
+/* Read an endpoint's fallback reply (the table on top) into a new hr_reply_t. [-0, +0, m] */
 static hr_reply_t *load_reply(loader_t *ld, const char *prefix)
 {
     static const char *const keys[] = {"status", "body", "headers", NULL};
@@ -307,7 +311,7 @@ static hr_reply_t *load_reply(loader_t *ld, const char *prefix)
 }
 
 /* One endpoint: "event.type", or { event = ..., reply_timeout_ms = ..., fallback = {...} }
- * on top of the stack. Returns 0 and fills ep, or -1 (errors reported). */
+ * on top of the stack. Returns 0 and fills ep, or -1 (errors reported). [-0, +0, m] */
 static int load_endpoint(loader_t *ld, const char *key, hr_endpoint_conf_t *ep)
 {
     static const char *const keys[] = {"event", "reply_timeout_ms", "fallback", NULL};
@@ -340,6 +344,7 @@ static int load_endpoint(loader_t *ld, const char *key, hr_endpoint_conf_t *ep)
     return ep->event ? 0 : -1;
 }
 
+/* endpoints (value on top): path -> endpoint. [-0, +0, m] */
 static void load_endpoints(loader_t *ld)
 {
     lua_State *L = ld->L;
@@ -373,7 +378,7 @@ static void load_endpoints(loader_t *ld)
     if (c->nendpoints == 0) key_err(ld, "endpoints", "no endpoint configured");
 }
 
-/* Read a table of string -> string headers on top into *h / *n. */
+/* Read a table of string -> string headers on top into *h / *n. [-0, +0, -] */
 static void load_headers(loader_t *ld, const char *key, hr_header_t **h, size_t *n)
 {
     lua_State *L = ld->L;
@@ -409,6 +414,7 @@ static const hr_target_conf_t target_defaults = {
     .circuit_probe_ms = HR_DEF_TARGET_CIRCUIT_PROBE_MS,
 };
 
+/* targets (value on top): name -> target table. [-0, +0, m] */
 static void load_targets(loader_t *ld)
 {
     static const char *const keys[] = {
@@ -504,7 +510,7 @@ static void load_targets(loader_t *ld)
 }
 
 /* Read a file mode at the top of the stack: an octal string ("0640", "640") or an integer
- * (its value, e.g. 0x1a0 or 416; Lua has no octal literals), at most 0777. */
+ * (its value, e.g. 0x1a0 or 416; Lua has no octal literals), at most 0777. [-0, +0, -] */
 static void want_file_mode(loader_t *ld, const char *key, unsigned *out)
 {
     lua_State *L = ld->L;
@@ -525,6 +531,7 @@ static void want_file_mode(loader_t *ld, const char *key, unsigned *out)
     if (ld->errs->n == before) *out = (unsigned)v | HR_FILE_MODE_SET;
 }
 
+/* files (value on top): name -> { path, mode }. [-0, +0, m] */
 static void load_files(loader_t *ld)
 {
     static const char *const keys[] = {"path", "mode", NULL};
@@ -578,6 +585,7 @@ typedef struct {
     bool is_size;  /* size_t rather than uint64_t */
 } limit_def_t;
 
+/* limits (value on top): each of LIMITS, in its range. [-0, +0, m] */
 static void load_limits(loader_t *ld)
 {
     static const limit_def_t defs[] = {
@@ -617,6 +625,7 @@ static void load_limits(loader_t *ld)
     }
 }
 
+/* delivery (value on top). [-0, +0, m] */
 static void load_delivery(loader_t *ld)
 {
     static const char *const keys[] = {"retry_base_ms", "retry_max_ms", "max_connections", NULL};
@@ -663,7 +672,8 @@ static void default_schedule(const hr_config_t *c, uint64_t **out, size_t *n)
 }
 
 /* The spool keys at the top level (table on top), then each target's retry schedule: its own
- * retry_ms, else the legacy delivery.retry_base_ms/retry_max_ms doubling, else the default. */
+ * retry_ms, else the legacy delivery.retry_base_ms/retry_max_ms doubling, else the default.
+ * [-0, +0, m] */
 static void load_spool(loader_t *ld)
 {
     lua_State *L = ld->L;
@@ -698,6 +708,7 @@ static void load_spool(loader_t *ld)
     default_schedule(c, &c->write_retry_ms, &c->nwrite_retry);
 }
 
+/* log (value on top): { level = ... }. [-0, +0, m] */
 static void load_log(loader_t *ld)
 {
     static const char *const keys[] = {"level", NULL};
@@ -713,7 +724,7 @@ static void load_log(loader_t *ld)
     lua_pop(ld->L, 1);
 }
 
-/* workers (value on top): an integer >= 1, or "auto" (stored as 0: one per CPU). */
+/* workers (value on top): an integer >= 1, or "auto" (stored as 0: one per CPU). [-0, +0, -] */
 static void load_workers(loader_t *ld)
 {
     if (lua_type(ld->L, -1) == LUA_TSTRING) {
@@ -728,7 +739,7 @@ static void load_workers(loader_t *ld)
     ld->c->workers = (uint32_t)n;
 }
 
-/* Walk the table on top of the stack into ld->c. */
+/* Walk the table on top of the stack into ld->c. [-0, +0, m] */
 static void load_root(loader_t *ld)
 {
     static const char *const keys[] = {"listen",
@@ -865,6 +876,7 @@ static void open_config_libs(lua_State *L)
     }
 }
 
+/* [-0, +0, -]: the Lua state is its own, closed before it returns. */
 hr_config_t *hr_config_load(const char *path, hr_errors_t *errs)
 {
     size_t before = errs->n;
@@ -887,20 +899,27 @@ hr_config_t *hr_config_load(const char *path, hr_errors_t *errs)
         hr_errors_add(errs, "%s: cannot read the config file: %s", path, strerror(errno));
         goto fail;
     }
+    char *trace = NULL; /* where the config's code raised, for the message's later lines */
     if (rc == LUA_OK)
         rc = hr_lua_pcall_budget(L, 0, 1, CONFIG_INSTRUCTIONS, "the config's code",
-                                 "the fixed config budget");
+                                 "the fixed config budget", &trace);
     if (rc == LUA_ERRMEM) {
         hr_errors_add(errs, "%s: the config's code needs more than %u MiB of memory", path,
                       CONFIG_MEMORY >> 20);
+        free(trace);
         goto fail;
     }
     if (rc != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
         /* Lua prefixes errors with the chunk name, which is the path already. */
-        hr_errors_add(errs, "%s", msg ? msg : "unknown error loading the config");
+        hr_errors_add(errs, "%s%s%s", msg ? msg : "unknown error loading the config",
+                      trace ? "\n" : "", trace ? trace : "");
+        free(trace);
         goto fail;
     }
+    /* The config's code is done: what the walk below allocates (key strings) is the
+     * router's, and outside any pcall a refused allocation would be a panic. */
+    cap.on = false;
     if (lua_type(L, -1) != LUA_TTABLE) {
         hr_errors_add(errs, "%s: the config file must return a table (return { ... }), got %s",
                       path, type_at(L, -1));

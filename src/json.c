@@ -25,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hr/lua_budget.h"
+
 /* Deepest nesting of arrays and objects accepted both ways (cJSON's own limit). */
 #define HR_JSON_MAX_DEPTH CJSON_NESTING_LIMIT
 
@@ -758,7 +760,9 @@ int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t
     }
     lua_pushcfunction(L, walk_main);
     lua_pushlightuserdata(L, &w);
-    int status = lua_pcall(L, 1, 1, 0);
+    /* No traceback: the walk is C, and its errors are about the text (they reach the
+     * sender as they are). */
+    int status = hr_lua_pcall(L, 1, 1, NULL);
     hr_buf_free(&w.scratch);
     cJSON_Delete(root);
     arena_end();

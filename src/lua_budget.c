@@ -1,9 +1,12 @@
-/* Budgeted Lua calls: an instruction budget for top-level code, a memory cap for a state. */
+/* Lua calls under budget: protected calls with a traceback, an instruction budget for
+ * top-level code, a memory cap for a state. */
 #include "hr/lua_budget.h"
 
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+#include "hr/common.h"
 
 #define BUDGET_STEP 1000 /* instructions between two count-hook calls */
 
@@ -65,8 +68,74 @@ void hr_lua_budget_charge(lua_State *L, uint64_t n)
     if (b) spend(L, b, n, "");
 }
 
+/* L's memory cap if its allocator is hr_lua_capped_alloc, else NULL. [-0, +0, -] */
+static hr_lua_cap_t *cap_of(lua_State *L)
+{
+    void *ud;
+    return lua_getallocf(L, &ud) == hr_lua_capped_alloc ? ud : NULL;
+}
+
+/* The traceback of of from level on, built on L with L's memory cap off (what the router
+ * spends to report an error is not the failed code's), as a malloc'd string; NULL if L has
+ * no stack room left. [-0, +0, m] */
+static char *traceback(lua_State *L, lua_State *of, int level)
+{
+    if (!lua_checkstack(L, LUA_MINSTACK)) return NULL;
+    hr_lua_cap_t *cap = cap_of(L);
+    bool on = cap && cap->on;
+    if (cap) cap->on = false;
+    luaL_traceback(L, of, NULL, level);
+    char *s = hr_xstrdup(lua_tostring(L, -1));
+    lua_pop(L, 1); /* drop the traceback */
+    if (cap) cap->on = on;
+    return s;
+}
+
+/* Message handler of hr_lua_pcall: keeps the error value and, when upvalue 1 (a light
+ * userdata char **) is there and not NULL, stores through it the traceback from the raising
+ * function on (replacing one an earlier error left, as when a __close handler raises while
+ * the stack unwinds). [-0, +1, m] */
+static int traceback_handler(lua_State *L)
+{
+    char **trace = lua_touserdata(L, lua_upvalueindex(1));
+    if (trace) {
+        free(*trace);
+        *trace = traceback(L, L, 1);
+    }
+    lua_settop(L, 1);
+    return 1;
+}
+
+int hr_lua_pcall(lua_State *L, int nargs, int nres, char **trace)
+{
+    if (trace) *trace = NULL;
+    int fn = lua_gettop(L) - nargs;
+    /* The handler's closure is the router's memory, not the called code's: allocated with
+     * the cap off, so a call made at the cap's edge still runs (and fails inside). */
+    hr_lua_cap_t *cap = cap_of(L);
+    bool on = cap && cap->on;
+    if (cap) cap->on = false;
+    bool handler = lua_checkstack(L, 2);
+    if (handler && trace) {
+        lua_pushlightuserdata(L, trace);
+        lua_pushcclosure(L, traceback_handler, 1);
+    } else if (handler) {
+        lua_pushcfunction(L, traceback_handler); /* no upvalue: reads as NULL, allocates none */
+    }
+    if (handler) lua_insert(L, fn);
+    if (cap) cap->on = on;
+    int rc = lua_pcall(L, nargs, nres, handler ? fn : 0);
+    if (handler) lua_remove(L, fn);
+    return rc;
+}
+
+char *hr_lua_thread_trace(lua_State *L, lua_State *co)
+{
+    return traceback(L, co, 0);
+}
+
 int hr_lua_pcall_budget(lua_State *L, int nargs, int nres, uint64_t instructions, const char *what,
-                        const char *key)
+                        const char *key, char **trace)
 {
     budget_t b = {.limit = instructions, .what = what, .key = key};
     lua_Hook old_hook = lua_gethook(L);
@@ -77,7 +146,7 @@ int hr_lua_pcall_budget(lua_State *L, int nargs, int nres, uint64_t instructions
     lua_pushlightuserdata(L, &b);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &budget_key);
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, BUDGET_STEP);
-    int rc = lua_pcall(L, nargs, nres, 0);
+    int rc = hr_lua_pcall(L, nargs, nres, trace);
     lua_sethook(L, old_hook, old_mask, old_count);
     if (outer)
         lua_pushlightuserdata(L, outer);

@@ -123,7 +123,7 @@ static bool class_has(int c, int cl)
 /* ---------------------------------------------------------------- pattern items */
 
 /* The end of the single-character item at p ('%x', a '[' set, or one byte). Raises on a
- * pattern ending in '%' or a set missing its ']'. */
+ * pattern ending in '%' or a set missing its ']'. [-0, +0, v] */
 static const char *item_end(matcher_t *m, const char *p)
 {
     const char *q = p + 1;
@@ -185,7 +185,7 @@ static bool item_matches(matcher_t *m, const char *s, const char *p, const char 
 
 static const char *match(matcher_t *m, const char *s, const char *p);
 
-/* %bxy at p (pointing at x): a balanced run starting at s, or NULL. */
+/* %bxy at p (pointing at x): a balanced run starting at s, or NULL. [-0, +0, e] */
 static const char *match_balance(matcher_t *m, const char *s, const char *p)
 {
     if (p + 1 >= m->pat_end) luaL_error(m->L, "malformed pattern (missing arguments to '%%b')");
@@ -202,7 +202,8 @@ static const char *match_balance(matcher_t *m, const char *s, const char *p)
     return NULL;
 }
 
-/* The index of capture `digit` ('1'..'9') for a back-reference; raises if it is not closed. */
+/* The index of capture `digit` ('1'..'9') for a back-reference; raises if it is not closed.
+ * [-0, +0, v] */
 static int capture_index(matcher_t *m, int digit)
 {
     int i = digit - '1';
@@ -222,7 +223,8 @@ static const char *match_backref(matcher_t *m, const char *s, int digit)
     return s + len;
 }
 
-/* Open a capture at s (kind CAP_OPEN or CAP_POS) and match the rest p; undone on failure. */
+/* Open a capture at s (kind CAP_OPEN or CAP_POS) and match the rest p; undone on failure.
+ * [-0, +0, e] */
 static const char *capture_open(matcher_t *m, const char *s, const char *p, ptrdiff_t kind)
 {
     if (m->level >= HR_PATTERN_MAXCAPTURES) luaL_error(m->L, "too many captures");
@@ -234,7 +236,8 @@ static const char *capture_open(matcher_t *m, const char *s, const char *p, ptrd
     return e;
 }
 
-/* Close the innermost open capture at s and match the rest p; reopened on failure. */
+/* Close the innermost open capture at s and match the rest p; reopened on failure.
+ * [-0, +0, e] */
 static const char *capture_close(matcher_t *m, const char *s, const char *p)
 {
     int i = m->level - 1;
@@ -276,7 +279,7 @@ static const char *expand_shortest(matcher_t *m, const char *s, const char *p, c
 /* Match the pattern from p to its end against the subject from s. Returns the end of the
  * match in the subject, or NULL. Raises on a malformed pattern, on recursion deeper than
  * HR_PATTERN_MAXDEPTH, or when the charge function raises. Tail positions loop rather than
- * recurse. */
+ * recurse. [-0, +0, e] */
 static const char *match(matcher_t *m, const char *s, const char *p)
 {
     if (m->depth-- == 0) luaL_error(m->L, "pattern too complex");
@@ -368,6 +371,7 @@ done:
 
 /* ---------------------------------------------------------------- captures to Lua */
 
+/* Set m up to match pattern p against subject s on L, charging to charge. [-0, +0, -] */
 static void matcher_init(matcher_t *m, lua_State *L, const char *s, size_t ls, const char *p,
                          size_t lp, hr_pattern_charge_fn charge)
 {
@@ -426,7 +430,7 @@ static int captures_push(matcher_t *m, const char *s, const char *e)
 
 /* ---------------------------------------------------------------- find, match */
 
-/* The charge function stored as upvalue `up` of the running C closure. */
+/* The charge function stored as upvalue `up` of the running C closure. [-0, +0, -] */
 static hr_pattern_charge_fn charge_of(lua_State *L, int up)
 {
     const hr_pattern_charge_fn *slot = lua_touserdata(L, lua_upvalueindex(up));
@@ -511,11 +515,13 @@ static int find_or_match(lua_State *L, bool find)
     return 1;
 }
 
+/* string.find. [-0, +n, e] */
 static int l_find(lua_State *L)
 {
     return find_or_match(L, true);
 }
 
+/* string.match. [-0, +n, e] */
 static int l_match(lua_State *L)
 {
     return find_or_match(L, false);
@@ -572,7 +578,8 @@ static int l_gmatch(lua_State *L)
 
 /* ---------------------------------------------------------------- gsub */
 
-/* Append the replacement string (argument 3) for the match s..e, expanding %0-%9 and %%. */
+/* Append the replacement string (argument 3) for the match s..e, expanding %0-%9 and %%.
+ * [-0, +0, e] (what the buffer keeps aside) */
 static void append_template(matcher_t *m, luaL_Buffer *b, const char *s, const char *e)
 {
     size_t len;
@@ -604,7 +611,9 @@ static void append_template(matcher_t *m, luaL_Buffer *b, const char *s, const c
 }
 
 /* Append the replacement for the match s..e according to the type of argument 3. Returns
- * whether the text changed (false when a table or function gave false or nil). */
+ * whether the text changed (false when a table or function gave false or nil). Calls the
+ * replacement function or indexes the table: any Lua may run. [-0, +0, e] (what the buffer
+ * keeps aside) */
 static bool append_replacement(matcher_t *m, luaL_Buffer *b, const char *s, const char *e, int type)
 {
     lua_State *L = m->L;

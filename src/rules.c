@@ -16,6 +16,7 @@
 #include "hr/json.h"
 #include "hr/log.h"
 #include "hr/lua_budget.h"
+#include "hr/lua_scan.h"
 #include "hr/pattern.h"
 
 #define HOOK_STEP 1000 /* instructions between two count-hook calls */
@@ -64,6 +65,8 @@ static void pattern_charge(lua_State *L, unsigned steps);
 
 /* ---------------------------------------------------------------- helpers */
 
+/* The run whose slice is running on L, or NULL (the main thread, or between slices).
+ * [-0, +0, -] */
 static run_ctx_t *ctx_of(lua_State *L)
 {
     return *(run_ctx_t **)lua_getextraspace(L);
@@ -514,6 +517,7 @@ static void set_file_env(lua_State *L, int loaded)
     if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1); /* _ENV is a main chunk's first upvalue */
 }
 
+/* __newindex of a library view: refuse. Upvalue: the library's name. [-0, +0, v] */
 static int l_readonly_newindex(lua_State *L)
 {
     return luaL_error(L, "attempt to modify the shared library table '%s'",
@@ -618,45 +622,44 @@ static void open_sandbox(hr_ruleset_t *rs)
 
 /* ---------------------------------------------------------------- loading */
 
-/* Scan a rule's source for forward("name", …) and write("name", …) with a literal name and
- * report names the config lacks, as path:line: message. */
+/* The calls check_names looks at, and the config table each one's name must be in. */
+static const char *const NAMED_CALLS[] = {"forward", "write", "request", NULL};
+static const bool NAMES_A_FILE[] = {false, true, false};
+
+/* What check_names' scan reports to. */
+typedef struct {
+    const hr_config_t *cfg;
+    const char *file;
+    hr_errors_t *errs;
+} names_scan_t;
+
+/* hr_lua_call_cb of check_names: report a literal name the config lacks. */
+static bool check_name(void *ud, const hr_lua_call_t *call)
+{
+    names_scan_t *ns = ud;
+    if (!call->arg) return true;
+    char *name = hr_xstrndup(call->arg, call->arg_len);
+    bool file = NAMES_A_FILE[call->fn];
+    bool known =
+        file ? hr_config_file(ns->cfg, name) != NULL : hr_config_target(ns->cfg, name) != NULL;
+    if (!known)
+        hr_errors_add(ns->errs, "%s:%d: %s to '%s', which is not in the config's %s", ns->file,
+                      call->line, NAMED_CALLS[call->fn], name, file ? "files" : "targets");
+    free(name);
+    return true;
+}
+
+/* Scan a rule's source for forward("name", …), write("name", …) and request("name", …)
+ * with a literal name (outside comments and strings) and report names the config lacks, as
+ * path:line: message. */
 static void check_names(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
 {
-    FILE *fp = fopen(file, "r");
-    if (!fp) return;
-    char line[4096];
-    int lineno = 0;
-    while (fgets(line, sizeof line, fp)) {
-        lineno++;
-        static const char *const fns[] = {"forward", "write", "request"};
-        for (size_t k = 0; k < 3; k++) {
-            size_t fl = strlen(fns[k]);
-            for (char *p = strstr(line, fns[k]); p; p = strstr(p + 1, fns[k])) {
-                if (p > line && (p[-1] == '_' || p[-1] == '.' || p[-1] == ':' ||
-                                 (p[-1] >= 'a' && p[-1] <= 'z') || (p[-1] >= 'A' && p[-1] <= 'Z') ||
-                                 (p[-1] >= '0' && p[-1] <= '9')))
-                    continue;
-                char *q = p + fl;
-                while (*q == ' ' || *q == '\t')
-                    q++;
-                if (*q++ != '(') continue;
-                while (*q == ' ' || *q == '\t')
-                    q++;
-                char quote = *q;
-                if (quote != '"' && quote != '\'') continue;
-                char *end = strchr(q + 1, quote);
-                if (!end) continue;
-                char *name = hr_xstrndup(q + 1, (size_t)(end - q - 1));
-                bool known = k != 1 ? hr_config_target(rs->cfg, name) != NULL
-                                    : hr_config_file(rs->cfg, name) != NULL;
-                if (!known)
-                    hr_errors_add(errs, "%s:%d: %s to '%s', which is not in the config's %s", file,
-                                  lineno, fns[k], name, k != 1 ? "targets" : "files");
-                free(name);
-            }
-        }
-    }
-    fclose(fp);
+    size_t len;
+    char *src = hr_read_file(file, &len);
+    if (!src) return;
+    names_scan_t ns = {rs->cfg, file, errs};
+    hr_lua_scan_calls(src, len, NAMED_CALLS, check_name, &ns);
+    free(src);
 }
 
 /* Compile file and run its chunk; it must return a function, left on the stack.
@@ -664,6 +667,7 @@ static void check_names(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
 static int load_rule_file(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
 {
     lua_State *L = rs->L;
+    char *trace = NULL; /* where top-level code raised: the message's later lines */
     int rc = luaL_loadfilex(L, file, "t");
     if (rc == LUA_ERRFILE) {
         hr_errors_add(errs, "%s: cannot read: %s", file, strerror(errno));
@@ -678,19 +682,22 @@ static int load_rule_file(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
         rs->mem.limit = rs->mem.used + rs->cfg->limits.rule_memory_bytes;
         rs->mem.on = true;
         rc = hr_lua_pcall_budget(L, 0, 1, rs->cfg->limits.rule_instructions, "top-level code",
-                                 "limits.rule_instructions");
+                                 "limits.rule_instructions", &trace);
         rs->mem.on = false;
     }
     if (rc != LUA_OK) {
+        const char *nl = trace ? "\n" : "", *tb = trace ? trace : "";
         if (rs->mem.denied)
             hr_errors_add(errs,
                           "%s: top-level code exceeded its memory limit "
-                          "(limits.rule_memory_bytes = %zu)",
-                          file, rs->cfg->limits.rule_memory_bytes);
+                          "(limits.rule_memory_bytes = %zu)%s%s",
+                          file, rs->cfg->limits.rule_memory_bytes, nl, tb);
         else if (lua_type(L, -1) == LUA_TSTRING)
-            hr_errors_add(errs, "%s", lua_tostring(L, -1));
+            hr_errors_add(errs, "%s%s%s", lua_tostring(L, -1), nl, tb);
         else
-            hr_errors_add(errs, "%s: top-level code raised a %s value", file, luaL_typename(L, -1));
+            hr_errors_add(errs, "%s: top-level code raised a %s value%s%s", file,
+                          luaL_typename(L, -1), nl, tb);
+        free(trace);
         lua_pop(L, 1);
         return -1;
     }
@@ -708,88 +715,50 @@ static int load_rule_file(hr_ruleset_t *rs, const char *file, hr_errors_t *errs)
 
 /* ---------------------------------------------------------------- lint */
 
-/* Read file whole with its comments (-- to the end of the line, --[[ ]] and --[==[ ]==])
- * blanked out, so a word in a comment is not taken for code. Strings are kept. NULL if it
- * cannot be read. */
-static char *read_code(const char *file)
+/* What reaches_respond's scan of one file reports to. */
+typedef struct {
+    const hr_ruleset_t *rs;
+    int depth;  /* how many more require levels to follow */
+    bool found; /* respond() is called here or in a module required from here */
+} respond_scan_t;
+
+static bool reaches_respond(const hr_ruleset_t *rs, const char *file, int depth);
+
+/* The calls reaches_respond looks at. */
+static const char *const RESPOND_CALLS[] = {"respond", "require", NULL};
+
+/* hr_lua_call_cb of reaches_respond: stop at respond(), follow require("literal"). */
+static bool respond_call(void *ud, const hr_lua_call_t *call)
 {
-    char *s = hr_read_file(file, NULL);
-    if (!s) return NULL;
-    for (char *p = s; *p; p++) {
-        if (*p == '"' || *p == '\'') { /* skip a short string */
-            char q = *p;
-            for (p++; *p && *p != q && *p != '\n'; p++)
-                if (*p == '\\' && p[1]) p++;
-            if (!*p) break;
-            continue;
-        }
-        if (p[0] != '-' || p[1] != '-') continue;
-        char *end = NULL;
-        if (p[2] == '[') { /* long comment: --[[ ... ]] or --[=*[ ... ]=*] */
-            size_t eq = 0;
-            while (p[3 + eq] == '=')
-                eq++;
-            if (p[3 + eq] == '[') {
-                char close[16] = "]";
-                if (eq < sizeof close - 2) {
-                    memset(close + 1, '=', eq);
-                    close[eq + 1] = ']';
-                    close[eq + 2] = '\0';
-                    end = strstr(p + 4 + eq, close);
-                    end = end ? end + eq + 2 : p + strlen(p);
-                }
-            }
-        }
-        if (!end) end = p + strcspn(p, "\n");
-        memset(p, ' ', (size_t)(end - p));
-        p = end - 1;
+    respond_scan_t *sc = ud;
+    if (call->fn == 0) {
+        sc->found = true;
+        return false;
     }
-    return s;
+    if (!call->arg || sc->depth <= 0) return true;
+    char *name = hr_xstrndup(call->arg, call->arg_len);
+    if (valid_module_name(name)) {
+        for (char *c = name; *c; c++)
+            if (*c == '.') *c = '/';
+        char *mod = hr_xasprintf("%s/%s.lua", sc->rs->cfg->rules_dir, name);
+        sc->found = reaches_respond(sc->rs, mod, sc->depth - 1);
+        free(mod);
+    }
+    free(name);
+    return !sc->found;
 }
 
-/* True if code calls name( as a plain global (not a field or method of something else). */
-static bool calls(const char *code, const char *name)
-{
-    size_t n = strlen(name);
-    for (const char *p = strstr(code, name); p; p = strstr(p + 1, name)) {
-        if (p > code &&
-            (p[-1] == '_' || p[-1] == '.' || p[-1] == ':' || (p[-1] >= 'a' && p[-1] <= 'z') ||
-             (p[-1] >= 'A' && p[-1] <= 'Z') || (p[-1] >= '0' && p[-1] <= '9')))
-            continue;
-        const char *q = p + n;
-        while (*q == ' ' || *q == '\t')
-            q++;
-        if (*q == '(' || *q == '"' || *q == '\'' || *q == '{') return true;
-    }
-    return false;
-}
-
-/* True if file, or a module it requires by a literal name (to depth levels), calls respond. */
+/* True if file, or a module it requires by a literal name (to depth levels), calls respond
+ * (outside comments and strings). */
 static bool reaches_respond(const hr_ruleset_t *rs, const char *file, int depth)
 {
-    char *code = read_code(file);
-    if (!code) return true; /* unreadable: the load said so already */
-    bool found = calls(code, "respond");
-    for (const char *p = strstr(code, "require"); p && !found && depth > 0;
-         p = strstr(p + 1, "require")) {
-        const char *q = p + 7;
-        while (*q == ' ' || *q == '\t' || *q == '(')
-            q++;
-        if (*q != '"' && *q != '\'') continue;
-        const char *end = strchr(q + 1, *q);
-        if (!end) continue;
-        char *name = hr_xstrndup(q + 1, (size_t)(end - q - 1));
-        if (valid_module_name(name)) {
-            for (char *c = name; *c; c++)
-                if (*c == '.') *c = '/';
-            char *mod = hr_xasprintf("%s/%s.lua", rs->cfg->rules_dir, name);
-            found = reaches_respond(rs, mod, depth - 1);
-            free(mod);
-        }
-        free(name);
-    }
-    free(code);
-    return found;
+    size_t len;
+    char *src = hr_read_file(file, &len);
+    if (!src) return true; /* unreadable: the load said so already */
+    respond_scan_t sc = {rs, depth, false};
+    hr_lua_scan_calls(src, len, RESPOND_CALLS, respond_call, &sc);
+    free(src);
+    return sc.found;
 }
 
 /* The answering endpoints (those with a fallback) as "path, path", or NULL if none. */
@@ -844,7 +813,7 @@ static bool is_dir(const char *path)
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-/* Load rules/stores/<store>.lua files into the registry table. */
+/* Load rules/stores/<store>.lua files into the registry table. [-0, +0, m] */
 static void load_stores(hr_ruleset_t *rs, hr_errors_t *errs)
 {
     lua_State *L = rs->L;
@@ -879,6 +848,7 @@ static void load_stores(hr_ruleset_t *rs, hr_errors_t *errs)
     free(dir);
 }
 
+/* Creates the state and leaves its stack empty: [-0, +0, -] on rs->L. */
 hr_ruleset_t *hr_ruleset_load(hr_config_t *cfg, hr_errors_t *errs)
 {
     size_t before = errs->n;
@@ -934,6 +904,7 @@ void hr_ruleset_ref(hr_ruleset_t *rs)
     rs->refs++;
 }
 
+/* The last reference closes the state; the others leave it alone. [-0, +0, -] */
 void hr_ruleset_unref(hr_ruleset_t *rs)
 {
     if (!rs || --rs->refs > 0) return;
@@ -962,6 +933,7 @@ bool hr_ruleset_needs_rebuild(const hr_ruleset_t *rs)
     return rs->rebuild;
 }
 
+/* On rs->L: [-0, +0, m] */
 bool hr_ruleset_first_time(hr_ruleset_t *rs, const char *key)
 {
     lua_State *L = rs->L;
@@ -1112,7 +1084,9 @@ static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store)
 }
 
 /* Free a run that is over or abandoned: close its coroutine, drop what it holds, and its
- * reference to the rule set (which may free the rule set). */
+ * reference to the rule set (which may free the rule set). The coroutine's stack is reset
+ * (its to-be-closed handlers run, their errors dropped); the main thread's is untouched.
+ * [-0, +0, -] on rs->L */
 static void run_free(run_ctx_t *run)
 {
     hr_ruleset_t *rs = run->rs;
@@ -1139,7 +1113,9 @@ static void run_free(run_ctx_t *run)
 
 /* Run one slice: resume the coroutine with the nargs values on its stack until it yields in
  * request() or ends. Applies the memory cap for the slice; the instruction count goes on
- * from earlier slices. Frees the run unless it is suspended. */
+ * from earlier slices. Frees the run unless it is suspended. [-nargs, +0, -] on the
+ * coroutine (what it yields or returns is dropped, an error read before the reset); the
+ * main thread's stack is untouched. */
 static hr_run_step_t run_slice(run_ctx_t *run, int nargs)
 {
     hr_ruleset_t *rs = run->rs;
@@ -1194,6 +1170,16 @@ static hr_run_step_t run_slice(run_ctx_t *run, int nargs)
         else
             out->error =
                 hr_xasprintf("%s: rule raised a %s value", out->rule, luaL_typename(co, -1));
+        /* A coroutine's error runs no message handler: its stack, kept until run_free
+         * resets it, gives the traceback. After a newline, so the message's first line is
+         * the same; the log line escapes it, the dead letter and `test` carry it whole. */
+        char *trace = rc != LUA_OK && rc != LUA_YIELD ? hr_lua_thread_trace(rs->L, co) : NULL;
+        if (trace) {
+            char *e = hr_xasprintf("%s\n%s", out->error, trace);
+            free(out->error);
+            free(trace);
+            out->error = e;
+        }
         hr_action_list_free(out->actions);
         out->actions = NULL;
         out->nactions = 0;
@@ -1204,6 +1190,7 @@ static hr_run_step_t run_slice(run_ctx_t *run, int nargs)
     return HR_STEP_DONE;
 }
 
+/* [-0, +0, m] on rs->L: the coroutine is anchored in the registry, not on the stack. */
 hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run_result_t *out)
 {
     memset(out, 0, sizeof *out);

@@ -1,11 +1,16 @@
-/* Budgeted Lua calls: run top-level code (a config file, a rule file, a module) with an
- * instruction budget, and cap what a Lua state may allocate (src/lua_budget.c).
+/* Lua calls under budget: every protected call the router makes (hr_lua_pcall, with a
+ * traceback), an instruction budget for top-level code, and a memory cap for a state
+ * (src/lua_budget.c).
  *
  * Top-level code is Lua like any other: a `while true do end` at the top of a rule file
  * would hang a reload, `hookrouter check` and the loop that runs them. So every chunk the
  * router runs outside an event goes through hr_lua_pcall_budget, which stops it with an
  * error after a fixed number of VM instructions, the same way an event's own budget does
- * (a count hook that keeps firing once tripped, so a pcall inside cannot swallow it). */
+ * (a count hook that keeps firing once tripped, so a pcall inside cannot swallow it).
+ *
+ * A failed call's message stays what Lua made it (the first line operators and tests know);
+ * the stack traceback is handed back beside it, for the caller to add where a person reads
+ * it (after a newline, so one-line logs escape it and first-line greps still match). */
 #ifndef HR_LUA_BUDGET_H
 #define HR_LUA_BUDGET_H
 
@@ -15,11 +20,23 @@
 #include <stdint.h>
 
 /* Call the function below nargs arguments on L's stack as lua_pcall(L, nargs, nres, 0) does,
- * stopping it with the error "<where>: <what> exceeded its instruction budget (<key> = N)"
- * once it has run more than instructions VM instructions. The hook L had before is put back.
- * Returns lua_pcall's status; on error the message is on the stack. [-(nargs+1), +(nres|1), -] */
+ * with a message handler that keeps the error value as it is and, if trace is not NULL,
+ * sets *trace to a malloc'd "stack traceback:\n\t..." of where it was raised (the caller
+ * frees it; NULL when the call succeeded or failed for lack of memory, where Lua runs no
+ * handler). The traceback is built outside any memory cap of the state. Returns
+ * lua_pcall's status; on error the value is on the stack. [-(nargs+1), +(nres|1), -] */
+int hr_lua_pcall(lua_State *L, int nargs, int nres, char **trace);
+
+/* hr_lua_pcall, stopping the call with the error "<where>: <what> exceeded its instruction
+ * budget (<key> = N)" once it has run more than instructions VM instructions. The hook L
+ * had before is put back. [-(nargs+1), +(nres|1), -] */
 int hr_lua_pcall_budget(lua_State *L, int nargs, int nres, uint64_t instructions, const char *what,
-                        const char *key);
+                        const char *key, char **trace);
+
+/* The traceback of co, a coroutine that lua_resume left failed (its stack is kept until it
+ * is reset or closed), as a malloc'd "stack traceback:\n\t...", built on L (co's main
+ * thread) outside any memory cap. NULL if L has no stack room for it. [-0, +0, m] */
+char *hr_lua_thread_trace(lua_State *L, lua_State *co);
 
 /* Charge n instructions' worth of work done in C (pattern matching) to the running
  * hr_lua_pcall_budget call, raising its error once the budget is spent. Does nothing outside

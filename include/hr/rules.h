@@ -21,7 +21,9 @@
 typedef struct hr_ruleset hr_ruleset_t;
 
 /* Build a rule set for cfg (taking ownership of it). Returns NULL with messages in errs
- * ("examples/rules/stores/42.lua:7: unexpected symbol near 'end'"); cfg is then freed. */
+ * ("examples/rules/stores/42.lua:7: unexpected symbol near 'end'"; an error raised by
+ * top-level code has its Lua traceback on the lines after that first one); cfg is then
+ * freed. */
 hr_ruleset_t *hr_ruleset_load(hr_config_t *cfg, hr_errors_t *errs);
 void hr_ruleset_ref(hr_ruleset_t *rs);
 /* Drop a reference; the last one frees the state and the config. Accepts NULL. */
@@ -73,7 +75,8 @@ typedef struct {
     size_t nactions;
     bool dropped; /* drop() was called, or no rule exists */
     char *drop_reason;
-    char *error;       /* for BAD_JSON and RULE_FAILED */
+    char *error;       /* for BAD_JSON and RULE_FAILED; when the rule raised, its first line is
+                          the message and the Lua traceback follows on the next lines */
     hr_reply_t *reply; /* what respond() set (last call wins), or NULL (owned) */
     /* While suspended (hr_ruleset_start/resume returned HR_STEP_SUSPENDED): */
     hr_run_t *run;              /* the suspended run, NULL once it is done or abandoned */

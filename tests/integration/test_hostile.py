@@ -3,6 +3,7 @@ with a 500 and a dead letter naming why, while other stores keep being served; t
 that never finishes fails a reload and `check`, not the router."""
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -35,7 +36,16 @@ VICTIM = ('return function(e) write("audit", { store = e.store, s = string.forma
           '("ok"):upper()) }) end\n')
 
 
-class HostileTest(HRTestCase):
+class VictimMixin:
+    def victim_ok(self, r):
+        before = len(self.wd.jsonl("var/audit.jsonl"))
+        self.assertOk(r.post("/t", {"storeId": 2}))
+        got = wait_until(lambda: len(self.wd.jsonl("var/audit.jsonl")) > before and self.wd.jsonl("var/audit.jsonl"))
+        self.assertTrue(got, "no audit line for the victim store")
+        self.assertEqual(got[-1], {"store": "2", "s": "7-OK"})
+
+
+class HostileTest(VictimMixin, HRTestCase):
     def start(self):
         self.wd.rule("1", HOSTILE)
         self.wd.rule("2", VICTIM)
@@ -43,13 +53,6 @@ class HostileTest(HRTestCase):
         cfg = base_config(targets={"pos": target(snk.url)},
                           limits={"rule_instructions": 1000000, "rule_memory_bytes": 16 << 20})
         return self.router(cfg)
-
-    def victim_ok(self, r):
-        before = len(self.wd.jsonl("var/audit.jsonl"))
-        self.assertOk(r.post("/t", {"storeId": 2}))
-        got = wait_until(lambda: len(self.wd.jsonl("var/audit.jsonl")) > before and self.wd.jsonl("var/audit.jsonl"))
-        self.assertTrue(got, "no audit line for the victim store")
-        self.assertEqual(got[-1], {"store": "2", "s": "7-OK"})
 
     def test_each_attack_fails_alone_with_a_dead_letter(self):
         r = self.start()
@@ -173,6 +176,110 @@ class FailClosedTest(HRTestCase):
         self.assertNotIn("authorization", got[0]["h"])
         self.assertNotIn(TOKEN, json.dumps(got[0]))
         self.assertEqual((got[0]["a"], got[0]["t"]), (True, 2))
+
+
+LOOP = "while true do end\n"
+HOG = "local t = {} for i = 1, 1e9 do t[i] = i end\n"
+# The hog meets the memory cap long before this instruction budget.
+LIMITS = {"rule_instructions": 1000000000, "rule_memory_bytes": 8 << 20}
+BUDGET = r"top-level code exceeded its instruction budget \(limits\.rule_instructions = 1000000000\)"
+MEMORY = r"top-level code exceeded its memory limit \(limits\.rule_memory_bytes = 8388608\)"
+TRACE = r"\\nstack traceback:\\n"  # the traceback's newlines, escaped on the one log line
+
+# (what, files to write, what the error says): top-level code that never finishes loading.
+TOP_LEVEL_CASES = [
+    ("rule-loop", {"rules/stores/3.lua": LOOP + VICTIM},
+     r"rules/stores/3\.lua:1: " + BUDGET),
+    ("module-loop", {"rules/lib/spin.lua": LOOP + "return {}\n",
+                     "rules/stores/3.lua": "local spin = require('lib.spin')\n" + VICTIM},
+     r"rules/lib/spin\.lua:1: " + BUDGET),
+    ("rule-hog", {"rules/stores/3.lua": HOG + VICTIM}, r"rules/stores/3\.lua: " + MEMORY),
+    ("module-hog", {"rules/lib/hog.lua": HOG + "return {}\n",
+                    "rules/stores/3.lua": "local hog = require('lib.hog')\n" + VICTIM},
+     r"rules/stores/3\.lua: " + MEMORY),  # a memory error has no position: the file loading
+    ("config-loop", {"hookrouter.lua": LOOP + "return " + lua(base_config(limits=LIMITS)) + "\n"},
+     r"hookrouter\.lua:1: the config's code exceeded its instruction budget"),
+]
+
+
+class TopLevelCodeTest(VictimMixin, HRTestCase):
+    """Top-level code of rule files, of the modules they require and of the config runs under
+    an instruction budget and the memory cap: on SIGHUP a file that never finishes loading is
+    a `reload failed:` line and the old rules keep serving; at start `run` and `check` fail
+    with the same error, quickly."""
+
+    def good(self):
+        self.wd.rule("2", VICTIM)
+        self.wd.rule("3", VICTIM)
+        self.wd.config(base_config(limits=LIMITS))
+
+    def write(self, files):
+        for rel, text in files.items():
+            self.wd.write(rel, text)
+
+    def test_sighup_keeps_the_old_rules(self):
+        self.good()
+        r = self.router()
+        self.victim_ok(r)
+        for i, (what, files, why) in enumerate(TOP_LEVEL_CASES):
+            with self.subTest(what):
+                self.good()
+                self.write(files)
+                t0 = time.monotonic()
+                r.hup()
+                self.assertTrue(wait_until(lambda: r.count_log(r"reload failed: ") > i, 10),
+                                "%s: no 'reload failed:' line:\n%s" % (what, r.log_tail()))
+                self.assertLess(time.monotonic() - t0, T(5), "%s held the reload" % what)
+                lines = re.findall(r"reload failed: [^\n]*", r.log())
+                self.assertRegex(lines[i], why, what)
+                self.victim_ok(r)  # the old rules keep serving
+                h = r.healthz()
+                self.assertEqual(h["reloads"], 0, h)
+                self.assertRegex(h["last_reload_error"], why, what)
+        # the budgets' errors raised in Lua carry a traceback, on the same log line
+        lines = re.findall(r"reload failed: [^\n]*", r.log())
+        self.assertRegex(lines[1], TRACE + r"[^\n]*rules/stores/3\.lua:1: in main chunk")
+        self.good()
+        r.hup()
+        self.assertTrue(r.wait_log(r"(?<!\w)reloaded", 5), r.log_tail())
+        self.victim_ok(r)
+        self.assertTrue(r.alive())
+
+    def test_start_fails_with_the_error(self):
+        for what, files, why in TOP_LEVEL_CASES:
+            with self.subTest(what):
+                self.good()
+                self.write(files)
+                t0 = time.monotonic()
+                res = run_cli(["check", "-c", "hookrouter.lua"], cwd=self.wd.path, timeout=10)
+                self.assertEqual(res.returncode, 1, what + ": " + res.stdout + res.stderr)
+                self.assertRegex(res.stderr, why, what)
+                r = Router(self.wd, start=False)
+                r.start(wait=False)
+                code = r.wait_exit(10)
+                if code is None:
+                    r.kill()
+                self.assertNotIn(code, (None, 0), "%s: run did not fail:\n%s" % (what, r.log_tail()))
+                self.assertRegex(r.log(), why, what)
+                self.assertNotRegex(r.log(), r"listening on", what)
+                self.assertLess(time.monotonic() - t0, T(10), what)
+
+    def test_an_event_error_carries_its_traceback(self):
+        self.wd.write("rules/lib/boom.lua", "local M = {}\nfunction M.go(e)\n  error('kaboom ' .. e.store)\nend\nreturn M\n")
+        self.wd.rule("4", "local boom = require('lib.boom')\nreturn function(e)\n  boom.go(e)\nend\n")
+        self.wd.config(base_config())
+        r = self.router()
+        self.assertEqual(r.post("/t", {"storeId": 4}).status, 500)
+        self.assertTrue(wait_until(lambda: self.wd.dead_letters, 5), r.log_tail())
+        err = self.wd.dead_letters[0]["error"]
+        first, _, rest = err.partition("\n")
+        self.assertRegex(first, r"rules/lib/boom\.lua:3: kaboom 4$")
+        self.assertRegex(rest, r"^stack traceback:\n")
+        self.assertRegex(rest, r"rules/lib/boom\.lua:3: in field 'go'")
+        self.assertRegex(rest, r"rules/stores/4\.lua:3: in function <")
+        m = r.wait_log(r"rule failed [^\n]*", 5)
+        self.assertTrue(m, r.log_tail())
+        self.assertRegex(m.group(0), r"kaboom 4" + TRACE + r"[^\n]*boom\.lua:3: in field 'go'")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+#include <lauxlib.h>
+#include <lualib.h>
 #include <uv.h>
 
+#include "hr/lua_budget.h"
 #include "rules_util.h"
 
 static const char *BASE_CONFIG =
@@ -74,6 +77,135 @@ static void test_rule_errors(void)
     CHECK(load(err, sizeof err) == NULL);
     CHECK(strstr(err, "must return a function") != NULL);
     unlink(strcat(strcpy(err, dir), "/rules/stores/42.lua"));
+}
+
+/* hr_lua_pcall keeps the error value as Lua made it and hands the traceback back beside it;
+ * the errors operators read (load, event) keep their first line and carry it after. */
+static void test_errors_carry_a_traceback(void)
+{
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    char *trace = (char *)"unset";
+    CHECK(luaL_loadstring(L, "local function inner() error('deep') end\n"
+                             "local function outer() inner() end\n"
+                             "outer()\n") == LUA_OK);
+    CHECK_INT_EQ(hr_lua_pcall(L, 0, 0, &trace), LUA_ERRRUN);
+    CHECK_STR_EQ(lua_tostring(L, -1),
+                 "[string \"local function inner() error('deep') end...\"]:1: deep");
+    CHECK(trace && strncmp(trace, "stack traceback:\n", 17) == 0);
+    CHECK(trace && strstr(trace, "in upvalue 'inner'") && strstr(trace, "in local 'outer'"));
+    CHECK(trace && strstr(trace, "]:3: in main chunk"));
+    free(trace);
+    lua_pop(L, 1);
+    /* a non-string error value is kept as it is; a success gives no traceback */
+    CHECK(luaL_loadstring(L, "error({code = 7})") == LUA_OK);
+    CHECK_INT_EQ(hr_lua_pcall(L, 0, 0, &trace), LUA_ERRRUN);
+    CHECK(lua_istable(L, -1));
+    free(trace);
+    lua_pop(L, 1);
+    CHECK(luaL_loadstring(L, "return 1 + 1") == LUA_OK);
+    CHECK_INT_EQ(hr_lua_pcall(L, 0, 1, &trace), LUA_OK);
+    CHECK(trace == NULL);
+    CHECK_INT_EQ(lua_tointeger(L, -1), 2);
+    CHECK_INT_EQ(lua_gettop(L), 1); /* the handler is gone from the stack */
+    lua_close(L);
+
+    char err[4096];
+    write_file("hookrouter.lua", BASE_CONFIG, "storeId");
+    write_file("rules/lib/tb.lua", "local M = {}\nfunction M.boom() error('module boom') end\n"
+                                   "M.boom()\nreturn M\n");
+    write_file("rules/default.lua", "local tb = require('lib.tb')\nreturn function(e) end\n");
+    CHECK(load(err, sizeof err) == NULL);
+    CHECK(strstr(err, "rules/lib/tb.lua:2: module boom\nstack traceback:\n") != NULL);
+    CHECK(strstr(err, "rules/lib/tb.lua:3: in main chunk") != NULL);
+    CHECK(strstr(err, "rules/default.lua:1: in main chunk") != NULL);
+    if (!strstr(err, "rules/default.lua:1: in main chunk")) fprintf(stderr, "  got: %s\n", err);
+
+    write_file("rules/lib/tb.lua", "local M = {}\nfunction M.boom() error('event boom') end\n"
+                                   "return M\n");
+    write_file("rules/default.lua",
+               "local tb = require('lib.tb')\nreturn function(e)\n  tb.boom()\nend\n");
+    hr_ruleset_t *rs = load(err, sizeof err);
+    CHECK(rs != NULL);
+    if (!rs) return;
+    hr_run_result_t res;
+    run(rs, "{}", &res);
+    CHECK_INT_EQ(res.status, HR_RUN_RULE_FAILED);
+    const char *e = res.error ? res.error : "";
+    /* the first line is the message as before, the traceback starts on the second */
+    const char *first = "rules/lib/tb.lua:2: event boom\nstack traceback:\n";
+    const char *at = strstr(e, first);
+    CHECK(at != NULL && strchr(e, '\n') == at + strlen(first) - strlen("\nstack traceback:\n"));
+    CHECK(strstr(e, "rules/lib/tb.lua:2: in field 'boom'") != NULL);
+    CHECK(strstr(e, "rules/default.lua:3: in function <") != NULL);
+    if (!strstr(e, "rules/default.lua:3:")) fprintf(stderr, "  got: %s\n", e);
+    hr_run_result_free(&res);
+
+    /* the budget's error, raised from the count hook, points at the loop */
+    write_file("rules/default.lua", "return function(e)\n  local n = 0\n"
+                                    "  while true do n = n + 1 end\nend\n");
+    hr_ruleset_unref(rs);
+    rs = load(err, sizeof err);
+    CHECK(rs != NULL);
+    if (!rs) return;
+    run(rs, "{}", &res);
+    CHECK(res.error &&
+          strstr(res.error, "rule exceeded its instruction budget "
+                            "(limits.rule_instructions = 100000)\nstack traceback:\n"));
+    CHECK(res.error && strstr(res.error, "rules/default.lua:3: in function <"));
+    hr_run_result_free(&res);
+    hr_ruleset_unref(rs);
+    write_file("rules/default.lua", "return function(e) end\n");
+}
+
+/* The literal-name check and the respond() lint read code only: a name in a comment or a
+ * string is not a call. */
+static void test_source_checks_skip_comments_and_strings(void)
+{
+    char err[4096];
+    write_file("hookrouter.lua", BASE_CONFIG, "storeId");
+    write_file("rules/default.lua", "return function(e) end\n");
+    write_file("rules/stores/42.lua",
+               "-- forward('old-target', e.body) is gone\n"
+               "--[==[ write('old-file', x) ]] request('old', {}) ]==]\n"
+               "local help = [[ forward('nope', {}) ]]\n"
+               "return function(e)\n  log.info(\"write('nope', x)\") forward('pos', {})\nend\n");
+    hr_ruleset_t *rs = load(err, sizeof err);
+    CHECK(rs != NULL);
+    if (!rs) fprintf(stderr, "  load failed:\n%s", err);
+    hr_ruleset_unref(rs);
+    /* code after a string holding "--" is still checked, on its own line number */
+    write_file("rules/stores/42.lua", "return function(e)\n  write('audit', '--')"
+                                      " forward('gone', {})\nend\n");
+    CHECK(load(err, sizeof err) == NULL);
+    CHECK(strstr(err, "rules/stores/42.lua:2: forward to 'gone', which is not in the config's "
+                      "targets") != NULL);
+    unlink(strcat(strcpy(err, dir), "/rules/stores/42.lua"));
+
+    /* the lint: respond() in a comment or a string does not count, in a module it does */
+    write_file("hookrouter.lua",
+               "return {\n"
+               "  listen = '127.0.0.1:0', tokens = {'t'},\n"
+               "  endpoints = { ['/hook'] = { event = 'thing.happened', reply_timeout_ms = 1000,\n"
+               "                 fallback = { status = 200, body = { ok = false } } } },\n"
+               "  rules = 'rules', store_key = 'storeId',\n"
+               "}\n");
+    write_file("rules/lib/answer.lua", "return { ok = function() respond(200, 'ok') end }\n");
+    write_file("rules/default.lua", "-- respond(200) comes later\nlocal s = 'respond(200)'\n"
+                                    "return function(e) end\n");
+    write_file("rules/stores/7.lua", "local a = require('lib.answer')\n"
+                                     "return function(e) a.ok() end\n");
+    rs = load(err, sizeof err);
+    CHECK(rs != NULL);
+    if (!rs) return;
+    hr_errors_t warns = {0};
+    hr_ruleset_lint(rs, &warns);
+    CHECK_INT_EQ(warns.n, 1);
+    CHECK(warns.n >= 1 && strstr(warns.msgs[0], "rules/default.lua never calls respond()"));
+    hr_errors_free(&warns);
+    hr_ruleset_unref(rs);
+    unlink(strcat(strcpy(err, dir), "/rules/stores/7.lua"));
+    write_file("rules/default.lua", "return function(e) end\n");
 }
 
 static void test_store_dispatch(void)
@@ -554,6 +686,8 @@ int main(void)
     if (!mkdtemp(dir)) return 2;
     test_config_errors();
     test_rule_errors();
+    test_errors_carry_a_traceback();
+    test_source_checks_skip_comments_and_strings();
     test_store_dispatch();
     test_store_id_floats();
     test_forward_and_sandbox();
