@@ -573,6 +573,15 @@ static const char *prescan(hr_conn_t *c, const char *data, size_t len)
 
 /* ---------------------------------------------------------------- parser callbacks */
 
+/* Record the refusal of the request being parsed (status and its JSON error); returns how the
+ * callback stops the parser (HPE_USER, or HPE_PAUSED from on_headers_complete). */
+static int refuse(hr_conn_t *c, int status, const char *msg, int how)
+{
+    c->err_status = status;
+    c->err_msg = msg;
+    return how;
+}
+
 /* Check the header limit for a span [at, at+len) of the request line or headers; records
  * the request's first byte. Returns 0, or HPE_USER with a 431 recorded. */
 static int header_span(hr_conn_t *c, const char *at, size_t len)
@@ -580,11 +589,8 @@ static int header_span(hr_conn_t *c, const char *at, size_t len)
     if (c->headers_done) return 0; /* trailers: not kept, not counted */
     uint64_t pos = c->stream_off + (uint64_t)(at - c->chunk_base);
     if (c->msg_start == UNSET) c->msg_start = pos;
-    if (pos + len - c->msg_start > c->server->opts.header_limit) {
-        c->err_status = 431;
-        c->err_msg = "request header block too large";
-        return HPE_USER;
-    }
+    if (pos + len - c->msg_start > c->server->opts.header_limit)
+        return refuse(c, 431, "request header block too large", HPE_USER);
     return 0;
 }
 
@@ -733,16 +739,11 @@ static int on_headers_complete(llhttp_t *p)
     c->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade && !s->stopping;
     request_fix_pointers(c);
 
-    if (r->http_major == 0) { /* llhttp's HTTP/0.9: "GET /" with nothing after the URL */
-        c->err_status = 400;
-        c->err_msg = "malformed HTTP request: request line without HTTP version";
-        return HPE_PAUSED;
-    }
-    if (has_len && r->content_length > s->opts.body_limit) {
-        c->err_status = 413;
-        c->err_msg = "request body too large";
-        return HPE_PAUSED;
-    }
+    if (r->http_major == 0) /* llhttp's HTTP/0.9: "GET /" with nothing after the URL */
+        return refuse(c, 400, "malformed HTTP request: request line without HTTP version",
+                      HPE_PAUSED);
+    if (has_len && r->content_length > s->opts.body_limit)
+        return refuse(c, 413, "request body too large", HPE_PAUSED);
     if (has_len) hr_buf_reserve(&c->body, (size_t)r->content_length);
 
     const char *expect = hr_http_header(r, "expect");
@@ -784,20 +785,15 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
         if (c->chunk_left == 0) {
             const char *q = at + len;
             for (c->crlf_need = 2; c->crlf_need > 0 && q < c->chunk_end; q++, c->crlf_need--) {
-                if (*q != "\r\n"[2 - c->crlf_need]) {
-                    c->err_status = 400;
-                    c->err_msg = "malformed HTTP request: chunk data not followed by CRLF";
-                    return HPE_USER;
-                }
+                if (*q != "\r\n"[2 - c->crlf_need])
+                    return refuse(c, 400, "malformed HTTP request: chunk data not followed by CRLF",
+                                  HPE_USER);
             }
         }
     }
     if (c->discard_body) return 0;
-    if (c->body.len + len > c->server->opts.body_limit) {
-        c->err_status = 413;
-        c->err_msg = "request body too large";
-        return HPE_USER;
-    }
+    if (c->body.len + len > c->server->opts.body_limit)
+        return refuse(c, 413, "request body too large", HPE_USER);
     hr_buf_append(&c->body, at, len);
     return 0;
 }
@@ -808,11 +804,8 @@ static int on_chunk_header(llhttp_t *p)
 {
     hr_conn_t *c = p->data;
     c->chunk_left = p->content_length;
-    if (!c->discard_body && p->content_length > c->server->opts.body_limit - c->body.len) {
-        c->err_status = 413;
-        c->err_msg = "request body too large (chunk size over the limit)";
-        return HPE_USER;
-    }
+    if (!c->discard_body && p->content_length > c->server->opts.body_limit - c->body.len)
+        return refuse(c, 413, "request body too large (chunk size over the limit)", HPE_USER);
     return 0;
 }
 
