@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "hr/config.h"
@@ -397,22 +396,6 @@ out:
     return rc;
 }
 
-static int mkdir_p(const char *dir)
-{
-    char *d = hr_xstrdup(dir);
-    int rc = 0;
-    for (char *p = d + 1;; p++) {
-        if (*p != '/' && *p != '\0') continue;
-        char saved = *p;
-        *p = '\0';
-        if (mkdir(d, 0700) < 0 && errno != EEXIST) rc = -1;
-        *p = saved;
-        if (!saved) break;
-    }
-    free(d);
-    return rc;
-}
-
 int hr_cmd_replay(const char *config, const char *target, const char *since, const char *id)
 {
     uint64_t since_ms = 0;
@@ -448,7 +431,8 @@ int hr_cmd_replay(const char *config, const char *target, const char *since, con
     char name[96];
     snprintf(name, sizeof name, "replay-%llu-%d.hrs", (unsigned long long)hr_wall_ms(),
              (int)getpid());
-    if (mkdir_p(incoming) != 0 || write_durably(incoming, name, rp.file.data, rp.file.len) != 0) {
+    if (hr_mkdir_p(incoming) != 0 ||
+        write_durably(incoming, name, rp.file.data, rp.file.len) != 0) {
         fprintf(stderr, "hookrouter replay: cannot write into %s\n", incoming);
         free(incoming);
         goto out;

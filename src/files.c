@@ -49,20 +49,10 @@ static int mkdir_parents(const char *path)
     char *dir = hr_xstrdup(path);
     char *slash = strrchr(dir, '/');
     int rc = 0;
-    if (!slash || slash == dir) goto out; /* relative file in cwd, or a file under / */
-    *slash = '\0';
-    for (char *p = dir + 1;; p++) {
-        if (*p != '/' && *p != '\0') continue;
-        char saved = *p;
-        *p = '\0';
-        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
-            rc = -errno;
-            goto out;
-        }
-        *p = saved;
-        if (saved == '\0') break;
+    if (slash && slash != dir) { /* else a relative file in cwd, or a file under / */
+        *slash = '\0';
+        rc = hr_mkdir_p(dir);
     }
-out:
     free(dir);
     return rc;
 }

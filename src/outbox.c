@@ -1822,7 +1822,7 @@ hr_outbox_t *hr_outbox_create(uv_loop_t *loop, hr_files_t *files, const hr_outbo
     o->incoming_timer.data = o;
     o->compact_timer.data = o;
     o->open_handles += 6; /* four timers, the HTTP client and the spool */
-    mkdir(o->incoming_dir, 0700);
+    hr_mkdir_p(o->incoming_dir); /* replay creates it too: a failure here is not fatal */
 
     if (o->rec_unsorted) rec_sort(o);
     /* Take the references of what is pending, then let the spool drop what is finished. */
