@@ -5,7 +5,6 @@
  * then renamed into place), so both are safe while a router runs. */
 #include "hr/cli_spool.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -15,7 +14,7 @@
 #include <unistd.h>
 
 #include "hr/config.h"
-#include "hr/files.h"
+#include "hr/deadletter.h"
 #include "hr/spool.h"
 
 /* Load the config, printing its errors. NULL on failure. */
@@ -52,126 +51,27 @@ static int parse_since(const char *s, uint64_t *ms)
     return 0;
 }
 
-static const char *jstr(const cJSON *j, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-/* ---- Raw value spans -------------------------------------------------------------------- */
-
-static const char *skip_ws(const char *p, const char *e)
-{
-    while (p < e && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
-        p++;
-    return p;
-}
-
-/* Skip one JSON value at p (already validated by cJSON). Returns the end. */
-static const char *skip_value(const char *p, const char *e)
-{
-    if (p >= e) return e;
-    if (*p == '"') {
-        for (p++; p < e && *p != '"'; p++)
-            if (*p == '\\') p++;
-        return p < e ? p + 1 : e;
-    }
-    if (*p == '{' || *p == '[') {
-        int depth = 0;
-        for (; p < e; p++) {
-            if (*p == '"') {
-                p = skip_value(p, e) - 1;
-            } else if (*p == '{' || *p == '[') {
-                depth++;
-            } else if (*p == '}' || *p == ']') {
-                if (--depth == 0) return p + 1;
-            }
-        }
-        return e;
-    }
-    while (p < e && *p != ',' && *p != '}' && *p != ']' && *p != ' ')
-        p++;
-    return p;
-}
-
-/* The raw text of the top-level member key of the object in line (exact: numbers and strings
- * as written). Returns 0 and sets *v / *n, or -1. */
-static int raw_member(const char *line, size_t len, const char *key, const char **v, size_t *n)
-{
-    const char *p = line, *e = line + len;
-    p = skip_ws(p, e);
-    if (p >= e || *p != '{') return -1;
-    p++;
-    size_t klen = strlen(key);
-    for (;;) {
-        p = skip_ws(p, e);
-        if (p >= e || *p != '"') return -1;
-        const char *ks = p + 1;
-        p = skip_value(p, e);
-        bool match = (size_t)(p - 1 - ks) == klen && memcmp(ks, key, klen) == 0;
-        p = skip_ws(p, e);
-        if (p >= e || *p != ':') return -1;
-        p = skip_ws(p + 1, e);
-        const char *vs = p;
-        p = skip_value(p, e);
-        if (match) {
-            *v = vs;
-            *n = (size_t)(p - vs);
-            return 0;
-        }
-        p = skip_ws(p, e);
-        if (p >= e || *p != ',') return -1;
-        p++;
-    }
-}
-
 /* ---- Reading dead letters --------------------------------------------------------------- */
 
-typedef struct {
-    char *line;    /* the line as stored (owned) */
-    size_t len;    /* its length */
-    cJSON *j;      /* parsed (owned) */
-    char key[128]; /* its dead-letter id (or event id + dead_at for lines without one) */
-} dl_t;
-
-/* The key that identifies a dead letter for replay. */
-static void dl_key(const cJSON *j, char *key, size_t n)
+/* True if the dead letter d passes the filters. */
+static bool dl_matches(const hr_deadletter_t *d, const char *target, uint64_t since, const char *id)
 {
-    const char *id = jstr(j, "id");
-    if (id) {
-        snprintf(key, n, "%s", id);
-        return;
-    }
-    const cJSON *ev = cJSON_GetObjectItemCaseSensitive(j, "event");
-    snprintf(key, n, "%s|%s", ev ? (jstr(ev, "id") ? jstr(ev, "id") : "") : "",
-             jstr(j, "dead_at") ? jstr(j, "dead_at") : "");
-}
-
-/* True if the dead letter j passes the filters. */
-static bool dl_matches(const cJSON *j, const char *key, const char *target, uint64_t since,
-                       const char *id)
-{
-    if (target) {
-        const char *t = jstr(j, "target"), *f = jstr(j, "file");
-        if (!(t && strcmp(t, target) == 0) && !(f && strcmp(f, target) == 0)) return false;
-    }
+    if (target && !(d->target && strcmp(d->target, target) == 0) &&
+        !(d->file && strcmp(d->file, target) == 0))
+        return false;
     if (since) {
         uint64_t at;
-        const char *d = jstr(j, "dead_at");
-        if (!d || hr_rfc3339_parse(d, &at) != 0 || at < since) return false;
+        if (!d->dead_at || hr_rfc3339_parse(d->dead_at, &at) != 0 || at < since) return false;
     }
-    if (id) {
-        const cJSON *ev = cJSON_GetObjectItemCaseSensitive(j, "event");
-        const char *eid = ev ? jstr(ev, "id") : NULL;
-        if (strcmp(key, id) != 0 && !(eid && strcmp(eid, id) == 0)) return false;
-    }
+    if (id && strcmp(d->key, id) != 0 && !(d->event_id && strcmp(d->event_id, id) == 0))
+        return false;
     return true;
 }
 
 /* Call fn for each dead letter of path that matches. Returns the lines read, or -1 with a
  * message printed (a missing file has none). */
 static long each_dead_letter(const char *path, const char *target, uint64_t since, const char *id,
-                             void (*fn)(void *arg, dl_t *d), void *arg)
+                             void (*fn)(void *arg, hr_deadletter_t *d), void *arg)
 {
     FILE *fp = fopen(path, "r");
     if (!fp) {
@@ -188,16 +88,14 @@ static long each_dead_letter(const char *path, const char *target, uint64_t sinc
         while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
             line[--n] = '\0';
         if (n == 0) continue;
-        dl_t d = {.line = line, .len = (size_t)n};
-        d.j = cJSON_ParseWithLength(line, (size_t)n);
-        if (!d.j) {
+        hr_deadletter_t d;
+        if (hr_deadletter_parse(line, (size_t)n, &d) != 0) {
             fprintf(stderr, "hookrouter: %s:%ld: not a JSON line, skipped\n", path, lineno);
             continue;
         }
         count++;
-        dl_key(d.j, d.key, sizeof d.key);
-        if (dl_matches(d.j, d.key, target, since, id)) fn(arg, &d);
-        cJSON_Delete(d.j);
+        if (dl_matches(&d, target, since, id)) fn(arg, &d);
+        hr_deadletter_free(&d);
     }
     free(line);
     fclose(fp);
@@ -206,7 +104,7 @@ static long each_dead_letter(const char *path, const char *target, uint64_t sinc
 
 /* ---- deadletters ------------------------------------------------------------------------ */
 
-static void print_dl(void *arg, dl_t *d)
+static void print_dl(void *arg, hr_deadletter_t *d)
 {
     (void)arg;
     fwrite(d->line, 1, d->len, stdout);
@@ -253,90 +151,46 @@ static bool already(const replay_t *rp, const char *key)
     return false;
 }
 
-static char *dupj(const cJSON *j, const char *k)
+/* The action to replay for dead letter d: as it was, with each redacted credential taken
+ * from its target in the config (a header the config does not set is left out, with a
+ * warning) and the target's timeout and attempts. NULL if it is not an undeliverable action. */
+static hr_action_t *action_from_dl(const replay_t *rp, const hr_deadletter_t *d)
 {
-    const char *s = jstr(j, k);
-    return s ? hr_xstrdup(s) : NULL;
-}
-
-/* Build the action a dead letter describes. NULL if it is not an undeliverable action. */
-static hr_action_t *action_from_dl(const replay_t *rp, const dl_t *d)
-{
-    const cJSON *j = d->j;
-    const char *kind = jstr(j, "action");
-    const cJSON *ev = cJSON_GetObjectItemCaseSensitive(j, "event");
-    if (!kind || !ev) return NULL;
-    bool fwd = strcmp(kind, "forward") == 0;
-    if (!fwd && strcmp(kind, "write") != 0) return NULL;
-    const char *raw;
-    size_t rawlen;
-    if (raw_member(d->line, d->len, fwd ? "body" : "record", &raw, &rawlen) != 0) return NULL;
-    hr_action_t *a = hr_action_new(fwd ? HR_ACTION_FORWARD : HR_ACTION_WRITE);
-    const char *eid = jstr(ev, "id");
-    snprintf(a->event_id, sizeof a->event_id, "%s", eid ? eid : "");
-    a->event_type = dupj(ev, "type");
-    a->store = dupj(ev, "store");
-    const char *acc = jstr(ev, "accepted_at");
-    if (!acc || hr_rfc3339_parse(acc, &a->accepted_ms) != 0) a->accepted_ms = hr_wall_ms();
-    const cJSON *body = fwd ? cJSON_GetObjectItemCaseSensitive(j, "body")
-                            : cJSON_GetObjectItemCaseSensitive(j, "record");
-    if (cJSON_IsString(body)) {
-        a->body = hr_xstrdup(body->valuestring);
-        a->body_len = strlen(a->body);
-    } else {
-        a->body = hr_xstrndup(raw, rawlen);
-        a->body_len = rawlen;
-        a->body_is_json = true;
-    }
-    if (fwd) {
-        a->name = dupj(j, "target");
-        a->url = dupj(j, "url");
-        a->method = dupj(j, "method");
-        if (!a->name || !a->url) {
-            hr_action_free(a);
-            return NULL;
-        }
-        if (!a->method) a->method = hr_xstrdup("POST");
-        const cJSON *hs = cJSON_GetObjectItemCaseSensitive(j, "headers");
-        const cJSON *h;
-        bool has_id = false;
-        const hr_target_conf_t *t = hr_config_target(rp->cfg, a->name);
-        cJSON_ArrayForEach(h, hs)
-        {
-            if (!cJSON_IsString(h) || !h->string) continue;
-            const char *v = h->valuestring;
-            if (strcmp(v, HR_REDACTED) == 0) { /* the credential comes from the config now */
-                v = NULL;
-                for (size_t i = 0; t && i < t->nheaders && !v; i++)
-                    if (strcasecmp(t->headers[i].name, h->string) == 0) v = t->headers[i].value;
-                if (!v) {
-                    fprintf(stderr,
-                            "hookrouter replay: %s: header %s was redacted and target '%s' in "
-                            "the config does not set it: replayed without it\n",
-                            d->key, h->string, a->name);
-                    continue;
-                }
+    hr_action_t *a = hr_deadletter_action(d);
+    if (!a) return NULL;
+    if (a->kind == HR_ACTION_WRITE) return a;
+    const hr_target_conf_t *t = hr_config_target(rp->cfg, a->name);
+    bool has_id = false;
+    size_t kept = 0;
+    for (size_t i = 0; i < a->nheaders; i++) {
+        hr_header_t h = a->headers[i];
+        if (strcmp(h.value, HR_REDACTED) == 0) { /* the credential comes from the config now */
+            const char *v = NULL;
+            for (size_t k = 0; t && k < t->nheaders && !v; k++)
+                if (strcasecmp(t->headers[k].name, h.name) == 0) v = t->headers[k].value;
+            if (!v) {
+                fprintf(stderr,
+                        "hookrouter replay: %s: header %s was redacted and target '%s' in the "
+                        "config does not set it: replayed without it\n",
+                        d->key, h.name, a->name);
+                free(h.name);
+                free(h.value);
+                continue;
             }
-            hr_action_add_header(a, h->string, v);
-            has_id = has_id || strcasecmp(h->string, "X-Hookrouter-Event-Id") == 0;
+            free(h.value);
+            h.value = hr_xstrdup(v);
         }
-        if (!has_id && a->event_id[0])
-            hr_action_add_header(a, "X-Hookrouter-Event-Id", a->event_id);
-        a->timeout_ms = t ? t->timeout_ms : 5000;
-        a->max_attempts = t ? t->max_attempts : 8;
-    } else {
-        a->name = dupj(j, "file");
-        a->file_path = dupj(j, "path");
-        if (!a->file_path) {
-            hr_action_free(a);
-            return NULL;
-        }
-        a->max_attempts = 1;
+        a->headers[kept++] = h;
+        has_id = has_id || strcasecmp(h.name, "X-Hookrouter-Event-Id") == 0;
     }
+    a->nheaders = kept;
+    if (!has_id && a->event_id[0]) hr_action_add_header(a, "X-Hookrouter-Event-Id", a->event_id);
+    a->timeout_ms = t ? t->timeout_ms : 5000;
+    a->max_attempts = t ? t->max_attempts : 8;
     return a;
 }
 
-static void replay_one(void *arg, dl_t *d)
+static void replay_one(void *arg, hr_deadletter_t *d)
 {
     replay_t *rp = arg;
     if (already(rp, d->key)) {
