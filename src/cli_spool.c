@@ -16,6 +16,7 @@
 #include "hr/config.h"
 #include "hr/deadletter.h"
 #include "hr/spool.h"
+#include "hr/spool_index.h"
 
 /* Load the config, printing its errors. NULL on failure. */
 static hr_config_t *load_config(const char *config)
@@ -323,109 +324,48 @@ out:
 
 /* ---- spool ------------------------------------------------------------------------------ */
 
+/* One target's (or file's) pending actions, as the spool's records fold them. */
 typedef struct {
-    uint64_t id;
-    uint32_t target; /* index in names */
-    uint64_t accepted_ms;
-    uint64_t due_ms; /* 0: at once */
-    uint32_t attempts;
-    bool live;
-} sp_entry_t;
+    char *name;      /* the target, or "file:<name>" for a write */
+    size_t depth;    /* pending actions */
+    uint64_t oldest; /* the oldest one's acceptance (wall ms), 0 if none */
+    uint64_t next;   /* the next attempt due (wall ms), UINT64_MAX if none */
+} sp_target_t;
 
+/* Every target named by an action of the spool, in the order the records first name them. */
 typedef struct {
-    sp_entry_t *v; /* in record order */
-    size_t n, cap;
-    size_t *tab; /* id -> index + 1, open addressing */
-    size_t tcap;
-    char **names;
-    size_t nnames;
-} sp_scan_t;
+    sp_target_t **v;
+    size_t n;
+} sp_targets_t;
 
-static size_t tslot(const sp_scan_t *s, uint64_t id)
+/* The target of an action that starts an index entry (hr_spool_index_add_cb). */
+static void *sp_target(void *arg, const hr_spool_action_meta_t *m)
 {
-    return (size_t)((id * 0x9E3779B97F4A7C15ull) >> 17) & (s->tcap - 1);
+    sp_targets_t *ts = arg;
+    char name[300];
+    if (m->kind == HR_ACTION_WRITE)
+        snprintf(name, sizeof name, "file:%.*s", (int)m->name_len, m->name ? m->name : "");
+    else
+        snprintf(name, sizeof name, "%.*s", (int)m->name_len, m->name ? m->name : "-");
+    for (size_t t = 0; t < ts->n; t++)
+        if (strcmp(ts->v[t]->name, name) == 0) return ts->v[t];
+    sp_target_t *t = hr_xcalloc(1, sizeof *t);
+    t->name = hr_xstrdup(name);
+    t->next = UINT64_MAX;
+    ts->v = hr_xrealloc(ts->v, (ts->n + 1) * sizeof *ts->v);
+    ts->v[ts->n++] = t;
+    return t;
 }
 
-static sp_entry_t *sp_find(sp_scan_t *s, uint64_t id)
+/* Count a pending action in its target. */
+static void sp_count(void *arg, const hr_spool_entry_t *e)
 {
-    if (!s->tcap) return NULL;
-    for (size_t i = tslot(s, id); s->tab[i]; i = (i + 1) & (s->tcap - 1))
-        if (s->v[s->tab[i] - 1].id == id) return &s->v[s->tab[i] - 1];
-    return NULL;
-}
-
-static void sp_index(sp_scan_t *s, size_t idx)
-{
-    size_t i = tslot(s, s->v[idx].id);
-    while (s->tab[i])
-        i = (i + 1) & (s->tcap - 1);
-    s->tab[i] = idx + 1;
-}
-
-static void on_scan_rec(void *arg, int type, const char *p, size_t n, hr_spool_loc_t loc)
-{
-    sp_scan_t *s = arg;
-    (void)loc;
-    if (type == HR_REC_ACTION || type == HR_REC_COPY) {
-        hr_spool_action_meta_t m;
-        hr_spool_copy_t c = {0}; /* a COPY: the action moved by compaction, with its state */
-        if (type == HR_REC_COPY) {
-            if (hr_spool_decode_copy(p, n, &c) < 0) return;
-            p = c.action;
-            n = c.action_len;
-        }
-        if (hr_spool_action_meta(p, n, &m) < 0) return;
-        sp_entry_t *e = sp_find(s, m.id);
-        if (!e) {
-            if (s->n == s->cap) {
-                s->cap = s->cap ? s->cap * 2 : 1024;
-                s->v = hr_xrealloc(s->v, s->cap * sizeof *s->v);
-            }
-            if ((s->n + 1) * 2 > s->tcap) {
-                free(s->tab);
-                s->tcap = s->tcap ? s->tcap * 2 : 4096;
-                s->tab = hr_xcalloc(s->tcap, sizeof *s->tab);
-                for (size_t i = 0; i < s->n; i++)
-                    sp_index(s, i);
-            }
-            e = &s->v[s->n];
-            memset(e, 0, sizeof *e);
-            e->id = m.id;
-            sp_index(s, s->n++);
-        }
-        char name[300];
-        if (m.kind == HR_ACTION_WRITE)
-            snprintf(name, sizeof name, "file:%.*s", (int)m.name_len, m.name ? m.name : "");
-        else
-            snprintf(name, sizeof name, "%.*s", (int)m.name_len, m.name ? m.name : "-");
-        size_t t = 0;
-        while (t < s->nnames && strcmp(s->names[t], name) != 0)
-            t++;
-        if (t == s->nnames) {
-            s->names = hr_xrealloc(s->names, (s->nnames + 1) * sizeof *s->names);
-            s->names[s->nnames++] = hr_xstrdup(name);
-        }
-        e->target = (uint32_t)t;
-        e->accepted_ms = m.accepted_ms;
-        e->live = true;
-        if (type == HR_REC_COPY) {
-            e->attempts = c.attempts;
-            e->due_ms = c.next_due_ms;
-        }
-    } else if (type == HR_REC_STATE) {
-        hr_spool_state_t st;
-        if (hr_spool_decode_state(p, n, &st, NULL, 0) < 0) return;
-        sp_entry_t *e = sp_find(s, st.id);
-        if (!e) return;
-        e->attempts = st.attempt;
-        e->due_ms = st.next_due_ms;
-    } else if (type == HR_REC_DONE && n >= 8) {
-        uint64_t id = 0;
-        for (int i = 7; i >= 0; i--)
-            id = id << 8 | (unsigned char)p[i];
-        sp_entry_t *e = sp_find(s, id);
-        if (e) e->live = false;
-    }
+    (void)arg;
+    sp_target_t *t = e->user;
+    t->depth++;
+    if (!t->oldest || e->accepted_ms < t->oldest) t->oldest = e->accepted_ms;
+    uint64_t due = e->next_due_ms ? e->next_due_ms : e->accepted_ms;
+    if (due < t->next) t->next = due;
 }
 
 /* Format a duration in ms as "3d4h", "2h5m", "4m10s", "12s" or "0s". */
@@ -464,16 +404,16 @@ int hr_cmd_spool(const char *config)
 {
     hr_config_t *cfg = load_config(config);
     if (!cfg) return 1;
-    sp_scan_t s = {0};
+    sp_targets_t ts = {0};
+    hr_spool_index_t *ix = hr_spool_index_create(sp_target, &ts);
     hr_spool_stats_t st;
     char err[512];
     sp_gaps_t gs = {0};
-    if (hr_spool_scan_dir_gaps(cfg->spool_dir, on_scan_rec, &s, on_scan_gap, &gs, &st, err,
-                               sizeof err) < 0) {
+    int status = 1;
+    if (hr_spool_scan_dir_gaps(cfg->spool_dir, hr_spool_index_on_rec, ix, on_scan_gap, &gs, &st,
+                               err, sizeof err) < 0) {
         fprintf(stderr, "hookrouter spool: %s\n", err);
-        free(gs.v);
-        hr_config_destroy(cfg);
-        return 1;
+        goto out;
     }
     uint64_t now = hr_wall_ms();
     printf("spool %s: %llu segment(s), %llu bytes", cfg->spool_dir, (unsigned long long)st.segments,
@@ -487,40 +427,33 @@ int hr_cmd_spool(const char *config)
         hr_spool_gap_format(line, sizeof line, &gs.v[i]);
         printf("\n%s", line);
     }
-    free(gs.v);
     printf("\n%-24s %8s %12s %s\n", "target", "depth", "oldest_age", "next_attempt");
-    size_t total = 0;
-    for (size_t t = 0; t < s.nnames; t++) {
-        size_t depth = 0;
-        uint64_t oldest = 0, next = UINT64_MAX;
-        for (size_t i = 0; i < s.n; i++) {
-            const sp_entry_t *e = &s.v[i];
-            if (!e->live || e->target != t) continue;
-            depth++;
-            if (!oldest || e->accepted_ms < oldest) oldest = e->accepted_ms;
-            uint64_t due = e->due_ms ? e->due_ms : e->accepted_ms;
-            if (due < next) next = due;
-        }
-        if (!depth) continue;
-        total += depth;
+    hr_spool_index_each(ix, sp_count, NULL);
+    for (size_t i = 0; i < ts.n; i++) {
+        const sp_target_t *t = ts.v[i];
+        if (!t->depth) continue;
         char age[32], nx[80], at[32];
-        fmt_age(now - (oldest < now ? oldest : now), age, sizeof age);
-        hr_rfc3339(next, at);
-        if (next <= now) {
+        fmt_age(now - (t->oldest < now ? t->oldest : now), age, sizeof age);
+        hr_rfc3339(t->next, at);
+        if (t->next <= now) {
             snprintf(nx, sizeof nx, "now (due %s)", at);
         } else {
             char in[32];
-            fmt_age(next - now, in, sizeof in);
+            fmt_age(t->next - now, in, sizeof in);
             snprintf(nx, sizeof nx, "in %s (%s)", in, at);
         }
-        printf("%-24s %8zu %12s %s\n", s.names[t], depth, age, nx);
+        printf("%-24s %8zu %12s %s\n", t->name, t->depth, age, nx);
     }
-    printf("total pending: %zu\n", total);
-    for (size_t t = 0; t < s.nnames; t++)
-        free(s.names[t]);
-    free(s.names);
-    free(s.v);
-    free(s.tab);
+    printf("total pending: %zu\n", hr_spool_index_count(ix));
+    status = 0;
+out:
+    free(gs.v);
+    hr_spool_index_destroy(ix);
+    for (size_t i = 0; i < ts.n; i++) {
+        free(ts.v[i]->name);
+        free(ts.v[i]);
+    }
+    free(ts.v);
     hr_config_destroy(cfg);
-    return 0;
+    return status;
 }
