@@ -4,9 +4,9 @@
  * marked, and the array is compacted once the marked ones outnumber the pending ones, so a
  * scan of a long log costs memory for what is pending, not for everything it ever held. An
  * open-addressing table (linear probing, no deletions: compaction rebuilds it) maps an id to
- * the newest entry started for it. Entries are started in id order except after compaction
- * (a COPY of an old action comes late in the log) or a replaced ACTION; only then does each()
- * sort them. */
+ * the newest entry started for it. Entries are started in id order except where the spool was
+ * compacted (a COPY of an old action comes late in the log) or an ACTION replaced; only then
+ * does each() sort them. */
 #include "hr/spool_index.h"
 
 #include <stdlib.h>
@@ -81,11 +81,12 @@ static void tab_rebuild(hr_spool_index_t *ix, size_t cap)
     }
 }
 
-/* Table slots for n ids at a load of at most one half. */
+/* Table slots for n ids: a load of at most a quarter, so that at least n more ids fit before
+ * the load of one half forces the next rebuild (each rebuild costs O(n), paid by n ids). */
 static size_t tab_cap_for(size_t n)
 {
     size_t cap = MIN_TAB;
-    while (cap < 2 * (n + 1))
+    while (cap < 4 * (n + 1))
         cap *= 2;
     return cap;
 }
