@@ -462,8 +462,7 @@ static uint64_t ms_since(uint64_t wall_ms)
 
 /* ---- Dead letters ----------------------------------------------------------------------- */
 
-/* Collect the attempt log of it from its STATE chain (oldest first). *n gets the count;
- * the strings are in the returned array's own storage (free with free_log). */
+/* An attempt log being collected: v[i].error points into err[i] once it is complete. */
 typedef struct {
     hr_attempt_t *v;
     char (*err)[128];
@@ -479,6 +478,20 @@ static void log_grow(attempt_log_t *lg, size_t *cap)
     lg->err = hr_xrealloc(lg->err, *cap * sizeof *lg->err);
 }
 
+/* Reverse the entries [i, j) of lg. */
+static void log_reverse(attempt_log_t *lg, size_t i, size_t j)
+{
+    for (; j > i + 1; i++, j--) {
+        hr_attempt_t tv = lg->v[i];
+        lg->v[i] = lg->v[j - 1];
+        lg->v[j - 1] = tv;
+        char te[sizeof lg->err[0]];
+        memcpy(te, lg->err[i], sizeof te);
+        memcpy(lg->err[i], lg->err[j - 1], sizeof te);
+        memcpy(lg->err[j - 1], te, sizeof te);
+    }
+}
+
 /* Add the attempt log carried by a COPY record (oldest first) to lg, which is built newest
  * first. */
 static void log_add_copy(attempt_log_t *lg, size_t *cap, hr_spool_copy_t *c)
@@ -490,17 +503,12 @@ static void log_add_copy(attempt_log_t *lg, size_t *cap, hr_spool_copy_t *c)
         if (hr_spool_copy_log_next(c, &s, lg->err[lg->n], sizeof lg->err[0]) <= 0) break;
         lg->v[lg->n++] = (hr_attempt_t){s.attempt, s.status, s.at_ms, NULL};
     }
-    for (size_t i = first, j = lg->n; j > i + 1; i++, j--) { /* newest first, as the chain */
-        hr_attempt_t tv = lg->v[i];
-        lg->v[i] = lg->v[j - 1];
-        lg->v[j - 1] = tv;
-        char te[128];
-        memcpy(te, lg->err[i], sizeof te);
-        memcpy(lg->err[i], lg->err[j - 1], sizeof te);
-        memcpy(lg->err[j - 1], te, sizeof te);
-    }
+    log_reverse(lg, first, lg->n); /* newest first, as the chain */
 }
 
+/* Collect the attempt log of it (oldest first, at most MAX_LOG_ATTEMPTS) from its STATE chain,
+ * ending with the log of the COPY the chain reaches, if any. The caller frees lg->v and
+ * lg->err. */
 static void read_attempt_log(ob_item_t *it, attempt_log_t *lg)
 {
     hr_outbox_t *o = it->o;
@@ -527,20 +535,11 @@ static void read_attempt_log(ob_item_t *it, attempt_log_t *lg)
         loc = s.prev;
     }
     hr_buf_free(&b);
-    for (size_t i = 0; i < lg->n / 2; i++) { /* oldest first */
-        hr_attempt_t tv = lg->v[i];
-        lg->v[i] = lg->v[lg->n - 1 - i];
-        lg->v[lg->n - 1 - i] = tv;
-        char te[128];
-        memcpy(te, lg->err[i], sizeof te);
-        memcpy(lg->err[i], lg->err[lg->n - 1 - i], sizeof te);
-        memcpy(lg->err[lg->n - 1 - i], te, sizeof te);
-    }
+    log_reverse(lg, 0, lg->n); /* oldest first */
     for (size_t i = 0; i < lg->n; i++)
         lg->v[i].error = lg->err[i];
 }
 
-/* Dead-letter it (log, write the line with its attempt log, count), mark it done, free it. */
 /* The dead letter of it could not be written (err): keep it in the spool (no DONE record)
  * and try the dead-letter file again after DL_RETRY_MS. Logs at most one line a second,
  * counting the ones left out. */
