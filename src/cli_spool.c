@@ -5,19 +5,19 @@
  * then renamed into place), so both are safe while a router runs. */
 #include "hr/cli_spool.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "hr/config.h"
-#include "hr/files.h"
+#include "hr/deadletter.h"
+#include "hr/defaults.h"
 #include "hr/spool.h"
+#include "hr/spool_index.h"
 
 /* Load the config, printing its errors. NULL on failure. */
 static hr_config_t *load_config(const char *config)
@@ -53,126 +53,27 @@ static int parse_since(const char *s, uint64_t *ms)
     return 0;
 }
 
-static const char *jstr(const cJSON *j, const char *k)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-/* ---- Raw value spans -------------------------------------------------------------------- */
-
-static const char *skip_ws(const char *p, const char *e)
-{
-    while (p < e && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
-        p++;
-    return p;
-}
-
-/* Skip one JSON value at p (already validated by cJSON). Returns the end. */
-static const char *skip_value(const char *p, const char *e)
-{
-    if (p >= e) return e;
-    if (*p == '"') {
-        for (p++; p < e && *p != '"'; p++)
-            if (*p == '\\') p++;
-        return p < e ? p + 1 : e;
-    }
-    if (*p == '{' || *p == '[') {
-        int depth = 0;
-        for (; p < e; p++) {
-            if (*p == '"') {
-                p = skip_value(p, e) - 1;
-            } else if (*p == '{' || *p == '[') {
-                depth++;
-            } else if (*p == '}' || *p == ']') {
-                if (--depth == 0) return p + 1;
-            }
-        }
-        return e;
-    }
-    while (p < e && *p != ',' && *p != '}' && *p != ']' && *p != ' ')
-        p++;
-    return p;
-}
-
-/* The raw text of the top-level member key of the object in line (exact: numbers and strings
- * as written). Returns 0 and sets *v / *n, or -1. */
-static int raw_member(const char *line, size_t len, const char *key, const char **v, size_t *n)
-{
-    const char *p = line, *e = line + len;
-    p = skip_ws(p, e);
-    if (p >= e || *p != '{') return -1;
-    p++;
-    size_t klen = strlen(key);
-    for (;;) {
-        p = skip_ws(p, e);
-        if (p >= e || *p != '"') return -1;
-        const char *ks = p + 1;
-        p = skip_value(p, e);
-        bool match = (size_t)(p - 1 - ks) == klen && memcmp(ks, key, klen) == 0;
-        p = skip_ws(p, e);
-        if (p >= e || *p != ':') return -1;
-        p = skip_ws(p + 1, e);
-        const char *vs = p;
-        p = skip_value(p, e);
-        if (match) {
-            *v = vs;
-            *n = (size_t)(p - vs);
-            return 0;
-        }
-        p = skip_ws(p, e);
-        if (p >= e || *p != ',') return -1;
-        p++;
-    }
-}
-
 /* ---- Reading dead letters --------------------------------------------------------------- */
 
-typedef struct {
-    char *line;    /* the line as stored (owned) */
-    size_t len;    /* its length */
-    cJSON *j;      /* parsed (owned) */
-    char key[128]; /* its dead-letter id (or event id + dead_at for lines without one) */
-} dl_t;
-
-/* The key that identifies a dead letter for replay. */
-static void dl_key(const cJSON *j, char *key, size_t n)
+/* True if the dead letter d passes the filters. */
+static bool dl_matches(const hr_deadletter_t *d, const char *target, uint64_t since, const char *id)
 {
-    const char *id = jstr(j, "id");
-    if (id) {
-        snprintf(key, n, "%s", id);
-        return;
-    }
-    const cJSON *ev = cJSON_GetObjectItemCaseSensitive(j, "event");
-    snprintf(key, n, "%s|%s", ev ? (jstr(ev, "id") ? jstr(ev, "id") : "") : "",
-             jstr(j, "dead_at") ? jstr(j, "dead_at") : "");
-}
-
-/* True if the dead letter j passes the filters. */
-static bool dl_matches(const cJSON *j, const char *key, const char *target, uint64_t since,
-                       const char *id)
-{
-    if (target) {
-        const char *t = jstr(j, "target"), *f = jstr(j, "file");
-        if (!(t && strcmp(t, target) == 0) && !(f && strcmp(f, target) == 0)) return false;
-    }
+    if (target && !(d->target && strcmp(d->target, target) == 0) &&
+        !(d->file && strcmp(d->file, target) == 0))
+        return false;
     if (since) {
         uint64_t at;
-        const char *d = jstr(j, "dead_at");
-        if (!d || hr_rfc3339_parse(d, &at) != 0 || at < since) return false;
+        if (!d->dead_at || hr_rfc3339_parse(d->dead_at, &at) != 0 || at < since) return false;
     }
-    if (id) {
-        const cJSON *ev = cJSON_GetObjectItemCaseSensitive(j, "event");
-        const char *eid = ev ? jstr(ev, "id") : NULL;
-        if (strcmp(key, id) != 0 && !(eid && strcmp(eid, id) == 0)) return false;
-    }
+    if (id && strcmp(d->key, id) != 0 && !(d->event_id && strcmp(d->event_id, id) == 0))
+        return false;
     return true;
 }
 
 /* Call fn for each dead letter of path that matches. Returns the lines read, or -1 with a
  * message printed (a missing file has none). */
 static long each_dead_letter(const char *path, const char *target, uint64_t since, const char *id,
-                             void (*fn)(void *arg, dl_t *d), void *arg)
+                             void (*fn)(void *arg, hr_deadletter_t *d), void *arg)
 {
     FILE *fp = fopen(path, "r");
     if (!fp) {
@@ -189,16 +90,14 @@ static long each_dead_letter(const char *path, const char *target, uint64_t sinc
         while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
             line[--n] = '\0';
         if (n == 0) continue;
-        dl_t d = {.line = line, .len = (size_t)n};
-        d.j = cJSON_ParseWithLength(line, (size_t)n);
-        if (!d.j) {
+        hr_deadletter_t d;
+        if (hr_deadletter_parse(line, (size_t)n, &d) != 0) {
             fprintf(stderr, "hookrouter: %s:%ld: not a JSON line, skipped\n", path, lineno);
             continue;
         }
         count++;
-        dl_key(d.j, d.key, sizeof d.key);
-        if (dl_matches(d.j, d.key, target, since, id)) fn(arg, &d);
-        cJSON_Delete(d.j);
+        if (dl_matches(&d, target, since, id)) fn(arg, &d);
+        hr_deadletter_free(&d);
     }
     free(line);
     fclose(fp);
@@ -207,7 +106,7 @@ static long each_dead_letter(const char *path, const char *target, uint64_t sinc
 
 /* ---- deadletters ------------------------------------------------------------------------ */
 
-static void print_dl(void *arg, dl_t *d)
+static void print_dl(void *arg, hr_deadletter_t *d)
 {
     (void)arg;
     fwrite(d->line, 1, d->len, stdout);
@@ -254,90 +153,46 @@ static bool already(const replay_t *rp, const char *key)
     return false;
 }
 
-static char *dupj(const cJSON *j, const char *k)
+/* The action to replay for dead letter d: as it was, with each redacted credential taken
+ * from its target in the config (a header the config does not set is left out, with a
+ * warning) and the target's timeout and attempts. NULL if it is not an undeliverable action. */
+static hr_action_t *action_from_dl(const replay_t *rp, const hr_deadletter_t *d)
 {
-    const char *s = jstr(j, k);
-    return s ? hr_xstrdup(s) : NULL;
-}
-
-/* Build the action a dead letter describes. NULL if it is not an undeliverable action. */
-static hr_action_t *action_from_dl(const replay_t *rp, const dl_t *d)
-{
-    const cJSON *j = d->j;
-    const char *kind = jstr(j, "action");
-    const cJSON *ev = cJSON_GetObjectItemCaseSensitive(j, "event");
-    if (!kind || !ev) return NULL;
-    bool fwd = strcmp(kind, "forward") == 0;
-    if (!fwd && strcmp(kind, "write") != 0) return NULL;
-    const char *raw;
-    size_t rawlen;
-    if (raw_member(d->line, d->len, fwd ? "body" : "record", &raw, &rawlen) != 0) return NULL;
-    hr_action_t *a = hr_action_new(fwd ? HR_ACTION_FORWARD : HR_ACTION_WRITE);
-    const char *eid = jstr(ev, "id");
-    snprintf(a->event_id, sizeof a->event_id, "%s", eid ? eid : "");
-    a->event_type = dupj(ev, "type");
-    a->store = dupj(ev, "store");
-    const char *acc = jstr(ev, "accepted_at");
-    if (!acc || hr_rfc3339_parse(acc, &a->accepted_ms) != 0) a->accepted_ms = hr_wall_ms();
-    const cJSON *body = fwd ? cJSON_GetObjectItemCaseSensitive(j, "body")
-                            : cJSON_GetObjectItemCaseSensitive(j, "record");
-    if (cJSON_IsString(body)) {
-        a->body = hr_xstrdup(body->valuestring);
-        a->body_len = strlen(a->body);
-    } else {
-        a->body = hr_xstrndup(raw, rawlen);
-        a->body_len = rawlen;
-        a->body_is_json = true;
-    }
-    if (fwd) {
-        a->name = dupj(j, "target");
-        a->url = dupj(j, "url");
-        a->method = dupj(j, "method");
-        if (!a->name || !a->url) {
-            hr_action_free(a);
-            return NULL;
-        }
-        if (!a->method) a->method = hr_xstrdup("POST");
-        const cJSON *hs = cJSON_GetObjectItemCaseSensitive(j, "headers");
-        const cJSON *h;
-        bool has_id = false;
-        const hr_target_conf_t *t = hr_config_target(rp->cfg, a->name);
-        cJSON_ArrayForEach(h, hs)
-        {
-            if (!cJSON_IsString(h) || !h->string) continue;
-            const char *v = h->valuestring;
-            if (strcmp(v, HR_REDACTED) == 0) { /* the credential comes from the config now */
-                v = NULL;
-                for (size_t i = 0; t && i < t->nheaders && !v; i++)
-                    if (strcasecmp(t->headers[i].name, h->string) == 0) v = t->headers[i].value;
-                if (!v) {
-                    fprintf(stderr,
-                            "hookrouter replay: %s: header %s was redacted and target '%s' in "
-                            "the config does not set it: replayed without it\n",
-                            d->key, h->string, a->name);
-                    continue;
-                }
+    hr_action_t *a = hr_deadletter_action(d);
+    if (!a) return NULL;
+    if (a->kind == HR_ACTION_WRITE) return a;
+    const hr_target_conf_t *t = hr_config_target(rp->cfg, a->name);
+    bool has_id = false;
+    size_t kept = 0;
+    for (size_t i = 0; i < a->nheaders; i++) {
+        hr_header_t h = a->headers[i];
+        if (strcmp(h.value, HR_REDACTED) == 0) { /* the credential comes from the config now */
+            const char *v = NULL;
+            for (size_t k = 0; t && k < t->nheaders && !v; k++)
+                if (strcasecmp(t->headers[k].name, h.name) == 0) v = t->headers[k].value;
+            if (!v) {
+                fprintf(stderr,
+                        "hookrouter replay: %s: header %s was redacted and target '%s' in the "
+                        "config does not set it: replayed without it\n",
+                        d->key, h.name, a->name);
+                free(h.name);
+                free(h.value);
+                continue;
             }
-            hr_action_add_header(a, h->string, v);
-            has_id = has_id || strcasecmp(h->string, "X-Hookrouter-Event-Id") == 0;
+            free(h.value);
+            h.value = hr_xstrdup(v);
         }
-        if (!has_id && a->event_id[0])
-            hr_action_add_header(a, "X-Hookrouter-Event-Id", a->event_id);
-        a->timeout_ms = t ? t->timeout_ms : HR_DEF_TARGET_TIMEOUT_MS;
-        a->max_attempts = t ? t->max_attempts : HR_DEF_TARGET_MAX_ATTEMPTS;
-    } else {
-        a->name = dupj(j, "file");
-        a->file_path = dupj(j, "path");
-        if (!a->file_path) {
-            hr_action_free(a);
-            return NULL;
-        }
-        a->max_attempts = 1;
+        a->headers[kept++] = h;
+        has_id = has_id || strcasecmp(h.name, "X-Hookrouter-Event-Id") == 0;
     }
+    a->nheaders = kept;
+    if (!has_id && a->event_id[0]) hr_action_add_header(a, "X-Hookrouter-Event-Id", a->event_id);
+    a->timeout_ms = t ? t->timeout_ms : HR_DEF_TARGET_TIMEOUT_MS;
+    a->max_attempts = t ? t->max_attempts : HR_DEF_TARGET_MAX_ATTEMPTS;
     return a;
 }
 
-static void replay_one(void *arg, dl_t *d)
+static void replay_one(void *arg, hr_deadletter_t *d)
 {
     replay_t *rp = arg;
     if (already(rp, d->key)) {
@@ -397,22 +252,6 @@ out:
     return rc;
 }
 
-static int mkdir_p(const char *dir)
-{
-    char *d = hr_xstrdup(dir);
-    int rc = 0;
-    for (char *p = d + 1;; p++) {
-        if (*p != '/' && *p != '\0') continue;
-        char saved = *p;
-        *p = '\0';
-        if (mkdir(d, 0700) < 0 && errno != EEXIST) rc = -1;
-        *p = saved;
-        if (!saved) break;
-    }
-    free(d);
-    return rc;
-}
-
 int hr_cmd_replay(const char *config, const char *target, const char *since, const char *id)
 {
     uint64_t since_ms = 0;
@@ -448,7 +287,8 @@ int hr_cmd_replay(const char *config, const char *target, const char *since, con
     char name[96];
     snprintf(name, sizeof name, "replay-%llu-%d.hrs", (unsigned long long)hr_wall_ms(),
              (int)getpid());
-    if (mkdir_p(incoming) != 0 || write_durably(incoming, name, rp.file.data, rp.file.len) != 0) {
+    if (hr_mkdir_p(incoming) != 0 ||
+        write_durably(incoming, name, rp.file.data, rp.file.len) != 0) {
         fprintf(stderr, "hookrouter replay: cannot write into %s\n", incoming);
         free(incoming);
         goto out;
@@ -485,109 +325,48 @@ out:
 
 /* ---- spool ------------------------------------------------------------------------------ */
 
+/* One target's (or file's) pending actions, as the spool's records fold them. */
 typedef struct {
-    uint64_t id;
-    uint32_t target; /* index in names */
-    uint64_t accepted_ms;
-    uint64_t due_ms; /* 0: at once */
-    uint32_t attempts;
-    bool live;
-} sp_entry_t;
+    char *name;      /* the target, or "file:<name>" for a write */
+    size_t depth;    /* pending actions */
+    uint64_t oldest; /* the oldest one's acceptance (wall ms), 0 if none */
+    uint64_t next;   /* the next attempt due (wall ms), UINT64_MAX if none */
+} sp_target_t;
 
+/* Every target named by an action of the spool, in the order the records first name them. */
 typedef struct {
-    sp_entry_t *v; /* in record order */
-    size_t n, cap;
-    size_t *tab; /* id -> index + 1, open addressing */
-    size_t tcap;
-    char **names;
-    size_t nnames;
-} sp_scan_t;
+    sp_target_t **v;
+    size_t n;
+} sp_targets_t;
 
-static size_t tslot(const sp_scan_t *s, uint64_t id)
+/* The target of an action that starts an index entry (hr_spool_index_add_cb). */
+static void *sp_target(void *arg, const hr_spool_action_meta_t *m)
 {
-    return (size_t)((id * 0x9E3779B97F4A7C15ull) >> 17) & (s->tcap - 1);
+    sp_targets_t *ts = arg;
+    char name[300];
+    if (m->kind == HR_ACTION_WRITE)
+        snprintf(name, sizeof name, "file:%.*s", (int)m->name_len, m->name ? m->name : "");
+    else
+        snprintf(name, sizeof name, "%.*s", (int)m->name_len, m->name ? m->name : "-");
+    for (size_t t = 0; t < ts->n; t++)
+        if (strcmp(ts->v[t]->name, name) == 0) return ts->v[t];
+    sp_target_t *t = hr_xcalloc(1, sizeof *t);
+    t->name = hr_xstrdup(name);
+    t->next = UINT64_MAX;
+    ts->v = hr_xrealloc(ts->v, (ts->n + 1) * sizeof *ts->v);
+    ts->v[ts->n++] = t;
+    return t;
 }
 
-static sp_entry_t *sp_find(sp_scan_t *s, uint64_t id)
+/* Count a pending action in its target. */
+static void sp_count(void *arg, const hr_spool_entry_t *e)
 {
-    if (!s->tcap) return NULL;
-    for (size_t i = tslot(s, id); s->tab[i]; i = (i + 1) & (s->tcap - 1))
-        if (s->v[s->tab[i] - 1].id == id) return &s->v[s->tab[i] - 1];
-    return NULL;
-}
-
-static void sp_index(sp_scan_t *s, size_t idx)
-{
-    size_t i = tslot(s, s->v[idx].id);
-    while (s->tab[i])
-        i = (i + 1) & (s->tcap - 1);
-    s->tab[i] = idx + 1;
-}
-
-static void on_scan_rec(void *arg, int type, const char *p, size_t n, hr_spool_loc_t loc)
-{
-    sp_scan_t *s = arg;
-    (void)loc;
-    if (type == HR_REC_ACTION || type == HR_REC_COPY) {
-        hr_spool_action_meta_t m;
-        hr_spool_copy_t c = {0}; /* a COPY: the action moved by compaction, with its state */
-        if (type == HR_REC_COPY) {
-            if (hr_spool_decode_copy(p, n, &c) < 0) return;
-            p = c.action;
-            n = c.action_len;
-        }
-        if (hr_spool_action_meta(p, n, &m) < 0) return;
-        sp_entry_t *e = sp_find(s, m.id);
-        if (!e) {
-            if (s->n == s->cap) {
-                s->cap = s->cap ? s->cap * 2 : 1024;
-                s->v = hr_xrealloc(s->v, s->cap * sizeof *s->v);
-            }
-            if ((s->n + 1) * 2 > s->tcap) {
-                free(s->tab);
-                s->tcap = s->tcap ? s->tcap * 2 : 4096;
-                s->tab = hr_xcalloc(s->tcap, sizeof *s->tab);
-                for (size_t i = 0; i < s->n; i++)
-                    sp_index(s, i);
-            }
-            e = &s->v[s->n];
-            memset(e, 0, sizeof *e);
-            e->id = m.id;
-            sp_index(s, s->n++);
-        }
-        char name[300];
-        if (m.kind == HR_ACTION_WRITE)
-            snprintf(name, sizeof name, "file:%.*s", (int)m.name_len, m.name ? m.name : "");
-        else
-            snprintf(name, sizeof name, "%.*s", (int)m.name_len, m.name ? m.name : "-");
-        size_t t = 0;
-        while (t < s->nnames && strcmp(s->names[t], name) != 0)
-            t++;
-        if (t == s->nnames) {
-            s->names = hr_xrealloc(s->names, (s->nnames + 1) * sizeof *s->names);
-            s->names[s->nnames++] = hr_xstrdup(name);
-        }
-        e->target = (uint32_t)t;
-        e->accepted_ms = m.accepted_ms;
-        e->live = true;
-        if (type == HR_REC_COPY) {
-            e->attempts = c.attempts;
-            e->due_ms = c.next_due_ms;
-        }
-    } else if (type == HR_REC_STATE) {
-        hr_spool_state_t st;
-        if (hr_spool_decode_state(p, n, &st, NULL, 0) < 0) return;
-        sp_entry_t *e = sp_find(s, st.id);
-        if (!e) return;
-        e->attempts = st.attempt;
-        e->due_ms = st.next_due_ms;
-    } else if (type == HR_REC_DONE && n >= 8) {
-        uint64_t id = 0;
-        for (int i = 7; i >= 0; i--)
-            id = id << 8 | (unsigned char)p[i];
-        sp_entry_t *e = sp_find(s, id);
-        if (e) e->live = false;
-    }
+    (void)arg;
+    sp_target_t *t = e->user;
+    t->depth++;
+    if (!t->oldest || e->accepted_ms < t->oldest) t->oldest = e->accepted_ms;
+    uint64_t due = e->next_due_ms ? e->next_due_ms : e->accepted_ms;
+    if (due < t->next) t->next = due;
 }
 
 /* Format a duration in ms as "3d4h", "2h5m", "4m10s", "12s" or "0s". */
@@ -626,16 +405,16 @@ int hr_cmd_spool(const char *config)
 {
     hr_config_t *cfg = load_config(config);
     if (!cfg) return 1;
-    sp_scan_t s = {0};
+    sp_targets_t ts = {0};
+    hr_spool_index_t *ix = hr_spool_index_create(sp_target, &ts);
     hr_spool_stats_t st;
     char err[512];
     sp_gaps_t gs = {0};
-    if (hr_spool_scan_dir_gaps(cfg->spool_dir, on_scan_rec, &s, on_scan_gap, &gs, &st, err,
-                               sizeof err) < 0) {
+    int status = 1;
+    if (hr_spool_scan_dir_gaps(cfg->spool_dir, hr_spool_index_on_rec, ix, on_scan_gap, &gs, &st,
+                               err, sizeof err) < 0) {
         fprintf(stderr, "hookrouter spool: %s\n", err);
-        free(gs.v);
-        hr_config_destroy(cfg);
-        return 1;
+        goto out;
     }
     uint64_t now = hr_wall_ms();
     printf("spool %s: %llu segment(s), %llu bytes", cfg->spool_dir, (unsigned long long)st.segments,
@@ -649,40 +428,33 @@ int hr_cmd_spool(const char *config)
         hr_spool_gap_format(line, sizeof line, &gs.v[i]);
         printf("\n%s", line);
     }
-    free(gs.v);
     printf("\n%-24s %8s %12s %s\n", "target", "depth", "oldest_age", "next_attempt");
-    size_t total = 0;
-    for (size_t t = 0; t < s.nnames; t++) {
-        size_t depth = 0;
-        uint64_t oldest = 0, next = UINT64_MAX;
-        for (size_t i = 0; i < s.n; i++) {
-            const sp_entry_t *e = &s.v[i];
-            if (!e->live || e->target != t) continue;
-            depth++;
-            if (!oldest || e->accepted_ms < oldest) oldest = e->accepted_ms;
-            uint64_t due = e->due_ms ? e->due_ms : e->accepted_ms;
-            if (due < next) next = due;
-        }
-        if (!depth) continue;
-        total += depth;
+    hr_spool_index_each(ix, sp_count, NULL);
+    for (size_t i = 0; i < ts.n; i++) {
+        const sp_target_t *t = ts.v[i];
+        if (!t->depth) continue;
         char age[32], nx[80], at[32];
-        fmt_age(now - (oldest < now ? oldest : now), age, sizeof age);
-        hr_rfc3339(next, at);
-        if (next <= now) {
+        fmt_age(now - (t->oldest < now ? t->oldest : now), age, sizeof age);
+        hr_rfc3339(t->next, at);
+        if (t->next <= now) {
             snprintf(nx, sizeof nx, "now (due %s)", at);
         } else {
             char in[32];
-            fmt_age(next - now, in, sizeof in);
+            fmt_age(t->next - now, in, sizeof in);
             snprintf(nx, sizeof nx, "in %s (%s)", in, at);
         }
-        printf("%-24s %8zu %12s %s\n", s.names[t], depth, age, nx);
+        printf("%-24s %8zu %12s %s\n", t->name, t->depth, age, nx);
     }
-    printf("total pending: %zu\n", total);
-    for (size_t t = 0; t < s.nnames; t++)
-        free(s.names[t]);
-    free(s.names);
-    free(s.v);
-    free(s.tab);
+    printf("total pending: %zu\n", hr_spool_index_count(ix));
+    status = 0;
+out:
+    free(gs.v);
+    hr_spool_index_destroy(ix);
+    for (size_t i = 0; i < ts.n; i++) {
+        free(ts.v[i]->name);
+        free(ts.v[i]);
+    }
+    free(ts.v);
     hr_config_destroy(cfg);
-    return 0;
+    return status;
 }

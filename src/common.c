@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
 
@@ -326,6 +327,31 @@ char *hr_path_join(const char *dir, const char *path)
     if (path[0] == '/' || !dir || !dir[0] || strcmp(dir, ".") == 0) return hr_xstrdup(path);
     size_t dl = strlen(dir);
     return hr_xasprintf("%s%s%s", dir, dir[dl - 1] == '/' ? "" : "/", path);
+}
+
+int hr_mkdir_p(const char *dir)
+{
+    if (!dir[0]) return -ENOENT;
+    char *d = hr_xstrdup(dir);
+    int rc = 0;
+    for (char *p = d + 1;; p++) { /* d + 1: "/" itself is never made */
+        if (*p != '/' && *p != '\0') continue;
+        char saved = *p;
+        *p = '\0';
+        if (mkdir(d, 0700) < 0) {
+            struct stat st;
+            if (errno != EEXIST)
+                rc = -errno;
+            else if (stat(d, &st) < 0)
+                rc = -errno;
+            else if (!S_ISDIR(st.st_mode))
+                rc = -ENOTDIR;
+        }
+        *p = saved;
+        if (rc < 0 || !saved) break;
+    }
+    free(d);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- URLs */

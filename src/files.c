@@ -1,4 +1,4 @@
-/* Append-only JSON-lines files and dead-letter formatting (see include/hr/files.h).
+/* Append-only JSON-lines files (see include/hr/files.h).
  *
  * Descriptors are kept in a small table keyed by path (a linear array: a process writes to a
  * handful of files). Each line goes out with one writev(2) of the line and its '\n' on an
@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -49,20 +48,10 @@ static int mkdir_parents(const char *path)
     char *dir = hr_xstrdup(path);
     char *slash = strrchr(dir, '/');
     int rc = 0;
-    if (!slash || slash == dir) goto out; /* relative file in cwd, or a file under / */
-    *slash = '\0';
-    for (char *p = dir + 1;; p++) {
-        if (*p != '/' && *p != '\0') continue;
-        char saved = *p;
-        *p = '\0';
-        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
-            rc = -errno;
-            goto out;
-        }
-        *p = saved;
-        if (saved == '\0') break;
+    if (slash && slash != dir) { /* else a relative file in cwd, or a file under / */
+        *slash = '\0';
+        rc = hr_mkdir_p(dir);
     }
-out:
     free(dir);
     return rc;
 }
@@ -190,152 +179,4 @@ void hr_files_destroy(hr_files_t *f)
         free(f->files[i].path);
     free(f->files);
     free(f);
-}
-
-/* ---- Dead-letter formatting ---------------------------------------------------------- */
-
-/* Append s as a JSON string, or null when s is NULL. */
-static void json_str_or_null(hr_buf_t *out, const char *s)
-{
-    if (s)
-        hr_buf_append_json_string(out, s, strlen(s));
-    else
-        hr_buf_appends(out, "null");
-}
-
-/* Append "dead_at":"<now>". */
-static void json_dead_at(hr_buf_t *out)
-{
-    char now[32];
-    hr_rfc3339(hr_wall_ms(), now);
-    hr_buf_appends(out, "\"dead_at\":");
-    hr_buf_append_json_string(out, now, strlen(now));
-}
-
-/* Format the dead letter of an event whose rule failed into out (appended, no '\n'); see
- * files.h for the shape. Strings are escaped; NULL strings become null. Can't fail. */
-void hr_deadletter_for_event(hr_buf_t *out, const hr_event_meta_t *ev, const char *error,
-                             const char *raw_body, size_t raw_len)
-{
-    char dlid[HR_ID_LEN];
-    hr_id_new(dlid);
-    hr_buf_appends(out, "{\"id\":");
-    hr_buf_append_json_string(out, dlid, strlen(dlid));
-    hr_buf_appendc(out, ',');
-    json_dead_at(out);
-    hr_buf_appends(out, ",\"reason\":\"rule failed\",\"error\":");
-    json_str_or_null(out, error);
-    hr_buf_appends(out, ",\"event\":{\"id\":");
-    json_str_or_null(out, ev->id);
-    hr_buf_appends(out, ",\"type\":");
-    json_str_or_null(out, ev->type);
-    hr_buf_appends(out, ",\"store\":");
-    json_str_or_null(out, ev->store);
-    hr_buf_appends(out, ",\"method\":");
-    json_str_or_null(out, ev->method);
-    hr_buf_appends(out, ",\"path\":");
-    json_str_or_null(out, ev->path);
-    hr_buf_appends(out, ",\"received_at\":");
-    json_str_or_null(out, ev->received_at);
-    hr_buf_appends(out, "},\"raw_body\":");
-    hr_buf_append_json_string(out, raw_body ? raw_body : "", raw_body ? raw_len : 0);
-    hr_buf_appendc(out, '}');
-}
-
-/* Format the dead letter of an undeliverable action into out (appended, no '\n'); see
- * files.h for the shape. Both kinds carry attempts, last_status, last_error and the attempt
- * log; a forward has target/url/method/headers/body, a write has file/path/record. A body
- * marked body_is_json is embedded as raw JSON (the rule engine produced it by encoding a
- * table), anything else as a JSON string. Can't fail. */
-bool hr_header_is_secret(const char *name)
-{
-    static const char *const exact[] = {"authorization", "proxy-authorization", "cookie", NULL};
-    static const char *const parts[] = {"key",      "token",     "secret", "auth",
-                                        "password", "signature", NULL};
-    for (size_t i = 0; exact[i]; i++)
-        if (strcasecmp(name, exact[i]) == 0) return true;
-    for (size_t i = 0; parts[i]; i++)
-        if (strcasestr(name, parts[i])) return true;
-    return false;
-}
-
-void hr_deadletter_for_action_log(hr_buf_t *out, const hr_action_t *a, const char *reason,
-                                  const hr_attempt_t *log, size_t nlog)
-{
-    char accepted[32], dlid[HR_ID_LEN];
-    hr_rfc3339(a->accepted_ms, accepted);
-    hr_id_new(dlid);
-    hr_buf_appends(out, "{\"id\":");
-    hr_buf_append_json_string(out, dlid, strlen(dlid));
-    hr_buf_appendc(out, ',');
-    json_dead_at(out);
-    hr_buf_appends(out, ",\"reason\":");
-    json_str_or_null(out, reason);
-    hr_buf_appends(out, ",\"event\":{\"id\":");
-    hr_buf_append_json_string(out, a->event_id, strnlen(a->event_id, sizeof a->event_id));
-    hr_buf_appends(out, ",\"type\":");
-    json_str_or_null(out, a->event_type);
-    hr_buf_appends(out, ",\"store\":");
-    json_str_or_null(out, a->store);
-    hr_buf_appends(out, ",\"accepted_at\":");
-    hr_buf_append_json_string(out, accepted, strlen(accepted));
-    hr_buf_appendc(out, '}');
-    const char *body_key;
-    if (a->kind == HR_ACTION_WRITE) {
-        hr_buf_appends(out, ",\"action\":\"write\",\"file\":");
-        json_str_or_null(out, a->name);
-        hr_buf_appends(out, ",\"path\":");
-        json_str_or_null(out, a->file_path);
-        body_key = ",\"record\":";
-    } else {
-        hr_buf_appends(out, ",\"action\":\"forward\",\"target\":");
-        json_str_or_null(out, a->name);
-        hr_buf_appends(out, ",\"url\":");
-        json_str_or_null(out, a->url);
-        hr_buf_appends(out, ",\"method\":");
-        json_str_or_null(out, a->method ? a->method : "POST");
-        hr_buf_appends(out, ",\"headers\":{");
-        for (size_t i = 0; i < a->nheaders; i++) {
-            if (i) hr_buf_appendc(out, ',');
-            json_str_or_null(out, a->headers[i].name);
-            hr_buf_appendc(out, ':');
-            json_str_or_null(out, hr_header_is_secret(a->headers[i].name) ? HR_REDACTED
-                                                                          : a->headers[i].value);
-        }
-        hr_buf_appendc(out, '}');
-        body_key = ",\"body\":";
-    }
-    hr_buf_printf(out, ",\"attempts\":%u,\"last_status\":", (unsigned)a->attempts);
-    if (a->last_status > 0)
-        hr_buf_printf(out, "%d", a->last_status);
-    else
-        hr_buf_appends(out, "null");
-    hr_buf_appends(out, ",\"last_error\":");
-    json_str_or_null(out, a->last_error[0] ? a->last_error : NULL);
-    hr_buf_appends(out, ",\"attempt_log\":[");
-    for (size_t i = 0; i < nlog; i++) {
-        char at[32];
-        hr_rfc3339(log[i].at_ms, at);
-        hr_buf_printf(out, "%s{\"attempt\":%u,\"at\":\"%s\",\"status\":", i ? "," : "",
-                      (unsigned)log[i].attempt, at);
-        if (log[i].status > 0)
-            hr_buf_printf(out, "%d", log[i].status);
-        else
-            hr_buf_appends(out, "null");
-        hr_buf_appends(out, ",\"error\":");
-        json_str_or_null(out, log[i].error && log[i].error[0] ? log[i].error : NULL);
-        hr_buf_appendc(out, '}');
-    }
-    hr_buf_appendc(out, ']');
-    hr_buf_appends(out, body_key);
-    if (a->body_is_json && a->body && a->body_len > 0)
-        hr_buf_append(out, a->body, a->body_len);
-    else
-        hr_buf_append_json_string(out, a->body ? a->body : "", a->body ? a->body_len : 0);
-    hr_buf_appendc(out, '}');
-}
-
-void hr_deadletter_for_action(hr_buf_t *out, const hr_action_t *a, const char *reason)
-{
-    hr_deadletter_for_action_log(out, a, reason, NULL, 0);
 }

@@ -46,9 +46,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "hr/deadletter.h"
 #include "hr/defaults.h"
 #include "hr/http_client.h"
 #include "hr/log.h"
+#include "hr/spool_index.h"
 #include "hr/target.h"
 
 #define KEEP_LOADED_MS   10000 /* keep the action in memory across waits shorter than this */
@@ -157,14 +159,7 @@ struct hr_outbox {
     uint64_t last_dl_log;      /* uv_now of the last "dead-letter file failed" line */
     uint32_t dl_suppressed;    /* such lines left out since */
     bool incoming_scanned;     /* the first scan of incoming_dir ran */
-    /* recovery only */
-    ob_item_t **rec_tab; /* id -> item, open addressing */
-    size_t rec_cap;      /* power of two */
-    size_t rec_n;        /* used slots (with tombstones) */
-    bool rec_unsorted;   /* an item was added out of id order (a COPY) */
 };
-
-#define TOMB ((ob_item_t *)1)
 
 static void on_retry_timer(uv_timer_t *t);
 static void on_target_timer(uv_timer_t *t);
@@ -441,8 +436,7 @@ static uint64_t ms_since(uint64_t wall_ms)
 
 /* ---- Dead letters ----------------------------------------------------------------------- */
 
-/* Collect the attempt log of it from its STATE chain (oldest first). *n gets the count;
- * the strings are in the returned array's own storage (free with free_log). */
+/* An attempt log being collected: v[i].error points into err[i] once it is complete. */
 typedef struct {
     hr_attempt_t *v;
     char (*err)[128];
@@ -458,6 +452,20 @@ static void log_grow(attempt_log_t *lg, size_t *cap)
     lg->err = hr_xrealloc(lg->err, *cap * sizeof *lg->err);
 }
 
+/* Reverse the entries [i, j) of lg. */
+static void log_reverse(attempt_log_t *lg, size_t i, size_t j)
+{
+    for (; j > i + 1; i++, j--) {
+        hr_attempt_t tv = lg->v[i];
+        lg->v[i] = lg->v[j - 1];
+        lg->v[j - 1] = tv;
+        char te[sizeof lg->err[0]];
+        memcpy(te, lg->err[i], sizeof te);
+        memcpy(lg->err[i], lg->err[j - 1], sizeof te);
+        memcpy(lg->err[j - 1], te, sizeof te);
+    }
+}
+
 /* Add the attempt log carried by a COPY record (oldest first) to lg, which is built newest
  * first. */
 static void log_add_copy(attempt_log_t *lg, size_t *cap, hr_spool_copy_t *c)
@@ -469,17 +477,12 @@ static void log_add_copy(attempt_log_t *lg, size_t *cap, hr_spool_copy_t *c)
         if (hr_spool_copy_log_next(c, &s, lg->err[lg->n], sizeof lg->err[0]) <= 0) break;
         lg->v[lg->n++] = (hr_attempt_t){s.attempt, s.status, s.at_ms, NULL};
     }
-    for (size_t i = first, j = lg->n; j > i + 1; i++, j--) { /* newest first, as the chain */
-        hr_attempt_t tv = lg->v[i];
-        lg->v[i] = lg->v[j - 1];
-        lg->v[j - 1] = tv;
-        char te[128];
-        memcpy(te, lg->err[i], sizeof te);
-        memcpy(lg->err[i], lg->err[j - 1], sizeof te);
-        memcpy(lg->err[j - 1], te, sizeof te);
-    }
+    log_reverse(lg, first, lg->n); /* newest first, as the chain */
 }
 
+/* Collect the attempt log of it (oldest first, at most MAX_LOG_ATTEMPTS) from its STATE chain,
+ * ending with the log of the COPY the chain reaches, if any. The caller frees lg->v and
+ * lg->err. */
 static void read_attempt_log(ob_item_t *it, attempt_log_t *lg)
 {
     hr_outbox_t *o = it->o;
@@ -506,20 +509,11 @@ static void read_attempt_log(ob_item_t *it, attempt_log_t *lg)
         loc = s.prev;
     }
     hr_buf_free(&b);
-    for (size_t i = 0; i < lg->n / 2; i++) { /* oldest first */
-        hr_attempt_t tv = lg->v[i];
-        lg->v[i] = lg->v[lg->n - 1 - i];
-        lg->v[lg->n - 1 - i] = tv;
-        char te[128];
-        memcpy(te, lg->err[i], sizeof te);
-        memcpy(lg->err[i], lg->err[lg->n - 1 - i], sizeof te);
-        memcpy(lg->err[lg->n - 1 - i], te, sizeof te);
-    }
+    log_reverse(lg, 0, lg->n); /* oldest first */
     for (size_t i = 0; i < lg->n; i++)
         lg->v[i].error = lg->err[i];
 }
 
-/* Dead-letter it (log, write the line with its attempt log, count), mark it done, free it. */
 /* The dead letter of it could not be written (err): keep it in the spool (no DONE record)
  * and try the dead-letter file again after DL_RETRY_MS. Logs at most one line a second,
  * counting the ones left out. */
@@ -1225,163 +1219,65 @@ static void on_incoming_timer(uv_timer_t *h)
 
 /* ---- Recovery --------------------------------------------------------------------------- */
 
-static size_t rec_slot(hr_outbox_t *o, uint64_t id)
-{
-    return (size_t)((id * 0x9E3779B97F4A7C15ull) >> 20) & (o->rec_cap - 1);
-}
+/* The spool's records are folded into an hr_spool_index_t while hr_spool_open scans them;
+ * the items are made from what is pending once the scan is over, in id (arrival) order. */
 
-static void rec_grow(hr_outbox_t *o);
-
-static void rec_put(hr_outbox_t *o, ob_item_t *it)
+/* The target of a recovered forward action (created when first seen, as a push would),
+ * kept as its index entry's user value; NULL for a write. */
+static void *rec_target(void *arg, const hr_spool_action_meta_t *m)
 {
-    if ((o->rec_n + 1) * 2 > o->rec_cap) rec_grow(o);
-    size_t i = rec_slot(o, it->id);
-    while (o->rec_tab[i] && o->rec_tab[i] != TOMB)
-        i = (i + 1) & (o->rec_cap - 1);
-    if (!o->rec_tab[i]) o->rec_n++;
-    o->rec_tab[i] = it;
-}
-
-static void rec_grow(hr_outbox_t *o)
-{
-    ob_item_t **old = o->rec_tab;
-    size_t oldcap = o->rec_cap;
-    o->rec_cap = oldcap ? oldcap * 2 : 1024;
-    o->rec_tab = hr_xcalloc(o->rec_cap, sizeof *o->rec_tab);
-    o->rec_n = 0;
-    for (size_t i = 0; i < oldcap; i++)
-        if (old[i] && old[i] != TOMB) rec_put(o, old[i]);
-    free(old);
-}
-
-/* The slot of id, or SIZE_MAX. */
-static size_t rec_find(hr_outbox_t *o, uint64_t id)
-{
-    if (!o->rec_cap) return SIZE_MAX;
-    size_t i = rec_slot(o, id);
-    while (o->rec_tab[i]) {
-        if (o->rec_tab[i] != TOMB && o->rec_tab[i]->id == id) return i;
-        i = (i + 1) & (o->rec_cap - 1);
-    }
-    return SIZE_MAX;
-}
-
-static uint64_t get_u64(const char *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | (unsigned char)p[i];
-    return v;
-}
-
-/* Unlink a recovered item from o->all and free it (no records, no references yet). */
-static void rec_drop(hr_outbox_t *o, ob_item_t *it)
-{
-    all_unlink(o, it);
-    free(it);
-}
-
-/* A new recovered item for the action m at loc, indexed by its id. */
-static ob_item_t *rec_add(hr_outbox_t *o, const hr_spool_action_meta_t *m, hr_spool_loc_t loc)
-{
-    if (m->id >= o->next_id) o->next_id = m->id + 1;
-    if (o->all_tail && o->all_tail->id > m->id) o->rec_unsorted = true;
-    ob_item_t *it = item_new(o);
-    it->id = m->id;
-    it->loc = loc;
-    it->kind = m->kind;
-    it->accepted_ms = m->accepted_ms;
-    it->max_attempts = m->max_attempts ? m->max_attempts : 1;
-    if (m->kind == HR_ACTION_WRITE) it->max_attempts = o->write_attempts;
-    if (m->kind == HR_ACTION_FORWARD) {
-        char name[256];
-        size_t k = m->name_len < sizeof name - 1 ? m->name_len : sizeof name - 1;
-        memcpy(name, m->name ? m->name : "-", m->name ? k : 1);
-        name[m->name ? k : 1] = '\0';
-        it->t = target_get(o, name);
-        it->t->live++;
-    }
-    rec_put(o, it);
-    return it;
-}
-
-static int cmp_item_id(const void *a, const void *b)
-{
-    uint64_t x = (*(ob_item_t *const *)a)->id, y = (*(ob_item_t *const *)b)->id;
-    return x < y ? -1 : x > y;
-}
-
-/* Put o->all back in id order, which is arrival order (after COPY records added items out
- * of it). */
-static void rec_sort(hr_outbox_t *o)
-{
-    size_t n = (size_t)o->st.pending, i = 0;
-    if (n < 2) return;
-    ob_item_t **v = hr_xmalloc(n * sizeof *v);
-    for (ob_item_t *it = o->all_head; it && i < n; it = it->next)
-        v[i++] = it;
-    qsort(v, i, sizeof *v, cmp_item_id);
-    for (size_t k = 0; k < i; k++) {
-        v[k]->prev = k ? v[k - 1] : NULL;
-        v[k]->next = k + 1 < i ? v[k + 1] : NULL;
-    }
-    o->all_head = v[0];
-    o->all_tail = v[i - 1];
-    free(v);
+    if (m->kind != HR_ACTION_FORWARD) return NULL;
+    char name[256];
+    size_t k = m->name_len < sizeof name - 1 ? m->name_len : sizeof name - 1;
+    memcpy(name, m->name ? m->name : "-", m->name ? k : 1);
+    name[m->name ? k : 1] = '\0';
+    return target_get(arg, name);
 }
 
 static void on_recover_rec(void *arg, int type, const char *p, size_t n, hr_spool_loc_t loc)
 {
-    hr_outbox_t *o = arg;
-    if (type == HR_REC_ACTION) {
-        hr_spool_action_meta_t m;
-        if (hr_spool_action_meta(p, n, &m) < 0) {
-            hr_log_warn("spool: malformed action record skipped");
-            return;
-        }
-        size_t slot = rec_find(o, m.id);
-        if (slot != SIZE_MAX) { /* a rewritten copy replaces the old one */
-            ob_item_t *old = o->rec_tab[slot];
-            o->rec_tab[slot] = TOMB;
-            if (old->t) old->t->live--;
-            rec_drop(o, old);
-        }
-        rec_add(o, &m, loc);
-    } else if (type == HR_REC_COPY) {
-        hr_spool_copy_t c;
-        hr_spool_action_meta_t m;
-        if (hr_spool_decode_copy(p, n, &c) < 0 ||
-            hr_spool_action_meta(c.action, c.action_len, &m) < 0) {
-            hr_log_warn("spool: malformed copy record skipped");
-            return;
-        }
-        /* The same action as an earlier ACTION or COPY (a crash before the old segment was
-         * deleted): same item, later state. Else its old record is gone: a new item. */
-        size_t slot = rec_find(o, m.id);
-        ob_item_t *it = slot != SIZE_MAX ? o->rec_tab[slot] : rec_add(o, &m, loc);
-        it->loc = loc;
-        it->state_loc = loc;
-        it->attempts = c.attempts;
-        it->last_status = c.last_status;
-        it->due_wall = c.next_due_ms;
-    } else if (type == HR_REC_STATE) {
-        hr_spool_state_t s;
-        if (hr_spool_decode_state(p, n, &s, NULL, 0) < 0) return;
-        size_t slot = rec_find(o, s.id);
-        if (slot == SIZE_MAX) return;
-        ob_item_t *it = o->rec_tab[slot];
-        it->attempts = s.attempt;
-        it->last_status = s.status;
-        it->state_loc = loc;
-        it->due_wall = s.next_due_ms;
-    } else if (type == HR_REC_DONE && n >= 8) {
-        size_t slot = rec_find(o, get_u64(p));
-        if (slot == SIZE_MAX) return;
-        ob_item_t *it = o->rec_tab[slot];
-        o->rec_tab[slot] = TOMB;
-        if (it->t) it->t->live--;
-        rec_drop(o, it);
-    }
+    if (hr_spool_index_fold(arg, type, p, n, loc) == 0) return;
+    if (type == HR_REC_ACTION) hr_log_warn("spool: malformed action record skipped");
+    if (type == HR_REC_COPY) hr_log_warn("spool: malformed copy record skipped");
+}
+
+typedef struct {
+    hr_outbox_t *o;
+    uint64_t now;  /* uv_now */
+    uint64_t wall; /* hr_wall_ms at the same time */
+} recover_t;
+
+/* An item for the recovered pending action e: it takes a reference on its record's segment
+ * and is due at its persisted next-attempt time (at once if that is past). */
+static void rec_item(void *arg, const hr_spool_entry_t *e)
+{
+    recover_t *r = arg;
+    hr_outbox_t *o = r->o;
+    ob_item_t *it = item_new(o);
+    it->id = e->id;
+    it->loc = e->loc;
+    it->state_loc = e->state_loc;
+    it->kind = e->kind;
+    it->accepted_ms = e->accepted_ms;
+    it->attempts = e->attempts;
+    it->last_status = e->last_status;
+    it->due_wall = e->next_due_ms;
+    it->due = r->now + (it->due_wall > r->wall ? it->due_wall - r->wall : 0);
+    it->max_attempts = e->max_attempts ? e->max_attempts : 1;
+    if (e->kind == HR_ACTION_WRITE) it->max_attempts = o->write_attempts;
+    it->t = e->user;
+    if (it->t) it->t->live++;
+    hr_spool_ref(o->spool, it->loc);
+}
+
+/* Make the items of what ix holds pending (in arrival order), then free ix. */
+static void recover_items(hr_outbox_t *o, hr_spool_index_t *ix)
+{
+    uint64_t max_id = hr_spool_index_max_id(ix);
+    if (max_id >= o->next_id) o->next_id = max_id + 1;
+    recover_t r = {o, uv_now(o->loop), hr_wall_ms()};
+    hr_spool_index_each(ix, rec_item, &r);
+    hr_spool_index_destroy(ix);
 }
 
 /* ---- Compaction ------------------------------------------------------------------------- */
@@ -1665,7 +1561,6 @@ static void outbox_maybe_free(hr_outbox_t *o)
     hr_target_policy_free(&o->writes);
     free(o->dead_letters);
     free(o->incoming_dir);
-    free(o->rec_tab);
     hr_buf_free(&o->scratch);
     hr_buf_free(&o->line);
     free(o);
@@ -1688,11 +1583,11 @@ hr_outbox_t *hr_outbox_create(uv_loop_t *loop, hr_files_t *files, const hr_outbo
     hr_target_policy_set(&o->writes, &opts->writes);
     o->write_attempts = opts->write_attempts ? opts->write_attempts : HR_DEF_WRITE_ATTEMPTS;
     uint64_t t0 = uv_hrtime();
-    o->spool = hr_spool_open(loop, &opts->spool, on_recover_rec, o, err, errlen);
+    hr_spool_index_t *ix = hr_spool_index_create(rec_target, o);
+    o->spool = hr_spool_open(loop, &opts->spool, on_recover_rec, ix, err, errlen);
     if (!o->spool) {
         /* The targets' timers close from the loop; the rest is freed then. */
-        while (o->all_head)
-            rec_drop(o, o->all_head);
+        hr_spool_index_destroy(ix);
         o->closing = true;
         for (ob_target_t *t = o->targets; t; t = t->next)
             uv_close((uv_handle_t *)&t->timer, on_target_closed);
@@ -1710,19 +1605,10 @@ hr_outbox_t *hr_outbox_create(uv_loop_t *loop, hr_files_t *files, const hr_outbo
     o->incoming_timer.data = o;
     o->compact_timer.data = o;
     o->open_handles += 6; /* four timers, the HTTP client and the spool */
-    mkdir(o->incoming_dir, 0700);
+    hr_mkdir_p(o->incoming_dir);
 
-    if (o->rec_unsorted) rec_sort(o);
     /* Take the references of what is pending, then let the spool drop what is finished. */
-    uint64_t now = uv_now(loop), wall = hr_wall_ms(), oldest = 0;
-    for (ob_item_t *it = o->all_head; it; it = it->next) {
-        hr_spool_ref(o->spool, it->loc);
-        it->due = now + (it->due_wall > wall ? it->due_wall - wall : 0);
-        if (!oldest || it->accepted_ms < oldest) oldest = it->accepted_ms;
-    }
-    free(o->rec_tab);
-    o->rec_tab = NULL;
-    o->rec_cap = o->rec_n = 0;
+    recover_items(o, ix);
     hr_spool_gc(o->spool);
     o->st.recovered = o->st.pending;
     hr_spool_stats(o->spool, &o->st.spool);

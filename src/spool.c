@@ -662,26 +662,6 @@ static int rotate(hr_spool_t *sp)
     return 0;
 }
 
-/* Make a directory and its parents (mkdir -p). Returns 0 or a negative errno. */
-static int mkdir_p(const char *dir)
-{
-    char *d = hr_xstrdup(dir);
-    int rc = 0;
-    for (char *p = d + 1;; p++) {
-        if (*p != '/' && *p != '\0') continue;
-        char saved = *p;
-        *p = '\0';
-        if (mkdir(d, 0700) < 0 && errno != EEXIST) {
-            rc = -errno;
-            break;
-        }
-        *p = saved;
-        if (!saved) break;
-    }
-    free(d);
-    return rc;
-}
-
 static int cmp_u32(const void *a, const void *b)
 {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
@@ -991,7 +971,7 @@ hr_spool_t *hr_spool_open(uv_loop_t *loop, const hr_spool_opts_t *opts, hr_spool
         sp->opts.segment_bytes = sp->opts.max_bytes / 8 > 1024 ? sp->opts.max_bytes / 8 : 1024;
     if (!sp->opts.fsync_interval_ms) sp->opts.fsync_interval_ms = DEF_INTERVAL_MS;
     sp->dirfd = -1;
-    int rc = mkdir_p(sp->opts.dir);
+    int rc = hr_mkdir_p(sp->opts.dir);
     if (rc < 0) {
         snprintf(err, errlen, "spool_dir %s: %s", sp->opts.dir, strerror(-rc));
         goto fail;

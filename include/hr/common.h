@@ -98,6 +98,10 @@ bool hr_is_safe_name(const char *s, size_t n);
 
 /* Join dir and path unless path is absolute. Returns a new string. */
 char *hr_path_join(const char *dir, const char *path);
+/* Create the directory dir and every missing parent (mkdir -p), each new one with mode 0700
+ * (less the umask). Existing directories are fine; a component that exists but is not a
+ * directory is -ENOTDIR. Returns 0, or a negative errno (the first failure stops it). */
+int hr_mkdir_p(const char *dir);
 
 /* An http:// URL split into parts (https is refused: no TLS yet; so are credentials, user@). */
 typedef struct {

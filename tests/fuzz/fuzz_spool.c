@@ -3,7 +3,9 @@
  * through hr_spool_read; records come in order without overlapping; and every byte of the
  * file is either in a record or counted as skipped (corrupt_bytes), with a corrupt count
  * exactly when bytes were skipped. The read-only scan (hr_spool_scan_dir) must agree.
- * Payloads of valid records go through the decoders the outbox recovery uses.
+ * Payloads of valid records go through the decoders the outbox recovery uses, and through the
+ * record fold (hr_spool_index_t): what it calls pending comes out once each, in id order,
+ * and is found by id.
  *
  * Input: a first byte with bit 0 clear is a raw segment; with bit 0 set the rest is a list
  * of records (u8 type, u16 little-endian length, payload) framed with valid checksums, so
@@ -16,6 +18,7 @@
 #include "hr/action.h"
 #include "hr/log.h"
 #include "hr/spool.h"
+#include "hr/spool_index.h"
 
 #define MAX_RECS 4096
 
@@ -72,6 +75,22 @@ static void on_rec(void *arg, int type, const char *p, size_t n, hr_spool_loc_t 
     r->loc[r->n] = loc;
     r->crc[r->n] = hr_crc32c(0, p, n);
     r->n++;
+}
+
+/* each() of the fold: ids strictly ascending, each one found. */
+typedef struct {
+    const hr_spool_index_t *ix;
+    size_t n;
+    uint64_t last;
+} fold_seen_t;
+
+static void on_pending(void *arg, const hr_spool_entry_t *e)
+{
+    fold_seen_t *f = arg;
+    FUZZ_CHECK(f->n == 0 || e->id > f->last);
+    FUZZ_CHECK(e->id <= hr_spool_index_max_id(f->ix));
+    f->last = e->id;
+    f->n++;
 }
 
 static void on_closed(void *arg)
@@ -139,6 +158,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     hr_spool_stats(sp, &st);
 
     /* Every byte is in a record or skipped, in order. */
+    hr_spool_index_t *ix = hr_spool_index_create(NULL, NULL);
     const unsigned char *p = (const unsigned char *)seg.data;
     uint64_t end = 0, gaps = 0, ngaps = 0;
     for (size_t i = 0; i < rec_open.n; i++) {
@@ -160,6 +180,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(b.len == rec_open.len[i]);
         FUZZ_CHECK(b.len == 0 || memcmp(b.data, p + off + HR_SPOOL_HDR, b.len) == 0);
         decode_payload(rec_open.type[i], b.data ? b.data : "", b.len);
+        hr_spool_index_fold(ix, rec_open.type[i], b.data ? b.data : "", b.len, rec_open.loc[i]);
         hr_buf_free(&b);
     }
     if (seg.len > end) ngaps++;
@@ -170,6 +191,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 (unsigned long long)st.corrupt_bytes, (unsigned long long)st.corrupt);
         abort();
     }
+
+    fold_seen_t fs = {.ix = ix};
+    hr_spool_index_each(ix, on_pending, &fs);
+    FUZZ_CHECK(fs.n == hr_spool_index_count(ix));
+    if (fs.n) {
+        const hr_spool_entry_t *e = hr_spool_index_find(ix, fs.last);
+        FUZZ_CHECK(e != NULL && e->id == fs.last);
+    }
+    hr_spool_index_destroy(ix);
 
     /* The read-only scan saw the same. */
     FUZZ_CHECK(rec_scan.n == rec_open.n);
