@@ -468,9 +468,9 @@ static void on_signal(uv_signal_t *h, int signum)
     run->stopped = true;
     hr_log_info("%s: shutting down", strsignal(signum));
     if (run->workers)
-        hr_workers_shutdown(run->workers, on_router_stopped, run);
+        hr_workers_stop(run->workers, on_router_stopped, run);
     else
-        hr_router_shutdown(run->router, on_router_stopped, run);
+        hr_router_stop(run->router, on_router_stopped, run);
 }
 
 int hr_cmd_run(const char *config)

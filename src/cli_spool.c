@@ -126,7 +126,7 @@ int hr_cmd_deadletters(const char *config, const char *target, const char *since
     hr_config_t *cfg = load_config(config);
     if (!cfg) return 1;
     long n = each_dead_letter(cfg->dead_letters, target, since_ms, NULL, print_dl, NULL);
-    hr_config_destroy(cfg);
+    hr_config_free(cfg);
     return n < 0 ? 1 : 0;
 }
 
@@ -319,7 +319,7 @@ out:
     hr_buf_free(&rp.file);
     hr_buf_free(&rp.enc);
     free(done_path);
-    hr_config_destroy(cfg);
+    hr_config_free(cfg);
     return status;
 }
 
@@ -455,6 +455,6 @@ out:
         free(ts.v[i]);
     }
     free(ts.v);
-    hr_config_destroy(cfg);
+    hr_config_free(cfg);
     return status;
 }

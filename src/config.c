@@ -932,7 +932,7 @@ hr_config_t *hr_config_load(const char *path, hr_errors_t *errs)
     return c;
 fail:
     if (L) lua_close(L);
-    hr_config_destroy(c);
+    hr_config_free(c);
     return NULL;
 }
 
@@ -964,7 +964,7 @@ void hr_reply_free(hr_reply_t *r)
     free(r);
 }
 
-void hr_config_destroy(hr_config_t *c)
+void hr_config_free(hr_config_t *c)
 {
     if (!c) return;
     free(c->file);

@@ -154,7 +154,7 @@ hr_delivery_t *hr_delivery_open(uv_loop_t *loop, const hr_config_t *cfg, char *e
     hr_files_set_modes(dd->files, cfg->files, cfg->nfiles);
     hr_outbox_opts_t oo;
     outbox_opts(cfg, &oo);
-    dd->outbox = hr_outbox_create(loop, dd->files, &oo, err, errlen);
+    dd->outbox = hr_outbox_open(loop, dd->files, &oo, err, errlen);
     free((void *)oo.targets);
     if (!dd->outbox) {
         hr_files_destroy(dd->files);

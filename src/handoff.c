@@ -135,7 +135,7 @@ static void on_delivery_async(uv_async_t *a)
     }
 }
 
-hr_handoff_t *hr_handoff_create(uv_loop_t *loop, hr_delivery_t *target)
+hr_handoff_t *hr_handoff_open(uv_loop_t *loop, hr_delivery_t *target)
 {
     hr_handoff_t *h = hr_xcalloc(1, sizeof *h);
     h->loop = loop;

@@ -800,7 +800,7 @@ static void on_defer_close(uv_handle_t *h)
 /* ---- Public API ---------------------------------------------------------------------- */
 
 /* Create a client on loop; opts may be NULL and zero fields take defaults. Never NULL. */
-hr_http_client_t *hr_http_client_create(uv_loop_t *loop, const hr_http_client_opts_t *opts)
+hr_http_client_t *hr_http_client_open(uv_loop_t *loop, const hr_http_client_opts_t *opts)
 {
     hr_http_client_t *c = hr_xcalloc(1, sizeof *c);
     c->loop = loop;

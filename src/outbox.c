@@ -1569,8 +1569,8 @@ static void outbox_maybe_free(hr_outbox_t *o)
 
 /* ---- Public API ------------------------------------------------------------------------- */
 
-hr_outbox_t *hr_outbox_create(uv_loop_t *loop, hr_files_t *files, const hr_outbox_opts_t *opts,
-                              char *err, size_t errlen)
+hr_outbox_t *hr_outbox_open(uv_loop_t *loop, hr_files_t *files, const hr_outbox_opts_t *opts,
+                            char *err, size_t errlen)
 {
     hr_outbox_t *o = hr_xcalloc(1, sizeof *o);
     o->loop = loop;
@@ -1595,7 +1595,7 @@ hr_outbox_t *hr_outbox_create(uv_loop_t *loop, hr_files_t *files, const hr_outbo
         return NULL;
     }
     hr_http_client_opts_t ho = {.max_conns_per_host = opts->max_conns_per_host};
-    o->http = hr_http_client_create(loop, &ho);
+    o->http = hr_http_client_open(loop, &ho);
     uv_timer_init(loop, &o->retry_timer);
     uv_timer_init(loop, &o->drain_timer);
     uv_timer_init(loop, &o->incoming_timer);

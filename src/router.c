@@ -774,10 +774,10 @@ static int router_listen(hr_router_t *r, int port, bool reuseport, bool exclusiv
                            .on_headers = on_headers,
                            .on_request = on_request,
                            .arg = r};
-    r->server = hr_server_start(r->loop, &so, err, errlen);
+    r->server = hr_server_open(r->loop, &so, err, errlen);
     if (!r->server) return -1;
     hr_http_client_opts_t ho = {.max_conns_per_host = REPLY_CONNS_PER_HOST};
-    r->replies = hr_http_client_create(r->loop, &ho);
+    r->replies = hr_http_client_open(r->loop, &ho);
     uv_timer_init(r->loop, &r->reload_timer);
     r->reload_timer.data = r;
     uv_timer_init(r->loop, &r->stop_timer);
@@ -878,7 +878,7 @@ static void on_stop_tick(uv_timer_t *t)
     hr_delivery_drain(r->delivery, r->stop_deadline_ms, on_delivery_drained, r);
 }
 
-void hr_router_shutdown(hr_router_t *r, void (*cb)(void *arg), void *arg)
+void hr_router_stop(hr_router_t *r, void (*cb)(void *arg), void *arg)
 {
     if (r->stopping) return;
     r->stopping = true;

@@ -894,7 +894,7 @@ hr_ruleset_t *hr_ruleset_load(hr_config_t *cfg, hr_errors_t *errs)
     return rs;
 fail:
     if (rs->L) lua_close(rs->L);
-    hr_config_destroy(cfg);
+    hr_config_free(cfg);
     free(rs);
     return NULL;
 }
@@ -909,7 +909,7 @@ void hr_ruleset_unref(hr_ruleset_t *rs)
 {
     if (!rs || --rs->refs > 0) return;
     lua_close(rs->L);
-    hr_config_destroy(rs->cfg);
+    hr_config_free(rs->cfg);
     free(rs);
 }
 

@@ -122,7 +122,7 @@ struct hr_conn {
 
 struct hr_server {
     uv_loop_t *loop;            /* the loop everything runs on */
-    hr_server_opts_t opts;      /* copied from hr_server_start */
+    hr_server_opts_t opts;      /* copied from hr_server_open */
     llhttp_settings_t settings; /* parser callbacks, shared by the connections */
     int lfd;                    /* listening socket (ours: accepted by on_listen_readable) */
     uv_poll_t listener;         /* readiness of lfd */
@@ -1195,8 +1195,7 @@ static int bind_listener(const struct sockaddr_storage *addr, bool reuseport, bo
 /* Resolve opts->host, bind and listen (see server.h). A header_limit or body_limit of 0
  * means the defaults above; a timeout of 0 disables that timeout. Returns NULL with the
  * reason in err (nothing is left behind: no handle was made). */
-hr_server_t *hr_server_start(uv_loop_t *loop, const hr_server_opts_t *opts, char *err,
-                             size_t errlen)
+hr_server_t *hr_server_open(uv_loop_t *loop, const hr_server_opts_t *opts, char *err, size_t errlen)
 {
     const char *host = opts->host ? opts->host : "127.0.0.1";
     const char *lb = strchr(host, ':') ? "[" : "", *rb = strchr(host, ':') ? "]" : "";

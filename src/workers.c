@@ -73,7 +73,7 @@ static void on_cmd(uv_async_t *a)
     uv_mutex_unlock(&w->ws->lock);
     if (stop) {
         uv_close((uv_handle_t *)&w->cmd, NULL);
-        hr_router_shutdown(w->router, on_worker_router_stopped, w);
+        hr_router_stop(w->router, on_worker_router_stopped, w);
     } else if (reload) {
         hr_router_request_reload(w->router);
     }
@@ -226,7 +226,7 @@ void hr_workers_request_reload(hr_workers_t *ws)
     uv_mutex_unlock(&ws->lock);
 }
 
-void hr_workers_shutdown(hr_workers_t *ws, void (*cb)(void *arg), void *arg)
+void hr_workers_stop(hr_workers_t *ws, void (*cb)(void *arg), void *arg)
 {
     if (ws->stopping) return;
     ws->stopping = true;
@@ -277,7 +277,7 @@ hr_workers_t *hr_workers_start(uv_loop_t *loop, hr_ruleset_t *rs, unsigned n, ch
     ws->done_async.data = ws;
     ws->delivery = hr_delivery_open(loop, cfg, err, errlen);
     if (ws->delivery) {
-        ws->handoff = hr_handoff_create(loop, ws->delivery);
+        ws->handoff = hr_handoff_open(loop, ws->delivery);
         int port = cfg->listen_port;
         for (unsigned i = 0; i < n; i++) {
             if (start_worker(ws, i, port, err, errlen) != 0) break;

@@ -129,7 +129,7 @@ void hr_errors_free(hr_errors_t *e);
  * message in errs. */
 hr_config_t *hr_config_load(const char *path, hr_errors_t *errs);
 /* Free a config. Accepts NULL. */
-void hr_config_destroy(hr_config_t *c);
+void hr_config_free(hr_config_t *c);
 
 const hr_target_conf_t *hr_config_target(const hr_config_t *c, const char *name);
 const hr_file_conf_t *hr_config_file(const hr_config_t *c, const char *name);

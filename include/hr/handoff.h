@@ -24,7 +24,7 @@ typedef struct hr_handoff hr_handoff_t; /* the delivery side's end: one */
 
 /* Create the delivery side's end on loop (target's loop; call from its thread). target must
  * outlive it. Never fails (aborts on OOM). */
-hr_handoff_t *hr_handoff_create(uv_loop_t *loop, hr_delivery_t *target);
+hr_handoff_t *hr_handoff_open(uv_loop_t *loop, hr_delivery_t *target);
 /* Close it (delivery thread, once every port is closed); cb(arg) runs when it is freed. */
 void hr_handoff_close(hr_handoff_t *h, void (*cb)(void *arg), void *arg);
 /* The latest deadline a port's drain handed over (wall ms), 0 if none did: when the delivery

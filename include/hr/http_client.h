@@ -44,7 +44,7 @@ typedef struct {
     size_t max_response_bytes;   /* bigger responses fail with UV_E2BIG (default 4 MiB) */
 } hr_http_client_opts_t;
 
-hr_http_client_t *hr_http_client_create(uv_loop_t *loop, const hr_http_client_opts_t *opts);
+hr_http_client_t *hr_http_client_open(uv_loop_t *loop, const hr_http_client_opts_t *opts);
 /* Start a request. Copies what it needs from req. Returns 0 and cb runs exactly once later
  * (never from inside this call), or returns < 0 (bad URL) and cb never runs. */
 int hr_http_client_send(hr_http_client_t *c, const hr_http_out_t *req, hr_http_done_cb cb,

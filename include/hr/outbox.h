@@ -77,8 +77,8 @@ typedef struct {
 /* Open the spool, recover what it holds and start delivering it. files is shared with the
  * caller (who also writes dead letters for failed rules) and must outlive the outbox.
  * Returns NULL with a message in err if the spool cannot be opened. */
-hr_outbox_t *hr_outbox_create(uv_loop_t *loop, hr_files_t *files, const hr_outbox_opts_t *opts,
-                              char *err, size_t errlen);
+hr_outbox_t *hr_outbox_open(uv_loop_t *loop, hr_files_t *files, const hr_outbox_opts_t *opts,
+                            char *err, size_t errlen);
 /* Change the dead-letter path (after a reload). */
 void hr_outbox_set_dead_letters(hr_outbox_t *o, const char *path);
 /* Replace the per-target policies (after a reload); targets not listed keep theirs. */

@@ -64,6 +64,6 @@ void hr_router_request_reload(hr_router_t *r);
  * grace period (hr_delivery_drain: a front worker's port hands the deadline to the delivery
  * loop, which drains when every worker has stopped), close everything and free the router;
  * then cb runs. */
-void hr_router_shutdown(hr_router_t *r, void (*cb)(void *arg), void *arg);
+void hr_router_stop(hr_router_t *r, void (*cb)(void *arg), void *arg);
 
 #endif

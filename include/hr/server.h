@@ -68,8 +68,8 @@ typedef struct {
 
 /* Create a server and start listening. Returns NULL with a message in err (e.g. "listen
  * 127.0.0.1:8080: address already in use"). The opts are copied. */
-hr_server_t *hr_server_start(uv_loop_t *loop, const hr_server_opts_t *opts, char *err,
-                             size_t errlen);
+hr_server_t *hr_server_open(uv_loop_t *loop, const hr_server_opts_t *opts, char *err,
+                            size_t errlen);
 /* The port actually bound (useful with port 0). */
 int hr_server_port(const hr_server_t *s);
 /* Stop accepting new connections; connections with a request in flight finish it and are

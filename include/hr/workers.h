@@ -33,7 +33,7 @@ void hr_workers_request_reload(hr_workers_t *ws);
 /* SIGTERM: every worker stops accepting and finishes its requests; then the threads are
  * joined, the outbox drains for what is left of shutdown_grace_ms (the latest deadline a
  * worker handed over), everything is closed and freed, and cb runs (on loop). */
-void hr_workers_shutdown(hr_workers_t *ws, void (*cb)(void *arg), void *arg);
+void hr_workers_stop(hr_workers_t *ws, void (*cb)(void *arg), void *arg);
 
 /* The number of CPUs this process may use (for workers = "auto"); at least 1. */
 unsigned hr_workers_auto(void);

@@ -26,7 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(c->listen && c->rules_dir && c->nendpoints > 0);
         for (size_t i = 0; i < c->nendpoints; i++)
             FUZZ_CHECK(hr_config_endpoint(c, c->endpoints[i].path) != NULL);
-        hr_config_destroy(c);
+        hr_config_free(c);
     } else {
         FUZZ_CHECK(errs.n > 0);
         for (size_t i = 0; i < errs.n; i++)

@@ -118,8 +118,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
                           .on_headers = on_headers,
                           .on_request = on_request};
     char err[256];
-    srv = hr_server_start(&loop, &o, err, sizeof err);
-    if (!srv) fprintf(stderr, "hr_server_start: %s\n", err);
+    srv = hr_server_open(&loop, &o, err, sizeof err);
+    if (!srv) fprintf(stderr, "hr_server_open: %s\n", err);
     FUZZ_CHECK(srv != NULL);
     port = hr_server_port(srv);
     return 0;

@@ -63,8 +63,8 @@ static hr_outbox_t *mk(const char *sd, const uint64_t *retry, size_t n, uint64_t
         .ntargets = 1,
         .manual_compaction = manual};
     char err[256] = "";
-    hr_outbox_t *o = hr_outbox_create(loop, files, &opts, err, sizeof err);
-    if (!o) fprintf(stderr, "hr_outbox_create: %s\n", err);
+    hr_outbox_t *o = hr_outbox_open(loop, files, &opts, err, sizeof err);
+    if (!o) fprintf(stderr, "hr_outbox_open: %s\n", err);
     CHECK(o != NULL);
     return o;
 }

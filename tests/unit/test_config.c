@@ -187,7 +187,7 @@ static bool load_fails(hr_errors_t *errs)
 {
     hr_config_t *c = hr_config_load(cfg_path, errs);
     if (!c) return true;
-    hr_config_destroy(c);
+    hr_config_free(c);
     return false;
 }
 
@@ -429,7 +429,7 @@ static void test_good_config(void)
     CHECK_INT_EQ(c->max_spool_bytes, 8192);
     CHECK_INT_EQ(c->workers, 0); /* "auto" */
     CHECK_STR_EQ(c->log_level, "debug");
-    hr_config_destroy(c);
+    hr_config_free(c);
     unsetenv("HR_TEST_CONFIG_TOKEN");
 }
 
@@ -452,8 +452,8 @@ static void test_minimal_config(void)
     CHECK_INT_EQ(c->ntargets, 0);
     CHECK_INT_EQ(c->nfiles, 0);
     CHECK(c->nwrite_retry >= 1);
-    hr_config_destroy(c);
-    hr_config_destroy(NULL);
+    hr_config_free(c);
+    hr_config_free(NULL);
 }
 
 int main(void)

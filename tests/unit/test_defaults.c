@@ -158,7 +158,7 @@ static void test_config_uses_the_defaults(void)
         CHECK_STR_EQ(c->spool_dir, sp);
         free(sp);
     }
-    hr_config_destroy(c);
+    hr_config_free(c);
     hr_errors_free(&errs);
     unlink(path);
     rmdir(dir);

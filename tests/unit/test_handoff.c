@@ -309,7 +309,7 @@ static void test_calls_and_answers(void)
 {
     memset(&fake, 0, sizeof fake);
     fake.base.ops = &FAKE_OPS;
-    hr_handoff_t *h = hr_handoff_create(&dloop, &fake.base);
+    hr_handoff_t *h = hr_handoff_open(&dloop, &fake.base);
     CHECK_INT_EQ(hr_handoff_drain_deadline(h), 0);
     worker_t ws[MAX_WORKERS];
     memset(ws, 0, sizeof ws);
@@ -374,7 +374,7 @@ static void test_close_idle_port(void)
 {
     memset(&fake, 0, sizeof fake);
     fake.base.ops = &FAKE_OPS;
-    hr_handoff_t *h = hr_handoff_create(&dloop, &fake.base);
+    hr_handoff_t *h = hr_handoff_open(&dloop, &fake.base);
     worker_t w;
     memset(&w, 0, sizeof w);
     start_worker(&w, h, 0, script_nothing);
@@ -443,10 +443,10 @@ static void test_real_outbox(void)
     hr_delivery_t *d = hr_delivery_open(&dloop, cfg, err, sizeof err);
     CHECK_STR_EQ(d ? "" : err, "");
     if (!d) { /* counted above */
-        hr_config_destroy(cfg);
+        hr_config_free(cfg);
         return;
     }
-    hr_handoff_t *h = hr_handoff_create(&dloop, d);
+    hr_handoff_t *h = hr_handoff_open(&dloop, d);
     char path[512];
     snprintf(path, sizeof path, "%s/var/out.jsonl", dir);
     worker_t ws[MAX_WORKERS];
@@ -497,7 +497,7 @@ static void test_real_outbox(void)
     hr_delivery_close(d, count_cb, &closed);
     while (closed < 2)
         uv_run(&dloop, UV_RUN_ONCE);
-    hr_config_destroy(cfg);
+    hr_config_free(cfg);
 }
 
 int main(void)

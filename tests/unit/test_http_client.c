@@ -137,7 +137,7 @@ static void close_client(hr_http_client_t *c)
 
 static void test_bodies(void)
 {
-    hr_http_client_t *c = hr_http_client_create(loop, NULL);
+    hr_http_client_t *c = hr_http_client_open(loop, NULL);
     result_t r = {0};
 
     CHECK_INT_EQ(send_get(c, "GET", "/cl", 2000, &r), 0);
@@ -189,7 +189,7 @@ static void test_bodies(void)
 
 static void test_keepalive(void)
 {
-    hr_http_client_t *c = hr_http_client_create(loop, NULL);
+    hr_http_client_t *c = hr_http_client_open(loop, NULL);
     result_t r = {0};
     int accepts = peer_accepts(srv);
     send_get(c, "GET", "/cl", 2000, &r);
@@ -215,7 +215,7 @@ static void test_keepalive(void)
 
 static void test_timeout_and_refused(void)
 {
-    hr_http_client_t *c = hr_http_client_create(loop, NULL);
+    hr_http_client_t *c = hr_http_client_open(loop, NULL);
     result_t r = {0};
     uv_update_time(loop);
     uint64_t t0 = uv_now(loop);
@@ -248,7 +248,7 @@ static void test_timeout_and_refused(void)
 
 static void test_server_closes_idle(void)
 {
-    hr_http_client_t *c = hr_http_client_create(loop, NULL);
+    hr_http_client_t *c = hr_http_client_open(loop, NULL);
     result_t r = {0};
     int accepts = peer_accepts(srv);
     /* Reused connection dropped by the server before answering: retried transparently. */
@@ -275,7 +275,7 @@ static void test_server_closes_idle(void)
 static void test_idle_timeout(void)
 {
     hr_http_client_opts_t o = {.idle_timeout_ms = 30};
-    hr_http_client_t *c = hr_http_client_create(loop, &o);
+    hr_http_client_t *c = hr_http_client_open(loop, &o);
     result_t r = {0};
     int accepts = peer_accepts(srv);
     send_get(c, "GET", "/cl", 2000, &r);
@@ -308,7 +308,7 @@ static void on_many(void *arg, int err, const char *errmsg, const hr_http_respon
 static void test_many(void)
 {
     hr_http_client_opts_t o = {.max_conns_per_host = 4};
-    hr_http_client_t *c = hr_http_client_create(loop, &o);
+    hr_http_client_t *c = hr_http_client_open(loop, &o);
     int accepts = peer_accepts(srv);
     for (int i = 0; i < 200; i++) {
         char url[64];
@@ -326,7 +326,7 @@ static void test_many(void)
 
 static void test_request_bytes(void)
 {
-    hr_http_client_t *c = hr_http_client_create(loop, NULL);
+    hr_http_client_t *c = hr_http_client_open(loop, NULL);
     result_t r = {0};
     char url[128];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/echo?x=1&y=2", peer_port(srv));
@@ -367,7 +367,7 @@ static void test_request_bytes(void)
 static void test_too_big(void)
 {
     hr_http_client_opts_t o = {.max_response_bytes = 1024};
-    hr_http_client_t *c = hr_http_client_create(loop, &o);
+    hr_http_client_t *c = hr_http_client_open(loop, &o);
     result_t r = {0};
     send_get(c, "GET", "/big", 2000, &r);
     run_until(&r.done, 1);

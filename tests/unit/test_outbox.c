@@ -67,8 +67,8 @@ static hr_outbox_t *mk_at(hr_files_t *files, const char *spool, const uint64_t *
     hr_outbox_opts_t opts = {
         .dead_letters = dlpath, .spool = {.dir = sd}, .targets = &t, .ntargets = 1};
     char err[256] = "";
-    hr_outbox_t *o = hr_outbox_create(loop, files, &opts, err, sizeof err);
-    if (!o) fprintf(stderr, "hr_outbox_create: %s\n", err);
+    hr_outbox_t *o = hr_outbox_open(loop, files, &opts, err, sizeof err);
+    if (!o) fprintf(stderr, "hr_outbox_open: %s\n", err);
     CHECK(o != NULL);
     free(sd);
     return o;
@@ -354,8 +354,8 @@ static hr_outbox_t *mk_writes(hr_files_t *files, const char *spool, uint32_t tri
                              .writes = {.retry_ms = retry, .nretry = 2},
                              .write_attempts = tries};
     char err[256] = "";
-    hr_outbox_t *o = hr_outbox_create(loop, files, &opts, err, sizeof err);
-    if (!o) fprintf(stderr, "hr_outbox_create: %s\n", err);
+    hr_outbox_t *o = hr_outbox_open(loop, files, &opts, err, sizeof err);
+    if (!o) fprintf(stderr, "hr_outbox_open: %s\n", err);
     CHECK(o != NULL);
     return o;
 }

@@ -751,14 +751,14 @@ static void test_listen_errors(void)
 {
     char err[256];
     hr_server_opts_t o = {.host = "127.0.0.1", .port = port_main, .on_request = app_on_request};
-    hr_server_t *s = hr_server_start(loop, &o, err, sizeof err);
+    hr_server_t *s = hr_server_open(loop, &o, err, sizeof err);
     CHECK(s == NULL);
     char want[128];
     snprintf(want, sizeof want, "listen 127.0.0.1:%d: address already in use", port_main);
     CHECK_STR_EQ(err, want);
     o.host = "not an address";
     o.port = 0;
-    s = hr_server_start(loop, &o, err, sizeof err);
+    s = hr_server_open(loop, &o, err, sizeof err);
     CHECK(s == NULL);
     CHECK(strncmp(err, "listen not an address:0: ", 25) == 0);
     uv_run(loop, UV_RUN_NOWAIT); /* the failed listener's close callback */
@@ -766,7 +766,7 @@ static void test_listen_errors(void)
     const char *hosts[] = {"localhost", "::1"};
     for (size_t i = 0; i < HR_ARRAY_SIZE(hosts); i++) {
         o.host = hosts[i];
-        s = hr_server_start(loop, &o, err, sizeof err);
+        s = hr_server_open(loop, &o, err, sizeof err);
         if (!s && i == 1) continue;
         CHECK(s != NULL);
         if (!s) continue;
@@ -795,7 +795,7 @@ int main(void)
         .on_headers = app_on_headers,
         .on_request = app_on_request,
     };
-    srv_main = hr_server_start(loop, &o, err, sizeof err);
+    srv_main = hr_server_open(loop, &o, err, sizeof err);
     CHECK(srv_main != NULL);
     if (!srv_main) {
         fprintf(stderr, "%s\n", err);
@@ -803,7 +803,7 @@ int main(void)
     }
     o.idle_timeout_ms = 400;
     o.request_timeout_ms = 200;
-    srv_short = hr_server_start(loop, &o, err, sizeof err);
+    srv_short = hr_server_open(loop, &o, err, sizeof err);
     CHECK(srv_short != NULL);
     if (!srv_short) return 1;
     port_main = hr_server_port(srv_main);
