@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hr/deadletter.h"
 #include "hr/files.h"
 #include "hr/http_client.h"
 #include "hr/log.h"

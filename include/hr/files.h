@@ -2,14 +2,13 @@
  * (src/files.c). Each line goes out in one write(2) on an O_APPEND descriptor, so a line is
  * never interleaved or half-buffered in the process; descriptors stay open between writes and
  * are reopened after hr_files_reopen() (SIGHUP, for logrotate). The dead-letter line itself
- * (its shape, format and parse) is in hr/deadletter.h, included here for the writers. */
+ * (its shape, format and parse) is hr/deadletter.h's. */
 #ifndef HR_FILES_H
 #define HR_FILES_H
 
 #include "hr/action.h"
 #include "hr/common.h"
 #include "hr/config.h"
-#include "hr/deadletter.h"
 
 typedef struct hr_files hr_files_t;
 

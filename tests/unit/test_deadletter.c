@@ -279,6 +279,130 @@ static void test_secret_headers(void)
         CHECK(!hr_header_is_secret(plain[i]));
 }
 
+/* A failed rule's dead letter: every event field, null for a missing store, the raw body. */
+static void test_format_event(void)
+{
+    hr_event_meta_t ev = {.id = "0190-id",
+                          .type = "checkout.completed",
+                          .store = NULL,
+                          .method = "POST",
+                          .path = "/hooks/x",
+                          .received_at = "2024-05-14T16:02:11.482Z"};
+    hr_buf_t b = HR_BUF_INIT;
+    const char raw[] = "not json \"quoted\"\n";
+    hr_deadletter_for_event(&b, &ev, "boom: line 3", raw, sizeof raw - 1);
+    CHECK(memchr(b.data, '\n', b.len) == NULL);
+    cJSON *j = cJSON_Parse(b.data);
+    CHECK(j != NULL);
+    if (j) {
+        CHECK(cJSON_IsString(cJSON_GetObjectItem(j, "dead_at")));
+        CHECK_STR_EQ(cJSON_GetObjectItem(j, "reason")->valuestring, "rule failed");
+        CHECK_STR_EQ(cJSON_GetObjectItem(j, "error")->valuestring, "boom: line 3");
+        cJSON *e = cJSON_GetObjectItem(j, "event");
+        CHECK_STR_EQ(cJSON_GetObjectItem(e, "id")->valuestring, "0190-id");
+        CHECK_STR_EQ(cJSON_GetObjectItem(e, "type")->valuestring, "checkout.completed");
+        CHECK(cJSON_IsNull(cJSON_GetObjectItem(e, "store")));
+        CHECK_STR_EQ(cJSON_GetObjectItem(e, "method")->valuestring, "POST");
+        CHECK_STR_EQ(cJSON_GetObjectItem(e, "path")->valuestring, "/hooks/x");
+        CHECK_STR_EQ(cJSON_GetObjectItem(e, "received_at")->valuestring,
+                     "2024-05-14T16:02:11.482Z");
+        CHECK_STR_EQ(cJSON_GetObjectItem(j, "raw_body")->valuestring, raw);
+    }
+    cJSON_Delete(j);
+    hr_buf_free(&b);
+}
+
+/* A forward's and a write's dead letter: the fields replay and operators read. */
+static void test_format_action(void)
+{
+    hr_action_t *a = hr_action_new(HR_ACTION_FORWARD);
+    strcpy(a->event_id, "0190-ev");
+    a->event_type = hr_xstrdup("checkout-zone.left");
+    a->store = hr_xstrdup("42");
+    a->name = hr_xstrdup("pos");
+    a->accepted_ms = 1715702531482ULL;
+    a->method = hr_xstrdup("PUT");
+    a->url = hr_xstrdup("http://127.0.0.1:9/x");
+    a->body = hr_xstrdup("{\"a\":[1,2]}");
+    a->body_len = strlen(a->body);
+    a->body_is_json = true;
+    a->attempts = 3;
+    a->last_status = 503;
+
+    hr_buf_t b = HR_BUF_INIT;
+    hr_deadletter_for_action(&b, a, "attempts exhausted");
+    cJSON *j = cJSON_Parse(b.data);
+    CHECK(j != NULL);
+    if (j) {
+        CHECK_STR_EQ(cJSON_GetObjectItem(j, "reason")->valuestring, "attempts exhausted");
+        cJSON *e = cJSON_GetObjectItem(j, "event");
+        CHECK_STR_EQ(cJSON_GetObjectItem(e, "id")->valuestring, "0190-ev");
+        CHECK_STR_EQ(cJSON_GetObjectItem(e, "type")->valuestring, "checkout-zone.left");
+        CHECK_STR_EQ(cJSON_GetObjectItem(e, "store")->valuestring, "42");
+        CHECK_STR_EQ(cJSON_GetObjectItem(e, "accepted_at")->valuestring,
+                     "2024-05-14T16:02:11.482Z");
+        CHECK_STR_EQ(cJSON_GetObjectItem(j, "action")->valuestring, "forward");
+        CHECK_STR_EQ(cJSON_GetObjectItem(j, "target")->valuestring, "pos");
+        CHECK_STR_EQ(cJSON_GetObjectItem(j, "url")->valuestring, "http://127.0.0.1:9/x");
+        CHECK_STR_EQ(cJSON_GetObjectItem(j, "method")->valuestring, "PUT");
+        CHECK_INT_EQ(cJSON_GetObjectItem(j, "attempts")->valueint, 3);
+        CHECK_INT_EQ(cJSON_GetObjectItem(j, "last_status")->valueint, 503);
+        CHECK(cJSON_IsNull(cJSON_GetObjectItem(j, "last_error")));
+        cJSON *body = cJSON_GetObjectItem(j, "body");
+        CHECK(cJSON_IsObject(body));
+        CHECK_INT_EQ(cJSON_GetArraySize(cJSON_GetObjectItem(body, "a")), 2);
+    }
+    cJSON_Delete(j);
+
+    /* Raw (non-JSON) body and a transport error. */
+    free(a->body);
+    a->body = hr_xstrdup("plain \"text\"\twith\x01 ctl");
+    a->body_len = strlen(a->body);
+    a->body_is_json = false;
+    a->last_status = 0;
+    snprintf(a->last_error, sizeof a->last_error, "connection refused");
+    free(a->store);
+    a->store = NULL;
+    hr_buf_reset(&b);
+    hr_deadletter_for_action(&b, a, "shutdown");
+    j = cJSON_Parse(b.data);
+    CHECK(j != NULL);
+    if (j) {
+        CHECK_STR_EQ(cJSON_GetObjectItem(j, "body")->valuestring, a->body);
+        CHECK(cJSON_IsNull(cJSON_GetObjectItem(j, "last_status")));
+        CHECK_STR_EQ(cJSON_GetObjectItem(j, "last_error")->valuestring, "connection refused");
+        CHECK(cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "event"), "store")));
+    }
+    cJSON_Delete(j);
+    hr_action_free(a);
+
+    /* A write action. */
+    a = hr_action_new(HR_ACTION_WRITE);
+    strcpy(a->event_id, "0190-w");
+    a->event_type = hr_xstrdup("tracking");
+    a->name = hr_xstrdup("audit");
+    a->file_path = hr_xstrdup("/var/lib/hr/audit.jsonl");
+    a->body = hr_xstrdup("{\"k\":\"v\"}");
+    a->body_len = strlen(a->body);
+    a->body_is_json = true;
+    a->attempts = 1;
+    snprintf(a->last_error, sizeof a->last_error, "write: No space left on device");
+    hr_buf_reset(&b);
+    hr_deadletter_for_action(&b, a, "write failed");
+    j = cJSON_Parse(b.data);
+    CHECK(j != NULL);
+    if (j) {
+        CHECK_STR_EQ(cJSON_GetObjectItem(j, "action")->valuestring, "write");
+        CHECK_STR_EQ(cJSON_GetObjectItem(j, "file")->valuestring, "audit");
+        CHECK_STR_EQ(cJSON_GetObjectItem(j, "path")->valuestring, "/var/lib/hr/audit.jsonl");
+        CHECK_STR_EQ(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "record"), "k")->valuestring, "v");
+        CHECK(cJSON_GetObjectItem(j, "target") == NULL);
+    }
+    cJSON_Delete(j);
+    hr_action_free(a);
+    hr_buf_free(&b);
+}
+
 int main(void)
 {
     test_forward_round_trip();
@@ -288,5 +412,7 @@ int main(void)
     test_ids_are_per_line();
     test_other_lines();
     test_secret_headers();
+    test_format_event();
+    test_format_action();
     return CHECK_DONE("test_deadletter");
 }
