@@ -1,5 +1,7 @@
-/* JSON <-> Lua, exact both ways. No I/O; the only state outside a Lua state is a
- * per-thread decode arena (safe with one Lua state per event loop, and with nested decodes).
+/* JSON <-> Lua, exact both ways. No I/O. Outside a Lua state there is a per-thread decode
+ * arena (safe with one Lua state per event loop, and with nested decodes) and cJSON's
+ * allocation hooks, installed once per process (pthread_once) to allocate from that arena:
+ * every cJSON call in the process goes through them (outside a decode they are malloc/free).
  * Decoding is RFC 8259 strict (a scan validates before cJSON parses): numbers only per the grammar,
  * within double range (underflow reads as 0 or a denormal), at most 63 characters; no raw bytes
  * below 0x20 in strings, valid UTF-8, \u surrogates only in pairs; whitespace only space, tab, LF,
