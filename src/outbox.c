@@ -1,5 +1,6 @@
 /* The durable outbox: spool-backed delivery, per-target scheduling, retries that survive
- * restarts, circuit breakers, dead letters, replays and drain (see include/hr/outbox.h).
+ * restarts, circuit breakers, dead letters, replays and drain (see include/hr/outbox.h). Its
+ * types and the calls between its parts are in src/outbox_int.h.
  *
  * Every unfinished action has an item in memory: a small index entry (its spool location,
  * target, lane, attempts, next due time). The action itself (URL, headers, body) is read back
@@ -52,121 +53,16 @@
 #include "hr/log.h"
 #include "hr/spool_index.h"
 #include "hr/target.h"
+#include "outbox_int.h"
 
 #define KEEP_LOADED_MS   10000 /* keep the action in memory across waits shorter than this */
 #define MAX_LOG_ATTEMPTS 1000
-#define COMPACT_MS       1000 /* how often the spool is looked at for compaction */
 #define COMPACT_RETRY_MS 100  /* after a candidate whose items were not all found */
 #define DL_RETRY_MS      1000 /* wait before writing a dead letter again after it failed */
 
-typedef enum { IT_NONE = 0, IT_HEAP, IT_READY, IT_LANE, IT_FLIGHT } it_where_t;
-
-struct ob_target;
-struct ob_lane;
-
-/* One unfinished action. */
-typedef struct ob_item {
-    hr_outbox_t *o;           /* owner */
-    struct ob_target *t;      /* its target (NULL for a write) */
-    struct ob_lane *lane;     /* its lane on an ordered target, else NULL */
-    struct ob_item *prev;     /* in o->all, arrival order */
-    struct ob_item *next;     /* in o->all */
-    struct ob_item *rnext;    /* in t's ready queue */
-    struct ob_item *lnext;    /* in its lane */
-    hr_action_t *a;           /* the action while loaded, else NULL */
-    size_t a_weight;          /* what a counts in o->loaded_bytes */
-    uint64_t id;              /* spool id of the action */
-    hr_spool_loc_t loc;       /* its ACTION record (holds a segment reference) */
-    hr_spool_loc_t state_loc; /* its latest STATE record, 0 if none */
-    uint64_t accepted_ms;     /* wall time the event was accepted */
-    uint64_t due;             /* uv_now of the next attempt */
-    uint64_t due_wall;        /* the same in wall time (what the spool keeps) */
-    size_t heap_idx;          /* index in o->heap while IT_HEAP */
-    uint32_t attempts;        /* attempts finished or running */
-    uint32_t max_attempts;    /* from the action */
-    int last_status;          /* last HTTP status, 0 if none */
-    hr_action_kind_t kind;    /* forward or write */
-    it_where_t where;         /* see the file comment */
-    const char *dead_reason;  /* a dead letter that could not be written yet (a literal) */
-    uint64_t started_ms;      /* uv_now when the attempt in flight started */
-} ob_item_t;
-
-/* One store's lane on an ordered target. */
-typedef struct ob_lane {
-    struct ob_lane *next; /* hash chain */
-    char *store;          /* "" for events without a store */
-    ob_item_t *head;      /* the item being delivered (or waiting) */
-    ob_item_t *tail;      /* the newest */
-} ob_lane_t;
-
-#define LANE_BUCKETS 256
-
-typedef struct ob_target {
-    struct ob_target *next; /* in o->targets */
-    hr_outbox_t *o;         /* owner */
-    char *name;             /* owned */
-    hr_target_policy_t pol; /* its policy (schedule, max age, concurrency, rate, ...) */
-    ob_item_t *ready_head;  /* due items waiting for a slot */
-    ob_item_t *ready_tail;  /* ... */
-    size_t nready;          /* items in the ready queue */
-    uint32_t inflight;      /* requests in flight */
-    size_t live;            /* unfinished items */
-    hr_circuit_t circuit;   /* breaker (times in uv_now) */
-    hr_bucket_t bucket;     /* rate bucket (times in uv_now) */
-    uv_timer_t timer;       /* probe / rate wake-up */
-    ob_lane_t **lanes;      /* LANE_BUCKETS chains when ordered, else NULL */
-} ob_target_t;
-
-struct hr_outbox {
-    uv_loop_t *loop;           /* the loop */
-    size_t loaded_bytes;       /* about what the loaded actions (it->a) take, see item_unload */
-    hr_files_t *files;         /* shared file table (not owned) */
-    char *dead_letters;        /* dead-letter path, owned; NULL: log only */
-    hr_spool_t *spool;         /* the storage; NULL once closed */
-    hr_http_client_t *http;    /* NULL once closed */
-    char *incoming_dir;        /* <spool_dir>/incoming */
-    ob_target_t *targets;      /* every target seen */
-    ob_item_t *all_head;       /* every unfinished item, arrival order */
-    ob_item_t *all_tail;       /* ... */
-    ob_item_t **heap;          /* waiting items, min-heap on due */
-    size_t nheap;              /* items in heap */
-    size_t heap_cap;           /* slots allocated */
-    uint64_t next_id;          /* id of the next action */
-    uint32_t inflight;         /* requests in flight, all targets */
-    uv_timer_t retry_timer;    /* armed for heap[0] */
-    uv_timer_t drain_timer;    /* grace period end, or 0 when drained early */
-    uv_timer_t incoming_timer; /* scans incoming_dir */
-    uv_timer_t compact_timer;  /* compaction steps */
-    bool compacting;           /* a compaction waits for its sync */
-    uint32_t compact_skip;     /* a segment whose compaction sync failed: left alone */
-    uint64_t compact_after;    /* uv_now before which a push does not trigger a step */
-    bool compact_manual;       /* only hr_outbox_compact runs steps (tests) */
-    hr_outbox_stats_t st;      /* counters */
-    hr_buf_t scratch;          /* encoding and reading records */
-    hr_buf_t line;             /* dead-letter lines */
-    bool draining;             /* hr_outbox_drain was called */
-    bool drain_finished;       /* finish_drain ran */
-    uint64_t drain_deadline;   /* uv_now after which no attempt starts */
-    void (*drain_cb)(void *);  /* run once drained */
-    void *drain_arg;           /* for drain_cb */
-    bool closing;              /* hr_outbox_close was called */
-    int open_handles;          /* timers + http client + spool not yet closed */
-    void (*close_cb)(void *);  /* run once freed */
-    void *close_arg;           /* for close_cb */
-    uint64_t last_full_log;    /* uv_now of the last "spool full" line */
-    hr_target_policy_t writes; /* policy of write actions: retry_ms, nretry, max_age_s only */
-    uint32_t write_attempts;   /* attempts of a write action */
-    uint64_t last_dl_log;      /* uv_now of the last "dead-letter file failed" line */
-    uint32_t dl_suppressed;    /* such lines left out since */
-    bool incoming_scanned;     /* the first scan of incoming_dir ran */
-};
-
 static void on_retry_timer(uv_timer_t *t);
 static void on_target_timer(uv_timer_t *t);
-static void pump(ob_target_t *t);
 static void schedule(ob_item_t *it);
-static void heap_push(hr_outbox_t *o, ob_item_t *it);
-static void rearm(hr_outbox_t *o);
 
 /* Loaded actions (it->a) beyond this many bytes are not kept in memory while they wait: they
  * are read back from the spool when their attempt starts. */
@@ -178,8 +74,8 @@ static size_t action_weight(const hr_action_t *a)
     return sizeof *a + a->body_len + 64 * a->nheaders + (a->url ? strlen(a->url) : 0);
 }
 
-/* Drop it's loaded action (it stays in the spool; item_load reads it back). */
-static void item_unload(ob_item_t *it)
+/* Drop it's loaded action (it stays in the spool; ob_item_load reads it back). */
+void ob_item_unload(ob_item_t *it)
 {
     if (!it->a) return;
     it->o->loaded_bytes -= it->a_weight;
@@ -187,8 +83,6 @@ static void item_unload(ob_item_t *it)
     hr_action_free(it->a);
     it->a = NULL;
 }
-static void maybe_drained(hr_outbox_t *o);
-static void compact_kick(hr_outbox_t *o);
 
 /* ---- Targets ---------------------------------------------------------------------------- */
 
@@ -207,7 +101,7 @@ static ob_target_t *target_find(hr_outbox_t *o, const char *name)
 }
 
 /* The target called name, created with the default policy if it is new. Never NULL. */
-static ob_target_t *target_get(hr_outbox_t *o, const char *name)
+ob_target_t *ob_target_get(hr_outbox_t *o, const char *name)
 {
     ob_target_t *t = target_find(o, name);
     if (t) return t;
@@ -287,7 +181,7 @@ static void heap_down(hr_outbox_t *o, size_t i)
     }
 }
 
-static void heap_push(hr_outbox_t *o, ob_item_t *it)
+void ob_heap_push(hr_outbox_t *o, ob_item_t *it)
 {
     if (o->nheap == o->heap_cap) {
         o->heap_cap = o->heap_cap ? o->heap_cap * 2 : 64;
@@ -313,7 +207,7 @@ static void heap_remove(hr_outbox_t *o, ob_item_t *it)
 }
 
 /* Arm the retry timer for the earliest waiting item, or stop it. */
-static void rearm(hr_outbox_t *o)
+void ob_rearm(hr_outbox_t *o)
 {
     if (o->closing || o->drain_finished) return;
     if (o->nheap == 0) {
@@ -327,7 +221,7 @@ static void rearm(hr_outbox_t *o)
 
 /* ---- Items ------------------------------------------------------------------------------ */
 
-static ob_item_t *item_new(hr_outbox_t *o)
+ob_item_t *ob_item_new(hr_outbox_t *o)
 {
     ob_item_t *it = hr_xcalloc(1, sizeof *it);
     it->o = o;
@@ -358,7 +252,7 @@ static void all_unlink(hr_outbox_t *o, ob_item_t *it)
 /* Unlink it from everything and free it. With done, its DONE record is written and its
  * segment reference dropped; without, it stays pending in the spool (shutdown). The next item
  * of its lane, if any, is scheduled. */
-static void item_release(ob_item_t *it, bool done)
+void ob_item_release(ob_item_t *it, bool done)
 {
     hr_outbox_t *o = it->o;
     if (done && o->spool) {
@@ -383,7 +277,7 @@ static void item_release(ob_item_t *it, bool done)
         next_head = lane->head;
         if (!lane->head) lane_free_if_empty(t, lane);
     }
-    item_unload(it);
+    ob_item_unload(it);
     free(it);
     if (next_head && !o->drain_finished && !o->closing) {
         next_head->where = IT_NONE;
@@ -392,7 +286,7 @@ static void item_release(ob_item_t *it, bool done)
 }
 
 /* Make sure it->a is loaded. Returns 0, or -1 if the record cannot be read. */
-static int item_load(ob_item_t *it)
+int ob_item_load(ob_item_t *it)
 {
     if (it->a) return 0;
     hr_outbox_t *o = it->o;
@@ -436,15 +330,8 @@ static uint64_t ms_since(uint64_t wall_ms)
 
 /* ---- Dead letters ----------------------------------------------------------------------- */
 
-/* An attempt log being collected: v[i].error points into err[i] once it is complete. */
-typedef struct {
-    hr_attempt_t *v;
-    char (*err)[128];
-    size_t n;
-} attempt_log_t;
-
 /* Room for one more entry in lg (cap: its slots). */
-static void log_grow(attempt_log_t *lg, size_t *cap)
+static void log_grow(ob_attempt_log_t *lg, size_t *cap)
 {
     if (lg->n < *cap) return;
     *cap = *cap ? *cap * 2 : 8;
@@ -453,7 +340,7 @@ static void log_grow(attempt_log_t *lg, size_t *cap)
 }
 
 /* Reverse the entries [i, j) of lg. */
-static void log_reverse(attempt_log_t *lg, size_t i, size_t j)
+static void log_reverse(ob_attempt_log_t *lg, size_t i, size_t j)
 {
     for (; j > i + 1; i++, j--) {
         hr_attempt_t tv = lg->v[i];
@@ -468,7 +355,7 @@ static void log_reverse(attempt_log_t *lg, size_t i, size_t j)
 
 /* Add the attempt log carried by a COPY record (oldest first) to lg, which is built newest
  * first. */
-static void log_add_copy(attempt_log_t *lg, size_t *cap, hr_spool_copy_t *c)
+static void log_add_copy(ob_attempt_log_t *lg, size_t *cap, hr_spool_copy_t *c)
 {
     size_t first = lg->n;
     hr_spool_state_t s;
@@ -483,7 +370,7 @@ static void log_add_copy(attempt_log_t *lg, size_t *cap, hr_spool_copy_t *c)
 /* Collect the attempt log of it (oldest first, at most MAX_LOG_ATTEMPTS) from its STATE chain,
  * ending with the log of the COPY the chain reaches, if any. The caller frees lg->v and
  * lg->err. */
-static void read_attempt_log(ob_item_t *it, attempt_log_t *lg)
+void ob_read_attempt_log(ob_item_t *it, ob_attempt_log_t *lg)
 {
     hr_outbox_t *o = it->o;
     memset(lg, 0, sizeof *lg);
@@ -534,17 +421,17 @@ static void dead_later(ob_item_t *it, const char *reason, const char *err)
     it->dead_reason = reason;
     it->due = now + DL_RETRY_MS;
     it->due_wall = hr_wall_ms() + DL_RETRY_MS;
-    item_unload(it);
-    heap_push(o, it);
-    rearm(o);
+    ob_item_unload(it);
+    ob_heap_push(o, it);
+    ob_rearm(o);
 }
 
 /* Write the dead letter of it (reason: a literal) and finish it; if the dead-letter file
  * fails, it stays in the spool and is tried again later (dead_later). */
-static void dead_item(ob_item_t *it, const char *reason)
+void ob_dead_item(ob_item_t *it, const char *reason)
 {
     hr_outbox_t *o = it->o;
-    if (item_load(it) == 0) {
+    if (ob_item_load(it) == 0) {
         hr_action_t *a = it->a;
         a->attempts = it->attempts;
         char what[200];
@@ -558,8 +445,8 @@ static void dead_item(ob_item_t *it, const char *reason)
         else
             hr_log_error("dead-letter id=%s target=%s %s attempts=%u reason=%s", a->event_id,
                          a->name ? a->name : "-", what, (unsigned)a->attempts, reason);
-        attempt_log_t lg;
-        read_attempt_log(it, &lg);
+        ob_attempt_log_t lg;
+        ob_read_attempt_log(it, &lg);
         hr_buf_reset(&o->line);
         hr_deadletter_for_action_log(&o->line, a, reason, lg.v, lg.n);
         free(lg.v);
@@ -577,7 +464,7 @@ static void dead_item(ob_item_t *it, const char *reason)
                      (unsigned long long)it->id, reason);
     }
     o->st.dead++;
-    item_release(it, true);
+    ob_item_release(it, true);
 }
 
 /* ---- Circuit breaker -------------------------------------------------------------------- */
@@ -652,7 +539,7 @@ static void retry_or_dead(ob_item_t *it, const hr_target_policy_t *p, const hr_t
     hr_target_next_t next = hr_target_after_attempt(p, at, wall, hr_rand64());
     if (next.dead) {
         record_state(it, error, 0);
-        dead_item(it, next.dead);
+        ob_dead_item(it, next.dead);
         return;
     }
     it->due = now + next.wait_ms;
@@ -663,9 +550,9 @@ static void retry_or_dead(ob_item_t *it, const hr_target_policy_t *p, const hr_t
                 (unsigned)it->attempts, (unsigned)it->max_attempts,
                 (unsigned long long)next.wait_ms);
     o->st.retried++;
-    if (next.wait_ms > KEEP_LOADED_MS) item_unload(it);
-    heap_push(o, it);
-    rearm(o);
+    if (next.wait_ms > KEEP_LOADED_MS) ob_item_unload(it);
+    ob_heap_push(o, it);
+    ob_rearm(o);
 }
 
 /* ---- Forward delivery ------------------------------------------------------------------- */
@@ -686,8 +573,8 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
         /* Cut off by shutdown: not an attempt; it stays in the spool. */
         it->attempts--;
         hr_circuit_unprobe(&t->circuit);
-        item_release(it, false);
-        maybe_drained(o);
+        ob_item_release(it, false);
+        ob_maybe_drained(o);
         return;
     }
     if (err == 0) {
@@ -713,9 +600,9 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
                     a->name ? a->name : "-", res->status, (unsigned)it->attempts,
                     (unsigned long long)ms_since(a->accepted_ms));
         o->st.delivered++;
-        item_release(it, true);
-        pump(t);
-        maybe_drained(o);
+        ob_item_release(it, true);
+        ob_pump(t);
+        ob_maybe_drained(o);
         return;
     }
     hr_target_attempt_t at =
@@ -730,8 +617,8 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
     else
         circuit_success(t); /* the target answered: it is up */
     retry_or_dead(it, &t->pol, &at, a->last_error, what);
-    pump(t);
-    maybe_drained(o);
+    ob_pump(t);
+    ob_maybe_drained(o);
 }
 
 /* Send the next attempt of it (a forward). */
@@ -739,9 +626,9 @@ static void start_attempt(ob_item_t *it)
 {
     hr_outbox_t *o = it->o;
     ob_target_t *t = it->t;
-    if (item_load(it) < 0) {
+    if (ob_item_load(it) < 0) {
         o->st.dead++;
-        item_release(it, true);
+        ob_item_release(it, true);
         return;
     }
     hr_action_t *a = it->a;
@@ -762,7 +649,7 @@ static void start_attempt(ob_item_t *it)
         it->last_status = 0;
         set_last_error(a, rc == UV_EINVAL ? "invalid URL" : uv_strerror(rc));
         record_state(it, a->last_error, 0);
-        dead_item(it, rc == UV_EINVAL ? "invalid url" : "client closed");
+        ob_dead_item(it, rc == UV_EINVAL ? "invalid url" : "client closed");
         return;
     }
     it->where = IT_FLIGHT;
@@ -772,7 +659,7 @@ static void start_attempt(ob_item_t *it)
 }
 
 /* Start what t may start now: ready items, within concurrency, the circuit and the rate. */
-static void pump(ob_target_t *t)
+void ob_pump(ob_target_t *t)
 {
     hr_outbox_t *o = t->o;
     if (!o->http || o->closing || o->drain_finished) return;
@@ -799,8 +686,8 @@ static void pump(ob_target_t *t)
         it->where = IT_NONE;
         if (hr_target_too_old(t->pol.max_age_s, it->accepted_ms, hr_wall_ms())) {
             hr_circuit_unprobe(&t->circuit);
-            if (item_load(it) == 0) set_last_error(it->a, "max age exceeded while waiting");
-            dead_item(it, "max age exceeded");
+            if (ob_item_load(it) == 0) set_last_error(it->a, "max age exceeded while waiting");
+            ob_dead_item(it, "max age exceeded");
             continue;
         }
         start_attempt(it);
@@ -809,11 +696,11 @@ static void pump(ob_target_t *t)
 
 static void on_target_timer(uv_timer_t *h)
 {
-    pump(h->data);
+    ob_pump(h->data);
 }
 
 /* Put a due forward at the end of its target's ready queue and pump. */
-static void make_ready(ob_item_t *it)
+void ob_make_ready(ob_item_t *it)
 {
     ob_target_t *t = it->t;
     it->where = IT_READY;
@@ -824,7 +711,7 @@ static void make_ready(ob_item_t *it)
         t->ready_head = it;
     t->ready_tail = it;
     t->nready++;
-    pump(t);
+    ob_pump(t);
 }
 
 /* ---- Write delivery --------------------------------------------------------------------- */
@@ -832,12 +719,12 @@ static void make_ready(ob_item_t *it)
 /* Append a write action's line to its file now: delivered; on an error that may pass
  * (hr_target_write_retriable) scheduled again on the writes' schedule (as a forward), else
  * or when out of attempts or age, dead-lettered. */
-static void deliver_write(ob_item_t *it)
+void ob_deliver_write(ob_item_t *it)
 {
     hr_outbox_t *o = it->o;
-    if (item_load(it) < 0) {
+    if (ob_item_load(it) < 0) {
         o->st.dead++;
-        item_release(it, true);
+        ob_item_release(it, true);
         return;
     }
     hr_action_t *a = it->a;
@@ -846,7 +733,7 @@ static void deliver_write(ob_item_t *it)
     a->attempts = it->attempts;
     if (!a->file_path) {
         set_last_error(a, "no file path");
-        dead_item(it, "write failed");
+        ob_dead_item(it, "write failed");
         return;
     }
     int rc = hr_files_append(o->files, a->file_path, a->body ? a->body : "", a->body_len, err,
@@ -863,7 +750,7 @@ static void deliver_write(ob_item_t *it)
                 a->event_type ? a->event_type : "-", a->store ? a->store : "-",
                 a->name ? a->name : "-", (unsigned long long)ms_since(a->accepted_ms));
     o->st.delivered++;
-    item_release(it, true);
+    ob_item_release(it, true);
 }
 
 /* ---- Scheduling ------------------------------------------------------------------------- */
@@ -875,10 +762,10 @@ static void schedule(ob_item_t *it)
     hr_outbox_t *o = it->o;
     if (it->kind == HR_ACTION_WRITE) {
         if (it->due > uv_now(o->loop)) {
-            heap_push(o, it);
-            rearm(o);
+            ob_heap_push(o, it);
+            ob_rearm(o);
         } else {
-            deliver_write(it);
+            ob_deliver_write(it);
         }
         return;
     }
@@ -888,10 +775,10 @@ static void schedule(ob_item_t *it)
         char buf[256];
         if (it->a) {
             store = it->a->store;
-        } else if (item_load(it) == 0) {
+        } else if (ob_item_load(it) == 0) {
             snprintf(buf, sizeof buf, "%s", it->a->store ? it->a->store : "");
             store = it->a->store ? buf : NULL;
-            item_unload(it);
+            ob_item_unload(it);
         }
         ob_lane_t *l = lane_get(t, store);
         it->lane = l;
@@ -905,10 +792,10 @@ static void schedule(ob_item_t *it)
     }
     uint64_t now = uv_now(o->loop);
     if (it->due > now) {
-        heap_push(o, it);
-        rearm(o);
+        ob_heap_push(o, it);
+        ob_rearm(o);
     } else {
-        make_ready(it);
+        ob_make_ready(it);
     }
 }
 
@@ -922,20 +809,20 @@ static void on_retry_timer(uv_timer_t *h)
         if (o->draining && it->due > o->drain_deadline) break;
         heap_remove(o, it);
         if (it->dead_reason)
-            dead_item(it, it->dead_reason);
+            ob_dead_item(it, it->dead_reason);
         else if (it->kind == HR_ACTION_WRITE)
-            deliver_write(it);
+            ob_deliver_write(it);
         else
-            make_ready(it);
+            ob_make_ready(it);
     }
-    rearm(o);
-    maybe_drained(o);
+    ob_rearm(o);
+    ob_maybe_drained(o);
 }
 
 /* A new item for action a (taken over) at loc with id; due per its target's first wait. */
 static ob_item_t *item_for_action(hr_outbox_t *o, hr_action_t *a, uint64_t id, hr_spool_loc_t loc)
 {
-    ob_item_t *it = item_new(o);
+    ob_item_t *it = ob_item_new(o);
     it->a = a;
     it->a_weight = action_weight(a);
     o->loaded_bytes += it->a_weight;
@@ -946,7 +833,7 @@ static ob_item_t *item_for_action(hr_outbox_t *o, hr_action_t *a, uint64_t id, h
     it->max_attempts = a->max_attempts ? a->max_attempts : 1;
     if (a->kind == HR_ACTION_WRITE) it->max_attempts = o->write_attempts; /* the outbox's policy */
     if (a->kind == HR_ACTION_FORWARD) {
-        it->t = target_get(o, a->name ? a->name : "-");
+        it->t = ob_target_get(o, a->name ? a->name : "-");
         it->t->live++;
         uint64_t w = hr_target_wait(&it->t->pol, 1, hr_rand64());
         it->due = uv_now(o->loop) + w;
@@ -1029,7 +916,7 @@ static void on_committed(void *arg, int status)
         if (it->kind == HR_ACTION_FORWARD && o->loaded_bytes > MAX_LOADED_BYTES) {
             hr_log_debug("outbox: %zu bytes of actions in memory: id=%llu waits on disk",
                          o->loaded_bytes, (unsigned long long)it->id);
-            item_unload(it);
+            ob_item_unload(it);
         }
         schedule(it);
     }
@@ -1039,8 +926,8 @@ static void on_committed(void *arg, int status)
 
 /* Append every action of list to the spool (taking them over) and commit. Returns 0 (cb will
  * run) or < 0 (nothing kept; cb will not run). */
-static int push_list(hr_outbox_t *o, hr_action_t *list, void (*cb)(void *, int), void *arg,
-                     const char *incoming)
+int ob_push_list(hr_outbox_t *o, hr_action_t *list, void (*cb)(void *, int), void *arg,
+                 const char *incoming)
 {
     size_t n = 0;
     for (hr_action_t *a = list; a; a = a->next)
@@ -1095,8 +982,8 @@ int hr_outbox_push(hr_outbox_t *o, hr_action_t *list, void (*cb)(void *arg, int 
     for (hr_action_t *a = list; a; a = a->next)
         n++;
     o->st.accepted += n;
-    int rc = push_list(o, list, cb, arg, NULL);
-    compact_kick(o);
+    int rc = ob_push_list(o, list, cb, arg, NULL);
+    ob_compact_kick(o);
     if (rc < 0) {
         o->st.refused++;
         uint64_t now = uv_now(o->loop);
@@ -1170,14 +1057,14 @@ static int take_incoming(hr_outbox_t *o, const char *path)
         unlink(path);
         return 0;
     }
-    int rc = push_list(o, in.head, NULL, NULL, path);
+    int rc = ob_push_list(o, in.head, NULL, NULL, path);
     if (rc < 0)
         hr_log_warn("replay: cannot take %s now (%s); trying again in a second", path,
                     strerror(-rc));
     return rc;
 }
 
-static void on_incoming_timer(uv_timer_t *h)
+void ob_on_incoming_timer(uv_timer_t *h)
 {
     hr_outbox_t *o = h->data;
     if (o->closing || !o->spool) return;
@@ -1224,17 +1111,17 @@ static void on_incoming_timer(uv_timer_t *h)
 
 /* The target of a recovered forward action (created when first seen, as a push would),
  * kept as its index entry's user value; NULL for a write. */
-static void *rec_target(void *arg, const hr_spool_action_meta_t *m)
+void *ob_recover_target(void *arg, const hr_spool_action_meta_t *m)
 {
     if (m->kind != HR_ACTION_FORWARD) return NULL;
     char name[256];
     size_t k = m->name_len < sizeof name - 1 ? m->name_len : sizeof name - 1;
     memcpy(name, m->name ? m->name : "-", m->name ? k : 1);
     name[m->name ? k : 1] = '\0';
-    return target_get(arg, name);
+    return ob_target_get(arg, name);
 }
 
-static void on_recover_rec(void *arg, int type, const char *p, size_t n, hr_spool_loc_t loc)
+void ob_recover_rec(void *arg, int type, const char *p, size_t n, hr_spool_loc_t loc)
 {
     if (hr_spool_index_fold(arg, type, p, n, loc) == 0) return;
     if (type == HR_REC_ACTION) hr_log_warn("spool: malformed action record skipped");
@@ -1253,7 +1140,7 @@ static void rec_item(void *arg, const hr_spool_entry_t *e)
 {
     recover_t *r = arg;
     hr_outbox_t *o = r->o;
-    ob_item_t *it = item_new(o);
+    ob_item_t *it = ob_item_new(o);
     it->id = e->id;
     it->loc = e->loc;
     it->state_loc = e->state_loc;
@@ -1271,7 +1158,7 @@ static void rec_item(void *arg, const hr_spool_entry_t *e)
 }
 
 /* Make the items of what ix holds pending (in arrival order), then free ix. */
-static void recover_items(hr_outbox_t *o, hr_spool_index_t *ix)
+void ob_recover_items(hr_outbox_t *o, hr_spool_index_t *ix)
 {
     uint64_t max_id = hr_spool_index_max_id(ix);
     if (max_id >= o->next_id) o->next_id = max_id + 1;
@@ -1315,8 +1202,8 @@ static int compact_item(hr_outbox_t *o, ob_item_t *it, uint64_t *bytes)
     c.attempts = it->attempts - (it->where == IT_FLIGHT && it->attempts > 0 ? 1 : 0);
     c.last_status = it->last_status;
     c.next_due_ms = it->due_wall;
-    attempt_log_t lg;
-    read_attempt_log(it, &lg);
+    ob_attempt_log_t lg;
+    ob_read_attempt_log(it, &lg);
     hr_spool_state_t *log = hr_xcalloc(lg.n ? lg.n : 1, sizeof *log);
     for (size_t i = 0; i < lg.n; i++)
         log[i] = (hr_spool_state_t){.id = it->id,
@@ -1371,7 +1258,7 @@ static void on_compact_synced(void *arg, int status)
                     "it stays until the rest is finished",
                     (unsigned long long)c->seq, c->moved, c->total);
     free(c);
-    if (freed && !o->closing && !o->drain_finished) compact_kick(o); /* maybe the next one */
+    if (freed && !o->closing && !o->drain_finished) ob_compact_kick(o); /* maybe the next one */
 }
 
 /* One compaction step: if the spool has a candidate, copy its pending actions forward and
@@ -1413,20 +1300,20 @@ static bool compact_step(hr_outbox_t *o)
     return true;
 }
 
-static void on_compact_timer(uv_timer_t *h)
+void ob_on_compact_timer(uv_timer_t *h)
 {
     compact_step(h->data);
 }
 
 /* Run a compaction step on the next loop turn if one is due now (a push found the spool
  * full, or a segment just became a candidate). Cheap: called on every push. */
-static void compact_kick(hr_outbox_t *o)
+void ob_compact_kick(hr_outbox_t *o)
 {
     if (!o->spool || o->closing || o->draining || o->compacting || o->compact_manual) return;
     if (uv_now(o->loop) < o->compact_after) return;
     uint32_t seq = hr_spool_compact_candidate(o->spool, NULL);
     if (!seq || seq == o->compact_skip) return;
-    uv_timer_start(&o->compact_timer, on_compact_timer, 0, COMPACT_MS);
+    uv_timer_start(&o->compact_timer, ob_on_compact_timer, 0, COMPACT_MS);
 }
 
 int hr_outbox_compact(hr_outbox_t *o)
@@ -1468,7 +1355,7 @@ static bool drain_has_work(hr_outbox_t *o)
     return false;
 }
 
-static void maybe_drained(hr_outbox_t *o)
+void ob_maybe_drained(hr_outbox_t *o)
 {
     if (o->draining && !o->drain_finished && !drain_has_work(o))
         uv_timer_start(&o->drain_timer, on_drain_timer, 0, 0);
@@ -1492,7 +1379,7 @@ static void on_http_closed(void *arg)
         if (it->where == IT_HEAP) heap_remove(o, it);
         if (it->lane) it->lane->head = NULL; /* lanes are freed with their target */
         it->lane = NULL;
-        item_release(it, false);
+        ob_item_release(it, false);
         left++;
     }
     if (left)
@@ -1579,12 +1466,12 @@ hr_outbox_t *hr_outbox_open(uv_loop_t *loop, hr_files_t *files, const hr_outbox_
     o->next_id = 1;
     o->incoming_dir = hr_xasprintf("%s/incoming", opts->spool.dir);
     for (size_t i = 0; i < opts->ntargets; i++)
-        target_set_policy(target_get(o, opts->targets[i].name), &opts->targets[i]);
+        target_set_policy(ob_target_get(o, opts->targets[i].name), &opts->targets[i]);
     hr_target_policy_set(&o->writes, &opts->writes);
     o->write_attempts = opts->write_attempts ? opts->write_attempts : HR_DEF_WRITE_ATTEMPTS;
     uint64_t t0 = uv_hrtime();
-    hr_spool_index_t *ix = hr_spool_index_create(rec_target, o);
-    o->spool = hr_spool_open(loop, &opts->spool, on_recover_rec, ix, err, errlen);
+    hr_spool_index_t *ix = hr_spool_index_create(ob_recover_target, o);
+    o->spool = hr_spool_open(loop, &opts->spool, ob_recover_rec, ix, err, errlen);
     if (!o->spool) {
         /* The targets' timers close from the loop; the rest is freed then. */
         hr_spool_index_destroy(ix);
@@ -1608,7 +1495,7 @@ hr_outbox_t *hr_outbox_open(uv_loop_t *loop, hr_files_t *files, const hr_outbox_
     hr_mkdir_p(o->incoming_dir);
 
     /* Take the references of what is pending, then let the spool drop what is finished. */
-    recover_items(o, ix);
+    ob_recover_items(o, ix);
     hr_spool_gc(o->spool);
     o->st.recovered = o->st.pending;
     hr_spool_stats(o->spool, &o->st.spool);
@@ -1627,10 +1514,10 @@ hr_outbox_t *hr_outbox_open(uv_loop_t *loop, hr_files_t *files, const hr_outbox_
         it = next;
     }
     uint64_t scan = opts->incoming_scan_ms ? opts->incoming_scan_ms : 1000;
-    uv_timer_start(&o->incoming_timer, on_incoming_timer, 0, scan);
+    uv_timer_start(&o->incoming_timer, ob_on_incoming_timer, 0, scan);
     o->compact_manual = opts->manual_compaction;
     if (!o->compact_manual)
-        uv_timer_start(&o->compact_timer, on_compact_timer, COMPACT_MS, COMPACT_MS);
+        uv_timer_start(&o->compact_timer, ob_on_compact_timer, COMPACT_MS, COMPACT_MS);
     return o;
 }
 
@@ -1650,9 +1537,9 @@ void hr_outbox_set_targets(hr_outbox_t *o, const hr_outbox_target_t *t, size_t n
 {
     if (o->closing) return;
     for (size_t i = 0; i < n; i++) {
-        ob_target_t *tg = target_get(o, t[i].name);
+        ob_target_t *tg = ob_target_get(o, t[i].name);
         target_set_policy(tg, &t[i]);
-        pump(tg);
+        ob_pump(tg);
     }
 }
 
