@@ -1,7 +1,8 @@
 /* The outbox's internals, shared by its own files only (src/outbox*.c; nothing else includes
  * this): the structs of the outbox, its targets, lanes and items, and the ob_* functions one
- * part calls in another. The parts: so far all in outbox.c. The contract to the rest of the
- * program is include/hr/outbox.h. */
+ * part calls in another. The parts: outbox_compact.c (copying pending actions off the oldest
+ * segment) and outbox.c (the rest). The contract to the rest of the program is
+ * include/hr/outbox.h. */
 #ifndef HR_OUTBOX_INT_H
 #define HR_OUTBOX_INT_H
 
@@ -172,7 +173,7 @@ void ob_dead_item(ob_item_t *it, const char *reason);
  * the COPY the chain reaches, if any. The caller frees lg->v and lg->err. */
 void ob_read_attempt_log(ob_item_t *it, ob_attempt_log_t *lg);
 
-/* ---- outbox.c: compaction --------------------------------------------------------------- */
+/* ---- outbox_compact.c: compaction ------------------------------------------------------- */
 
 /* The compaction timer (o in h->data): one compaction step. */
 void ob_on_compact_timer(uv_timer_t *h);
