@@ -1,8 +1,8 @@
 /* The outbox's internals, shared by its own files only (src/outbox*.c; nothing else includes
  * this): the structs of the outbox, its targets, lanes and items, and the ob_* functions one
  * part calls in another. The parts: outbox_compact.c (copying pending actions off the oldest
- * segment) and outbox.c (the rest). The contract to the rest of the program is
- * include/hr/outbox.h. */
+ * segment), outbox_dead.c (dead letters and the attempt log) and outbox.c (the rest). The
+ * contract to the rest of the program is include/hr/outbox.h. */
 #ifndef HR_OUTBOX_INT_H
 #define HR_OUTBOX_INT_H
 
@@ -164,7 +164,7 @@ void ob_make_ready(ob_item_t *it);
 /* Append a write action's line to its file now: delivered, retried or dead-lettered. */
 void ob_deliver_write(ob_item_t *it);
 
-/* ---- outbox.c: dead letters and the attempt log ----------------------------------------- */
+/* ---- outbox_dead.c: dead letters and the attempt log ------------------------------------ */
 
 /* Write the dead letter of it (reason: a literal) and finish it; if the dead-letter file
  * fails, it stays in the spool and is tried again later. */
