@@ -1,8 +1,9 @@
 /* The outbox's internals, shared by its own files only (src/outbox*.c; nothing else includes
  * this): the structs of the outbox, its targets, lanes and items, and the ob_* functions one
  * part calls in another. The parts: outbox_compact.c (copying pending actions off the oldest
- * segment), outbox_dead.c (dead letters and the attempt log) and outbox.c (the rest). The
- * contract to the rest of the program is include/hr/outbox.h. */
+ * segment), outbox_dead.c (dead letters and the attempt log), outbox_incoming.c (the replay
+ * folder) and outbox.c (the rest). The contract to the rest of the program is
+ * include/hr/outbox.h. */
 #ifndef HR_OUTBOX_INT_H
 #define HR_OUTBOX_INT_H
 
@@ -181,7 +182,7 @@ void ob_on_compact_timer(uv_timer_t *h);
  * push. */
 void ob_compact_kick(hr_outbox_t *o);
 
-/* ---- outbox.c: the replay folder -------------------------------------------------------- */
+/* ---- outbox_incoming.c: the replay folder ----------------------------------------------- */
 
 /* The incoming timer (o in h->data): take in the files of <spool_dir>/incoming/. */
 void ob_on_incoming_timer(uv_timer_t *h);
