@@ -2,8 +2,8 @@
  * this): the structs of the outbox, its targets, lanes and items, and the ob_* functions one
  * part calls in another. The parts: outbox_compact.c (copying pending actions off the oldest
  * segment), outbox_dead.c (dead letters and the attempt log), outbox_incoming.c (the replay
- * folder) and outbox.c (the rest). The contract to the rest of the program is
- * include/hr/outbox.h. */
+ * folder), outbox_recover.c (items from the spool index at open) and outbox.c (the rest). The
+ * contract to the rest of the program is include/hr/outbox.h. */
 #ifndef HR_OUTBOX_INT_H
 #define HR_OUTBOX_INT_H
 
@@ -187,7 +187,7 @@ void ob_compact_kick(hr_outbox_t *o);
 /* The incoming timer (o in h->data): take in the files of <spool_dir>/incoming/. */
 void ob_on_incoming_timer(uv_timer_t *h);
 
-/* ---- outbox.c: recovery at open --------------------------------------------------------- */
+/* ---- outbox_recover.c: recovery at open ------------------------------------------------- */
 
 /* The index's user value for a recovered action (hr_spool_index_create; arg: the outbox):
  * its target, created when first seen; NULL for a write. */
