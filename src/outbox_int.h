@@ -1,9 +1,11 @@
 /* The outbox's internals, shared by its own files only (src/outbox*.c; nothing else includes
  * this): the structs of the outbox, its targets, lanes and items, and the ob_* functions one
- * part calls in another. The parts: outbox_compact.c (copying pending actions off the oldest
- * segment), outbox_dead.c (dead letters and the attempt log), outbox_incoming.c (the replay
- * folder), outbox_recover.c (items from the spool index at open) and outbox.c (the rest). The
- * contract to the rest of the program is include/hr/outbox.h. */
+ * part calls in another. The parts: outbox.c (targets and lanes, the heap, items, scheduling,
+ * push, drain and close, the public API), outbox_deliver.c (an attempt and its outcome:
+ * forwards, writes, the circuit glue, retry or dead letter), outbox_dead.c (dead letters and
+ * the attempt log), outbox_compact.c (copying pending actions off the oldest segment),
+ * outbox_incoming.c (the replay folder) and outbox_recover.c (items from the spool index at
+ * open). The contract to the rest of the program is include/hr/outbox.h. */
 #ifndef HR_OUTBOX_INT_H
 #define HR_OUTBOX_INT_H
 
@@ -156,7 +158,7 @@ int ob_push_list(hr_outbox_t *o, hr_action_t *list, void (*cb)(void *, int), voi
 /* While draining: end the drain on the next loop turn if nothing may start any more. */
 void ob_maybe_drained(hr_outbox_t *o);
 
-/* ---- outbox.c: an attempt and its outcome ----------------------------------------------- */
+/* ---- outbox_deliver.c: an attempt and its outcome --------------------------------------- */
 
 /* Start what t may start now: ready items, within concurrency, the circuit and the rate. */
 void ob_pump(ob_target_t *t);
