@@ -1,5 +1,5 @@
 /* The outbox: every action a rule produced, from the moment the event is accepted until it is
- * delivered or dead-lettered (src/outbox.c). This is the one interface between "accepted" and
+ * delivered or dead-lettered (src/outbox*.c). This is the one interface between "accepted" and
  * "delivered". It is durable: hr_outbox_push() completes only once the actions are in the
  * spool on disk (src/spool.c) per the fsync mode, and everything not finished is delivered
  * again after a restart, with its attempt count and next-attempt time.

@@ -1,7 +1,7 @@
 /* The spool's record fold (src/spool_index.c): the ACTION, STATE, DONE and COPY records of a
  * spool, read in order, folded into one entry per pending action keyed by its id. It is what
- * both a recovery (src/outbox.c) and `hookrouter spool` (src/cli_spool.c) see; it knows the
- * record payloads of hr/spool.h, nothing of the outbox.
+ * both a recovery (src/outbox_recover.c) and `hookrouter spool` (src/cli_spool.c) see; it
+ * knows the record payloads of hr/spool.h, nothing of the outbox.
  *
  * The fold, record by record (later records win, since the spool is a log):
  *   ACTION  starts the entry of its id, with no attempts yet; one already pending for the id

@@ -4,7 +4,7 @@
  * circuit breaker and the rate token bucket, and the one decision "after this attempt: retry
  * after W ms, or dead-letter with reason R". No sockets, no timers, no clock: the caller
  * passes the time (now) and the random number the jitter uses, so every answer follows from
- * the arguments. The outbox (src/outbox.c) keeps the timers and queues and calls these. */
+ * the arguments. The outbox (src/outbox*.c) keeps the timers and queues and calls these. */
 #ifndef HR_TARGET_H
 #define HR_TARGET_H
 

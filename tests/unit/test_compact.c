@@ -1,6 +1,6 @@
-/* Unit tests for spool compaction (src/outbox.c + src/spool.c): one long-retrying forward
- * among many finished actions must not pin old segments. The forward goes to a closed port
- * on 127.0.0.1 (connection refused); the finished actions are file writes. */
+/* Unit tests for spool compaction (src/outbox_compact.c + src/spool.c): one long-retrying
+ * forward among many finished actions must not pin old segments. The forward goes to a closed
+ * port on 127.0.0.1 (connection refused); the finished actions are file writes. */
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
