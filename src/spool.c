@@ -14,6 +14,7 @@
 #include "hr/spool.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -23,15 +24,15 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "hr/defaults.h"
 #include "hr/log.h"
 
-#define DEF_SEGMENT_BYTES (16u << 20)
-#define DEF_INTERVAL_MS   1000
+#define DEF_SEGMENT_BYTES (16u << 20) /* not a config key: tests set smaller segments */
 
 /* ---- CRC32C ----------------------------------------------------------------------------- */
 
-static uint32_t crc_table[8][256];
-static bool crc_ready;
+static uint32_t crc_table[8][256]; /* built once per process (crc_once) */
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 
 static void crc_init(void)
 {
@@ -48,13 +49,12 @@ static void crc_init(void)
             crc_table[t][i] = c;
         }
     }
-    crc_ready = true;
 }
 
 /* Slicing-by-8 in software. */
 static uint32_t crc32c_sw(uint32_t crc, const unsigned char *p, size_t n)
 {
-    if (!crc_ready) crc_init();
+    pthread_once(&crc_once, crc_init);
     crc = ~crc;
     while (n >= 8) {
         uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
@@ -969,7 +969,7 @@ hr_spool_t *hr_spool_open(uv_loop_t *loop, const hr_spool_opts_t *opts, hr_spool
     if (!sp->opts.segment_bytes) sp->opts.segment_bytes = DEF_SEGMENT_BYTES;
     if (sp->opts.max_bytes && sp->opts.segment_bytes > sp->opts.max_bytes / 8)
         sp->opts.segment_bytes = sp->opts.max_bytes / 8 > 1024 ? sp->opts.max_bytes / 8 : 1024;
-    if (!sp->opts.fsync_interval_ms) sp->opts.fsync_interval_ms = DEF_INTERVAL_MS;
+    if (!sp->opts.fsync_interval_ms) sp->opts.fsync_interval_ms = HR_DEF_FSYNC_INTERVAL_MS;
     sp->dirfd = -1;
     int rc = hr_mkdir_p(sp->opts.dir);
     if (rc < 0) {
