@@ -119,8 +119,8 @@ static const bad_case_t bad_cases[] = {
     {"header value with CRLF", TARGET("headers = { [\"X-Key\"] = \"v\\r\\nX-Evil: 1\" }"),
      "targets.pos.headers", "invalid header X-Key"},
     /* Bad URLs. */
-    {"https url", TARGET("url = \"https://pos.example/hook\""), "targets.pos.url",
-     "https is not supported"},
+    {"https url with a bad port", TARGET("url = \"https://pos.example:0/hook\""), "targets.pos.url",
+     "invalid URL: https://pos.example:0/hook"},
     {"ftp url", TARGET("url = \"ftp://pos.example/hook\""), "targets.pos.url",
      "URL must start with http://"},
     {"url with a bad port", TARGET("url = \"http://pos.example:0/\""), "targets.pos.url",
