@@ -13,6 +13,7 @@
 
 #include "hr/defaults.h"
 #include "hr/json.h"
+#include "hr/log.h"
 #include "hr/lua_budget.h"
 
 /* What a config file's own code may use: it builds a table, so these are generous. */
@@ -402,6 +403,67 @@ static void load_headers(loader_t *ld, const char *key, hr_header_t **h, size_t 
     }
 }
 
+/* targets.<name>.tls (value on top, key is its name) for target t, whose URL is https if
+ * https: the files resolved against the config's folder, then the client TLS context made
+ * from them (the files are read now: a reload re-reads them). verify = false is logged as a
+ * warning at every load. [-0, +0, m] */
+static void load_target_tls(loader_t *ld, const char *key, hr_target_conf_t *t, bool https)
+{
+    static const char *const keys[] = {"ca_file",     "client_cert", "client_key",
+                                       "server_name", "verify",      NULL};
+    lua_State *L = ld->L;
+    if (!want_table(ld, key)) return;
+    check_keys(ld, key, keys);
+    if (!https) {
+        key_err(ld, key, "only for https:// URLs");
+        return;
+    }
+    size_t before = ld->errs->n;
+    char **files[] = {&t->tls_ca_file, &t->tls_client_cert, &t->tls_client_key};
+    char k[300];
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(k, sizeof k, "%s.%s", key, keys[i]);
+        char *v = NULL;
+        if (lua_getfield(L, -1, keys[i]) != LUA_TNIL) want_string(ld, k, &v);
+        lua_pop(L, 1);
+        if (v && !*v) key_err(ld, k, "must not be empty");
+        if (v && *v) *files[i] = hr_path_join(ld->c->dir, v);
+        free(v);
+    }
+    snprintf(k, sizeof k, "%s.server_name", key);
+    if (lua_getfield(L, -1, "server_name") != LUA_TNIL) want_string(ld, k, &t->tls_server_name);
+    lua_pop(L, 1);
+    snprintf(k, sizeof k, "%s.verify", key);
+    if (lua_getfield(L, -1, "verify") != LUA_TNIL) want_bool(ld, k, &t->tls_verify);
+    lua_pop(L, 1);
+    if (t->tls_client_key && !t->tls_client_cert) {
+        snprintf(k, sizeof k, "%s.client_cert", key);
+        key_err(ld, k, "missing (client_key is given)");
+    }
+    if (ld->errs->n != before) return;
+    hr_tls_opts_t o = {.role = HR_TLS_CLIENT,
+                       .ca_file = t->tls_ca_file,
+                       .cert_file = t->tls_client_cert,
+                       .key_file = t->tls_client_key,
+                       .no_verify = !t->tls_verify,
+                       .server_name = t->tls_server_name};
+    hr_tls_field_t field;
+    char err[1024];
+    t->tls = hr_tls_ctx_new(&o, &field, err, sizeof err);
+    if (!t->tls) {
+        const char *name = field == HR_TLS_FIELD_CA_FILE     ? "ca_file"
+                           : field == HR_TLS_FIELD_KEY_FILE  ? "client_key"
+                           : field == HR_TLS_FIELD_CERT_FILE ? "client_cert"
+                                                             : NULL;
+        snprintf(k, sizeof k, "%s%s%s", key, name ? "." : "", name ? name : "");
+        key_err(ld, k, "%s", err);
+        return;
+    }
+    if (!t->tls_verify)
+        hr_log_warn("%s: %s.verify = false: the certificate and name of %s are not checked",
+                    ld->c->file, key, t->url);
+}
+
 /* A target before its keys are read. */
 static const hr_target_conf_t target_defaults = {
     .timeout_ms = HR_DEF_TARGET_TIMEOUT_MS,
@@ -412,6 +474,7 @@ static const hr_target_conf_t target_defaults = {
     .ordered = HR_DEF_TARGET_ORDERED,
     .circuit_failures = HR_DEF_TARGET_CIRCUIT_FAILURES,
     .circuit_probe_ms = HR_DEF_TARGET_CIRCUIT_PROBE_MS,
+    .tls_verify = HR_DEF_TARGET_TLS_VERIFY,
 };
 
 /* targets (value on top): name -> target table. [-0, +0, m] */
@@ -419,7 +482,8 @@ static void load_targets(loader_t *ld)
 {
     static const char *const keys[] = {
         "url",         "headers", "timeout_ms", "max_attempts",     "retry_ms",         "max_age_s",
-        "concurrency", "rate",    "ordered",    "circuit_failures", "circuit_probe_ms", NULL};
+        "concurrency", "rate",    "ordered",    "circuit_failures", "circuit_probe_ms", "tls",
+        NULL};
     lua_State *L = ld->L;
     hr_config_t *c = ld->c;
     if (!want_table(ld, "targets")) return;
@@ -440,17 +504,23 @@ static void load_targets(loader_t *ld)
             check_keys(ld, prefix, keys);
             char key[256];
             snprintf(key, sizeof key, "%s.url", prefix);
+            bool https = false;
             if (lua_getfield(L, -1, "url") == LUA_TNIL) {
                 key_err(ld, key, "missing (e.g. url = \"http://127.0.0.1:9000/hook\")");
             } else {
                 want_string(ld, key, &t->url);
                 hr_url_t u;
                 char uerr[256];
-                if (t->url && hr_url_parse(t->url, &u, uerr, sizeof uerr) != 0)
+                if (t->url && hr_url_parse(t->url, &u, uerr, sizeof uerr) != 0) {
                     key_err(ld, key, "%s", uerr);
-                else if (t->url)
+                } else if (t->url) {
+                    https = u.tls;
                     hr_url_free(&u);
+                }
             }
+            lua_pop(L, 1);
+            snprintf(key, sizeof key, "%s.tls", prefix);
+            if (lua_getfield(L, -1, "tls") != LUA_TNIL) load_target_tls(ld, key, t, https);
             lua_pop(L, 1);
             snprintf(key, sizeof key, "%s.headers", prefix);
             if (lua_getfield(L, -1, "headers") != LUA_TNIL)
@@ -987,6 +1057,11 @@ void hr_config_free(hr_config_t *c)
         free(c->targets[i].url);
         hr_headers_free(c->targets[i].headers, c->targets[i].nheaders);
         free(c->targets[i].retry_ms);
+        free(c->targets[i].tls_ca_file);
+        free(c->targets[i].tls_client_cert);
+        free(c->targets[i].tls_client_key);
+        free(c->targets[i].tls_server_name);
+        hr_tls_ctx_unref(c->targets[i].tls);
     }
     free(c->targets);
     free(c->write_retry_ms);

@@ -23,6 +23,7 @@ import shutil
 import signal
 import signal as _signal_mod
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -759,7 +760,13 @@ class Sink:
     """
 
     def __init__(self, statuses=None, status=200, delays=None, delay=0.0, down=False,
-                 response_body=b'{"ok":true}', mode="normal"):
+                 response_body=b'{"ok":true}', mode="normal", tls=None):
+        # tls: an ssl.SSLContext (server side): the sink speaks HTTPS; failed handshakes are
+        # recorded in tls_errors
+        self.tls = tls
+        self.tls_errors = []
+        self.handshakes = 0
+        self.resumed = 0  # handshakes that resumed a session
         # mode: "normal" (Content-Length, keep-alive), "close" (Content-Length + Connection: close),
         # "chunked" (chunked response body), "eof" (no length: body ends when the sink closes)
         self.mode = mode
@@ -786,7 +793,7 @@ class Sink:
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d" % self.port
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.port)
 
     def start(self):
         sink = self
@@ -873,6 +880,25 @@ class Sink:
             allow_reuse_address = True
             request_queue_size = 128
 
+            def finish_request(self, request, client_address):
+                if sink.tls is None:
+                    return super().finish_request(request, client_address)
+                # the handshake runs in the connection's thread, not the accept loop
+                request.settimeout(10)
+                try:
+                    tls = sink.tls.wrap_socket(request, server_side=True)
+                except (ssl.SSLError, OSError) as e:
+                    with sink.lock:
+                        sink.tls_errors.append(str(e))
+                    return
+                with sink.lock:
+                    sink.handshakes += 1
+                    sink.resumed += 1 if tls.session_reused else 0
+                try:
+                    super().finish_request(tls, client_address)
+                finally:
+                    tls.close()
+
         self.server = Server(("127.0.0.1", self.port or 0), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -906,6 +932,28 @@ class Sink:
                                  % (self.count(), T(timeout), n, self.requests))
         with self.lock:
             return list(self.requests)
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS: certificates made by the openssl CLI (tests/tls/gen-certs.sh)
+
+def make_certs(folder):
+    """Make the test CA, server (localhost, 127.0.0.1, ::1), client and other-CA certificates
+    in folder (see tests/tls/gen-certs.sh for the file names); returns folder."""
+    subprocess.run(["sh", os.path.join(SOURCE_DIR, "tests", "tls", "gen-certs.sh"), folder],
+                   check=True, timeout=60)
+    return folder
+
+
+def server_tls(certs, client_ca=None, chain="server-chain.pem", key="server.key"):
+    """A server-side SSLContext from the files in certs; client_ca: require client
+    certificates signed by that file's CAs."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(os.path.join(certs, chain), os.path.join(certs, key))
+    if client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(os.path.join(certs, client_ca))
+    return ctx
 
 
 # ---------------------------------------------------------------------------------------------
