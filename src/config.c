@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "hr/defaults.h"
 #include "hr/json.h"
@@ -464,6 +465,73 @@ static void load_target_tls(loader_t *ld, const char *key, hr_target_conf_t *t, 
                     ld->c->file, key, t->url);
 }
 
+/* True if host is excluded by the NO_PROXY list: comma- or space-separated names (a name
+ * covers its subdomains, a leading dot is optional), IP literals, or "*" for everything; a
+ * ":port" after an entry is ignored. */
+static bool no_proxy_match(const char *list, const char *host)
+{
+    size_t hl = strlen(host);
+    for (const char *p = list; *p;) {
+        p += strspn(p, ", \t");
+        size_t n = strcspn(p, ", \t");
+        const char *e = p;
+        size_t en = n;
+        if (en > 0 && e[0] == '.') e++, en--;
+        const char *colon = memchr(e, ':', en);
+        if (colon && !memchr(colon + 1, ':', en - (size_t)(colon + 1 - e)))
+            en = (size_t)(colon - e);
+        if (en == 1 && e[0] == '*') return true;
+        if (en > 0 && en <= hl && strncasecmp(host + hl - en, e, en) == 0 &&
+            (en == hl || host[hl - en - 1] == '.'))
+            return true;
+        p += n;
+    }
+    return false;
+}
+
+/* The proxy the environment names for a URL to host (https or not), or NULL: HTTPS_PROXY /
+ * https_proxy or HTTP_PROXY / http_proxy, unless NO_PROXY / no_proxy excludes host. *var is
+ * the variable's name. */
+static const char *env_proxy(const char *host, bool https, const char **var)
+{
+    const char *names[2][2] = {{"http_proxy", "HTTP_PROXY"}, {"https_proxy", "HTTPS_PROXY"}};
+    const char *v = NULL;
+    for (size_t i = 0; i < 2 && !(v && *v); i++) {
+        *var = names[https][i];
+        v = getenv(*var);
+    }
+    if (!v || !*v) return NULL;
+    const char *np = getenv("no_proxy");
+    if (!np || !*np) np = getenv("NO_PROXY");
+    return np && no_proxy_match(np, host) ? NULL : v;
+}
+
+/* targets.<name>.proxy for target t (url parsed into u): the target's own (value on top, nil
+ * if absent; "" means none), else the environment's. Checks it is an http:// URL. [-0, +0, -] */
+static void load_target_proxy(loader_t *ld, const char *key, hr_target_conf_t *t, const hr_url_t *u)
+{
+    const char *var = NULL;
+    if (lua_type(ld->L, -1) != LUA_TNIL) {
+        want_string(ld, key, &t->proxy);
+    } else if (u->host) {
+        const char *v = env_proxy(u->host, u->tls, &var);
+        if (v) t->proxy = hr_xstrdup(v);
+    }
+    if (t->proxy && !*t->proxy) {
+        free(t->proxy);
+        t->proxy = NULL;
+    }
+    if (!t->proxy) return;
+    hr_url_t p;
+    char err[256];
+    int rc = hr_url_parse(t->proxy, &p, err, sizeof err);
+    bool ok = rc == 0 && !p.tls && strcmp(p.path, "/") == 0;
+    if (rc == 0) hr_url_free(&p);
+    if (!ok)
+        key_err(ld, key, "%s%s%sexpected http://host:port, got \"%s\"", var ? "(from " : "",
+                var ? var : "", var ? ") " : "", t->proxy);
+}
+
 /* A target before its keys are read. */
 static const hr_target_conf_t target_defaults = {
     .timeout_ms = HR_DEF_TARGET_TIMEOUT_MS,
@@ -483,7 +551,7 @@ static void load_targets(loader_t *ld)
     static const char *const keys[] = {
         "url",         "headers", "timeout_ms", "max_attempts",     "retry_ms",         "max_age_s",
         "concurrency", "rate",    "ordered",    "circuit_failures", "circuit_probe_ms", "tls",
-        NULL};
+        "proxy",       NULL};
     lua_State *L = ld->L;
     hr_config_t *c = ld->c;
     if (!want_table(ld, "targets")) return;
@@ -505,20 +573,23 @@ static void load_targets(loader_t *ld)
             char key[256];
             snprintf(key, sizeof key, "%s.url", prefix);
             bool https = false;
+            hr_url_t u = {0};
             if (lua_getfield(L, -1, "url") == LUA_TNIL) {
                 key_err(ld, key, "missing (e.g. url = \"http://127.0.0.1:9000/hook\")");
             } else {
                 want_string(ld, key, &t->url);
-                hr_url_t u;
                 char uerr[256];
-                if (t->url && hr_url_parse(t->url, &u, uerr, sizeof uerr) != 0) {
+                if (t->url && hr_url_parse(t->url, &u, uerr, sizeof uerr) != 0)
                     key_err(ld, key, "%s", uerr);
-                } else if (t->url) {
+                else if (t->url)
                     https = u.tls;
-                    hr_url_free(&u);
-                }
             }
             lua_pop(L, 1);
+            snprintf(key, sizeof key, "%s.proxy", prefix);
+            lua_getfield(L, -1, "proxy");
+            load_target_proxy(ld, key, t, &u);
+            lua_pop(L, 1);
+            hr_url_free(&u);
             snprintf(key, sizeof key, "%s.tls", prefix);
             if (lua_getfield(L, -1, "tls") != LUA_TNIL) load_target_tls(ld, key, t, https);
             lua_pop(L, 1);
@@ -1061,6 +1132,7 @@ void hr_config_free(hr_config_t *c)
         free(c->targets[i].tls_client_cert);
         free(c->targets[i].tls_client_key);
         free(c->targets[i].tls_server_name);
+        free(c->targets[i].proxy);
         hr_tls_ctx_unref(c->targets[i].tls);
     }
     free(c->targets);

@@ -33,7 +33,8 @@ static hr_outbox_target_t *outbox_targets(const hr_config_t *cfg)
                                     .ordered = t->ordered,
                                     .circuit_failures = t->circuit_failures,
                                     .circuit_probe_ms = t->circuit_probe_ms,
-                                    .tls = t->tls};
+                                    .tls = t->tls,
+                                    .proxy = t->proxy};
     }
     return v;
 }

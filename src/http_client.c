@@ -23,7 +23,12 @@
  * it gives goes to the same parser as a plain connection's bytes; whatever ciphertext it
  * produces is sent by a write of its own (tls_flush). A pool keeps the session of its last
  * new connection and offers it on the next one (resumption). A pool holds a reference to its
- * context, so the pools of a replaced context are freed once empty (pool_get). */
+ * context, so the pools of a replaced context are freed once empty (pool_get).
+ *
+ * Proxies (an http:// proxy per request, part of the pool's key): a pool then connects to the
+ * proxy. Plain http requests go to it in absolute form (POST http://host:port/path); an https
+ * pool's connections first send CONNECT host:port and read the proxy's answer (tunnel_read),
+ * then run TLS through the tunnel as over a direct connection. */
 #include "hr/http_client.h"
 
 #include <llhttp.h>
@@ -161,6 +166,8 @@ struct hr_http_conn {
     hr_tls_conn_t *tls;       /* https: the TLS state, else NULL */
     bool handshaking;         /* https: connected, handshake not complete */
     bool session_saved;       /* https: its session went to the pool */
+    bool tunneling;           /* https via a proxy: CONNECT sent, its answer not complete */
+    hr_buf_t tunnel;          /* ... the answer so far */
     char *pbuf;               /* https: plaintext buffer, HR_HTTP_READ_BUF bytes */
 };
 
@@ -171,6 +178,10 @@ struct hr_http_pool {
     char *host;                   /* as in the URL, without brackets */
     int port;                     /* TCP port */
     char *host_header;            /* value of the Host header */
+    char *proxy;                  /* the proxy's host (without brackets), or NULL: direct */
+    int proxy_port;               /* its port */
+    const char *dial_host;        /* what connections go to: proxy or host */
+    int dial_port;                /* ... and its port */
     bool literal;                 /* host is an IP literal: addr never expires */
     bool addr_ok;                 /* addr holds a usable address */
     uint64_t addr_expires;        /* uv_now when addr must be looked up again */
@@ -213,6 +224,7 @@ static void pool_free(hr_http_pool_t *p)
     dl_remove(&p->link);
     free(p->host);
     free(p->host_header);
+    free(p->proxy);
     hr_tls_session_free(p->session);
     hr_tls_ctx_unref(p->tls);
     free(p);
@@ -340,6 +352,7 @@ static void on_conn_handle_close(uv_handle_t *h)
     if (--conn->open_handles > 0) return;
     free(conn->rbuf);
     free(conn->pbuf);
+    hr_buf_free(&conn->tunnel);
     hr_tls_conn_free(conn->tls);
     hr_buf_free(&conn->hdata);
     hr_buf_free(&conn->body);
@@ -434,19 +447,14 @@ static void on_tls_write(uv_write_t *w, int status)
     if (status < 0 && conn->state != CONN_CLOSING) conn_fail(conn, status, NULL);
 }
 
-/* Send the ciphertext conn's TLS state produced, if any; bytes (may be NULL) is the request
- * it carries. Returns 0, or < 0 if the write could not start (the caller fails the request
- * and closes the connection). */
-static int tls_flush(hr_http_conn_t *conn, hr_http_bytes_t *bytes)
+/* Send n bytes of data on conn as they are (a copy); bytes (may be NULL) is the request they
+ * carry. Returns 0, or < 0 if the write could not start (the caller fails the request and
+ * closes the connection). */
+static int conn_send_copy(hr_http_conn_t *conn, const char *data, size_t n, hr_http_bytes_t *bytes)
 {
-    size_t n = hr_tls_conn_out_pending(conn->tls);
-    if (n == 0) return 0;
     tls_write_t *tw = hr_xmalloc(sizeof *tw + n);
-    hr_buf_t out = HR_BUF_INIT;
-    hr_tls_conn_take_out(conn->tls, &out);
-    memcpy(tw->data, out.data, out.len);
-    uv_buf_t buf = uv_buf_init(tw->data, (unsigned)out.len);
-    hr_buf_free(&out);
+    memcpy(tw->data, data, n);
+    uv_buf_t buf = uv_buf_init(tw->data, (unsigned)n);
     tw->conn = conn;
     tw->bytes = bytes;
     int rc = uv_write(&tw->w, (uv_stream_t *)&conn->tcp, &buf, 1, on_tls_write);
@@ -459,6 +467,17 @@ static int tls_flush(hr_http_conn_t *conn, hr_http_bytes_t *bytes)
         conn->writing = bytes;
     }
     return 0;
+}
+
+/* Send the ciphertext conn's TLS state produced, if any; bytes as conn_send_copy. */
+static int tls_flush(hr_http_conn_t *conn, hr_http_bytes_t *bytes)
+{
+    if (hr_tls_conn_out_pending(conn->tls) == 0) return 0;
+    hr_buf_t out = HR_BUF_INIT;
+    hr_tls_conn_take_out(conn->tls, &out);
+    int rc = conn_send_copy(conn, out.data, out.len, bytes);
+    hr_buf_free(&out);
+    return rc;
 }
 
 /* Encrypt and send conn's request. Returns 0 or < 0 as tls_flush. */
@@ -644,10 +663,73 @@ static void conn_on_bytes(hr_http_conn_t *conn, ssize_t nread, const char *data)
     }
 }
 
-/* What an https connection read: ciphertext for the handshake or for responses, whose
- * plaintext goes to conn_on_bytes. close_notify ends the stream as EOF does. */
+/* Ask the proxy for a tunnel to the pool's host:port. */
+static void tunnel_open(hr_http_conn_t *conn)
+{
+    hr_http_pool_t *p = conn->pool;
+    bool v6 = strchr(p->host, ':') != NULL;
+    char *msg = hr_xasprintf(v6 ? "CONNECT [%s]:%d HTTP/1.1\r\nHost: [%s]:%d\r\n\r\n"
+                                : "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n",
+                             p->host, p->port, p->host, p->port);
+    conn->tunneling = true;
+    int rc = conn_send_copy(conn, msg, strlen(msg), NULL);
+    free(msg);
+    if (rc < 0) conn_fail(conn, rc, NULL);
+}
+
+#define HR_HTTP_TUNNEL_MAX 16384 /* bytes of a proxy's answer to CONNECT */
+
+/* The proxy's answer to CONNECT, as it comes: once its head is complete, a 2xx starts the TLS
+ * handshake through the tunnel (bytes after the head are the server's, fed to TLS); anything
+ * else fails the request with the proxy's status line. Returns true if the tunnel is open and
+ * rest/nrest hold what followed the head. */
+static bool tunnel_read(hr_http_conn_t *conn, const char *data, size_t n, const char **rest,
+                        size_t *nrest)
+{
+    hr_http_pool_t *p = conn->pool;
+    size_t before = conn->tunnel.len;
+    hr_buf_append(&conn->tunnel, data, n);
+    char *end = strstr(conn->tunnel.data, "\r\n\r\n");
+    if (!end) {
+        if (conn->tunnel.len > HR_HTTP_TUNNEL_MAX)
+            conn_fail(conn, UV_EPROTO, "proxy: answer to CONNECT too long");
+        return false;
+    }
+    size_t head = (size_t)(end + 4 - conn->tunnel.data);
+    int status = 0;
+    bool ok = sscanf(conn->tunnel.data, "HTTP/1.%*1[01] %3d", &status) == 1;
+    if (!ok || status < 200 || status > 299) {
+        char msg[200];
+        size_t line = strcspn(conn->tunnel.data, "\r\n");
+        snprintf(msg, sizeof msg, "proxy %s:%d refused CONNECT %s:%d: %.*s", p->proxy,
+                 p->proxy_port, p->host, p->port, (int)(line > 100 ? 100 : line),
+                 conn->tunnel.data);
+        conn_fail(conn, UV_ECONNREFUSED, msg);
+        return false;
+    }
+    conn->tunneling = false;
+    *rest = data + (head - before);
+    *nrest = n - (head - before);
+    return true;
+}
+
+/* What an https connection read: the proxy's answer to CONNECT, then ciphertext for the
+ * handshake or for responses, whose plaintext goes to conn_on_bytes. close_notify ends the
+ * stream as EOF does. */
 static void tls_on_read(hr_http_conn_t *conn, ssize_t nread, const char *data)
 {
+    if (nread < 0 && conn->tunneling) {
+        conn_fail(conn, (int)nread, nread == UV_EOF ? "proxy closed the connection" : NULL);
+        return;
+    }
+    if (nread > 0 && conn->tunneling) {
+        size_t n = 0;
+        if (!tunnel_read(conn, data, (size_t)nread, &data, &n)) return;
+        nread = (ssize_t)n;
+        conn->handshaking = true;
+        tls_handshake(conn);
+        if (conn->state == CONN_CLOSING || nread == 0) return;
+    }
     if (nread < 0) {
         if (conn->handshaking)
             conn_fail(conn, (int)nread,
@@ -701,7 +783,8 @@ static void on_connect(uv_connect_t *cr, int status)
         hr_http_pool_t *p = conn->pool;
         if (!p->literal) p->addr_ok = false; /* look the name up again next time */
         char msg[160];
-        snprintf(msg, sizeof msg, "connect %s:%d: %s", p->host, p->port, uv_strerror(status));
+        snprintf(msg, sizeof msg, "connect %s%s:%d: %s", p->proxy ? "proxy " : "", p->dial_host,
+                 p->dial_port, uv_strerror(status));
         conn_fail(conn, status, msg);
         return;
     }
@@ -710,6 +793,10 @@ static void on_connect(uv_connect_t *cr, int status)
     hr_http_req_t *r = conn->req;
     if (rc < 0) {
         conn_fail(conn, rc, NULL);
+        return;
+    }
+    if (conn->tls && conn->pool->proxy) {
+        tunnel_open(conn);
         return;
     }
     if (conn->tls) {
@@ -767,7 +854,8 @@ static void conn_open(hr_http_pool_t *p, hr_http_req_t *r)
     if (rc < 0) {
         req_detach(r);
         char msg[160];
-        snprintf(msg, sizeof msg, "connect %s:%d: %s", p->host, p->port, uv_strerror(rc));
+        snprintf(msg, sizeof msg, "connect %s%s:%d: %s", p->proxy ? "proxy " : "", p->dial_host,
+                 p->dial_port, uv_strerror(rc));
         req_fail_later(r, rc, msg);
         conn_close(conn);
     }
@@ -798,7 +886,8 @@ static void on_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res)
     if (res) uv_freeaddrinfo(res);
     if (status == 0) status = UV_EAI_NONAME;
     char msg[160];
-    snprintf(msg, sizeof msg, "resolve %s: %s", p->host, uv_strerror(status));
+    snprintf(msg, sizeof msg, "resolve %s%s: %s", p->proxy ? "proxy " : "", p->dial_host,
+             uv_strerror(status));
     while (!dl_empty(&p->waitq)) {
         hr_http_req_t *r = hr_container_of(p->waitq.next, hr_http_req_t, q);
         req_detach(r);
@@ -813,13 +902,13 @@ static void pool_resolve(hr_http_pool_t *p)
     if (p->resolving) return;
     hr_http_client_t *c = p->c;
     char port[8];
-    snprintf(port, sizeof port, "%d", p->port);
+    snprintf(port, sizeof port, "%d", p->dial_port);
     struct addrinfo hints;
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     p->gai.data = p;
-    int rc = uv_getaddrinfo(c->loop, &p->gai, on_resolved, p->host, port, &hints);
+    int rc = uv_getaddrinfo(c->loop, &p->gai, on_resolved, p->dial_host, port, &hints);
     if (rc < 0) {
         while (!dl_empty(&p->waitq)) {
             hr_http_req_t *r = hr_container_of(p->waitq.next, hr_http_req_t, q);
@@ -867,14 +956,24 @@ static bool pool_unused(const hr_http_pool_t *p)
     return p->nconns == 0 && dl_empty(&p->waitq) && !p->resolving && !dl_linked(&p->kick);
 }
 
-/* Find or make the pool of host:port with TLS context tls (NULL: plain http). Making one
- * frees the unused pools of the same host:port with another context (a reload replaced
- * it). Never NULL. */
-static hr_http_pool_t *pool_get(hr_http_client_t *c, const char *host, int port, hr_tls_ctx_t *tls)
+/* True if p's proxy is proxy:proxy_port (both NULL: direct). */
+static bool pool_via(const hr_http_pool_t *p, const char *proxy, int proxy_port)
+{
+    if (!p->proxy || !proxy) return !p->proxy && !proxy;
+    return p->proxy_port == proxy_port && strcmp(p->proxy, proxy) == 0;
+}
+
+/* Find or make the pool of host:port with TLS context tls (NULL: plain http) through proxy
+ * (NULL: direct). Making one frees the unused pools of the same host:port with another
+ * context (a reload replaced it). Never NULL. */
+static hr_http_pool_t *pool_get(hr_http_client_t *c, const char *host, int port, hr_tls_ctx_t *tls,
+                                const char *proxy, int proxy_port)
 {
     for (hr_dlink_t *l = c->pools.next; l != &c->pools; l = l->next) {
         hr_http_pool_t *p = hr_container_of(l, hr_http_pool_t, link);
-        if (p->port == port && p->tls == tls && strcmp(p->host, host) == 0) return p;
+        if (p->port == port && p->tls == tls && strcmp(p->host, host) == 0 &&
+            pool_via(p, proxy, proxy_port))
+            return p;
     }
     for (hr_dlink_t *l = c->pools.next, *next; l != &c->pools; l = next) {
         next = l->next;
@@ -887,6 +986,10 @@ static hr_http_pool_t *pool_get(hr_http_client_t *c, const char *host, int port,
     p->host = hr_xstrdup(host);
     p->port = port;
     p->tls = hr_tls_ctx_ref(tls);
+    p->proxy = proxy ? hr_xstrdup(proxy) : NULL;
+    p->proxy_port = proxy_port;
+    p->dial_host = proxy ? p->proxy : p->host;
+    p->dial_port = proxy ? proxy_port : port;
     dl_init(&p->kick);
     dl_init(&p->idle);
     dl_init(&p->waitq);
@@ -895,8 +998,8 @@ static hr_http_pool_t *pool_get(hr_http_client_t *c, const char *host, int port,
         p->host_header = hr_xasprintf(v6 ? "[%s]" : "%s", host);
     else
         p->host_header = hr_xasprintf(v6 ? "[%s]:%d" : "%s:%d", host, port);
-    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&p->addr) == 0 ||
-        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&p->addr) == 0) {
+    if (uv_ip4_addr(p->dial_host, p->dial_port, (struct sockaddr_in *)&p->addr) == 0 ||
+        uv_ip6_addr(p->dial_host, p->dial_port, (struct sockaddr_in6 *)&p->addr) == 0) {
         p->literal = true;
         p->addr_ok = true;
     }
@@ -1070,15 +1173,27 @@ int hr_http_client_send(hr_http_client_t *c, const hr_http_out_t *req, hr_http_d
             return UV_EINVAL;
         }
     }
-    hr_http_pool_t *p = pool_get(c, u.host, u.port, tls);
+    hr_url_t px = {0};
+    if (req->proxy && *req->proxy &&
+        (hr_url_parse(req->proxy, &px, err, sizeof err) < 0 || px.tls)) {
+        hr_log_debug("http: proxy %s: %s", req->proxy, px.tls ? "must be http://" : err);
+        hr_url_free(&px);
+        hr_url_free(&u);
+        return UV_EINVAL;
+    }
+    hr_http_pool_t *p = pool_get(c, u.host, u.port, tls, px.host, px.port);
+    hr_url_free(&px);
     const char *method = req->method && *req->method ? req->method : "POST";
+    /* Through a proxy, plain http names the whole URL in the request line. */
+    bool absolute = p->proxy && !p->tls;
 
-    size_t head_len = strlen(method) + strlen(u.path) + strlen(p->host_header) + 64;
+    size_t head_len = strlen(method) + strlen(u.path) + 2 * strlen(p->host_header) + 72;
     for (size_t i = 0; i < req->nheaders; i++)
         head_len += strlen(req->headers[i].name) + strlen(req->headers[i].value) + 4;
     hr_http_bytes_t *b = hr_xmalloc(sizeof *b + head_len + req->body_len);
     char *w = b->data;
-    w += sprintf(w, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, u.path, p->host_header);
+    w += sprintf(w, "%s %s%s%s HTTP/1.1\r\nHost: %s\r\n", method, absolute ? "http://" : "",
+                 absolute ? p->host_header : "", u.path, p->host_header);
     for (size_t i = 0; i < req->nheaders; i++)
         w += sprintf(w, "%s: %s\r\n", req->headers[i].name, req->headers[i].value);
     w += sprintf(w, "Content-Length: %zu\r\n\r\n", req->body_len);

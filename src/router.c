@@ -568,7 +568,8 @@ static void event_send(event_run_t *e)
                              .body = a->body,
                              .body_len = a->body_len,
                              .timeout_ms = a->timeout_ms,
-                             .tls = tc ? tc->tls : NULL};
+                             .tls = tc ? tc->tls : NULL,
+                             .proxy = tc ? tc->proxy : NULL};
         snprintf(e->target, sizeof e->target, "%s", a->name);
         e->sent_ns = uv_hrtime();
         int rc = hr_http_client_send(r->replies, &out, on_event_answer, e);

@@ -30,6 +30,8 @@ void hr_target_policy_set(hr_target_policy_t *p, const hr_target_opts_t *g)
     hr_tls_ctx_t *old = p->tls;
     p->tls = hr_tls_ctx_ref(g ? g->tls : NULL);
     hr_tls_ctx_unref(old);
+    free(p->proxy);
+    p->proxy = g && g->proxy ? hr_xstrdup(g->proxy) : NULL;
 }
 
 void hr_target_policy_free(hr_target_policy_t *p)
@@ -39,6 +41,8 @@ void hr_target_policy_free(hr_target_policy_t *p)
     p->nretry = 0;
     hr_tls_ctx_unref(p->tls);
     p->tls = NULL;
+    free(p->proxy);
+    p->proxy = NULL;
 }
 
 /* ---- Retry schedule --------------------------------------------------------------------- */

@@ -62,6 +62,8 @@ typedef struct {
     bool tls_verify;       /* check the server's certificate and name (default true) */
     hr_tls_ctx_t *tls;     /* the context made from the above at load (the config's reference;
                               NULL without a tls table: the HTTP client's default) */
+    char *proxy; /* "http://host:port": the target's proxy, else the environment's (HTTPS_PROXY
+                    or HTTP_PROXY unless NO_PROXY names the host); NULL: direct */
 } hr_target_conf_t;
 
 typedef struct {

@@ -2,7 +2,8 @@
  * pools per host:port (and TLS context), responses parsed with llhttp (content-length,
  * chunked and close-delimited bodies), one timeout per request. http:// and https:// (TLS
  * through hr/tls.h: SNI, certificate and host name verification as the context says, the
- * handshake inside the timeout, sessions resumed on new connections of a pool).
+ * handshake inside the timeout, sessions resumed on new connections of a pool), directly or
+ * through an http:// proxy.
  *
  * A request whose reused keep-alive connection turns out to be dead before any response byte
  * arrived is retried once on a fresh connection (that is not a delivery attempt). */
@@ -28,6 +29,9 @@ typedef struct {
     /* https: the client context to use (its pool holds a reference); NULL: the client's own
      * (system trust store, verification on). Ignored for http. */
     hr_tls_ctx_t *tls;
+    /* "http://proxy:3128": send through this proxy (CONNECT for https, the absolute URL in
+     * the request line for http); NULL or "": directly. */
+    const char *proxy;
 } hr_http_out_t;
 
 typedef struct {

@@ -28,6 +28,7 @@ typedef struct {
     uint32_t circuit_failures; /* consecutive failures that open the circuit (0: the default) */
     uint64_t circuit_probe_ms; /* probe interval while open (0: the default) */
     hr_tls_ctx_t *tls;         /* https: the client TLS context (NULL: the client's default) */
+    const char *proxy;         /* "http://host:port" to send through, or NULL: directly */
 } hr_target_opts_t;
 
 /* A policy with every default filled in (hr_target_policy_set). */
@@ -41,10 +42,11 @@ typedef struct {
     uint32_t circuit_failures; /* >= 1 */
     uint64_t circuit_probe_ms; /* >= 1 */
     hr_tls_ctx_t *tls;         /* a reference, or NULL: what its requests are sent with */
+    char *proxy;               /* owned copy, or NULL: directly */
 } hr_target_policy_t;
 
-/* Set p (zeroed or set before) from given, NULL: every default. The schedule is copied, the
- * TLS context referenced (the one p had is released). */
+/* Set p (zeroed or set before) from given, NULL: every default. The schedule and the proxy
+ * are copied, the TLS context referenced (the one p had is released). */
 void hr_target_policy_set(hr_target_policy_t *p, const hr_target_opts_t *given);
 /* Free what p owns (p itself is the caller's). */
 void hr_target_policy_free(hr_target_policy_t *p);

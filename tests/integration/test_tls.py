@@ -2,7 +2,9 @@
 at test time by the openssl CLI (tests/tls/gen-certs.sh): delivery with a custom CA, keep-alive
 and session resumption, verification failures retried then dead-lettered with their reason,
 the system trust store by default, verify = false, client certificates, CA rotation on SIGHUP,
-request() over https, and `check` naming the tls key of a bad file."""
+request() over https, proxies (CONNECT for https, absolute form for http, HTTPS_PROXY and
+NO_PROXY from the environment) through a proxy started here, and `check` naming the key of a
+bad tls file or proxy."""
 import os
 import shutil
 import socket
@@ -224,6 +226,87 @@ class TLSTest(HRTestCase):
         self.assertEqual(resp.status, 200, resp)
         self.assertEqual(resp.json(), {"n": 42})
         self.assertEqual(snk.wait_for(1)[0].json(), {"a": 1})
+
+    # ------------------------------------------------------------------ proxies
+
+    def proxy(self, **kw):
+        px = Proxy(**kw)
+        self.addCleanup(px.stop)
+        return px
+
+    def test_https_through_a_connect_proxy(self):
+        snk = self.tls_sink()
+        px = self.proxy()
+        r = self.start(snk, tls={"ca_file": self.cert("ca.pem")}, proxy=px.url)
+        for n in range(2):
+            eid = self.assertOk(r.post("/t", {"n": n}))
+            self.assertTrue(r.wait_log(r"delivered[^\n]*id=%s" % eid, 3), r.log_tail())
+        self.assertEqual([q.json() for q in snk.wait_for(2)], [{"n": 0}, {"n": 1}])
+        # One tunnel, kept alive; TLS ran end to end through it (the sink did the handshake).
+        self.assertEqual(px.lines, ["CONNECT 127.0.0.1:%d HTTP/1.1" % snk.port])
+        self.assertEqual(snk.handshakes, 1)
+
+    def test_http_through_a_proxy_in_absolute_form(self):
+        snk = self.sink()
+        px = self.proxy()
+        r = self.start(snk, proxy=px.url)
+        self.assertOk(r.post("/t", {"n": 3}))
+        q = snk.wait_for(1)[0]
+        self.assertEqual(q.json(), {"n": 3})
+        self.assertEqual(q.path, "/in")
+        self.assertEqual(px.lines, ["POST http://127.0.0.1:%d/in HTTP/1.1" % snk.port])
+
+    def test_proxy_from_the_environment_and_no_proxy(self):
+        snk = self.tls_sink()
+        px = self.proxy()
+        self.wd.rule(None, FORWARD_RULE)
+        self.wd.config(self.config(snk, {"ca_file": self.cert("ca.pem")}))
+        r = self.router(env={"HTTPS_PROXY": px.url, "NO_PROXY": "pos.example.com,.example.org"})
+        self.assertOk(r.post("/t", {"n": 1}))
+        snk.wait_for(1)
+        self.assertEqual(px.lines, ["CONNECT 127.0.0.1:%d HTTP/1.1" % snk.port])
+        r.stop()
+        # NO_PROXY names the host: direct.
+        r = self.router(env={"https_proxy": px.url, "no_proxy": "localhost, 127.0.0.1"})
+        self.assertOk(r.post("/t", {"n": 2}))
+        self.assertEqual(snk.wait_for(2)[1].json(), {"n": 2})
+        self.assertEqual(len(px.lines), 1, px.lines)
+        r.stop()
+        # The target's own proxy = "" turns the environment's off.
+        self.wd.config(self.config(snk, {"ca_file": self.cert("ca.pem")}, proxy=""))
+        r = self.router(env={"HTTPS_PROXY": px.url})
+        self.assertOk(r.post("/t", {"n": 3}))
+        self.assertEqual(snk.wait_for(3)[2].json(), {"n": 3})
+        self.assertEqual(len(px.lines), 1, px.lines)
+
+    def test_proxy_refusing_connect_is_retried(self):
+        snk = self.tls_sink()
+        px = self.proxy(connect_status=403)
+        r = self.start(snk, tls={"ca_file": self.cert("ca.pem")}, proxy=px.url, max_attempts=2)
+        self.assertOk(r.post("/t", {"n": 1}))
+        d = self.dead(1)[0]
+        want = "proxy 127.0.0.1:%d refused CONNECT 127.0.0.1:%d: HTTP/1.1 403 Refused" % (
+            px.port, snk.port)
+        self.assertEqual([a["error"] for a in d["attempt_log"]], [want] * 2)
+        self.assertEqual(snk.count(), 0)
+
+    def test_check_proxy_errors(self):
+        self.wd.rule(None, FORWARD_RULE)
+        url = "https://127.0.0.1:9/never"
+        for proxy, want in [("https://p:3128", "targets.pos.proxy: expected http://host:port"),
+                            ("socks5://p:1080", "targets.pos.proxy: expected http://host:port"),
+                            ("http://p:3128/path", "targets.pos.proxy: expected http://host:port"),
+                            (5, "targets.pos.proxy: expected a string")]:
+            self.wd.config(base_config(targets={"pos": target(url, proxy=proxy)}))
+            p = run_cli(["check"], cwd=self.wd.path)
+            self.assertEqual(p.returncode, 1, "%r passed check" % proxy)
+            self.assertIn(want, p.stderr)
+        self.wd.config(base_config(targets={"pos": target(url)}))
+        p = run_cli(["check"], cwd=self.wd.path, env={"HTTPS_PROXY": "proxy.example:3128"})
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("targets.pos.proxy: (from HTTPS_PROXY) expected http://host:port", p.stderr)
+        p = run_cli(["check"], cwd=self.wd.path, env={"HTTPS_PROXY": "http://proxy.example:3128"})
+        self.assertEqual(p.returncode, 0, p.stderr)
 
     # ------------------------------------------------------------------ check
 
