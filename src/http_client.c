@@ -427,17 +427,18 @@ static void on_write(uv_write_t *w, int status)
 
 /* ---- TLS ----------------------------------------------------------------------------- */
 
-/* One write of ciphertext; carries the request's bytes (a reference) when it holds them. */
+/* One write of bytes copied for it (ciphertext, CONNECT); holds a reference to the request's
+ * bytes when it carries them. */
 typedef struct {
     uv_write_t w;
     hr_http_conn_t *conn;
     hr_http_bytes_t *bytes; /* the request it encrypts, or NULL (handshake, alerts) */
     char data[];
-} tls_write_t;
+} copy_write_t;
 
-static void on_tls_write(uv_write_t *w, int status)
+static void on_copy_write(uv_write_t *w, int status)
 {
-    tls_write_t *tw = hr_container_of(w, tls_write_t, w);
+    copy_write_t *tw = hr_container_of(w, copy_write_t, w);
     hr_http_conn_t *conn = tw->conn;
     if (tw->bytes) {
         if (conn->writing == tw->bytes) conn->writing = NULL;
@@ -452,12 +453,12 @@ static void on_tls_write(uv_write_t *w, int status)
  * closes the connection). */
 static int conn_send_copy(hr_http_conn_t *conn, const char *data, size_t n, hr_http_bytes_t *bytes)
 {
-    tls_write_t *tw = hr_xmalloc(sizeof *tw + n);
+    copy_write_t *tw = hr_xmalloc(sizeof *tw + n);
     memcpy(tw->data, data, n);
     uv_buf_t buf = uv_buf_init(tw->data, (unsigned)n);
     tw->conn = conn;
     tw->bytes = bytes;
-    int rc = uv_write(&tw->w, (uv_stream_t *)&conn->tcp, &buf, 1, on_tls_write);
+    int rc = uv_write(&tw->w, (uv_stream_t *)&conn->tcp, &buf, 1, on_copy_write);
     if (rc < 0) {
         free(tw);
         return rc;
