@@ -360,13 +360,11 @@ int hr_url_parse(const char *url, hr_url_t *u, char *err, size_t errlen)
 {
     memset(u, 0, sizeof *u);
     const char *p;
-    if (strncmp(url, "http://", 7) == 0) {
-        p = url + 7;
-    } else if (strncmp(url, "https://", 8) == 0) {
-        snprintf(err, errlen, "https is not supported (no TLS in this build): %s", url);
-        return -1;
+    bool tls = strncmp(url, "https://", 8) == 0;
+    if (strncmp(url, "http://", 7) == 0 || tls) {
+        p = url + (tls ? 8 : 7);
     } else {
-        snprintf(err, errlen, "URL must start with http://: %s", url);
+        snprintf(err, errlen, "URL must start with http:// or https://: %s", url);
         return -1;
     }
     const char *host_end, *host_start = p;
@@ -385,7 +383,7 @@ int hr_url_parse(const char *url, hr_url_t *u, char *err, size_t errlen)
         p = host_end;
     }
     if (host_end == host_start) goto bad;
-    int port = 80;
+    int port = tls ? 443 : 80;
     if (*p == ':') {
         char *end;
         errno = 0;
@@ -400,6 +398,7 @@ int hr_url_parse(const char *url, hr_url_t *u, char *err, size_t errlen)
     }
     u->host = hr_xstrndup(host_start, (size_t)(host_end - host_start));
     u->port = port;
+    u->tls = tls;
     if (*p == '?')
         u->path = hr_xasprintf("/%s", p);
     else

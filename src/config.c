@@ -10,9 +10,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "hr/defaults.h"
 #include "hr/json.h"
+#include "hr/log.h"
 #include "hr/lua_budget.h"
 
 /* What a config file's own code may use: it builds a table, so these are generous. */
@@ -402,6 +404,134 @@ static void load_headers(loader_t *ld, const char *key, hr_header_t **h, size_t 
     }
 }
 
+/* targets.<name>.tls (value on top, key is its name) for target t, whose URL is https if
+ * https: the files resolved against the config's folder, then the client TLS context made
+ * from them (the files are read now: a reload re-reads them). verify = false is logged as a
+ * warning at every load. [-0, +0, m] */
+static void load_target_tls(loader_t *ld, const char *key, hr_target_conf_t *t, bool https)
+{
+    static const char *const keys[] = {"ca_file",     "client_cert", "client_key",
+                                       "server_name", "verify",      NULL};
+    lua_State *L = ld->L;
+    if (!want_table(ld, key)) return;
+    check_keys(ld, key, keys);
+    if (!https) {
+        key_err(ld, key, "only for https:// URLs");
+        return;
+    }
+    size_t before = ld->errs->n;
+    char **files[] = {&t->tls_ca_file, &t->tls_client_cert, &t->tls_client_key};
+    char k[300];
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(k, sizeof k, "%s.%s", key, keys[i]);
+        char *v = NULL;
+        if (lua_getfield(L, -1, keys[i]) != LUA_TNIL) want_string(ld, k, &v);
+        lua_pop(L, 1);
+        if (v && !*v) key_err(ld, k, "must not be empty");
+        if (v && *v) *files[i] = hr_path_join(ld->c->dir, v);
+        free(v);
+    }
+    snprintf(k, sizeof k, "%s.server_name", key);
+    if (lua_getfield(L, -1, "server_name") != LUA_TNIL) want_string(ld, k, &t->tls_server_name);
+    lua_pop(L, 1);
+    snprintf(k, sizeof k, "%s.verify", key);
+    if (lua_getfield(L, -1, "verify") != LUA_TNIL) want_bool(ld, k, &t->tls_verify);
+    lua_pop(L, 1);
+    if (t->tls_client_key && !t->tls_client_cert) {
+        snprintf(k, sizeof k, "%s.client_cert", key);
+        key_err(ld, k, "missing (client_key is given)");
+    }
+    if (ld->errs->n != before) return;
+    hr_tls_opts_t o = {.role = HR_TLS_CLIENT,
+                       .ca_file = t->tls_ca_file,
+                       .cert_file = t->tls_client_cert,
+                       .key_file = t->tls_client_key,
+                       .no_verify = !t->tls_verify,
+                       .server_name = t->tls_server_name};
+    hr_tls_field_t field;
+    char err[1024];
+    t->tls = hr_tls_ctx_new(&o, &field, err, sizeof err);
+    if (!t->tls) {
+        const char *name = field == HR_TLS_FIELD_CA_FILE     ? "ca_file"
+                           : field == HR_TLS_FIELD_KEY_FILE  ? "client_key"
+                           : field == HR_TLS_FIELD_CERT_FILE ? "client_cert"
+                                                             : NULL;
+        snprintf(k, sizeof k, "%s%s%s", key, name ? "." : "", name ? name : "");
+        key_err(ld, k, "%s", err);
+        return;
+    }
+    if (!t->tls_verify)
+        hr_log_warn("%s: %s.verify = false: the certificate and name of %s are not checked",
+                    ld->c->file, key, t->url);
+}
+
+/* True if host is excluded by the NO_PROXY list: comma- or space-separated names (a name
+ * covers its subdomains, a leading dot is optional), IP literals, or "*" for everything; a
+ * ":port" after an entry is ignored. */
+static bool no_proxy_match(const char *list, const char *host)
+{
+    size_t hl = strlen(host);
+    for (const char *p = list; *p;) {
+        p += strspn(p, ", \t");
+        size_t n = strcspn(p, ", \t");
+        const char *e = p;
+        size_t en = n;
+        if (en > 0 && e[0] == '.') e++, en--;
+        const char *colon = memchr(e, ':', en);
+        if (colon && !memchr(colon + 1, ':', en - (size_t)(colon + 1 - e)))
+            en = (size_t)(colon - e);
+        if (en == 1 && e[0] == '*') return true;
+        if (en > 0 && en <= hl && strncasecmp(host + hl - en, e, en) == 0 &&
+            (en == hl || host[hl - en - 1] == '.'))
+            return true;
+        p += n;
+    }
+    return false;
+}
+
+/* The proxy the environment names for a URL to host (https or not), or NULL: HTTPS_PROXY /
+ * https_proxy or HTTP_PROXY / http_proxy, unless NO_PROXY / no_proxy excludes host. *var is
+ * the variable's name. */
+static const char *env_proxy(const char *host, bool https, const char **var)
+{
+    const char *names[2][2] = {{"http_proxy", "HTTP_PROXY"}, {"https_proxy", "HTTPS_PROXY"}};
+    const char *v = NULL;
+    for (size_t i = 0; i < 2 && !(v && *v); i++) {
+        *var = names[https][i];
+        v = getenv(*var);
+    }
+    if (!v || !*v) return NULL;
+    const char *np = getenv("no_proxy");
+    if (!np || !*np) np = getenv("NO_PROXY");
+    return np && no_proxy_match(np, host) ? NULL : v;
+}
+
+/* targets.<name>.proxy for target t (url parsed into u): the target's own (value on top, nil
+ * if absent; "" means none), else the environment's. Checks it is an http:// URL. [-0, +0, -] */
+static void load_target_proxy(loader_t *ld, const char *key, hr_target_conf_t *t, const hr_url_t *u)
+{
+    const char *var = NULL;
+    if (lua_type(ld->L, -1) != LUA_TNIL) {
+        want_string(ld, key, &t->proxy);
+    } else if (u->host) {
+        const char *v = env_proxy(u->host, u->tls, &var);
+        if (v) t->proxy = hr_xstrdup(v);
+    }
+    if (t->proxy && !*t->proxy) {
+        free(t->proxy);
+        t->proxy = NULL;
+    }
+    if (!t->proxy) return;
+    hr_url_t p;
+    char err[256];
+    int rc = hr_url_parse(t->proxy, &p, err, sizeof err);
+    bool ok = rc == 0 && !p.tls && strcmp(p.path, "/") == 0;
+    if (rc == 0) hr_url_free(&p);
+    if (!ok)
+        key_err(ld, key, "%s%s%sexpected http://host:port, got \"%s\"", var ? "(from " : "",
+                var ? var : "", var ? ") " : "", t->proxy);
+}
+
 /* A target before its keys are read. */
 static const hr_target_conf_t target_defaults = {
     .timeout_ms = HR_DEF_TARGET_TIMEOUT_MS,
@@ -412,6 +542,7 @@ static const hr_target_conf_t target_defaults = {
     .ordered = HR_DEF_TARGET_ORDERED,
     .circuit_failures = HR_DEF_TARGET_CIRCUIT_FAILURES,
     .circuit_probe_ms = HR_DEF_TARGET_CIRCUIT_PROBE_MS,
+    .tls_verify = HR_DEF_TARGET_TLS_VERIFY,
 };
 
 /* targets (value on top): name -> target table. [-0, +0, m] */
@@ -419,7 +550,8 @@ static void load_targets(loader_t *ld)
 {
     static const char *const keys[] = {
         "url",         "headers", "timeout_ms", "max_attempts",     "retry_ms",         "max_age_s",
-        "concurrency", "rate",    "ordered",    "circuit_failures", "circuit_probe_ms", NULL};
+        "concurrency", "rate",    "ordered",    "circuit_failures", "circuit_probe_ms", "tls",
+        "proxy",       NULL};
     lua_State *L = ld->L;
     hr_config_t *c = ld->c;
     if (!want_table(ld, "targets")) return;
@@ -440,17 +572,26 @@ static void load_targets(loader_t *ld)
             check_keys(ld, prefix, keys);
             char key[256];
             snprintf(key, sizeof key, "%s.url", prefix);
+            bool https = false;
+            hr_url_t u = {0};
             if (lua_getfield(L, -1, "url") == LUA_TNIL) {
                 key_err(ld, key, "missing (e.g. url = \"http://127.0.0.1:9000/hook\")");
             } else {
                 want_string(ld, key, &t->url);
-                hr_url_t u;
                 char uerr[256];
                 if (t->url && hr_url_parse(t->url, &u, uerr, sizeof uerr) != 0)
                     key_err(ld, key, "%s", uerr);
                 else if (t->url)
-                    hr_url_free(&u);
+                    https = u.tls;
             }
+            lua_pop(L, 1);
+            snprintf(key, sizeof key, "%s.proxy", prefix);
+            lua_getfield(L, -1, "proxy");
+            load_target_proxy(ld, key, t, &u);
+            lua_pop(L, 1);
+            hr_url_free(&u);
+            snprintf(key, sizeof key, "%s.tls", prefix);
+            if (lua_getfield(L, -1, "tls") != LUA_TNIL) load_target_tls(ld, key, t, https);
             lua_pop(L, 1);
             snprintf(key, sizeof key, "%s.headers", prefix);
             if (lua_getfield(L, -1, "headers") != LUA_TNIL)
@@ -987,6 +1128,12 @@ void hr_config_free(hr_config_t *c)
         free(c->targets[i].url);
         hr_headers_free(c->targets[i].headers, c->targets[i].nheaders);
         free(c->targets[i].retry_ms);
+        free(c->targets[i].tls_ca_file);
+        free(c->targets[i].tls_client_cert);
+        free(c->targets[i].tls_client_key);
+        free(c->targets[i].tls_server_name);
+        free(c->targets[i].proxy);
+        hr_tls_ctx_unref(c->targets[i].tls);
     }
     free(c->targets);
     free(c->write_retry_ms);

@@ -27,6 +27,7 @@ const hr_default_t hr_defaults[] = {
     {"targets.<name>.ordered", BOOL_TEXT(HR_DEF_TARGET_ORDERED)},
     {"targets.<name>.circuit_failures", HR_DEF_TEXT(HR_DEF_TARGET_CIRCUIT_FAILURES)},
     {"targets.<name>.circuit_probe_ms", HR_DEF_TEXT(HR_DEF_TARGET_CIRCUIT_PROBE_MS)},
+    {"targets.<name>.tls.verify", BOOL_TEXT(HR_DEF_TARGET_TLS_VERIFY)},
     {"files.<name>.mode", QUOTED(HR_DEF_TEXT(HR_DEF_FILE_MODE))},
     {"dead_letters", QUOTED(HR_DEF_DEAD_LETTERS)},
     {"limits.body_bytes", HR_DEF_TEXT(HR_DEF_BODY_BYTES)},

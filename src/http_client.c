@@ -1,9 +1,9 @@
 /* Outbound HTTP/1.1 client on libuv + llhttp (see include/hr/http_client.h).
  *
- * Shape: a client owns pools keyed by host:port. A pool caches the resolved address (60 s;
- * literal IPs never expire), keeps idle keep-alive connections on a LIFO stack, counts its
- * open connections (at most max_conns_per_host) and queues the requests that wait for one
- * (FIFO). One request uses one connection at a time (no pipelining).
+ * Shape: a client owns pools keyed by host:port and, for https, the TLS context. A pool caches the
+ * resolved address (60 s; literal IPs never expire), keeps idle keep-alive connections on a LIFO
+ * stack, counts its open connections (at most max_conns_per_host) and queues the requests that wait
+ * for one (FIFO). One request uses one connection at a time (no pipelining).
  *
  * Deferral: hr_http_client_send only queues the request and "kicks" its pool; a uv_idle
  * handle owned by the client runs the kicked pools' dispatch and delivers failures that were
@@ -15,7 +15,20 @@
  * (head and body, one allocation) are reference-counted between the request and the write in
  * flight, because a transparent retry sends them again and a closing connection may still
  * cancel a write after the request ended. The client is freed when every handle it made is
- * closed and no DNS lookup is outstanding. Nothing is process-wide. */
+ * closed and no DNS lookup is outstanding. Nothing is process-wide.
+ *
+ * TLS (https): a connection of a TLS pool carries an hr_tls_conn_t (hr/tls.h) between the
+ * socket and the HTTP code. After connect it runs the handshake (inside the request's
+ * timeout) before the request is written; what libuv reads is fed to it and the plaintext
+ * it gives goes to the same parser as a plain connection's bytes; whatever ciphertext it
+ * produces is sent by a write of its own (tls_flush). A pool keeps the session of its last
+ * new connection and offers it on the next one (resumption). A pool holds a reference to its
+ * context, so the pools of a replaced context are freed once empty (pool_get).
+ *
+ * Proxies (an http:// proxy per request, part of the pool's key): a pool then connects to the
+ * proxy. Plain http requests go to it in absolute form (POST http://host:port/path); an https
+ * pool's connections first send CONNECT host:port and read the proxy's answer (tunnel_read),
+ * then run TLS through the tunnel as over a direct connection. */
 #include "hr/http_client.h"
 
 #include <llhttp.h>
@@ -24,6 +37,7 @@
 #include <string.h>
 
 #include "hr/log.h"
+#include "hr/tls.h"
 
 #define HR_HTTP_DNS_TTL_MS  60000
 #define HR_HTTP_READ_BUF    65536
@@ -149,6 +163,12 @@ struct hr_http_conn {
     size_t hview_cap;         /* entries allocated in hview */
     hr_buf_t body;            /* response body, reused */
     int status;               /* response status */
+    hr_tls_conn_t *tls;       /* https: the TLS state, else NULL */
+    bool handshaking;         /* https: connected, handshake not complete */
+    bool session_saved;       /* https: its session went to the pool */
+    bool tunneling;           /* https via a proxy: CONNECT sent, its answer not complete */
+    hr_buf_t tunnel;          /* ... the answer so far */
+    char *pbuf;               /* https: plaintext buffer, HR_HTTP_READ_BUF bytes */
 };
 
 struct hr_http_pool {
@@ -158,6 +178,10 @@ struct hr_http_pool {
     char *host;                   /* as in the URL, without brackets */
     int port;                     /* TCP port */
     char *host_header;            /* value of the Host header */
+    char *proxy;                  /* the proxy's host (without brackets), or NULL: direct */
+    int proxy_port;               /* its port */
+    const char *dial_host;        /* what connections go to: proxy or host */
+    int dial_port;                /* ... and its port */
     bool literal;                 /* host is an IP literal: addr never expires */
     bool addr_ok;                 /* addr holds a usable address */
     uint64_t addr_expires;        /* uv_now when addr must be looked up again */
@@ -167,6 +191,8 @@ struct hr_http_pool {
     hr_dlink_t idle;              /* idle connections, most recent first */
     hr_dlink_t waitq;             /* requests waiting for a connection, oldest first */
     uint32_t nconns;              /* open connections (connecting, active or idle) */
+    hr_tls_ctx_t *tls;            /* https: the context (a reference), else NULL */
+    hr_tls_session_t *session;    /* https: to resume on the next connection, or NULL */
 };
 
 struct hr_http_client {
@@ -184,25 +210,34 @@ struct hr_http_client {
     bool closing;                /* hr_http_client_close was called */
     void (*close_cb)(void *arg); /* run once everything is freed */
     void *close_arg;             /* for close_cb */
+    hr_tls_ctx_t *default_tls;   /* https without a context: system trust, made on first use */
 };
 
 static void pool_dispatch(hr_http_pool_t *p);
 static void conn_close(hr_http_conn_t *conn);
+static void conn_write(hr_http_conn_t *conn);
 
 /* ---- Client lifetime ----------------------------------------------------------------- */
+
+static void pool_free(hr_http_pool_t *p)
+{
+    dl_remove(&p->link);
+    free(p->host);
+    free(p->host_header);
+    free(p->proxy);
+    hr_tls_session_free(p->session);
+    hr_tls_ctx_unref(p->tls);
+    free(p);
+}
 
 /* Free the client once it is closing and every handle it made is closed. Runs only from
  * close/lookup callbacks, so close_cb never runs inside hr_http_client_close. */
 static void client_maybe_free(hr_http_client_t *c)
 {
     if (!c->closing || c->open_handles > 0) return;
-    while (!dl_empty(&c->pools)) {
-        hr_http_pool_t *p = hr_container_of(c->pools.next, hr_http_pool_t, link);
-        dl_remove(&p->link);
-        free(p->host);
-        free(p->host_header);
-        free(p);
-    }
+    while (!dl_empty(&c->pools))
+        pool_free(hr_container_of(c->pools.next, hr_http_pool_t, link));
+    hr_tls_ctx_unref(c->default_tls);
     void (*cb)(void *) = c->close_cb;
     void *arg = c->close_arg;
     free(c);
@@ -316,6 +351,9 @@ static void on_conn_handle_close(uv_handle_t *h)
     c->open_handles--;
     if (--conn->open_handles > 0) return;
     free(conn->rbuf);
+    free(conn->pbuf);
+    hr_buf_free(&conn->tunnel);
+    hr_tls_conn_free(conn->tls);
     hr_buf_free(&conn->hdata);
     hr_buf_free(&conn->body);
     free(conn->hoff);
@@ -387,11 +425,112 @@ static void on_write(uv_write_t *w, int status)
     if (status < 0 && conn->state != CONN_CLOSING) conn_fail(conn, status, NULL);
 }
 
-/* Send the bytes of conn's request: one uv_write of head and body. A failure to start the
- * write fails the request from the defer handle and closes the connection. */
+/* ---- TLS ----------------------------------------------------------------------------- */
+
+/* One write of bytes copied for it (ciphertext, CONNECT); holds a reference to the request's
+ * bytes when it carries them. */
+typedef struct {
+    uv_write_t w;
+    hr_http_conn_t *conn;
+    hr_http_bytes_t *bytes; /* the request it encrypts, or NULL (handshake, alerts) */
+    char data[];
+} copy_write_t;
+
+static void on_copy_write(uv_write_t *w, int status)
+{
+    copy_write_t *tw = hr_container_of(w, copy_write_t, w);
+    hr_http_conn_t *conn = tw->conn;
+    if (tw->bytes) {
+        if (conn->writing == tw->bytes) conn->writing = NULL;
+        bytes_unref(tw->bytes);
+    }
+    free(tw);
+    if (status < 0 && conn->state != CONN_CLOSING) conn_fail(conn, status, NULL);
+}
+
+/* Send n bytes of data on conn as they are (a copy); bytes (may be NULL) is the request they
+ * carry. Returns 0, or < 0 if the write could not start (the caller fails the request and
+ * closes the connection). */
+static int conn_send_copy(hr_http_conn_t *conn, const char *data, size_t n, hr_http_bytes_t *bytes)
+{
+    copy_write_t *tw = hr_xmalloc(sizeof *tw + n);
+    memcpy(tw->data, data, n);
+    uv_buf_t buf = uv_buf_init(tw->data, (unsigned)n);
+    tw->conn = conn;
+    tw->bytes = bytes;
+    int rc = uv_write(&tw->w, (uv_stream_t *)&conn->tcp, &buf, 1, on_copy_write);
+    if (rc < 0) {
+        free(tw);
+        return rc;
+    }
+    if (bytes) {
+        bytes->refs++;
+        conn->writing = bytes;
+    }
+    return 0;
+}
+
+/* Send the ciphertext conn's TLS state produced, if any; bytes as conn_send_copy. */
+static int tls_flush(hr_http_conn_t *conn, hr_http_bytes_t *bytes)
+{
+    if (hr_tls_conn_out_pending(conn->tls) == 0) return 0;
+    hr_buf_t out = HR_BUF_INIT;
+    hr_tls_conn_take_out(conn->tls, &out);
+    int rc = conn_send_copy(conn, out.data, out.len, bytes);
+    hr_buf_free(&out);
+    return rc;
+}
+
+/* Encrypt and send conn's request. Returns 0 or < 0 as tls_flush. */
+static int tls_write_request(hr_http_conn_t *conn)
+{
+    hr_http_bytes_t *b = conn->req->bytes;
+    if (hr_tls_conn_write(conn->tls, b->data, b->head_len + b->body_len) != HR_TLS_OK)
+        return UV_EPROTO;
+    return tls_flush(conn, b);
+}
+
+/* Fail conn's request with the TLS reason (a transport error: UV_EPROTO). */
+static void tls_fail(hr_http_conn_t *conn)
+{
+    conn_fail(conn, UV_EPROTO, hr_tls_conn_error(conn->tls));
+}
+
+/* Step the handshake of conn (after connect and after each read during it); once it is
+ * complete, send the request. */
+static void tls_handshake(hr_http_conn_t *conn)
+{
+    hr_tls_status_t st = hr_tls_conn_handshake(conn->tls);
+    int rc = tls_flush(conn, NULL);
+    if (st == HR_TLS_ERROR) {
+        tls_fail(conn);
+        return;
+    }
+    if (rc < 0) {
+        conn_fail(conn, rc, NULL);
+        return;
+    }
+    if (st != HR_TLS_OK) return;
+    conn->handshaking = false;
+    if (conn->req) conn_write(conn);
+}
+
+/* ---- Requests on a connection -------------------------------------------------------- */
+
+/* Send the bytes of conn's request: one uv_write of head and body (for https, of their
+ * ciphertext). A failure to start the write fails the request from the defer handle and
+ * closes the connection. */
 static void conn_write(hr_http_conn_t *conn)
 {
     hr_http_req_t *r = conn->req;
+    if (conn->tls) {
+        int rc = tls_write_request(conn);
+        if (rc < 0) {
+            req_fail_later(r, rc, rc == UV_EPROTO ? hr_tls_conn_error(conn->tls) : uv_strerror(rc));
+            conn_close(conn);
+        }
+        return;
+    }
     uv_buf_t bufs[2] = {
         uv_buf_init(r->bytes->data, (unsigned)r->bytes->head_len),
         uv_buf_init(r->bytes->data + r->bytes->head_len, (unsigned)r->bytes->body_len),
@@ -431,6 +570,14 @@ static void conn_deliver(hr_http_conn_t *conn, bool extra_bytes)
 {
     hr_http_req_t *r = conn->req;
     bool keep = conn->keep_alive && !extra_bytes && !conn->writing;
+    if (conn->tls && !conn->session_saved) { /* the tickets have come by now */
+        hr_tls_session_t *sess = hr_tls_conn_session(conn->tls);
+        conn->session_saved = true;
+        if (sess) {
+            hr_tls_session_free(conn->pool->session);
+            conn->pool->session = sess;
+        }
+    }
     req_detach(r);
     if (conn->hview_cap < conn->nhdrs) {
         conn->hview_cap = conn->nhdrs;
@@ -467,13 +614,13 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(conn->rbuf, HR_HTTP_READ_BUF);
 }
 
-/* Read callback: feed the parser; deliver a complete response; EOF either completes a
- * close-delimited body or fails the request. Bytes on an idle connection, or its EOF,
- * close it. */
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+/* Response bytes (plaintext) or the end of the stream (nread < 0): feed the parser; deliver a
+ * complete response; EOF either completes a close-delimited body or fails the request. Bytes
+ * on an idle connection, or its EOF, close it. */
+static void conn_on_bytes(hr_http_conn_t *conn, ssize_t nread, const char *data)
 {
-    hr_http_conn_t *conn = s->data;
-    if (nread == 0 || conn->state == CONN_CLOSING) return;
+    uv_buf_t b = uv_buf_init((char *)data, nread > 0 ? (unsigned)nread : 0);
+    const uv_buf_t *buf = &b;
     if (!conn->req) { /* idle: the server closed, or sent something unasked for */
         conn_close(conn);
         return;
@@ -517,6 +664,117 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
+/* Ask the proxy for a tunnel to the pool's host:port. */
+static void tunnel_open(hr_http_conn_t *conn)
+{
+    hr_http_pool_t *p = conn->pool;
+    bool v6 = strchr(p->host, ':') != NULL;
+    char *msg = hr_xasprintf(v6 ? "CONNECT [%s]:%d HTTP/1.1\r\nHost: [%s]:%d\r\n\r\n"
+                                : "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n",
+                             p->host, p->port, p->host, p->port);
+    conn->tunneling = true;
+    int rc = conn_send_copy(conn, msg, strlen(msg), NULL);
+    free(msg);
+    if (rc < 0) conn_fail(conn, rc, NULL);
+}
+
+#define HR_HTTP_TUNNEL_MAX 16384 /* bytes of a proxy's answer to CONNECT */
+
+/* The proxy's answer to CONNECT, as it comes: once its head is complete, a 2xx starts the TLS
+ * handshake through the tunnel (bytes after the head are the server's, fed to TLS); anything
+ * else fails the request with the proxy's status line. Returns true if the tunnel is open and
+ * rest/nrest hold what followed the head. */
+static bool tunnel_read(hr_http_conn_t *conn, const char *data, size_t n, const char **rest,
+                        size_t *nrest)
+{
+    hr_http_pool_t *p = conn->pool;
+    size_t before = conn->tunnel.len;
+    hr_buf_append(&conn->tunnel, data, n);
+    char *end = strstr(conn->tunnel.data, "\r\n\r\n");
+    if (!end) {
+        if (conn->tunnel.len > HR_HTTP_TUNNEL_MAX)
+            conn_fail(conn, UV_EPROTO, "proxy: answer to CONNECT too long");
+        return false;
+    }
+    size_t head = (size_t)(end + 4 - conn->tunnel.data);
+    int status = 0;
+    bool ok = sscanf(conn->tunnel.data, "HTTP/1.%*1[01] %3d", &status) == 1;
+    if (!ok || status < 200 || status > 299) {
+        char msg[200];
+        size_t line = strcspn(conn->tunnel.data, "\r\n");
+        snprintf(msg, sizeof msg, "proxy %s:%d refused CONNECT %s:%d: %.*s", p->proxy,
+                 p->proxy_port, p->host, p->port, (int)(line > 100 ? 100 : line),
+                 conn->tunnel.data);
+        conn_fail(conn, UV_ECONNREFUSED, msg);
+        return false;
+    }
+    conn->tunneling = false;
+    *rest = data + (head - before);
+    *nrest = n - (head - before);
+    return true;
+}
+
+/* What an https connection read: the proxy's answer to CONNECT, then ciphertext for the
+ * handshake or for responses, whose plaintext goes to conn_on_bytes. close_notify ends the
+ * stream as EOF does. */
+static void tls_on_read(hr_http_conn_t *conn, ssize_t nread, const char *data)
+{
+    if (nread < 0 && conn->tunneling) {
+        conn_fail(conn, (int)nread, nread == UV_EOF ? "proxy closed the connection" : NULL);
+        return;
+    }
+    if (nread > 0 && conn->tunneling) {
+        size_t n = 0;
+        if (!tunnel_read(conn, data, (size_t)nread, &data, &n)) return;
+        nread = (ssize_t)n;
+        conn->handshaking = true;
+        tls_handshake(conn);
+        if (conn->state == CONN_CLOSING || nread == 0) return;
+    }
+    if (nread < 0) {
+        if (conn->handshaking)
+            conn_fail(conn, (int)nread,
+                      nread == UV_EOF ? "tls: connection closed during the handshake" : NULL);
+        else
+            conn_on_bytes(conn, nread, NULL);
+        return;
+    }
+    hr_tls_conn_feed(conn->tls, data, (size_t)nread);
+    if (conn->handshaking) {
+        tls_handshake(conn);
+        if (conn->handshaking || conn->state == CONN_CLOSING) return;
+    }
+    while (conn->state != CONN_CLOSING) {
+        size_t n = 0;
+        hr_tls_status_t st = hr_tls_conn_read(conn->tls, conn->pbuf, HR_HTTP_READ_BUF, &n);
+        if (tls_flush(conn, NULL) < 0) st = HR_TLS_ERROR;
+        if (st == HR_TLS_OK) {
+            conn_on_bytes(conn, (ssize_t)n, conn->pbuf);
+        } else if (st == HR_TLS_CLOSED) {
+            conn_on_bytes(conn, UV_EOF, NULL);
+            return;
+        } else if (st == HR_TLS_ERROR) {
+            if (conn->req)
+                tls_fail(conn);
+            else
+                conn_close(conn);
+            return;
+        } else {
+            return; /* wants more ciphertext */
+        }
+    }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    hr_http_conn_t *conn = s->data;
+    if (nread == 0 || conn->state == CONN_CLOSING) return;
+    if (conn->tls)
+        tls_on_read(conn, nread, buf->base);
+    else
+        conn_on_bytes(conn, nread, buf->base);
+}
+
 /* Connect callback: start reading (for the connection's whole life) and send the request. */
 static void on_connect(uv_connect_t *cr, int status)
 {
@@ -526,7 +784,8 @@ static void on_connect(uv_connect_t *cr, int status)
         hr_http_pool_t *p = conn->pool;
         if (!p->literal) p->addr_ok = false; /* look the name up again next time */
         char msg[160];
-        snprintf(msg, sizeof msg, "connect %s:%d: %s", p->host, p->port, uv_strerror(status));
+        snprintf(msg, sizeof msg, "connect %s%s:%d: %s", p->proxy ? "proxy " : "", p->dial_host,
+                 p->dial_port, uv_strerror(status));
         conn_fail(conn, status, msg);
         return;
     }
@@ -537,6 +796,15 @@ static void on_connect(uv_connect_t *cr, int status)
         conn_fail(conn, rc, NULL);
         return;
     }
+    if (conn->tls && conn->pool->proxy) {
+        tunnel_open(conn);
+        return;
+    }
+    if (conn->tls) {
+        conn->handshaking = true;
+        tls_handshake(conn);
+        return;
+    }
     if (r) conn_write(conn);
 }
 
@@ -544,13 +812,27 @@ static void on_connect(uv_connect_t *cr, int status)
 static void conn_open(hr_http_pool_t *p, hr_http_req_t *r)
 {
     hr_http_client_t *c = p->c;
+    hr_tls_conn_t *tls = NULL;
+    if (p->tls) {
+        char err[256];
+        tls = hr_tls_conn_new(p->tls, p->host, err, sizeof err);
+        if (!tls) {
+            req_fail_later(r, UV_EINVAL, err);
+            return;
+        }
+        hr_tls_conn_set_session(tls, p->session);
+    }
     hr_http_conn_t *conn = hr_xcalloc(1, sizeof *conn);
     conn->c = c;
     conn->pool = p;
     dl_init(&conn->idle);
     conn->rbuf = hr_xmalloc(HR_HTTP_READ_BUF);
+    conn->tls = tls;
+    if (tls) conn->pbuf = hr_xmalloc(HR_HTTP_READ_BUF);
     int rc = uv_tcp_init(c->loop, &conn->tcp);
     if (rc < 0) {
+        hr_tls_conn_free(conn->tls);
+        free(conn->pbuf);
         free(conn->rbuf);
         free(conn);
         req_fail_later(r, rc, uv_strerror(rc));
@@ -573,7 +855,8 @@ static void conn_open(hr_http_pool_t *p, hr_http_req_t *r)
     if (rc < 0) {
         req_detach(r);
         char msg[160];
-        snprintf(msg, sizeof msg, "connect %s:%d: %s", p->host, p->port, uv_strerror(rc));
+        snprintf(msg, sizeof msg, "connect %s%s:%d: %s", p->proxy ? "proxy " : "", p->dial_host,
+                 p->dial_port, uv_strerror(rc));
         req_fail_later(r, rc, msg);
         conn_close(conn);
     }
@@ -604,7 +887,8 @@ static void on_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res)
     if (res) uv_freeaddrinfo(res);
     if (status == 0) status = UV_EAI_NONAME;
     char msg[160];
-    snprintf(msg, sizeof msg, "resolve %s: %s", p->host, uv_strerror(status));
+    snprintf(msg, sizeof msg, "resolve %s%s: %s", p->proxy ? "proxy " : "", p->dial_host,
+             uv_strerror(status));
     while (!dl_empty(&p->waitq)) {
         hr_http_req_t *r = hr_container_of(p->waitq.next, hr_http_req_t, q);
         req_detach(r);
@@ -619,13 +903,13 @@ static void pool_resolve(hr_http_pool_t *p)
     if (p->resolving) return;
     hr_http_client_t *c = p->c;
     char port[8];
-    snprintf(port, sizeof port, "%d", p->port);
+    snprintf(port, sizeof port, "%d", p->dial_port);
     struct addrinfo hints;
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     p->gai.data = p;
-    int rc = uv_getaddrinfo(c->loop, &p->gai, on_resolved, p->host, port, &hints);
+    int rc = uv_getaddrinfo(c->loop, &p->gai, on_resolved, p->dial_host, port, &hints);
     if (rc < 0) {
         while (!dl_empty(&p->waitq)) {
             hr_http_req_t *r = hr_container_of(p->waitq.next, hr_http_req_t, q);
@@ -667,27 +951,56 @@ static void pool_dispatch(hr_http_pool_t *p)
     }
 }
 
-/* Find or make the pool of host:port. Never NULL. */
-static hr_http_pool_t *pool_get(hr_http_client_t *c, const char *host, int port)
+/* True if nothing uses p: no connection, request, lookup or dispatch. */
+static bool pool_unused(const hr_http_pool_t *p)
+{
+    return p->nconns == 0 && dl_empty(&p->waitq) && !p->resolving && !dl_linked(&p->kick);
+}
+
+/* True if p's proxy is proxy:proxy_port (both NULL: direct). */
+static bool pool_via(const hr_http_pool_t *p, const char *proxy, int proxy_port)
+{
+    if (!p->proxy || !proxy) return !p->proxy && !proxy;
+    return p->proxy_port == proxy_port && strcmp(p->proxy, proxy) == 0;
+}
+
+/* Find or make the pool of host:port with TLS context tls (NULL: plain http) through proxy
+ * (NULL: direct). Making one frees the unused pools of the same host:port with another
+ * context (a reload replaced it). Never NULL. */
+static hr_http_pool_t *pool_get(hr_http_client_t *c, const char *host, int port, hr_tls_ctx_t *tls,
+                                const char *proxy, int proxy_port)
 {
     for (hr_dlink_t *l = c->pools.next; l != &c->pools; l = l->next) {
         hr_http_pool_t *p = hr_container_of(l, hr_http_pool_t, link);
-        if (p->port == port && strcmp(p->host, host) == 0) return p;
+        if (p->port == port && p->tls == tls && strcmp(p->host, host) == 0 &&
+            pool_via(p, proxy, proxy_port))
+            return p;
+    }
+    for (hr_dlink_t *l = c->pools.next, *next; l != &c->pools; l = next) {
+        next = l->next;
+        hr_http_pool_t *p = hr_container_of(l, hr_http_pool_t, link);
+        if (p->tls && tls && p->port == port && strcmp(p->host, host) == 0 && pool_unused(p))
+            pool_free(p);
     }
     hr_http_pool_t *p = hr_xcalloc(1, sizeof *p);
     p->c = c;
     p->host = hr_xstrdup(host);
     p->port = port;
+    p->tls = hr_tls_ctx_ref(tls);
+    p->proxy = proxy ? hr_xstrdup(proxy) : NULL;
+    p->proxy_port = proxy_port;
+    p->dial_host = proxy ? p->proxy : p->host;
+    p->dial_port = proxy ? proxy_port : port;
     dl_init(&p->kick);
     dl_init(&p->idle);
     dl_init(&p->waitq);
     bool v6 = strchr(host, ':') != NULL;
-    if (port == 80)
+    if (port == (tls ? 443 : 80))
         p->host_header = hr_xasprintf(v6 ? "[%s]" : "%s", host);
     else
         p->host_header = hr_xasprintf(v6 ? "[%s]:%d" : "%s:%d", host, port);
-    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&p->addr) == 0 ||
-        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&p->addr) == 0) {
+    if (uv_ip4_addr(p->dial_host, p->dial_port, (struct sockaddr_in *)&p->addr) == 0 ||
+        uv_ip6_addr(p->dial_host, p->dial_port, (struct sockaddr_in6 *)&p->addr) == 0) {
         p->literal = true;
         p->addr_ok = true;
     }
@@ -828,6 +1141,17 @@ hr_http_client_t *hr_http_client_open(uv_loop_t *loop, const hr_http_client_opts
     return c;
 }
 
+/* The context for https requests that bring none: the system trust store, verification on.
+ * Made on first use; NULL with err if it cannot be. */
+static hr_tls_ctx_t *client_default_tls(hr_http_client_t *c, char *err, size_t errlen)
+{
+    if (!c->default_tls) {
+        hr_tls_opts_t o = {.role = HR_TLS_CLIENT};
+        c->default_tls = hr_tls_ctx_new(&o, NULL, err, errlen);
+    }
+    return c->default_tls;
+}
+
 /* Queue a request. Copies the method, headers and body into one buffer now (req may be
  * freed after the call). Returns 0 and cb runs exactly once from the loop later, or returns
  * UV_EINVAL (bad URL) / UV_ECANCELED (client closing) and cb never runs. */
@@ -841,15 +1165,36 @@ int hr_http_client_send(hr_http_client_t *c, const hr_http_out_t *req, hr_http_d
         hr_log_debug("http: %s", err);
         return UV_EINVAL;
     }
-    hr_http_pool_t *p = pool_get(c, u.host, u.port);
+    hr_tls_ctx_t *tls = NULL;
+    if (u.tls) {
+        tls = req->tls ? req->tls : client_default_tls(c, err, sizeof err);
+        if (!tls) {
+            hr_log_error("http: %s", err);
+            hr_url_free(&u);
+            return UV_EINVAL;
+        }
+    }
+    hr_url_t px = {0};
+    if (req->proxy && *req->proxy &&
+        (hr_url_parse(req->proxy, &px, err, sizeof err) < 0 || px.tls)) {
+        hr_log_debug("http: proxy %s: %s", req->proxy, px.tls ? "must be http://" : err);
+        hr_url_free(&px);
+        hr_url_free(&u);
+        return UV_EINVAL;
+    }
+    hr_http_pool_t *p = pool_get(c, u.host, u.port, tls, px.host, px.port);
+    hr_url_free(&px);
     const char *method = req->method && *req->method ? req->method : "POST";
+    /* Through a proxy, plain http names the whole URL in the request line. */
+    bool absolute = p->proxy && !p->tls;
 
-    size_t head_len = strlen(method) + strlen(u.path) + strlen(p->host_header) + 64;
+    size_t head_len = strlen(method) + strlen(u.path) + 2 * strlen(p->host_header) + 72;
     for (size_t i = 0; i < req->nheaders; i++)
         head_len += strlen(req->headers[i].name) + strlen(req->headers[i].value) + 4;
     hr_http_bytes_t *b = hr_xmalloc(sizeof *b + head_len + req->body_len);
     char *w = b->data;
-    w += sprintf(w, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, u.path, p->host_header);
+    w += sprintf(w, "%s %s%s%s HTTP/1.1\r\nHost: %s\r\n", method, absolute ? "http://" : "",
+                 absolute ? p->host_header : "", u.path, p->host_header);
     for (size_t i = 0; i < req->nheaders; i++)
         w += sprintf(w, "%s: %s\r\n", req->headers[i].name, req->headers[i].value);
     w += sprintf(w, "Content-Length: %zu\r\n\r\n", req->body_len);

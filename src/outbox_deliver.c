@@ -205,6 +205,8 @@ static void start_attempt(ob_item_t *it)
         .body = a->body,
         .body_len = a->body_len,
         .timeout_ms = a->timeout_ms ? a->timeout_ms : HR_DEF_TARGET_TIMEOUT_MS,
+        .tls = t->pol.tls, /* the target's context now, never the spool's */
+        .proxy = t->pol.proxy,
     };
     int rc = o->http ? hr_http_client_send(o->http, &req, on_http_done, it) : UV_ECANCELED;
     if (rc < 0) {

@@ -559,13 +559,17 @@ static void event_send(event_run_t *e)
             return;
         }
         const hr_action_t *a = e->res.request;
+        const hr_target_conf_t *tc =
+            e->rs ? hr_config_target(hr_ruleset_config(e->rs), a->name) : NULL;
         hr_http_out_t out = {.method = a->method,
                              .url = a->url,
                              .headers = a->headers,
                              .nheaders = a->nheaders,
                              .body = a->body,
                              .body_len = a->body_len,
-                             .timeout_ms = a->timeout_ms};
+                             .timeout_ms = a->timeout_ms,
+                             .tls = tc ? tc->tls : NULL,
+                             .proxy = tc ? tc->proxy : NULL};
         snprintf(e->target, sizeof e->target, "%s", a->name);
         e->sent_ns = uv_hrtime();
         int rc = hr_http_client_send(r->replies, &out, on_event_answer, e);

@@ -27,6 +27,11 @@ void hr_target_policy_set(hr_target_policy_t *p, const hr_target_opts_t *g)
         g && g->circuit_failures ? g->circuit_failures : HR_DEF_TARGET_CIRCUIT_FAILURES;
     p->circuit_probe_ms =
         g && g->circuit_probe_ms ? g->circuit_probe_ms : HR_DEF_TARGET_CIRCUIT_PROBE_MS;
+    hr_tls_ctx_t *old = p->tls;
+    p->tls = hr_tls_ctx_ref(g ? g->tls : NULL);
+    hr_tls_ctx_unref(old);
+    free(p->proxy);
+    p->proxy = g && g->proxy ? hr_xstrdup(g->proxy) : NULL;
 }
 
 void hr_target_policy_free(hr_target_policy_t *p)
@@ -34,6 +39,10 @@ void hr_target_policy_free(hr_target_policy_t *p)
     free(p->retry_ms);
     p->retry_ms = NULL;
     p->nretry = 0;
+    hr_tls_ctx_unref(p->tls);
+    p->tls = NULL;
+    free(p->proxy);
+    p->proxy = NULL;
 }
 
 /* ---- Retry schedule --------------------------------------------------------------------- */

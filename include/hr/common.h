@@ -103,11 +103,12 @@ char *hr_path_join(const char *dir, const char *path);
  * directory is -ENOTDIR. Returns 0, or a negative errno (the first failure stops it). */
 int hr_mkdir_p(const char *dir);
 
-/* An http:// URL split into parts (https is refused: no TLS yet; so are credentials, user@). */
+/* An http:// or https:// URL split into parts (credentials, user@, are refused). */
 typedef struct {
     char *host; /* without brackets for IPv6 */
-    int port;   /* 80 if absent */
+    int port;   /* 80 (http) or 443 (https) if absent */
     char *path; /* "/" if absent; includes the query */
+    bool tls;   /* https:// */
 } hr_url_t;
 
 /* Parse url into u. Returns 0, or -1 with a message in err. u owns its strings. */

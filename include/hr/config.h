@@ -11,6 +11,7 @@
 
 #include "hr/common.h"
 #include "hr/defaults.h"
+#include "hr/tls.h"
 
 /* A fixed HTTP reply: an endpoint's fallback, or what a rule set with respond(). */
 typedef struct {
@@ -53,6 +54,16 @@ typedef struct {
     bool ordered;              /* one store's events in arrival order */
     uint32_t circuit_failures; /* consecutive failures that open the circuit */
     uint64_t circuit_probe_ms; /* probe interval while the circuit is open */
+    /* tls = { ... } (https targets only); the paths resolved against the config folder */
+    char *tls_ca_file;     /* trust only these CAs; NULL: the system trust store */
+    char *tls_client_cert; /* client certificate (mTLS), or NULL */
+    char *tls_client_key;  /* its key; NULL: in tls_client_cert */
+    char *tls_server_name; /* SNI and the name checked, instead of the URL's host */
+    bool tls_verify;       /* check the server's certificate and name (default true) */
+    hr_tls_ctx_t *tls;     /* the context made from the above at load (the config's reference;
+                              NULL without a tls table: the HTTP client's default) */
+    char *proxy; /* "http://host:port": the target's proxy, else the environment's (HTTPS_PROXY
+                    or HTTP_PROXY unless NO_PROXY names the host); NULL: direct */
 } hr_target_conf_t;
 
 typedef struct {

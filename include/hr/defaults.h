@@ -56,6 +56,7 @@
 #define HR_DEF_TARGET_ORDERED          false
 #define HR_DEF_TARGET_CIRCUIT_FAILURES 5
 #define HR_DEF_TARGET_CIRCUIT_PROBE_MS 5000
+#define HR_DEF_TARGET_TLS_VERIFY       true
 
 /* Write actions: their attempts before the dead letter (not a config key; as a target's
  * max_attempts); their schedule is a target's without retry_ms. */

@@ -1,6 +1,9 @@
 /* Outbound HTTP/1.1 client (src/http_client.c): DNS through libuv, keep-alive connection
- * pools per host:port, responses parsed with llhttp (content-length, chunked and
- * close-delimited bodies), one timeout per request. http:// only.
+ * pools per host:port (and TLS context), responses parsed with llhttp (content-length,
+ * chunked and close-delimited bodies), one timeout per request. http:// and https:// (TLS
+ * through hr/tls.h: SNI, certificate and host name verification as the context says, the
+ * handshake inside the timeout, sessions resumed on new connections of a pool), directly or
+ * through an http:// proxy.
  *
  * A request whose reused keep-alive connection turns out to be dead before any response byte
  * arrived is retried once on a fresh connection (that is not a delivery attempt). */
@@ -11,6 +14,7 @@
 #include <uv.h>
 
 #include "hr/common.h"
+#include "hr/tls.h"
 
 typedef struct hr_http_client hr_http_client_t;
 
@@ -21,7 +25,13 @@ typedef struct {
     size_t nheaders;
     const char *body;
     size_t body_len;
-    uint32_t timeout_ms; /* whole exchange: connect + send + response */
+    uint32_t timeout_ms; /* whole exchange: connect + TLS handshake + send + response */
+    /* https: the client context to use (its pool holds a reference); NULL: the client's own
+     * (system trust store, verification on). Ignored for http. */
+    hr_tls_ctx_t *tls;
+    /* "http://proxy:3128": send through this proxy (CONNECT for https, the absolute URL in
+     * the request line for http); NULL or "": directly. */
+    const char *proxy;
 } hr_http_out_t;
 
 typedef struct {
@@ -33,7 +43,8 @@ typedef struct {
 } hr_http_response_t;
 
 /* Completion: err is 0 and res set, or err < 0 (a UV_* code such as UV_ECONNREFUSED,
- * UV_ETIMEDOUT, UV_EAI_NONAME, or UV_EPROTO for an unparsable response) with res NULL and a
+ * UV_ETIMEDOUT, UV_EAI_NONAME, or UV_EPROTO for an unparsable response or a failed TLS
+ * handshake or verification, whose message is the "tls: ..." reason) with res NULL and a
  * message in errmsg. res and errmsg are valid only during the callback. */
 typedef void (*hr_http_done_cb)(void *arg, int err, const char *errmsg,
                                 const hr_http_response_t *res);

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "hr/common.h"
+#include "hr/tls.h"
 
 /* A delivery policy as given (the config's, copied by the outbox): 0 (nretry 0 for the
  * schedule) means the default of hr/defaults.h. */
@@ -26,6 +27,8 @@ typedef struct {
     bool ordered;              /* per-store arrival order */
     uint32_t circuit_failures; /* consecutive failures that open the circuit (0: the default) */
     uint64_t circuit_probe_ms; /* probe interval while open (0: the default) */
+    hr_tls_ctx_t *tls;         /* https: the client TLS context (NULL: the client's default) */
+    const char *proxy;         /* "http://host:port" to send through, or NULL: directly */
 } hr_target_opts_t;
 
 /* A policy with every default filled in (hr_target_policy_set). */
@@ -38,9 +41,12 @@ typedef struct {
     bool ordered;              /* lanes per store */
     uint32_t circuit_failures; /* >= 1 */
     uint64_t circuit_probe_ms; /* >= 1 */
+    hr_tls_ctx_t *tls;         /* a reference, or NULL: what its requests are sent with */
+    char *proxy;               /* owned copy, or NULL: directly */
 } hr_target_policy_t;
 
-/* Set p (zeroed or set before) from given, NULL: every default. The schedule is copied. */
+/* Set p (zeroed or set before) from given, NULL: every default. The schedule and the proxy
+ * are copied, the TLS context referenced (the one p had is released). */
 void hr_target_policy_set(hr_target_policy_t *p, const hr_target_opts_t *given);
 /* Free what p owns (p itself is the caller's). */
 void hr_target_policy_free(hr_target_policy_t *p);

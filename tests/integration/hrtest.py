@@ -23,6 +23,7 @@ import shutil
 import signal
 import signal as _signal_mod
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -566,6 +567,15 @@ def chunked(parts):
 # ---------------------------------------------------------------------------------------------
 # Router process
 
+PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY")
+
+
+def clean_env():
+    """The environment for the binary: ours without proxy variables (the router would send
+    its loopback deliveries through a proxy the machine names); a test sets its own."""
+    return {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
+
+
 class Router:
     LISTEN_RE = re.compile(r"listening on (?:https?://)?(?:127\.0\.0\.1|\[::1\]|localhost):(\d+)")
 
@@ -584,7 +594,7 @@ class Router:
 
     def start(self, wait=True):
         cmd = WRAP + [BIN, "run", "-c", self.config] + (self.args or [])
-        env = dict(os.environ)
+        env = clean_env()
         env.update(self.env or {})
         self._err = open(self.stderr_path, "wb")
         self._out = open(self.stdout_path, "wb")
@@ -712,7 +722,7 @@ class Router:
 
 def run_cli(args, cwd=None, timeout=20.0, env=None, input=None):
     """Run the binary (not under HR_WRAP) and return CompletedProcess with text output."""
-    e = dict(os.environ)
+    e = clean_env()
     e.update(env or {})
     return subprocess.run([BIN] + list(args), cwd=cwd, capture_output=True, timeout=T(timeout),
                           env=e, input=input, text=True, errors="replace")
@@ -759,7 +769,13 @@ class Sink:
     """
 
     def __init__(self, statuses=None, status=200, delays=None, delay=0.0, down=False,
-                 response_body=b'{"ok":true}', mode="normal"):
+                 response_body=b'{"ok":true}', mode="normal", tls=None):
+        # tls: an ssl.SSLContext (server side): the sink speaks HTTPS; failed handshakes are
+        # recorded in tls_errors
+        self.tls = tls
+        self.tls_errors = []
+        self.handshakes = 0
+        self.resumed = 0  # handshakes that resumed a session
         # mode: "normal" (Content-Length, keep-alive), "close" (Content-Length + Connection: close),
         # "chunked" (chunked response body), "eof" (no length: body ends when the sink closes)
         self.mode = mode
@@ -786,7 +802,7 @@ class Sink:
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d" % self.port
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.port)
 
     def start(self):
         sink = self
@@ -873,6 +889,25 @@ class Sink:
             allow_reuse_address = True
             request_queue_size = 128
 
+            def finish_request(self, request, client_address):
+                if sink.tls is None:
+                    return super().finish_request(request, client_address)
+                # the handshake runs in the connection's thread, not the accept loop
+                request.settimeout(10)
+                try:
+                    tls = sink.tls.wrap_socket(request, server_side=True)
+                except (ssl.SSLError, OSError) as e:
+                    with sink.lock:
+                        sink.tls_errors.append(str(e))
+                    return
+                with sink.lock:
+                    sink.handshakes += 1
+                    sink.resumed += 1 if tls.session_reused else 0
+                try:
+                    super().finish_request(tls, client_address)
+                finally:
+                    tls.close()
+
         self.server = Server(("127.0.0.1", self.port or 0), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -906,6 +941,124 @@ class Sink:
                                  % (self.count(), T(timeout), n, self.requests))
         with self.lock:
             return list(self.requests)
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS: certificates made by the openssl CLI (tests/tls/gen-certs.sh)
+
+def make_certs(folder):
+    """Make the test CA, server (localhost, 127.0.0.1, ::1), client and other-CA certificates
+    in folder (see tests/tls/gen-certs.sh for the file names); returns folder."""
+    subprocess.run(["sh", os.path.join(SOURCE_DIR, "tests", "tls", "gen-certs.sh"), folder],
+                   check=True, timeout=60)
+    return folder
+
+
+def server_tls(certs, client_ca=None, chain="server-chain.pem", key="server.key"):
+    """A server-side SSLContext from the files in certs; client_ca: require client
+    certificates signed by that file's CAs."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(os.path.join(certs, chain), os.path.join(certs, key))
+    if client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(os.path.join(certs, client_ca))
+    return ctx
+
+
+class Proxy:
+    """A loopback HTTP proxy: CONNECT host:port opens a tunnel (or is refused with
+    connect_status when that is not 200); a request in absolute form (POST http://h:p/path) is
+    sent on to its origin in origin form, and the connection then piped as it is. lines holds
+    every first request line a client sent."""
+
+    def __init__(self, connect_status=200):
+        self.connect_status = connect_status
+        self.lines = []
+        self.lock = threading.Lock()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.url = "http://127.0.0.1:%d" % self.port
+        self._socks = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self._socks.add(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    break
+                b.sendall(d)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _serve(self, c):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            d = c.recv(65536)
+            if not d:
+                c.close()
+                return
+            data += d
+        head, rest = data.split(b"\r\n\r\n", 1)
+        first, _, headers = head.partition(b"\r\n")
+        line = first.decode("latin-1")
+        with self.lock:
+            self.lines.append(line)
+        method, target, version = line.split(" ", 2)
+        try:
+            if method == "CONNECT":
+                if self.connect_status != 200:
+                    c.sendall(b"HTTP/1.1 %d Refused\r\nContent-Length: 0\r\n\r\n" % self.connect_status)
+                    c.close()
+                    return
+                host, port = target.rsplit(":", 1)
+                up = socket.create_connection((host.strip("[]"), int(port)), timeout=5)
+                c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                if rest:
+                    up.sendall(rest)
+            else:
+                import urllib.parse
+                u = urllib.parse.urlsplit(target)
+                up = socket.create_connection((u.hostname, u.port or 80), timeout=5)
+                path = (u.path or "/") + ("?" + u.query if u.query else "")
+                up.sendall(("%s %s %s\r\n" % (method, path, version)).encode("latin-1")
+                           + headers + b"\r\n\r\n" + rest)
+        except OSError:
+            c.close()
+            return
+        up.settimeout(None)
+        with self.lock:
+            self._socks.add(up)
+        threading.Thread(target=self._pipe, args=(up, c), daemon=True).start()
+        self._pipe(c, up)
+
+    def stop(self):
+        self.sock.close()
+        with self.lock:
+            socks = list(self._socks)
+        for s in socks:
+            try:
+                s.close()
+            except OSError:
+                pass
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ static void url_ok(const char *url, const char *host, int port, const char *path
     CHECK_STR_EQ(u.host, host);
     CHECK_INT_EQ(u.port, port);
     CHECK_STR_EQ(u.path, path);
+    CHECK(u.tls == (strncmp(url, "https:", 6) == 0));
     hr_url_free(&u);
     CHECK(u.host == NULL && u.path == NULL);
 }
@@ -72,7 +73,13 @@ static void test_url(void)
     url_ok("http://[::1]/", "::1", 80, "/");
     url_ok("http://[fe80::1:2]?q", "fe80::1:2", 80, "/?q");
 
-    url_bad("https://example.com/", "https is not supported");
+    /* https: port 443 unless given. */
+    url_ok("https://example.com/", "example.com", 443, "/");
+    url_ok("https://127.0.0.1:8443/hook?x", "127.0.0.1", 8443, "/hook?x");
+    url_ok("https://[::1]", "::1", 443, "/");
+    url_bad("https://", "invalid URL");
+    url_bad("https://user@h/", "userinfo");
+    url_bad("HTTPS://h/", "must start with http:// or https://");
     url_bad("ftp://example.com/", "must start with http://");
     url_bad("example.com/hook", "must start with http://");
     url_bad("", "must start with http://");

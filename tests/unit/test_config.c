@@ -119,8 +119,8 @@ static const bad_case_t bad_cases[] = {
     {"header value with CRLF", TARGET("headers = { [\"X-Key\"] = \"v\\r\\nX-Evil: 1\" }"),
      "targets.pos.headers", "invalid header X-Key"},
     /* Bad URLs. */
-    {"https url", TARGET("url = \"https://pos.example/hook\""), "targets.pos.url",
-     "https is not supported"},
+    {"https url with a bad port", TARGET("url = \"https://pos.example:0/hook\""), "targets.pos.url",
+     "invalid URL: https://pos.example:0/hook"},
     {"ftp url", TARGET("url = \"ftp://pos.example/hook\""), "targets.pos.url",
      "URL must start with http://"},
     {"url with a bad port", TARGET("url = \"http://pos.example:0/\""), "targets.pos.url",
@@ -456,17 +456,75 @@ static void test_minimal_config(void)
     hr_config_free(NULL);
 }
 
+/* The proxy each target of the config ends up with under the environment's variables. */
+static void test_proxy_env(void)
+{
+    write_config(CFG("  targets = {\n"
+                     "    a = { url = \"https://pos.example.com/x\" },\n"
+                     "    b = { url = \"http://sub.example.org/\" },\n"
+                     "    c = { url = \"https://example.org.evil.com/\" },\n"
+                     "    d = { url = \"https://127.0.0.1:8443/\" },\n"
+                     "    e = { url = \"https://h/\", proxy = \"http://own:1\" },\n"
+                     "    f = { url = \"http://plain/\" },\n"
+                     "    g = { url = \"https://h/\", proxy = \"\" },\n"
+                     "  },"));
+    setenv("HTTPS_PROXY", "http://hp:3128", 1);
+    setenv("http_proxy", "http://p:80/", 1);
+    setenv("NO_PROXY", "example.org, 127.0.0.1:8443", 1);
+    const char *want[][2] = {{"a", "http://hp:3128"},
+                             {"b", NULL},
+                             {"c", "http://hp:3128"},
+                             {"d", NULL},
+                             {"e", "http://own:1"},
+                             {"f", "http://p:80/"},
+                             {"g", NULL}};
+    for (int round = 0; round < 2; round++) {
+        hr_errors_t errs = {0};
+        hr_config_t *c = hr_config_load(cfg_path, &errs);
+        CHECK(c != NULL);
+        for (size_t i = 0; i < errs.n; i++)
+            fprintf(stderr, "  %s\n", errs.msgs[i]);
+        hr_errors_free(&errs);
+        if (!c) break;
+        for (size_t i = 0; i < HR_ARRAY_SIZE(want); i++) {
+            const hr_target_conf_t *t = hr_config_target(c, want[i][0]);
+            /* NO_PROXY = "*" (round 1): only a target's own proxy is left. */
+            const char *w = round == 1 && want[i][0][0] != 'e' ? NULL : want[i][1];
+            CHECK(t != NULL);
+            if (!t) continue;
+            if (!w || !t->proxy) {
+                if (w != t->proxy) fprintf(stderr, "  target %s: proxy %s\n", t->name, t->proxy);
+                CHECK(w == t->proxy);
+            } else {
+                CHECK_STR_EQ(t->proxy, w);
+            }
+        }
+        hr_config_free(c);
+        setenv("no_proxy", "*", 1);
+    }
+    unsetenv("HTTPS_PROXY");
+    unsetenv("http_proxy");
+    unsetenv("NO_PROXY");
+    unsetenv("no_proxy");
+}
+
 int main(void)
 {
     snprintf(dir, sizeof dir, "/tmp/hr_test_config.XXXXXX");
     CHECK(mkdtemp(dir) != NULL);
     snprintf(cfg_path, sizeof cfg_path, "%s/hookrouter.lua", dir);
     unsetenv("HR_TEST_UNSET_VARIABLE");
+    /* The machine's proxies must not change the targets below. */
+    const char *proxy_vars[] = {"http_proxy",  "HTTP_PROXY", "https_proxy",
+                                "HTTPS_PROXY", "no_proxy",   "NO_PROXY"};
+    for (size_t i = 0; i < HR_ARRAY_SIZE(proxy_vars); i++)
+        unsetenv(proxy_vars[i]);
     test_bad_configs();
     test_all_errors_collected();
     test_missing_file();
     test_good_config();
     test_minimal_config();
+    test_proxy_env();
     char *cmd = hr_xasprintf("rm -rf '%s'", dir);
     CHECK_INT_EQ(system(cmd), 0);
     free(cmd);

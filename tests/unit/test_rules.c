@@ -53,10 +53,10 @@ static void test_config_errors(void)
     CHECK(strstr(err, "hookrouter.lua:3:") != NULL); /* syntax error names path:line */
 
     write_file("hookrouter.lua", "return { insecure_no_auth = true, endpoints = {['/h']='e'},"
-                                 " rules = 'rules', targets = { t = { url = 'https://x/' } },"
+                                 " rules = 'rules', targets = { t = { url = 'ftp://x/' } },"
                                  " limits = { body_bytes = 0 } }\n");
     CHECK(load(err, sizeof err) == NULL);
-    CHECK(strstr(err, "targets.t.url: https is not supported") != NULL);
+    CHECK(strstr(err, "targets.t.url: URL must start with http:// or https://") != NULL);
     CHECK(strstr(err, "limits.body_bytes: must be between") != NULL);
 }
 
