@@ -11,6 +11,7 @@
 
 #include "hr/common.h"
 #include "hr/defaults.h"
+#include "hr/sign.h"
 
 /* A fixed HTTP reply: an endpoint's fallback, or what a rule set with respond(). */
 typedef struct {
@@ -35,6 +36,8 @@ typedef struct {
     uint32_t reply_timeout_ms; /* a rule waiting in request() is ended this long after the
                                   request arrived */
     hr_reply_t *fallback;      /* sent at the deadline or when the rule fails; NULL: none */
+    hr_sign_conf_t *verify;    /* the signature a request must carry (standard-webhooks, with
+                                  tolerance_s); NULL: none, the bearer token is asked */
 } hr_endpoint_conf_t;
 
 typedef struct {
@@ -53,6 +56,7 @@ typedef struct {
     bool ordered;              /* one store's events in arrival order */
     uint32_t circuit_failures; /* consecutive failures that open the circuit */
     uint64_t circuit_probe_ms; /* probe interval while the circuit is open */
+    hr_sign_conf_t *sign;      /* how each attempt is signed (hr/sign.h); NULL: not signed */
 } hr_target_conf_t;
 
 typedef struct {
