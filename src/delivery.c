@@ -32,7 +32,8 @@ static hr_outbox_target_t *outbox_targets(const hr_config_t *cfg)
                                     .rate = t->rate,
                                     .ordered = t->ordered,
                                     .circuit_failures = t->circuit_failures,
-                                    .circuit_probe_ms = t->circuit_probe_ms};
+                                    .circuit_probe_ms = t->circuit_probe_ms,
+                                    .sign = t->sign};
     }
     return v;
 }

@@ -27,6 +27,7 @@ void hr_target_policy_set(hr_target_policy_t *p, const hr_target_opts_t *g)
         g && g->circuit_failures ? g->circuit_failures : HR_DEF_TARGET_CIRCUIT_FAILURES;
     p->circuit_probe_ms =
         g && g->circuit_probe_ms ? g->circuit_probe_ms : HR_DEF_TARGET_CIRCUIT_PROBE_MS;
+    hr_sign_conf_copy(&p->sign, g ? g->sign : NULL);
 }
 
 void hr_target_policy_free(hr_target_policy_t *p)
@@ -34,6 +35,7 @@ void hr_target_policy_free(hr_target_policy_t *p)
     free(p->retry_ms);
     p->retry_ms = NULL;
     p->nretry = 0;
+    hr_sign_conf_clear(&p->sign);
 }
 
 /* ---- Retry schedule --------------------------------------------------------------------- */

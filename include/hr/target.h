@@ -13,19 +13,21 @@
 #include <stdint.h>
 
 #include "hr/common.h"
+#include "hr/sign.h"
 
 /* A delivery policy as given (the config's, copied by the outbox): 0 (nretry 0 for the
  * schedule) means the default of hr/defaults.h. */
 typedef struct {
-    const char *name;          /* target name as in the config */
-    const uint64_t *retry_ms;  /* waits before attempts 1, 2, ...; the last repeats */
-    size_t nretry;             /* 0: the default schedule */
-    uint64_t max_age_s;        /* give up this long after acceptance (0: never) */
-    uint32_t concurrency;      /* requests in flight (0: the default) */
-    double rate;               /* requests per second (0: no limit) */
-    bool ordered;              /* per-store arrival order */
-    uint32_t circuit_failures; /* consecutive failures that open the circuit (0: the default) */
-    uint64_t circuit_probe_ms; /* probe interval while open (0: the default) */
+    const char *name;           /* target name as in the config */
+    const uint64_t *retry_ms;   /* waits before attempts 1, 2, ...; the last repeats */
+    size_t nretry;              /* 0: the default schedule */
+    uint64_t max_age_s;         /* give up this long after acceptance (0: never) */
+    uint32_t concurrency;       /* requests in flight (0: the default) */
+    double rate;                /* requests per second (0: no limit) */
+    bool ordered;               /* per-store arrival order */
+    uint32_t circuit_failures;  /* consecutive failures that open the circuit (0: the default) */
+    uint64_t circuit_probe_ms;  /* probe interval while open (0: the default) */
+    const hr_sign_conf_t *sign; /* how each attempt is signed (hr_sign_request); NULL: not */
 } hr_target_opts_t;
 
 /* A policy with every default filled in (hr_target_policy_set). */
@@ -38,9 +40,11 @@ typedef struct {
     bool ordered;              /* lanes per store */
     uint32_t circuit_failures; /* >= 1 */
     uint64_t circuit_probe_ms; /* >= 1 */
+    hr_sign_conf_t sign;       /* owned copy; scheme HR_SIGN_NONE: requests go unsigned */
 } hr_target_policy_t;
 
-/* Set p (zeroed or set before) from given, NULL: every default. The schedule is copied. */
+/* Set p (zeroed or set before) from given, NULL: every default. The schedule and the sign
+ * settings are copied (a sign given NULL leaves p unsigned). */
 void hr_target_policy_set(hr_target_policy_t *p, const hr_target_opts_t *given);
 /* Free what p owns (p itself is the caller's). */
 void hr_target_policy_free(hr_target_policy_t *p);
