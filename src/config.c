@@ -263,6 +263,155 @@ static void load_tokens(loader_t *ld)
     }
 }
 
+/* ---------------------------------------------------------------- signatures */
+
+static void sign_free(hr_sign_conf_t *s)
+{
+    if (!s) return;
+    hr_sign_conf_clear(s);
+    free(s);
+}
+
+/* The Standard Webhooks secrets (the list on top, at key) into s: each "whsec_<base64>".
+ * Messages name the entry, never its text. [-0, +0, -] */
+static void want_whsec_list(loader_t *ld, const char *key, hr_sign_conf_t *s)
+{
+    lua_State *L = ld->L;
+    if (!want_table(ld, key)) return;
+    size_t len = lua_rawlen(L, -1);
+    if (count_entries(L) != len) {
+        key_err(ld, key, "expected a list of whsec_<base64> strings");
+        return;
+    }
+    if (len == 0)
+        key_err(ld, key, "no secret (an os.getenv() that returned nil leaves the list empty)");
+    for (size_t i = 1; i <= len; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        char *k = hr_xasprintf("%s[%zu]", key, i);
+        char err[128];
+        if (lua_type(L, -1) != LUA_TSTRING)
+            key_err(ld, k, "expected whsec_<base64>, got %s", type_at(L, -1));
+        else if (hr_sign_add_whsec(s, lua_tostring(L, -1), err, sizeof err) != 0)
+            key_err(ld, k, "%s", err);
+        free(k);
+        lua_pop(L, 1);
+    }
+}
+
+/* The string field name of the table on top, at key.name, into *out (left alone when absent);
+ * with a line break or empty (unless may_be_empty) it is an error. [-0, +0, -] */
+static void sign_string(loader_t *ld, const char *key, const char *name, bool may_be_empty,
+                        char **out)
+{
+    char *sub = hr_xasprintf("%s.%s", key, name);
+    if (lua_getfield(ld->L, -1, name) != LUA_TNIL) {
+        char *v = NULL;
+        want_string(ld, sub, &v);
+        if (v && (strpbrk(v, "\r\n") || (!may_be_empty && !v[0]))) {
+            key_err(ld, sub, "%s", v[0] ? "must not contain a line break" : "must not be empty");
+        } else if (v) {
+            free(*out);
+            *out = v;
+            v = NULL;
+        }
+        free(v);
+    }
+    lua_pop(ld->L, 1);
+    free(sub);
+}
+
+/* hmac-sha256's keys (table on top, at key): header, secret, encoding, prefix. [-0, +0, -] */
+static void load_hmac_sign(loader_t *ld, const char *key, hr_sign_conf_t *s)
+{
+    lua_State *L = ld->L;
+    s->header = hr_xstrdup(HR_DEF_SIGN_HEADER);
+    s->prefix = hr_xstrdup("");
+    char *sub = hr_xasprintf("%s.header", key);
+    sign_string(ld, key, "header", false, &s->header);
+    if (strpbrk(s->header, ": \t")) key_err(ld, sub, "invalid header name %s", s->header);
+    free(sub);
+    sign_string(ld, key, "prefix", true, &s->prefix);
+    char *enc = hr_xstrdup(HR_DEF_SIGN_ENCODING);
+    sign_string(ld, key, "encoding", false, &enc);
+    sub = hr_xasprintf("%s.encoding", key);
+    if (strcmp(enc, "base64") == 0)
+        s->encoding = HR_SIGN_BASE64;
+    else if (strcmp(enc, "hex") != 0)
+        key_err(ld, sub, "expected \"hex\" or \"base64\", got \"%s\"", enc);
+    free(enc);
+    free(sub);
+    sub = hr_xasprintf("%s.secret", key);
+    size_t n = 0;
+    if (lua_getfield(L, -1, "secret") == LUA_TNIL)
+        key_err(ld, sub, "missing (an os.getenv() that returned nil leaves it out)");
+    else if (lua_type(L, -1) != LUA_TSTRING)
+        key_err(ld, sub, "expected a string, got %s", type_at(L, -1));
+    else if (lua_tolstring(L, -1, &n), n == 0)
+        key_err(ld, sub, "must not be empty");
+    else
+        hr_sign_add_key(s, lua_tostring(L, -1), n);
+    lua_pop(L, 1);
+    free(sub);
+}
+
+/* A target's sign or (verify) an endpoint's verify: the table on top, at key, into a new
+ * hr_sign_conf_t. Every problem is reported; NULL if there was one. [-0, +0, m] */
+static hr_sign_conf_t *load_sign(loader_t *ld, const char *key, bool verify)
+{
+    static const char *const sw_keys[] = {"scheme", "secrets", NULL};
+    static const char *const hmac_keys[] = {"scheme",   "header", "secret",
+                                            "encoding", "prefix", NULL};
+    static const char *const verify_keys[] = {"scheme", "secrets", "tolerance_s", NULL};
+    lua_State *L = ld->L;
+    if (!want_table(ld, key)) return NULL;
+    size_t before = ld->errs->n;
+    hr_sign_conf_t *s = hr_xcalloc(1, sizeof *s);
+    char *sub = hr_xasprintf("%s.scheme", key);
+    const char *known =
+        verify ? "\"standard-webhooks\"" : "\"standard-webhooks\" or \"hmac-sha256\"";
+    if (lua_getfield(L, -1, "scheme") == LUA_TNIL) {
+        key_err(ld, sub, "missing: %s", known);
+    } else if (lua_type(L, -1) != LUA_TSTRING) {
+        key_err(ld, sub, "expected %s, got %s", known, type_at(L, -1));
+    } else {
+        s->scheme = hr_sign_scheme_of(lua_tostring(L, -1));
+        if (s->scheme == HR_SIGN_NONE || (verify && s->scheme != HR_SIGN_STANDARD_WEBHOOKS))
+            key_err(ld, sub, "expected %s, got \"%s\"", known, lua_tostring(L, -1));
+    }
+    lua_pop(L, 1);
+    free(sub);
+    if (ld->errs->n != before) {
+        sign_free(s);
+        return NULL;
+    }
+    if (s->scheme == HR_SIGN_HMAC_SHA256) {
+        check_keys(ld, key, hmac_keys);
+        load_hmac_sign(ld, key, s);
+    } else {
+        check_keys(ld, key, verify ? verify_keys : sw_keys);
+        sub = hr_xasprintf("%s.secrets", key);
+        if (lua_getfield(L, -1, "secrets") == LUA_TNIL)
+            key_err(ld, sub, "missing: a list of whsec_<base64> secrets");
+        else
+            want_whsec_list(ld, sub, s);
+        lua_pop(L, 1);
+        free(sub);
+        if (verify) {
+            uint64_t v = HR_DEF_VERIFY_TOLERANCE_S;
+            sub = hr_xasprintf("%s.tolerance_s", key);
+            if (lua_getfield(L, -1, "tolerance_s") != LUA_TNIL) want_uint(ld, sub, 1, 86400, &v);
+            lua_pop(L, 1);
+            free(sub);
+            s->tolerance_s = (uint32_t)v;
+        }
+    }
+    if (ld->errs->n != before) {
+        sign_free(s);
+        return NULL;
+    }
+    return s;
+}
+
 static void load_headers(loader_t *ld, const char *key, hr_header_t **h, size_t *n);
 
 /* Read an endpoint's fallback reply (the table on top) into a new hr_reply_t. [-0, +0, m] */
@@ -316,7 +465,7 @@ static hr_reply_t *load_reply(loader_t *ld, const char *prefix)
  * on top of the stack. Returns 0 and fills ep, or -1 (errors reported). [-0, +0, m] */
 static int load_endpoint(loader_t *ld, const char *key, hr_endpoint_conf_t *ep)
 {
-    static const char *const keys[] = {"event", "reply_timeout_ms", "fallback", NULL};
+    static const char *const keys[] = {"event", "reply_timeout_ms", "fallback", "verify", NULL};
     lua_State *L = ld->L;
     ep->reply_timeout_ms = HR_REPLY_TIMEOUT_DEFAULT_MS;
     if (lua_type(L, -1) != LUA_TTABLE) {
@@ -341,6 +490,10 @@ static int load_endpoint(loader_t *ld, const char *key, hr_endpoint_conf_t *ep)
     free(sub);
     sub = hr_xasprintf("%s.fallback", key);
     if (lua_getfield(L, -1, "fallback") != LUA_TNIL) ep->fallback = load_reply(ld, sub);
+    lua_pop(L, 1);
+    free(sub);
+    sub = hr_xasprintf("%s.verify", key);
+    if (lua_getfield(L, -1, "verify") != LUA_TNIL) ep->verify = load_sign(ld, sub, true);
     lua_pop(L, 1);
     free(sub);
     return ep->event ? 0 : -1;
@@ -372,6 +525,7 @@ static void load_endpoints(loader_t *ld)
         } else {
             free(ep->event);
             hr_reply_free(ep->fallback);
+            sign_free(ep->verify);
             memset(ep, 0, sizeof *ep);
         }
         free(key);
@@ -551,7 +705,7 @@ static void load_targets(loader_t *ld)
     static const char *const keys[] = {
         "url",         "headers", "timeout_ms", "max_attempts",     "retry_ms",         "max_age_s",
         "concurrency", "rate",    "ordered",    "circuit_failures", "circuit_probe_ms", "tls",
-        "proxy",       NULL};
+        "proxy",       "sign",    NULL};
     lua_State *L = ld->L;
     hr_config_t *c = ld->c;
     if (!want_table(ld, "targets")) return;
@@ -643,6 +797,9 @@ static void load_targets(loader_t *ld)
             snprintf(key, sizeof key, "%s.circuit_probe_ms", prefix);
             if (lua_getfield(L, -1, "circuit_probe_ms") != LUA_TNIL)
                 want_uint(ld, key, 1, 86400000, &t->circuit_probe_ms);
+            lua_pop(L, 1);
+            snprintf(key, sizeof key, "%s.sign", prefix);
+            if (lua_getfield(L, -1, "sign") != LUA_TNIL) t->sign = load_sign(ld, key, false);
             lua_pop(L, 1);
         }
         free(prefix);
@@ -1119,6 +1276,7 @@ void hr_config_free(hr_config_t *c)
         free(c->endpoints[i].path);
         free(c->endpoints[i].event);
         hr_reply_free(c->endpoints[i].fallback);
+        sign_free(c->endpoints[i].verify);
     }
     free(c->endpoints);
     free(c->store_key);
@@ -1134,6 +1292,7 @@ void hr_config_free(hr_config_t *c)
         free(c->targets[i].tls_server_name);
         free(c->targets[i].proxy);
         hr_tls_ctx_unref(c->targets[i].tls);
+        sign_free(c->targets[i].sign);
     }
     free(c->targets);
     free(c->write_retry_ms);

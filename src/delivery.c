@@ -34,7 +34,8 @@ static hr_outbox_target_t *outbox_targets(const hr_config_t *cfg)
                                     .circuit_failures = t->circuit_failures,
                                     .circuit_probe_ms = t->circuit_probe_ms,
                                     .tls = t->tls,
-                                    .proxy = t->proxy};
+                                    .proxy = t->proxy,
+                                    .sign = t->sign};
     }
     return v;
 }

@@ -9,6 +9,7 @@
 #include "hr/defaults.h"
 #include "hr/http_client.h"
 #include "hr/log.h"
+#include "hr/sign.h"
 #include "hr/target.h"
 #include "outbox_int.h"
 
@@ -197,11 +198,15 @@ static void start_attempt(ob_item_t *it)
     hr_action_t *a = it->a;
     it->attempts++;
     a->attempts = it->attempts;
+    /* Signed now, as the target's current policy says, over the bytes this attempt sends. */
+    hr_signed_headers_t sh;
+    hr_sign_request(&t->pol.sign, a->event_id, hr_wall_ms() / 1000, a->headers, a->nheaders,
+                    a->body, a->body_len, &sh);
     hr_http_out_t req = {
         .method = a->method ? a->method : "POST",
         .url = a->url ? a->url : "",
-        .headers = a->headers,
-        .nheaders = a->nheaders,
+        .headers = sh.headers,
+        .nheaders = sh.nheaders,
         .body = a->body,
         .body_len = a->body_len,
         .timeout_ms = a->timeout_ms ? a->timeout_ms : HR_DEF_TARGET_TIMEOUT_MS,
@@ -209,6 +214,7 @@ static void start_attempt(ob_item_t *it)
         .proxy = t->pol.proxy,
     };
     int rc = o->http ? hr_http_client_send(o->http, &req, on_http_done, it) : UV_ECANCELED;
+    hr_signed_headers_free(&sh); /* the client copied what it sends */
     if (rc < 0) {
         a->last_status = 0;
         it->last_status = 0;

@@ -13,6 +13,7 @@
 #include "hr/http_client.h"
 #include "hr/log.h"
 #include "hr/server.h"
+#include "hr/sign.h"
 
 /* Connections the reply client may open per legacy host: every suspended rule holds one
  * while it waits, so this bounds how many can wait on one host at once. */
@@ -219,6 +220,42 @@ static bool authorized(const hr_config_t *cfg, const hr_http_request_t *req)
     return cfg->insecure_no_auth || token_of(cfg, req) > 0;
 }
 
+/* An endpoint's verify: check the Standard Webhooks signature of req, whole (its body has
+ * arrived) or only what needs no body. On failure answer 401 naming which, log it with the
+ * peer and return false. */
+static bool signature_ok(hr_router_t *r, hr_http_request_t *req, const hr_sign_conf_t *verify,
+                         bool whole)
+{
+    const char *id = hr_http_header(req, "webhook-id");
+    const char *ts = hr_http_header(req, "webhook-timestamp");
+    const char *sig = hr_http_header(req, "webhook-signature");
+    uint64_t now = hr_wall_ms() / 1000;
+    hr_verify_t v = whole ? hr_sign_verify(verify, id, ts, sig, req->body, req->body_len, now)
+                          : hr_sign_verify_headers(verify, id, ts, sig, now);
+    if (v == HR_VERIFY_OK) return true;
+    char msg[160];
+    switch (v) {
+    case HR_VERIFY_MISSING:
+        snprintf(msg, sizeof msg,
+                 "missing webhook signature (webhook-id, webhook-timestamp and "
+                 "webhook-signature are required)");
+        break;
+    case HR_VERIFY_STALE:
+        snprintf(msg, sizeof msg,
+                 "stale webhook signature (webhook-timestamp is more than %u s from now)",
+                 (unsigned)verify->tolerance_s);
+        break;
+    default:
+        snprintf(msg, sizeof msg, "bad webhook signature (no v1 signature matches a secret)");
+        break;
+    }
+    COUNT(r, rejected);
+    hr_log_info("rejected status=401 path=%s peer=%s: %s webhook signature", req->path, req->peer,
+                hr_verify_name(v));
+    reply_error(req, 401, msg, NULL, 0);
+    return false;
+}
+
 /* Headers complete: answer what needs no body (health, 404, 405, 401). */
 static void on_headers(hr_http_request_t *req, void *arg)
 {
@@ -246,6 +283,10 @@ static void on_headers(hr_http_request_t *req, void *arg)
         hr_log_info("rejected status=405 method=%s path=%s peer=%s", req->method, req->path,
                     req->peer);
         reply_error(req, 405, "method not allowed: webhooks are POSTed", allow, 1);
+        return;
+    }
+    if (ep->verify) { /* the signature is the endpoint's credential, not a token */
+        signature_ok(r, req, ep->verify, false);
         return;
     }
     if (!authorized(cfg, req)) {
@@ -559,12 +600,17 @@ static void event_send(event_run_t *e)
             return;
         }
         const hr_action_t *a = e->res.request;
+        /* Signed as the target's sign in the event's config says, as a forward is; sent with
+         * its TLS context and proxy. */
         const hr_target_conf_t *tc =
             e->rs ? hr_config_target(hr_ruleset_config(e->rs), a->name) : NULL;
+        hr_signed_headers_t sh;
+        hr_sign_request(tc ? tc->sign : NULL, e->id, hr_wall_ms() / 1000, a->headers, a->nheaders,
+                        a->body, a->body_len, &sh);
         hr_http_out_t out = {.method = a->method,
                              .url = a->url,
-                             .headers = a->headers,
-                             .nheaders = a->nheaders,
+                             .headers = sh.headers,
+                             .nheaders = sh.nheaders,
                              .body = a->body,
                              .body_len = a->body_len,
                              .timeout_ms = a->timeout_ms,
@@ -573,6 +619,7 @@ static void event_send(event_run_t *e)
         snprintf(e->target, sizeof e->target, "%s", a->name);
         e->sent_ns = uv_hrtime();
         int rc = hr_http_client_send(r->replies, &out, on_event_answer, e);
+        hr_signed_headers_free(&sh); /* the client copied what it sends */
         if (rc == 0) {
             e->http_pending = true;
             break;
@@ -618,6 +665,15 @@ static void on_request(hr_http_request_t *req, void *arg)
     const hr_endpoint_conf_t *ep = hr_config_endpoint(hr_ruleset_config(rs), req->path);
     if (!ep) {
         reply_error(req, 404, "no webhook endpoint at this path", NULL, 0);
+        return;
+    }
+    /* The signature, before the body is decoded (the rule run decodes it). A reload since
+     * on_headers may have given or taken the endpoint's verify: the token is asked again
+     * where there is none (on_headers asked none if there was one). */
+    if (ep->verify && !signature_ok(r, req, ep->verify, true)) return;
+    if (!ep->verify && !authorized(hr_ruleset_config(rs), req)) {
+        static const hr_header_t www[] = {{"WWW-Authenticate", "Bearer"}};
+        reply_error(req, 401, "missing or invalid bearer token", www, 1);
         return;
     }
     event_run_t *e = hr_xcalloc(1, sizeof *e);

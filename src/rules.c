@@ -16,6 +16,7 @@
 #include "hr/json.h"
 #include "hr/log.h"
 #include "hr/lua_budget.h"
+#include "hr/lua_crypto.h"
 #include "hr/lua_scan.h"
 #include "hr/pattern.h"
 
@@ -591,6 +592,7 @@ static void open_sandbox(hr_ruleset_t *rs)
     lua_setglobal(L, "request");
     lua_pushcfunction(L, l_respond);
     lua_setglobal(L, "respond");
+    hr_lua_crypto_install(L, pattern_charge); /* crypto, hex, base64: charged as patterns are */
 
     static const char *const levels[] = {"debug", "info", "warn", "error"};
     lua_createtable(L, 0, 4);
@@ -603,8 +605,8 @@ static void open_sandbox(hr_ruleset_t *rs)
     lua_setglobal(L, "print"); /* print goes to the log, not stdout */
     lua_setglobal(L, "log");
 
-    static const char *const libs[] = {"string", "table", "math", "utf8",
-                                       "os",     "json",  "log",  NULL};
+    static const char *const libs[] = {"string", "table",  "math", "utf8",   "os", "json",
+                                       "log",    "crypto", "hex",  "base64", NULL};
     lua_newtable(L);
     for (size_t i = 0; libs[i]; i++)
         add_lib_view(L, lua_gettop(L), libs[i]);

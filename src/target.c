@@ -32,6 +32,7 @@ void hr_target_policy_set(hr_target_policy_t *p, const hr_target_opts_t *g)
     hr_tls_ctx_unref(old);
     free(p->proxy);
     p->proxy = g && g->proxy ? hr_xstrdup(g->proxy) : NULL;
+    hr_sign_conf_copy(&p->sign, g ? g->sign : NULL);
 }
 
 void hr_target_policy_free(hr_target_policy_t *p)
@@ -43,6 +44,7 @@ void hr_target_policy_free(hr_target_policy_t *p)
     p->tls = NULL;
     free(p->proxy);
     p->proxy = NULL;
+    hr_sign_conf_clear(&p->sign);
 }
 
 /* ---- Retry schedule --------------------------------------------------------------------- */

@@ -12,6 +12,7 @@
 #include "hr/common.h"
 #include "hr/defaults.h"
 #include "hr/tls.h"
+#include "hr/sign.h"
 
 /* A fixed HTTP reply: an endpoint's fallback, or what a rule set with respond(). */
 typedef struct {
@@ -36,6 +37,8 @@ typedef struct {
     uint32_t reply_timeout_ms; /* a rule waiting in request() is ended this long after the
                                   request arrived */
     hr_reply_t *fallback;      /* sent at the deadline or when the rule fails; NULL: none */
+    hr_sign_conf_t *verify;    /* the signature a request must carry (standard-webhooks, with
+                                  tolerance_s); NULL: none, the bearer token is asked */
 } hr_endpoint_conf_t;
 
 typedef struct {
@@ -64,6 +67,7 @@ typedef struct {
                               NULL without a tls table: the HTTP client's default) */
     char *proxy; /* "http://host:port": the target's proxy, else the environment's (HTTPS_PROXY
                     or HTTP_PROXY unless NO_PROXY names the host); NULL: direct */
+    hr_sign_conf_t *sign; /* how each attempt is signed (hr/sign.h); NULL: not signed */
 } hr_target_conf_t;
 
 typedef struct {

@@ -58,6 +58,11 @@
 #define HR_DEF_TARGET_CIRCUIT_PROBE_MS 5000
 #define HR_DEF_TARGET_TLS_VERIFY       true
 
+/* ---- targets.<name>.sign (scheme "hmac-sha256") and endpoints[path].verify */
+#define HR_DEF_SIGN_HEADER        "X-Signature"
+#define HR_DEF_SIGN_ENCODING      "hex"
+#define HR_DEF_VERIFY_TOLERANCE_S 300
+
 /* Write actions: their attempts before the dead letter (not a config key; as a target's
  * max_attempts); their schedule is a target's without retry_ms. */
 #define HR_DEF_WRITE_ATTEMPTS HR_DEF_TARGET_MAX_ATTEMPTS

@@ -14,21 +14,23 @@
 
 #include "hr/common.h"
 #include "hr/tls.h"
+#include "hr/sign.h"
 
 /* A delivery policy as given (the config's, copied by the outbox): 0 (nretry 0 for the
  * schedule) means the default of hr/defaults.h. */
 typedef struct {
-    const char *name;          /* target name as in the config */
-    const uint64_t *retry_ms;  /* waits before attempts 1, 2, ...; the last repeats */
-    size_t nretry;             /* 0: the default schedule */
-    uint64_t max_age_s;        /* give up this long after acceptance (0: never) */
-    uint32_t concurrency;      /* requests in flight (0: the default) */
-    double rate;               /* requests per second (0: no limit) */
-    bool ordered;              /* per-store arrival order */
-    uint32_t circuit_failures; /* consecutive failures that open the circuit (0: the default) */
-    uint64_t circuit_probe_ms; /* probe interval while open (0: the default) */
-    hr_tls_ctx_t *tls;         /* https: the client TLS context (NULL: the client's default) */
-    const char *proxy;         /* "http://host:port" to send through, or NULL: directly */
+    const char *name;           /* target name as in the config */
+    const uint64_t *retry_ms;   /* waits before attempts 1, 2, ...; the last repeats */
+    size_t nretry;              /* 0: the default schedule */
+    uint64_t max_age_s;         /* give up this long after acceptance (0: never) */
+    uint32_t concurrency;       /* requests in flight (0: the default) */
+    double rate;                /* requests per second (0: no limit) */
+    bool ordered;               /* per-store arrival order */
+    uint32_t circuit_failures;  /* consecutive failures that open the circuit (0: the default) */
+    uint64_t circuit_probe_ms;  /* probe interval while open (0: the default) */
+    hr_tls_ctx_t *tls;          /* https: the client TLS context (NULL: the client's default) */
+    const char *proxy;          /* "http://host:port" to send through, or NULL: directly */
+    const hr_sign_conf_t *sign; /* how each attempt is signed (hr_sign_request); NULL: not */
 } hr_target_opts_t;
 
 /* A policy with every default filled in (hr_target_policy_set). */
@@ -43,10 +45,12 @@ typedef struct {
     uint64_t circuit_probe_ms; /* >= 1 */
     hr_tls_ctx_t *tls;         /* a reference, or NULL: what its requests are sent with */
     char *proxy;               /* owned copy, or NULL: directly */
+    hr_sign_conf_t sign;       /* owned copy; scheme HR_SIGN_NONE: requests go unsigned */
 } hr_target_policy_t;
 
-/* Set p (zeroed or set before) from given, NULL: every default. The schedule and the proxy
- * are copied, the TLS context referenced (the one p had is released). */
+/* Set p (zeroed or set before) from given, NULL: every default. The schedule, the proxy and
+ * the sign settings are copied (a sign given NULL leaves p unsigned), the TLS context
+ * referenced (the one p had is released). */
 void hr_target_policy_set(hr_target_policy_t *p, const hr_target_opts_t *given);
 /* Free what p owns (p itself is the caller's). */
 void hr_target_policy_free(hr_target_policy_t *p);

@@ -84,7 +84,7 @@ static const bad_case_t bad_cases[] = {
     {"unknown limits key", CFG("limits = { body = 1 },"), "limits.body",
      "unknown key (known: body_bytes,"},
     {"unknown endpoint key", CFG("endpoints = { [\"/a\"] = { event = \"e\", timeout = 1 } },"),
-     "endpoints[\"/a\"].timeout", "unknown key (known: event, reply_timeout_ms, fallback)"},
+     "endpoints[\"/a\"].timeout", "unknown key (known: event, reply_timeout_ms, fallback"},
     {"unknown log key", CFG("log = { lvl = \"info\" },"), "log.lvl", "unknown key (known: level)"},
     {"non-string top-level key", CFG("[1] = \"x\","), "(top level)",
      "keys must be strings, found a integer key"},
@@ -165,6 +165,54 @@ static const bad_case_t bad_cases[] = {
      "files.audit.mode", "expected an octal mode between \"0000\" and \"0777\", got \"0999\""},
     {"file mode too big", CFG("files = { audit = { path = \"a.jsonl\", mode = 512 } },"),
      "files.audit.mode", "must be between 0 and 511, got 512"},
+    /* Signatures (issue 11): each error names its key, none quotes a secret. */
+    {"sign without scheme", TARGET("sign = { secrets = { \"whsec_AAAA\" } }"),
+     "targets.pos.sign.scheme", "missing: \"standard-webhooks\" or \"hmac-sha256\""},
+    {"sign unknown scheme", TARGET("sign = { scheme = \"rsa\" }"), "targets.pos.sign.scheme",
+     "expected \"standard-webhooks\" or \"hmac-sha256\", got \"rsa\""},
+    {"sign not a table", TARGET("sign = \"hmac-sha256\""), "targets.pos.sign",
+     "expected a table, got string"},
+    {"whsec without prefix",
+     TARGET("sign = { scheme = \"standard-webhooks\", secrets = { \"whsec_QUJD\", \"QUJD\" } }"),
+     "targets.pos.sign.secrets[2]", "expected whsec_<base64>"},
+    {"whsec not base64",
+     TARGET("sign = { scheme = \"standard-webhooks\", secrets = { \"whsec_QU*D\" } }"),
+     "targets.pos.sign.secrets[1]", "expected whsec_<base64>: the part after whsec_ is not base64"},
+    {"whsec from an unset variable",
+     TARGET("sign = { scheme = \"standard-webhooks\", "
+            "secrets = { os.getenv(\"HR_TEST_UNSET_VARIABLE\") } }"),
+     "targets.pos.sign.secrets", "no secret"},
+    {"standard-webhooks without secrets", TARGET("sign = { scheme = \"standard-webhooks\" }"),
+     "targets.pos.sign.secrets", "missing"},
+    {"standard-webhooks with a legacy key",
+     TARGET("sign = { scheme = \"standard-webhooks\", secrets = { \"whsec_QUJD\" }, "
+            "secret = \"x\" }"),
+     "targets.pos.sign.secret", "unknown key (known: scheme, secrets)"},
+    {"hmac without secret", TARGET("sign = { scheme = \"hmac-sha256\" }"),
+     "targets.pos.sign.secret", "missing"},
+    {"hmac empty secret", TARGET("sign = { scheme = \"hmac-sha256\", secret = \"\" }"),
+     "targets.pos.sign.secret", "must not be empty"},
+    {"hmac bad encoding",
+     TARGET("sign = { scheme = \"hmac-sha256\", secret = \"s\", encoding = \"b32\" }"),
+     "targets.pos.sign.encoding", "expected \"hex\" or \"base64\", got \"b32\""},
+    {"hmac bad header",
+     TARGET("sign = { scheme = \"hmac-sha256\", secret = \"s\", header = \"X Sig\" }"),
+     "targets.pos.sign.header", "invalid header name X Sig"},
+    {"hmac prefix with CRLF",
+     TARGET("sign = { scheme = \"hmac-sha256\", secret = \"s\", prefix = \"a\\r\\nB: c\" }"),
+     "targets.pos.sign.prefix", "must not contain a line break"},
+    {"verify hmac",
+     CFG("endpoints = { [\"/a\"] = { event = \"e\", verify = { scheme = "
+         "\"hmac-sha256\", secret = \"s\" } } },"),
+     "endpoints[\"/a\"].verify.scheme", "expected \"standard-webhooks\", got \"hmac-sha256\""},
+    {"verify tolerance zero",
+     CFG("endpoints = { [\"/a\"] = { event = \"e\", verify = { scheme = \"standard-webhooks\", "
+         "secrets = { \"whsec_QUJD\" }, tolerance_s = 0 } } },"),
+     "endpoints[\"/a\"].verify.tolerance_s", "must be between 1 and 86400, got 0"},
+    {"verify bad secret",
+     CFG("endpoints = { [\"/a\"] = { event = \"e\", verify = { scheme = \"standard-webhooks\", "
+         "secrets = { \"whsec_QUJD\", 7 } } } },"),
+     "endpoints[\"/a\"].verify.secrets[2]", "expected whsec_<base64>, got integer"},
     /* The file's own code. */
     {"not a table", "return 42\n", NULL, "the config file must return a table"},
     {"nothing returned", "local x = 1\n", NULL, "must return a table (return { ... }), got nil"},
@@ -434,6 +482,70 @@ static void test_good_config(void)
 }
 
 /* The smallest config: insecure_no_auth instead of tokens; a host-less listen address. */
+/* sign and verify arrive decoded, with their defaults; a secret never shows in a message. */
+static void test_signing_config(void)
+{
+    write_config(
+        CFG("  targets = {\n"
+            "    sw = { url = \"http://127.0.0.1:9/\", sign = { scheme = \"standard-webhooks\",\n"
+            "           secrets = { \"whsec_QUJD\", \"whsec_c2Vjb25k\" } } },\n"
+            "    legacy = { url = \"http://127.0.0.1:9/\", sign = { scheme = \"hmac-sha256\",\n"
+            "               secret = \"k3y\" } },\n"
+            "    b64 = { url = \"http://127.0.0.1:9/\", sign = { scheme = \"hmac-sha256\",\n"
+            "            secret = \"k\", header = \"X-Hub-Signature-256\", encoding = \"base64\",\n"
+            "            prefix = \"sha256=\" } },\n"
+            "    plain = { url = \"http://127.0.0.1:9/\" } },\n"
+            "  endpoints = { [\"/hook\"] = \"e\", [\"/signed\"] = { event = \"s\", verify = {\n"
+            "    scheme = \"standard-webhooks\", secrets = { \"whsec_QUJD\" } } },\n"
+            "    [\"/tight\"] = { event = \"t\", verify = { scheme = \"standard-webhooks\",\n"
+            "      secrets = { \"whsec_QUJD\" }, tolerance_s = 5 } } },"));
+    hr_errors_t errs = {0};
+    hr_config_t *c = hr_config_load(cfg_path, &errs);
+    for (size_t i = 0; i < errs.n; i++)
+        fprintf(stderr, "  %s\n", errs.msgs[i]);
+    CHECK(c != NULL);
+    hr_errors_free(&errs);
+    if (!c) return;
+    const hr_sign_conf_t *s = hr_config_target(c, "sw")->sign;
+    CHECK(s && s->scheme == HR_SIGN_STANDARD_WEBHOOKS && s->nkeys == 2);
+    if (s && s->nkeys == 2) {
+        CHECK(s->keys[0].len == 3 && memcmp(s->keys[0].key, "ABC", 3) == 0);
+        CHECK(s->keys[1].len == 6 && memcmp(s->keys[1].key, "second", 6) == 0);
+    }
+    s = hr_config_target(c, "legacy")->sign;
+    CHECK(s && s->scheme == HR_SIGN_HMAC_SHA256 && s->nkeys == 1);
+    if (s && s->nkeys == 1) {
+        CHECK(s->keys[0].len == 3 && memcmp(s->keys[0].key, "k3y", 3) == 0);
+        CHECK_STR_EQ(s->header, HR_DEF_SIGN_HEADER);
+        CHECK_INT_EQ(s->encoding, HR_SIGN_HEX); /* HR_DEF_SIGN_ENCODING */
+        CHECK_STR_EQ(s->prefix, "");
+    }
+    s = hr_config_target(c, "b64")->sign;
+    CHECK(s && s->encoding == HR_SIGN_BASE64);
+    if (s) {
+        CHECK_STR_EQ(s->header, "X-Hub-Signature-256");
+        CHECK_STR_EQ(s->prefix, "sha256=");
+    }
+    CHECK(hr_config_target(c, "plain")->sign == NULL);
+    CHECK(hr_config_endpoint(c, "/hook")->verify == NULL);
+    s = hr_config_endpoint(c, "/signed")->verify;
+    CHECK(s && s->scheme == HR_SIGN_STANDARD_WEBHOOKS && s->nkeys == 1);
+    if (s) CHECK_INT_EQ(s->tolerance_s, HR_DEF_VERIFY_TOLERANCE_S);
+    s = hr_config_endpoint(c, "/tight")->verify;
+    if (s) CHECK_INT_EQ(s->tolerance_s, 5);
+    CHECK(s != NULL);
+    hr_config_free(c);
+
+    /* A bad config that holds secrets: the messages name keys, not the secrets. */
+    write_config(TARGET("sign = { scheme = \"standard-webhooks\", secrets = { "
+                        "\"whsec_SuperSecret*\", \"SuperSecret2\" } }, headers = 5"));
+    CHECK(hr_config_load(cfg_path, &errs) == NULL);
+    CHECK(errs.n >= 3);
+    for (size_t i = 0; i < errs.n; i++)
+        CHECK(strstr(errs.msgs[i], "SuperSecret") == NULL);
+    hr_errors_free(&errs);
+}
+
 static void test_minimal_config(void)
 {
     write_config("return { insecure_no_auth = true, listen = \":8081\",\n"
@@ -523,6 +635,7 @@ int main(void)
     test_all_errors_collected();
     test_missing_file();
     test_good_config();
+    test_signing_config();
     test_minimal_config();
     test_proxy_env();
     char *cmd = hr_xasprintf("rm -rf '%s'", dir);

@@ -51,6 +51,28 @@ static void test_policy_defaults(void)
     CHECK(p.retry_ms == NULL);
 }
 
+/* The sign settings are a copy: the config they came from can go (a reload frees it), and a
+ * policy set again without them (a reload that removed sign) is unsigned. */
+static void test_policy_sign(void)
+{
+    hr_sign_conf_t *s = hr_xcalloc(1, sizeof *s);
+    s->scheme = HR_SIGN_STANDARD_WEBHOOKS;
+    hr_sign_add_key(s, "key", 3);
+    hr_target_policy_t p = {0};
+    hr_target_opts_t o = {.sign = s};
+    hr_target_policy_set(&p, &o);
+    hr_sign_conf_clear(s);
+    free(s);
+    CHECK_INT_EQ(p.sign.scheme, HR_SIGN_STANDARD_WEBHOOKS);
+    CHECK(p.sign.nkeys == 1 && p.sign.keys[0].len == 3 &&
+          memcmp(p.sign.keys[0].key, "key", 3) == 0);
+    o.sign = NULL;
+    hr_target_policy_set(&p, &o);
+    CHECK_INT_EQ(p.sign.scheme, HR_SIGN_NONE);
+    CHECK_INT_EQ(p.sign.nkeys, 0);
+    hr_target_policy_free(&p);
+}
+
 static void test_schedule_and_jitter(void)
 {
     static const uint64_t retry[] = {0, 1000, 5000};
@@ -305,6 +327,7 @@ static void test_bucket(void)
 int main(void)
 {
     test_policy_defaults();
+    test_policy_sign();
     test_schedule_and_jitter();
     test_retry_after();
     test_retriable();
