@@ -108,7 +108,10 @@ static int traceback_handler(lua_State *L)
 
 int hr_lua_pcall(lua_State *L, int nargs, int nres, char **trace)
 {
-    if (trace) *trace = NULL;
+    /* Without trace the handler would hand the error back as it is: call without it (the
+     * JSON decode's per-event call, which has no use for a traceback). */
+    if (!trace) return lua_pcall(L, nargs, nres, 0);
+    *trace = NULL;
     int fn = lua_gettop(L) - nargs;
     /* The handler's closure is the router's memory, not the called code's: allocated with
      * the cap off, so a call made at the cap's edge still runs (and fails inside). */
@@ -116,11 +119,9 @@ int hr_lua_pcall(lua_State *L, int nargs, int nres, char **trace)
     bool on = cap && cap->on;
     if (cap) cap->on = false;
     bool handler = lua_checkstack(L, 2);
-    if (handler && trace) {
+    if (handler) {
         lua_pushlightuserdata(L, trace);
         lua_pushcclosure(L, traceback_handler, 1);
-    } else if (handler) {
-        lua_pushcfunction(L, traceback_handler); /* no upvalue: reads as NULL, allocates none */
     }
     if (handler) lua_insert(L, fn);
     if (cap) cap->on = on;
