@@ -74,8 +74,9 @@ typedef struct {
     hr_spool_stats_t spool;
 } hr_outbox_stats_t;
 
-/* Open the spool, recover what it holds and start delivering it. files is shared with the
- * caller (who also writes dead letters for failed rules) and must outlive the outbox.
+/* Open the spool, recover what it holds and start delivering it. files (write actions and
+ * dead letters go through it) is the caller's, which reopens it on SIGHUP (src/delivery.c),
+ * and must outlive the outbox.
  * Returns NULL with a message in err if the spool cannot be opened. */
 hr_outbox_t *hr_outbox_open(uv_loop_t *loop, hr_files_t *files, const hr_outbox_opts_t *opts,
                             char *err, size_t errlen);
@@ -120,7 +121,10 @@ void hr_outbox_targets_json(const hr_outbox_t *o, hr_buf_t *out);
  * at the deadline (in-flight requests are then cancelled), stop. What is not delivered stays
  * in the spool for the next start. Then cb runs. Pushes still work until close. */
 void hr_outbox_drain(hr_outbox_t *o, uint64_t grace_ms, void (*cb)(void *arg), void *arg);
-/* Sync and close the spool and free the outbox (call after drain's cb). cb runs when done. */
+/* Stop and free the outbox; cb runs once its spool is synced and closed and every handle has
+ * closed. After a drain's cb (the usual order) nothing is left in flight; called without a
+ * drain, it ends at once as a drain at its deadline does: requests in flight are cancelled
+ * and, like everything not delivered, stay in the spool for the next start. Idempotent. */
 void hr_outbox_close(hr_outbox_t *o, void (*cb)(void *arg), void *arg);
 
 #endif
