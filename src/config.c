@@ -1037,6 +1037,52 @@ static void load_workers(loader_t *ld)
     ld->c->workers = (uint32_t)n;
 }
 
+/* The config key a failed server context blames. */
+static const char *tls_field_key(hr_tls_field_t f)
+{
+    switch (f) {
+    case HR_TLS_FIELD_KEY_FILE: return "tls.key_file";
+    case HR_TLS_FIELD_CLIENT_CA_FILE: return "tls.client_ca_file";
+    case HR_TLS_FIELD_CERT_FILE: return "tls.cert_file";
+    default: return "tls";
+    }
+}
+
+/* tls (value on top): { cert_file, key_file, client_ca_file }, paths against the config
+ * folder; builds the listener's server context, so unreadable or mismatched files are errors
+ * naming their key. [-0, +0, m] */
+static void load_tls(loader_t *ld)
+{
+    static const char *const keys[] = {"cert_file", "key_file", "client_ca_file", NULL};
+    static const char *const names[] = {"tls.cert_file", "tls.key_file", "tls.client_ca_file"};
+    lua_State *L = ld->L;
+    hr_listen_tls_t *t = &ld->c->tls;
+    char **paths[] = {&t->cert_file, &t->key_file, &t->client_ca_file};
+    if (!want_table(ld, "tls")) return;
+    check_keys(ld, "tls", keys);
+    size_t before = ld->errs->n;
+    for (size_t i = 0; i < HR_ARRAY_SIZE(paths); i++) {
+        char *rel = NULL;
+        if (lua_getfield(L, -1, keys[i]) != LUA_TNIL) want_string(ld, names[i], &rel);
+        lua_pop(L, 1);
+        if (rel && !rel[0]) key_err(ld, names[i], "must not be empty");
+        if (rel && rel[0]) *paths[i] = hr_path_join(ld->c->dir, rel);
+        free(rel);
+    }
+    if (!t->cert_file && ld->errs->n == before)
+        key_err(ld, "tls.cert_file",
+                "missing (the listener's certificate chain, e.g. cert_file = \"tls/server.pem\")");
+    if (ld->errs->n != before) return;
+    hr_tls_opts_t o = {.role = HR_TLS_SERVER,
+                       .cert_file = t->cert_file,
+                       .key_file = t->key_file,
+                       .client_ca_file = t->client_ca_file};
+    hr_tls_field_t field;
+    char err[512];
+    t->ctx = hr_tls_ctx_new(&o, &field, err, sizeof err);
+    if (!t->ctx) key_err(ld, tls_field_key(field), "%s", err);
+}
+
 /* Walk the table on top of the stack into ld->c. [-0, +0, m] */
 static void load_root(loader_t *ld)
 {
@@ -1058,6 +1104,7 @@ static void load_root(loader_t *ld)
                                        "fsync_interval_ms",
                                        "max_spool_bytes",
                                        "workers",
+                                       "tls",
                                        NULL};
     lua_State *L = ld->L;
     hr_config_t *c = ld->c;
@@ -1067,6 +1114,8 @@ static void load_root(loader_t *ld)
     lua_pop(L, 1);
     char err[256];
     if (parse_listen(c, err, sizeof err) != 0) key_err(ld, "listen", "%s", err);
+    if (lua_getfield(L, -1, "tls") != LUA_TNIL) load_tls(ld);
+    lua_pop(L, 1);
 
     if (lua_getfield(L, -1, "insecure_no_auth") != LUA_TNIL)
         want_bool(ld, "insecure_no_auth", &c->insecure_no_auth);
@@ -1269,6 +1318,10 @@ void hr_config_free(hr_config_t *c)
     free(c->dir);
     free(c->listen);
     free(c->listen_host);
+    free(c->tls.cert_file);
+    free(c->tls.key_file);
+    free(c->tls.client_ca_file);
+    hr_tls_ctx_unref(c->tls.ctx);
     for (size_t i = 0; i < c->ntokens; i++)
         free(c->tokens[i]);
     free(c->tokens);

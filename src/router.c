@@ -737,6 +737,13 @@ static void do_reload(uv_timer_t *t)
         hr_log_warn("reload: listen changed from %s to %s: that needs a restart; still "
                     "listening on port %d",
                     old->listen, cfg->listen, hr_server_port(r->server));
+    if (!old->tls.ctx != !cfg->tls.ctx)
+        hr_log_warn("reload: tls %s: new connections on port %d now need %s; open ones keep "
+                    "what they started with",
+                    cfg->tls.ctx ? "added" : "removed", hr_server_port(r->server),
+                    cfg->tls.ctx ? "HTTPS" : "plain HTTP");
+    /* The certificate files were re-read as the config loaded: new connections get them. */
+    hr_server_set_tls(r->server, cfg->tls.ctx);
     hr_log_level_t level;
     if (hr_log_level_parse(cfg->log_level, &level) == 0) hr_log_set_level(level);
     hr_ruleset_unref(r->rs); /* events in flight hold their own reference */
@@ -764,8 +771,11 @@ void hr_router_log_listening_at(const hr_config_t *cfg, int port, unsigned nwork
     bool v6 = strchr(cfg->listen_host, ':') != NULL;
     char workers[32] = "";
     if (nworkers > 1) snprintf(workers, sizeof workers, " (%u workers)", nworkers);
-    hr_log_info("listening on %s%s%s:%d%s", v6 ? "[" : "", cfg->listen_host, v6 ? "]" : "", port,
-                workers);
+    const char *tls = !cfg->tls.ctx                       ? ""
+                      : hr_tls_ctx_verifies(cfg->tls.ctx) ? " (TLS, client certificates required)"
+                                                          : " (TLS)";
+    hr_log_info("listening on %s%s%s:%d%s%s", v6 ? "[" : "", cfg->listen_host, v6 ? "]" : "", port,
+                tls, workers);
 }
 
 void hr_router_log_listening(const hr_router_t *r)
@@ -832,6 +842,7 @@ static int router_listen(hr_router_t *r, int port, bool reuseport, bool exclusiv
                            .request_timeout_ms = cfg->limits.request_timeout_ms,
                            .reuseport = reuseport,
                            .exclusive = exclusive,
+                           .tls = cfg->tls.ctx,
                            .on_headers = on_headers,
                            .on_request = on_request,
                            .arg = r};

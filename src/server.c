@@ -1,6 +1,10 @@
 /* Inbound HTTP/1.1 server: listener, connections, llhttp parsing, limits, timeouts, replies.
  *
  * Life of a connection (hr_conn_t):
+ *   HANDSHAKE  (TLS only) accepted with a TLS context, handshake not complete: the timer runs
+ *            idle_timeout_ms until the first byte, then request_timeout_ms from it (not
+ *            re-armed), as for a request. A first byte that cannot start a TLS handshake
+ *            (plain HTTP, garbage) or a failed handshake closes at once (logged at info).
  *   IDLE     waiting for the first byte of a request; the timer runs idle_timeout_ms.
  *   READING  a request has begun (on_message_begin); the timer runs request_timeout_ms from
  *            that first byte and is not re-armed by later bytes.
@@ -21,10 +25,17 @@
  * on_listen_readable) so that every accept error is seen and logged (libuv's own listener
  * handles EMFILE silently); past max_connections a connection is closed at once and counted.
  *
+ * TLS: the connection's hr_tls_conn_t sits between the socket and everything above. on_read
+ * feeds it the ciphertext and hands the plaintext it decrypts to conn_input, the path plain
+ * bytes take directly; conn_write encrypts and sends the ciphertext through conn_write_raw, as
+ * is the ciphertext every TLS step produces (handshake messages, tickets, alerts, close_notify
+ * before the FIN of conn_end). The pre-scanner, llhttp and the limits see only plaintext.
+ *
  * Memory: one read buffer per server (the loop is single-threaded and libuv hands it to the
  * read callback right after allocating), and per connection a string arena for the request
  * line and headers, a body buffer, a pending-input buffer and an output buffer, all reused
- * from request to request. Writes that do not complete at once (uv_try_write) copy their rest
+ * from request to request (with TLS also a plaintext buffer per server and a ciphertext output
+ * buffer per connection). Writes that do not complete at once (uv_try_write) copy their rest
  * into a write request that owns its bytes.
  */
 #include "hr/server.h"
@@ -56,7 +67,7 @@
 #define DEFAULT_HEADERS HR_DEF_HEADER_BYTES /* header_limit when opts give 0 */
 #define DEFAULT_BODY    HR_DEF_BODY_BYTES   /* body_limit when opts give 0 */
 
-typedef enum { ST_IDLE, ST_READING, ST_APP, ST_DRAIN, ST_ENDING } conn_state_t;
+typedef enum { ST_IDLE, ST_READING, ST_APP, ST_DRAIN, ST_ENDING, ST_HANDSHAKE } conn_state_t;
 
 /* States of the strictness pre-scanner (see "strictness" below): where the raw bytes of the
  * current request's head are. */
@@ -118,6 +129,10 @@ struct hr_conn {
     bool ending;        /* no more requests: close once the replies are out */
     bool shut_sent;     /* uv_shutdown done: lingering */
     bool closing;       /* uv_close called */
+    /* TLS (NULL / unused on a plain connection) */
+    hr_tls_conn_t *tls; /* made with the server's context when accepted */
+    hr_buf_t tls_out;   /* ciphertext being sent */
+    bool hs_begun;      /* the first handshake byte arrived */
 };
 
 struct hr_server {
@@ -145,7 +160,9 @@ struct hr_server {
     hr_conn_t *conns;           /* all connections, incl. closed ones whose req the app holds */
     void (*close_cb)(void *arg);
     void *close_arg;
+    hr_tls_ctx_t *tls;        /* new connections speak TLS with it; NULL: plain HTTP */
     char rbuf[READ_BUF_SIZE]; /* read buffer shared by the connections */
+    char pbuf[READ_BUF_SIZE]; /* TLS: plaintext decrypted from rbuf */
 };
 
 /* A write that uv_try_write could not finish: owns a copy of the unwritten bytes. */
@@ -284,10 +301,10 @@ static void on_write(uv_write_t *req, int status)
     }
 }
 
-/* Write bufs in order: as much as possible now with uv_try_write, the rest through a
- * uv_write that owns a copy. The caller keeps ownership of bufs. Returns 0, or a negative
- * libuv error (the connection is then to be closed by the caller). */
-static int conn_write(hr_conn_t *c, uv_buf_t *bufs, unsigned nbufs)
+/* Write bufs to the socket in order: as much as possible now with uv_try_write, the rest
+ * through a uv_write that owns a copy. The caller keeps ownership of bufs. Returns 0, or a
+ * negative libuv error (the connection is then to be closed by the caller). */
+static int conn_write_raw(hr_conn_t *c, uv_buf_t *bufs, unsigned nbufs)
 {
     size_t total = 0;
     for (unsigned i = 0; i < nbufs; i++)
@@ -315,6 +332,34 @@ static int conn_write(hr_conn_t *c, uv_buf_t *bufs, unsigned nbufs)
     int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &w->buf, 1, on_write);
     if (r < 0) free(w);
     return r;
+}
+
+/* Send the ciphertext c's TLS connection has produced. Returns 0 or a negative libuv error. */
+static int tls_flush(hr_conn_t *c)
+{
+    if (hr_tls_conn_out_pending(c->tls) == 0) return 0;
+    hr_buf_reset(&c->tls_out);
+    hr_tls_conn_take_out(c->tls, &c->tls_out);
+    uv_buf_t b = uv_buf_init(c->tls_out.data, (unsigned)c->tls_out.len);
+    int r = conn_write_raw(c, &b, 1);
+    if (c->tls_out.cap > BODY_KEEP_MAX) hr_buf_free(&c->tls_out);
+    hr_buf_reset(&c->tls_out);
+    return r;
+}
+
+/* Write bufs in order: on a TLS connection encrypted (the handshake is complete: replies only
+ * follow a request), else as they are. The caller keeps ownership of bufs. Returns 0, or a
+ * negative libuv error (the connection is then to be closed by the caller). */
+static int conn_write(hr_conn_t *c, uv_buf_t *bufs, unsigned nbufs)
+{
+    if (!c->tls) return conn_write_raw(c, bufs, nbufs);
+    for (unsigned i = 0; i < nbufs; i++) {
+        if (hr_tls_conn_write(c->tls, bufs[i].base, bufs[i].len) != HR_TLS_OK) {
+            hr_log_debug("write to %s: %s", c->req.peer, hr_tls_conn_error(c->tls));
+            return UV_EPROTO;
+        }
+    }
+    return tls_flush(c);
 }
 
 /* Build and write a response for the current request of c. keep: the connection stays open
@@ -373,6 +418,8 @@ static void conn_free(hr_conn_t *c)
     hr_buf_free(&c->body);
     hr_buf_free(&c->pending);
     hr_buf_free(&c->out);
+    hr_buf_free(&c->tls_out);
+    hr_tls_conn_free(c->tls);
     free(c->hoffs);
     free(c->headers);
     free(c);
@@ -459,6 +506,13 @@ static void conn_end(hr_conn_t *c)
     c->ending = true;
     c->state = ST_ENDING;
     conn_arm(c, END_TIMEOUT_MS, on_timer);
+    if (c->tls) {
+        hr_tls_conn_shutdown(c->tls); /* close_notify before the FIN (none before a handshake) */
+        if (tls_flush(c) < 0) {
+            conn_close(c);
+            return;
+        }
+    }
     if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
         conn_close(c);
         return;
@@ -489,11 +543,16 @@ static void conn_fail(hr_conn_t *c, int status, const char *msg)
     conn_end(c);
 }
 
-/* The deadline of the current state passed: 408 for a request not yet answered, else close. */
+/* The deadline of the current state passed: 408 for a request not yet answered, else close
+ * (a TLS handshake that began and did not complete is logged). */
 static void on_timer(uv_timer_t *t)
 {
     hr_conn_t *c = t->data;
     if (c->closing) return;
+    if (c->state == ST_HANDSHAKE && c->hs_begun)
+        hr_log_info("%s: closed: TLS handshake not complete within limits.request_timeout_ms "
+                    "(%llu ms)",
+                    c->req.peer, (unsigned long long)c->server->opts.request_timeout_ms);
     if (c->state == ST_READING && !c->ending) {
         conn_fail(c, 408, "request timeout");
         return;
@@ -963,7 +1022,113 @@ static void on_resume(uv_timer_t *t)
     conn_process_pending(c);
 }
 
-/* Read callback: parse fresh bytes at once, or keep them while parsing waits. EOF ends the
+/* The client is done sending (EOF, or a TLS close_notify): end the connection once the
+ * requests already received are answered. */
+static void conn_peer_eof(hr_conn_t *c)
+{
+    c->peer_eof = true;
+    conn_update_reading(c);
+    if (c->ending) {
+        if (c->shut_sent) conn_close(c); /* else on_shutdown closes */
+        return;
+    }
+    if (c->state == ST_HANDSHAKE) {
+        conn_close(c);
+        return;
+    }
+    /* Half-closed clients still get the replies to what they sent. */
+    if (c->state == ST_IDLE || c->state == ST_READING) conn_end(c);
+}
+
+/* Plaintext from the client: parse it at once, or keep it while parsing waits. */
+static void conn_input(hr_conn_t *c, const char *data, size_t len)
+{
+    if (c->state == ST_APP || c->state == ST_DRAIN || c->pending.len > c->pending_off) {
+        hr_buf_append(&c->pending, data, len);
+        conn_update_reading(c);
+        return;
+    }
+    size_t n = conn_execute(c, data, len);
+    if (n < len && !c->closing && !c->ending) {
+        hr_buf_append(&c->pending, data + n, len - n);
+        conn_update_reading(c);
+    }
+}
+
+/* Close a TLS connection at once because of what (and reason, if not NULL), in an info line
+ * naming the peer. An alert the TLS side queued goes out first if the socket takes it now. */
+static void tls_refuse(hr_conn_t *c, const char *what, const char *reason)
+{
+    hr_log_info("%s: closed: %s%s%s", c->req.peer, what, reason ? ": " : "", reason ? reason : "");
+    if (hr_tls_conn_out_pending(c->tls) > 0) {
+        hr_buf_reset(&c->tls_out);
+        hr_tls_conn_take_out(c->tls, &c->tls_out);
+        uv_buf_t b = uv_buf_init(c->tls_out.data, (unsigned)c->tls_out.len);
+        (void)uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    }
+    conn_close(c);
+}
+
+/* The first byte of a TLS connection must start a handshake record (content type 22); a
+ * letter is a plain HTTP request. Returns true if it may (else the connection is closed);
+ * starts the handshake deadline. */
+static bool tls_first_byte(hr_conn_t *c, unsigned char b0)
+{
+    c->hs_begun = true;
+    if (b0 >= 'A' && b0 <= 'Z') {
+        tls_refuse(c, "plain HTTP sent to the TLS listener", NULL);
+        return false;
+    }
+    if (b0 != 0x16) {
+        char why[32];
+        snprintf(why, sizeof why, "first byte 0x%02x", b0);
+        tls_refuse(c, "not a TLS handshake", why);
+        return false;
+    }
+    conn_arm(c, c->server->opts.request_timeout_ms, on_timer);
+    return true;
+}
+
+/* After a TLS step that returned st: a failure closes at once (logged as what), else the
+ * ciphertext the step produced is sent. Returns true if the connection goes on. */
+static bool tls_step_done(hr_conn_t *c, hr_tls_status_t st, const char *what)
+{
+    if (st == HR_TLS_ERROR) {
+        tls_refuse(c, what, hr_tls_conn_error(c->tls));
+        return false;
+    }
+    if (tls_flush(c) < 0) {
+        conn_close(c);
+        return false;
+    }
+    return true;
+}
+
+/* Ciphertext from the client: step the handshake, then hand all it decrypts to conn_input.
+ * The ciphertext each step produces is sent at once; any TLS failure closes. */
+static void tls_input(hr_conn_t *c, const char *data, size_t len)
+{
+    hr_server_t *s = c->server;
+    if (c->state == ST_HANDSHAKE && !c->hs_begun && !tls_first_byte(c, (unsigned char)data[0]))
+        return;
+    hr_tls_conn_feed(c->tls, data, len);
+    if (c->state == ST_HANDSHAKE) {
+        hr_tls_status_t st = hr_tls_conn_handshake(c->tls);
+        if (!tls_step_done(c, st, "TLS handshake failed") || st != HR_TLS_OK) return;
+        c->state = ST_IDLE;
+        conn_arm(c, s->opts.idle_timeout_ms, on_timer);
+    }
+    while (!c->closing && !c->ending) {
+        size_t n = 0;
+        hr_tls_status_t st = hr_tls_conn_read(c->tls, s->pbuf, sizeof s->pbuf, &n);
+        if (!tls_step_done(c, st, "TLS error")) return;
+        if (st == HR_TLS_CLOSED) conn_peer_eof(c);
+        if (st != HR_TLS_OK) return;
+        conn_input(c, s->pbuf, n);
+    }
+}
+
+/* Read callback: plaintext to conn_input, ciphertext through tls_input. EOF ends the
  * connection once the requests already received are answered. */
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
@@ -975,14 +1140,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             conn_close(c);
             return;
         }
-        c->peer_eof = true;
-        conn_update_reading(c);
-        if (c->ending) {
-            if (c->shut_sent) conn_close(c); /* else on_shutdown closes */
-            return;
-        }
-        /* Half-closed clients still get the replies to what they sent. */
-        if (c->state == ST_IDLE || c->state == ST_READING) conn_end(c);
+        conn_peer_eof(c);
         return;
     }
     if (c->ending) { /* lingering close: drop */
@@ -990,16 +1148,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         if (c->lingered > LINGER_MAX) conn_close(c);
         return;
     }
-    if (c->state == ST_APP || c->state == ST_DRAIN || c->pending.len > c->pending_off) {
-        hr_buf_append(&c->pending, buf->base, (size_t)nread);
-        conn_update_reading(c);
-        return;
-    }
-    size_t n = conn_execute(c, buf->base, (size_t)nread);
-    if (n < (size_t)nread && !c->closing && !c->ending) {
-        hr_buf_append(&c->pending, buf->base + n, (size_t)nread - n);
-        conn_update_reading(c);
-    }
+    if (c->tls)
+        tls_input(c, buf->base, (size_t)nread);
+    else
+        conn_input(c, buf->base, (size_t)nread);
 }
 
 /* ---------------------------------------------------------------- accepting */
@@ -1101,6 +1253,16 @@ static void conn_open(hr_server_t *s, int fd)
     else
         snprintf(c->req.peer, sizeof c->req.peer, "?");
     c->state = ST_IDLE;
+    if (s->tls) {
+        char err[256];
+        c->tls = hr_tls_conn_new(s->tls, NULL, err, sizeof err);
+        if (!c->tls) {
+            hr_log_warn("%s: %s", c->req.peer, err);
+            conn_close(c);
+            return;
+        }
+        c->state = ST_HANDSHAKE;
+    }
     conn_arm(c, s->opts.idle_timeout_ms, on_timer);
     conn_update_reading(c);
 }
@@ -1213,6 +1375,7 @@ hr_server_t *hr_server_open(uv_loop_t *loop, const hr_server_opts_t *opts, char 
     s->loop = loop;
     s->opts = *opts;
     s->opts.host = NULL; /* not owned: do not keep */
+    s->opts.tls = NULL;  /* kept as s->tls, with a reference */
     if (s->opts.header_limit == 0) s->opts.header_limit = DEFAULT_HEADERS;
     if (s->opts.body_limit == 0) s->opts.body_limit = DEFAULT_BODY;
     llhttp_settings_init(&s->settings);
@@ -1253,6 +1416,7 @@ hr_server_t *hr_server_open(uv_loop_t *loop, const hr_server_opts_t *opts, char 
     uv_timer_init(loop, &s->token);
     s->token.data = s;
     s->listener_open = s->token_open = true;
+    s->tls = hr_tls_ctx_ref(opts->tls);
     return s;
 
 err_close_fd:
@@ -1267,6 +1431,14 @@ err_free:
 int hr_server_port(const hr_server_t *s)
 {
     return s->port;
+}
+
+/* New connections use ctx from now on; open ones keep theirs (see server.h). */
+void hr_server_set_tls(hr_server_t *s, hr_tls_ctx_t *ctx)
+{
+    hr_tls_ctx_t *old = s->tls;
+    s->tls = hr_tls_ctx_ref(ctx);
+    hr_tls_ctx_unref(old);
 }
 
 /* Requests handed to the app (on_request) and not yet answered. */
@@ -1327,6 +1499,7 @@ static void server_maybe_finish(hr_server_t *s)
     s->conns = NULL;
     void (*cb)(void *) = s->close_cb;
     void *arg = s->close_arg;
+    hr_tls_ctx_unref(s->tls);
     free(s);
     if (cb) cb(arg);
 }
@@ -1362,7 +1535,9 @@ void hr_server_stop_accepting(hr_server_t *s)
     for (hr_conn_t *c = s->conns; c; c = c->next) {
         if (c->closing || c->ending) continue;
         c->keep_alive = false;
-        if (c->state == ST_IDLE && c->pending.len == c->pending_off) {
+        if (c->state == ST_HANDSHAKE) {
+            conn_close(c); /* no request yet */
+        } else if (c->state == ST_IDLE && c->pending.len == c->pending_off) {
             if (c->tcp.write_queue_size > 0)
                 conn_end(c); /* let the last reply out */
             else

@@ -1,7 +1,8 @@
 /* The configuration: a Lua file that returns a table (src/config.c). Loading runs the file in
  * a small Lua state of its own (base, string, table, math and os.getenv), then copies every
  * value into plain C structs and closes that state, so the rest of the program never touches
- * the config's Lua. Every problem is collected, not just the first, each naming the key:
+ * the config's Lua (a `tls` section also becomes a TLS context: its files are read as it
+ * loads). Every problem is collected, not just the first, each naming the key:
  * "examples/hookrouter.lua: targets.pos.url: expected a string, got number". */
 #ifndef HR_CONFIG_H
 #define HR_CONFIG_H
@@ -91,6 +92,16 @@ typedef struct {
                                     RLIMIT_NOFILE (hr_server_default_max_connections) */
 } hr_limits_t;
 
+/* The listener's TLS (top-level `tls`): paths resolved against the config folder; ctx is the
+ * server context built from them while the config loads (so a config that loads is one whose
+ * certificate and key load), one reference owned by the config. All NULL: plain HTTP. */
+typedef struct {
+    char *cert_file;      /* PEM chain, leaf first */
+    char *key_file;       /* NULL: the key is in cert_file */
+    char *client_ca_file; /* NULL: no client certificate asked for */
+    hr_tls_ctx_t *ctx;
+} hr_listen_tls_t;
+
 /* Every value not given in the file has its default from hr/defaults.h. */
 typedef struct hr_config {
     char *file;        /* the config file as given */
@@ -98,7 +109,8 @@ typedef struct hr_config {
     char *listen;      /* "127.0.0.1:8080" as written */
     char *listen_host; /* "127.0.0.1", "::1" */
     int listen_port;
-    char **tokens; /* accepted bearer tokens */
+    hr_listen_tls_t tls; /* the listener speaks HTTPS only when tls.ctx is set */
+    char **tokens;       /* accepted bearer tokens */
     size_t ntokens;
     bool insecure_no_auth; /* accept requests without a token (tests, local dev) */
     hr_endpoint_conf_t *endpoints;

@@ -53,7 +53,8 @@ hr_router_t *hr_router_start_worker(uv_loop_t *loop, hr_ruleset_t *rs, const hr_
 /* The port the router listens on. */
 int hr_router_port(const hr_router_t *r);
 /* The start-up line: "listening on HOST:PORT" with the port actually bound (the config may
- * say port 0), followed by " (N workers)" when nworkers > 1. */
+ * say port 0), followed by " (TLS)" (" (TLS, client certificates required)") when the config
+ * has a tls section and " (N workers)" when nworkers > 1. */
 void hr_router_log_listening_at(const hr_config_t *cfg, int port, unsigned nworkers);
 /* hr_router_log_listening_at for this (single) router. */
 void hr_router_log_listening(const hr_router_t *r);

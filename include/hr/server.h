@@ -21,6 +21,14 @@
  * request timeout (a request not complete within request_timeout_ms of its first byte), and closes
  * idle keep-alive connections after idle_timeout_ms. It honours keep-alive rules of HTTP/1.0 and
  * 1.1 and "Connection: close".
+ *
+ * With a TLS context (opts.tls, hr_server_set_tls) every new connection speaks TLS only,
+ * through src/tls.c over memory BIOs (no blocking call; libuv stays the only I/O): the parser
+ * and the limits above see only the plaintext, replies are encrypted. The handshake is timed
+ * like a request: idle_timeout_ms for the first byte, then request_timeout_ms for the whole
+ * handshake. Plain HTTP, bytes that are not a TLS handshake, a failed handshake (a client
+ * without the required certificate) or a broken record close the connection at once, with an
+ * info log line naming the peer and the reason.
  */
 #ifndef HR_SERVER_H
 #define HR_SERVER_H
@@ -30,6 +38,7 @@
 #include <uv.h>
 
 #include "hr/common.h"
+#include "hr/tls.h"
 
 typedef struct hr_server hr_server_t;
 typedef struct hr_http_request hr_http_request_t;
@@ -61,6 +70,8 @@ typedef struct {
                                     closed at once (counted, see hr_server_refused); 0: no cap */
     bool reuseport;              /* SO_REUSEPORT: servers on several loops share the address */
     bool exclusive;              /* with reuseport: fail if another socket already has it */
+    hr_tls_ctx_t *tls;           /* a server context: HTTPS only (the server takes its own
+                                    reference); NULL: plain HTTP */
     void (*on_headers)(hr_http_request_t *req, void *arg);
     void (*on_request)(hr_http_request_t *req, void *arg);
     void *arg;
@@ -75,6 +86,10 @@ int hr_server_port(const hr_server_t *s);
 /* Stop accepting new connections; connections with a request in flight finish it and are
  * then closed, idle ones are closed now. */
 void hr_server_stop_accepting(hr_server_t *s);
+/* Connections accepted from now on use ctx (a server context; the server takes a reference and
+ * drops the one to the previous context); NULL: plain HTTP from now on. Open connections keep
+ * what they were accepted with. */
+void hr_server_set_tls(hr_server_t *s, hr_tls_ctx_t *ctx);
 /* Number of requests handed to the app and not yet replied to. */
 size_t hr_server_inflight(const hr_server_t *s);
 /* Number of open connections. */

@@ -76,6 +76,15 @@ static const bad_case_t bad_cases[] = {
     {"workers zero", CFG("workers = 0,"), "workers", "must be between 1 and 256, got 0"},
     {"workers a word", CFG("workers = \"many\","), "workers",
      "expected an integer >= 1 or \"auto\", got \"many\""},
+    /* The listener's tls: the key of the file that fails, paths from the config's folder. */
+    {"tls not a table", CFG("tls = \"x.pem\","), "tls", "expected a table, got string"},
+    {"tls without cert_file", CFG("tls = { key_file = \"k.pem\" },"), "tls.cert_file", "missing"},
+    {"tls cert_file missing file", CFG("tls = { cert_file = \"no-such.pem\" },"), "tls.cert_file",
+     "/no-such.pem: No such file or directory"},
+    {"tls cert_file empty", CFG("tls = { cert_file = \"\" },"), "tls.cert_file",
+     "must not be empty"},
+    {"tls unknown key", CFG("tls = { cert_file = \"c.pem\", verify = false },"), "tls.verify",
+     "unknown key (known: cert_file, key_file, client_ca_file)"},
     /* Unknown keys, at each level, with the known ones listed. */
     {"unknown top-level key", CFG("lisen = \"127.0.0.1:1\","), "lisen",
      "unknown key (known: listen, tokens,"},
