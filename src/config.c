@@ -669,7 +669,8 @@ static void load_target_proxy(loader_t *ld, const char *key, hr_target_conf_t *t
         want_string(ld, key, &t->proxy);
     } else if (u->host) {
         const char *v = env_proxy(u->host, u->tls, &var);
-        if (v) t->proxy = hr_xstrdup(v);
+        /* "host:port" without a scheme, as curl takes it, means http://host:port */
+        if (v) t->proxy = strstr(v, "://") ? hr_xstrdup(v) : hr_xasprintf("http://%s", v);
     }
     if (t->proxy && !*t->proxy) {
         free(t->proxy);
@@ -681,9 +682,19 @@ static void load_target_proxy(loader_t *ld, const char *key, hr_target_conf_t *t
     int rc = hr_url_parse(t->proxy, &p, err, sizeof err);
     bool ok = rc == 0 && !p.tls && strcmp(p.path, "/") == 0;
     if (rc == 0) hr_url_free(&p);
-    if (!ok)
-        key_err(ld, key, "%s%s%sexpected http://host:port, got \"%s\"", var ? "(from " : "",
-                var ? var : "", var ? ") " : "", t->proxy);
+    if (ok) return;
+    const char *from = var ? var : "";
+    const char *hint = var ? "; proxy = \"\" on the target ignores the environment" : "";
+    const char *auth = strstr(t->proxy, "://");
+    auth = auth ? auth + 3 : t->proxy;
+    if (memchr(auth, '@', strcspn(auth, "/"))) /* userinfo: never echo it */
+        key_err(ld, key,
+                "%s%s%sproxy credentials (user:password@) are not supported (value not "
+                "shown)%s",
+                var ? "(from " : "", from, var ? ") " : "", hint);
+    else
+        key_err(ld, key, "%s%s%sexpected http://host:port, got \"%s\"%s", var ? "(from " : "", from,
+                var ? ") " : "", t->proxy, hint);
 }
 
 /* A target before its keys are read. */

@@ -302,9 +302,26 @@ class TLSTest(HRTestCase):
             self.assertEqual(p.returncode, 1, "%r passed check" % proxy)
             self.assertIn(want, p.stderr)
         self.wd.config(base_config(targets={"pos": target(url)}))
-        p = run_cli(["check"], cwd=self.wd.path, env={"HTTPS_PROXY": "proxy.example:3128"})
+        p = run_cli(["check"], cwd=self.wd.path, env={"HTTPS_PROXY": "ftp://proxy.example:21"})
         self.assertEqual(p.returncode, 1)
         self.assertIn("targets.pos.proxy: (from HTTPS_PROXY) expected http://host:port", p.stderr)
+        self.assertIn('proxy = "" on the target ignores the environment', p.stderr)
+        # credentials are refused without being echoed (stderr goes to the journal)
+        for k, v in [("HTTPS_PROXY", "http://alice:S3cretPw@proxy.example:3128"),
+                     (None, "http://alice:S3cretPw@proxy.example:3128")]:
+            if k:
+                self.wd.config(base_config(targets={"pos": target(url)}))
+                p = run_cli(["check"], cwd=self.wd.path, env={k: v})
+            else:
+                self.wd.config(base_config(targets={"pos": target(url, proxy=v)}))
+                p = run_cli(["check"], cwd=self.wd.path)
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("proxy credentials (user:password@) are not supported", p.stderr)
+            self.assertNotIn("S3cretPw", p.stderr + p.stdout)
+        # "host:port" without a scheme, as curl takes it, is an http:// proxy
+        self.wd.config(base_config(targets={"pos": target(url)}))
+        p = run_cli(["check"], cwd=self.wd.path, env={"HTTPS_PROXY": "proxy.example:3128"})
+        self.assertEqual(p.returncode, 0, p.stderr)
         p = run_cli(["check"], cwd=self.wd.path, env={"HTTPS_PROXY": "http://proxy.example:3128"})
         self.assertEqual(p.returncode, 0, p.stderr)
 
