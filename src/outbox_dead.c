@@ -119,7 +119,7 @@ void ob_dead_item(ob_item_t *it, const char *reason)
     if (ob_item_load(it) == 0) {
         hr_action_t *a = it->a;
         a->attempts = it->attempts;
-        char what[200];
+        char what[sizeof it->a->last_error + 8];
         if (a->last_status > 0)
             snprintf(what, sizeof what, "status=%d", a->last_status);
         else

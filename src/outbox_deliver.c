@@ -150,7 +150,7 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
     }
     it->last_status = a->last_status;
     a->attempts = it->attempts;
-    char what[200];
+    char what[sizeof a->last_error + 8];
     if (err == 0)
         snprintf(what, sizeof what, "status=%d", res->status);
     else

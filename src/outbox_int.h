@@ -128,7 +128,7 @@ struct hr_outbox {
 /* An attempt log being collected: v[i].error points into err[i] once it is complete. */
 typedef struct {
     hr_attempt_t *v;
-    char (*err)[128];
+    char (*err)[256];
     size_t n;
 } ob_attempt_log_t;
 

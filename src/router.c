@@ -713,6 +713,8 @@ static void on_delivery_reloaded(void *arg)
 
 /* The one reload, with one worker or N: load config and rules (all or nothing), swap them
  * in, and hand the new delivery settings to the delivery side. */
+static void log_listener_cert(const hr_config_t *cfg);
+
 static void do_reload(uv_timer_t *t)
 {
     hr_router_t *r = t->data;
@@ -744,6 +746,7 @@ static void do_reload(uv_timer_t *t)
                     cfg->tls.ctx ? "HTTPS" : "plain HTTP");
     /* The certificate files were re-read as the config loaded: new connections get them. */
     hr_server_set_tls(r->server, cfg->tls.ctx);
+    log_listener_cert(cfg);
     hr_log_level_t level;
     if (hr_log_level_parse(cfg->log_level, &level) == 0) hr_log_set_level(level);
     hr_ruleset_unref(r->rs); /* events in flight hold their own reference */
@@ -766,6 +769,19 @@ int hr_router_port(const hr_router_t *r)
     return hr_server_port(r->server);
 }
 
+/* Name the listener's certificate and warn when it expires within 30 days (at start and at
+ * each reload, so a rotation shows in the log and an expiry is seen before it happens). */
+static void log_listener_cert(const hr_config_t *cfg)
+{
+    if (!cfg->tls.ctx) return;
+    char desc[640];
+    double days = hr_tls_ctx_describe(cfg->tls.ctx, desc, sizeof desc);
+    if (days >= 0 && days < 30)
+        hr_log_warn("tls: %s: expires in %.1f days", desc, days);
+    else
+        hr_log_info("tls: %s", desc);
+}
+
 void hr_router_log_listening_at(const hr_config_t *cfg, int port, unsigned nworkers)
 {
     bool v6 = strchr(cfg->listen_host, ':') != NULL;
@@ -776,6 +792,7 @@ void hr_router_log_listening_at(const hr_config_t *cfg, int port, unsigned nwork
                                                           : " (TLS)";
     hr_log_info("listening on %s%s%s:%d%s%s", v6 ? "[" : "", cfg->listen_host, v6 ? "]" : "", port,
                 tls, workers);
+    log_listener_cert(cfg);
 }
 
 void hr_router_log_listening(const hr_router_t *r)

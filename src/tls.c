@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <time.h>
+
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -17,15 +19,19 @@ struct hr_tls_ctx {
     SSL_CTX *ssl;
     hr_tls_role_t role;
     bool verify;
+    bool has_cert;     /* an own certificate is loaded (a client's for mTLS) */
     char *server_name; /* NULL: the connection's host */
+    char *trust;       /* what verifies the peer, for messages: the CA file, or NULL (system) */
 };
 
 struct hr_tls_conn {
     hr_tls_ctx_t *ctx;
     SSL *ssl;
-    BIO *rbio; /* ciphertext fed in, owned by ssl */
-    BIO *wbio; /* ciphertext to send, owned by ssl */
-    char err[512];
+    BIO *rbio;      /* ciphertext fed in, owned by ssl */
+    BIO *wbio;      /* ciphertext to send, owned by ssl */
+    char peer[256]; /* client: the name the certificate must carry */
+    char hint[384]; /* the advice appended to err */
+    char err[768];
 };
 
 /* The session type is OpenSSL's; the name only hides it from the header. */
@@ -71,6 +77,50 @@ static int fail_field(hr_tls_field_t *field, hr_tls_field_t which)
     return -1;
 }
 
+/* t as "2026-12-02T18:00:00Z" into buf. */
+static const char *asn1_time_text(const ASN1_TIME *t, char *buf, size_t len)
+{
+    struct tm tm;
+    if (!t || ASN1_TIME_to_tm(t, &tm) != 1 || strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(buf, len, "(unknown)");
+    return buf;
+}
+
+/* The own certificate of ssl must be usable for role now: within its validity, not a CA's,
+ * and allowed by its key usage for a TLS server (or client). A wrong file here would load and
+ * then fail every handshake. Returns 0 or -1 with "<file>: <why>" in err. */
+static int check_own(SSL_CTX *ssl, hr_tls_role_t role, const char *file, char *err, size_t errlen)
+{
+    X509 *x = SSL_CTX_get0_certificate(ssl);
+    if (!x) return 0;
+    char when[32];
+    if (X509_cmp_current_time(X509_get0_notAfter(x)) <= 0) {
+        snprintf(err, errlen, "%s: certificate expired on %s", file,
+                 asn1_time_text(X509_get0_notAfter(x), when, sizeof when));
+        return -1;
+    }
+    if (X509_cmp_current_time(X509_get0_notBefore(x)) >= 0) {
+        snprintf(err, errlen, "%s: certificate not valid before %s", file,
+                 asn1_time_text(X509_get0_notBefore(x), when, sizeof when));
+        return -1;
+    }
+    if (X509_get_extension_flags(x) & EXFLAG_CA) {
+        snprintf(err, errlen,
+                 "%s: the first certificate is a CA's (basicConstraints CA:TRUE), "
+                 "not a %s's: put the leaf certificate first",
+                 file, role == HR_TLS_SERVER ? "server" : "client");
+        return -1;
+    }
+    int purpose = role == HR_TLS_SERVER ? X509_PURPOSE_SSL_SERVER : X509_PURPOSE_SSL_CLIENT;
+    if (X509_check_purpose(x, purpose, 0) != 1) {
+        snprintf(err, errlen, "%s: its key usage or extended key usage does not allow a TLS %s",
+                 file, role == HR_TLS_SERVER ? "server" : "client");
+        ERR_clear_error();
+        return -1;
+    }
+    return 0;
+}
+
 /* Load the own certificate chain and key into ssl. Returns 0 or -1 (err, *field set). */
 static int load_own(SSL_CTX *ssl, const hr_tls_opts_t *o, hr_tls_field_t *field, char *err,
                     size_t errlen)
@@ -80,14 +130,30 @@ static int load_own(SSL_CTX *ssl, const hr_tls_opts_t *o, hr_tls_field_t *field,
     if (file_readable(o->cert_file, err, errlen) < 0)
         return fail_field(field, HR_TLS_FIELD_CERT_FILE);
     if (SSL_CTX_use_certificate_chain_file(ssl, o->cert_file) != 1) {
-        file_error(o->cert_file, err, errlen);
+        char buf[256];
+        const char *r = ssl_reason(buf, sizeof buf);
+        if (r && strcmp(r, "no start line") == 0) {
+            snprintf(err, errlen, "%s: no PEM certificate in it (-----BEGIN CERTIFICATE-----)",
+                     o->cert_file);
+            ERR_clear_error();
+        } else {
+            file_error(o->cert_file, err, errlen);
+        }
         return fail_field(field, HR_TLS_FIELD_CERT_FILE);
     }
     if (file_readable(key, err, errlen) < 0) return fail_field(field, key_field);
     /* OpenSSL checks the key against the certificate as it loads it. */
     int ok = SSL_CTX_use_PrivateKey_file(ssl, key, SSL_FILETYPE_PEM) == 1;
     if (!ok && ERR_GET_REASON(ERR_peek_error()) != X509_R_KEY_VALUES_MISMATCH) {
-        file_error(key, err, errlen);
+        char buf[256];
+        const char *r = ssl_reason(buf, sizeof buf);
+        if (r && (strcmp(r, "no start line") == 0 || strcmp(r, "unsupported") == 0)) {
+            snprintf(err, errlen, "%s: no PEM private key in it (-----BEGIN PRIVATE KEY-----)%s",
+                     key, o->key_file ? "" : "; give the key's own file as the key option");
+            ERR_clear_error();
+        } else {
+            file_error(key, err, errlen);
+        }
         return fail_field(field, key_field);
     }
     if (!ok || SSL_CTX_check_private_key(ssl) != 1) {
@@ -98,6 +164,8 @@ static int load_own(SSL_CTX *ssl, const hr_tls_opts_t *o, hr_tls_field_t *field,
         ERR_clear_error();
         return fail_field(field, key_field);
     }
+    if (check_own(ssl, o->role, o->cert_file, err, errlen) < 0)
+        return fail_field(field, HR_TLS_FIELD_CERT_FILE);
     return 0;
 }
 
@@ -188,6 +256,9 @@ hr_tls_ctx_t *hr_tls_ctx_new(const hr_tls_opts_t *o, hr_tls_field_t *field, char
     ctx->role = o->role;
     ctx->verify = server ? o->client_ca_file != NULL : !o->no_verify;
     ctx->server_name = !server && o->server_name ? hr_xstrdup(o->server_name) : NULL;
+    ctx->has_cert = o->cert_file != NULL;
+    const char *trust = server ? o->client_ca_file : o->ca_file;
+    ctx->trust = trust ? hr_xstrdup(trust) : NULL;
     return ctx;
 }
 
@@ -202,6 +273,7 @@ void hr_tls_ctx_unref(hr_tls_ctx_t *ctx)
     if (!ctx || atomic_fetch_sub(&ctx->refs, 1) != 1) return;
     SSL_CTX_free(ctx->ssl);
     free(ctx->server_name);
+    free(ctx->trust);
     free(ctx);
 }
 
@@ -221,6 +293,7 @@ static int set_peer_name(hr_tls_conn_t *c, const char *name, char *err, size_t e
 {
     unsigned char addr[16];
     bool ip = inet_pton(AF_INET, name, addr) == 1 || inet_pton(AF_INET6, name, addr) == 1;
+    snprintf(c->peer, sizeof c->peer, "%s", name);
     /* RFC 6066: SNI carries host names only, never an address literal. */
     if (!ip && SSL_set_tlsext_host_name(c->ssl, name) != 1) {
         snprintf(err, errlen, "tls: cannot send server name %s", name);
@@ -313,6 +386,58 @@ size_t hr_tls_conn_take_out(hr_tls_conn_t *c, hr_buf_t *out)
 }
 
 /* Map the result r of an SSL_* call to a status; on failure record why in c->err. */
+/* What an operator can do about verification result v of connection c (a client's), after
+ * OpenSSL's words; "" if nothing useful can be said. Uses c->hint. */
+static const char *verify_hint(hr_tls_conn_t *c, long v)
+{
+    const hr_tls_ctx_t *x = c->ctx;
+    switch (v) {
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+        if (x->role == HR_TLS_SERVER)
+            snprintf(c->hint, sizeof c->hint,
+                     " (the client's certificate is not signed by a CA in %s)",
+                     x->trust ? x->trust : "client_ca_file");
+        else
+            snprintf(c->hint, sizeof c->hint,
+                     " (the server's certificate is not signed by a CA in %s%s)",
+                     x->trust ? x->trust : "the system trust store",
+                     x->trust ? "" : ": set tls.ca_file to the CA that signed it");
+        return c->hint;
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+    case X509_V_ERR_IP_ADDRESS_MISMATCH:
+        snprintf(c->hint, sizeof c->hint,
+                 " (the certificate does not name %s; tls.server_name sets the name to check)",
+                 c->peer);
+        return c->hint;
+    default: return "";
+    }
+}
+
+/* The same for a failure that is not a verification result: OpenSSL reason r. */
+static const char *error_hint(hr_tls_conn_t *c, int r)
+{
+    bool client = c->ctx->role == HR_TLS_CLIENT;
+    switch (r) {
+    case SSL_R_WRONG_VERSION_NUMBER:
+    case SSL_R_PACKET_LENGTH_TOO_LONG:
+        return client ? " (is the peer's port plain HTTP? an https:// URL needs a TLS port)" : "";
+    case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
+    case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
+    case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
+    case SSL_R_TLSV1_ALERT_ACCESS_DENIED:
+        if (!client) return "";
+        return c->ctx->has_cert ? " (the server refused our client certificate: is tls.client_cert "
+                                  "signed by a CA it trusts?)"
+                                : " (the server wants a client certificate: set tls.client_cert "
+                                  "and tls.client_key)";
+    default: return "";
+    }
+}
+
 static hr_tls_status_t status_of(hr_tls_conn_t *c, int r)
 {
     int e = SSL_get_error(c->ssl, r);
@@ -329,9 +454,10 @@ static hr_tls_status_t status_of(hr_tls_conn_t *c, int r)
     if (!reason) reason = e == SSL_ERROR_SYSCALL ? "unexpected end of stream" : "protocol error";
     long v = SSL_get_verify_result(c->ssl);
     if (ERR_GET_REASON(code) == SSL_R_CERTIFICATE_VERIFY_FAILED && v != X509_V_OK)
-        snprintf(c->err, sizeof c->err, "tls: %s: %s", reason, X509_verify_cert_error_string(v));
+        snprintf(c->err, sizeof c->err, "tls: %s: %s%s", reason, X509_verify_cert_error_string(v),
+                 verify_hint(c, v));
     else
-        snprintf(c->err, sizeof c->err, "tls: %s", reason);
+        snprintf(c->err, sizeof c->err, "tls: %s%s", reason, error_hint(c, ERR_GET_REASON(code)));
     ERR_clear_error();
     return HR_TLS_ERROR;
 }
@@ -416,4 +542,21 @@ bool hr_tls_conn_resumed(const hr_tls_conn_t *c)
 void hr_tls_session_free(hr_tls_session_t *s)
 {
     SSL_SESSION_free(SESSION(s));
+}
+
+double hr_tls_ctx_describe(const hr_tls_ctx_t *ctx, char *buf, size_t len)
+{
+    X509 *x = ctx ? SSL_CTX_get0_certificate(ctx->ssl) : NULL;
+    if (!x) {
+        snprintf(buf, len, "no certificate");
+        return -1;
+    }
+    char subject[256], issuer[256], until[32];
+    X509_NAME_oneline(X509_get_subject_name(x), subject, sizeof subject);
+    X509_NAME_oneline(X509_get_issuer_name(x), issuer, sizeof issuer);
+    snprintf(buf, len, "certificate %s, issued by %s, valid until %s", subject, issuer,
+             asn1_time_text(X509_get0_notAfter(x), until, sizeof until));
+    int days = 0, secs = 0;
+    if (ASN1_TIME_diff(&days, &secs, NULL, X509_get0_notAfter(x)) != 1) return -1;
+    return days + secs / 86400.0;
 }

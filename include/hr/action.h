@@ -38,7 +38,7 @@ typedef struct hr_action {
     /* Delivery bookkeeping, owned by the outbox. */
     uint32_t attempts;    /* attempts made so far */
     int last_status;      /* last HTTP status, 0 if none */
-    char last_error[128]; /* last transport error, "" if none */
+    char last_error[256]; /* last transport error, "" if none */
 } hr_action_t;
 
 /* A zeroed action of the given kind. Never NULL. */

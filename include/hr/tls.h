@@ -131,4 +131,9 @@ void hr_tls_conn_set_session(hr_tls_conn_t *c, hr_tls_session_t *s);
 bool hr_tls_conn_resumed(const hr_tls_conn_t *c);
 void hr_tls_session_free(hr_tls_session_t *s);
 
+/* Describe ctx's own certificate into buf ("certificate /CN=..., issued by /CN=..., valid until
+ * 2027-01-02T00:00:00Z") and return the days left until it expires (-1: no certificate). For
+ * the operator's log: a listener's certificate is named when it is loaded. */
+double hr_tls_ctx_describe(const hr_tls_ctx_t *ctx, char *buf, size_t len);
+
 #endif

@@ -22,6 +22,8 @@ end
 '''
 
 VERIFY_FAILED = "tls: certificate verify failed: self-signed certificate in certificate chain"
+SYSTEM_HINT = (" (the server's certificate is not signed by a CA in the system trust store: set"
+               " tls.ca_file to the CA that signed it)")
 
 
 class TLSTest(HRTestCase):
@@ -100,8 +102,10 @@ class TLSTest(HRTestCase):
         self.assertEqual(d["event"]["id"], eid)
         self.assertEqual(d["attempts"], 3)
         self.assertIsNone(d["last_status"])
-        self.assertEqual(d["last_error"], VERIFY_FAILED)
-        self.assertEqual([a["error"] for a in d["attempt_log"]], [VERIFY_FAILED] * 3)
+        want = VERIFY_FAILED + " (the server's certificate is not signed by a CA in %s)" % (
+            self.cert("other-ca.pem"))
+        self.assertEqual(d["last_error"], want)
+        self.assertEqual([a["error"] for a in d["attempt_log"]], [want] * 3)
         self.assertEqual(snk.count(), 0, "a request went out over an unverified connection")
         self.assertGreaterEqual(len(snk.tls_errors), 3)
         self.assertTrue(r.wait_log(r"retry[^\n]*id=%s" % eid, 3), r.log_tail())
@@ -112,7 +116,7 @@ class TLSTest(HRTestCase):
         r = self.start(snk, max_attempts=2)
         self.assertOk(r.post("/t", {"n": 1}))
         d = self.dead(1)[0]
-        self.assertEqual(d["last_error"], VERIFY_FAILED)
+        self.assertEqual(d["last_error"], VERIFY_FAILED + SYSTEM_HINT)
         self.assertEqual(snk.count(), 0)
 
     def test_host_name_checked(self):
@@ -122,7 +126,9 @@ class TLSTest(HRTestCase):
                        max_attempts=2)
         self.assertOk(r.post("/t", {"n": 1}))
         d = self.dead(1)[0]
-        self.assertEqual(d["last_error"], "tls: certificate verify failed: hostname mismatch")
+        self.assertEqual(d["last_error"], "tls: certificate verify failed: hostname mismatch (the"
+                         " certificate does not name pos.example.com; tls.server_name sets the name"
+                         " to check)")
         self.assertEqual(snk.count(), 0)
 
     def test_verify_false_warns_and_delivers(self):
@@ -173,7 +179,9 @@ class TLSTest(HRTestCase):
         # request went out, so the server's close may reset the connection before the alert
         # is read: either is a refusal, retried.
         for a in d["attempt_log"]:
-            self.assertIn(a["error"], ("tls: tlsv13 alert certificate required",
+            self.assertIn(a["error"], ("tls: tlsv13 alert certificate required (the server wants"
+                                       " a client certificate: set tls.client_cert and"
+                                       " tls.client_key)",
                                        "127.0.0.1:%d: connection reset by peer" % snk.port))
         self.assertEqual(len(snk.tls_errors), 2, snk.tls_errors)
         self.assertIn("PEER_DID_NOT_RETURN_A_CERTIFICATE", snk.tls_errors[0])

@@ -168,19 +168,28 @@ static void test_verification(void)
     hr_tls_ctx_t *good = client_ctx("ca.pem", NULL, NULL);
     hr_tls_ctx_t *wrong = client_ctx("other-ca.pem", NULL, NULL);
     /* The server sends its chain up to the test CA, which the client does not trust. */
-    expect_client_error(wrong, "localhost",
-                        "tls: certificate verify failed: self-signed certificate in certificate "
-                        "chain");
+    char *other = path("other-ca.pem"), want[512];
+    snprintf(want, sizeof want,
+             "tls: certificate verify failed: self-signed certificate in certificate chain (the "
+             "server's certificate is not signed by a CA in %s)",
+             other);
+    free(other);
+    expect_client_error(wrong, "localhost", want);
     /* The certificate is for localhost, 127.0.0.1 and ::1 only. */
     expect_client_error(good, "127.0.0.1", "");
     expect_client_error(good, "::1", "");
-    expect_client_error(good, "example.com", "tls: certificate verify failed: hostname mismatch");
-    expect_client_error(good, "127.0.0.2", "tls: certificate verify failed: IP address mismatch");
+    expect_client_error(good, "example.com",
+                        "tls: certificate verify failed: hostname mismatch (the certificate does "
+                        "not name example.com; tls.server_name sets the name to check)");
+    expect_client_error(good, "127.0.0.2",
+                        "tls: certificate verify failed: IP address mismatch (the certificate "
+                        "does not name 127.0.0.2; tls.server_name sets the name to check)");
     /* The system trust store knows nothing of the test CA. */
     hr_tls_ctx_t *sys = client_ctx(NULL, NULL, NULL);
     expect_client_error(sys, "localhost",
                         "tls: certificate verify failed: self-signed certificate in certificate "
-                        "chain");
+                        "chain (the server's certificate is not signed by a CA in the system "
+                        "trust store: set tls.ca_file to the CA that signed it)");
     CHECK(hr_tls_ctx_verifies(good));
     CHECK_INT_EQ(hr_tls_ctx_role(good), HR_TLS_CLIENT);
     hr_tls_ctx_unref(good);
@@ -196,7 +205,9 @@ static void test_verification(void)
     hr_tls_ctx_unref(named);
     o.server_name = "pos.example.com";
     named = hr_tls_ctx_new(&o, NULL, err, sizeof err);
-    expect_client_error(named, "localhost", "tls: certificate verify failed: hostname mismatch");
+    expect_client_error(named, "localhost",
+                        "tls: certificate verify failed: hostname mismatch (the certificate does "
+                        "not name pos.example.com; tls.server_name sets the name to check)");
     hr_tls_ctx_unref(named);
 
     /* verify off accepts the wrong CA and the wrong name. */
@@ -233,7 +244,9 @@ static void test_client_certificate(void)
     CHECK_STR_EQ(hr_tls_conn_error(s), "tls: peer did not return a certificate");
     pump(c, s);
     CHECK_INT_EQ(read_all(c, got, sizeof got, &n), HR_TLS_ERROR);
-    CHECK_STR_EQ(hr_tls_conn_error(c), "tls: tlsv13 alert certificate required");
+    CHECK_STR_EQ(hr_tls_conn_error(c), "tls: tlsv13 alert certificate required (the server wants a "
+                                       "client certificate: set tls.client_cert and "
+                                       "tls.client_key)");
     hr_tls_conn_free(c);
     hr_tls_conn_free(s);
     hr_tls_ctx_unref(anon);
@@ -329,9 +342,32 @@ static void test_ctx_errors(void)
     o.key_file = NULL; /* the key would be in the certificate file: it is not */
     CHECK(hr_tls_ctx_new(&o, &field, err, sizeof err) == NULL);
     CHECK_INT_EQ(field, HR_TLS_FIELD_CERT_FILE);
+    char *scert = path("server.pem");
     o = (hr_tls_opts_t){
-        .role = HR_TLS_SERVER, .cert_file = cert, .key_file = key, .client_ca_file = missing};
+        .role = HR_TLS_SERVER, .cert_file = scert, .key_file = skey, .client_ca_file = missing};
     expect_ctx_error(&o, HR_TLS_FIELD_CLIENT_CA_FILE, "missing.pem: No such file or directory");
+
+    /* Certificates that load but could never serve: refused with the reason. */
+    o = (hr_tls_opts_t){.role = HR_TLS_SERVER, .cert_file = cert, .key_file = key};
+    expect_ctx_error(&o, HR_TLS_FIELD_CERT_FILE,
+                     "client.pem: its key usage or extended key usage does not allow a TLS server");
+    char *cakey = path("ca.key");
+    o = (hr_tls_opts_t){.role = HR_TLS_SERVER, .cert_file = ca, .key_file = cakey};
+    expect_ctx_error(&o, HR_TLS_FIELD_CERT_FILE,
+                     "ca.pem: the first certificate is a CA's (basicConstraints CA:TRUE), not a "
+                     "server's: put the leaf certificate first");
+    o = (hr_tls_opts_t){.role = HR_TLS_CLIENT, .ca_file = ca, .cert_file = scert, .key_file = skey};
+    expect_ctx_error(&o, HR_TLS_FIELD_CERT_FILE,
+                     "server.pem: its key usage or extended key usage does not allow a TLS client");
+    o = (hr_tls_opts_t){.role = HR_TLS_CLIENT, .ca_file = ca, .cert_file = cert}; /* no key */
+    expect_ctx_error(&o, HR_TLS_FIELD_CERT_FILE,
+                     "client.pem: no PEM private key in it (-----BEGIN PRIVATE KEY-----); give "
+                     "the key's own file as the key option");
+    o = (hr_tls_opts_t){.role = HR_TLS_CLIENT, .ca_file = ca, .cert_file = key, .key_file = key};
+    expect_ctx_error(&o, HR_TLS_FIELD_CERT_FILE,
+                     "client.key: no PEM certificate in it (-----BEGIN CERTIFICATE-----)");
+    free(scert);
+    free(cakey);
     free(ca);
     free(missing);
     free(cert);
