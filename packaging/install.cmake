@@ -6,7 +6,8 @@
 #       the spool, dead letters and files in /var/lib/hookrouter), <sysconfdir>/logrotate.d/hookrouter
 #   P/lib/systemd/system/hookrouter.service (HR_SYSTEMD_UNITDIR)
 # <sysconfdir> is /etc for the /usr prefix (the .deb, GNUInstallDirs' rule) and P/etc otherwise.
-# Included by the top-level CMakeLists.txt; HR_SOURCE_DIR is the source tree.
+# Included by the top-level CMakeLists.txt (the hookrouter target) and by packaging/CMakeLists.txt
+# (scripts/package.sh: the binary already built, HR_BINARY); HR_SOURCE_DIR is the source tree.
 include(GNUInstallDirs)
 
 set(HR_SYSTEMD_UNITDIR "lib/systemd/system" CACHE STRING
@@ -54,7 +55,11 @@ file(WRITE ${CMAKE_BINARY_DIR}/packaging/hookrouter.lua
 configure_file(${HR_SOURCE_DIR}/packaging/hookrouter.service.in
                ${CMAKE_BINARY_DIR}/packaging/hookrouter.service @ONLY)
 
-install(TARGETS hookrouter RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+if(TARGET hookrouter)
+  install(TARGETS hookrouter RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+else()
+  install(PROGRAMS ${HR_BINARY} DESTINATION ${CMAKE_INSTALL_BINDIR})
+endif()
 install(FILES ${HR_SOURCE_DIR}/docs/hookrouter.1 DESTINATION ${CMAKE_INSTALL_MANDIR}/man1)
 install(FILES ${HR_SOURCE_DIR}/README.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
 install(FILES ${HR_EXAMPLE_CONFIG} DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples)

@@ -1,5 +1,6 @@
 """cmake --install into a temporary prefix lays down the binary, man page, examples, service
-config, systemd unit and logrotate snippet."""
+config, systemd unit and logrotate snippet; scripts/package.sh builds a .deb with the right
+Depends, files and conffiles, whose binary checks its own packaged config."""
 import os
 import re
 import shutil
@@ -135,25 +136,83 @@ class PackageTest(unittest.TestCase):
             r = run(["man", "-l", page], env={"MANWIDTH": "80", "MAN_KEEP_STDERR": "1"})
             self.assertEqual((r.returncode, r.stderr), (0, ""))
 
-    def test_unit_verifies(self):
+    def test_deb(self):
+        work = self.tmp()
+        r = run(["sh", os.path.join(SOURCE_DIR, "scripts", "package.sh")],
+                env={"HR_BIN": BIN, "PKG_DIR": os.path.join(work, "pkg")})
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        deb = r.stdout.strip().splitlines()[-1]
+        self.assertTrue(deb.endswith(".deb") and os.path.isfile(deb), r.stdout)
+
+        info = run(["dpkg-deb", "-I", deb]).stdout
+        depends = re.search(r"^ Depends: (.*)$", info, re.M).group(1)
+        names = {d.split()[0] for d in depends.split(",")}
+        self.assertLessEqual({"libuv1", "liblua5.4-0", "libcjson1", "libssl3"}, names, depends)
+        # ... and every package owning a library the binary links (NEEDED, not ldd's closure)
+        needed = set(re.findall(r"NEEDED\s+(\S+)", run(["objdump", "-p", BIN]).stdout))
+        self.assertIn("libuv.so.1", needed)
+        libs = [path for name, path in re.findall(r"^\s*(\S+) => (/\S+)", run(["ldd", BIN]).stdout,
+                                                  re.M) if name in needed]
+        self.assertEqual(len(libs), len(needed), needed)
+        owners = set()
+        for lib in libs:
+            out = run(["dpkg", "-S", os.path.realpath(lib)]).stdout or run(["dpkg", "-S", lib]).stdout
+            owners.add(out.split(":")[0])
+        self.assertLessEqual(owners, names, depends)
+        self.assertRegex(info, r"(?m)^ Package: hookrouter$")
+
+        listing = run(["dpkg-deb", "-c", deb]).stdout
+        files = {line.split()[-1].lstrip(".") for line in listing.splitlines()}
+        for f in ("/usr/bin/hookrouter", "/usr/lib/systemd/system/hookrouter.service",
+                  "/usr/share/man/man1/hookrouter.1", "/etc/hookrouter/hookrouter.lua",
+                  "/etc/hookrouter/rules/default.lua", "/etc/logrotate.d/hookrouter",
+                  "/usr/share/doc/hookrouter/examples/hookrouter.lua"):
+            self.assertIn(f, files)
+        ctl = os.path.join(work, "control")
+        self.assertEqual(run(["dpkg-deb", "-e", deb, ctl]).returncode, 0)
+        conffiles = read(os.path.join(ctl, "conffiles")).split()
+        self.assertIn("/etc/hookrouter/hookrouter.lua", conffiles)
+        self.assertEqual(sorted(conffiles), sorted(f for f in files if f.startswith("/etc/")
+                                                   and not f.endswith("/")))
+
+        root = os.path.join(work, "root")
+        self.assertEqual(run(["dpkg-deb", "-x", deb, root]).returncode, 0)
+        self.assert_service_config(os.path.join(root, "etc", "hookrouter", "hookrouter.lua"), root)
+        unit = os.path.join(root, "usr", "lib", "systemd", "system", "hookrouter.service")
+        self.assert_unit(unit, "/usr/bin", "/etc/hookrouter/hookrouter.lua")
+
+    def verify_unit(self, unit, binary, mandir):
+        """systemd-analyze verify on a copy of unit whose ExecStart runs binary (the host has no
+        hookrouter where the unit says), with man looking in mandir for Documentation=."""
         if not shutil.which("systemd-analyze"):
             self.skipTest("systemd-analyze not installed (Debian package systemd)")
-        work = self.tmp()
-        prefix = os.path.join(work, "usr")
+        text, n = re.subn(r"^ExecStart=\S+/hookrouter ", "ExecStart=%s " % binary, read(unit),
+                          flags=re.M)
+        self.assertEqual(n, 1)
+        copy = os.path.join(self.tmp(), "hookrouter.service")
+        with open(copy, "w") as f:
+            f.write(text)
+        r = run(["systemd-analyze", "verify", copy], env={"MANPATH": mandir})
+        self.assertEqual((r.returncode, r.stdout + r.stderr), (0, ""))
+
+    def test_unit_verifies(self):
+        prefix = os.path.join(self.tmp(), "usr")
         r = run(["cmake", "--install", BUILD_DIR, "--prefix", prefix])
         self.assertEqual(r.returncode, 0, r.stderr)
-        # The host has no hookrouter where the unit says: point ExecStart at the one installed
-        # here, and man at the installed page (Documentation=man:hookrouter(1)).
-        text = read(os.path.join(prefix, "lib", "systemd", "system", "hookrouter.service"))
-        text, n = re.subn(r"^ExecStart=\S+/hookrouter ", "ExecStart=%s/bin/hookrouter " % prefix,
-                          text, flags=re.M)
-        self.assertEqual(n, 1)
-        unit = os.path.join(work, "hookrouter.service")
-        with open(unit, "w") as f:
-            f.write(text)
-        r = run(["systemd-analyze", "verify", unit],
-                env={"MANPATH": os.path.join(prefix, "share", "man")})
-        self.assertEqual((r.returncode, r.stdout + r.stderr), (0, ""))
+        self.verify_unit(os.path.join(prefix, "lib", "systemd", "system", "hookrouter.service"),
+                         os.path.join(prefix, "bin", "hookrouter"),
+                         os.path.join(prefix, "share", "man"))
+
+    def test_deb_unit_verifies(self):
+        work = self.tmp()
+        r = run(["sh", os.path.join(SOURCE_DIR, "scripts", "package.sh")],
+                env={"HR_BIN": BIN, "PKG_DIR": os.path.join(work, "pkg")})
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        root = os.path.join(work, "root")
+        self.assertEqual(run(["dpkg-deb", "-x", r.stdout.split()[-1], root]).returncode, 0)
+        self.verify_unit(os.path.join(root, "usr", "lib", "systemd", "system", "hookrouter.service"),
+                         os.path.join(root, "usr", "bin", "hookrouter"),
+                         os.path.join(root, "usr", "share", "man"))
 
 
 if __name__ == "__main__":
