@@ -3,7 +3,7 @@
 # Idempotent: packages already present are not touched, apt-get runs only if something is missing.
 set -eu
 PKGS="build-essential cmake pkg-config libuv1-dev liblua5.4-dev libcjson-dev node-llhttp libssl-dev openssl
-      python3 curl"
+      python3 curl dpkg-dev groff-base"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

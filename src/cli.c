@@ -17,6 +17,7 @@
 #include "hr/json.h"
 #include "hr/log.h"
 #include "hr/lua_budget.h"
+#include "hr/notify.h"
 #include "hr/router.h"
 #include "hr/rules.h"
 #include "hr/workers.h"
@@ -433,7 +434,31 @@ typedef struct {
     uv_signal_t sighup, sigterm, sigint;
     int signals_open;
     bool stopped;
+    bool reloading; /* RELOADING=1 sent, READY=1 owed */
+    unsigned nworkers;
 } runner_t;
+
+/* The service manager's STATUS= line for a serving process. */
+static void notify_serving(const char *head, uint64_t reloads, unsigned nworkers)
+{
+    hr_notifyf("%sSTATUS=serving (%u worker%s, %llu reload%s)", head, nworkers,
+               nworkers == 1 ? "" : "s", (unsigned long long)reloads, reloads == 1 ? "" : "s");
+}
+
+/* A reload ended (hr_router_on_reload / hr_workers_on_reload): READY=1 again if we said
+ * RELOADING=1, and a STATUS= line that says how it went. */
+static void on_reloaded(void *arg, bool ok, uint64_t reloads, const char *error)
+{
+    runner_t *run = arg;
+    const char *head = run->reloading ? "READY=1\n" : "";
+    run->reloading = false;
+    if (ok)
+        notify_serving(head, reloads, run->nworkers);
+    else
+        hr_notifyf("%sSTATUS=reload failed, still serving the previous config (%llu reload%s): "
+                   "%s",
+                   head, (unsigned long long)reloads, reloads == 1 ? "" : "s", error);
+}
 
 static void on_signal_closed(uv_handle_t *h)
 {
@@ -455,6 +480,10 @@ static void on_signal(uv_signal_t *h, int signum)
     runner_t *run = h->data;
     if (signum == SIGHUP) {
         hr_log_info("SIGHUP: reloading");
+        if (!run->reloading && !run->stopped)
+            hr_notifyf("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading",
+                       (unsigned long long)hr_notify_monotonic_usec());
+        run->reloading = !run->stopped;
         if (run->workers)
             hr_workers_request_reload(run->workers);
         else
@@ -467,6 +496,7 @@ static void on_signal(uv_signal_t *h, int signum)
     }
     run->stopped = true;
     hr_log_info("%s: shutting down", strsignal(signum));
+    hr_notify("STOPPING=1\nSTATUS=shutting down: draining");
     if (run->workers)
         hr_workers_stop(run->workers, on_router_stopped, run);
     else
@@ -516,6 +546,13 @@ int hr_cmd_run(const char *config)
         hr_workers_log_listening(run.workers);
     else
         hr_router_log_listening(run.router);
+    /* Every worker listens by now (hr_workers_start waits for each). */
+    run.nworkers = nworkers;
+    if (run.workers)
+        hr_workers_on_reload(run.workers, on_reloaded, &run);
+    else
+        hr_router_on_reload(run.router, on_reloaded, &run);
+    notify_serving("READY=1\n", 0, nworkers);
     free(listen);
     free(file);
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -57,7 +57,9 @@ struct hr_router {
     uint64_t loaded_ms; /* when the current rule set was loaded */
     uint64_t reloads;   /* successful reloads */
     uint64_t reload_failures;
-    char *last_reload_error; /* NULL after a success */
+    char *last_reload_error;       /* NULL after a success */
+    hr_router_reload_cb reload_cb; /* hr_router_on_reload, or NULL */
+    void *reload_arg;
     /* counters for /healthz */
     hr_router_counters_t own;  /* one worker: the counters */
     hr_router_counters_t *ctr; /* ours: &own, or our slot in the workers' array */
@@ -732,6 +734,7 @@ static void do_reload(uv_timer_t *t)
         hr_rfc3339(r->loaded_ms, loaded);
         hr_log_warn("reload: still serving the config and rules loaded at %s", loaded);
         hr_errors_free(&errs);
+        if (r->reload_cb) r->reload_cb(r->reload_arg, false, r->reloads, r->last_reload_error);
         return;
     }
     const hr_config_t *old = hr_ruleset_config(r->rs);
@@ -762,6 +765,13 @@ static void do_reload(uv_timer_t *t)
     hr_log_info("reloaded %s (reload #%llu): %zu endpoints, %zu store rules, default rule %s",
                 cfg->file, (unsigned long long)r->reloads, cfg->nendpoints,
                 hr_ruleset_store_count(rs), hr_ruleset_has_default(rs) ? "yes" : "no");
+    if (r->reload_cb) r->reload_cb(r->reload_arg, true, r->reloads, NULL);
+}
+
+void hr_router_on_reload(hr_router_t *r, hr_router_reload_cb cb, void *arg)
+{
+    r->reload_cb = cb;
+    r->reload_arg = arg;
 }
 
 int hr_router_port(const hr_router_t *r)

@@ -25,13 +25,20 @@ typedef struct {
     /* commands (main -> worker) */
     bool want_reload;
     bool want_stop;
-    bool cmd_open; /* cmd may be sent to (the worker started and has not taken a stop) */
+    bool cmd_open;         /* cmd may be sent to (the worker started and has not taken a stop) */
+    unsigned reload_asked; /* reloads asked of this worker (hr_workers_request_reload) */
     /* lifecycle (worker -> main) */
     bool started;  /* the start attempt is over (see ok) */
     bool ok;       /* the router runs */
     bool done;     /* the loop has ended: the thread can be joined */
     int port;      /* the bound port (when ok) */
     char err[256]; /* why it did not start */
+    /* reloads (worker -> main): the worker has done every reload asked when done == asked */
+    unsigned reload_taken; /* reload_asked when the worker last took a reload command */
+    unsigned reload_done;  /* reload_taken when its last reload ended */
+    bool reload_ok;        /* how that reload went, */
+    uint64_t reloads;      /* its count of successful reloads, */
+    char reload_err[256];  /* and why it failed ("" when ok) */
 } worker_t;
 
 struct hr_workers {
@@ -42,11 +49,16 @@ struct hr_workers {
     hr_handoff_t *handoff;          /* the workers' ports lead to delivery */
     hr_router_counters_t *counters; /* one per worker, for /healthz */
     worker_t *w;
-    unsigned n;            /* workers */
-    unsigned nthreads;     /* threads created (each ends with done) */
-    uv_mutex_t lock;       /* guards the shared fields of every worker_t */
-    uv_cond_t cond;        /* signalled when a worker's start attempt is over */
-    uv_async_t done_async; /* wakes the delivery loop: a worker's loop has ended */
+    unsigned n;                    /* workers */
+    unsigned nthreads;             /* threads created (each ends with done) */
+    uv_mutex_t lock;               /* guards the shared fields of every worker_t */
+    uv_cond_t cond;                /* signalled when a worker's start attempt is over */
+    uv_async_t done_async;         /* wakes the delivery loop: a worker's loop has ended */
+    uv_async_t reload_async;       /* wakes the delivery loop: a worker's reload has ended */
+    hr_router_reload_cb reload_cb; /* hr_workers_on_reload, or NULL */
+    void *reload_arg;
+    unsigned reload_rounds;   /* hr_workers_request_reload calls that reached a worker */
+    unsigned rounds_reported; /* reload_rounds when reload_cb last ran */
     bool stopping;
     bool failed; /* a start failed: shut down, and give no callback */
     void (*stop_cb)(void *arg);
@@ -70,6 +82,7 @@ static void on_cmd(uv_async_t *a)
     uv_mutex_lock(&w->ws->lock);
     bool reload = w->want_reload, stop = w->want_stop;
     w->want_reload = false;
+    if (reload) w->reload_taken = w->reload_asked;
     uv_mutex_unlock(&w->ws->lock);
     if (stop) {
         uv_close((uv_handle_t *)&w->cmd, NULL);
@@ -77,6 +90,19 @@ static void on_cmd(uv_async_t *a)
     } else if (reload) {
         hr_router_request_reload(w->router);
     }
+}
+
+/* The worker's router ended a reload (on the worker's thread): tell the delivery loop. */
+static void on_worker_reloaded(void *arg, bool ok, uint64_t reloads, const char *error)
+{
+    worker_t *w = arg;
+    uv_mutex_lock(&w->ws->lock);
+    w->reload_done = w->reload_taken;
+    w->reload_ok = ok;
+    w->reloads = reloads;
+    snprintf(w->reload_err, sizeof w->reload_err, "%s", error ? error : "");
+    uv_async_send(&w->ws->reload_async); /* under the lock, as done_async */
+    uv_mutex_unlock(&w->ws->lock);
 }
 
 /* Load config and rules, start the router and serve until it stops. */
@@ -103,6 +129,7 @@ static void worker_main(void *arg)
         if (w->router) {
             uv_async_init(&w->loop, &w->cmd, on_cmd);
             w->cmd.data = w;
+            hr_router_on_reload(w->router, on_worker_reloaded, w);
         }
     }
     hr_errors_free(&errs);
@@ -157,8 +184,9 @@ static void on_part_closed(void *arg)
 /* The outbox is drained (or there is none): close the delivery side. */
 static void close_delivery(hr_workers_t *ws)
 {
-    ws->closing = 2;
+    ws->closing = 3;
     uv_close((uv_handle_t *)&ws->done_async, on_handle_closed);
+    uv_close((uv_handle_t *)&ws->reload_async, on_handle_closed);
     if (ws->handoff) {
         ws->closing += 1;
         hr_handoff_close(ws->handoff, on_part_closed, ws);
@@ -221,9 +249,43 @@ void hr_workers_request_reload(hr_workers_t *ws)
         worker_t *w = &ws->w[i];
         if (!w->cmd_open) continue;
         w->want_reload = true;
+        w->reload_asked++;
         uv_async_send(&w->cmd);
     }
+    ws->reload_rounds++;
     uv_mutex_unlock(&ws->lock);
+}
+
+/* A worker's reload ended. Once every running worker has done every reload asked of it,
+ * report the round: ok if every worker's last reload was, else the first failure. */
+static void on_reload_async(uv_async_t *a)
+{
+    hr_workers_t *ws = a->data;
+    if (ws->stopping || !ws->reload_cb) return;
+    bool ok = true;
+    char err[256] = "";
+    uv_mutex_lock(&ws->lock);
+    for (unsigned i = 0; i < ws->nthreads; i++) {
+        const worker_t *w = &ws->w[i];
+        if (!w->cmd_open) continue;
+        if (w->reload_done != w->reload_asked) {
+            uv_mutex_unlock(&ws->lock);
+            return; /* a later wake-up reports */
+        }
+        if (ok && !w->reload_ok) snprintf(err, sizeof err, "%s", w->reload_err);
+        ok &= w->reload_ok;
+    }
+    uint64_t reloads = ws->w[0].reloads;
+    bool fresh = ws->rounds_reported != ws->reload_rounds;
+    ws->rounds_reported = ws->reload_rounds;
+    uv_mutex_unlock(&ws->lock);
+    if (fresh) ws->reload_cb(ws->reload_arg, ok, reloads, ok ? NULL : err);
+}
+
+void hr_workers_on_reload(hr_workers_t *ws, hr_router_reload_cb cb, void *arg)
+{
+    ws->reload_cb = cb;
+    ws->reload_arg = arg;
 }
 
 void hr_workers_stop(hr_workers_t *ws, void (*cb)(void *arg), void *arg)
@@ -275,6 +337,8 @@ hr_workers_t *hr_workers_start(uv_loop_t *loop, hr_ruleset_t *rs, unsigned n, ch
     if (uv_mutex_init(&ws->lock) != 0 || uv_cond_init(&ws->cond) != 0) abort();
     uv_async_init(loop, &ws->done_async, on_done);
     ws->done_async.data = ws;
+    uv_async_init(loop, &ws->reload_async, on_reload_async);
+    ws->reload_async.data = ws;
     ws->delivery = hr_delivery_open(loop, cfg, err, errlen);
     if (ws->delivery) {
         ws->handoff = hr_handoff_open(loop, ws->delivery);

@@ -61,6 +61,13 @@ void hr_router_log_listening(const hr_router_t *r);
 /* Ask for a reload of the config file and rules. Several requests before the reload runs
  * coalesce into one; a request during a reload causes exactly one more. */
 void hr_router_request_reload(hr_router_t *r);
+/* What a reload came to: ok or not, the number of successful reloads so far, and why it
+ * failed (NULL when ok; valid during the call only). */
+typedef void (*hr_router_reload_cb)(void *arg, bool ok, uint64_t reloads, const char *error);
+/* Have cb(arg, ...) run on the router's loop at the end of every reload, a requested one or
+ * one the router starts itself (rule state over its limit), once the new rules serve and the
+ * new delivery settings are handed to the delivery side (or the reload failed). */
+void hr_router_on_reload(hr_router_t *r, hr_router_reload_cb cb, void *arg);
 /* Stop accepting, finish requests in flight, drain the delivery side within the config's
  * grace period (hr_delivery_drain: a front worker's port hands the deadline to the delivery
  * loop, which drains when every worker has stopped), close everything and free the router;

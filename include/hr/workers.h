@@ -13,6 +13,7 @@
 
 #include <uv.h>
 
+#include "hr/router.h"
 #include "hr/rules.h"
 
 typedef struct hr_workers hr_workers_t;
@@ -30,6 +31,11 @@ void hr_workers_log_listening(const hr_workers_t *ws);
  * port (hr_delivery_reload), which applies its dead-letter path and target policies and
  * reopens its files. */
 void hr_workers_request_reload(hr_workers_t *ws);
+/* Have cb(arg, ...) run on the caller's loop when every running worker has ended every reload
+ * asked of it (one call for requests that coalesced): ok if every worker's reload was, else
+ * the first failure's error; reloads is worker 0's count. Reloads a worker starts on its own
+ * (rule state over its limit) are not reported. */
+void hr_workers_on_reload(hr_workers_t *ws, hr_router_reload_cb cb, void *arg);
 /* SIGTERM: every worker stops accepting and finishes its requests; then the threads are
  * joined, the outbox drains for what is left of shutdown_grace_ms (the latest deadline a
  * worker handed over), everything is closed and freed, and cb runs (on loop). */
