@@ -734,6 +734,12 @@ static void do_reload(uv_timer_t *t)
         hr_rfc3339(r->loaded_ms, loaded);
         hr_log_warn("reload: still serving the config and rules loaded at %s", loaded);
         hr_errors_free(&errs);
+        /* A SIGHUP also says "logrotate moved the files": reopen them all the same, with the
+         * settings in force, or lines would go on into a rotated file that logrotate may
+         * compress and delete. */
+        hr_files_reopen(r->files);
+        hr_ruleset_ref(r->rs);
+        hr_delivery_reload(r->delivery, hr_ruleset_config(r->rs), on_delivery_reloaded, r->rs);
         if (r->reload_cb) r->reload_cb(r->reload_arg, false, r->reloads, r->last_reload_error);
         return;
     }

@@ -256,6 +256,22 @@ class ReloadTest(HRTestCase):
                         "after logrotate + SIGHUP the new line did not go to a fresh var/audit.jsonl")
         self.assertEqual(len(read_jsonl(self.wd.p("var/audit.jsonl.1"))), 1)
 
+    def test_files_reopened_on_a_failed_reload(self):
+        # logrotate's SIGHUP while a broken rule is on disk: the reload fails, the old rules
+        # keep serving, and the files are reopened all the same (a line written into the
+        # rotated file could be lost when logrotate compresses and deletes it).
+        r = self.start()
+        self.assertEqual(self.send_and_get_v(r), "s1")
+        os.rename(self.wd.p("var/audit.jsonl"), self.wd.p("var/audit.jsonl.1"))
+        self.wd.rule("43", "return function(e\n")  # does not compile
+        r.hup()
+        self.assertTrue(r.wait_log(r"reload failed: ", 5), r.log_tail())
+        self.assertOk(r.post("/t", {"storeId": 42}))
+        self.assertTrue(wait_until(lambda: len(self.wd.jsonl("var/audit.jsonl")) == 1),
+                        "after logrotate + a failed reload the line did not go to a fresh file")
+        self.assertEqual(self.wd.jsonl("var/audit.jsonl")[0]["v"], "s1")
+        self.assertEqual(len(read_jsonl(self.wd.p("var/audit.jsonl.1"))), 1)
+
 
 if __name__ == "__main__":
     main()
