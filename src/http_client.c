@@ -15,7 +15,8 @@
  * (head and body, one allocation) are reference-counted between the request and the write in
  * flight, because a transparent retry sends them again and a closing connection may still
  * cancel a write after the request ended. The client is freed when every handle it made is
- * closed and no DNS lookup is outstanding. Nothing is process-wide.
+ * closed and no DNS lookup is outstanding. Nothing is process-wide but the default TLS
+ * context of https requests that bring none (hr_tls_client_default).
  *
  * TLS (https): a connection of a TLS pool carries an hr_tls_conn_t (hr/tls.h) between the
  * socket and the HTTP code. After connect it runs the handshake (inside the request's
@@ -210,7 +211,7 @@ struct hr_http_client {
     bool closing;                /* hr_http_client_close was called */
     void (*close_cb)(void *arg); /* run once everything is freed */
     void *close_arg;             /* for close_cb */
-    hr_tls_ctx_t *default_tls;   /* https without a context: system trust, made on first use */
+    hr_tls_ctx_t *default_tls;   /* https without a context: hr_tls_client_default, or NULL */
 };
 
 static void pool_dispatch(hr_http_pool_t *p);
@@ -1141,14 +1142,12 @@ hr_http_client_t *hr_http_client_open(uv_loop_t *loop, const hr_http_client_opts
     return c;
 }
 
-/* The context for https requests that bring none: the system trust store, verification on.
- * Made on first use; NULL with err if it cannot be. */
+/* The context for https requests that bring none: the process's default (system trust store,
+ * verification on), referenced on first use. A config with an https target built it as it
+ * loaded, so this costs the loop no trust store load; NULL with err if it cannot be built. */
 static hr_tls_ctx_t *client_default_tls(hr_http_client_t *c, char *err, size_t errlen)
 {
-    if (!c->default_tls) {
-        hr_tls_opts_t o = {.role = HR_TLS_CLIENT};
-        c->default_tls = hr_tls_ctx_new(&o, NULL, err, errlen);
-    }
+    if (!c->default_tls) c->default_tls = hr_tls_client_default(err, errlen);
     return c->default_tls;
 }
 
