@@ -619,6 +619,16 @@ static void load_target_tls(loader_t *ld, const char *key, hr_target_conf_t *t, 
                     ld->c->file, key, t->url);
 }
 
+/* An https target without a tls table is sent with the process's default client context
+ * (hr_tls_client_default): build it now, as the config loads, not on the loop at the first
+ * request. Once built it is shared, so a reload costs a reference. If it cannot be built, the
+ * request says why, as before. */
+static void prepare_default_tls(void)
+{
+    char err[256];
+    hr_tls_ctx_unref(hr_tls_client_default(err, sizeof err));
+}
+
 /* True if host is excluded by the NO_PROXY list: comma- or space-separated names (a name
  * covers its subdomains, a leading dot is optional), IP literals, or "*" for everything; a
  * ":port" after an entry is ignored. */
@@ -756,7 +766,10 @@ static void load_targets(loader_t *ld)
             lua_pop(L, 1);
             hr_url_free(&u);
             snprintf(key, sizeof key, "%s.tls", prefix);
-            if (lua_getfield(L, -1, "tls") != LUA_TNIL) load_target_tls(ld, key, t, https);
+            if (lua_getfield(L, -1, "tls") != LUA_TNIL)
+                load_target_tls(ld, key, t, https);
+            else if (https)
+                prepare_default_tls();
             lua_pop(L, 1);
             snprintf(key, sizeof key, "%s.headers", prefix);
             if (lua_getfield(L, -1, "headers") != LUA_TNIL)

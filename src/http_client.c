@@ -15,7 +15,8 @@
  * (head and body, one allocation) are reference-counted between the request and the write in
  * flight, because a transparent retry sends them again and a closing connection may still
  * cancel a write after the request ended. The client is freed when every handle it made is
- * closed and no DNS lookup is outstanding. Nothing is process-wide.
+ * closed and no DNS lookup is outstanding. Nothing is process-wide but the default TLS
+ * context of https requests that bring none (hr_tls_client_default).
  *
  * TLS (https): a connection of a TLS pool carries an hr_tls_conn_t (hr/tls.h) between the
  * socket and the HTTP code. After connect it runs the handshake (inside the request's
@@ -146,6 +147,7 @@ struct hr_http_conn {
     uv_write_t write_req;     /* the one write in flight */
     uv_timer_t idle_timer;    /* closes the connection after idle_timeout_ms */
     hr_http_bytes_t *writing; /* bytes of the write in flight (a reference), or NULL */
+    bool idle_after_write;    /* response delivered: pool it once writing's callback ran */
     hr_http_req_t *req;       /* request in progress, or NULL */
     unsigned nreqs;           /* requests started on this connection */
     bool got_bytes;           /* a response byte arrived for req */
@@ -210,7 +212,7 @@ struct hr_http_client {
     bool closing;                /* hr_http_client_close was called */
     void (*close_cb)(void *arg); /* run once everything is freed */
     void *close_arg;             /* for close_cb */
-    hr_tls_ctx_t *default_tls;   /* https without a context: system trust, made on first use */
+    hr_tls_ctx_t *default_tls;   /* https without a context: hr_tls_client_default, or NULL */
 };
 
 static void pool_dispatch(hr_http_pool_t *p);
@@ -417,12 +419,27 @@ static void conn_fail(hr_http_conn_t *conn, int err, const char *msg)
 
 /* Write callback: drops the write's reference to the bytes; a failed write fails the
  * request (or retries it, see conn_fail). */
+static void conn_idle(hr_http_conn_t *conn);
+
+/* The request's write ended (its bytes reached the kernel, or it failed): a connection whose
+ * response was delivered meanwhile goes to the pool now. */
+static void conn_write_done(hr_http_conn_t *conn, int status)
+{
+    bool pool = conn->idle_after_write;
+    conn->idle_after_write = false;
+    if (conn->state == CONN_CLOSING) return;
+    if (status < 0)
+        conn_fail(conn, status, NULL);
+    else if (pool)
+        conn_idle(conn);
+}
+
 static void on_write(uv_write_t *w, int status)
 {
     hr_http_conn_t *conn = w->data;
     bytes_unref(conn->writing);
     conn->writing = NULL;
-    if (status < 0 && conn->state != CONN_CLOSING) conn_fail(conn, status, NULL);
+    conn_write_done(conn, status);
 }
 
 /* ---- TLS ----------------------------------------------------------------------------- */
@@ -440,12 +457,14 @@ static void on_copy_write(uv_write_t *w, int status)
 {
     copy_write_t *tw = hr_container_of(w, copy_write_t, w);
     hr_http_conn_t *conn = tw->conn;
-    if (tw->bytes) {
-        if (conn->writing == tw->bytes) conn->writing = NULL;
-        bytes_unref(tw->bytes);
-    }
+    bool request = tw->bytes && conn->writing == tw->bytes;
+    if (request) conn->writing = NULL;
+    bytes_unref(tw->bytes);
     free(tw);
-    if (status < 0 && conn->state != CONN_CLOSING) conn_fail(conn, status, NULL);
+    if (request)
+        conn_write_done(conn, status);
+    else if (status < 0 && conn->state != CONN_CLOSING)
+        conn_fail(conn, status, NULL);
 }
 
 /* Send n bytes of data on conn as they are (a copy); bytes (may be NULL) is the request they
@@ -563,13 +582,25 @@ static void conn_start(hr_http_conn_t *conn, hr_http_req_t *r)
     if (conn->state != CONN_CONNECTING) conn_write(conn);
 }
 
+/* Put conn, whose request is done, in its pool's idle list. */
+static void conn_idle(hr_http_conn_t *conn)
+{
+    conn->state = CONN_IDLE;
+    dl_push_front(&conn->pool->idle, &conn->idle);
+    uv_timer_start(&conn->idle_timer, on_conn_idle_timeout, conn->c->opts.idle_timeout_ms, 0);
+    if (!dl_empty(&conn->pool->waitq)) pool_kick(conn->pool);
+}
+
 /* Hand the finished response to the request's callback, then pool or close the connection.
- * The connection is not reusable while a write is still in flight (the server answered
- * early), after "Connection: close" / HTTP/1.0, or when bytes followed the response. */
+ * The connection is not reusable while bytes of the request are still unsent (the server
+ * answered early), after "Connection: close" / HTTP/1.0, or when bytes followed the
+ * response. A write that is all sent but whose callback has not run yet (a fast server
+ * answers within the same loop iteration) only delays the pooling to that callback. */
 static void conn_deliver(hr_http_conn_t *conn, bool extra_bytes)
 {
     hr_http_req_t *r = conn->req;
-    bool keep = conn->keep_alive && !extra_bytes && !conn->writing;
+    bool unsent = conn->writing && uv_stream_get_write_queue_size((uv_stream_t *)&conn->tcp) > 0;
+    bool keep = conn->keep_alive && !extra_bytes && !unsent;
     if (conn->tls && !conn->session_saved) { /* the tickets have come by now */
         hr_tls_session_t *sess = hr_tls_conn_session(conn->tls);
         conn->session_saved = true;
@@ -602,10 +633,10 @@ static void conn_deliver(hr_http_conn_t *conn, bool extra_bytes)
         conn_close(conn);
         return;
     }
-    conn->state = CONN_IDLE;
-    dl_push_front(&conn->pool->idle, &conn->idle);
-    uv_timer_start(&conn->idle_timer, on_conn_idle_timeout, conn->c->opts.idle_timeout_ms, 0);
-    if (!dl_empty(&conn->pool->waitq)) pool_kick(conn->pool);
+    if (conn->writing)
+        conn->idle_after_write = true; /* conn_write_done pools it */
+    else
+        conn_idle(conn);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -1141,14 +1172,12 @@ hr_http_client_t *hr_http_client_open(uv_loop_t *loop, const hr_http_client_opts
     return c;
 }
 
-/* The context for https requests that bring none: the system trust store, verification on.
- * Made on first use; NULL with err if it cannot be. */
+/* The context for https requests that bring none: the process's default (system trust store,
+ * verification on), referenced on first use. A config with an https target built it as it
+ * loaded, so this costs the loop no trust store load; NULL with err if it cannot be built. */
 static hr_tls_ctx_t *client_default_tls(hr_http_client_t *c, char *err, size_t errlen)
 {
-    if (!c->default_tls) {
-        hr_tls_opts_t o = {.role = HR_TLS_CLIENT};
-        c->default_tls = hr_tls_ctx_new(&o, NULL, err, errlen);
-    }
+    if (!c->default_tls) c->default_tls = hr_tls_client_default(err, errlen);
     return c->default_tls;
 }
 

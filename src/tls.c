@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -180,6 +181,32 @@ static int load_trust(SSL_CTX *ssl, const char *file, char *err, size_t errlen)
     return 0;
 }
 
+/* The system trust store (OpenSSL's default paths; Debian's CA bundle costs ~236 M
+ * instructions and ~5 MiB to load), built once for the process and shared by every client
+ * context without a CA file. Lookups in an X509_STORE are locked by OpenSSL, so contexts on
+ * any thread can share it. A failure is not kept: the next context tries again. */
+static pthread_mutex_t sys_trust_lock = PTHREAD_MUTEX_INITIALIZER;
+static X509_STORE *sys_trust; /* the process's reference, never dropped */
+
+/* The system trust store, built on the first call (the caller takes no reference: a context
+ * takes its own with SSL_CTX_set1_cert_store). NULL with err if it cannot be built. */
+static X509_STORE *system_trust(char *err, size_t errlen)
+{
+    pthread_mutex_lock(&sys_trust_lock);
+    if (!sys_trust) {
+        X509_STORE *s = X509_STORE_new();
+        if (s && X509_STORE_set_default_paths(s) == 1) {
+            sys_trust = s;
+        } else {
+            file_error("system trust store", err, errlen);
+            X509_STORE_free(s);
+        }
+    }
+    X509_STORE *s = sys_trust;
+    pthread_mutex_unlock(&sys_trust_lock);
+    return s;
+}
+
 /* Fill the client side of ssl from o. Returns 0 or -1 (err, *field set). */
 static int setup_client(SSL_CTX *ssl, const hr_tls_opts_t *o, hr_tls_field_t *field, char *err,
                         size_t errlen)
@@ -187,9 +214,10 @@ static int setup_client(SSL_CTX *ssl, const hr_tls_opts_t *o, hr_tls_field_t *fi
     if (o->ca_file) {
         if (load_trust(ssl, o->ca_file, err, errlen) < 0)
             return fail_field(field, HR_TLS_FIELD_CA_FILE);
-    } else if (SSL_CTX_set_default_verify_paths(ssl) != 1) {
-        file_error("system trust store", err, errlen);
-        return fail_field(field, HR_TLS_FIELD_CA_FILE);
+    } else {
+        X509_STORE *store = system_trust(err, errlen);
+        if (!store) return fail_field(field, HR_TLS_FIELD_CA_FILE);
+        SSL_CTX_set1_cert_store(ssl, store); /* shared: the context takes a reference */
     }
     if (o->cert_file && load_own(ssl, o, field, err, errlen) < 0) return -1;
     if (!o->cert_file && o->key_file) {
@@ -285,6 +313,26 @@ hr_tls_role_t hr_tls_ctx_role(const hr_tls_ctx_t *ctx)
 bool hr_tls_ctx_verifies(const hr_tls_ctx_t *ctx)
 {
     return ctx->verify;
+}
+
+const void *hr_tls_ctx_trust_id(const hr_tls_ctx_t *ctx)
+{
+    return SSL_CTX_get_cert_store(ctx->ssl);
+}
+
+static pthread_mutex_t default_client_lock = PTHREAD_MUTEX_INITIALIZER;
+static hr_tls_ctx_t *default_client; /* the process's reference, never dropped */
+
+hr_tls_ctx_t *hr_tls_client_default(char *err, size_t errlen)
+{
+    pthread_mutex_lock(&default_client_lock);
+    if (!default_client) {
+        hr_tls_opts_t o = {.role = HR_TLS_CLIENT};
+        default_client = hr_tls_ctx_new(&o, NULL, err, errlen);
+    }
+    hr_tls_ctx_t *ctx = hr_tls_ctx_ref(default_client);
+    pthread_mutex_unlock(&default_client_lock);
+    return ctx;
 }
 
 /* Point the client connection at name: SNI for a host name, and the name or IP address its

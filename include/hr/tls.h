@@ -2,11 +2,11 @@
  * and key files, and connections over memory BIOs that never touch a socket, for the client
  * and the server alike.
  *
- * A context (hr_tls_ctx_t) is the configuration of one side: trust (the system store, or a CA
- * file), an own certificate and key, and for a server the CAs its clients must be signed by.
- * TLS 1.2 is the minimum. Contexts are refcounted: every connection holds a reference, so a
- * reload can build a new context and drop its reference to the old one while connections
- * made with it finish on it.
+ * A context (hr_tls_ctx_t) is the configuration of one side: trust (the system store, loaded
+ * once per process and shared, or a CA file), an own certificate and key, and for a server
+ * the CAs its clients must be signed by. TLS 1.2 is the minimum. Contexts are refcounted: every
+ * connection holds a reference, so a reload can build a new context and drop its reference to the
+ * old one while connections made with it finish on it.
  *
  * A connection (hr_tls_conn_t) is a state machine the caller drives: feed it the ciphertext
  * read from the socket (hr_tls_conn_feed), step the handshake, read and write plaintext, and
@@ -73,6 +73,14 @@ hr_tls_role_t hr_tls_ctx_role(const hr_tls_ctx_t *ctx);
 /* True if the context checks the peer: a client that verifies, a server that requires a
  * client certificate. */
 bool hr_tls_ctx_verifies(const hr_tls_ctx_t *ctx);
+/* Identifies the trust store ctx verifies peers against: equal for contexts that share one
+ * (every client context without a CA file shares the process's system trust store, loaded
+ * once), different otherwise. For tests; never dereference it. */
+const void *hr_tls_ctx_trust_id(const hr_tls_ctx_t *ctx);
+/* A new reference to the process's default client context: the system trust store,
+ * verification on, no own certificate. Built by the first call (any thread), then shared;
+ * NULL with a message in err if it cannot be built (the next call tries again). */
+hr_tls_ctx_t *hr_tls_client_default(char *err, size_t errlen);
 
 /* Results of the connection's steps. */
 typedef enum {

@@ -1,5 +1,7 @@
 /* Unit tests for src/http_client.c against the loopback peer (peer.h) answering canned
- * responses chosen by the request path. */
+ * responses chosen by the request path, and against one on a thread of its own (a server
+ * that answers faster than the client's loop turns). */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -324,6 +326,70 @@ static void test_many(void)
     close_client(c);
 }
 
+/* ---- A peer on a thread of its own: it answers while the client's loop is still busy ---- */
+
+static uv_loop_t fast_loop;
+static uv_async_t fast_stop;
+static peer_t *fast_peer;
+static int fast_accepts; /* read on the peer's thread before it stops */
+static int fast_done, fast_ok;
+
+static void answer_at_once(void *arg, peer_conn_t *pc, const peer_req_t *req)
+{
+    peer_sends(pc, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false);
+}
+
+static void on_fast_stop(uv_async_t *a)
+{
+    fast_accepts = peer_accepts(fast_peer);
+    peer_stop(fast_peer);
+    uv_close((uv_handle_t *)a, NULL);
+}
+
+static void *fast_peer_run(void *arg)
+{
+    uv_run(&fast_loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static void on_fast(void *arg, int err, const char *errmsg, const hr_http_response_t *res)
+{
+    fast_done++;
+    if (err == 0 && res->status == 200 && strcmp(res->body, "ok") == 0) fast_ok++;
+}
+
+/* A server on another CPU answers some requests of a batch before the loop ran their write
+ * callbacks (the client is still writing the rest of the batch): those connections are
+ * reused all the same, so rounds of 16 requests keep to the first 16 connections. */
+static void test_fast_server_reuse(void)
+{
+    uv_loop_init(&fast_loop);
+    fast_peer = peer_start(&fast_loop);
+    CHECK(fast_peer != NULL);
+    if (!fast_peer) return;
+    peer_set_handler(fast_peer, answer_at_once, NULL);
+    uv_async_init(&fast_loop, &fast_stop, on_fast_stop);
+    pthread_t t;
+    CHECK_INT_EQ(pthread_create(&t, NULL, fast_peer_run, NULL), 0);
+    hr_http_client_opts_t o = {.max_conns_per_host = 16};
+    hr_http_client_t *c = hr_http_client_open(loop, &o);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/x", peer_port(fast_peer));
+    hr_http_out_t out = {
+        .method = "POST", .url = url, .body = "x", .body_len = 1, .timeout_ms = 5000};
+    for (int round = 1; round <= 50; round++) {
+        for (int i = 0; i < 16; i++)
+            CHECK_INT_EQ(hr_http_client_send(c, &out, on_fast, NULL), 0);
+        run_until(&fast_done, round * 16);
+    }
+    CHECK_INT_EQ(fast_ok, 50 * 16);
+    close_client(c);
+    uv_async_send(&fast_stop);
+    pthread_join(t, NULL);
+    CHECK_INT_EQ(fast_accepts, 16);
+    CHECK_INT_EQ(uv_loop_close(&fast_loop), 0);
+}
+
 static void test_request_bytes(void)
 {
     hr_http_client_t *c = hr_http_client_open(loop, NULL);
@@ -398,6 +464,7 @@ int main(void)
     test_server_closes_idle();
     test_idle_timeout();
     test_many();
+    test_fast_server_reuse();
     test_request_bytes();
     test_too_big();
     peer_stop(srv);

@@ -2,7 +2,8 @@
  * memory, no sockets, with certificates made at test time by the openssl CLI
  * (tests/tls/gen-certs.sh): handshake, data both ways, close_notify, verification failures
  * (wrong CA, host name and IP mismatch) and their messages, server_name, verify off, client
- * certificates required, session resumption, and the context's file errors. */
+ * certificates required, session resumption, the shared system trust store, and the
+ * context's file errors. */
 #include "hr/tls.h"
 
 #include <stdlib.h>
@@ -307,6 +308,50 @@ static void expect_ctx_error(const hr_tls_opts_t *o, hr_tls_field_t want_field, 
     CHECK_STR_EQ(msg, want);
 }
 
+/* Client contexts without a CA file share the one system trust store, loaded once for the
+ * process; a CA file gives a context its own; the default client context is one for the
+ * process and verifies. */
+static void test_shared_system_trust(void)
+{
+    hr_tls_ctx_t *a = client_ctx(NULL, NULL, NULL), *b = client_ctx(NULL, NULL, NULL);
+    hr_tls_ctx_t *m = client_ctx(NULL, "client.pem", "client.key"); /* mTLS, system trust */
+    hr_tls_ctx_t *own = client_ctx("ca.pem", NULL, NULL);
+    CHECK(hr_tls_ctx_trust_id(a) != NULL);
+    CHECK(hr_tls_ctx_trust_id(a) == hr_tls_ctx_trust_id(b));
+    CHECK(hr_tls_ctx_trust_id(a) == hr_tls_ctx_trust_id(m));
+    CHECK(hr_tls_ctx_trust_id(own) != hr_tls_ctx_trust_id(a));
+    char err[256] = "";
+    hr_tls_ctx_t *d1 = hr_tls_client_default(err, sizeof err);
+    hr_tls_ctx_t *d2 = hr_tls_client_default(err, sizeof err);
+    CHECK(d1 != NULL);
+    CHECK(d1 == d2);
+    CHECK(hr_tls_ctx_verifies(d1));
+    CHECK_INT_EQ(hr_tls_ctx_role(d1), HR_TLS_CLIENT);
+    CHECK(hr_tls_ctx_trust_id(d1) == hr_tls_ctx_trust_id(a));
+    /* Dropping every context of the store keeps it for the next one. */
+    hr_tls_ctx_unref(a);
+    hr_tls_ctx_unref(b);
+    hr_tls_ctx_t *c = client_ctx(NULL, NULL, NULL);
+    CHECK(hr_tls_ctx_trust_id(c) == hr_tls_ctx_trust_id(d1));
+    /* The shared store still verifies as before: the test CA is not in it. */
+    hr_tls_ctx_t *srv = server_ctx(NULL);
+    hr_tls_conn_t *cc = hr_tls_conn_new(c, "localhost", err, sizeof err);
+    hr_tls_conn_t *sc = hr_tls_conn_new(srv, NULL, err, sizeof err);
+    CHECK(cc != NULL && sc != NULL);
+    hr_tls_status_t cs;
+    CHECK_INT_EQ(handshake(cc, sc, &cs, NULL), -1);
+    CHECK_INT_EQ(cs, HR_TLS_ERROR);
+    CHECK(strstr(hr_tls_conn_error(cc), "certificate verify failed") != NULL);
+    hr_tls_conn_free(cc);
+    hr_tls_conn_free(sc);
+    hr_tls_ctx_unref(srv);
+    hr_tls_ctx_unref(c);
+    hr_tls_ctx_unref(m);
+    hr_tls_ctx_unref(own);
+    hr_tls_ctx_unref(d1);
+    hr_tls_ctx_unref(d2);
+}
+
 static void test_ctx_errors(void)
 {
     char *ca = path("ca.pem"), *missing = path("missing.pem"), *cert = path("client.pem");
@@ -394,6 +439,7 @@ int main(void)
     test_verification();
     test_client_certificate();
     test_session_resumption();
+    test_shared_system_trust();
     test_ctx_errors();
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0) fprintf(stderr, "test_tls: could not remove %s\n", dir);
