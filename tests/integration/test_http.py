@@ -585,6 +585,7 @@ class HttpTest(HRTestCase):
                     fields = f.read().rsplit(")", 1)[1].split()
                 return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
             self.assertTrue(wait_until(lambda: "accept: too many open files" in r.log(), T(5)), r.log_tail())
+            t_first = time.monotonic()
             self.assertIn("out of file descriptors (RLIMIT_NOFILE)", r.log())
             # the connections past the descriptors were accepted and closed (the reserve fd)
             def closed_by_server():
@@ -601,7 +602,9 @@ class HttpTest(HRTestCase):
             time.sleep(0.5)
             used, spent = cpu() - c0, time.monotonic() - t0
             self.assertLess(used, spent * 0.5, "listener spins on EMFILE: %.2fs CPU in %.2fs" % (used, spent))
-            self.assertLessEqual(r.log().count("accept: too many open files"), 3, r.log_tail())
+            # at most one line a second while it lasts (a loaded machine makes this test slow)
+            allowed = int(time.monotonic() - t_first) + 2
+            self.assertLessEqual(r.log().count("accept: too many open files"), allowed, r.log_tail())
         finally:
             for c in conns:
                 c.close()
