@@ -527,6 +527,7 @@ int hr_outbox_push(hr_outbox_t *o, hr_action_t *list, void (*cb)(void *arg, int 
     o->st.accepted += n;
     int rc = ob_push_list(o, list, cb, arg, NULL);
     ob_compact_kick(o);
+    o->st.spool_full = rc == -ENOSPC;
     if (rc < 0) {
         o->st.refused++;
         uint64_t now = uv_now(o->loop);
@@ -772,6 +773,7 @@ void hr_outbox_set_targets(hr_outbox_t *o, const hr_outbox_target_t *t, size_t n
 void hr_outbox_stats(const hr_outbox_t *o, hr_outbox_stats_t *st)
 {
     *st = o->st;
+    if (st->pending == 0) st->spool_full = false; /* the next push finds the room */
     if (o->spool) hr_spool_stats(o->spool, &st->spool);
 }
 

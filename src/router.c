@@ -1,7 +1,8 @@
-/* The router: webhook pipeline, health endpoint, reload and shutdown for one event loop
- * (the only one, or one front worker's: see router.h). */
+/* The router: webhook pipeline, /healthz and /readyz, reload and shutdown for one event
+ * loop (the only one, or one front worker's: see router.h). */
 #include "hr/router.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -125,6 +126,74 @@ static void reply_error(hr_http_request_t *req, int status, const char *msg,
 
 /* ---------------------------------------------------------------- health */
 
+/* Append msg to out as the JSON string of one more reason (*n of them so far). */
+static void add_reason(hr_buf_t *out, size_t *n, const char *msg)
+{
+    if ((*n)++) hr_buf_appendc(out, ',');
+    hr_buf_append_json_string(out, msg, strlen(msg));
+}
+
+/* Append to out, as JSON strings separated by commas, why this process should get no new
+ * webhooks (the spool at max_spool_bytes, its disk failing, a worker's last reload failed)
+ * and, with circuits, which targets have their circuit open (tj: the targets JSON). The same
+ * answer from any worker: the outbox state comes from the delivery side, the reload state
+ * from every worker's counters. Returns how many reasons were appended. */
+static size_t health_reasons(const hr_router_t *r, const hr_outbox_stats_t *st, const char *tj,
+                             bool circuits, hr_buf_t *out)
+{
+    char msg[512];
+    size_t n = 0;
+    if (st->spool_full) {
+        snprintf(msg, sizeof msg,
+                 "spool full: %llu bytes of max_spool_bytes %llu, new webhooks get 503 until "
+                 "deliveries free space",
+                 (unsigned long long)st->spool.bytes,
+                 (unsigned long long)hr_ruleset_config(r->rs)->max_spool_bytes);
+        add_reason(out, &n, msg);
+    }
+    if (st->spool.failing) {
+        snprintf(msg, sizeof msg,
+                 "spool disk failing: the last write or sync failed (%llu errors so far)",
+                 (unsigned long long)st->spool.write_errors);
+        add_reason(out, &n, msg);
+    }
+    if (r->last_reload_error || SUM(r, reload_err)) {
+        if (r->last_reload_error)
+            snprintf(msg, sizeof msg, "last reload failed: %s", r->last_reload_error);
+        else
+            snprintf(msg, sizeof msg, "last reload failed: on another worker");
+        add_reason(out, &n, msg);
+    }
+    cJSON *targets = circuits ? cJSON_Parse(tj) : NULL;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, targets)
+    {
+        const char *c = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(t, "circuit"));
+        if (!c || strcmp(c, "open") != 0) continue;
+        snprintf(msg, sizeof msg, "circuit open: %s", t->string);
+        add_reason(out, &n, msg);
+    }
+    cJSON_Delete(targets);
+    return n;
+}
+
+/* Answer /readyz: 200 {"status":"ready"}, or 503 {"status":"not ready","reasons":[...]}. */
+static void reply_ready_with(hr_router_t *r, hr_http_request_t *req, const hr_outbox_stats_t *st,
+                             const char *tj)
+{
+    hr_buf_t b = HR_BUF_INIT;
+    hr_buf_appends(&b, "{\"status\":\"not ready\",\"reasons\":[");
+    size_t n = health_reasons(r, st, tj, false, &b);
+    if (r->stopping) add_reason(&b, &n, "stopping");
+    hr_buf_appends(&b, "]}");
+    if (n == 0) {
+        hr_buf_free(&b);
+        hr_buf_appends(&b, "{\"status\":\"ready\"}");
+    }
+    hr_http_reply(req, n ? 503 : 200, JSON_CT, 1, b.data, b.len);
+    hr_buf_free(&b);
+}
+
 /* Answer /healthz with the outbox's numbers st and targets JSON tj (an object). Event counters
  * are summed over the workers; reloads, loaded_at and connections are this worker's. */
 static void reply_health_with(hr_router_t *r, hr_http_request_t *req, const hr_outbox_stats_t *stp,
@@ -135,11 +204,17 @@ static void reply_health_with(hr_router_t *r, hr_http_request_t *req, const hr_o
     char loaded[32], started[32];
     hr_rfc3339(r->loaded_ms, loaded);
     hr_rfc3339(r->started_ms, started);
+    hr_buf_t reasons = HR_BUF_INIT;
+    size_t nreasons = health_reasons(r, &st, tj, true, &reasons);
     hr_buf_t b = HR_BUF_INIT;
     hr_buf_printf(&b,
-                  "{\"status\":\"%s\",\"version\":\"%s\",\"started_at\":\"%s\","
-                  "\"loaded_at\":\"%s\",\"config\":",
-                  r->stopping ? "stopping" : "ok", HR_VERSION, started, loaded);
+                  "{\"status\":\"%s\",\"reasons\":[%.*s],\"version\":\"%s\","
+                  "\"started_at\":\"%s\",\"loaded_at\":\"%s\",\"config\":",
+                  r->stopping ? "stopping"
+                  : nreasons  ? "degraded"
+                              : "ok",
+                  (int)reasons.len, reasons.data ? reasons.data : "", HR_VERSION, started, loaded);
+    hr_buf_free(&reasons);
     hr_buf_append_json_string(&b, cfg->file, strlen(cfg->file));
     hr_buf_printf(&b, ",\"reloads\":%llu,\"reload_failures\":%llu,\"last_reload_error\":",
                   (unsigned long long)r->reloads, (unsigned long long)r->reload_failures);
@@ -185,13 +260,23 @@ static void reply_health_with(hr_router_t *r, hr_http_request_t *req, const hr_o
 typedef struct {
     hr_router_t *r;
     hr_http_request_t *req;
+    bool ready; /* /readyz, not /healthz */
 } health_ctx_t;
 
 static void on_health_stats(void *arg, const hr_outbox_stats_t *st, const char *targets_json)
 {
     health_ctx_t *hc = arg;
-    reply_health_with(hc->r, hc->req, st, targets_json);
+    if (hc->ready)
+        reply_ready_with(hc->r, hc->req, st, targets_json);
+    else
+        reply_health_with(hc->r, hc->req, st, targets_json);
     free(hc);
+}
+
+/* /healthz or /readyz: answered to GET and HEAD with no token (see on_headers). */
+static bool is_health_path(const char *path)
+{
+    return strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0;
 }
 
 /* ---------------------------------------------------------------- pipeline */
@@ -263,11 +348,13 @@ static void on_headers(hr_http_request_t *req, void *arg)
 {
     hr_router_t *r = arg;
     const hr_config_t *cfg = hr_ruleset_config(r->rs);
-    if (strcmp(req->path, "/healthz") == 0) {
+    if (is_health_path(req->path)) {
         if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0) {
             /* GET and HEAD are answered in on_request: the numbers may come later */
             static const hr_header_t allow[] = {{"Allow", "GET, HEAD"}};
-            reply_error(req, 405, "method not allowed: use GET /healthz", allow, 1);
+            char msg[64];
+            snprintf(msg, sizeof msg, "method not allowed: use GET %s", req->path);
+            reply_error(req, 405, msg, allow, 1);
         }
         return;
     }
@@ -657,9 +744,9 @@ static void on_request(hr_http_request_t *req, void *arg)
 {
     hr_router_t *r = arg;
     hr_ruleset_t *rs = r->rs;
-    if (strcmp(req->path, "/healthz") == 0) { /* GET or HEAD: see on_headers */
+    if (is_health_path(req->path)) { /* GET or HEAD: see on_headers */
         health_ctx_t *hc = hr_xmalloc(sizeof *hc);
-        *hc = (health_ctx_t){r, req};
+        *hc = (health_ctx_t){r, req, strcmp(req->path, "/readyz") == 0};
         hr_delivery_stats(r->delivery, on_health_stats, hc);
         return;
     }
@@ -726,6 +813,7 @@ static void do_reload(uv_timer_t *t)
     hr_ruleset_t *rs = cfg ? hr_ruleset_load(cfg, &errs) : NULL;
     if (!rs) {
         r->reload_failures++;
+        atomic_store_explicit(&r->ctr->reload_err, 1, memory_order_relaxed);
         free(r->last_reload_error);
         r->last_reload_error = hr_xstrdup(errs.n ? errs.msgs[0] : "unknown error");
         for (size_t i = 0; i < errs.n; i++)
@@ -764,6 +852,7 @@ static void do_reload(uv_timer_t *t)
     r->loaded_ms = hr_wall_ms();
     free(r->last_reload_error);
     r->last_reload_error = NULL;
+    atomic_store_explicit(&r->ctr->reload_err, 0, memory_order_relaxed);
     hr_files_reopen(r->files); /* logrotate moved the files: start new ones */
     hr_files_set_modes(r->files, cfg->files, cfg->nfiles);
     hr_ruleset_ref(rs); /* cfg stays valid until the delivery side has applied it */

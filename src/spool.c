@@ -869,6 +869,7 @@ static void after_sync(uv_work_t *w, int status)
     int rc = status < 0 ? status : j->result;
     sp->job = NULL;
     sp->st.syncs++;
+    sp->st.failing = rc < 0;
     if (rc < 0) {
         sp->st.write_errors++;
         sp->broken = true; /* after a failed fsync the page cache is not to be trusted */
@@ -1070,6 +1071,7 @@ int hr_spool_append(hr_spool_t *sp, int type, const void *payload, size_t len, b
         int rc = rotate(sp);
         if (rc < 0) {
             sp->st.write_errors++;
+            sp->st.failing = true;
             return rc;
         }
         gc_now(sp); /* the old segment may hold nothing live any more */
@@ -1087,6 +1089,7 @@ int hr_spool_append(hr_spool_t *sp, int type, const void *payload, size_t len, b
         if (k <= 0) {
             int rc = k < 0 ? -errno : -EIO;
             sp->st.write_errors++;
+            sp->st.failing = true;
             if (ftruncate(cur->fd, (off_t)off) < 0) sp->broken = true;
             hr_log_error("spool: write to segment %u failed: %s", cur->seq, strerror(-rc));
             return rc;
@@ -1097,6 +1100,7 @@ int hr_spool_append(hr_spool_t *sp, int type, const void *payload, size_t len, b
     cur->size += rec;
     cur->dirty = true;
     sp->st.bytes += rec;
+    if (sp->opts.fsync == HR_FSYNC_NEVER) sp->st.failing = false; /* no sync will tell */
     if (type == HR_REC_ACTION || type == HR_REC_COPY) {
         cur->refs++;
         cur->actions++;

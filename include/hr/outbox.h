@@ -71,6 +71,8 @@ typedef struct {
     uint64_t recovered;   /* unfinished actions found in the spool at start */
     uint64_t replayed;    /* actions taken in from <spool>/incoming/ */
     uint64_t compactions; /* spool segments emptied by copying their few pending actions on */
+    bool spool_full;      /* the last push was refused with the spool at max_spool_bytes, and
+                             none has been taken since nor has the backlog emptied */
     hr_spool_stats_t spool;
 } hr_outbox_stats_t;
 

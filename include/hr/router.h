@@ -30,6 +30,7 @@ typedef struct {
     atomic_uint_least64_t fallbacks;    /* replies that were the fallback */
     atomic_uint_least64_t late_answers; /* request() answers after the deadline */
     atomic_uint_least64_t waiting;      /* rules waiting in request() now */
+    atomic_uint_least64_t reload_err;   /* 1 while this worker's last reload failed */
 } hr_router_counters_t;
 
 /* What a front worker needs besides its loop and rule set. */

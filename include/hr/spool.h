@@ -93,6 +93,7 @@ typedef struct {
     uint64_t empty_segments; /* zero-length segment files seen by the last scan */
     uint64_t deleted;        /* segments deleted since open */
     uint64_t write_errors;   /* appends or syncs that failed */
+    bool failing;            /* the last append or sync failed and none has succeeded since */
 } hr_spool_stats_t;
 
 /* Called for each valid record of a scan, in order. payload is valid during the call. */
