@@ -301,10 +301,18 @@ static int token_of(const hr_config_t *cfg, const hr_http_request_t *req)
     return which;
 }
 
-/* True if the request may go on: a valid token, or the config turned auth off. */
-static bool authorized(const hr_config_t *cfg, const hr_http_request_t *req)
+/* If req may not go on (no valid token, and the config did not turn auth off): answer 401,
+ * log why and return true. token is token_of(cfg, req). */
+static bool refused_unauthorized(hr_router_t *r, const hr_config_t *cfg, hr_http_request_t *req,
+                                 int token)
 {
-    return cfg->insecure_no_auth || token_of(cfg, req) > 0;
+    if (cfg->insecure_no_auth || token > 0) return false;
+    static const hr_header_t www[] = {{"WWW-Authenticate", "Bearer"}};
+    COUNT(r, rejected);
+    hr_log_warn("rejected status=401 path=%s peer=%s: %s bearer token", req->path, req->peer,
+                hr_http_header(req, "authorization") ? "wrong" : "missing");
+    reply_error(req, 401, "missing or invalid bearer token", www, 1);
+    return true;
 }
 
 /* An endpoint's verify: check the Standard Webhooks signature of req, whole (its body has
@@ -378,14 +386,7 @@ static void on_headers(hr_http_request_t *req, void *arg)
         signature_ok(r, req, ep->verify, false);
         return;
     }
-    if (!authorized(cfg, req)) {
-        static const hr_header_t www[] = {{"WWW-Authenticate", "Bearer"}};
-        COUNT(r, rejected);
-        hr_log_warn("rejected status=401 path=%s peer=%s: %s bearer token", req->path, req->peer,
-                    hr_http_header(req, "authorization") ? "wrong" : "missing");
-        reply_error(req, 401, "missing or invalid bearer token", www, 1);
-        return;
-    }
+    refused_unauthorized(r, cfg, req, token_of(cfg, req));
 }
 
 /* The outbox took the dead letter of a failed rule (status 0), or could not store it. */
@@ -759,12 +760,9 @@ static void on_request(hr_http_request_t *req, void *arg)
     /* The signature, before the body is decoded (the rule run decodes it). A reload since
      * on_headers may have given or taken the endpoint's verify: the token is asked again
      * where there is none (on_headers asked none if there was one). */
+    int token = token_of(hr_ruleset_config(rs), req); /* once: it is also the event's */
     if (ep->verify && !signature_ok(r, req, ep->verify, true)) return;
-    if (!ep->verify && !authorized(hr_ruleset_config(rs), req)) {
-        static const hr_header_t www[] = {{"WWW-Authenticate", "Bearer"}};
-        reply_error(req, 401, "missing or invalid bearer token", www, 1);
-        return;
-    }
+    if (!ep->verify && refused_unauthorized(r, hr_ruleset_config(rs), req, token)) return;
     event_run_t *e = hr_xcalloc(1, sizeof *e);
     e->r = r;
     e->req = req;
@@ -785,7 +783,7 @@ static void on_request(hr_http_request_t *req, void *arg)
                             .body_len = req->body_len,
                             .received_at = e->received_at,
                             .received_ms = now,
-                            .token = token_of(hr_ruleset_config(rs), req)};
+                            .token = token};
     if (hr_ruleset_start(rs, &e->ev, &e->res) == HR_STEP_SUSPENDED)
         event_send(e);
     else
