@@ -50,6 +50,16 @@ static hr_ruleset_t *load(char *errbuf, size_t errlen)
     return rs;
 }
 
+/* Load, or CHECK-fail with the errors printed and return NULL. */
+static inline hr_ruleset_t *must_load(void)
+{
+    char err[4096];
+    hr_ruleset_t *rs = load(err, sizeof err);
+    CHECK(rs != NULL);
+    if (!rs) fprintf(stderr, "  load failed:\n%s", err);
+    return rs;
+}
+
 /* A POST /hook event with body (kept by the caller) and one header, x-test: yes. */
 static hr_event_in_t test_event(const char *body)
 {

@@ -13,15 +13,6 @@ static const char *CONFIG = "return {\n"
                             "  limits = { rule_instructions = %s, rule_memory_bytes = %s },\n"
                             "}\n";
 
-static hr_ruleset_t *must_load(void)
-{
-    char err[4096];
-    hr_ruleset_t *rs = load(err, sizeof err);
-    CHECK(rs != NULL);
-    if (!rs) fprintf(stderr, "  load failed:\n%s", err);
-    return rs;
-}
-
 /* Load a default rule that forwards the string expr evaluates to, run it once and compare
  * the body with want (or, when want starts with "!", the rule's error contains the rest). */
 static void expect(const char *expr, const char *want)

@@ -22,16 +22,6 @@ static void config(const char *state_memory, const char *actions)
     write_file("hookrouter.lua", CONFIG, state_memory, actions);
 }
 
-/* Load, or print the errors and return NULL. */
-static hr_ruleset_t *must_load(void)
-{
-    char err[4096];
-    hr_ruleset_t *rs = load(err, sizeof err);
-    CHECK(rs != NULL);
-    if (!rs) fprintf(stderr, "  load failed:\n%s", err);
-    return rs;
-}
-
 /* Run body and check the rule failed with an error containing want. */
 static void expect_failure(hr_ruleset_t *rs, const char *body, const char *want)
 {
