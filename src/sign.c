@@ -136,18 +136,22 @@ static bool sets_header(const hr_sign_conf_t *c, const char *name)
 static void add_owned(hr_signed_headers_t *out, const char *name, char *value)
 {
     out->owned[out->nowned++] = value;
-    out->headers[out->nheaders++] = (hr_header_t){(char *)name, value};
+    out->made[out->nheaders++] = (hr_header_t){(char *)name, value};
 }
 
 void hr_sign_request(const hr_sign_conf_t *c, const char *id, uint64_t now_s, const hr_header_t *h,
                      size_t n, const char *body, size_t len, hr_signed_headers_t *out)
 {
     memset(out, 0, sizeof *out);
-    bool sign = c && c->scheme != HR_SIGN_NONE;
-    out->headers = hr_xcalloc(n + HR_ARRAY_SIZE(out->owned) + 1, sizeof *out->headers);
+    if (!c || c->scheme == HR_SIGN_NONE) { /* the usual case: send h as it is, no allocation */
+        out->headers = h;
+        out->nheaders = n;
+        return;
+    }
+    out->made = hr_xcalloc(n + HR_ARRAY_SIZE(out->owned) + 1, sizeof *out->made);
+    out->headers = out->made;
     for (size_t i = 0; i < n; i++)
-        if (!sign || !sets_header(c, h[i].name)) out->headers[out->nheaders++] = h[i];
-    if (!sign) return;
+        if (!sets_header(c, h[i].name)) out->made[out->nheaders++] = h[i];
     if (c->scheme == HR_SIGN_HMAC_SHA256) {
         add_owned(out, c->header, hmac_value(c, body ? body : "", len));
         return;
@@ -166,7 +170,7 @@ void hr_signed_headers_free(hr_signed_headers_t *out)
 {
     for (size_t i = 0; i < out->nowned; i++)
         free(out->owned[i]);
-    free(out->headers);
+    free(out->made);
     memset(out, 0, sizeof *out);
 }
 

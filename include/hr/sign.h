@@ -58,7 +58,8 @@ void hr_sign_conf_clear(hr_sign_conf_t *c);
 /* The headers of one signed request: the request's own (borrowed) without any of the names
  * the scheme sets, then the signature headers (owned). */
 typedef struct {
-    hr_header_t *headers; /* send these */
+    const hr_header_t *headers; /* send these (unsigned: the request's own array, no copy) */
+    hr_header_t *made;          /* the array made for a signed request, or NULL */
     size_t nheaders;
     char *owned[3]; /* the values made here */
     size_t nowned;
