@@ -22,8 +22,10 @@
 #include "hr/rules.h"
 #include "hr/workers.h"
 
-/* Load config and rules; print every error to stderr. NULL on failure. */
-static hr_ruleset_t *load_all(const char *config)
+/* Load config and rules; print every error to stderr. NULL on failure. run: the config's log
+ * settings apply as soon as it is read (lines from loading the rules follow them; with
+ * log.format = "json" so do the errors, one log line each). */
+static hr_ruleset_t *load_all(const char *config, bool run)
 {
     struct stat st;
     if (stat(config, &st) != 0) {
@@ -36,9 +38,15 @@ static hr_ruleset_t *load_all(const char *config)
     }
     hr_errors_t errs = {0};
     hr_config_t *cfg = hr_config_load(config, &errs);
+    if (cfg && run) hr_log_apply(cfg->log_level, cfg->log_format);
+    bool json = cfg && run && strcmp(cfg->log_format, "json") == 0;
     hr_ruleset_t *rs = cfg ? hr_ruleset_load(cfg, &errs) : NULL;
-    for (size_t i = 0; i < errs.n; i++)
-        fprintf(stderr, "%s\n", errs.msgs[i]);
+    for (size_t i = 0; i < errs.n; i++) {
+        if (json)
+            hr_log_kv(HR_LOG_ERROR, "cannot start", HR_KV_STR("error", errs.msgs[i]));
+        else
+            fprintf(stderr, "%s\n", errs.msgs[i]);
+    }
     hr_errors_free(&errs);
     return rs;
 }
@@ -47,7 +55,7 @@ static hr_ruleset_t *load_all(const char *config)
 
 int hr_cmd_check(const char *config)
 {
-    hr_ruleset_t *rs = load_all(config);
+    hr_ruleset_t *rs = load_all(config, false);
     if (!rs) return 1;
     const hr_config_t *cfg = hr_ruleset_config(rs);
     hr_errors_t warns = {0};
@@ -352,7 +360,7 @@ int hr_cmd_test(const char *config, const char *path, char **headers, size_t nhe
         stub_close(&stub);
         return 1;
     }
-    hr_ruleset_t *rs = load_all(config);
+    hr_ruleset_t *rs = load_all(config, false);
     if (!rs) {
         stub_close(&stub);
         return 1;
@@ -505,12 +513,12 @@ static void on_signal(uv_signal_t *h, int signum)
 
 int hr_cmd_run(const char *config)
 {
-    hr_ruleset_t *rs = load_all(config);
+    /* A log line must never stop the daemon: not a reader gone (SIGPIPE), not a full pipe. */
+    signal(SIGPIPE, SIG_IGN);
+    hr_log_never_block();
+    hr_ruleset_t *rs = load_all(config, true);
     if (!rs) return 1;
     const hr_config_t *cfg = hr_ruleset_config(rs);
-    hr_log_level_t level;
-    if (hr_log_level_parse(cfg->log_level, &level) == 0) hr_log_set_level(level);
-    signal(SIGPIPE, SIG_IGN);
 
     uv_loop_t loop;
     uv_loop_init(&loop);

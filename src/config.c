@@ -1030,10 +1030,10 @@ static void load_spool(loader_t *ld)
     default_schedule(c, &c->write_retry_ms, &c->nwrite_retry);
 }
 
-/* log (value on top): { level = ... }. [-0, +0, m] */
+/* log (value on top): { level = ..., format = ... }. [-0, +0, m] */
 static void load_log(loader_t *ld)
 {
-    static const char *const keys[] = {"level", NULL};
+    static const char *const keys[] = {"level", "format", NULL};
     if (!want_table(ld, "log")) return;
     check_keys(ld, "log", keys);
     if (lua_getfield(ld->L, -1, "level") != LUA_TNIL) {
@@ -1042,6 +1042,13 @@ static void load_log(loader_t *ld)
             strcmp(ld->c->log_level, "warn") && strcmp(ld->c->log_level, "error"))
             key_err(ld, "log.level", "expected debug, info, warn or error, got \"%s\"",
                     ld->c->log_level);
+    }
+    lua_pop(ld->L, 1);
+    hr_log_format_t format;
+    if (lua_getfield(ld->L, -1, "format") != LUA_TNIL) {
+        want_string(ld, "log.format", &ld->c->log_format);
+        if (hr_log_format_parse(ld->c->log_format, &format) < 0)
+            key_err(ld, "log.format", "expected text or json, got \"%s\"", ld->c->log_format);
     }
     lua_pop(ld->L, 1);
 }
@@ -1204,6 +1211,7 @@ static void set_defaults(hr_config_t *c)
     c->insecure_no_auth = HR_DEF_INSECURE_NO_AUTH;
     c->store_key = hr_xstrdup(HR_DEF_STORE_KEY);
     c->log_level = hr_xstrdup(HR_DEF_LOG_LEVEL);
+    c->log_format = hr_xstrdup(HR_DEF_LOG_FORMAT);
     c->limits.body_bytes = HR_DEF_BODY_BYTES;
     c->limits.header_bytes = HR_DEF_HEADER_BYTES;
     c->limits.rule_instructions = HR_DEF_RULE_INSTRUCTIONS;
@@ -1381,6 +1389,7 @@ void hr_config_free(hr_config_t *c)
     free(c->dead_letters);
     free(c->spool_dir);
     free(c->log_level);
+    free(c->log_format);
     free(c);
 }
 

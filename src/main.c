@@ -1,5 +1,6 @@
 /* hookrouter: receive AiFi webhooks, run per-store Lua rules, deliver to legacy endpoints.
- * main() only parses the command line; the commands live in cli.c. */
+ * main() only parses the command line (once stdio descriptors are sure to be open); the
+ * commands live in cli.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,6 +8,7 @@
 #include "hr/cli.h"
 #include "hr/cli_spool.h"
 #include "hr/common.h"
+#include "hr/log.h"
 
 static void usage(FILE *out)
 {
@@ -35,6 +37,7 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
+    hr_log_reserve_stdio(); /* before anything opens a file that could become stderr */
     const char *cmd = "run";
     int i = 1;
     if (i < argc && argv[i][0] != '-') cmd = argv[i++];

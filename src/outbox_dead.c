@@ -94,10 +94,11 @@ static void dead_later(ob_item_t *it, const char *reason, const char *err)
     hr_outbox_t *o = it->o;
     uint64_t now = uv_now(o->loop);
     if (!o->last_dl_log || now - o->last_dl_log >= 1000) {
-        hr_log_error("dead-letter file: %s; id=%s reason=%s stays in the spool, trying again in "
-                     "%u ms (%u such lines left out)",
-                     err, it->a && it->a->event_id[0] ? it->a->event_id : "-", reason,
-                     (unsigned)DL_RETRY_MS, (unsigned)o->dl_suppressed);
+        hr_log_kv(HR_LOG_ERROR, "dead letter stays in the spool: the dead-letter file failed",
+                  HR_KV_STR("id", it->a && it->a->event_id[0] ? it->a->event_id : NULL),
+                  HR_KV_STR("error", err), HR_KV_STR("reason", reason),
+                  HR_KV_UINT("retry_in_ms", DL_RETRY_MS),
+                  HR_KV_UINT("lines_left_out", o->dl_suppressed));
         o->last_dl_log = now;
         o->dl_suppressed = 0;
     } else {
@@ -119,17 +120,14 @@ void ob_dead_item(ob_item_t *it, const char *reason)
     if (ob_item_load(it) == 0) {
         hr_action_t *a = it->a;
         a->attempts = it->attempts;
-        char what[sizeof it->a->last_error + 8];
-        if (a->last_status > 0)
-            snprintf(what, sizeof what, "status=%d", a->last_status);
-        else
-            snprintf(what, sizeof what, "error=%s", a->last_error[0] ? a->last_error : "none");
-        if (a->kind == HR_ACTION_WRITE)
-            hr_log_error("dead-letter id=%s file=%s error=%s attempts=%u reason=%s", a->event_id,
-                         a->name ? a->name : "-", a->last_error, (unsigned)a->attempts, reason);
-        else
-            hr_log_error("dead-letter id=%s target=%s %s attempts=%u reason=%s", a->event_id,
-                         a->name ? a->name : "-", what, (unsigned)a->attempts, reason);
+        bool write = a->kind == HR_ACTION_WRITE;
+        hr_log_kv(HR_LOG_ERROR, "dead-letter", HR_KV_STR("id", a->event_id),
+                  HR_KV_STR("type", a->event_type), HR_KV_STR("store", a->store),
+                  HR_KV_STR(write ? "file" : "target", a->name),
+                  !write && a->last_status > 0
+                      ? HR_KV_INT("status", a->last_status)
+                      : HR_KV_STR("error", a->last_error[0] || write ? a->last_error : "none"),
+                  HR_KV_UINT("attempts", a->attempts), HR_KV_STR("reason", reason));
         ob_attempt_log_t lg;
         ob_read_attempt_log(it, &lg);
         hr_buf_reset(&o->line);
@@ -138,15 +136,17 @@ void ob_dead_item(ob_item_t *it, const char *reason)
         free(lg.err);
         char err[256];
         if (!o->dead_letters) {
-            hr_log_error("dead-letter file not configured; lost line: %s", o->line.data);
+            hr_log_kv(HR_LOG_ERROR, "dead-letter file not configured: the dead letter is only here",
+                      HR_KV_STR("id", a->event_id), HR_KV_STR("dead_letter", o->line.data));
         } else if (hr_files_append(o->files, o->dead_letters, o->line.data, o->line.len, err,
                                    sizeof err) < 0) {
             dead_later(it, reason, err);
             return;
         }
     } else {
-        hr_log_error("dead-letter id=%llu: the spool record is unreadable; reason=%s",
-                     (unsigned long long)it->id, reason);
+        hr_log_kv(HR_LOG_ERROR, "dead-letter", HR_KV_UINT("spool_id", it->id),
+                  HR_KV_STR("error", "the spool record is unreadable"),
+                  HR_KV_STR("reason", reason));
     }
     o->st.dead++;
     ob_item_release(it, true);

@@ -37,7 +37,8 @@ static uint64_t ms_since(uint64_t wall_ms)
 static void circuit_success(ob_target_t *t)
 {
     if (hr_circuit_success(&t->circuit) == HR_CIRCUIT_CLOSED_NOW)
-        hr_log_info("circuit closed target=%s: the probe succeeded, delivering again", t->name);
+        hr_log_kv(HR_LOG_INFO, "circuit closed", HR_KV_STR("target", t->name),
+                  HR_KV_STR("reason", "the probe succeeded, delivering again"));
 }
 
 /* A retriable failure (transport error, 408, 429, 5xx). */
@@ -45,14 +46,14 @@ static void circuit_failure(ob_target_t *t)
 {
     switch (hr_circuit_failure(&t->circuit, &t->pol, uv_now(t->o->loop))) {
     case HR_CIRCUIT_REOPENED:
-        hr_log_warn("circuit open target=%s: the probe failed; next probe in %llu ms", t->name,
-                    (unsigned long long)t->pol.circuit_probe_ms);
+        hr_log_kv(HR_LOG_WARN, "circuit open", HR_KV_STR("target", t->name),
+                  HR_KV_STR("reason", "the probe failed"),
+                  HR_KV_UINT("probe_in_ms", t->pol.circuit_probe_ms));
         break;
     case HR_CIRCUIT_OPENED:
-        hr_log_warn("circuit open target=%s after %u consecutive failures: paused, probing "
-                    "every %llu ms",
-                    t->name, (unsigned)t->circuit.fails,
-                    (unsigned long long)t->pol.circuit_probe_ms);
+        hr_log_kv(HR_LOG_WARN, "circuit open", HR_KV_STR("target", t->name),
+                  HR_KV_UINT("failures", t->circuit.fails),
+                  HR_KV_UINT("probe_every_ms", t->pol.circuit_probe_ms));
         break;
     case HR_CIRCUIT_SAME:
     case HR_CIRCUIT_CLOSED_NOW: break;
@@ -92,10 +93,10 @@ static hr_target_attempt_t attempt_of(const ob_item_t *it, bool retriable, const
 
 /* After an attempt of it (loaded) that did not deliver, a forward or a write: policy p
  * decides. Dead: its last STATE and the dead letter. Retry: the STATE with the next due
- * time, the "retry" line and the heap. error: the attempt's error for the STATE record;
- * what: "status=503" or "error=..." for the line. */
+ * time, the "retry" line and the heap. error: the attempt's error for the STATE record (and
+ * the line, when the attempt got no HTTP status). */
 static void retry_or_dead(ob_item_t *it, const hr_target_policy_t *p, const hr_target_attempt_t *at,
-                          const char *error, const char *what)
+                          const char *error)
 {
     hr_outbox_t *o = it->o;
     hr_action_t *a = it->a;
@@ -109,10 +110,13 @@ static void retry_or_dead(ob_item_t *it, const hr_target_policy_t *p, const hr_t
     it->due = now + next.wait_ms;
     it->due_wall = wall + next.wait_ms;
     record_state(it, error, it->due_wall);
-    hr_log_warn("retry id=%s %s=%s %s attempt=%u/%u in_ms=%llu", a->event_id,
-                it->kind == HR_ACTION_WRITE ? "file" : "target", a->name ? a->name : "-", what,
-                (unsigned)it->attempts, (unsigned)it->max_attempts,
-                (unsigned long long)next.wait_ms);
+    hr_log_kv(HR_LOG_WARN, "retry", HR_KV_STR("id", a->event_id), HR_KV_STR("type", a->event_type),
+              HR_KV_STR("store", a->store),
+              HR_KV_STR(it->kind == HR_ACTION_WRITE ? "file" : "target", a->name),
+              it->last_status > 0 ? HR_KV_INT("status", it->last_status)
+                                  : HR_KV_STR("error", error),
+              HR_KV_UINT("attempts", it->attempts), HR_KV_UINT("max_attempts", it->max_attempts),
+              HR_KV_UINT("in_ms", next.wait_ms));
     o->st.retried++;
     if (next.wait_ms > KEEP_LOADED_MS) ob_item_unload(it);
     ob_heap_push(o, it);
@@ -150,19 +154,14 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
     }
     it->last_status = a->last_status;
     a->attempts = it->attempts;
-    char what[sizeof a->last_error + 8];
-    if (err == 0)
-        snprintf(what, sizeof what, "status=%d", res->status);
-    else
-        snprintf(what, sizeof what, "error=%s", a->last_error);
 
     if (err == 0 && res->status >= 200 && res->status < 300) {
         circuit_success(t);
-        hr_log_info("delivered id=%s type=%s store=%s action=forward target=%s status=%d "
-                    "attempts=%u ms=%llu",
-                    a->event_id, a->event_type ? a->event_type : "-", a->store ? a->store : "-",
-                    a->name ? a->name : "-", res->status, (unsigned)it->attempts,
-                    (unsigned long long)ms_since(a->accepted_ms));
+        hr_log_kv(HR_LOG_INFO, "delivered", HR_KV_STR("id", a->event_id),
+                  HR_KV_STR("type", a->event_type), HR_KV_STR("store", a->store),
+                  HR_KV_STR("action", "forward"), HR_KV_STR("target", a->name),
+                  HR_KV_INT("status", res->status), HR_KV_UINT("attempts", it->attempts),
+                  HR_KV_UINT("ms", ms_since(a->accepted_ms)));
         o->st.delivered++;
         ob_item_release(it, true);
         ob_pump(t);
@@ -180,7 +179,7 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
         circuit_failure(t);
     else
         circuit_success(t); /* the target answered: it is up */
-    retry_or_dead(it, &t->pol, &at, a->last_error, what);
+    retry_or_dead(it, &t->pol, &at, a->last_error);
     ob_pump(t);
     ob_maybe_drained(o);
 }
@@ -240,7 +239,9 @@ void ob_pump(ob_target_t *t)
         switch (hr_circuit_gate(&t->circuit, now, &wait)) {
         case HR_GATE_BUSY: return; /* the probe is out */
         case HR_GATE_WAIT: uv_timer_start(&t->timer, on_target_timer, wait, 0); return;
-        case HR_GATE_PROBE: hr_log_info("circuit half-open target=%s: sending one probe", t->name);
+        case HR_GATE_PROBE:
+            hr_log_kv(HR_LOG_INFO, "circuit half-open", HR_KV_STR("target", t->name),
+                      HR_KV_STR("reason", "sending one probe"));
         /* fall through */
         case HR_GATE_PASS: break;
         }
@@ -311,15 +312,14 @@ void ob_deliver_write(ob_item_t *it)
                              sizeof err);
     if (rc < 0) {
         set_last_error(a, err);
-        char what[sizeof err + 8];
-        snprintf(what, sizeof what, "error=%s", err);
         hr_target_attempt_t at = attempt_of(it, hr_target_write_retriable(rc), "write failed");
-        retry_or_dead(it, &o->writes, &at, err, what);
+        retry_or_dead(it, &o->writes, &at, err);
         return;
     }
-    hr_log_info("delivered id=%s type=%s store=%s action=write file=%s ms=%llu", a->event_id,
-                a->event_type ? a->event_type : "-", a->store ? a->store : "-",
-                a->name ? a->name : "-", (unsigned long long)ms_since(a->accepted_ms));
+    hr_log_kv(HR_LOG_INFO, "delivered", HR_KV_STR("id", a->event_id),
+              HR_KV_STR("type", a->event_type), HR_KV_STR("store", a->store),
+              HR_KV_STR("action", "write"), HR_KV_STR("file", a->name),
+              HR_KV_UINT("attempts", it->attempts), HR_KV_UINT("ms", ms_since(a->accepted_ms)));
     o->st.delivered++;
     ob_item_release(it, true);
 }

@@ -309,8 +309,10 @@ static bool refused_unauthorized(hr_router_t *r, const hr_config_t *cfg, hr_http
     if (cfg->insecure_no_auth || token > 0) return false;
     static const hr_header_t www[] = {{"WWW-Authenticate", "Bearer"}};
     COUNT(r, rejected);
-    hr_log_warn("rejected status=401 path=%s peer=%s: %s bearer token", req->path, req->peer,
-                hr_http_header(req, "authorization") ? "wrong" : "missing");
+    hr_log_kv(HR_LOG_WARN, "rejected", HR_KV_INT("status", 401), HR_KV_STR("path", req->path),
+              HR_KV_STR("peer", req->peer),
+              HR_KV_STR("reason", hr_http_header(req, "authorization") ? "wrong bearer token"
+                                                                       : "missing bearer token"));
     reply_error(req, 401, "missing or invalid bearer token", www, 1);
     return true;
 }
@@ -345,8 +347,10 @@ static bool signature_ok(hr_router_t *r, hr_http_request_t *req, const hr_sign_c
         break;
     }
     COUNT(r, rejected);
-    hr_log_info("rejected status=401 path=%s peer=%s: %s webhook signature", req->path, req->peer,
-                hr_verify_name(v));
+    char why[64];
+    snprintf(why, sizeof why, "%s webhook signature", hr_verify_name(v));
+    hr_log_kv(HR_LOG_INFO, "rejected", HR_KV_INT("status", 401), HR_KV_STR("path", req->path),
+              HR_KV_STR("peer", req->peer), HR_KV_STR("reason", why));
     reply_error(req, 401, msg, NULL, 0);
     return false;
 }
@@ -369,16 +373,17 @@ static void on_headers(hr_http_request_t *req, void *arg)
     const hr_endpoint_conf_t *ep = hr_config_endpoint(cfg, req->path);
     if (!ep) {
         COUNT(r, rejected);
-        hr_log_info("rejected status=404 path=%s peer=%s: no endpoint for this path", req->path,
-                    req->peer);
+        hr_log_kv(HR_LOG_INFO, "rejected", HR_KV_INT("status", 404), HR_KV_STR("path", req->path),
+                  HR_KV_STR("peer", req->peer), HR_KV_STR("reason", "no endpoint for this path"));
         reply_error(req, 404, "no webhook endpoint at this path", NULL, 0);
         return;
     }
     if (strcmp(req->method, "POST") != 0) {
         static const hr_header_t allow[] = {{"Allow", "POST"}};
         COUNT(r, rejected);
-        hr_log_info("rejected status=405 method=%s path=%s peer=%s", req->method, req->path,
-                    req->peer);
+        hr_log_kv(HR_LOG_INFO, "rejected", HR_KV_INT("status", 405),
+                  HR_KV_STR("method", req->method), HR_KV_STR("path", req->path),
+                  HR_KV_STR("peer", req->peer));
         reply_error(req, 405, "method not allowed: webhooks are POSTed", allow, 1);
         return;
     }
@@ -394,8 +399,8 @@ static void on_dead_letter_pushed(void *arg, int status)
 {
     char *line = arg;
     if (status < 0)
-        hr_log_error("cannot store the dead letter of a failed rule (%s); the event follows: %s",
-                     strerror(-status), line);
+        hr_log_kv(HR_LOG_ERROR, "cannot store the dead letter of a failed rule: it is only here",
+                  HR_KV_STR("error", strerror(-status)), HR_KV_STR("dead_letter", line));
     free(line);
 }
 
@@ -414,8 +419,9 @@ static void dead_letter_event(hr_router_t *r, const hr_event_in_t *ev, const hr_
         hr_buf_free(&line);
         return;
     }
-    hr_log_warn("cannot write dead letter to %s (%s): keeping it in the spool to retry",
-                cfg->dead_letters, err);
+    hr_log_kv(HR_LOG_WARN, "cannot write the dead letter: keeping it in the spool to retry",
+              HR_KV_STR("id", ev->id), HR_KV_STR("file", cfg->dead_letters),
+              HR_KV_STR("error", err));
     hr_action_t *a = hr_action_new(HR_ACTION_WRITE);
     memcpy(a->event_id, ev->id, HR_ID_LEN);
     a->event_type = hr_xstrdup(ev->type);
@@ -493,8 +499,9 @@ static void on_pushed(void *arg, int status)
         COUNT(pc->r, refused);
         const char *why = status == -ENOSPC ? "spool full: the event was not stored, retry later"
                                             : "cannot store the event: retry later";
-        hr_log_error("rejected status=503 id=%s path=%s peer=%s: %s (%s)", pc->id, pc->req->path,
-                     pc->req->peer, why, strerror(-status));
+        hr_log_kv(HR_LOG_ERROR, "rejected", HR_KV_INT("status", 503), HR_KV_STR("id", pc->id),
+                  HR_KV_STR("path", pc->req->path), HR_KV_STR("peer", pc->req->peer),
+                  HR_KV_STR("reason", why), HR_KV_STR("error", strerror(-status)));
         reply_error(pc->req, 503, why, NULL, 0);
     } else if (pc->reply) {
         reply_with(pc->req, pc->reply);
@@ -525,15 +532,17 @@ static void event_complete(event_run_t *e, int fail_status)
     switch (res->status) {
     case HR_RUN_BAD_JSON:
         COUNT(r, rejected);
-        hr_log_warn("rejected status=400 type=%s path=%s peer=%s: %s", ep->event, req->path,
-                    req->peer, res->error);
+        hr_log_kv(HR_LOG_WARN, "rejected", HR_KV_INT("status", 400), HR_KV_STR("type", ep->event),
+                  HR_KV_STR("path", req->path), HR_KV_STR("peer", req->peer),
+                  HR_KV_STR("error", res->error));
         reply_error(req, 400, res->error, NULL, 0);
         break;
     case HR_RUN_RULE_FAILED:
         COUNT(r, failed);
-        hr_log_error("rule failed id=%s type=%s store=%s rule=%s ms=%.2f reply=%s: %s", id,
-                     ep->event, res->store ? res->store : "-", res->rule ? res->rule : "-", ms,
-                     ep->fallback ? "fallback" : "error", res->error);
+        hr_log_kv(HR_LOG_ERROR, "rule failed", HR_KV_STR("id", id), HR_KV_STR("type", ep->event),
+                  HR_KV_STR("store", res->store), HR_KV_STR("rule", res->rule), HR_KV_MS("ms", ms),
+                  HR_KV_STR("reply", ep->fallback ? "fallback" : "error"),
+                  HR_KV_STR("error", res->error));
         dead_letter_event(r, &e->ev, res);
         if (ep->fallback) {
             COUNT(r, fallbacks);
@@ -553,11 +562,11 @@ static void event_complete(event_run_t *e, int fail_status)
             char key[300];
             snprintf(key, sizeof key, "no-respond:%s", res->rule ? res->rule : "-");
             if (hr_ruleset_first_time(e->rs, key))
-                hr_log_warn("rule %s returned without respond() for %s (type=%s store=%s): "
-                            "answering with the endpoint's fallback (logged once per rule "
-                            "until the next reload)",
-                            res->rule ? res->rule : "(none)", ep->path, ep->event,
-                            res->store ? res->store : "-");
+                hr_log_kv(HR_LOG_WARN,
+                          "rule returned without respond(): answering with the endpoint's "
+                          "fallback (logged once per rule until the next reload)",
+                          HR_KV_STR("rule", res->rule), HR_KV_STR("path", ep->path),
+                          HR_KV_STR("type", ep->event), HR_KV_STR("store", res->store));
             COUNT(r, fallbacks);
             res->reply = hr_reply_dup(ep->fallback);
         }
@@ -567,14 +576,20 @@ static void event_complete(event_run_t *e, int fail_status)
                 hr_buf_printf(&acts, "%s%s:%s", acts.len ? "," : "",
                               a->kind == HR_ACTION_FORWARD ? "forward" : "write", a->name);
             if (res->dropped) hr_buf_printf(&acts, "%sdrop", acts.len ? "," : "");
-            char extra[64] = "";
-            if (res->requests || res->reply)
-                snprintf(extra, sizeof extra, " requests=%u reply=%d", res->requests,
-                         res->reply ? res->reply->status : 200);
-            hr_log_info("event id=%s type=%s store=%s rule=%s actions=%s%s ms=%.2f%s%s%s", id,
-                        ep->event, res->store ? res->store : "-", res->rule ? res->rule : "-",
-                        acts.len ? acts.data : "none", extra, ms, res->dropped ? " reason=\"" : "",
-                        res->dropped ? res->drop_reason : "", res->dropped ? "\"" : "");
+            hr_log_field_t f[9];
+            size_t nf = 0;
+            f[nf++] = HR_KV_STR("id", id);
+            f[nf++] = HR_KV_STR("type", ep->event);
+            f[nf++] = HR_KV_STR("store", res->store);
+            f[nf++] = HR_KV_STR("rule", res->rule);
+            f[nf++] = HR_KV_STR("actions", acts.len ? acts.data : "none");
+            if (res->requests || res->reply) {
+                f[nf++] = HR_KV_UINT("requests", res->requests);
+                f[nf++] = HR_KV_INT("reply", res->reply ? res->reply->status : 200);
+            }
+            f[nf++] = HR_KV_MS("ms", ms);
+            if (res->dropped) f[nf++] = HR_KV_STR("reason", res->drop_reason);
+            hr_log_fields(HR_LOG_INFO, "event", f, nf);
             hr_buf_free(&acts);
         }
         COUNT(r, accepted);
@@ -651,14 +666,10 @@ static void on_event_answer(void *arg, int err, const char *errmsg, const hr_htt
     if (e->abandoned) {
         if (err != UV_ECANCELED) {
             COUNT(r, late_answers);
-            if (err)
-                hr_log_warn("late answer dropped id=%s target=%s error=\"%s\" ms=%.2f: the "
-                            "reply deadline had passed",
-                            e->id, e->target, errmsg, ms);
-            else
-                hr_log_warn("late answer dropped id=%s target=%s status=%d ms=%.2f: the reply "
-                            "deadline had passed",
-                            e->id, e->target, res->status, ms);
+            hr_log_kv(HR_LOG_WARN, "late answer dropped", HR_KV_STR("id", e->id),
+                      HR_KV_STR("target", e->target),
+                      err ? HR_KV_STR("error", errmsg) : HR_KV_INT("status", res->status),
+                      HR_KV_MS("ms", ms), HR_KV_STR("reason", "the reply deadline had passed"));
         }
         event_maybe_free(e);
         return;
@@ -671,8 +682,10 @@ static void on_event_answer(void *arg, int err, const char *errmsg, const hr_htt
         ans.body = res->body;
         ans.body_len = res->body_len;
     }
-    hr_log_debug("request id=%s target=%s %s%d ms=%.2f", e->id, e->target,
-                 err ? "error=" : "status=", err ? err : res->status, ms);
+    hr_log_kv(HR_LOG_DEBUG, "request", HR_KV_STR("id", e->id), HR_KV_STR("target", e->target),
+              err ? HR_KV_STR("error", errmsg ? errmsg : uv_strerror(err))
+                  : HR_KV_INT("status", res->status),
+              HR_KV_MS("ms", ms));
     if (hr_ruleset_resume(&e->res, &ans) == HR_STEP_SUSPENDED)
         event_send(e);
     else
@@ -815,10 +828,11 @@ static void do_reload(uv_timer_t *t)
         free(r->last_reload_error);
         r->last_reload_error = hr_xstrdup(errs.n ? errs.msgs[0] : "unknown error");
         for (size_t i = 0; i < errs.n; i++)
-            hr_log_error("reload failed: %s", errs.msgs[i]);
+            hr_log_kv(HR_LOG_ERROR, "reload failed", HR_KV_STR("error", errs.msgs[i]));
         char loaded[32];
         hr_rfc3339(r->loaded_ms, loaded);
-        hr_log_warn("reload: still serving the config and rules loaded at %s", loaded);
+        hr_log_kv(HR_LOG_WARN, "reload: still serving the config and rules loaded before",
+                  HR_KV_STR("loaded_at", loaded));
         hr_errors_free(&errs);
         /* A SIGHUP also says "logrotate moved the files": reopen them all the same, with the
          * settings in force, or lines would go on into a rotated file that logrotate may
@@ -842,8 +856,7 @@ static void do_reload(uv_timer_t *t)
     /* The certificate files were re-read as the config loaded: new connections get them. */
     hr_server_set_tls(r->server, cfg->tls.ctx);
     log_listener_cert(cfg);
-    hr_log_level_t level;
-    if (hr_log_level_parse(cfg->log_level, &level) == 0) hr_log_set_level(level);
+    hr_log_apply(cfg->log_level, cfg->log_format);
     hr_ruleset_unref(r->rs); /* events in flight hold their own reference */
     r->rs = rs;
     r->reloads++;
@@ -855,9 +868,10 @@ static void do_reload(uv_timer_t *t)
     hr_files_set_modes(r->files, cfg->files, cfg->nfiles);
     hr_ruleset_ref(rs); /* cfg stays valid until the delivery side has applied it */
     hr_delivery_reload(r->delivery, cfg, on_delivery_reloaded, rs);
-    hr_log_info("reloaded %s (reload #%llu): %zu endpoints, %zu store rules, default rule %s",
-                cfg->file, (unsigned long long)r->reloads, cfg->nendpoints,
-                hr_ruleset_store_count(rs), hr_ruleset_has_default(rs) ? "yes" : "no");
+    hr_log_kv(HR_LOG_INFO, "reloaded", HR_KV_STR("config", cfg->file),
+              HR_KV_UINT("reload", r->reloads), HR_KV_UINT("endpoints", cfg->nendpoints),
+              HR_KV_UINT("store_rules", hr_ruleset_store_count(rs)),
+              HR_KV_STR("default_rule", hr_ruleset_has_default(rs) ? "yes" : "no"));
     if (r->reload_cb) r->reload_cb(r->reload_arg, true, r->reloads, NULL);
 }
 

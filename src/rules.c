@@ -380,10 +380,10 @@ static int l_log(lua_State *L)
     luaL_pushresult(&b);
     run_ctx_t *ctx = ctx_of(L);
     if (ctx)
-        hr_log(level, "rule id=%s store=%s: %s", ctx->ev->id,
-               ctx->out->store ? ctx->out->store : "-", lua_tostring(L, -1));
+        hr_log_kv(level, "rule", HR_KV_STR("id", ctx->ev->id), HR_KV_STR("store", ctx->out->store),
+                  HR_KV_STR("text", lua_tostring(L, -1)));
     else
-        hr_log(level, "rule: %s", lua_tostring(L, -1));
+        hr_log_kv(level, "rule", HR_KV_STR("text", lua_tostring(L, -1)));
     return 0;
 }
 

@@ -538,7 +538,8 @@ static void conn_fail(hr_conn_t *c, int status, const char *msg)
             conn_close(c);
             return;
         }
-        hr_log_info("%s: %d %s", c->req.peer, status, msg);
+        hr_log_kv(HR_LOG_INFO, "rejected", HR_KV_INT("status", status),
+                  HR_KV_STR("peer", c->req.peer), HR_KV_STR("reason", msg));
     }
     conn_end(c);
 }

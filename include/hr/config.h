@@ -137,6 +137,7 @@ typedef struct hr_config {
     uint64_t fsync_interval_ms; /* for "interval" */
     uint64_t max_spool_bytes;   /* new webhooks get 503 beyond this */
     char *log_level;            /* "info" */
+    char *log_format;           /* "text" or "json" */
     uint32_t workers;           /* front worker threads; 0: "auto", one per CPU */
 } hr_config_t;
 

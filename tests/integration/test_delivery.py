@@ -286,7 +286,7 @@ end
         os.symlink("/dev/full", self.wd.p("var", "audit.jsonl"))
         r = self.router(base_config(delivery={"retry_base_ms": 20, "retry_max_ms": 50}))
         eid = self.assertOk(r.post("/t", {"n": 7}))
-        self.assertTrue(r.wait_log(r"retry id=%s file=audit error=[^\n]*No space left[^\n]*attempt=2/" % eid, 5),
+        self.assertTrue(r.wait_log(r"retry id=%s [^\n]*file=audit error=[^\n]*No space left[^\n]* attempts=2 " % eid, 5),
                         r.log_tail())
         self.assertEqual(self.wd.dead_letters, [])
         self.assertEqual(r.healthz()["outbox"]["pending"], 1)

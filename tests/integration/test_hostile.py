@@ -100,7 +100,7 @@ class HostileTest(VictimMixin, HRTestCase):
         self.wd.rule("2", "while true do end\n" + VICTIM)
         t0 = time.monotonic()
         r.hup()
-        m = r.wait_log(r"reload failed: [^\n]*", 10)
+        m = r.wait_log(r"reload failed error=[^\n]*", 10)
         self.assertTrue(m, "no 'reload failed:' line:\n" + r.log_tail())
         self.assertLess(time.monotonic() - t0, T(3), "the looping rule file held the reload")
         self.assertRegex(m.group(0), r"rules/stores/2\.lua:1: top-level code exceeded its instruction budget")
@@ -228,17 +228,17 @@ class TopLevelCodeTest(VictimMixin, HRTestCase):
                 self.write(files)
                 t0 = time.monotonic()
                 r.hup()
-                self.assertTrue(wait_until(lambda: r.count_log(r"reload failed: ") > i, 10),
+                self.assertTrue(wait_until(lambda: r.count_log(r"reload failed error=") > i, 10),
                                 "%s: no 'reload failed:' line:\n%s" % (what, r.log_tail()))
                 self.assertLess(time.monotonic() - t0, T(5), "%s held the reload" % what)
-                lines = re.findall(r"reload failed: [^\n]*", r.log())
+                lines = re.findall(r"reload failed error=[^\n]*", r.log())
                 self.assertRegex(lines[i], why, what)
                 self.victim_ok(r)  # the old rules keep serving
                 h = r.healthz()
                 self.assertEqual(h["reloads"], 0, h)
                 self.assertRegex(h["last_reload_error"], why, what)
         # the budgets' errors raised in Lua carry a traceback, on the same log line
-        lines = re.findall(r"reload failed: [^\n]*", r.log())
+        lines = re.findall(r"reload failed error=[^\n]*", r.log())
         self.assertRegex(lines[1], TRACE + r"[^\n]*rules/stores/3\.lua:1: in main chunk")
         self.good()
         r.hup()

@@ -106,7 +106,7 @@ class NotifyTest(HRTestCase):
         m = ns.expect(self, "READY")
         self.assertEqual(m["READY"], "1")
         self.assertRegex(m["STATUS"], r"\b1 reload\b")
-        self.assertTrue(r.wait_log(r"reloaded .*\(reload #1\)", 5), r.log_tail())
+        self.assertTrue(r.wait_log(r"reloaded .*reload=1\b", 5), r.log_tail())
         self.assertOk(r.post("/t", {"storeId": 42}))
 
         # A failed reload: READY=1 again (still serving), with a STATUS that says it failed.
@@ -170,7 +170,7 @@ class NotifyTest(HRTestCase):
             r = self.router(base_config(), env=env)
             self.assertOk(r.post("/t", {"storeId": 42}))
             r.hup()
-            self.assertTrue(r.wait_log(r"reloaded .*\(reload #1\)", 5), r.log_tail())
+            self.assertTrue(r.wait_log(r"reloaded .*reload=1\b", 5), r.log_tail())
             self.assertOk(r.post("/t", {"storeId": 42}))
             r.stop()
             self.assertNotRegex(r.log(), r"notify|NOTIFY", "sd_notify failures log at debug only")

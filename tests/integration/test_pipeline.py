@@ -180,9 +180,10 @@ class PipelineTest(HRTestCase):
             self.assertRegex(line, stamp)
             self.assertNotIn("\r", line)
             self.assertNotIn("\x1b", line)
-        want = "store=42\\nFORGED line\\r\\n2024-01-01T00:00:00.000Z error FORGED\\t\u00e9"
+        # the value holds spaces: quoted (logfmt), with the same escapes inside
+        want = 'store="42\\nFORGED line\\r\\n2024-01-01T00:00:00.000Z error FORGED\\t\u00e9"'
         self.assertIn(want, log)
-        self.assertIn("store is " + want[len("store="):] + " \\r\\x1B[31m\\xFF", log)
+        self.assertIn("store is " + want[len('store="'):-1] + " \\r\\x1B[31m\\xFF", log)
 
     def test_dotted_store_key(self):
         self.wd.rule("us-east-qm-0077", 'return function(e) write("audit", {rule="dotted", store=e.store}) end\n')

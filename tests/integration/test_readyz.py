@@ -54,7 +54,7 @@ class ReadyzTest(HRTestCase):
         self.assertReady(r)
         self.wd.rule(None, BROKEN)
         r.hup()
-        self.reloaded(r, r"reload failed: ", 1)
+        self.reloaded(r, r"reload failed error=", 1)
         reasons = self.assertNotReady(r, r"^last reload failed: .*\.lua")
         self.assertEqual(len(reasons), 1, reasons)
         h = r.healthz()
@@ -113,7 +113,7 @@ class ReadyzTest(HRTestCase):
             self.assertReady(r)
         self.wd.rule(None, BROKEN)
         r.hup()
-        self.reloaded(r, r"reload failed: ", 2)  # each worker reloads
+        self.reloaded(r, r"reload failed error=", 2)  # each worker reloads
         seen = set()
         for _ in range(8):
             seen.add(tuple(self.assertNotReady(r, r"^last reload failed: ")))

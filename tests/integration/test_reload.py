@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hrtest import *  # noqa: E402,F401,F403
 
 
-FAILED_RE = r"reload failed: [^\n]*\.lua\b"  # one per failed reload (not the follow-up line)
+FAILED_RE = r"reload failed error=[^\n]*\.lua\b"  # one per failed reload (not the follow-up line)
 
 
 def versioned(v):
@@ -62,7 +62,7 @@ class ReloadTest(HRTestCase):
         self.assertEqual(self.send_and_get_v(r), "s1")
         self.wd.rule("42", "-- line 1\nreturn function(event)\n  write(\"audit\", { v = \"s2\" }\nend\n")
         r.hup()
-        m = r.wait_log(r"reload failed: [^\n]*", 5)
+        m = r.wait_log(r"reload failed error=[^\n]*", 5)
         self.assertTrue(m, "no 'reload failed:' log line:\n" + r.log_tail())
         self.assertRegex(m.group(0), r"rules/stores/42\.lua:\d+:", "reload failure should say path:line")
         self.assertRegex(m.group(0), r"rules/stores/42\.lua:[34]:")
@@ -89,7 +89,7 @@ class ReloadTest(HRTestCase):
         cfg_ok = open(self.wd.p("hookrouter.lua")).read()
         self.wd.write("hookrouter.lua", "return {\n  listen = \n")
         r.hup()
-        m = r.wait_log(r"reload failed: [^\n]*", 5)
+        m = r.wait_log(r"reload failed error=[^\n]*", 5)
         self.assertTrue(m, "no 'reload failed:' for a broken config:\n" + r.log_tail())
         self.assertIn("hookrouter.lua", m.group(0))
         self.assertEqual(self.send_and_get_v(r), "s1")
@@ -265,7 +265,7 @@ class ReloadTest(HRTestCase):
         os.rename(self.wd.p("var/audit.jsonl"), self.wd.p("var/audit.jsonl.1"))
         self.wd.rule("43", "return function(e\n")  # does not compile
         r.hup()
-        self.assertTrue(r.wait_log(r"reload failed: ", 5), r.log_tail())
+        self.assertTrue(r.wait_log(r"reload failed error=", 5), r.log_tail())
         self.assertOk(r.post("/t", {"storeId": 42}))
         self.assertTrue(wait_until(lambda: len(self.wd.jsonl("var/audit.jsonl")) == 1),
                         "after logrotate + a failed reload the line did not go to a fresh file")

@@ -190,7 +190,7 @@ class SignTest(HRTestCase):
                             "case %d: %r" % (i, resp.body))
         for what, n in (("bad", 4), ("stale", 2), ("missing", 3)):
             self.assertTrue(wait_until(lambda: r.count_log(
-                r"info +rejected status=401 path=/signed peer=127\.0\.0\.1:[0-9]+: %s webhook signature"
+                r"info +rejected status=401 path=/signed peer=127\.0\.0\.1:[0-9]+ reason=\"%s webhook signature\""
                 % what) == n, 3), "%s: %s" % (what, r.log_tail()))
         time.sleep(0.2)
         self.assertEqual(snk.count(), 2, "a refused request reached the rule")

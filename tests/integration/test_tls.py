@@ -213,7 +213,7 @@ class TLSTest(HRTestCase):
         snk.wait_for(1)
         shutil.copyfile(self.cert("other.key"), key)  # a key that does not match
         r.hup()
-        m = r.wait_log(r"reload failed: [^\n]*", 3)
+        m = r.wait_log(r"reload failed error=[^\n]*", 3)
         self.assertTrue(m, r.log_tail())
         self.assertIn("targets.pos.tls.client_key: ", m.group(0))
         self.assertIn("does not match", m.group(0))

@@ -231,7 +231,7 @@ class TlsListenerTest(HRTestCase):
         with open(self.cert("live.pem"), "w") as f:
             f.write("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
         r.hup()
-        m = r.wait_log(r"error reload failed: [^\n]*tls\.cert_file: [^\n]*live\.pem: [^\n]+")
+        m = r.wait_log(r"error reload failed error=[^\n]*tls\.cert_file: [^\n]*live\.pem: [^\n]+")
         self.assertTrue(m, r.log_tail())
         self.assertEqual(self.peer_serial(r), new_serial, "still serving the last good certificate")
         conn = self.https(r)

@@ -107,7 +107,7 @@ class WorkersTest(HRTestCase):
         # a broken rule: every worker refuses it and keeps v2
         self.wd.rule(None, "return function(e)\n  write(\"audit\", { v = \"v3\" }\n")
         r.hup()
-        self.assertTrue(wait_until(lambda: r.count_log(r"reload failed: [^\n]*default\.lua:") >= 2, 5),
+        self.assertTrue(wait_until(lambda: r.count_log(r"reload failed error=[^\n]*default\.lua:") >= 2, 5),
                         r.log_tail())
         for x in post_many(r.port, n, lambda i: {"n": 100 + i}):
             self.assertOk(x)

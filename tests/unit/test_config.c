@@ -94,7 +94,8 @@ static const bad_case_t bad_cases[] = {
      "unknown key (known: body_bytes,"},
     {"unknown endpoint key", CFG("endpoints = { [\"/a\"] = { event = \"e\", timeout = 1 } },"),
      "endpoints[\"/a\"].timeout", "unknown key (known: event, reply_timeout_ms, fallback"},
-    {"unknown log key", CFG("log = { lvl = \"info\" },"), "log.lvl", "unknown key (known: level)"},
+    {"unknown log key", CFG("log = { lvl = \"info\" },"), "log.lvl",
+     "unknown key (known: level, format)"},
     {"non-string top-level key", CFG("[1] = \"x\","), "(top level)",
      "keys must be strings, found a integer key"},
     /* Missing required keys. */
@@ -170,6 +171,10 @@ static const bad_case_t bad_cases[] = {
      "expected \"always\", \"interval\" or \"never\", got \"sometimes\""},
     {"log level", CFG("log = { level = \"loud\" },"), "log.level",
      "expected debug, info, warn or error, got \"loud\""},
+    {"log format", CFG("log = { format = \"logfmt\" },"), "log.format",
+     "expected text or json, got \"logfmt\""},
+    {"log format type", CFG("log = { format = true },"), "log.format",
+     "expected a string, got boolean"},
     {"file mode not octal", CFG("files = { audit = { path = \"a.jsonl\", mode = \"0999\" } },"),
      "files.audit.mode", "expected an octal mode between \"0000\" and \"0777\", got \"0999\""},
     {"file mode too big", CFG("files = { audit = { path = \"a.jsonl\", mode = 512 } },"),
@@ -362,7 +367,7 @@ static const char good_config[] =
     "  spool_dir = \"/var/tmp/hr-spool\",\n"
     "  fsync = \"interval\", fsync_interval_ms = 20, max_spool_bytes = 8192,\n"
     "  workers = \"auto\",\n"
-    "  log = { level = \"debug\" },\n"
+    "  log = { level = \"debug\", format = \"json\" },\n"
     "}\n";
 
 static void test_good_config(void)
@@ -486,6 +491,7 @@ static void test_good_config(void)
     CHECK_INT_EQ(c->max_spool_bytes, 8192);
     CHECK_INT_EQ(c->workers, 0); /* "auto" */
     CHECK_STR_EQ(c->log_level, "debug");
+    CHECK_STR_EQ(c->log_format, "json");
     hr_config_free(c);
     unsetenv("HR_TEST_CONFIG_TOKEN");
 }
