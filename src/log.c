@@ -28,19 +28,21 @@ void hr_log_set_level(hr_log_level_t level)
     atomic_store_explicit(&min_level, (int)level, memory_order_relaxed);
 }
 
+/* The index of s in names[0..n), or -1. */
+static int name_index(const char *const *names, size_t n, const char *s)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(s, names[i]) == 0) return (int)i;
+    return -1;
+}
+
 int hr_log_level_parse(const char *s, hr_log_level_t *level)
 {
-    for (size_t i = 0; i < HR_ARRAY_SIZE(level_names); i++) {
-        if (strcmp(s, level_names[i]) == 0) {
-            *level = (hr_log_level_t)i;
-            return 0;
-        }
-    }
-    if (strcmp(s, "warning") == 0) {
-        *level = HR_LOG_WARN;
-        return 0;
-    }
-    return -1;
+    int i = strcmp(s, "warning") == 0 ? HR_LOG_WARN
+                                      : name_index(level_names, HR_ARRAY_SIZE(level_names), s);
+    if (i < 0) return -1;
+    *level = (hr_log_level_t)i;
+    return 0;
 }
 
 bool hr_log_enabled(hr_log_level_t level)
@@ -55,13 +57,10 @@ void hr_log_set_format(hr_log_format_t format)
 
 int hr_log_format_parse(const char *s, hr_log_format_t *format)
 {
-    for (size_t i = 0; i < HR_ARRAY_SIZE(format_names); i++) {
-        if (strcmp(s, format_names[i]) == 0) {
-            *format = (hr_log_format_t)i;
-            return 0;
-        }
-    }
-    return -1;
+    int i = name_index(format_names, HR_ARRAY_SIZE(format_names), s);
+    if (i < 0) return -1;
+    *format = (hr_log_format_t)i;
+    return 0;
 }
 
 void hr_log_apply(const char *level, const char *format)
