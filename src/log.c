@@ -89,6 +89,19 @@ static size_t escape(esc_mode_t mode, char *dst, size_t cap, const char *src, si
     const unsigned char *s = (const unsigned char *)src;
     size_t o = 0, i = 0;
     while (i < n) {
+        /* a run of printable ASCII that stays as it is, in one copy */
+        size_t run = i;
+        while (run < n && s[run] >= 0x20 && s[run] < 0x7F &&
+               (mode == ESC_TEXT || (s[run] != '"' && s[run] != '\\')))
+            run++;
+        if (run > i) {
+            size_t k = run - i < cap - o ? run - i : cap - o;
+            if (dst) memcpy(dst + o, s + i, k);
+            o += k;
+            i += k;
+            if (i < run) break; /* out of room */
+            continue;
+        }
         unsigned char c = s[i];
         char esc[6];
         size_t elen = 0, take = 1;
@@ -275,14 +288,6 @@ static size_t number(const hr_log_field_t *f, char out[32])
     return k < 0 ? 0 : (size_t)k;
 }
 
-/* Bytes of field f besides its string value: " key=" or ",\"key\":", and a number. */
-static size_t field_fixed(hr_log_format_t format, const hr_log_field_t *f)
-{
-    char num[32];
-    size_t k = strlen(f->key) + (format == HR_LOG_JSON ? 4 : 2);
-    return k + (f->type == HR_LOG_STR ? 0 : number(f, num));
-}
-
 /* The message (value false) or a string value. */
 static void str_init(str_t *s, hr_log_format_t format, const char *p, size_t n, size_t total,
                      bool value)
@@ -320,10 +325,15 @@ static size_t format_line(char *dst, size_t cap, hr_log_format_t format, uint64_
     size_t nv = 0;
     str_init(&strs[nv++], format, msg, msg_len, msg_total, false);
     size_t fixed = hlen + (json ? 2 : 1); /* "}\n" or "\n" */
+    char num[MAX_FIELDS][32];             /* number fields as text */
+    size_t numlen[MAX_FIELDS], ffix[MAX_FIELDS];
+    for (size_t i = 0; i < keep; i++) {
+        numlen[i] = f[i].type == HR_LOG_STR ? 0 : number(&f[i], num[i]);
+        ffix[i] = strlen(f[i].key) + (json ? 4 : 2) + numlen[i];
+        fixed += ffix[i];
+    }
     size_t all = fixed + whole_cost(&strs[0]);
     for (size_t i = 0; i < keep; i++) {
-        fixed += field_fixed(format, &f[i]);
-        all += field_fixed(format, &f[i]);
         if (f[i].type != HR_LOG_STR) continue;
         size_t len = f[i].s ? strlen(f[i].s) : 0;
         si[i] = nv;
@@ -341,7 +351,7 @@ static size_t format_line(char *dst, size_t cap, hr_log_format_t format, uint64_
                 need += cut_cost(&strs[i]);
             if (need <= cap || keep == 0) break;
             keep--;
-            fixed -= field_fixed(format, &f[keep]);
+            fixed -= ffix[keep];
             if (f[keep].type == HR_LOG_STR) {
                 lost += strlen(f[keep].key) + strs[nv - 1].total;
                 nv--; /* the last string is this field's */
@@ -361,12 +371,10 @@ static size_t format_line(char *dst, size_t cap, hr_log_format_t format, uint64_
         put_s(&o, json ? ",\"" : " ");
         put_s(&o, f[i].key);
         put_s(&o, json ? "\":" : "=");
-        if (f[i].type == HR_LOG_STR) {
+        if (f[i].type == HR_LOG_STR)
             lost += put_str(&o, &strs[si[i]]);
-        } else {
-            char num[32];
-            put(&o, num, number(&f[i], num));
-        }
+        else
+            put(&o, num[i], numlen[i]);
     }
     if (json && cut) {
         char t[40];
