@@ -23,8 +23,8 @@
 #include "hr/workers.h"
 
 /* Load config and rules; print every error to stderr. NULL on failure. run: the config's log
- * settings apply as soon as it is read (lines from loading the rules follow them; with
- * log.format = "json" so do the errors, one log line each). */
+ * settings apply as soon as it is read (the lines held while it loaded, and those from loading
+ * the rules, follow them; with log.format = "json" so do the errors, one log line each). */
 static hr_ruleset_t *load_all(const char *config, bool run)
 {
     struct stat st;
@@ -38,7 +38,8 @@ static hr_ruleset_t *load_all(const char *config, bool run)
     }
     hr_errors_t errs = {0};
     hr_config_t *cfg = hr_config_load(config, &errs);
-    if (cfg && run) hr_log_apply(cfg->log_level, cfg->log_format);
+    if (run) /* and the lines held while it loaded go out */
+        hr_log_apply(cfg ? cfg->log_level : NULL, cfg ? cfg->log_format : NULL);
     bool json = cfg && run && strcmp(cfg->log_format, "json") == 0;
     hr_ruleset_t *rs = cfg ? hr_ruleset_load(cfg, &errs) : NULL;
     for (size_t i = 0; i < errs.n; i++) {
@@ -516,6 +517,7 @@ int hr_cmd_run(const char *config)
     /* A log line must never stop the daemon: not a reader gone (SIGPIPE), not a full pipe. */
     signal(SIGPIPE, SIG_IGN);
     hr_log_never_block();
+    hr_log_hold(); /* until the config says which format */
     hr_ruleset_t *rs = load_all(config, true);
     if (!rs) return 1;
     const hr_config_t *cfg = hr_ruleset_config(rs);

@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -63,12 +64,15 @@ int hr_log_format_parse(const char *s, hr_log_format_t *format)
     return 0;
 }
 
+static void flush_held(void);
+
 void hr_log_apply(const char *level, const char *format)
 {
     hr_log_level_t l;
     hr_log_format_t f;
     if (level && hr_log_level_parse(level, &l) == 0) hr_log_set_level(l);
     if (format && hr_log_format_parse(format, &f) == 0) hr_log_set_format(f);
+    flush_held();
 }
 
 /* ---- Escaping ----------------------------------------------------------------------------- */
@@ -489,9 +493,64 @@ static bool write_line(const char *p, size_t n)
     return false;
 }
 
+/* ---- Lines held until the config says how to write them -------------------------------- */
+
+#define HELD_MAX 16 /* past this, lines go out at once, as the defaults say */
+
+/* A line formatted both ways. */
+typedef struct {
+    hr_log_level_t level; /* written if still enabled when flushed */
+    char *text, *json;    /* the line in each format (malloc'd) */
+    size_t tlen, jlen;    /* their lengths */
+} held_t;
+
+/* Touched only while holding, which is before threads start. */
+static bool holding;
+static held_t held[HELD_MAX];
+static size_t nheld;
+
+void hr_log_hold(void)
+{
+    holding = true;
+}
+
+static void flush_held(void)
+{
+    if (!holding) return;
+    holding = false;
+    bool json = atomic_load_explicit(&log_format, memory_order_relaxed) == HR_LOG_JSON;
+    for (size_t i = 0; i < nheld; i++) {
+        if (hr_log_enabled(held[i].level))
+            write_line(json ? held[i].json : held[i].text, json ? held[i].jlen : held[i].tlen);
+        free(held[i].text);
+        free(held[i].json);
+    }
+    nheld = 0;
+}
+
+/* While holding: keep the line in both formats. Returns false when there is no room left. */
+static bool hold(hr_log_level_t level, uint64_t now, const char *msg, size_t msg_len,
+                 size_t msg_total, const hr_log_field_t *f, size_t n)
+{
+    if (nheld == HELD_MAX) return false;
+    held_t *h = &held[nheld++];
+    char line[HR_LOG_LINE_MAX];
+    h->level = level;
+    h->tlen =
+        format_line(line, sizeof line, HR_LOG_TEXT, now, level, msg, msg_len, msg_total, f, n);
+    h->text = hr_xmalloc(h->tlen);
+    memcpy(h->text, line, h->tlen);
+    h->jlen =
+        format_line(line, sizeof line, HR_LOG_JSON, now, level, msg, msg_len, msg_total, f, n);
+    h->json = hr_xmalloc(h->jlen);
+    memcpy(h->json, line, h->jlen);
+    return true;
+}
+
 static void emit(hr_log_level_t level, const char *msg, size_t msg_len, size_t msg_total,
                  const hr_log_field_t *f, size_t n)
 {
+    if (holding && hold(level, hr_wall_ms(), msg, msg_len, msg_total, f, n)) return;
     hr_log_format_t format =
         (hr_log_format_t)atomic_load_explicit(&log_format, memory_order_relaxed);
     uint64_t now = hr_wall_ms();

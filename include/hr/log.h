@@ -33,8 +33,13 @@ void hr_log_set_format(hr_log_format_t format);
 /* Parse "text" or "json". Returns 0, or -1 if unknown. */
 int hr_log_format_parse(const char *s, hr_log_format_t *format);
 /* Apply a config's log.level and log.format (either may be NULL; a name that does not parse
- * leaves that setting as it was: config.c has refused it already). Cannot fail. */
+ * leaves that setting as it was: config.c has refused it already), then write the lines held
+ * since hr_log_hold in that format (those the level still enables). Cannot fail. */
 void hr_log_apply(const char *level, const char *format);
+/* Until the next hr_log_apply, keep lines (the first 16; later ones are written at once)
+ * instead of writing them, so that lines logged while the config loads come out in the format
+ * it sets. Call before threads start. Cannot fail. */
+void hr_log_hold(void);
 
 /* ---- Where lines go */
 

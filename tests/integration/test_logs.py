@@ -105,7 +105,10 @@ class LogsTest(HRTestCase):
         r = self.router(base_config(
             targets={"ok": target(ok.url), "flaky": target(flaky.url, retry_ms=[0, 50]),
                      "gone": target(gone.url), "down": target(down.url, max_attempts=1,
-                                                              circuit_failures=1)},
+                                                              circuit_failures=1),
+                     # logged while the config loads, before its format is known: held
+                     "insecure": target("https://127.0.0.1:%d" % down.port,
+                                        tls={"verify": False})},
             log={"level": "info", "format": fmt}))
         ids = {}
         for name, body in (("ok", {"storeId": NASTY, "to": "ok", "n": 1}),
@@ -186,6 +189,8 @@ class LogsTest(HRTestCase):
         rl = one("reloaded", reload=1)
         self.assertEqual((rl["endpoints"], rl["default_rule"]), (len(ENDPOINTS), "yes"))
         self.assertRegex(one("reload failed")["error"], r"rules/stores/13\.lua:\d+:")
+        warn = [j for j in recs if "targets.insecure.tls.verify = false" in j["msg"]]
+        self.assertTrue(warn and warn[0]["level"] == "warn", lines[:5])
         # the harness finds the port in the JSON line too
         self.assertTrue(any(j["msg"].startswith("listening on 127.0.0.1:") for j in recs))
 

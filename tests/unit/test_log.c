@@ -481,6 +481,35 @@ static void test_full_pipe(void)
     close(pfd[1]);
 }
 
+/* Lines logged before the config is applied come out in the format it sets, if its level
+ * still wants them. */
+static void test_hold(void)
+{
+    int pfd[2];
+    CHECK_INT_EQ(pipe(pfd), 0);
+    fcntl(pfd[0], F_SETFL, O_NONBLOCK);
+    int saved = stderr_to(pfd[1]);
+    hr_log_hold();
+    hr_log_info("held %d", 1);
+    hr_log_kv(HR_LOG_WARN, "held", HR_KV_INT("n", 2));
+    char buf[4096];
+    CHECK(read(pfd[0], buf, sizeof buf) < 0); /* nothing yet */
+    hr_log_apply("warn", "json");
+    ssize_t n = read(pfd[0], buf, sizeof buf - 1);
+    buf[n > 0 ? n : 0] = '\0';
+    CHECK(strstr(buf, "held 1") == NULL); /* info: below the level now */
+    CHECK(strstr(buf, "\"level\":\"warn\",\"msg\":\"held\",\"n\":2}\n") != NULL);
+    hr_log_info("after");
+    hr_log_warn("after");
+    n = read(pfd[0], buf, sizeof buf - 1);
+    buf[n > 0 ? n : 0] = '\0';
+    CHECK(strstr(buf, "\"msg\":\"after\"") != NULL && strchr(buf, '\n') == buf + n - 1);
+    hr_log_apply("info", "text");
+    stderr_back(saved);
+    close(pfd[0]);
+    close(pfd[1]);
+}
+
 /* The other side of the pipe is gone (EPIPE; SIGPIPE is ignored as in `run`), and /dev/full
  * (ENOSPC): lines are counted, nothing waits or dies. */
 static void test_failing_stderr(void)
@@ -547,6 +576,7 @@ int main(void)
     test_too_many_fields();
     test_parse();
     test_full_pipe();
+    test_hold();
     test_failing_stderr();
     test_reserve_stdio();
     lua_close(L);
