@@ -114,6 +114,7 @@ static void retry_or_dead(ob_item_t *it, const hr_target_policy_t *p, const hr_t
                 (unsigned)it->attempts, (unsigned)it->max_attempts,
                 (unsigned long long)next.wait_ms);
     o->st.retried++;
+    ob_tstats(it)->retried++;
     if (next.wait_ms > KEEP_LOADED_MS) ob_item_unload(it);
     ob_heap_push(o, it);
     ob_rearm(o);
@@ -133,7 +134,9 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
     it->where = IT_NONE;
     t->inflight--;
     o->inflight--;
-    if (err == UV_ECANCELED && (o->draining || o->closing)) {
+    bool cut_off = err == UV_ECANCELED && (o->draining || o->closing);
+    if (!cut_off) hr_histogram_observe(&t->m.duration, (uv_hrtime() - it->started_ns) / 1000);
+    if (cut_off) {
         /* Cut off by shutdown: not an attempt; it stays in the spool. */
         it->attempts--;
         hr_circuit_unprobe(&t->circuit);
@@ -164,6 +167,7 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
                     a->name ? a->name : "-", res->status, (unsigned)it->attempts,
                     (unsigned long long)ms_since(a->accepted_ms));
         o->st.delivered++;
+        ob_count_delivered(it, hr_wall_ms());
         ob_item_release(it, true);
         ob_pump(t);
         ob_maybe_drained(o);
@@ -192,6 +196,7 @@ static void start_attempt(ob_item_t *it)
     ob_target_t *t = it->t;
     if (ob_item_load(it) < 0) {
         o->st.dead++;
+        ob_tstats(it)->dead++;
         ob_item_release(it, true);
         return;
     }
@@ -225,6 +230,7 @@ static void start_attempt(ob_item_t *it)
     }
     it->where = IT_FLIGHT;
     it->started_ms = uv_now(o->loop);
+    it->started_ns = uv_hrtime();
     t->inflight++;
     o->inflight++;
 }
@@ -295,6 +301,7 @@ void ob_deliver_write(ob_item_t *it)
     hr_outbox_t *o = it->o;
     if (ob_item_load(it) < 0) {
         o->st.dead++;
+        ob_tstats(it)->dead++;
         ob_item_release(it, true);
         return;
     }
@@ -321,5 +328,6 @@ void ob_deliver_write(ob_item_t *it)
                 a->event_type ? a->event_type : "-", a->store ? a->store : "-",
                 a->name ? a->name : "-", (unsigned long long)ms_since(a->accepted_ms));
     o->st.delivered++;
+    ob_count_delivered(it, hr_wall_ms());
     ob_item_release(it, true);
 }

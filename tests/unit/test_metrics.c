@@ -65,6 +65,46 @@ static void test_histogram(void)
     hr_buf_free(&b);
 }
 
+/* Two workers' sets: the same labels summed, sorted output, overflow past the cap. */
+static void test_series(void)
+{
+    hr_series_set_t sets[2] = {0};
+    hr_buf_t l = HR_BUF_INIT;
+    const char *lv[] = {"type", "a\"b", "outcome", "accepted"};
+    hr_metrics_labels(&l, lv, 2);
+    CHECK_STR_EQ(l.data, "type=\"a\\\"b\",outcome=\"accepted\"");
+    hr_series_t *s0 = hr_series_get(&sets[0], l.data, l.len, "type=\"other\"");
+    CHECK(s0 == hr_series_get(&sets[0], l.data, l.len, "type=\"other\""));
+    hr_series_add(s0, 2);
+    hr_series_add(hr_series_get(&sets[1], l.data, l.len, "x"), 3);
+    hr_series_add(hr_series_get(&sets[1], "type=\"0\"", 8, "x"), 1);
+    hr_histogram_observe(&s0->hist, 5);
+    hr_buf_t b = HR_BUF_INIT;
+    hr_metrics_series_write(&b, "e_total", false, sets, 2, sizeof sets[0]);
+    CHECK_STR_EQ(text(&b), "e_total{type=\"0\"} 1\n"
+                           "e_total{type=\"a\\\"b\",outcome=\"accepted\"} 5\n");
+    hr_buf_reset(&b);
+    hr_metrics_series_write(&b, "h", true, sets, 1, sizeof sets[0]);
+    CHECK(strstr(text(&b), "h_count{type=\"a\\\"b\",outcome=\"accepted\"} 1\n") != NULL);
+    /* fill worker 0's set: new labels go to the overflow series */
+    char key[32];
+    for (int i = 0; i < HR_SERIES_MAX; i++) {
+        int n = snprintf(key, sizeof key, "k=\"%d\"", i);
+        hr_series_add(hr_series_get(&sets[0], key, (size_t)n, "k=\"other\""), 1);
+    }
+    size_t n0 = atomic_load(&sets[0].n);
+    CHECK_INT_EQ(n0, HR_SERIES_MAX - HR_SERIES_RESERVE + 1);
+    hr_buf_reset(&b);
+    hr_metrics_series_write(&b, "o", false, sets, 1, sizeof sets[0]);
+    char want[64];
+    snprintf(want, sizeof want, "o{k=\"other\"} %d\n", HR_SERIES_RESERVE + 1);
+    CHECK(strstr(text(&b), want) != NULL);
+    hr_buf_free(&b);
+    hr_buf_free(&l);
+    hr_series_set_free(&sets[0]);
+    hr_series_set_free(&sets[1]);
+}
+
 static void test_process(void)
 {
     hr_buf_t b = HR_BUF_INIT;
@@ -87,6 +127,7 @@ int main(void)
     test_escape();
     test_sample();
     test_histogram();
+    test_series();
     test_process();
     return CHECK_DONE("test_metrics");
 }
