@@ -163,6 +163,8 @@ static void release(hr_workers_t *ws)
     void *arg = ws->stop_arg;
     hr_ruleset_unref(ws->rs);
     free(ws->config_path);
+    for (unsigned i = 0; ws->counters && i < ws->n; i++)
+        hr_router_counters_free(&ws->counters[i]);
     free(ws->counters);
     free(ws->w);
     uv_cond_destroy(&ws->cond);
