@@ -8,8 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
-const double hr_metrics_buckets[HR_METRICS_NBUCKETS] = {
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30};
+const double hr_metrics_buckets[HR_METRICS_NBUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                        0.05,   0.1,   0.25,   1,     5,    30};
 
 /* Single writer: a load and a store, no read-modify-write needed. */
 static inline void bump(atomic_uint_least64_t *c, uint64_t d)
@@ -36,22 +36,22 @@ void hr_metrics_family(hr_buf_t *out, const char *name, const char *type, const 
 
 void hr_metrics_escape(hr_buf_t *out, const char *value)
 {
-    for (const char *p = value; *p; p++) {
-        if (*p == '\\')
-            hr_buf_appends(out, "\\\\");
-        else if (*p == '"')
-            hr_buf_appends(out, "\\\"");
-        else if (*p == '\n')
-            hr_buf_appends(out, "\\n");
-        else
-            hr_buf_appendc(out, *p);
+    for (const char *p = value;;) {
+        size_t n = strcspn(p, "\\\"\n"); /* the plain run, copied at once (the hot path) */
+        hr_buf_append(out, p, n);
+        p += n;
+        if (!*p) return;
+        hr_buf_appends(out, *p == '\n' ? "\\n" : *p == '"' ? "\\\"" : "\\\\");
+        p++;
     }
 }
 
 void hr_metrics_labels(hr_buf_t *out, const char *const *labels, size_t nlabels)
 {
-    for (size_t i = 0; i < nlabels; i++) {
-        hr_buf_printf(out, "%s%s=\"", i ? "," : "", labels[2 * i]);
+    for (size_t i = 0; i < nlabels; i++) { /* no printf: this runs per event */
+        if (i) hr_buf_appendc(out, ',');
+        hr_buf_appends(out, labels[2 * i]);
+        hr_buf_append(out, "=\"", 2);
         hr_metrics_escape(out, labels[2 * i + 1]);
         hr_buf_appendc(out, '"');
     }
@@ -103,8 +103,7 @@ static hr_series_t *series_find(hr_series_set_t *set, const char *labels, size_t
 }
 
 /* Publish a new series for labels in set (there is room) and index it at slot. */
-static hr_series_t *series_add(hr_series_set_t *set, const char *labels, size_t len,
-                               uint16_t *slot)
+static hr_series_t *series_add(hr_series_set_t *set, const char *labels, size_t len, uint16_t *slot)
 {
     size_t n = atomic_load_explicit(&set->n, memory_order_relaxed);
     /* its own cache lines: other workers write their own series, never this one */

@@ -799,9 +799,9 @@ static void histogram_json(hr_buf_t *out, const hr_histogram_t *h)
 {
     hr_buf_appends(out, "{\"buckets\":[");
     for (size_t i = 0; i <= HR_METRICS_NBUCKETS; i++)
-        hr_buf_printf(out, "%s%llu", i ? "," : "",
-                      (unsigned long long)atomic_load_explicit(&h->bucket[i],
-                                                               memory_order_relaxed));
+        hr_buf_printf(
+            out, "%s%llu", i ? "," : "",
+            (unsigned long long)atomic_load_explicit(&h->bucket[i], memory_order_relaxed));
     hr_buf_printf(out, "],\"sum_us\":%llu}",
                   (unsigned long long)atomic_load_explicit(&h->sum_us, memory_order_relaxed));
 }

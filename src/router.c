@@ -71,8 +71,8 @@ struct hr_router {
     hr_router_counters_t *all; /* every worker's (nall), summed by /healthz */
     unsigned nall;
     hr_buf_t labels; /* scratch: the labels of a series being counted */
-    bool front;     /* a front worker */
-    unsigned index; /* a front worker's number */
+    bool front;      /* a front worker */
+    unsigned index;  /* a front worker's number */
     /* rules that answer */
     hr_http_client_t *replies; /* request() traffic: its own pools, never behind retries */
     event_run_t *waiting;      /* events whose rule waits in request() (doubly linked) */
@@ -122,18 +122,19 @@ void hr_router_counters_free(hr_router_counters_t *c)
     hr_series_set_free(&c->replies);
 }
 
-/* The series of set for labels (nlabels pairs; the overflow series replaces the first
- * value by "other" once the set is full): rendered into r's scratch buffer, no allocation
- * once the series exists. */
+/* The series of set for labels (nlabels pairs; overflow: the rendered labels of the series
+ * that takes new label sets once the set is full): rendered into r's scratch buffer, no
+ * allocation once the series exists. */
 static hr_series_t *series_of(hr_router_t *r, hr_series_set_t *set, const char *const *labels,
-                              size_t nlabels)
+                              size_t nlabels, const char *overflow)
 {
     hr_buf_reset(&r->labels);
     hr_metrics_labels(&r->labels, labels, nlabels);
-    char overflow[96];
-    snprintf(overflow, sizeof overflow, "%s=\"other\"", labels[0]);
     return hr_series_get(set, r->labels.data, r->labels.len, overflow);
 }
+
+#define OTHER_TYPE     "type=\"other\""
+#define OTHER_ENDPOINT "endpoint=\"other\""
 
 /* hookrouter_events_total{type,[store,]outcome} += 1. */
 static void count_event(hr_router_t *r, const char *type, const char *store, const char *outcome)
@@ -141,14 +142,14 @@ static void count_event(hr_router_t *r, const char *type, const char *store, con
     bool st = hr_ruleset_config(r->rs)->metrics_store_labels;
     const char *l[] = {"type", type, "store", store ? store : "", "outcome", outcome};
     if (!st) l[2] = "outcome", l[3] = outcome;
-    hr_series_add(series_of(r, &r->ctr->events, l, st ? 3 : 2), 1);
+    hr_series_add(series_of(r, &r->ctr->events, l, st ? 3 : 2, OTHER_TYPE), 1);
 }
 
 /* hookrouter_replies_total{endpoint,result} += 1. */
 static void count_reply(hr_router_t *r, const char *endpoint, const char *result)
 {
     const char *l[] = {"endpoint", endpoint, "result", result};
-    hr_series_add(series_of(r, &r->ctr->replies, l, 2), 1);
+    hr_series_add(series_of(r, &r->ctr->replies, l, 2, OTHER_ENDPOINT), 1);
 }
 
 /* Answer req (hr_http_reply) and count it in hookrouter_requests_total{endpoint,code}: the
@@ -158,15 +159,17 @@ static void answer(hr_router_t *r, hr_http_request_t *req, int status, const hr_
                    size_t nh, const char *body, size_t len)
 {
     const hr_endpoint_conf_t *ep = hr_config_endpoint(hr_ruleset_config(r->rs), req->path);
-    const char *endpoint = ep                                 ? ep->path
+    const char *endpoint = ep                                   ? ep->path
                            : strcmp(req->path, "/healthz") == 0 ? "/healthz"
                            : strcmp(req->path, "/readyz") == 0  ? "/readyz"
                            : strcmp(req->path, "/metrics") == 0 ? "/metrics"
                                                                 : "other";
-    char code[16];
-    snprintf(code, sizeof code, "%d", status);
+    char code[4] = "000"; /* no printf: this runs per request */
+    if (status >= 100 && status <= 999)
+        for (int i = 2, v = status; i >= 0; i--, v /= 10)
+            code[i] = (char)('0' + v % 10);
     const char *l[] = {"endpoint", endpoint, "code", code};
-    hr_series_add(series_of(r, &r->ctr->requests, l, 2), 1);
+    hr_series_add(series_of(r, &r->ctr->requests, l, 2, OTHER_ENDPOINT), 1);
     hr_http_reply(req, status, h, nh, body, len);
 }
 
@@ -367,8 +370,8 @@ static void target_family(hr_buf_t *b, const cJSON *targets, const char *name, c
 }
 
 /* A histogram family from the targets JSON ({"buckets":[...],"sum_us":N} under key). */
-static void target_histograms(hr_buf_t *b, const cJSON *targets, const char *name,
-                              const char *help, const char *key)
+static void target_histograms(hr_buf_t *b, const cJSON *targets, const char *name, const char *help,
+                              const char *key)
 {
     hr_metrics_family(b, name, "histogram", help);
     const cJSON *t;
@@ -455,8 +458,9 @@ static void reply_metrics_with(hr_router_t *r, hr_http_request_t *req, const hr_
     {
         const char *c = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(t, "circuit"));
         const char *l[2];
-        if (c) hr_metrics_sample(&b, "hookrouter_circuit_open", tlabel(t, l), 1,
-                                 strcmp(c, "closed") != 0);
+        if (c)
+            hr_metrics_sample(&b, "hookrouter_circuit_open", tlabel(t, l), 1,
+                              strcmp(c, "closed") != 0);
     }
     target_family(&b, targets, "hookrouter_dead_letters_total", "counter",
                   "Actions dead-lettered, by target.", "dead", 1, false);
@@ -759,9 +763,9 @@ static void on_event_timer_closed(uv_handle_t *h)
 /* An event whose actions are being written to the spool: its reply waits for that. */
 typedef struct {
     hr_router_t *r;
-    hr_http_request_t *req; /* still owed a reply */
-    char id[HR_ID_LEN];     /* the event id */
-    hr_reply_t *reply;      /* what respond() set, or NULL for 200 {"id": ...} (owned) */
+    hr_http_request_t *req;   /* still owed a reply */
+    char id[HR_ID_LEN];       /* the event id */
+    hr_reply_t *reply;        /* what respond() set, or NULL for 200 {"id": ...} (owned) */
     const char *reply_result; /* replies_total's result for reply: "answered", "fallback" */
     const char *store;        /* the event's store (in strs), NULL if none */
     const char *endpoint;     /* its endpoint's path (in strs) */
@@ -808,7 +812,7 @@ static void event_complete(event_run_t *e, int fail_status)
     uint64_t now_ns = uv_hrtime();
     double ms = (double)(now_ns - req->start_ns) / 1e6;
     const char *tl[] = {"type", ep->event};
-    hr_histogram_observe(&series_of(r, &r->ctr->rule_time, tl, 1)->hist,
+    hr_histogram_observe(&series_of(r, &r->ctr->rule_time, tl, 1, OTHER_TYPE)->hist,
                          (now_ns - e->rule_ns) / 1000);
     const char *reply_result = NULL; /* for replies_total */
 

@@ -25,6 +25,7 @@
 #define HR_DEF_SHUTDOWN_GRACE_MS 10000
 #define HR_DEF_WORKERS           1
 #define HR_DEF_LOG_LEVEL         "info"
+/* metrics */
 #define HR_DEF_METRICS_STORE_LABELS false
 /* the spool */
 #define HR_DEF_SPOOL_DIR         "var/spool" /* against the config's folder */

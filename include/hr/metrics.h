@@ -38,7 +38,7 @@ void hr_histogram_observe(hr_histogram_t *h, uint64_t us);
  * until hr_series_set_free. The number of series is capped (label values come from
  * clients): past HR_SERIES_MAX - HR_SERIES_RESERVE new label sets go to the caller's
  * overflow label set instead. Zero-initialised is empty. */
-#define HR_SERIES_MAX 256
+#define HR_SERIES_MAX     256
 #define HR_SERIES_RESERVE 16
 typedef struct {
     char *labels;                /* rendered and escaped, owned; "" for none */
@@ -47,9 +47,9 @@ typedef struct {
 } hr_series_t;
 
 typedef struct {
-    atomic_size_t n;                          /* series published */
-    hr_series_t *series[HR_SERIES_MAX];       /* the first n are valid */
-    uint16_t index[2 * HR_SERIES_MAX];        /* owner only: hash of labels -> 1 + series */
+    atomic_size_t n;                    /* series published */
+    hr_series_t *series[HR_SERIES_MAX]; /* the first n are valid */
+    uint16_t index[2 * HR_SERIES_MAX];  /* owner only: hash of labels -> 1 + series */
 } hr_series_set_t;
 
 /* The series with these rendered labels (len bytes), added if new; when the set is full,

@@ -36,10 +36,10 @@ static void test_sample(void)
 static void test_histogram(void)
 {
     hr_histogram_t h[2] = {0};
-    hr_histogram_observe(&h[0], 100);        /* 0.0001 s: first bucket */
-    hr_histogram_observe(&h[0], 1000);       /* exactly 0.001: le="0.001" */
-    hr_histogram_observe(&h[1], 2000000);    /* 2 s: le="5" */
-    hr_histogram_observe(&h[1], 100000000);  /* 100 s: only +Inf */
+    hr_histogram_observe(&h[0], 100);       /* 0.0001 s: first bucket */
+    hr_histogram_observe(&h[0], 1000);      /* exactly 0.001: le="0.001" */
+    hr_histogram_observe(&h[1], 2000000);   /* 2 s: le="5" */
+    hr_histogram_observe(&h[1], 100000000); /* 100 s: only +Inf */
     hr_buf_t b = HR_BUF_INIT;
     const char *l[] = {"type", "push"};
     hr_metrics_histogram(&b, "d_seconds", l, 1, h, 2, sizeof h[0]);
