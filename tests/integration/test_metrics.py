@@ -20,6 +20,7 @@ RULE = ('return function(e)\n'
 BROKEN = 'return function(e) forward("pos", {\n'  # a syntax error
 PATH = "/aifi/checkout"
 TYPE = ENDPOINTS[PATH]
+WEIRD = 'we"ird\\name'  # a target name that needs escaping
 
 LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
@@ -249,14 +250,19 @@ class MetricsTest(HRTestCase):
 
     def test_metrics_token(self):
         self.wd.rule(None, RULE)
-        r = self.router(self.config(self.sink().url, self.sink().url,
-                                    metrics={"token": "scrape-me"}))
+        cfg = self.config(self.sink().url, self.sink().url, metrics={"token": "scrape-me"})
+        cfg["targets"][WEIRD] = target(self.sink().url)
+        r = self.router(cfg)
         resp = self.scrape(r.port, token=None, expect=401)
         self.assertEqual(resp.header("WWW-Authenticate"), "Bearer")
         self.scrape(r.port, token=TOKEN, expect=401)  # a webhook token is not the metrics one
         self.assertTrue(r.count_log(r"status=401 path=/metrics .*missing metrics token") >= 1)
         e = self.scrape(r.port, token="scrape-me")
         self.assertEqual(e.get("hookrouter_requests_total", endpoint="/metrics", code="401"), 2)
+        # a label value with a quote, a backslash: escaped on the wire, the same once parsed
+        self.assertIn('target="we\\"ird\\\\name"', e.text)
+        self.assertEqual(e.get("hookrouter_queue_pending", target=WEIRD), 0)
+        self.check_targets_add_up(e)
         self.assertEqual(request(r.port, "GET", "/healthz", token=None).status, 200)
 
     def test_store_labels(self):
