@@ -47,7 +47,7 @@ struct hr_workers {
     char *config_path;              /* what workers read */
     hr_delivery_t *delivery;        /* the one outbox and its files, direct */
     hr_handoff_t *handoff;          /* the workers' ports lead to delivery */
-    hr_router_counters_t *counters; /* one per worker, for /healthz */
+    hr_router_counters_t *counters; /* one per worker, for /healthz and /metrics */
     worker_t *w;
     unsigned n;                    /* workers */
     unsigned nthreads;             /* threads created (each ends with done) */
