@@ -214,29 +214,59 @@ static size_t count_entries(lua_State *L)
 
 /* ---------------------------------------------------------------- sections */
 
-static int parse_listen(hr_config_t *c, char *err, size_t errlen)
+/* Split s ("host:port", "[ipv6]:port", ":port") into *host (allocated) and *port. Returns 0,
+ * or -1 with a message in err (*host unchanged). */
+static int parse_address(const char *s, char **host, int *port_out, char *err, size_t errlen)
 {
-    const char *s = c->listen;
     const char *colon;
+    size_t hlen;
+    const char *h;
     if (s[0] == '[') {
         const char *close = strchr(s, ']');
         if (!close || close[1] != ':') goto bad;
-        c->listen_host = hr_xstrndup(s + 1, (size_t)(close - s - 1));
+        h = s + 1;
+        hlen = (size_t)(close - s - 1);
         colon = close + 1;
     } else {
         colon = strrchr(s, ':');
         if (!colon) goto bad;
-        c->listen_host = colon == s ? hr_xstrdup("0.0.0.0") : hr_xstrndup(s, (size_t)(colon - s));
+        h = colon == s ? "0.0.0.0" : s;
+        hlen = colon == s ? strlen(h) : (size_t)(colon - s);
     }
     char *end;
     errno = 0;
     long port = strtol(colon + 1, &end, 10);
     if (end == colon + 1 || *end || errno || port < 0 || port > 65535) goto bad;
-    c->listen_port = (int)port;
+    *host = hr_xstrndup(h, hlen);
+    *port_out = (int)port;
     return 0;
 bad:
     snprintf(err, errlen, "expected \"host:port\" or \"[ipv6]:port\", got \"%s\"", s);
     return -1;
+}
+
+static int parse_listen(hr_config_t *c, char *err, size_t errlen)
+{
+    return parse_address(c->listen, &c->listen_host, &c->listen_port, err, errlen);
+}
+
+/* metrics (value on top): token (a non-empty string), store_labels (a bool). [-0, +0, m] */
+static void load_metrics(loader_t *ld)
+{
+    static const char *const keys[] = {"token", "store_labels", NULL};
+    lua_State *L = ld->L;
+    hr_config_t *c = ld->c;
+    if (!want_table(ld, "metrics")) return;
+    check_keys(ld, "metrics", keys);
+    if (lua_getfield(L, -1, "token") != LUA_TNIL) {
+        want_string(ld, "metrics.token", &c->metrics_token);
+        if (c->metrics_token && !c->metrics_token[0])
+            key_err(ld, "metrics.token", "must not be empty (leave it out for no token)");
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "store_labels") != LUA_TNIL)
+        want_bool(ld, "metrics.store_labels", &c->metrics_store_labels);
+    lua_pop(L, 1);
 }
 
 /* tokens (value on top): a list of non-empty strings. [-0, +0, -] */
@@ -1136,6 +1166,8 @@ static void load_root(loader_t *ld)
                                        "max_spool_bytes",
                                        "workers",
                                        "tls",
+                                       "metrics",
+                                       "admin_listen",
                                        NULL};
     lua_State *L = ld->L;
     hr_config_t *c = ld->c;
@@ -1145,6 +1177,18 @@ static void load_root(loader_t *ld)
     lua_pop(L, 1);
     char err[256];
     if (parse_listen(c, err, sizeof err) != 0) key_err(ld, "listen", "%s", err);
+    if (lua_getfield(L, -1, "admin_listen") != LUA_TNIL) {
+        want_string(ld, "admin_listen", &c->admin_listen);
+        if (c->admin_listen &&
+            parse_address(c->admin_listen, &c->admin_host, &c->admin_port, err, sizeof err) != 0)
+            key_err(ld, "admin_listen", "%s", err);
+        else if (c->admin_listen && c->listen_host && c->admin_port != 0 &&
+                 c->admin_port == c->listen_port && strcmp(c->admin_host, c->listen_host) == 0)
+            key_err(ld, "admin_listen", "must differ from listen (%s)", c->listen);
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "metrics") != LUA_TNIL) load_metrics(ld);
+    lua_pop(L, 1);
     if (lua_getfield(L, -1, "tls") != LUA_TNIL) load_tls(ld);
     lua_pop(L, 1);
 
@@ -1228,6 +1272,7 @@ static void set_defaults(hr_config_t *c)
     c->fsync_interval_ms = HR_DEF_FSYNC_INTERVAL_MS;
     c->max_spool_bytes = HR_DEF_MAX_SPOOL_BYTES;
     c->workers = HR_DEF_WORKERS;
+    c->metrics_store_labels = HR_DEF_METRICS_STORE_LABELS;
 }
 
 /* Open the libraries a config may use: base (without file loading), string, table, math,
@@ -1350,6 +1395,9 @@ void hr_config_free(hr_config_t *c)
     free(c->dir);
     free(c->listen);
     free(c->listen_host);
+    free(c->metrics_token);
+    free(c->admin_listen);
+    free(c->admin_host);
     free(c->tls.cert_file);
     free(c->tls.key_file);
     free(c->tls.client_ca_file);

@@ -53,5 +53,6 @@ const hr_default_t hr_defaults[] = {
     {"max_spool_bytes", HR_DEF_TEXT(HR_DEF_MAX_SPOOL_BYTES)},
     {"log.level", QUOTED(HR_DEF_LOG_LEVEL)},
     {"log.format", QUOTED(HR_DEF_LOG_FORMAT)},
+    {"metrics.store_labels", BOOL_TEXT(HR_DEF_METRICS_STORE_LABELS)},
 };
 const size_t hr_ndefaults = HR_ARRAY_SIZE(hr_defaults);

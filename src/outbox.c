@@ -382,6 +382,7 @@ static ob_item_t *item_for_action(hr_outbox_t *o, hr_action_t *a, uint64_t id, h
         it->due = uv_now(o->loop) + w;
         it->due_wall = hr_wall_ms() + w;
     }
+    ob_tstats(it)->accepted++;
     return it;
 }
 
@@ -793,19 +794,63 @@ void hr_outbox_each_pending(const hr_outbox_t *o,
     }
 }
 
+/* Append a histogram as {"buckets":[per-bucket counts, not cumulative],"sum_us":N}. */
+static void histogram_json(hr_buf_t *out, const hr_histogram_t *h)
+{
+    hr_buf_appends(out, "{\"buckets\":[");
+    for (size_t i = 0; i <= HR_METRICS_NBUCKETS; i++)
+        hr_buf_printf(
+            out, "%s%llu", i ? "," : "",
+            (unsigned long long)atomic_load_explicit(&h->bucket[i], memory_order_relaxed));
+    hr_buf_printf(out, "],\"sum_us\":%llu}",
+                  (unsigned long long)atomic_load_explicit(&h->sum_us, memory_order_relaxed));
+}
+
+/* Append name's figures m: ,"pending":N,"oldest_age_ms":N,"accepted":N,... up to the lag
+ * histogram (no braces). oldest: accepted_ms of its oldest unfinished action, 0 if none. */
+static void tstats_json(hr_buf_t *out, const ob_tstats_t *m, uint64_t pending, uint64_t oldest,
+                        uint64_t wall)
+{
+    hr_buf_printf(out,
+                  "\"pending\":%llu,\"oldest_age_ms\":%llu,\"accepted\":%llu,"
+                  "\"delivered\":%llu,\"retried\":%llu,\"dead\":%llu,\"duration\":",
+                  (unsigned long long)pending,
+                  (unsigned long long)(oldest && wall > oldest ? wall - oldest : 0),
+                  (unsigned long long)m->accepted, (unsigned long long)m->delivered,
+                  (unsigned long long)m->retried, (unsigned long long)m->dead);
+    histogram_json(out, &m->duration);
+    hr_buf_appends(out, ",\"lag\":");
+    histogram_json(out, &m->lag);
+}
+
+/* accepted_ms of the oldest unfinished action of t (a write when t is NULL), 0 if none. The
+ * items are in arrival order, so the first one found is the oldest; O(items) at worst. */
+static uint64_t oldest_of(const hr_outbox_t *o, const ob_target_t *t)
+{
+    for (const ob_item_t *it = o->all_head; it; it = it->next)
+        if (it->t == t) return it->accepted_ms ? it->accepted_ms : 1;
+    return 0;
+}
+
 void hr_outbox_targets_json(const hr_outbox_t *o, hr_buf_t *out)
 {
     static const char *const names[] = {"closed", "open", "half-open"};
+    uint64_t wall = hr_wall_ms();
+    uint64_t forwards = 0;
     hr_buf_appendc(out, '{');
-    bool first = true;
     for (const ob_target_t *t = o->targets; t; t = t->next) {
-        if (!first) hr_buf_appendc(out, ',');
-        first = false;
         hr_buf_append_json_string(out, t->name, strlen(t->name));
-        hr_buf_printf(out, ":{\"circuit\":\"%s\",\"in_flight\":%u,\"queued\":%zu}",
+        hr_buf_printf(out, ":{\"circuit\":\"%s\",\"in_flight\":%u,\"queued\":%zu,",
                       names[t->circuit.state], (unsigned)t->inflight, t->live);
+        tstats_json(out, &t->m, t->live, t->live ? oldest_of(o, t) : 0, wall);
+        hr_buf_appends(out, "},");
+        forwards += t->live;
     }
-    hr_buf_appendc(out, '}');
+    /* the write actions, under a name no target can have ("(" is not allowed in one) */
+    uint64_t writes = o->st.pending > forwards ? o->st.pending - forwards : 0;
+    hr_buf_appends(out, "\"(writes)\":{");
+    tstats_json(out, &o->writes_m, writes, writes ? oldest_of(o, NULL) : 0, wall);
+    hr_buf_appends(out, "}}");
 }
 
 void hr_outbox_drain(hr_outbox_t *o, uint64_t grace_ms, void (*cb)(void *arg), void *arg)

@@ -149,5 +149,6 @@ void ob_dead_item(ob_item_t *it, const char *reason)
                   HR_KV_STR("reason", reason));
     }
     o->st.dead++;
+    ob_tstats(it)->dead++;
     ob_item_release(it, true);
 }

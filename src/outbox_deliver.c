@@ -118,6 +118,7 @@ static void retry_or_dead(ob_item_t *it, const hr_target_policy_t *p, const hr_t
               HR_KV_UINT("attempts", it->attempts), HR_KV_UINT("max_attempts", it->max_attempts),
               HR_KV_UINT("in_ms", next.wait_ms));
     o->st.retried++;
+    ob_tstats(it)->retried++;
     if (next.wait_ms > KEEP_LOADED_MS) ob_item_unload(it);
     ob_heap_push(o, it);
     ob_rearm(o);
@@ -137,7 +138,9 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
     it->where = IT_NONE;
     t->inflight--;
     o->inflight--;
-    if (err == UV_ECANCELED && (o->draining || o->closing)) {
+    bool cut_off = err == UV_ECANCELED && (o->draining || o->closing);
+    if (!cut_off) hr_histogram_observe(&t->m.duration, (uv_hrtime() - it->started_ns) / 1000);
+    if (cut_off) {
         /* Cut off by shutdown: not an attempt; it stays in the spool. */
         it->attempts--;
         hr_circuit_unprobe(&t->circuit);
@@ -163,6 +166,7 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
                   HR_KV_INT("status", res->status), HR_KV_UINT("attempts", it->attempts),
                   HR_KV_UINT("ms", ms_since(a->accepted_ms)));
         o->st.delivered++;
+        ob_count_delivered(it, hr_wall_ms());
         ob_item_release(it, true);
         ob_pump(t);
         ob_maybe_drained(o);
@@ -191,6 +195,7 @@ static void start_attempt(ob_item_t *it)
     ob_target_t *t = it->t;
     if (ob_item_load(it) < 0) {
         o->st.dead++;
+        ob_tstats(it)->dead++;
         ob_item_release(it, true);
         return;
     }
@@ -224,6 +229,7 @@ static void start_attempt(ob_item_t *it)
     }
     it->where = IT_FLIGHT;
     it->started_ms = uv_now(o->loop);
+    it->started_ns = uv_hrtime();
     t->inflight++;
     o->inflight++;
 }
@@ -296,6 +302,7 @@ void ob_deliver_write(ob_item_t *it)
     hr_outbox_t *o = it->o;
     if (ob_item_load(it) < 0) {
         o->st.dead++;
+        ob_tstats(it)->dead++;
         ob_item_release(it, true);
         return;
     }
@@ -321,5 +328,6 @@ void ob_deliver_write(ob_item_t *it)
               HR_KV_STR("action", "write"), HR_KV_STR("file", a->name),
               HR_KV_UINT("attempts", it->attempts), HR_KV_UINT("ms", ms_since(a->accepted_ms)));
     o->st.delivered++;
+    ob_count_delivered(it, hr_wall_ms());
     ob_item_release(it, true);
 }

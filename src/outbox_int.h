@@ -16,6 +16,7 @@
 
 #include "hr/deadletter.h"
 #include "hr/http_client.h"
+#include "hr/metrics.h"
 #include "hr/outbox.h"
 #include "hr/spool.h"
 #include "hr/spool_index.h"
@@ -27,6 +28,17 @@ typedef enum { IT_NONE = 0, IT_HEAP, IT_READY, IT_LANE, IT_FLIGHT } ob_where_t;
 
 struct ob_target;
 struct ob_lane;
+
+/* What /metrics reports of one target (or of the write actions, o->writes_m): written and
+ * read on the outbox's loop only (hr_outbox_targets_json). */
+typedef struct {
+    uint64_t accepted;       /* actions taken in: pushed, recovered at open, replayed */
+    uint64_t delivered;      /* answered 2xx (a write: its line written) */
+    uint64_t retried;        /* attempts scheduled again */
+    uint64_t dead;           /* dead-lettered */
+    hr_histogram_t duration; /* one forward attempt, start to answer */
+    hr_histogram_t lag;      /* accepted to delivered */
+} ob_tstats_t;
 
 /* One unfinished action. */
 typedef struct ob_item {
@@ -53,6 +65,7 @@ typedef struct ob_item {
     ob_where_t where;         /* see outbox.c's opening comment */
     const char *dead_reason;  /* a dead letter that could not be written yet (a literal) */
     uint64_t started_ms;      /* uv_now when the attempt in flight started */
+    uint64_t started_ns;      /* uv_hrtime then (the attempt's duration for /metrics) */
 } ob_item_t;
 
 /* One store's lane on an ordered target. */
@@ -76,6 +89,7 @@ typedef struct ob_target {
     uint32_t inflight;      /* requests in flight */
     size_t live;            /* unfinished items */
     hr_circuit_t circuit;   /* breaker (times in uv_now) */
+    ob_tstats_t m;          /* for /metrics */
     hr_bucket_t bucket;     /* rate bucket (times in uv_now) */
     uv_timer_t timer;       /* probe / rate wake-up */
     ob_lane_t **lanes;      /* LANE_BUCKETS chains when ordered, else NULL */
@@ -123,7 +137,23 @@ struct hr_outbox {
     uint64_t last_dl_log;      /* uv_now of the last "dead-letter file failed" line */
     uint32_t dl_suppressed;    /* such lines left out since */
     bool incoming_scanned;     /* the first scan of incoming_dir ran */
+    ob_tstats_t writes_m;      /* the write actions' figures for /metrics */
 };
+
+/* The /metrics figures it counts in: its target's, or the write actions'. */
+static inline ob_tstats_t *ob_tstats(ob_item_t *it)
+{
+    return it->t ? &it->t->m : &it->o->writes_m;
+}
+
+/* it was delivered now: count it and its lag (accepted to now). */
+static inline void ob_count_delivered(ob_item_t *it, uint64_t wall_ms)
+{
+    ob_tstats_t *m = ob_tstats(it);
+    m->delivered++;
+    uint64_t lag = wall_ms > it->accepted_ms ? wall_ms - it->accepted_ms : 0;
+    hr_histogram_observe(&m->lag, lag * 1000);
+}
 
 /* An attempt log being collected: v[i].error points into err[i] once it is complete. */
 typedef struct {

@@ -58,6 +58,7 @@ static void rec_item(void *arg, const hr_spool_entry_t *e)
     if (e->kind == HR_ACTION_WRITE) it->max_attempts = o->write_attempts;
     it->t = e->user;
     if (it->t) it->t->live++;
+    ob_tstats(it)->accepted++;
     hr_spool_ref(o->spool, it->loc);
 }
 

@@ -1,5 +1,5 @@
-/* The router: webhook pipeline, /healthz and /readyz, reload and shutdown for one event
- * loop (the only one, or one front worker's: see router.h). */
+/* The router: webhook pipeline, /healthz, /readyz and /metrics, reload and shutdown for one
+ * event loop (the only one, or one front worker's: see router.h). */
 #include "hr/router.h"
 
 #include <cjson/cJSON.h>
@@ -42,12 +42,16 @@ typedef struct event_run {
     bool abandoned;       /* the run was ended before it returned: a late answer is dropped */
     bool waiting;         /* on the waiting list */
     uint64_t sent_ns;     /* when the current request() went out */
+    uint64_t rule_ns;     /* when the rule started (hookrouter_rule_duration_seconds) */
     char target[64];      /* its target, for the late-answer log line */
 } event_run_t;
 
 struct hr_router {
     uv_loop_t *loop;
     hr_server_t *server;
+    hr_server_t *admin;      /* admin_listen's server (/metrics, /healthz, /readyz), or NULL */
+    bool admin_apart;        /* admin_listen was set at start: no admin paths on the webhook
+                                port (with workers only the first one has the admin server) */
     hr_ruleset_t *rs;        /* current rule set (one reference held here) */
     hr_delivery_t *delivery; /* ours: the outbox directly, or a front worker's hand-off port */
     hr_files_t *files;       /* dead letters of failed rules (the delivery side has its own) */
@@ -66,8 +70,9 @@ struct hr_router {
     hr_router_counters_t *ctr; /* ours: &own, or our slot in the workers' array */
     hr_router_counters_t *all; /* every worker's (nall), summed by /healthz */
     unsigned nall;
-    bool front;     /* a front worker */
-    unsigned index; /* a front worker's number */
+    hr_buf_t labels; /* scratch: the labels of a series being counted */
+    bool front;      /* a front worker */
+    unsigned index;  /* a front worker's number */
     /* rules that answer */
     hr_http_client_t *replies; /* request() traffic: its own pools, never behind retries */
     event_run_t *waiting;      /* events whose rule waits in request() (doubly linked) */
@@ -108,8 +113,68 @@ static unsigned long long counters_sum(const hr_router_t *r, size_t off)
 
 #define SUM(r, field) counters_sum((r), offsetof(hr_router_counters_t, field))
 
+void hr_router_counters_free(hr_router_counters_t *c)
+{
+    if (!c) return;
+    hr_series_set_free(&c->requests);
+    hr_series_set_free(&c->events);
+    hr_series_set_free(&c->rule_time);
+    hr_series_set_free(&c->replies);
+}
+
+/* The series of set for labels (nlabels pairs; overflow: the rendered labels of the series
+ * that takes new label sets once the set is full): rendered into r's scratch buffer, no
+ * allocation once the series exists. */
+static hr_series_t *series_of(hr_router_t *r, hr_series_set_t *set, const char *const *labels,
+                              size_t nlabels, const char *overflow)
+{
+    hr_buf_reset(&r->labels);
+    hr_metrics_labels(&r->labels, labels, nlabels);
+    return hr_series_get(set, r->labels.data, r->labels.len, overflow);
+}
+
+#define OTHER_TYPE     "type=\"other\""
+#define OTHER_ENDPOINT "endpoint=\"other\""
+
+/* hookrouter_events_total{type,[store,]outcome} += 1. */
+static void count_event(hr_router_t *r, const char *type, const char *store, const char *outcome)
+{
+    bool st = hr_ruleset_config(r->rs)->metrics_store_labels;
+    const char *l[] = {"type", type, "store", store ? store : "", "outcome", outcome};
+    if (!st) l[2] = "outcome", l[3] = outcome;
+    hr_series_add(series_of(r, &r->ctr->events, l, st ? 3 : 2, OTHER_TYPE), 1);
+}
+
+/* hookrouter_replies_total{endpoint,result} += 1. */
+static void count_reply(hr_router_t *r, const char *endpoint, const char *result)
+{
+    const char *l[] = {"endpoint", endpoint, "result", result};
+    hr_series_add(series_of(r, &r->ctr->replies, l, 2, OTHER_ENDPOINT), 1);
+}
+
+/* Answer req (hr_http_reply) and count it in hookrouter_requests_total{endpoint,code}: the
+ * endpoint is the configured path the request's path is (the health and metrics paths
+ * their own), "other" for any other path (a client cannot add series). */
+static void answer(hr_router_t *r, hr_http_request_t *req, int status, const hr_header_t *h,
+                   size_t nh, const char *body, size_t len)
+{
+    const hr_endpoint_conf_t *ep = hr_config_endpoint(hr_ruleset_config(r->rs), req->path);
+    const char *endpoint = ep                                   ? ep->path
+                           : strcmp(req->path, "/healthz") == 0 ? "/healthz"
+                           : strcmp(req->path, "/readyz") == 0  ? "/readyz"
+                           : strcmp(req->path, "/metrics") == 0 ? "/metrics"
+                                                                : "other";
+    char code[4] = "000"; /* no printf: this runs per request */
+    if (status >= 100 && status <= 999)
+        for (int i = 2, v = status; i >= 0; i--, v /= 10)
+            code[i] = (char)('0' + v % 10);
+    const char *l[] = {"endpoint", endpoint, "code", code};
+    hr_series_add(series_of(r, &r->ctr->requests, l, 2, OTHER_ENDPOINT), 1);
+    hr_http_reply(req, status, h, nh, body, len);
+}
+
 /* Reply with a JSON body {"error": msg} plus optional extra headers. */
-static void reply_error(hr_http_request_t *req, int status, const char *msg,
+static void reply_error(hr_router_t *r, hr_http_request_t *req, int status, const char *msg,
                         const hr_header_t *extra, size_t nextra)
 {
     hr_buf_t b = HR_BUF_INIT;
@@ -120,7 +185,7 @@ static void reply_error(hr_http_request_t *req, int status, const char *msg,
     size_t n = 1;
     for (size_t i = 0; i < nextra && n < HR_ARRAY_SIZE(h); i++)
         h[n++] = extra[i];
-    hr_http_reply(req, status, h, n, b.data, b.len);
+    answer(r, req, status, h, n, b.data, b.len);
     hr_buf_free(&b);
 }
 
@@ -190,7 +255,7 @@ static void reply_ready_with(hr_router_t *r, hr_http_request_t *req, const hr_ou
         hr_buf_free(&b);
         hr_buf_appends(&b, "{\"status\":\"ready\"}");
     }
-    hr_http_reply(req, n ? 503 : 200, JSON_CT, 1, b.data, b.len);
+    answer(r, req, n ? 503 : 200, JSON_CT, 1, b.data, b.len);
     hr_buf_free(&b);
 }
 
@@ -251,32 +316,255 @@ static void reply_health_with(hr_router_t *r, hr_http_request_t *req, const hr_o
         hr_buf_appendc(&b, ']');
     }
     hr_buf_appendc(&b, '}');
-    hr_http_reply(req, r->stopping ? 503 : 200, JSON_CT, 1, b.data, b.len);
+    answer(r, req, r->stopping ? 503 : 200, JSON_CT, 1, b.data, b.len);
     hr_buf_free(&b);
 }
 
-/* A /healthz waiting for the delivery side's numbers (at once with the router's own outbox,
- * from the delivery loop for a front worker). */
+/* ---------------------------------------------------------------- metrics */
+
+static const hr_header_t METRICS_CT[] = {{"Content-Type", "text/plain; version=0.0.4"}};
+
+/* The largest value of one counter (at offset off) over the workers: what happens once to
+ * every worker (a reload) counts once. */
+static unsigned long long counters_max(const hr_router_t *r, size_t off)
+{
+    unsigned long long max = 0;
+    for (unsigned i = 0; i < r->nall; i++) {
+        unsigned long long v =
+            counter_get((const atomic_uint_least64_t *)((const char *)&r->all[i] + off));
+        if (v > max) max = v;
+    }
+    return max;
+}
+
+#define MAX_OF(r, field) counters_max((r), offsetof(hr_router_counters_t, field))
+
+/* A number field of a targets-JSON entry, 0 if absent. */
+static double tnum(const cJSON *t, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(t, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+/* The target label of a targets-JSON entry: its name ("(writes)" for the write actions). */
+static const char *const *tlabel(const cJSON *t, const char *l[2])
+{
+    l[0] = "target";
+    l[1] = t->string;
+    return l;
+}
+
+/* One family from the targets JSON: a sample per entry of field key (scaled by mul), or only
+ * the entries that have a circuit when targets_only. */
+static void target_family(hr_buf_t *b, const cJSON *targets, const char *name, const char *type,
+                          const char *help, const char *key, double mul, bool targets_only)
+{
+    hr_metrics_family(b, name, type, help);
+    const cJSON *t;
+    const char *l[2];
+    cJSON_ArrayForEach(t, targets)
+    {
+        if (targets_only && !cJSON_GetObjectItemCaseSensitive(t, "circuit")) continue;
+        hr_metrics_sample(b, name, tlabel(t, l), 1, tnum(t, key) * mul);
+    }
+}
+
+/* A histogram family from the targets JSON ({"buckets":[...],"sum_us":N} under key). */
+static void target_histograms(hr_buf_t *b, const cJSON *targets, const char *name, const char *help,
+                              const char *key)
+{
+    hr_metrics_family(b, name, "histogram", help);
+    const cJSON *t;
+    const char *l[2];
+    cJSON_ArrayForEach(t, targets)
+    {
+        const cJSON *hj = cJSON_GetObjectItemCaseSensitive(t, key);
+        const cJSON *bk = cJSON_GetObjectItemCaseSensitive(hj, "buckets");
+        hr_histogram_t h = {0};
+        for (int i = 0; i <= HR_METRICS_NBUCKETS && i < cJSON_GetArraySize(bk); i++)
+            atomic_init(&h.bucket[i], (uint64_t)cJSON_GetArrayItem(bk, i)->valuedouble);
+        atomic_init(&h.sum_us, (uint64_t)tnum(hj, "sum_us"));
+        hr_metrics_histogram(b, name, tlabel(t, l), 1, &h, 1, sizeof h);
+    }
+}
+
+/* Answer /metrics: every family in the text format 0.0.4. Router figures are summed over the
+ * workers (reloads and the load time: the largest), the delivery side's come from st and tj
+ * (one outbox for every worker), so any worker gives the same totals. */
+static void reply_metrics_with(hr_router_t *r, hr_http_request_t *req, const hr_outbox_stats_t *st,
+                               const char *tj)
+{
+    hr_buf_t b = HR_BUF_INIT;
+    const size_t stride = sizeof(hr_router_counters_t);
+    const char *ver[] = {"version", HR_VERSION};
+    hr_metrics_family(&b, "hookrouter_build_info", "gauge", "Always 1; the version label.");
+    hr_metrics_sample(&b, "hookrouter_build_info", ver, 1, 1);
+    hr_metrics_family(&b, "hookrouter_requests_total", "counter",
+                      "HTTP requests answered by the router, by endpoint path and status code.");
+    hr_metrics_series_write(&b, "hookrouter_requests_total", false, &r->all[0].requests, r->nall,
+                            stride);
+    hr_metrics_family(&b, "hookrouter_events_total", "counter",
+                      "Webhook events by type and outcome (accepted, dropped, rule_failed, "
+                      "refused).");
+    hr_metrics_series_write(&b, "hookrouter_events_total", false, &r->all[0].events, r->nall,
+                            stride);
+    hr_metrics_family(&b, "hookrouter_rule_duration_seconds", "histogram",
+                      "Time from a rule's start to its result, waits in request() included.");
+    hr_metrics_series_write(&b, "hookrouter_rule_duration_seconds", true, &r->all[0].rule_time,
+                            r->nall, stride);
+    hr_metrics_family(&b, "hookrouter_replies_total", "counter",
+                      "Answers of rules that reply (answered, fallback, deadline).");
+    hr_metrics_series_write(&b, "hookrouter_replies_total", false, &r->all[0].replies, r->nall,
+                            stride);
+    const char *ok[] = {"result", "ok"}, *failed[] = {"result", "failed"};
+    hr_metrics_family(&b, "hookrouter_reloads_total", "counter", "Reloads by result.");
+    hr_metrics_sample(&b, "hookrouter_reloads_total", ok, 1, (double)MAX_OF(r, reloads_ok));
+    hr_metrics_sample(&b, "hookrouter_reloads_total", failed, 1, (double)MAX_OF(r, reloads_failed));
+    hr_metrics_family(&b, "hookrouter_config_loaded_timestamp_seconds", "gauge",
+                      "When the config in force was loaded (Unix time).");
+    hr_metrics_sample(&b, "hookrouter_config_loaded_timestamp_seconds", NULL, 0,
+                      (double)MAX_OF(r, loaded_ms) / 1000.0);
+    hr_metrics_family(&b, "hookrouter_connections", "gauge", "Open webhook connections.");
+    hr_metrics_sample(&b, "hookrouter_connections", NULL, 0, (double)SUM(r, connections));
+
+    cJSON *targets = cJSON_Parse(tj);
+    target_family(&b, targets, "hookrouter_actions_accepted_total", "counter",
+                  "Actions taken in for a target (pushed, replayed, recovered at start).",
+                  "accepted", 1, false);
+    hr_metrics_family(&b, "hookrouter_deliveries_total", "counter",
+                      "Deliveries by target and result (delivered, retried, dead).");
+    static const char *const results[] = {"delivered", "retried", "dead"};
+    const cJSON *t;
+    cJSON_ArrayForEach(t, targets)
+    {
+        for (size_t i = 0; i < HR_ARRAY_SIZE(results); i++) {
+            const char *l[] = {"target", t->string, "result", results[i]};
+            hr_metrics_sample(&b, "hookrouter_deliveries_total", l, 2, tnum(t, results[i]));
+        }
+    }
+    target_histograms(&b, targets, "hookrouter_delivery_duration_seconds",
+                      "One delivery attempt, sent to answered.", "duration");
+    target_histograms(&b, targets, "hookrouter_delivery_lag_seconds",
+                      "From the event's acceptance to its delivery.", "lag");
+    target_family(&b, targets, "hookrouter_queue_pending", "gauge",
+                  "Actions not finished (queued, in flight or waiting to retry).", "pending", 1,
+                  false);
+    target_family(&b, targets, "hookrouter_queue_oldest_age_seconds", "gauge",
+                  "Age of the oldest unfinished action (0 when none).", "oldest_age_ms", 0.001,
+                  false);
+    hr_metrics_family(&b, "hookrouter_circuit_open", "gauge",
+                      "1 while the target's circuit is open (half-open counts as open).");
+    cJSON_ArrayForEach(t, targets)
+    {
+        const char *c = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(t, "circuit"));
+        const char *l[2];
+        if (c)
+            hr_metrics_sample(&b, "hookrouter_circuit_open", tlabel(t, l), 1,
+                              strcmp(c, "closed") != 0);
+    }
+    target_family(&b, targets, "hookrouter_dead_letters_total", "counter",
+                  "Actions dead-lettered, by target.", "dead", 1, false);
+    cJSON_Delete(targets);
+
+    hr_metrics_family(&b, "hookrouter_spool_bytes", "gauge", "Bytes in the spool's segments.");
+    hr_metrics_sample(&b, "hookrouter_spool_bytes", NULL, 0, (double)st->spool.bytes);
+    hr_metrics_family(&b, "hookrouter_spool_segments", "gauge", "Segment files in the spool.");
+    hr_metrics_sample(&b, "hookrouter_spool_segments", NULL, 0, (double)st->spool.segments);
+    hr_metrics_family(&b, "hookrouter_spool_corrupt_records_total", "counter",
+                      "Spool records skipped as corrupt.");
+    hr_metrics_sample(&b, "hookrouter_spool_corrupt_records_total", NULL, 0,
+                      (double)st->spool.corrupt);
+    hr_metrics_process(&b);
+    answer(r, req, 200, METRICS_CT, 1, b.data, b.len);
+    hr_buf_free(&b);
+}
+
+/* ---------------------------------------------------------------- admin paths */
+
+typedef enum { ADMIN_HEALTH, ADMIN_READY, ADMIN_METRICS } admin_kind_t;
+
+/* An admin request waiting for the delivery side's numbers (at once with the router's own
+ * outbox, from the delivery loop for a front worker). */
 typedef struct {
     hr_router_t *r;
     hr_http_request_t *req;
-    bool ready; /* /readyz, not /healthz */
+    admin_kind_t kind;
 } health_ctx_t;
 
 static void on_health_stats(void *arg, const hr_outbox_stats_t *st, const char *targets_json)
 {
     health_ctx_t *hc = arg;
-    if (hc->ready)
+    if (hc->kind == ADMIN_READY)
         reply_ready_with(hc->r, hc->req, st, targets_json);
+    else if (hc->kind == ADMIN_METRICS)
+        reply_metrics_with(hc->r, hc->req, st, targets_json);
     else
         reply_health_with(hc->r, hc->req, st, targets_json);
     free(hc);
 }
 
-/* /healthz or /readyz: answered to GET and HEAD with no token (see on_headers). */
-static bool is_health_path(const char *path)
+/* /healthz, /readyz or /metrics: answered to GET and HEAD (see on_headers), on admin_listen's
+ * address when there is one, else on the webhook port. */
+static bool is_admin_path(const char *path)
 {
-    return strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0;
+    return strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
+           strcmp(path, "/metrics") == 0;
+}
+
+/* Headers of an admin path: 405 to anything but GET and HEAD (those are answered in
+ * on_request: the numbers may come later). */
+static void admin_headers(hr_router_t *r, hr_http_request_t *req)
+{
+    if (strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0) return;
+    static const hr_header_t allow[] = {{"Allow", "GET, HEAD"}};
+    char msg[64];
+    snprintf(msg, sizeof msg, "method not allowed: use GET %s", req->path);
+    reply_error(r, req, 405, msg, allow, 1);
+}
+
+/* Answer an admin path (GET or HEAD). /metrics wants metrics.token when one is set. */
+static void admin_request(hr_router_t *r, hr_http_request_t *req)
+{
+    admin_kind_t kind = strcmp(req->path, "/readyz") == 0    ? ADMIN_READY
+                        : strcmp(req->path, "/metrics") == 0 ? ADMIN_METRICS
+                                                             : ADMIN_HEALTH;
+    const char *tok = hr_ruleset_config(r->rs)->metrics_token;
+    if (kind == ADMIN_METRICS && tok) {
+        const char *h = hr_http_header(req, "authorization");
+        const char *got = h && strncasecmp(h, "Bearer ", 7) == 0 ? h + 7 : "";
+        while (*got == ' ')
+            got++;
+        if (!hr_consttime_eq(got, strlen(got), tok, strlen(tok))) {
+            static const hr_header_t www[] = {{"WWW-Authenticate", "Bearer"}};
+            hr_log_kv(HR_LOG_WARN, "rejected", HR_KV_INT("status", 401),
+                      HR_KV_STR("path", req->path), HR_KV_STR("peer", req->peer),
+                      HR_KV_STR("reason", h ? "wrong metrics token" : "missing metrics token"));
+            reply_error(r, req, 401, "missing or invalid metrics token", www, 1);
+            return;
+        }
+    }
+    health_ctx_t *hc = hr_xmalloc(sizeof *hc);
+    *hc = (health_ctx_t){r, req, kind};
+    hr_delivery_stats(r->delivery, on_health_stats, hc);
+}
+
+/* admin_listen's server: the admin paths, 404 to anything else. */
+static void on_admin_headers(hr_http_request_t *req, void *arg)
+{
+    hr_router_t *r = arg;
+    if (is_admin_path(req->path)) {
+        admin_headers(r, req);
+        return;
+    }
+    hr_log_kv(HR_LOG_INFO, "rejected", HR_KV_INT("status", 404), HR_KV_STR("path", req->path),
+              HR_KV_STR("peer", req->peer),
+              HR_KV_STR("reason", "admin_listen serves /metrics, /healthz and /readyz only"));
+    reply_error(r, req, 404, "admin_listen serves /metrics, /healthz and /readyz only", NULL, 0);
+}
+
+static void on_admin_request(hr_http_request_t *req, void *arg)
+{
+    admin_request(arg, req);
 }
 
 /* ---------------------------------------------------------------- pipeline */
@@ -302,27 +590,29 @@ static int token_of(const hr_config_t *cfg, const hr_http_request_t *req)
 }
 
 /* If req may not go on (no valid token, and the config did not turn auth off): answer 401,
- * log why and return true. token is token_of(cfg, req). */
-static bool refused_unauthorized(hr_router_t *r, const hr_config_t *cfg, hr_http_request_t *req,
-                                 int token)
+ * log why, count a refused event of ep and return true. token is token_of(cfg, req). */
+static bool refused_unauthorized(hr_router_t *r, const hr_config_t *cfg,
+                                 const hr_endpoint_conf_t *ep, hr_http_request_t *req, int token)
 {
     if (cfg->insecure_no_auth || token > 0) return false;
     static const hr_header_t www[] = {{"WWW-Authenticate", "Bearer"}};
     COUNT(r, rejected);
+    count_event(r, ep->event, NULL, "refused");
     hr_log_kv(HR_LOG_WARN, "rejected", HR_KV_INT("status", 401), HR_KV_STR("path", req->path),
               HR_KV_STR("peer", req->peer),
               HR_KV_STR("reason", hr_http_header(req, "authorization") ? "wrong bearer token"
                                                                        : "missing bearer token"));
-    reply_error(req, 401, "missing or invalid bearer token", www, 1);
+    reply_error(r, req, 401, "missing or invalid bearer token", www, 1);
     return true;
 }
 
 /* An endpoint's verify: check the Standard Webhooks signature of req, whole (its body has
  * arrived) or only what needs no body. On failure answer 401 naming which, log it with the
- * peer and return false. */
-static bool signature_ok(hr_router_t *r, hr_http_request_t *req, const hr_sign_conf_t *verify,
+ * peer, count a refused event of ep and return false. */
+static bool signature_ok(hr_router_t *r, hr_http_request_t *req, const hr_endpoint_conf_t *ep,
                          bool whole)
 {
+    const hr_sign_conf_t *verify = ep->verify;
     const char *id = hr_http_header(req, "webhook-id");
     const char *ts = hr_http_header(req, "webhook-timestamp");
     const char *sig = hr_http_header(req, "webhook-signature");
@@ -349,9 +639,10 @@ static bool signature_ok(hr_router_t *r, hr_http_request_t *req, const hr_sign_c
     COUNT(r, rejected);
     char why[64];
     snprintf(why, sizeof why, "%s webhook signature", hr_verify_name(v));
+    count_event(r, ep->event, NULL, "refused");
     hr_log_kv(HR_LOG_INFO, "rejected", HR_KV_INT("status", 401), HR_KV_STR("path", req->path),
               HR_KV_STR("peer", req->peer), HR_KV_STR("reason", why));
-    reply_error(req, 401, msg, NULL, 0);
+    reply_error(r, req, 401, msg, NULL, 0);
     return false;
 }
 
@@ -360,14 +651,8 @@ static void on_headers(hr_http_request_t *req, void *arg)
 {
     hr_router_t *r = arg;
     const hr_config_t *cfg = hr_ruleset_config(r->rs);
-    if (is_health_path(req->path)) {
-        if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0) {
-            /* GET and HEAD are answered in on_request: the numbers may come later */
-            static const hr_header_t allow[] = {{"Allow", "GET, HEAD"}};
-            char msg[64];
-            snprintf(msg, sizeof msg, "method not allowed: use GET %s", req->path);
-            reply_error(req, 405, msg, allow, 1);
-        }
+    if (!r->admin_apart && is_admin_path(req->path)) {
+        admin_headers(r, req);
         return;
     }
     const hr_endpoint_conf_t *ep = hr_config_endpoint(cfg, req->path);
@@ -375,7 +660,7 @@ static void on_headers(hr_http_request_t *req, void *arg)
         COUNT(r, rejected);
         hr_log_kv(HR_LOG_INFO, "rejected", HR_KV_INT("status", 404), HR_KV_STR("path", req->path),
                   HR_KV_STR("peer", req->peer), HR_KV_STR("reason", "no endpoint for this path"));
-        reply_error(req, 404, "no webhook endpoint at this path", NULL, 0);
+        reply_error(r, req, 404, "no webhook endpoint at this path", NULL, 0);
         return;
     }
     if (strcmp(req->method, "POST") != 0) {
@@ -384,14 +669,14 @@ static void on_headers(hr_http_request_t *req, void *arg)
         hr_log_kv(HR_LOG_INFO, "rejected", HR_KV_INT("status", 405),
                   HR_KV_STR("method", req->method), HR_KV_STR("path", req->path),
                   HR_KV_STR("peer", req->peer));
-        reply_error(req, 405, "method not allowed: webhooks are POSTed", allow, 1);
+        reply_error(r, req, 405, "method not allowed: webhooks are POSTed", allow, 1);
         return;
     }
     if (ep->verify) { /* the signature is the endpoint's credential, not a token */
-        signature_ok(r, req, ep->verify, false);
+        signature_ok(r, req, ep, false);
         return;
     }
-    refused_unauthorized(r, cfg, req, token_of(cfg, req));
+    refused_unauthorized(r, cfg, ep, req, token_of(cfg, req));
 }
 
 /* The outbox took the dead letter of a failed rule (status 0), or could not store it. */
@@ -440,7 +725,7 @@ static void dead_letter_event(hr_router_t *r, const hr_event_in_t *ev, const hr_
 /* ---------------------------------------------------------------- events */
 
 /* Reply with a fixed reply (respond() or a fallback). */
-static void reply_with(hr_http_request_t *req, const hr_reply_t *rp)
+static void reply_with(hr_router_t *r, hr_http_request_t *req, const hr_reply_t *rp)
 {
     hr_header_t h[24];
     size_t n = 0;
@@ -452,7 +737,7 @@ static void reply_with(hr_http_request_t *req, const hr_reply_t *rp)
     if (rp->body && !has_ct)
         h[n++] = (hr_header_t){"Content-Type",
                                rp->body_is_json ? "application/json" : "text/plain; charset=utf-8"};
-    hr_http_reply(req, rp->status, h, n, rp->body, rp->body_len);
+    answer(r, req, rp->status, h, n, rp->body, rp->body_len);
 }
 
 static void waiting_unlink(event_run_t *e)
@@ -485,9 +770,13 @@ static void on_event_timer_closed(uv_handle_t *h)
 /* An event whose actions are being written to the spool: its reply waits for that. */
 typedef struct {
     hr_router_t *r;
-    hr_http_request_t *req; /* still owed a reply */
-    char id[HR_ID_LEN];     /* the event id */
-    hr_reply_t *reply;      /* what respond() set, or NULL for 200 {"id": ...} (owned) */
+    hr_http_request_t *req;   /* still owed a reply */
+    char id[HR_ID_LEN];       /* the event id */
+    hr_reply_t *reply;        /* what respond() set, or NULL for 200 {"id": ...} (owned) */
+    const char *reply_result; /* replies_total's result for reply: "answered", "fallback" */
+    const char *store;        /* the event's store (in strs), NULL if none */
+    const char *endpoint;     /* its endpoint's path (in strs) */
+    char strs[];              /* type, endpoint, store: the config may be reloaded meanwhile */
 } push_ctx_t;
 
 /* The outbox stored the actions (status 0: answer as the rule decided) or could not
@@ -495,6 +784,7 @@ typedef struct {
 static void on_pushed(void *arg, int status)
 {
     push_ctx_t *pc = arg;
+    count_event(pc->r, pc->strs, pc->store, status < 0 ? "refused" : "accepted");
     if (status < 0) {
         COUNT(pc->r, refused);
         const char *why = status == -ENOSPC ? "spool full: the event was not stored, retry later"
@@ -502,13 +792,14 @@ static void on_pushed(void *arg, int status)
         hr_log_kv(HR_LOG_ERROR, "rejected", HR_KV_INT("status", 503), HR_KV_STR("id", pc->id),
                   HR_KV_STR("path", pc->req->path), HR_KV_STR("peer", pc->req->peer),
                   HR_KV_STR("reason", why), HR_KV_STR("error", strerror(-status)));
-        reply_error(pc->req, 503, why, NULL, 0);
+        reply_error(pc->r, pc->req, 503, why, NULL, 0);
     } else if (pc->reply) {
-        reply_with(pc->req, pc->reply);
+        count_reply(pc->r, pc->endpoint, pc->reply_result);
+        reply_with(pc->r, pc->req, pc->reply);
     } else {
         hr_buf_t body = HR_BUF_INIT;
         hr_buf_printf(&body, "{\"id\":\"%s\"}", pc->id);
-        hr_http_reply(pc->req, 200, JSON_CT, 1, body.data, body.len);
+        answer(pc->r, pc->req, 200, JSON_CT, 1, body.data, body.len);
         hr_buf_free(&body);
     }
     hr_reply_free(pc->reply);
@@ -526,19 +817,27 @@ static void event_complete(event_run_t *e, int fail_status)
     hr_run_result_t *res = &e->res;
     const char *id = e->id;
     waiting_unlink(e);
-    double ms = (double)(uv_hrtime() - req->start_ns) / 1e6;
+    uint64_t now_ns = uv_hrtime();
+    double ms = (double)(now_ns - req->start_ns) / 1e6;
+    const char *tl[] = {"type", ep->event};
+    hr_histogram_observe(&series_of(r, &r->ctr->rule_time, tl, 1, OTHER_TYPE)->hist,
+                         (now_ns - e->rule_ns) / 1000);
+    const char *reply_result = NULL; /* for replies_total */
 
     hr_buf_t body = HR_BUF_INIT;
     switch (res->status) {
     case HR_RUN_BAD_JSON:
         COUNT(r, rejected);
+        count_event(r, ep->event, NULL, "refused");
         hr_log_kv(HR_LOG_WARN, "rejected", HR_KV_INT("status", 400), HR_KV_STR("type", ep->event),
                   HR_KV_STR("path", req->path), HR_KV_STR("peer", req->peer),
                   HR_KV_STR("error", res->error));
-        reply_error(req, 400, res->error, NULL, 0);
+        reply_error(r, req, 400, res->error, NULL, 0);
         break;
     case HR_RUN_RULE_FAILED:
         COUNT(r, failed);
+        count_event(r, ep->event, res->store, "rule_failed");
+        if (e->abandoned && fail_status == 504) count_reply(r, ep->path, "deadline");
         hr_log_kv(HR_LOG_ERROR, "rule failed", HR_KV_STR("id", id), HR_KV_STR("type", ep->event),
                   HR_KV_STR("store", res->store), HR_KV_STR("rule", res->rule), HR_KV_MS("ms", ms),
                   HR_KV_STR("reply", ep->fallback ? "fallback" : "error"),
@@ -546,7 +845,8 @@ static void event_complete(event_run_t *e, int fail_status)
         dead_letter_event(r, &e->ev, res);
         if (ep->fallback) {
             COUNT(r, fallbacks);
-            reply_with(req, ep->fallback);
+            if (fail_status != 504) count_reply(r, ep->path, "fallback");
+            reply_with(r, req, ep->fallback);
             break;
         }
         hr_buf_printf(&body, "{\"error\":\"%s\",\"id\":\"%s\"}",
@@ -554,7 +854,7 @@ static void event_complete(event_run_t *e, int fail_status)
                       : fail_status == 503 ? "shutting down"
                                            : "reply deadline exceeded",
                       id);
-        hr_http_reply(req, fail_status, JSON_CT, 1, body.data, body.len);
+        answer(r, req, fail_status, JSON_CT, 1, body.data, body.len);
         break;
     case HR_RUN_OK: {
         if (ep->fallback && !res->reply) {
@@ -569,6 +869,9 @@ static void event_complete(event_run_t *e, int fail_status)
                           HR_KV_STR("type", ep->event), HR_KV_STR("store", res->store));
             COUNT(r, fallbacks);
             res->reply = hr_reply_dup(ep->fallback);
+            reply_result = "fallback";
+        } else if (res->reply) {
+            reply_result = "answered";
         }
         if (hr_log_enabled(HR_LOG_INFO)) {
             hr_buf_t acts = HR_BUF_INIT;
@@ -596,7 +899,14 @@ static void event_complete(event_run_t *e, int fail_status)
         if (res->dropped && !res->actions) COUNT(r, dropped);
         if (res->actions) {
             /* The reply waits until the actions are durable in the spool. */
-            push_ctx_t *pc = hr_xcalloc(1, sizeof *pc);
+            size_t tlen = strlen(ep->event) + 1, plen = strlen(ep->path) + 1;
+            size_t slen = res->store ? strlen(res->store) + 1 : 0;
+            push_ctx_t *pc = hr_xcalloc(1, sizeof *pc + tlen + plen + slen);
+            memcpy(pc->strs, ep->event, tlen);
+            memcpy(pc->strs + tlen, ep->path, plen);
+            pc->endpoint = pc->strs + tlen;
+            if (res->store) pc->store = memcpy(pc->strs + tlen + plen, res->store, slen);
+            pc->reply_result = reply_result;
             pc->r = r;
             pc->req = req;
             memcpy(pc->id, id, sizeof pc->id);
@@ -608,14 +918,17 @@ static void event_complete(event_run_t *e, int fail_status)
             if (prc < 0) on_pushed(pc, prc);
             break;
         }
+        count_event(r, ep->event, res->store,
+                    res->dropped ? "dropped" : "accepted"); /* no actions to store */
         if (res->reply) {
-            reply_with(req, res->reply);
+            count_reply(r, ep->path, reply_result);
+            reply_with(r, req, res->reply);
             break;
         }
         hr_buf_appends(&body, "{\"id\":\"");
         hr_buf_appends(&body, id);
         hr_buf_appends(&body, "\"}");
-        hr_http_reply(req, 200, JSON_CT, 1, body.data, body.len);
+        answer(r, req, 200, JSON_CT, 1, body.data, body.len);
         break;
     }
     }
@@ -758,24 +1071,22 @@ static void on_request(hr_http_request_t *req, void *arg)
 {
     hr_router_t *r = arg;
     hr_ruleset_t *rs = r->rs;
-    if (is_health_path(req->path)) { /* GET or HEAD: see on_headers */
-        health_ctx_t *hc = hr_xmalloc(sizeof *hc);
-        *hc = (health_ctx_t){r, req, strcmp(req->path, "/readyz") == 0};
-        hr_delivery_stats(r->delivery, on_health_stats, hc);
+    if (!r->admin_apart && is_admin_path(req->path)) { /* GET or HEAD: see on_headers */
+        admin_request(r, req);
         return;
     }
     /* Look the endpoint up again: a reload may have swapped the config since on_headers. */
     const hr_endpoint_conf_t *ep = hr_config_endpoint(hr_ruleset_config(rs), req->path);
     if (!ep) {
-        reply_error(req, 404, "no webhook endpoint at this path", NULL, 0);
+        reply_error(r, req, 404, "no webhook endpoint at this path", NULL, 0);
         return;
     }
     /* The signature, before the body is decoded (the rule run decodes it). A reload since
      * on_headers may have given or taken the endpoint's verify: the token is asked again
      * where there is none (on_headers asked none if there was one). */
     int token = token_of(hr_ruleset_config(rs), req); /* once: it is also the event's */
-    if (ep->verify && !signature_ok(r, req, ep->verify, true)) return;
-    if (!ep->verify && refused_unauthorized(r, hr_ruleset_config(rs), req, token)) return;
+    if (ep->verify && !signature_ok(r, req, ep, true)) return;
+    if (!ep->verify && refused_unauthorized(r, hr_ruleset_config(rs), ep, req, token)) return;
     event_run_t *e = hr_xcalloc(1, sizeof *e);
     e->r = r;
     e->req = req;
@@ -797,6 +1108,7 @@ static void on_request(hr_http_request_t *req, void *arg)
                             .received_at = e->received_at,
                             .received_ms = now,
                             .token = token};
+    e->rule_ns = uv_hrtime();
     if (hr_ruleset_start(rs, &e->ev, &e->res) == HR_STEP_SUSPENDED)
         event_send(e);
     else
@@ -825,6 +1137,7 @@ static void do_reload(uv_timer_t *t)
     if (!rs) {
         r->reload_failures++;
         atomic_store_explicit(&r->ctr->reload_err, 1, memory_order_relaxed);
+        COUNT(r, reloads_failed);
         free(r->last_reload_error);
         r->last_reload_error = hr_xstrdup(errs.n ? errs.msgs[0] : "unknown error");
         for (size_t i = 0; i < errs.n; i++)
@@ -848,6 +1161,12 @@ static void do_reload(uv_timer_t *t)
         hr_log_warn("reload: listen changed from %s to %s: that needs a restart; still "
                     "listening on port %d",
                     old->listen, cfg->listen, hr_server_port(r->server));
+    if ((old->admin_listen == NULL) != (cfg->admin_listen == NULL) ||
+        (old->admin_listen && strcmp(old->admin_listen, cfg->admin_listen) != 0))
+        hr_log_warn("reload: admin_listen changed from %s to %s: that needs a restart; the "
+                    "admin paths stay where they are",
+                    old->admin_listen ? old->admin_listen : "(none)",
+                    cfg->admin_listen ? cfg->admin_listen : "(none)");
     if (!old->tls.ctx != !cfg->tls.ctx)
         hr_log_warn("reload: tls %s: new connections on port %d now need %s; open ones keep "
                     "what they started with",
@@ -861,6 +1180,8 @@ static void do_reload(uv_timer_t *t)
     r->rs = rs;
     r->reloads++;
     r->loaded_ms = hr_wall_ms();
+    COUNT(r, reloads_ok);
+    atomic_store_explicit(&r->ctr->loaded_ms, r->loaded_ms, memory_order_relaxed);
     free(r->last_reload_error);
     r->last_reload_error = NULL;
     atomic_store_explicit(&r->ctr->reload_err, 0, memory_order_relaxed);
@@ -939,12 +1260,15 @@ static hr_router_t *router_new(uv_loop_t *loop, hr_ruleset_t *rs)
     hr_files_set_modes(r->files, cfg->files, cfg->nfiles);
     r->ctr = r->all = &r->own;
     r->nall = 1;
+    atomic_store_explicit(&r->ctr->loaded_ms, r->loaded_ms, memory_order_relaxed);
     return r;
 }
 
 /* Free a router whose listener could not be set up (its delivery already closing). */
 static void router_free_failed(hr_router_t *r)
 {
+    hr_router_counters_free(&r->own);
+    hr_buf_free(&r->labels);
     hr_files_destroy(r->files);
     free(r->config_path);
     hr_ruleset_unref(r->rs);
@@ -977,11 +1301,34 @@ static int router_listen(hr_router_t *r, int port, bool reuseport, bool exclusiv
                            .reuseport = reuseport,
                            .exclusive = exclusive,
                            .tls = cfg->tls.ctx,
+                           .conn_gauge = &r->ctr->connections,
                            .on_headers = on_headers,
                            .on_request = on_request,
                            .arg = r};
     r->server = hr_server_open(r->loop, &so, err, errlen);
     if (!r->server) return -1;
+    r->admin_apart = cfg->admin_host != NULL;
+    if (cfg->admin_host && (!r->front || r->index == 0)) {
+        /* plain HTTP, the same limits, no TLS, not in hookrouter_connections; one worker is
+         * enough (every figure is summed over the workers) */
+        hr_server_opts_t ao = so;
+        ao.host = cfg->admin_host;
+        ao.port = cfg->admin_port;
+        ao.tls = NULL;
+        ao.conn_gauge = NULL;
+        ao.on_headers = on_admin_headers;
+        ao.on_request = on_admin_request;
+        ao.reuseport = ao.exclusive = false;
+        r->admin = hr_server_open(r->loop, &ao, err, errlen);
+        if (!r->admin) {
+            hr_server_close(r->server, NULL, NULL);
+            r->server = NULL;
+            return -1;
+        }
+        bool v6 = strchr(cfg->admin_host, ':') != NULL;
+        hr_log_info("admin paths (/metrics, /healthz, /readyz) on %s%s%s:%d", v6 ? "[" : "",
+                    cfg->admin_host, v6 ? "]" : "", hr_server_port(r->admin));
+    }
     hr_http_client_opts_t ho = {.max_conns_per_host = REPLY_CONNS_PER_HOST};
     r->replies = hr_http_client_open(r->loop, &ho);
     uv_timer_init(r->loop, &r->reload_timer);
@@ -1013,6 +1360,7 @@ hr_router_t *hr_router_start_worker(uv_loop_t *loop, hr_ruleset_t *rs, const hr_
 {
     hr_router_t *r = router_new(loop, rs);
     r->ctr = &w->counters[w->index];
+    atomic_store_explicit(&r->ctr->loaded_ms, r->loaded_ms, memory_order_relaxed);
     r->all = w->counters;
     r->nall = w->nworkers;
     r->front = true;
@@ -1036,6 +1384,8 @@ static void release(hr_router_t *r)
     hr_ruleset_unref(r->rs);
     free(r->config_path);
     free(r->last_reload_error);
+    hr_router_counters_free(&r->own); /* a front worker's are the workers' */
+    hr_buf_free(&r->labels);
     free(r);
     if (cb) cb(arg);
 }
@@ -1050,10 +1400,12 @@ static void on_part_closed(void *arg)
     release(arg);
 }
 
-/* Close every part; each of the five closes ends in one release(). */
+/* Close every part; each of the five (six with an admin server) closes ends in one
+ * release(). */
 static void router_close(hr_router_t *r)
 {
-    r->closing_handles = 5;
+    r->closing_handles = r->admin ? 6 : 5;
+    if (r->admin) hr_server_close(r->admin, on_part_closed, r);
     uv_close((uv_handle_t *)&r->reload_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->stop_timer, on_handle_closed);
     hr_server_close(r->server, on_part_closed, r);
@@ -1094,6 +1446,7 @@ void hr_router_stop(hr_router_t *r, void (*cb)(void *arg), void *arg)
     uv_timer_stop(&r->reload_timer);
     hr_log_info("shutdown: no longer accepting connections");
     hr_server_stop_accepting(r->server);
+    if (r->admin) hr_server_stop_accepting(r->admin);
     if (r->nwaiting)
         hr_log_info("shutdown: %zu rules waiting in request() get their fallback now", r->nwaiting);
     while (r->waiting) /* each call unlinks the head */

@@ -425,6 +425,13 @@ static void conn_free(hr_conn_t *c)
     free(c);
 }
 
+/* Keep opts.conn_gauge (if any) equal to the open connections, for other threads. */
+static void publish_conns(const hr_server_t *s)
+{
+    if (s->opts.conn_gauge)
+        atomic_store_explicit(s->opts.conn_gauge, s->nconns, memory_order_relaxed);
+}
+
 /* Close callback of the connection's tcp and timer handles: once both are closed the
  * connection is freed, unless the app still holds its request (hr_http_reply frees it). */
 static void on_conn_handle_close(uv_handle_t *h)
@@ -432,7 +439,10 @@ static void on_conn_handle_close(uv_handle_t *h)
     hr_conn_t *c = h->data;
     if (--c->handles_open > 0) return;
     hr_server_t *s = c->server;
-    if (s) s->nconns--;
+    if (s) {
+        s->nconns--;
+        publish_conns(s);
+    }
     if (s && s->accept_paused && !s->stopping) { /* a descriptor is free again */
         s->accept_paused = false;
         uv_poll_start(&s->listener, UV_READABLE, on_listen_readable);
@@ -1236,6 +1246,7 @@ static void conn_open(hr_server_t *s, int fd)
     if (s->conns) s->conns->prev = c;
     s->conns = c;
     s->nconns++;
+    publish_conns(s);
     llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
     parser_set_strict(&c->parser);
     c->parser.data = c;

@@ -47,7 +47,7 @@ struct hr_workers {
     char *config_path;              /* what workers read */
     hr_delivery_t *delivery;        /* the one outbox and its files, direct */
     hr_handoff_t *handoff;          /* the workers' ports lead to delivery */
-    hr_router_counters_t *counters; /* one per worker, for /healthz */
+    hr_router_counters_t *counters; /* one per worker, for /healthz and /metrics */
     worker_t *w;
     unsigned n;                    /* workers */
     unsigned nthreads;             /* threads created (each ends with done) */
@@ -163,6 +163,8 @@ static void release(hr_workers_t *ws)
     void *arg = ws->stop_arg;
     hr_ruleset_unref(ws->rs);
     free(ws->config_path);
+    for (unsigned i = 0; ws->counters && i < ws->n; i++)
+        hr_router_counters_free(&ws->counters[i]);
     free(ws->counters);
     free(ws->w);
     uv_cond_destroy(&ws->cond);

@@ -139,6 +139,13 @@ typedef struct hr_config {
     char *log_level;            /* "info" */
     char *log_format;           /* "text" or "json" */
     uint32_t workers;           /* front worker threads; 0: "auto", one per CPU */
+    /* Metrics (issue 12) */
+    char *metrics_token;       /* metrics.token: /metrics wants this bearer token; NULL: none */
+    bool metrics_store_labels; /* metrics.store_labels: events_total gets a store label */
+    char *admin_listen;        /* "127.0.0.1:9100": /metrics, /healthz, /readyz there only;
+                                  NULL: on the webhook port */
+    char *admin_host;          /* admin_listen's host, NULL without one */
+    int admin_port;            /* its port */
 } hr_config_t;
 
 /* The largest accepted `workers`. */

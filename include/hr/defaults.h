@@ -26,6 +26,8 @@
 #define HR_DEF_WORKERS           1
 #define HR_DEF_LOG_LEVEL         "info"
 #define HR_DEF_LOG_FORMAT        "text"
+/* metrics */
+#define HR_DEF_METRICS_STORE_LABELS false
 /* the spool */
 #define HR_DEF_SPOOL_DIR         "var/spool" /* against the config's folder */
 #define HR_DEF_FSYNC             "always"

@@ -117,7 +117,13 @@ void hr_outbox_each_pending(const hr_outbox_t *o,
  * a step started, 0 if there was nothing to do (or one is still waiting for its sync). */
 int hr_outbox_compact(hr_outbox_t *o);
 /* Append the per-target state to out as a JSON object {"name":{"circuit":"closed",
- * "in_flight":N,"queued":N},...}. */
+ * "in_flight":N,"queued":N,"pending":N,"oldest_age_ms":N,"accepted":N,"delivered":N,
+ * "retried":N,"dead":N,"duration":H,"lag":H},...} and, last, the write actions' figures as
+ * "(writes)":{"pending":N,...,"lag":H} (no circuit, in_flight or queued). accepted counts the
+ * actions taken in (pushed, replayed, recovered at open), so accepted = delivered + dead +
+ * pending while the outbox runs. H is a histogram (hr/metrics.h buckets):
+ * {"buckets":[count per bucket, the last above the largest bound],"sum_us":N}; duration is
+ * one forward attempt, lag accepted to delivered. */
 void hr_outbox_targets_json(const hr_outbox_t *o, hr_buf_t *out);
 /* Shutdown: start no attempt due after now + grace_ms; when nothing is in flight any more, or
  * at the deadline (in-flight requests are then cancelled), stop. What is not delivered stays

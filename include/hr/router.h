@@ -15,23 +15,39 @@
 #include <uv.h>
 
 #include "hr/delivery.h"
+#include "hr/metrics.h"
 #include "hr/rules.h"
 
 typedef struct hr_router hr_router_t;
 
-/* A router's counters for /healthz. Written only by the router's own thread, read by any
- * worker answering /healthz (which sums them over the workers): relaxed atomics. */
+/* A router's counters for /healthz and /metrics. Written only by the router's own thread,
+ * read by any worker answering /healthz or /metrics (which sum them over the workers):
+ * relaxed atomics, no locks. The labelled families are series sets (hr/metrics.h) with the
+ * same single-writer rule. The padding at the end keeps two workers' counters (adjacent in
+ * the workers' array) off each other's cache lines. */
 typedef struct {
-    atomic_uint_least64_t accepted;     /* events whose rule ran (200 or 503 after) */
-    atomic_uint_least64_t dropped;      /* dropped on purpose, no actions */
-    atomic_uint_least64_t failed;       /* rule failed: dead-lettered, 500 */
-    atomic_uint_least64_t rejected;     /* 4xx before the rule */
-    atomic_uint_least64_t refused;      /* 503: the spool could not take the actions */
-    atomic_uint_least64_t fallbacks;    /* replies that were the fallback */
-    atomic_uint_least64_t late_answers; /* request() answers after the deadline */
-    atomic_uint_least64_t waiting;      /* rules waiting in request() now */
-    atomic_uint_least64_t reload_err;   /* 1 while this worker's last reload failed */
+    atomic_uint_least64_t accepted;       /* events whose rule ran (200 or 503 after) */
+    atomic_uint_least64_t dropped;        /* dropped on purpose, no actions */
+    atomic_uint_least64_t failed;         /* rule failed: dead-lettered, 500 */
+    atomic_uint_least64_t rejected;       /* 4xx before the rule */
+    atomic_uint_least64_t refused;        /* 503: the spool could not take the actions */
+    atomic_uint_least64_t fallbacks;      /* replies that were the fallback */
+    atomic_uint_least64_t late_answers;   /* request() answers after the deadline */
+    atomic_uint_least64_t waiting;        /* rules waiting in request() now */
+    atomic_uint_least64_t reload_err;     /* 1 while this worker's last reload failed */
+    atomic_uint_least64_t reloads_ok;     /* this worker's successful reloads */
+    atomic_uint_least64_t reloads_failed; /* and failed ones */
+    atomic_uint_least64_t loaded_ms;      /* wall time its config was loaded */
+    atomic_uint_least64_t connections;    /* open webhook connections (its server publishes) */
+    hr_series_set_t requests;             /* hookrouter_requests_total: endpoint, code */
+    hr_series_set_t events;               /* hookrouter_events_total: type, [store,] outcome */
+    hr_series_set_t rule_time;            /* hookrouter_rule_duration_seconds: type (histograms) */
+    hr_series_set_t replies;              /* hookrouter_replies_total: endpoint, result */
+    char pad_[64];                        /* see above */
 } hr_router_counters_t;
+
+/* Free what the counters' series hold (once no worker uses them). Accepts NULL. */
+void hr_router_counters_free(hr_router_counters_t *c);
 
 /* What a front worker needs besides its loop and rule set. */
 typedef struct {

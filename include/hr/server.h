@@ -33,6 +33,7 @@
 #ifndef HR_SERVER_H
 #define HR_SERVER_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
@@ -72,6 +73,9 @@ typedef struct {
     bool exclusive;              /* with reuseport: fail if another socket already has it */
     hr_tls_ctx_t *tls;           /* a server context: HTTPS only (the server takes its own
                                     reference); NULL: plain HTTP */
+    atomic_uint_least64_t *conn_gauge; /* if set, kept equal to the open connections (relaxed
+                                          stores: another thread may read it); the caller's,
+                                          it must outlive the server */
     void (*on_headers)(hr_http_request_t *req, void *arg);
     void (*on_request)(hr_http_request_t *req, void *arg);
     void *arg;
