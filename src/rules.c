@@ -18,6 +18,8 @@
 #include "hr/lua_budget.h"
 #include "hr/lua_crypto.h"
 #include "hr/lua_scan.h"
+#include "hr/lua_text.h"
+#include "hr/lua_time.h"
 #include "hr/pattern.h"
 
 #define HOOK_STEP 1000 /* instructions between two count-hook calls */
@@ -27,6 +29,7 @@ static const char STORES_KEY[] = "hr.stores";   /* table: store id -> rule funct
 static const char DEFAULT_KEY[] = "hr.default"; /* the default rule function */
 static const char LIBS_KEY[] = "hr.libs";       /* table: library name -> its view's metatable */
 static const char SEEN_KEY[] = "hr.seen";       /* table: key -> true (hr_ruleset_first_time) */
+static const char EVENT_MT_KEY[] = "hr.event";  /* the event tables' metatable (event.raw) */
 
 /* One event's run: what it collects, and its coroutine. Lives on the heap because a run can
  * suspend in request() and be resumed from a later loop callback. Reached from C functions
@@ -45,6 +48,8 @@ struct hr_run {
     hr_action_t *pending;    /* the request() the rule waits for (owned), or NULL */
     size_t charged;          /* C memory the run holds (action and reply bodies), in bytes */
     bool closing;            /* the run is over: only its to-be-closed handlers still run */
+    const void *event_table; /* the event table given to the rule (event.raw reads ev->body
+                                only for it, not for one a rule kept from an earlier event) */
 };
 typedef struct hr_run run_ctx_t;
 
@@ -62,6 +67,7 @@ struct hr_ruleset {
 };
 
 static void set_file_env(lua_State *L, int loaded);
+static void spend(lua_State *L, struct hr_run *ctx, uint64_t n);
 static void pattern_charge(lua_State *L, unsigned steps);
 
 /* ---------------------------------------------------------------- helpers */
@@ -478,6 +484,35 @@ static int l_json_encode(lua_State *L)
     return 1;
 }
 
+/* The clock of os.time, os.date, time.now and uuid.v7: the event's received_ms when the run
+ * has a fixed clock (hookrouter test), else the wall clock (also outside events).
+ * [-0, +0, -] */
+static int64_t rule_clock(lua_State *L)
+{
+    run_ctx_t *ctx = ctx_of(L);
+    if (ctx && ctx->ev->fixed_clock) return (int64_t)ctx->ev->received_ms;
+    return (int64_t)hr_wall_ms();
+}
+
+/* __index of event tables: event.raw is the body as received, copied into Lua only when a
+ * rule first reads it (then kept in the table), so rules that never read it pay nothing.
+ * Other missing keys are nil. [-0, +1, m] */
+static int l_event_index(lua_State *L)
+{
+    run_ctx_t *ctx = ctx_of(L);
+    const char *k = lua_tostring(L, 2);
+    if (!ctx || lua_type(L, 2) != LUA_TSTRING || strcmp(k, "raw") != 0 ||
+        lua_topointer(L, 1) != ctx->event_table) {
+        lua_pushnil(L);
+        return 1;
+    }
+    spend(L, ctx, 1 + ctx->ev->body_len / HR_LUA_CRYPTO_BYTES_PER_STEP);
+    lua_pushlstring(L, ctx->ev->body, ctx->ev->body_len);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, 1, "raw"); /* read once: later reads are plain table reads */
+    return 1;
+}
+
 /* ---------------------------------------------------------------- sandbox */
 
 /* Give the chunk at the top of the stack its own global table, with its own views of the
@@ -560,6 +595,7 @@ static void open_sandbox(hr_ruleset_t *rs)
         lua_getfield(L, -2, os_keep[i]);
         lua_setfield(L, -2, os_keep[i]);
     }
+    hr_lua_time_install(L, -1, rule_clock, pattern_charge); /* time; os.time/date's clock */
     lua_setglobal(L, "os");
     lua_pop(L, 1);
     static const char *const banned[] = {"dofile", "loadfile", "load", "collectgarbage", NULL};
@@ -593,6 +629,13 @@ static void open_sandbox(hr_ruleset_t *rs)
     lua_pushcfunction(L, l_respond);
     lua_setglobal(L, "respond");
     hr_lua_crypto_install(L, pattern_charge); /* crypto, hex, base64: charged as patterns are */
+    hr_lua_text_install(L, rule_clock, pattern_charge); /* url, uuid, xml: the same way */
+    lua_createtable(L, 0, 2);                           /* the event tables' metatable */
+    lua_pushcfunction(L, l_event_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushliteral(L, "event");
+    lua_setfield(L, -2, "__metatable");
+    lua_setfield(L, LUA_REGISTRYINDEX, EVENT_MT_KEY);
 
     static const char *const levels[] = {"debug", "info", "warn", "error"};
     lua_createtable(L, 0, 4);
@@ -605,8 +648,9 @@ static void open_sandbox(hr_ruleset_t *rs)
     lua_setglobal(L, "print"); /* print goes to the log, not stdout */
     lua_setglobal(L, "log");
 
-    static const char *const libs[] = {"string", "table",  "math", "utf8",   "os", "json",
-                                       "log",    "crypto", "hex",  "base64", NULL};
+    static const char *const libs[] = {"string", "table", "math", "utf8", "os",   "json",
+                                       "log",    "crypto", "hex", "base64", "time", "url",
+                                       "uuid",   "xml",    NULL};
     lua_newtable(L);
     for (size_t i = 0; libs[i]; i++)
         add_lib_view(L, lua_gettop(L), libs[i]);
@@ -1083,6 +1127,8 @@ static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store)
         lua_setfield(L, -2, ev->headers[i].name);
     }
     lua_setfield(L, -2, "headers");
+    lua_getfield(L, LUA_REGISTRYINDEX, EVENT_MT_KEY); /* event.raw, on first read */
+    lua_setmetatable(L, -2);
 }
 
 /* Free a run that is over or abandoned: close its coroutine, drop what it holds, and its
@@ -1243,6 +1289,7 @@ hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run
     run->out = out;
     run->tail = &out->actions;
     run->co = co;
+    run->event_table = lua_topointer(co, -1);
     run->co_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops co off L's stack */
     lua_settop(L, top);
     lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_STEP);
