@@ -25,6 +25,10 @@
  * A time outside years 0..9999 gives the epoch's text. */
 static void format_time(int64_t ms, char out[32])
 {
+    if (ms >= 0 && ms < INT64_C(253402300800000)) { /* the usual case, without printf */
+        hr_rfc3339((uint64_t)ms, out);
+        return;
+    }
     hr_buf_t b = HR_BUF_INIT;
     char err[64];
     if (hr_time_format(ms, NULL, &b, err, sizeof err) != 0 || b.len >= 32) {
@@ -36,7 +40,6 @@ static void format_time(int64_t ms, char out[32])
 }
 
 /* ---------------------------------------------------------------- payload form */
-
 
 /* Append an action's body: JSON as it is, anything else as a JSON string. */
 static void append_body(hr_buf_t *out, const hr_action_t *a)
@@ -446,13 +449,12 @@ out:
     return status;
 }
 
-
 /* ---------------------------------------------------------------- spec form */
 
 /* What one case or one unloadable spec came to, for the JUnit file. */
 typedef struct {
     char *file;
-    char *name;    /* the case, or NULL: the file did not load */
+    char *name; /* the case, or NULL: the file did not load */
     bool ok;
     char *details; /* the "# ..." lines, or the load error */
 } outcome_t;
@@ -689,9 +691,8 @@ static bool run_case(hr_ruleset_t *rs, hr_spec_t *spec, size_t i, hr_buf_t *diff
     else if (ep->fallback)
         push_reply(L, ep->fallback);
     else
-        push_status_reply(L, deadline ? 504 : 500, deadline ? "reply deadline exceeded"
-                                                            : "rule failed",
-                          id);
+        push_status_reply(L, deadline ? 504 : 500,
+                          deadline ? "reply deadline exceeded" : "rule failed", id);
     int reply = lua_gettop(L);
 
     int diffs = stub.failed ? 1 : 0;
@@ -778,8 +779,9 @@ static int write_junit(const char *path, const outcomes_t *os)
 {
     hr_buf_t b = HR_BUF_INIT;
     char err[128];
-    hr_buf_printf(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites tests=\"%zu\" "
-                      "failures=\"%u\">\n",
+    hr_buf_printf(&b,
+                  "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites tests=\"%zu\" "
+                  "failures=\"%u\">\n",
                   os->n, os->failed);
     for (size_t i = 0; i < os->n;) {
         size_t j = i, fails = 0;

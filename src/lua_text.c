@@ -15,8 +15,8 @@ static const char HEXU[] = "0123456789ABCDEF";
 
 static bool unreserved(unsigned char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '.' || c == '_' || c == '~';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
 }
 
 size_t hr_url_encode(const char *s, size_t n, char *out)
@@ -105,8 +105,8 @@ int hr_xml_escape(const char *s, size_t n, hr_buf_t *out, char *err, size_t errl
         default: break;
         }
         if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') {
-            snprintf(err, errlen, "control character 0x%02X at offset %zu cannot appear in XML",
-                     c, i);
+            snprintf(err, errlen, "control character 0x%02X at offset %zu cannot appear in XML", c,
+                     i);
             return -1;
         }
         if (c < 0x80) {

@@ -140,9 +140,9 @@ fail:
 
 static const char *const WDAY[] = {"Sunday",   "Monday", "Tuesday", "Wednesday",
                                    "Thursday", "Friday", "Saturday"};
-static const char *const MONTH[] = {"January", "February", "March",     "April",
-                                    "May",     "June",     "July",      "August",
-                                    "September", "October", "November", "December"};
+static const char *const MONTH[] = {"January",   "February", "March",    "April",
+                                    "May",       "June",     "July",     "August",
+                                    "September", "October",  "November", "December"};
 
 int hr_time_format(int64_t ms, const char *fmt, hr_buf_t *out, char *err, size_t errlen)
 {

@@ -29,7 +29,6 @@ static const char STORES_KEY[] = "hr.stores";   /* table: store id -> rule funct
 static const char DEFAULT_KEY[] = "hr.default"; /* the default rule function */
 static const char LIBS_KEY[] = "hr.libs";       /* table: library name -> its view's metatable */
 static const char SEEN_KEY[] = "hr.seen";       /* table: key -> true (hr_ruleset_first_time) */
-static const char EVENT_MT_KEY[] = "hr.event";  /* the event tables' metatable (event.raw) */
 
 /* One event's run: what it collects, and its coroutine. Lives on the heap because a run can
  * suspend in request() and be resumed from a later loop callback. Reached from C functions
@@ -64,6 +63,8 @@ struct hr_ruleset {
                          C memory as extra); what it keeps between events is checked against
                          state_memory_bytes after each run instead */
     bool rebuild;     /* the state outgrew limits.state_memory_bytes: replace this rule set */
+    int event_mt;     /* registry reference of the event tables' metatable (event.raw); an
+                         integer key, so each event finds it without hashing a name */
 };
 
 static void set_file_env(lua_State *L, int loaded);
@@ -635,7 +636,7 @@ static void open_sandbox(hr_ruleset_t *rs)
     lua_setfield(L, -2, "__index");
     lua_pushliteral(L, "event");
     lua_setfield(L, -2, "__metatable");
-    lua_setfield(L, LUA_REGISTRYINDEX, EVENT_MT_KEY);
+    rs->event_mt = luaL_ref(L, LUA_REGISTRYINDEX);
 
     static const char *const levels[] = {"debug", "info", "warn", "error"};
     lua_createtable(L, 0, 4);
@@ -648,9 +649,9 @@ static void open_sandbox(hr_ruleset_t *rs)
     lua_setglobal(L, "print"); /* print goes to the log, not stdout */
     lua_setglobal(L, "log");
 
-    static const char *const libs[] = {"string", "table", "math", "utf8", "os",   "json",
-                                       "log",    "crypto", "hex", "base64", "time", "url",
-                                       "uuid",   "xml",    NULL};
+    static const char *const libs[] = {"string", "table", "math",   "utf8", "os",
+                                       "json",   "log",   "crypto", "hex",  "base64",
+                                       "time",   "url",   "uuid",   "xml",  NULL};
     lua_newtable(L);
     for (size_t i = 0; libs[i]; i++)
         add_lib_view(L, lua_gettop(L), libs[i]);
@@ -1092,8 +1093,9 @@ static char *pop_store(lua_State *L)
     return s;
 }
 
-/* Push the event table; the decoded body is on top and is consumed. [-1, +1, m] */
-static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store)
+/* Push the event table, with the metatable at registry index mt (event.raw); the decoded body
+ * is on top and is consumed. [-1, +1, m] */
+static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store, int mt)
 {
     lua_createtable(L, 0, 8);
     lua_insert(L, -2);
@@ -1127,7 +1129,7 @@ static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store)
         lua_setfield(L, -2, ev->headers[i].name);
     }
     lua_setfield(L, -2, "headers");
-    lua_getfield(L, LUA_REGISTRYINDEX, EVENT_MT_KEY); /* event.raw, on first read */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, mt); /* event.raw, on first read */
     lua_setmetatable(L, -2);
 }
 
@@ -1280,7 +1282,7 @@ hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run
         return HR_STEP_DONE;
     }
     lua_insert(co, -2); /* fn, body */
-    push_event(co, ev, out->store);
+    push_event(co, ev, out->store, rs->event_mt);
 
     run_ctx_t *run = hr_xcalloc(1, sizeof *run);
     run->rs = rs;

@@ -17,8 +17,8 @@
 
 #define BAD_TYPE (-100) /* ref_field: the key has another type (LUA_NOREF is -2) */
 
-static const char *const CASE_KEYS[] = {"name", "path",         "headers",      "file",
-                                        "body", "now",          "reply",        "expect",
+static const char *const CASE_KEYS[] = {"name",         "path",         "headers", "file",
+                                        "body",         "now",          "reply",   "expect",
                                         "expect_reply", "expect_error", NULL};
 
 /* ---------------------------------------------------------------- loading */
@@ -196,7 +196,7 @@ static int load_case(hr_spec_t *s, hr_spec_case_t *c, char *why, size_t whylen)
         snprintf(why, whylen, "%s must be a table%s",
                  c->reply_ref == BAD_TYPE    ? "reply"
                  : c->expect_ref == BAD_TYPE ? "expect"
-                                       : "expect_reply",
+                                             : "expect_reply",
                  c->reply_ref == BAD_TYPE ? " or a function" : "");
         return -1;
     }
@@ -205,8 +205,9 @@ static int load_case(hr_spec_t *s, hr_spec_case_t *c, char *why, size_t whylen)
         lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
         for (lua_Integer i = 1; i <= n; i++) {
             if (lua_rawgeti(L, -1, i) != LUA_TTABLE) {
-                snprintf(why, whylen, "expect[%lld] must be a table such as { action = "
-                                      "\"forward\", target = ... }",
+                snprintf(why, whylen,
+                         "expect[%lld] must be a table such as { action = "
+                         "\"forward\", target = ... }",
                          (long long)i);
                 lua_pop(L, 2);
                 return -1;
@@ -224,9 +225,12 @@ hr_spec_t *hr_spec_load(const char *file, char *err, size_t errlen)
     s->file = hr_xstrdup(file);
     s->L = luaL_newstate();
     lua_State *L = s->L;
-    static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},     {LUA_STRLIBNAME, luaopen_string},
-                                    {LUA_TABLIBNAME, luaopen_table}, {LUA_MATHLIBNAME, luaopen_math},
-                                    {LUA_UTF8LIBNAME, luaopen_utf8}, {LUA_OSLIBNAME, luaopen_os},
+    static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},
+                                    {LUA_STRLIBNAME, luaopen_string},
+                                    {LUA_TABLIBNAME, luaopen_table},
+                                    {LUA_MATHLIBNAME, luaopen_math},
+                                    {LUA_UTF8LIBNAME, luaopen_utf8},
+                                    {LUA_OSLIBNAME, luaopen_os},
                                     {NULL, NULL}};
     for (const luaL_Reg *l = libs; l->name; l++) {
         luaL_requiref(L, l->name, l->func, 1);
@@ -342,7 +346,10 @@ void hr_spec_show(lua_State *L, int idx, hr_buf_t *out)
         return;
     }
     case LUA_TNUMBER:
-    case LUA_TBOOLEAN: hr_buf_appends(out, luaL_tolstring(L, idx, NULL)); lua_pop(L, 1); return;
+    case LUA_TBOOLEAN:
+        hr_buf_appends(out, luaL_tolstring(L, idx, NULL));
+        lua_pop(L, 1);
+        return;
     default: break;
     }
     hr_buf_t b = HR_BUF_INIT;
@@ -358,8 +365,7 @@ void hr_spec_show(lua_State *L, int idx, hr_buf_t *out)
     hr_buf_free(&b);
 }
 
-static void mismatch(lua_State *L, int e, int a, const char *path, const char *what,
-                     hr_buf_t *out)
+static void mismatch(lua_State *L, int e, int a, const char *path, const char *what, hr_buf_t *out)
 {
     hr_buf_printf(out, "# %s: expected ", path);
     if (what)
@@ -408,9 +414,8 @@ static int diff_object(lua_State *L, int e, int a, const char *path, bool lower,
     }
     qsort(keys, nk, sizeof *keys, cmp_cstr);
     for (size_t i = 0; i < nk; i++) {
-        char *sub = is_ident(keys[i])
-                        ? hr_xasprintf("%s%s%s", path, *path ? "." : "", keys[i])
-                        : hr_xasprintf("%s[\"%s\"]", path, keys[i]);
+        char *sub = is_ident(keys[i]) ? hr_xasprintf("%s%s%s", path, *path ? "." : "", keys[i])
+                                      : hr_xasprintf("%s[\"%s\"]", path, keys[i]);
         lua_getfield(L, e, keys[i]);
         if (lower) {
             char *lk = hr_xstrdup(keys[i]);

@@ -20,10 +20,10 @@
 
 typedef struct {
     const char *config;
-    const char *path;  /* --path: the payload form; NULL: spec files */
-    char **headers;    /* --header "Name: value" (payload form) */
+    const char *path; /* --path: the payload form; NULL: spec files */
+    char **headers;   /* --header "Name: value" (payload form) */
     size_t nheaders;
-    char **files;      /* payloads, or spec files (none: the default folder) */
+    char **files; /* payloads, or spec files (none: the default folder) */
     size_t nfiles;
     const char *reply; /* --reply FILE.json | FILE.lua (payload form) */
     const char *now;   /* --now TIME (payload form) */

@@ -20,23 +20,23 @@
 /* One case, as loaded. */
 typedef struct {
     char *name;
-    char *path;            /* the request path, an endpoint of the config */
-    hr_header_t *headers;  /* names lower-case */
+    char *path;           /* the request path, an endpoint of the config */
+    hr_header_t *headers; /* names lower-case */
     size_t nheaders;
-    char *body;            /* the request body: the file's bytes, a table as JSON, a string */
+    char *body; /* the request body: the file's bytes, a table as JSON, a string */
     size_t body_len;
-    int64_t now_ms;        /* the case's clock (now, or HR_SPEC_DEFAULT_NOW) */
-    int reply_ref;         /* registry ref of reply (a table or a function), or LUA_NOREF */
-    int expect_ref;        /* registry ref of expect (a list of action tables), or LUA_NOREF */
-    int expect_reply_ref;  /* registry ref of expect_reply, or LUA_NOREF */
-    char *expect_error;    /* a Lua pattern the rule's error must match, or NULL */
-    int line;              /* where the case is in the file, for messages */
+    int64_t now_ms;       /* the case's clock (now, or HR_SPEC_DEFAULT_NOW) */
+    int reply_ref;        /* registry ref of reply (a table or a function), or LUA_NOREF */
+    int expect_ref;       /* registry ref of expect (a list of action tables), or LUA_NOREF */
+    int expect_reply_ref; /* registry ref of expect_reply, or LUA_NOREF */
+    char *expect_error;   /* a Lua pattern the rule's error must match, or NULL */
+    int line;             /* where the case is in the file, for messages */
 } hr_spec_case_t;
 
 /* A loaded spec file. */
 typedef struct {
-    char *file;            /* as given */
-    lua_State *L;          /* the spec's state: expected values and reply functions */
+    char *file;   /* as given */
+    lua_State *L; /* the spec's state: expected values and reply functions */
     hr_spec_case_t *cases;
     size_t ncases;
 } hr_spec_t;

@@ -112,8 +112,7 @@ static void test_sandbox(void)
          "{}", "true");
     /* event.raw: the bytes as received (key order, spacing, number text), read lazily */
     rule("write('out', e.raw)", "{\"b\": 1.50, \"a\":[ ]}", "{\"b\": 1.50, \"a\":[ ]}");
-    rule("local r1 = e.raw; write('out', tostring(rawequal(r1, rawget(e, 'raw'))))", "{}",
-         "true");
+    rule("local r1 = e.raw; write('out', tostring(rawequal(r1, rawget(e, 'raw'))))", "{}", "true");
     rule("write('out', tostring(rawget(e, 'raw')) .. tostring(e.nothing))", "{}", "nilnil");
     rule("write('out', tostring(getmetatable(e)))", "{}", "event");
     /* a form body */

@@ -26,8 +26,8 @@ static void parse(const char *s, int64_t want, const char *err_part)
 static void test_parse(void)
 {
     parse("1970-01-01T00:00:00Z", 0, NULL);
-    parse("2026-01-02T03:04:05Z", INT64_C(1767323045000), NULL);   /* date -d ... +%s */
-    parse("2026-01-02t03:04:05z", INT64_C(1767323045000), NULL);   /* RFC 3339 5.6 NOTE */
+    parse("2026-01-02T03:04:05Z", INT64_C(1767323045000), NULL); /* date -d ... +%s */
+    parse("2026-01-02t03:04:05z", INT64_C(1767323045000), NULL); /* RFC 3339 5.6 NOTE */
     parse("2026-01-02 03:04:05Z", INT64_C(1767323045000), NULL);
     parse("2025-03-14T17:44:05.061Z", INT64_C(1741974245061), NULL);
     parse("2025-03-14T17:44:05.0619999Z", INT64_C(1741974245061), NULL); /* truncated */
@@ -35,7 +35,7 @@ static void test_parse(void)
     parse("2025-03-14T18:44:05.061+01:00", INT64_C(1741974245061), NULL);
     parse("2025-03-14T12:14:05.061-05:30", INT64_C(1741974245061), NULL);
     parse("2025-03-14T17:44:05-00:00", INT64_C(1741974245000), NULL);
-    parse("1969-12-31T23:59:59.999Z", -1, NULL); /* before the epoch */
+    parse("1969-12-31T23:59:59.999Z", -1, NULL);                          /* before the epoch */
     parse("1937-01-01T12:00:27.87+00:20", INT64_C(-1041337172130), NULL); /* RFC 3339 5.8 */
     parse("2000-02-29T00:00:00Z", INT64_C(951782400000), NULL);           /* 400-year leap */
     parse("2024-02-29T23:59:59Z", INT64_C(1709251199000), NULL);
@@ -76,8 +76,10 @@ static void test_format(void)
     format(0, NULL, "1970-01-01T00:00:00.000Z");
     format(INT64_C(1741974245061), NULL, "2025-03-14T17:44:05.061Z");
     format(-1, NULL, "1969-12-31T23:59:59.999Z");
-    format(INT64_C(951782400000), "%d.%m.%Y %H:%M:%S.%f %j %a %A %b %B", "29.02.2000 00:00:00.000 060 Tue Tuesday Feb February");
-    format(INT64_C(1741974245061), "%y%m%d|%e|%I%p|%F %T|%s|%z %Z|%%", "250314|14|05PM|2025-03-14 17:44:05|1741974245|+0000 UTC|%");
+    format(INT64_C(951782400000), "%d.%m.%Y %H:%M:%S.%f %j %a %A %b %B",
+           "29.02.2000 00:00:00.000 060 Tue Tuesday Feb February");
+    format(INT64_C(1741974245061), "%y%m%d|%e|%I%p|%F %T|%s|%z %Z|%%",
+           "250314|14|05PM|2025-03-14 17:44:05|1741974245|+0000 UTC|%");
     format(INT64_C(1741974245061), "%q", "!unsupported conversion '%q'");
     format(INT64_C(1741974245061), "abc%", "!at the end");
     format(INT64_C(253402300800000), NULL, "!year 10000"); /* 10000-01-01 */
@@ -112,8 +114,8 @@ static void rule_value(const char *expr, bool fixed, const char *want)
 static void test_sandbox(void)
 {
     write_file("hookrouter.lua", "%s", CONFIG);
-    rule_value("tostring(time.parse(1700000000))", false, "1700000000000");       /* seconds */
-    rule_value("tostring(time.parse(1700000000123))", false, "1700000000123");    /* ms */
+    rule_value("tostring(time.parse(1700000000))", false, "1700000000000");    /* seconds */
+    rule_value("tostring(time.parse(1700000000123))", false, "1700000000123"); /* ms */
     rule_value("tostring(time.parse(99999999999))", false, "99999999999000");
     rule_value("tostring(time.parse(100000000000))", false, "100000000000");
     rule_value("tostring(time.parse(1700000000.5))", false, "1700000000500");
@@ -128,7 +130,7 @@ static void test_sandbox(void)
     rule_value("os.date('!%Y-%m-%d %H:%M:%S')", true, "2026-01-02 03:04:05");
     rule_value("os.date('!%H', 0)", true, "00");
     rule_value("tostring(os.time({year=2026, month=1, day=2, hour=3}) ~= nil)", true, "true");
-    rule_value("uuid.v7():sub(1, 13)", true, "019b7ca9-8d82"); /* 0x019b7ca98d82 ms */
+    rule_value("uuid.v7():sub(1, 13)", true, "019b7ca9-8d82");     /* 0x019b7ca98d82 ms */
     rule_value("e.received_at", true, "2026-01-01T00:00:00.000Z"); /* the caller sets it */
     /* without it, the wall clock */
     rule_value("tostring(math.abs(time.now() - 1767323045250) > 1000)", false, "true");
