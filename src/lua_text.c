@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hr/lua_crypto.h"
+
 /* ---------------------------------------------------------------- pure */
 
 static const char HEXU[] = "0123456789ABCDEF";
@@ -128,8 +130,8 @@ int hr_xml_escape(const char *s, size_t n, hr_buf_t *out, char *err, size_t errl
 
 /* The slot every closure shares: clock, charge, and uuid.v7's last time and sequence. */
 typedef struct {
+    hr_pattern_charge_fn charge_fn; /* first: hr_lua_charge_bytes reads it */
     hr_lua_clock_fn clock;
-    hr_pattern_charge_fn charge;
     int64_t v7_ms;   /* the time of the last v7 id */
     unsigned v7_seq; /* its 12-bit sequence */
 } text_slot_t;
@@ -139,14 +141,7 @@ static text_slot_t *slot_of(lua_State *L)
     return lua_touserdata(L, lua_upvalueindex(1));
 }
 
-/* Charge n bytes of work, as src/lua_crypto.c does. [-0, +0, v] */
-static void charge(lua_State *L, size_t n)
-{
-    text_slot_t *s = slot_of(L);
-    if (!s->charge) return;
-    size_t steps = 1 + n / 8;
-    s->charge(L, steps > UINT_MAX ? UINT_MAX : (unsigned)steps);
-}
+#define charge hr_lua_charge_bytes /* the slot starts with the charge function */
 
 /* url.encode(s) [-0, +1, v] */
 static int l_url_encode(lua_State *L)
@@ -330,7 +325,7 @@ void hr_lua_text_install(lua_State *L, hr_lua_clock_fn clock, hr_pattern_charge_
     text_slot_t *s = lua_newuserdatauv(L, sizeof *s, 0);
     memset(s, 0, sizeof *s);
     s->clock = clock;
-    s->charge = charge_fn;
+    s->charge_fn = charge_fn;
     s->v7_ms = INT64_MIN;
     int slot = lua_gettop(L);
     lua_createtable(L, 0, 3);

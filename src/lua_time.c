@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "hr/lua_crypto.h"
+
 /* ---------------------------------------------------------------- calendar */
 
 /* Days since 1970-01-01 of the date y-m-d (H. Hinnant's days_from_civil). */
@@ -203,8 +205,8 @@ int hr_time_format(int64_t ms, const char *fmt, hr_buf_t *out, char *err, size_t
 
 /* The slot shared by every closure: the clock and the charge function. */
 typedef struct {
+    hr_pattern_charge_fn charge_fn; /* first: hr_lua_charge_bytes reads it */
     hr_lua_clock_fn clock;
-    hr_pattern_charge_fn charge;
 } time_slot_t;
 
 static time_slot_t *slot_of(lua_State *L)
@@ -212,14 +214,7 @@ static time_slot_t *slot_of(lua_State *L)
     return lua_touserdata(L, lua_upvalueindex(1));
 }
 
-/* Charge n bytes of work, as src/lua_crypto.c does. [-0, +0, v] */
-static void charge(lua_State *L, size_t n)
-{
-    time_slot_t *s = slot_of(L);
-    if (!s->charge) return;
-    size_t steps = 1 + n / 8;
-    s->charge(L, steps > UINT_MAX ? UINT_MAX : (unsigned)steps);
-}
+#define charge hr_lua_charge_bytes /* the slot starts with the charge function */
 
 static int64_t now_ms(lua_State *L)
 {
@@ -319,7 +314,7 @@ void hr_lua_time_install(lua_State *L, int os_idx, hr_lua_clock_fn clock,
     os_idx = lua_absindex(L, os_idx);
     time_slot_t *s = lua_newuserdatauv(L, sizeof *s, 0);
     s->clock = clock;
-    s->charge = charge_fn;
+    s->charge_fn = charge_fn;
     int slot = lua_gettop(L);
     static const struct {
         const char *name;
