@@ -13,7 +13,13 @@ return {
     ["/aifi/transition/left"] = "transition.left",
     ["/aifi/checkout-zone/entered"] = "checkout-zone.entered",
     ["/aifi/checkout-zone/left"] = "checkout-zone.left",
-    ["/aifi/checkout"] = "checkout",
+    -- The default checkout webhook: AiFi waits for the payment status (rules/lib/payments.lua).
+    ["/aifi/checkout"] = {
+      event = "checkout",
+      reply_timeout_ms = 3000,
+      -- Not paid, not refused: AiFi gets the outcome later through its Orders API.
+      fallback = { status = 200, body = { paymentStatus = "processing" } },
+    },
     -- AiFi reads these replies: the rule asks a legacy service and answers (README, "Rules
     -- that answer"). If it has not answered within reply_timeout_ms, or fails, the fallback
     -- goes out at once and the event goes to the dead letters.
@@ -23,7 +29,12 @@ return {
       -- No safe cart can be made up: say the retailer could not price it.
       fallback = { status = 503, body = { error = "retailer pricing unavailable" } },
     },
-    ["/aifi/order-price"] = "order-price",
+    -- The deprecated price calculator, answered like cart-mutator (rules/lib/pricing.lua).
+    ["/aifi/order-price"] = {
+      event = "order-price",
+      reply_timeout_ms = 2000,
+      fallback = { status = 503, body = { error = "retailer pricing unavailable" } },
+    },
     ["/aifi/entry-code/verify"] = {
       event = "entry-code.verify",
       reply_timeout_ms = 1500,
@@ -60,11 +71,17 @@ return {
       headers = { Authorization = "Basic " .. (os.getenv("MEMBERS_AUTH") or "ZXhhbXBsZTpleGFtcGxl") },
       timeout_ms = 1000,
     },
-    -- Legacy pricing service asked by the cart-mutator rules of stores 77 and 1042
+    -- Legacy pricing service asked by the cart-mutator and order-price rules of stores 77 and 1042
     -- (rules/lib/pricing.lua).
     pricing = {
       url = os.getenv("PRICING_URL") or "http://127.0.0.1:9002/pricing",
       timeout_ms = 1500,
+    },
+    -- Legacy payment service asked by the checkout rules of stores 77 and 1042
+    -- (rules/lib/payments.lua); it takes form bodies.
+    payments = {
+      url = os.getenv("PAYMENTS_URL") or "http://127.0.0.1:9003/payments",
+      timeout_ms = 2000,
     },
   },
 

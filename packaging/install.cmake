@@ -1,7 +1,7 @@
 # What `cmake --install build [--prefix P]` lays down (included from CMakeLists.txt):
 #   P/bin/hookrouter
 #   P/share/man/man1/hookrouter.1
-#   P/share/doc/hookrouter/README.md and examples/ (the example config, rules, payloads, replies)
+#   P/share/doc/hookrouter/README.md and examples/ (the example config, rules, payloads, replies, fixtures)
 #   <sysconfdir>/hookrouter/hookrouter.lua and rules/ (the service's config: the example with
 #       the spool, dead letters and files in /var/lib/hookrouter), <sysconfdir>/logrotate.d/hookrouter
 #   P/lib/systemd/system/hookrouter.service (HR_SYSTEMD_UNITDIR)
@@ -64,10 +64,13 @@ install(FILES ${HR_SOURCE_DIR}/docs/hookrouter.1 DESTINATION ${CMAKE_INSTALL_MAN
 install(FILES ${HR_SOURCE_DIR}/README.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
 install(FILES ${HR_EXAMPLE_CONFIG} DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples)
 install(DIRECTORY ${HR_SOURCE_DIR}/examples/rules ${HR_SOURCE_DIR}/examples/payloads
-                  ${HR_SOURCE_DIR}/examples/replies
+                  ${HR_SOURCE_DIR}/examples/replies ${HR_SOURCE_DIR}/examples/fixtures
         DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples)
 install(FILES ${CMAKE_BINARY_DIR}/packaging/hookrouter.lua DESTINATION ${HR_SYSCONF_DEST}/hookrouter)
-install(DIRECTORY ${HR_SOURCE_DIR}/examples/rules DESTINATION ${HR_SYSCONF_DEST}/hookrouter)
+# The service's rules without the examples' spec files (their payloads and fixtures stay in
+# share/doc): `hookrouter check` would fail on bodies it cannot find.
+install(DIRECTORY ${HR_SOURCE_DIR}/examples/rules DESTINATION ${HR_SYSCONF_DEST}/hookrouter
+        PATTERN tests EXCLUDE)
 install(FILES ${HR_SOURCE_DIR}/packaging/hookrouter.logrotate
         DESTINATION ${HR_SYSCONF_DEST}/logrotate.d RENAME hookrouter)
 install(FILES ${CMAKE_BINARY_DIR}/packaging/hookrouter.service DESTINATION ${HR_SYSTEMD_UNITDIR})

@@ -9,15 +9,15 @@
 
 #include "hr/crypto.h"
 
-/* Charge the work of n input bytes to the running script through upvalue 1 (a full userdata
- * holding the charge function), before the work is done. May raise. [-0, +0, v] */
-static void charge(lua_State *L, size_t n)
+void hr_lua_charge_bytes(lua_State *L, size_t n)
 {
     const hr_pattern_charge_fn *slot = lua_touserdata(L, lua_upvalueindex(1));
     if (!slot || !*slot) return;
     size_t steps = 1 + n / HR_LUA_CRYPTO_BYTES_PER_STEP;
     (*slot)(L, steps > UINT_MAX ? UINT_MAX : (unsigned)steps);
 }
+
+#define charge hr_lua_charge_bytes
 
 /* crypto.sha256(msg) -> the 32-byte digest. [-0, +1, v] */
 static int l_sha256(lua_State *L)

@@ -6,33 +6,38 @@
 #include <string.h>
 
 #include "hr/cli.h"
+#include "hr/cli_test.h"
 #include "hr/cli_spool.h"
 #include "hr/common.h"
 #include "hr/log.h"
 
 static void usage(FILE *out)
 {
-    fputs("Usage:\n"
-          "  hookrouter [run] [-c FILE]      serve webhooks (default FILE: ./hookrouter.lua)\n"
-          "  hookrouter check [-c FILE]      load the config, compile every rule, report errors\n"
-          "  hookrouter test [-c FILE] --path PATH [--header 'Name: value']... [--reply FILE]\n"
-          "                  PAYLOAD.json...\n"
-          "                                  run the rules offline for each payload and print\n"
-          "                                  the actions as JSON lines (nothing is sent);\n"
-          "                                  --reply FILE.json (or a .lua stub) answers every\n"
-          "                                  request() a rule makes\n"
-          "  hookrouter deadletters [-c FILE] [--target T] [--since TIME]\n"
-          "                                  print dead letters, one JSON line each\n"
-          "  hookrouter replay [-c FILE] [--target T] [--since TIME] [--id ID]\n"
-          "                                  put dead letters back in the spool (once each)\n"
-          "  hookrouter spool [-c FILE]      pending deliveries per target\n"
-          "                                  (TIME: RFC 3339 or an age such as 30m, 2h, 7d)\n"
-          "  hookrouter --help | --version\n"
-          "\n"
-          "Signals: SIGHUP reloads config and rules (a broken rule keeps the old ones);\n"
-          "SIGTERM/SIGINT stop accepting, finish requests and drain deliveries.\n"
-          "Start with the example: hookrouter run -c examples/hookrouter.lua\n",
-          out);
+    fputs(
+        "Usage:\n"
+        "  hookrouter [run] [-c FILE]      serve webhooks (default FILE: ./hookrouter.lua)\n"
+        "  hookrouter check [-c FILE]      load the config, compile every rule, report errors\n"
+        "  hookrouter test [-c FILE] [--junit FILE] [SPEC.test.lua...]\n"
+        "                                  run spec files (default: <rules>/tests/NAME.test.lua)\n"
+        "                                  and report in TAP; exit 1 if a case fails\n"
+        "  hookrouter test [-c FILE] --path PATH [--header 'Name: value']... [--reply FILE]\n"
+        "                  [--now TIME] [--id ID] PAYLOAD.json...\n"
+        "                                  run the rules offline for each payload and print\n"
+        "                                  the actions as JSON lines (nothing is sent);\n"
+        "                                  --reply FILE.json (or a .lua stub) answers every\n"
+        "                                  request() a rule makes\n"
+        "  hookrouter deadletters [-c FILE] [--target T] [--since TIME]\n"
+        "                                  print dead letters, one JSON line each\n"
+        "  hookrouter replay [-c FILE] [--target T] [--since TIME] [--id ID]\n"
+        "                                  put dead letters back in the spool (once each)\n"
+        "  hookrouter spool [-c FILE]      pending deliveries per target\n"
+        "                                  (TIME: RFC 3339 or an age such as 30m, 2h, 7d)\n"
+        "  hookrouter --help | --version\n"
+        "\n"
+        "Signals: SIGHUP reloads config and rules (a broken rule keeps the old ones);\n"
+        "SIGTERM/SIGINT stop accepting, finish requests and drain deliveries.\n"
+        "Start with the example: hookrouter run -c examples/hookrouter.lua\n",
+        out);
 }
 
 int main(int argc, char **argv)
@@ -44,6 +49,7 @@ int main(int argc, char **argv)
     const char *config = "hookrouter.lua";
     const char *path = NULL;
     const char *reply = NULL;
+    const char *now = NULL, *junit = NULL;                   /* test */
     const char *target = NULL, *since = NULL, *dl_id = NULL; /* deadletters, replay */
     char **headers = hr_xcalloc((size_t)argc, sizeof(char *));
     char **payloads = hr_xcalloc((size_t)argc, sizeof(char *));
@@ -70,6 +76,10 @@ int main(int argc, char **argv)
             since = argv[++i];
         } else if (strcmp(a, "--id") == 0 && i + 1 < argc) {
             dl_id = argv[++i];
+        } else if (strcmp(a, "--now") == 0 && i + 1 < argc) {
+            now = argv[++i];
+        } else if (strcmp(a, "--junit") == 0 && i + 1 < argc) {
+            junit = argv[++i];
         } else if (strcmp(a, "--reply") == 0 && i + 1 < argc) {
             reply = argv[++i];
         } else if (strcmp(a, "--header") == 0 && i + 1 < argc) {
@@ -90,13 +100,18 @@ int main(int argc, char **argv)
         printf("hookrouter %s\n", HR_VERSION);
         rc = 0;
     } else if (strcmp(cmd, "test") == 0) {
-        if (!path || npayloads == 0) {
-            fprintf(stderr, "hookrouter test: needs --path PATH and at least one PAYLOAD.json\n");
+        if (target || since) {
+            fprintf(stderr, "hookrouter test: --target and --since are for 'deadletters' and "
+                            "'replay'\n");
             goto out;
         }
-        rc = hr_cmd_test(config, path, headers, nheaders, payloads, npayloads, reply);
-    } else if (npayloads > 0 || path || nheaders > 0 || reply) {
-        fprintf(stderr, "hookrouter %s: --path, --header, --reply and payloads are for 'test'\n",
+        hr_test_opts_t o = {config,    path,  headers, nheaders, payloads,
+                            npayloads, reply, now,     dl_id,    junit};
+        rc = hr_cmd_test(&o);
+    } else if (npayloads > 0 || path || nheaders > 0 || reply || now || junit) {
+        fprintf(stderr,
+                "hookrouter %s: --path, --header, --reply, --now, --junit and payloads are for "
+                "'test'\n",
                 cmd);
     } else if ((target || since || dl_id) && strcmp(cmd, "deadletters") != 0 &&
                strcmp(cmd, "replay") != 0) {

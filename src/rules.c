@@ -18,6 +18,8 @@
 #include "hr/lua_budget.h"
 #include "hr/lua_crypto.h"
 #include "hr/lua_scan.h"
+#include "hr/lua_text.h"
+#include "hr/lua_time.h"
 #include "hr/pattern.h"
 
 #define HOOK_STEP 1000 /* instructions between two count-hook calls */
@@ -45,6 +47,8 @@ struct hr_run {
     hr_action_t *pending;    /* the request() the rule waits for (owned), or NULL */
     size_t charged;          /* C memory the run holds (action and reply bodies), in bytes */
     bool closing;            /* the run is over: only its to-be-closed handlers still run */
+    const void *event_table; /* the event table given to the rule (event.raw reads ev->body
+                                only for it, not for one a rule kept from an earlier event) */
 };
 typedef struct hr_run run_ctx_t;
 
@@ -59,9 +63,12 @@ struct hr_ruleset {
                          C memory as extra); what it keeps between events is checked against
                          state_memory_bytes after each run instead */
     bool rebuild;     /* the state outgrew limits.state_memory_bytes: replace this rule set */
+    int event_mt;     /* registry reference of the event tables' metatable (event.raw); an
+                         integer key, so each event finds it without hashing a name */
 };
 
 static void set_file_env(lua_State *L, int loaded);
+static void spend(lua_State *L, struct hr_run *ctx, uint64_t n);
 static void pattern_charge(lua_State *L, unsigned steps);
 
 /* ---------------------------------------------------------------- helpers */
@@ -478,6 +485,35 @@ static int l_json_encode(lua_State *L)
     return 1;
 }
 
+/* The clock of os.time, os.date, time.now and uuid.v7: the event's received_ms when the run
+ * has a fixed clock (hookrouter test), else the wall clock (also outside events).
+ * [-0, +0, -] */
+static int64_t rule_clock(lua_State *L)
+{
+    run_ctx_t *ctx = ctx_of(L);
+    if (ctx && ctx->ev->fixed_clock) return (int64_t)ctx->ev->received_ms;
+    return (int64_t)hr_wall_ms();
+}
+
+/* __index of event tables: event.raw is the body as received, copied into Lua only when a
+ * rule first reads it (then kept in the table), so rules that never read it pay nothing.
+ * Other missing keys are nil. [-0, +1, m] */
+static int l_event_index(lua_State *L)
+{
+    run_ctx_t *ctx = ctx_of(L);
+    const char *k = lua_tostring(L, 2);
+    if (!ctx || lua_type(L, 2) != LUA_TSTRING || strcmp(k, "raw") != 0 ||
+        lua_topointer(L, 1) != ctx->event_table) {
+        lua_pushnil(L);
+        return 1;
+    }
+    spend(L, ctx, 1 + ctx->ev->body_len / HR_LUA_CRYPTO_BYTES_PER_STEP);
+    lua_pushlstring(L, ctx->ev->body, ctx->ev->body_len);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, 1, "raw"); /* read once: later reads are plain table reads */
+    return 1;
+}
+
 /* ---------------------------------------------------------------- sandbox */
 
 /* Give the chunk at the top of the stack its own global table, with its own views of the
@@ -560,6 +596,7 @@ static void open_sandbox(hr_ruleset_t *rs)
         lua_getfield(L, -2, os_keep[i]);
         lua_setfield(L, -2, os_keep[i]);
     }
+    hr_lua_time_install(L, -1, rule_clock, pattern_charge); /* time; os.time/date's clock */
     lua_setglobal(L, "os");
     lua_pop(L, 1);
     static const char *const banned[] = {"dofile", "loadfile", "load", "collectgarbage", NULL};
@@ -593,6 +630,13 @@ static void open_sandbox(hr_ruleset_t *rs)
     lua_pushcfunction(L, l_respond);
     lua_setglobal(L, "respond");
     hr_lua_crypto_install(L, pattern_charge); /* crypto, hex, base64: charged as patterns are */
+    hr_lua_text_install(L, rule_clock, pattern_charge); /* url, uuid, xml: the same way */
+    lua_createtable(L, 0, 2);                           /* the event tables' metatable */
+    lua_pushcfunction(L, l_event_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushliteral(L, "event");
+    lua_setfield(L, -2, "__metatable");
+    rs->event_mt = luaL_ref(L, LUA_REGISTRYINDEX);
 
     static const char *const levels[] = {"debug", "info", "warn", "error"};
     lua_createtable(L, 0, 4);
@@ -605,8 +649,9 @@ static void open_sandbox(hr_ruleset_t *rs)
     lua_setglobal(L, "print"); /* print goes to the log, not stdout */
     lua_setglobal(L, "log");
 
-    static const char *const libs[] = {"string", "table",  "math", "utf8",   "os", "json",
-                                       "log",    "crypto", "hex",  "base64", NULL};
+    static const char *const libs[] = {"string", "table", "math",   "utf8", "os",
+                                       "json",   "log",   "crypto", "hex",  "base64",
+                                       "time",   "url",   "uuid",   "xml",  NULL};
     lua_newtable(L);
     for (size_t i = 0; libs[i]; i++)
         add_lib_view(L, lua_gettop(L), libs[i]);
@@ -1048,8 +1093,9 @@ static char *pop_store(lua_State *L)
     return s;
 }
 
-/* Push the event table; the decoded body is on top and is consumed. [-1, +1, m] */
-static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store)
+/* Push the event table, with the metatable at registry index mt (event.raw); the decoded body
+ * is on top and is consumed. [-1, +1, m] */
+static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store, int mt)
 {
     lua_createtable(L, 0, 8);
     lua_insert(L, -2);
@@ -1083,6 +1129,8 @@ static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store)
         lua_setfield(L, -2, ev->headers[i].name);
     }
     lua_setfield(L, -2, "headers");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, mt); /* event.raw, on first read */
+    lua_setmetatable(L, -2);
 }
 
 /* Free a run that is over or abandoned: close its coroutine, drop what it holds, and its
@@ -1234,7 +1282,7 @@ hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run
         return HR_STEP_DONE;
     }
     lua_insert(co, -2); /* fn, body */
-    push_event(co, ev, out->store);
+    push_event(co, ev, out->store, rs->event_mt);
 
     run_ctx_t *run = hr_xcalloc(1, sizeof *run);
     run->rs = rs;
@@ -1243,6 +1291,7 @@ hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run
     run->out = out;
     run->tail = &out->actions;
     run->co = co;
+    run->event_table = lua_topointer(co, -1);
     run->co_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops co off L's stack */
     lua_settop(L, top);
     lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_STEP);

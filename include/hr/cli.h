@@ -6,16 +6,12 @@
 
 /* hookrouter run: serve until SIGTERM/SIGINT. Returns the exit status. */
 int hr_cmd_run(const char *config);
-/* hookrouter check: load the config and compile every rule; print "ok: ..." or each error
- * as path:line: message. Returns 0 or 1. */
+/* hookrouter check: load the config, compile every rule and every spec file of
+ * the <rules>/tests folder (NAME.test.lua); print "ok: ..." or each error as path:line: message.
+ * Returns 0 or 1. */
 int hr_cmd_check(const char *config);
-/* hookrouter test: run the rule for each payload as the server would for a POST to path,
- * and print each action as one JSON line. Nothing is sent or written. Returns 0, or 1 if
- * a rule failed or a payload was unusable. headers are "Name: value" strings. reply (or
- * NULL) stands in for every request()'s answer: FILE.json is answered as status 200 with
- * that body; FILE.lua returns function(target, body, opts) -> {status, headers, body}. Each
- * request() prints {"action":"request",...}; a respond() prints {"action":"respond",...}. */
-int hr_cmd_test(const char *config, const char *path, char **headers, size_t nheaders,
-                char **payloads, size_t npayloads, const char *reply);
+/* Load config and rules; print every error to stderr. NULL on failure (for the commands). */
+struct hr_ruleset;
+struct hr_ruleset *hr_cli_load(const char *config);
 
 #endif

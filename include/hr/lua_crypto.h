@@ -13,10 +13,16 @@
 #define HR_LUA_CRYPTO_H
 
 #include <lua.h>
+#include <stddef.h>
 
 #include "hr/pattern.h"
 
 #define HR_LUA_CRYPTO_BYTES_PER_STEP 8 /* input bytes charged as one instruction */
+
+/* Charge the work of n input bytes to the running script, before the work is done, for a C
+ * function whose upvalue 1 is a full userdata starting with the charge function (NULL: free):
+ * the closures of this file, src/lua_time.c and src/lua_text.c. May raise. [-0, +0, v] */
+void hr_lua_charge_bytes(lua_State *L, size_t n);
 
 /* Set the globals crypto, hex and base64 of L, whose functions report to charge (NULL: free).
  * [-0, +0, m] */

@@ -51,11 +51,13 @@ typedef struct {
     const char *path;
     const hr_header_t *headers; /* names lower-case */
     size_t nheaders;
-    const char *body; /* raw JSON text */
+    const char *body; /* raw JSON text; event.raw in the rule (copied on first read only) */
     size_t body_len;
     const char *received_at; /* RFC 3339 */
     uint64_t received_ms;
     int token; /* which of the config's tokens the sender proved (1-based), 0: none checked */
+    bool fixed_clock; /* hookrouter test: os.time, os.date, time.now and uuid.v7 read
+                         received_ms instead of the wall clock (false in the server) */
 } hr_event_in_t;
 
 typedef enum {

@@ -82,7 +82,7 @@ class PackageTest(unittest.TestCase):
         self.assertIn("set AIFI_TOKEN", r.stderr)
         r = run([binary, "check", "-c", path], env=TOKEN_ENV)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        self.assertRegex(r.stdout, r"^ok: .*: 16 endpoints, 3 targets, 2 files, 3 store rules")
+        self.assertRegex(r.stdout, r"^ok: .*: 16 endpoints, 4 targets, 2 files, 3 store rules")
 
     def test_install_into_prefix(self):
         prefix = self.tmp()

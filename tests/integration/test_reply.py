@@ -108,8 +108,8 @@ class ReplyTest(HRTestCase):
         return s
 
     def setup_rules(self):
-        """The shipped example rules (lib/members.lua, lib/pricing.lua, stores/77.lua)."""
-        for rel in ("lib/members.lua", "lib/pricing.lua", "lib/aifi.lua", "stores/77.lua"):
+        """The shipped example rules (lib/members.lua, lib/pricing.lua, lib/payments.lua, stores/77.lua)."""
+        for rel in ("lib/members.lua", "lib/pricing.lua", "lib/payments.lua", "lib/aifi.lua", "stores/77.lua"):
             with open(os.path.join(EXAMPLES, "rules", rel)) as f:
                 self.wd.write("rules/" + rel, f.read())
 

@@ -453,7 +453,8 @@ static void start_ev(hr_event_in_t *ev, const char *body)
                           strlen(body),
                           "2026-01-01T00:00:00.000Z",
                           0,
-                          1};
+                          1,
+                          false};
 }
 
 static const hr_header_t JSON_H[] = {

@@ -1,0 +1,25 @@
+-- rules/default.lua (every store without a rule of its own) and store 1042's CRM lines, on a
+-- fixed clock: received_at is the case's now.
+return {
+  { name = "default: an audit line with the event unchanged",
+    path = "/aifi/customer", file = "../../payloads/customer-created.json",
+    now = "2026-01-02T03:04:05.250Z",
+    expect = { { action = "write", file = "audit",
+                 record = { type = "customer.created", store = json.null,
+                            received_at = "2026-01-02T03:04:05.250Z",
+                            body = { customer = { role = "customer" } } } } },
+    expect_reply = { status = 200 } },
+  { name = "default: a store without a rule of its own",
+    path = "/aifi/tracking", body = { storeId = 5, uniqueEventId = "ev-1" },
+    expect = { { action = "write", file = "audit",
+                 record = { store = "5", body = { uniqueEventId = "ev-1" } } } } },
+  { name = "store 1042: a CRM line in its own field names",
+    path = "/aifi/checkout-zone/entered", file = "../../payloads/checkout-zone-entered-1042.json",
+    now = "2026-05-06T07:08:09Z",
+    expect = { { action = "write", file = "crm",
+                 record = { kind = "checkout-zone.entered", store_code = "HB-0381",
+                            received_at = "2026-05-06T07:08:09.000Z" } } } },
+  { name = "body that is not JSON is refused",
+    path = "/aifi/tracking", body = "{not json",
+    expect = {}, expect_error = "invalid JSON", expect_reply = { status = 400 } },
+}
