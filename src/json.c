@@ -666,6 +666,161 @@ int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t
     return -1;
 }
 
+/* ================================================================ matching a text */
+
+/* State of one hr_json_matches() call. */
+typedef struct {
+    const char *s;    /* the text (valid JSON) */
+    size_t len;       /* its length */
+    size_t i;         /* position */
+    int null_idx;     /* stack slot of json.null */
+    int mt_idx;       /* stack slot of the array marker */
+    hr_buf_t scratch; /* strings with escapes, decoded */
+} match_t;
+
+/* Keys of one object compared for repeats (more: the object is not matched). */
+#define HR_JSON_MATCH_KEYS 64
+
+static void match_ws(match_t *m)
+{
+    while (m->i < m->len &&
+           (m->s[m->i] == ' ' || m->s[m->i] == '\n' || m->s[m->i] == '\r' || m->s[m->i] == '\t'))
+        m->i++;
+}
+
+/* Move past the string whose opening quote is at m->i; return its bytes (decoded into
+ * m->scratch when it has escapes) in *out, *outlen. */
+static void match_string(match_t *m, const char **out, size_t *outlen)
+{
+    size_t start = m->i, p = start + 1;
+    bool esc = false;
+    while (p < m->len && m->s[p] != '"') {
+        if (m->s[p] == '\\') {
+            esc = true;
+            p++;
+        }
+        p++;
+    }
+    m->i = p + 1;
+    if (!esc) {
+        *out = m->s + start + 1;
+        *outlen = p - start - 1;
+        return;
+    }
+    unescape(&m->scratch, m->s, m->len, start);
+    *out = m->scratch.data ? m->scratch.data : "";
+    *outlen = m->scratch.len;
+}
+
+/* True if the value at idx (absolute) is what the text at m->i decodes to and encodes back
+ * to the same value; moves m->i past it. [-0, +0, m] */
+static bool match_value(lua_State *L, match_t *m, int idx)
+{
+    match_ws(m);
+    if (m->i >= m->len) return false;
+    char c = m->s[m->i];
+    int t = lua_type(L, idx);
+    if (c == '"') {
+        const char *v;
+        size_t n, have;
+        match_string(m, &v, &n);
+        if (t != LUA_TSTRING) return false;
+        const char *s = lua_tolstring(L, idx, &have);
+        return have == n && memcmp(s, v, n) == 0;
+    }
+    if (c == 't' || c == 'f') {
+        m->i += c == 't' ? 4 : 5;
+        return t == LUA_TBOOLEAN && lua_toboolean(L, idx) == (c == 't');
+    }
+    if (c == 'n') {
+        m->i += 4;
+        return lua_rawequal(L, idx, m->null_idx);
+    }
+    if (c == '[' || c == '{') {
+        if (t != LUA_TTABLE || !lua_checkstack(L, 4)) return false;
+        bool marked = false;
+        if (lua_getmetatable(L, idx)) {
+            marked = lua_rawequal(L, -1, m->mt_idx);
+            lua_pop(L, 1); /* the metatable */
+            if (!marked) return false;
+        }
+        if (marked != (c == '[')) return false;
+        m->i++;
+        const char *keys[HR_JSON_MATCH_KEYS];
+        lua_Integer n = 0;
+        for (;;) {
+            match_ws(m);
+            if (m->s[m->i] == ']' || m->s[m->i] == '}') break;
+            if (m->s[m->i] == ',') {
+                m->i++;
+                match_ws(m);
+            }
+            if (c == '[') {
+                lua_rawgeti(L, idx, ++n);
+            } else {
+                const char *k;
+                size_t klen;
+                match_string(m, &k, &klen);
+                /* short strings are interned: equal keys are one pointer */
+                if (n >= HR_JSON_MATCH_KEYS || klen > 40) return false;
+                lua_pushlstring(L, k, klen);
+                keys[n] = lua_tostring(L, -1);
+                for (lua_Integer j = 0; j < n; j++) {
+                    if (keys[j] == keys[n]) {
+                        lua_pop(L, 1); /* a repeated key: the table holds one of them */
+                        return false;
+                    }
+                }
+                n++;
+                lua_rawget(L, idx);
+                match_ws(m);
+                m->i++; /* the colon */
+            }
+            bool same = match_value(L, m, lua_gettop(L));
+            lua_pop(L, 1); /* the element */
+            if (!same) return false;
+        }
+        m->i++;
+        if (c == '[') return (lua_Integer)lua_rawlen(L, idx) == n;
+        lua_Integer have = 0;
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            lua_pop(L, 1); /* the value */
+            if (++have > n) {
+                lua_pop(L, 1); /* the key */
+                return false;
+            }
+        }
+        return have == n;
+    }
+    /* a number: the same integer, or a float equal to what the text reads as */
+    size_t start = m->i;
+    while (m->i < m->len && is_num_byte((unsigned char)m->s[m->i]))
+        m->i++;
+    if (t != LUA_TNUMBER) return false;
+    push_token_number(L, m->s, start, m->i);
+    bool same = lua_isinteger(L, -1) == lua_isinteger(L, idx) && lua_rawequal(L, -1, idx);
+    lua_pop(L, 1); /* the number read */
+    return same;
+}
+
+bool hr_json_matches(lua_State *L, int idx, const char *text, size_t len)
+{
+    idx = lua_absindex(L, idx);
+    if (!lua_checkstack(L, 4)) return false;
+    int top = lua_gettop(L);
+    match_t m = {.s = text, .len = len, .scratch = HR_BUF_INIT};
+    if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) m.i = 3;
+    hr_json_push_null(L);
+    m.null_idx = lua_gettop(L);
+    push_array_mt(L);
+    m.mt_idx = lua_gettop(L);
+    bool same = match_value(L, &m, idx);
+    hr_buf_free(&m.scratch);
+    lua_settop(L, top);
+    return same;
+}
+
 /* ================================================================ encoding */
 
 /* One container on the path from the root to the value being encoded. */

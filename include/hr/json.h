@@ -35,6 +35,14 @@
  * ("invalid JSON at line 3, column 7 (byte 41): unexpected character") and nothing pushed.
  * Nesting deeper than 1000 levels is an error. [-0, +(1|0), m] */
 int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen);
+/* True if the value at idx is the value of text (which must be valid JSON: it decoded) and
+ * encodes to the same JSON value: the same strings, equal numbers of the same kind (integer or
+ * float), json.null for null, arrays marked and of the same length, objects with no metatable,
+ * exactly the same keys, none repeated in the text (nor more than 64 keys, or one longer than
+ * 40 bytes: those are not compared and give false). Then the text itself can be sent in place
+ * of an encoding of the value. [-0, +0, m] */
+bool hr_json_matches(lua_State *L, int idx, const char *text, size_t len);
+
 /* Kept for threads that call it before they exit: the decoder holds nothing per thread any
  * more (it did while it decoded through cJSON), so this does nothing. */
 void hr_json_thread_done(void);
