@@ -445,7 +445,6 @@ static void test_forward_and_sandbox(void)
  * and a text with a repeated key, get an encoding of the table. */
 static void test_forward_original_bytes(void)
 {
-    char err[4096];
     write_file("hookrouter.lua", BASE_CONFIG, "storeId");
     write_file("rules/default.lua", "return function(e)\n"
                                     "  local b = e.body\n"
@@ -455,12 +454,8 @@ static void test_forward_original_bytes(void)
                                     "  elseif b.op == 'same-value' then b.x = 1.1 end\n"
                                     "  forward('pos', b)\n"
                                     "end\n");
-    hr_ruleset_t *rs = load(err, sizeof err);
-    CHECK(rs != NULL);
-    if (!rs) {
-        fprintf(stderr, "%s", err);
-        return;
-    }
+    hr_ruleset_t *rs = must_load();
+    if (!rs) return;
     static const struct {
         const char *in;   /* the event body */
         const char *want; /* the forwarded body, byte for byte */
