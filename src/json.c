@@ -1,13 +1,12 @@
 /* JSON <-> Lua, exact both ways (see include/hr/json.h for the mapping).
  *
- * Decoding: a strict scan validates the text per RFC 8259 (cJSON alone takes numbers out of
- * range, leading zeros, raw control bytes, any byte up to 0x20 as whitespace, bad \u hex)
- * and names the first error exactly; cJSON then builds a tree, which is walked into Lua
- * values. cJSON keeps a number only as a double, so the scan records where each number token
- * starts; cJSON keeps children in document order, so the n-th number node met in a
- * depth-first walk is the n-th token of the scan. Integer tokens are re-read exactly from
- * the text. cJSON also cuts strings at a NUL byte: when the text may hold one ("\u0000"),
- * the scan records string starts too and every string is re-read from the text.
+ * Decoding: one pass over the text validates it per RFC 8259 (strict where cJSON was lax:
+ * numbers out of range, leading zeros, raw control bytes, whitespace other than the four,
+ * bad \u hex), names the first error exactly, and builds the Lua values as it goes: a string
+ * without escapes is pushed straight from the text, an integer token is read exactly, any
+ * other number with strtod. The elements of an open container wait on the Lua stack and move
+ * into a table made at their exact count when it closes (bounded: past HR_JSON_PENDING slots
+ * they move early), so no table is resized and no tree is built in between.
  *
  * Encoding: straight into an hr_buf_t, no intermediate tree. The path of the value being
  * encoded lives in a chain of frames on the C stack and is only formatted on error.
@@ -19,7 +18,6 @@
 #include <cjson/cJSON.h>
 #include <lauxlib.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,9 +27,6 @@
 
 /* Deepest nesting of arrays and objects accepted both ways (cJSON's own limit). */
 #define HR_JSON_MAX_DEPTH CJSON_NESTING_LIMIT
-
-/* Number tokens recorded on the C stack before the scan moves to the heap. */
-#define HR_JSON_SCAN_LOCAL 256
 
 /* The per-state encode buffer is dropped after use once it grew beyond this. */
 #define HR_JSON_KEEP_BUF (64 * 1024)
@@ -129,48 +124,17 @@ void hr_json_mark_array(lua_State *L, int idx)
 
 /* ================================================================ decoding: the strict scan */
 
-/* Where the tokens that cJSON does not keep exactly start, in document order. */
+/* Error and per-token state of one decode. */
 typedef struct {
-    size_t *nums;  /* offset of each number token */
-    size_t nnums;  /* tokens in nums */
-    size_t numcap; /* room in nums */
-    size_t *strs;  /* offset of each opening quote, or NULL unless strings are re-read */
-    size_t nstrs;  /* tokens in strs */
-    size_t strcap; /* room in strs */
-    size_t local[HR_JSON_SCAN_LOCAL]; /* first home of nums */
-    size_t pos;                       /* on error, the offending byte (len: the end of the input) */
+    bool esc;      /* the string scan_string() just passed holds an escape */
+    size_t pos;    /* on error, the offending byte (len: the end of the input) */
     char what[96]; /* on error, the reason, or "" for an unexpected byte or end of input */
 } scan_t;
 
 /* Longest number token accepted: cJSON reads at most this many bytes of a number. */
 #define HR_JSON_MAX_NUMBER 63
 
-/* Append off to the growable array *v (n used, cap allocated; *v may point at local
- * storage of local_cap entries, which is never freed). Aborts on out-of-memory. */
-static void offsets_push(size_t **v, size_t *n, size_t *cap, const size_t *local, size_t off)
-{
-    if (*n == *cap) {
-        size_t ncap = *cap ? *cap * 2 : 64;
-        if (local && *v == local) {
-            size_t *heap = hr_xmalloc(ncap * sizeof *heap);
-            memcpy(heap, local, *n * sizeof *heap);
-            *v = heap;
-        } else {
-            *v = hr_xrealloc(*v, ncap * sizeof **v);
-        }
-        *cap = ncap;
-    }
-    (*v)[(*n)++] = off;
-}
-
-/* Release what scan() allocated. */
-static void scan_free(scan_t *sc)
-{
-    if (sc->nums != sc->local) free(sc->nums);
-    free(sc->strs);
-}
-
-/* True for the bytes cJSON takes into a number token. */
+/* True for the bytes a number token runs over. */
 static inline bool is_num_byte(unsigned char c)
 {
     return (c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-';
@@ -228,6 +192,7 @@ static bool scan_string(const char *s, size_t len, size_t *i, scan_t *sc)
     };
     const unsigned char *u = (const unsigned char *)s;
     size_t p = *i + 1;
+    sc->esc = false;
     for (;;) {
         while (p < len && plain[u[p]])
             p++;
@@ -242,6 +207,7 @@ static bool scan_string(const char *s, size_t len, size_t *i, scan_t *sc)
             continue;
         }
         /* a backslash */
+        sc->esc = true;
         if (p + 1 >= len) return scan_fail(sc, len, "%s", "");
         char e = s[p + 1];
         if (e != 'u') {
@@ -334,92 +300,6 @@ static bool scan_number(const char *s, size_t len, size_t *i, scan_t *sc)
     return true;
 }
 
-/* Validate text as one JSON value per RFC 8259 (whitespace only space, tab, LF and CR; a
- * leading UTF-8 byte order mark is skipped, as cJSON does and section 8.1 allows) and record
- * the start of every number token (and of every string when with_strings) in document order.
- * What it accepts cJSON parses into the same tokens. Returns true, or false with sc->pos and
- * sc->what set at the first error; either way scan_free() releases sc. Aborts on
- * out-of-memory. */
-static bool scan(const char *s, size_t len, bool with_strings, scan_t *sc)
-{
-    enum { VALUE, FIRST_VALUE, KEY, FIRST_KEY, COLON, AFTER } state = VALUE;
-    char open[HR_JSON_MAX_DEPTH]; /* the closing bracket of each open container */
-    int depth = 0;
-    sc->nums = sc->local;
-    sc->nnums = 0;
-    sc->numcap = HR_JSON_SCAN_LOCAL;
-    sc->strs = NULL;
-    sc->nstrs = sc->strcap = 0;
-    sc->what[0] = '\0';
-    size_t i = len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
-    for (;;) {
-        while (i < len && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t'))
-            i++;
-        if (i >= len) {
-            if (state == AFTER && depth == 0) return true;
-            return scan_fail(sc, len, "%s", "");
-        }
-        char c = s[i];
-        switch (state) {
-        case FIRST_KEY:
-        case KEY:
-            if (state == FIRST_KEY && c == '}') goto close;
-            if (c != '"') return scan_fail(sc, i, "%s", "");
-            if (with_strings) offsets_push(&sc->strs, &sc->nstrs, &sc->strcap, NULL, i);
-            if (!scan_string(s, len, &i, sc)) return false;
-            state = COLON;
-            break;
-        case COLON:
-            if (c != ':') return scan_fail(sc, i, "%s", "");
-            i++;
-            state = VALUE;
-            break;
-        case AFTER:
-            if (depth == 0) return scan_fail(sc, i, "trailing characters after the value");
-            if (c == ',') {
-                i++;
-                state = open[depth - 1] == ']' ? VALUE : KEY;
-                break;
-            }
-            if (c != open[depth - 1]) return scan_fail(sc, i, "%s", "");
-        close:
-            depth--;
-            i++;
-            state = AFTER;
-            break;
-        case FIRST_VALUE:
-        case VALUE:
-            if (state == FIRST_VALUE && c == ']') goto close;
-            state = AFTER;
-            if (c == '"') {
-                if (with_strings) offsets_push(&sc->strs, &sc->nstrs, &sc->strcap, NULL, i);
-                if (!scan_string(s, len, &i, sc)) return false;
-            } else if (c == '-' || c == '+' || c == '.' || is_digit(c)) {
-                offsets_push(&sc->nums, &sc->nnums, &sc->numcap, sc->local, i);
-                if (!scan_number(s, len, &i, sc)) return false;
-            } else if (c == '[' || c == '{') {
-                if (depth >= HR_JSON_MAX_DEPTH)
-                    return scan_fail(sc, i, "nesting too deep (more than %d levels)",
-                                     HR_JSON_MAX_DEPTH);
-                open[depth++] = c == '[' ? ']' : '}';
-                i++;
-                state = c == '[' ? FIRST_VALUE : FIRST_KEY;
-            } else {
-                const char *lit = c == 't' ? "true" : c == 'f' ? "false" : c == 'n' ? "null" : "";
-                size_t n = strlen(lit), have = len - i;
-                if (n && have >= n && memcmp(s + i, lit, n) == 0) {
-                    i += n;
-                } else if (n && have < n && memcmp(s + i, lit, have) == 0) {
-                    return scan_fail(sc, len, "%s", ""); /* a literal cut short */
-                } else {
-                    return scan_fail(sc, i, "%s", "");
-                }
-            }
-            break;
-        }
-    }
-}
-
 /* ================================================================ decoding: errors */
 
 /* Write "invalid JSON at line L, column C (byte B): <what>" into err for the error at pos.
@@ -432,7 +312,7 @@ static void parse_error(const char *text, size_t len, size_t pos, const char *re
     char what[96];
     if (pos > len) pos = len;
     if (reason && *reason) {
-        snprintf(what, sizeof what, "%s", reason);
+        snprintf(what, sizeof what, "%.*s", (int)sizeof what - 1, reason);
     } else if (pos >= len) {
         snprintf(what, sizeof what, "unexpected end of input");
     } else {
@@ -456,20 +336,7 @@ static void parse_error(const char *text, size_t len, size_t pos, const char *re
              what);
 }
 
-/* ================================================================ decoding: the walk */
-
-/* State of one walk of a cJSON tree into Lua values. */
-typedef struct {
-    const char *text;  /* the JSON text */
-    size_t len;        /* its length */
-    const scan_t *sc;  /* token offsets from scan() */
-    size_t inum;       /* next number token */
-    size_t istr;       /* next string token (when sc->strs is set) */
-    const cJSON *root; /* the tree */
-    hr_buf_t scratch;  /* strings re-read from the text */
-    int null_idx;      /* stack slot of json.null */
-    int mt_idx;        /* stack slot of the array marker */
-} walk_t;
+/* ================================================================ decoding: the build */
 
 /* Append code point cp to b as UTF-8. */
 static void append_utf8(hr_buf_t *b, unsigned long cp)
@@ -541,245 +408,417 @@ static void unescape(hr_buf_t *b, const char *text, size_t len, size_t off)
     }
 }
 
-/* Push the string of a cJSON node (value or key) s: cJSON's copy, or the text re-read when
- * strings may hold NUL bytes. Raises on a token mismatch. [-0, +1, m] */
-static void push_string(lua_State *L, walk_t *w, const char *s)
+/* One open array or object of a decode. Its elements (an object: key, value, key, ...) wait
+ * on the Lua stack above its slot until it closes, so that its table is made at its final
+ * size in one go; past HR_JSON_PENDING of them they move into the table early (made then). */
+typedef struct {
+    int slot;   /* stack slot of the table (nil until it is made) */
+    int set;    /* elements (an object: pairs) already in the table */
+    bool made;  /* the table exists */
+    bool array; /* an array, else an object */
+} open_t;
+
+/* Stack slots a container may hold before they move into its table. */
+#define HR_JSON_PENDING 512
+
+/* State of one decode of text into Lua values. */
+typedef struct {
+    const char *text;               /* the JSON text */
+    size_t len;                     /* its length */
+    scan_t sc;                      /* the error, once one is found */
+    bool failed;                    /* the text is not valid JSON (sc says why) */
+    hr_buf_t scratch;               /* strings with escapes, decoded */
+    int null_idx;                   /* stack slot of json.null */
+    int mt_idx;                     /* stack slot of the array marker */
+    open_t open[HR_JSON_MAX_DEPTH]; /* the containers open at the current position */
+} dec_t;
+
+/* Move the elements waiting above the slot of o into its table, making it first (sized for
+ * what waits when it is final). Raises on out-of-memory. [-k, +0, m] */
+static void flush_open(lua_State *L, const dec_t *d, open_t *o, bool final)
 {
-    if (!w->sc->strs) {
-        lua_pushlstring(L, s, strlen(s)); /* not lua_pushstring: its API cache strcmp()s */
-        return;
+    int top = lua_gettop(L), k = top - o->slot;
+    if (!o->made) {
+        int hint = final ? k : 2 * k;
+        if (o->array)
+            lua_createtable(L, hint, 0);
+        else
+            lua_createtable(L, 0, hint / 2);
+        if (o->array) {
+            lua_pushvalue(L, d->mt_idx);
+            lua_setmetatable(L, -2);
+        }
+        lua_replace(L, o->slot);
+        o->made = true;
     }
-    if (w->istr >= w->sc->nstrs) luaL_error(L, "internal error: more strings than tokens");
-    unescape(&w->scratch, w->text, w->len, w->sc->strs[w->istr++]);
-    lua_pushlstring(L, w->scratch.data ? w->scratch.data : "", w->scratch.len);
+    if (o->array) {
+        for (int i = 1; i <= k; i++) {
+            lua_pushvalue(L, o->slot + i);
+            lua_rawseti(L, o->slot, ++o->set);
+        }
+    } else {
+        /* in document order: a repeated key keeps its last value, as cJSON's tree did */
+        for (int i = 1; i + 1 <= k; i += 2) {
+            lua_pushvalue(L, o->slot + i);
+            lua_pushvalue(L, o->slot + i + 1);
+            lua_rawset(L, o->slot);
+            o->set++;
+        }
+    }
+    lua_settop(L, o->slot);
 }
 
-/* Push the number node item, re-read from its token: an integer token that fits in int64 as
- * an integer, anything else as the double cJSON read. Raises if the token does not match the
- * node. [-0, +1, m] */
-static void push_number(lua_State *L, walk_t *w, const cJSON *item)
+/* Push the string whose opening quote is at s[start] and whose closing quote is at
+ * s[end - 1], decoding escapes when it has any. [-0, +1, m] */
+static void push_token_string(lua_State *L, dec_t *d, size_t start, size_t end, bool esc)
 {
-    if (w->inum >= w->sc->nnums) luaL_error(L, "internal error: more numbers than tokens");
-    const char *p = w->text + w->sc->nums[w->inum++], *end = w->text + w->len;
+    if (!esc) {
+        lua_pushlstring(L, d->text + start + 1, end - start - 2);
+        return;
+    }
+    unescape(&d->scratch, d->text, d->len, start);
+    lua_pushlstring(L, d->scratch.data ? d->scratch.data : "", d->scratch.len);
+}
+
+/* Push the number token s[start..end) (valid per scan_number()): an integer token that fits
+ * in int64 as an integer, anything else as the double strtod reads. [-0, +1, -] */
+static void push_token_number(lua_State *L, const char *s, size_t start, size_t end)
+{
+    const char *p = s + start, *e = s + end;
     bool neg = false, overflow = false;
-    if (p < end && *p == '-') {
+    if (*p == '-') {
         neg = true;
         p++;
     }
     uint64_t v = 0;
-    for (; p < end && *p >= '0' && *p <= '9'; p++) {
-        unsigned d = (unsigned)(*p - '0');
-        if (v > (UINT64_MAX - d) / 10)
+    for (; p < e && *p >= '0' && *p <= '9'; p++) {
+        unsigned dg = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - dg) / 10)
             overflow = true;
         else if (!overflow)
-            v = v * 10 + d;
+            v = v * 10 + dg;
     }
-    bool is_float = p < end && (*p == '.' || *p == 'e' || *p == 'E');
     uint64_t limit = neg ? (uint64_t)LUA_MAXINTEGER + 1 : (uint64_t)LUA_MAXINTEGER;
-    if (is_float || overflow || v > limit) {
-        lua_pushnumber(L, item->valuedouble);
+    if (p < e || overflow || v > limit) { /* a fraction or exponent, or out of int64 */
+        char tmp[HR_JSON_MAX_NUMBER + 1];
+        memcpy(tmp, s + start, end - start);
+        tmp[end - start] = '\0';
+        lua_pushnumber(L, strtod(tmp, NULL));
         return;
     }
-    lua_Integer i;
     if (!neg)
-        i = (lua_Integer)v;
+        lua_pushinteger(L, (lua_Integer)v);
     else if (v == (uint64_t)LUA_MAXINTEGER + 1)
-        i = LUA_MININTEGER;
+        lua_pushinteger(L, LUA_MININTEGER);
     else
-        i = -(lua_Integer)v;
-    /* strtod and the int->double conversion both round to nearest: equal on a true match. */
-    if ((double)i != item->valuedouble)
-        luaL_error(L, "internal error: number token does not match the parsed value");
-    lua_pushinteger(L, i);
+        lua_pushinteger(L, -(lua_Integer)v);
 }
 
-/* Push the Lua value for the cJSON node item. Raises on out-of-memory or a token mismatch.
- * [-0, +1, m] */
-static void walk_value(lua_State *L, walk_t *w, const cJSON *item)
+/* Validate the text as one JSON value per RFC 8259 (whitespace only space, tab, LF and CR; a
+ * leading UTF-8 byte order mark is skipped, as section 8.1 allows) and build its Lua value
+ * in the same pass. Returns true with the value pushed, or false with d->sc set at the first
+ * error (the stack is then left as it is: the caller drops it). Raises on out-of-memory or
+ * a Lua stack overflow. [-0, +(1|k), m] */
+static bool build(lua_State *L, dec_t *d)
 {
-    const cJSON *c;
-    int n = 0;
-    switch (item->type & 0xFF) {
-    case cJSON_NULL: lua_pushvalue(L, w->null_idx); return;
-    case cJSON_False: lua_pushboolean(L, 0); return;
-    case cJSON_True: lua_pushboolean(L, 1); return;
-    case cJSON_Number: push_number(L, w, item); return;
-    case cJSON_String: push_string(L, w, item->valuestring); return;
-    case cJSON_Array:
-        luaL_checkstack(L, 3, "JSON nesting");
-        for (c = item->child; c; c = c->next)
-            n++;
-        lua_createtable(L, n, 0);
-        n = 0;
-        for (c = item->child; c; c = c->next) {
-            walk_value(L, w, c);
-            lua_rawseti(L, -2, ++n);
+    enum { VALUE, FIRST_VALUE, KEY, FIRST_KEY, COLON, AFTER } state = VALUE;
+    const char *s = d->text;
+    size_t len = d->len;
+    scan_t *sc = &d->sc;
+    int depth = 0;
+    sc->what[0] = '\0';
+    size_t i = len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
+    for (;;) {
+        while (i < len && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t'))
+            i++;
+        if (i >= len) {
+            if (state == AFTER && depth == 0) return true;
+            return scan_fail(sc, len, "%s", "");
         }
-        lua_pushvalue(L, w->mt_idx);
-        lua_setmetatable(L, -2);
-        return;
-    case cJSON_Object:
-        luaL_checkstack(L, 4, "JSON nesting");
-        for (c = item->child; c; c = c->next)
-            n++;
-        lua_createtable(L, 0, n);
-        for (c = item->child; c; c = c->next) {
-            push_string(L, w, c->string); /* the key comes before the value in the text */
-            walk_value(L, w, c);
-            lua_rawset(L, -3);
+        char c = s[i];
+        switch (state) {
+        case FIRST_KEY:
+        case KEY: {
+            if (state == FIRST_KEY && c == '}') goto close;
+            if (c != '"') return scan_fail(sc, i, "%s", "");
+            size_t start = i;
+            if (!scan_string(s, len, &i, sc)) return false;
+            push_token_string(L, d, start, i, sc->esc);
+            state = COLON;
+            break;
         }
-        return;
+        case COLON:
+            if (c != ':') return scan_fail(sc, i, "%s", "");
+            i++;
+            state = VALUE;
+            break;
+        case AFTER: {
+            if (depth == 0) return scan_fail(sc, i, "trailing characters after the value");
+            open_t *o = &d->open[depth - 1];
+            char want = o->array ? ']' : '}';
+            if (c == ',') {
+                i++;
+                state = o->array ? VALUE : KEY;
+                break;
+            }
+            if (c != want) return scan_fail(sc, i, "%s", "");
+        }
+        close:
+            flush_open(L, d, &d->open[depth - 1], !d->open[depth - 1].made);
+            depth--;
+            i++;
+            state = AFTER;
+            break;
+        case FIRST_VALUE:
+        case VALUE: {
+            if (state == FIRST_VALUE && c == ']') goto close;
+            state = AFTER;
+            size_t start = i;
+            if (c == '"') {
+                if (!scan_string(s, len, &i, sc)) return false;
+                push_token_string(L, d, start, i, sc->esc);
+            } else if (c == '-' || c == '+' || c == '.' || is_digit(c)) {
+                if (!scan_number(s, len, &i, sc)) return false;
+                push_token_number(L, s, start, i);
+            } else if (c == '[' || c == '{') {
+                if (depth >= HR_JSON_MAX_DEPTH)
+                    return scan_fail(sc, i, "nesting too deep (more than %d levels)",
+                                     HR_JSON_MAX_DEPTH);
+                luaL_checkstack(L, HR_JSON_PENDING + 8, "JSON nesting");
+                lua_pushnil(L); /* the table's slot */
+                d->open[depth++] = (open_t){.slot = lua_gettop(L), .array = c == '['};
+                i++;
+                state = c == '[' ? FIRST_VALUE : FIRST_KEY;
+                break;
+            } else {
+                const char *lit = c == 't' ? "true" : c == 'f' ? "false" : c == 'n' ? "null" : "";
+                size_t n = strlen(lit), have = len - i;
+                if (n && have >= n && memcmp(s + i, lit, n) == 0) {
+                    i += n;
+                } else if (n && have < n && memcmp(s + i, lit, have) == 0) {
+                    return scan_fail(sc, len, "%s", ""); /* a literal cut short */
+                } else {
+                    return scan_fail(sc, i, "%s", "");
+                }
+                if (c == 'n')
+                    lua_pushvalue(L, d->null_idx);
+                else
+                    lua_pushboolean(L, c == 't');
+            }
+            /* a value is complete: keep what waits on the stack bounded */
+            if (depth > 0 && lua_gettop(L) - d->open[depth - 1].slot >= HR_JSON_PENDING)
+                flush_open(L, d, &d->open[depth - 1], false);
+            break;
+        }
+        }
     }
-    luaL_error(L, "internal error: unexpected cJSON node type %d", item->type);
 }
 
-/* Protected part of decoding: walks the tree of the walk_t given as a light userdata and
- * returns the value. Raises on out-of-memory or a token mismatch. [-1, +1, m] */
-static int walk_main(lua_State *L)
+/* Protected part of decoding: builds the value of the dec_t given as a light userdata.
+ * Returns it, or nothing with d->failed set when the text is not valid JSON. Raises on
+ * out-of-memory or a Lua stack overflow. [-1, +(1|0), m] */
+static int decode_main(lua_State *L)
 {
-    walk_t *w = lua_touserdata(L, 1);
+    dec_t *d = lua_touserdata(L, 1);
     hr_json_push_null(L);
-    w->null_idx = lua_gettop(L);
+    d->null_idx = lua_gettop(L);
     push_array_mt(L);
-    w->mt_idx = lua_gettop(L);
-    walk_value(L, w, w->root);
-    if (w->inum != w->sc->nnums || (w->sc->strs && w->istr != w->sc->nstrs))
-        luaL_error(L, "internal error: token count does not match the parsed tree");
+    d->mt_idx = lua_gettop(L);
+    if (!build(L, d)) {
+        d->failed = true;
+        return 0;
+    }
     return 1;
 }
 
-/* ---------------------------------------------------------------- cJSON's memory */
-
-/* cJSON mallocs every node and every string, then frees them all: for a 2 KB webhook that is
- * a few hundred malloc/free pairs, more than the rest of the decode costs. While a decode
- * runs, cJSON allocates from a per-thread bump arena instead, reset when the tree is
- * deleted. Thread-local, so event loops on several threads never share it; outside a decode
- * (and past the arena's end) allocations go to malloc as usual. */
-typedef struct {
-    char *base;     /* the arena, or NULL */
-    size_t cap;     /* its size */
-    size_t used;    /* bytes handed out in the current decode */
-    unsigned depth; /* decodes running on this thread: > 1 only if one ran inside another */
-} arena_t;
-
-#define ARENA_MIN  (64u * 1024)   /* enough for a webhook of ~16 KB */
-#define ARENA_KEEP (1024u * 1024) /* larger arenas are released after use */
-
-static _Thread_local arena_t arena;
-
-static void *arena_malloc(size_t n)
-{
-    if (arena.depth) {
-        size_t need = (n + 15) & ~(size_t)15;
-        if (need <= arena.cap - arena.used) {
-            void *p = arena.base + arena.used;
-            arena.used += need;
-            return p;
-        }
-    }
-    return malloc(n);
-}
-
-static void arena_free(void *p)
-{
-    if (arena.base && (char *)p >= arena.base && (char *)p < arena.base + arena.cap) return;
-    free(p);
-}
-
-static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
-
-static void install_hooks(void)
-{
-    cJSON_Hooks hooks = {arena_malloc, arena_free};
-    cJSON_InitHooks(&hooks);
-}
-
-/* Start a decode of len bytes: make the arena big enough for the usual case (a cJSON node
- * is 64 bytes; strings are copied), so that it rarely falls back to malloc. Nested: no Lua
- * code runs while a tree is alive (the walk uses raw sets, and rules cannot set __gc), but
- * should a decode ever run inside another, the inner one bumps on from where the outer one
- * is and leaves the arena alone, so the outer tree stays valid. */
-static void arena_begin(size_t len)
-{
-    pthread_once(&hooks_once, install_hooks);
-    if (arena.depth++) return;
-    size_t want = len * 6 + 4096;
-    if (want < ARENA_MIN) want = ARENA_MIN;
-    if (want > arena.cap) {
-        free(arena.base);
-        arena.base = hr_xmalloc(want);
-        arena.cap = want;
-    }
-    arena.used = 0;
-}
-
-/* The tree is deleted: everything in the arena is free again. */
-static void arena_end(void)
-{
-    if (--arena.depth) return;
-    arena.used = 0;
-    if (arena.cap > ARENA_KEEP) {
-        free(arena.base);
-        arena.base = NULL;
-        arena.cap = 0;
-    }
-}
-
-void hr_json_thread_done(void)
-{
-    free(arena.base);
-    arena = (arena_t){0};
-}
+void hr_json_thread_done(void) {}
 
 int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen)
 {
     if (!text) text = "";
-    /* cJSON cuts strings at NUL: if one may be there, re-read all strings from the text. */
-    bool nul = memmem(text, len, "\\u0000", 6) != NULL; /* a raw NUL is rejected */
-    scan_t scan_storage; /* on the stack: a 2 KB malloc per decode costs a consolidation */
-    scan_t *sc = &scan_storage;
-    if (!scan(text, len, nul, sc)) {
-        parse_error(text, len, sc->pos, sc->what, err, errlen);
-        goto err_free_scan;
-    }
-
-    const char *end = NULL;
-    arena_begin(len);
-    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-    if (!root) { /* the text is valid: cJSON ran out of memory */
-        arena_end();
-        size_t pos = end && end >= text ? (size_t)(end - text) : 0;
-        parse_error(text, len, pos, "out of memory", err, errlen);
-        goto err_free_scan;
-    }
-
-    walk_t w = {.text = text, .len = len, .sc = sc, .root = root, .scratch = HR_BUF_INIT};
     if (!lua_checkstack(L, 4)) {
         snprintf(err, errlen, "Lua stack overflow");
-        goto err_free_tree;
+        return -1;
     }
-    lua_pushcfunction(L, walk_main);
-    lua_pushlightuserdata(L, &w);
-    /* No traceback: the walk is C, and its errors are about the text (they reach the
+    dec_t storage; /* about 12 KB, on the stack: a malloc of that size per decode costs more */
+    dec_t *d = &storage;
+    d->text = text;
+    d->len = len;
+    d->failed = false;
+    hr_buf_init(&d->scratch);
+    lua_pushcfunction(L, decode_main);
+    lua_pushlightuserdata(L, d);
+    /* No traceback: the decode is C, and its errors are about the text (they reach the
      * sender as they are). */
     int status = hr_lua_pcall(L, 1, 1, NULL);
-    hr_buf_free(&w.scratch);
-    cJSON_Delete(root);
-    arena_end();
-    scan_free(sc);
-    if (status == LUA_OK) return 0;
+    hr_buf_free(&d->scratch);
+    bool failed = d->failed;
+    if (failed) parse_error(text, len, d->sc.pos, d->sc.what, err, errlen);
+    if (status == LUA_OK && !failed) return 0;
     if (status == LUA_ERRMEM) lua_error(L); /* everything is freed: pass it on */
+    if (status == LUA_OK) {
+        lua_pop(L, 1); /* the nil of a failed decode */
+        return -1;
+    }
     const char *msg = lua_tostring(L, -1);
     snprintf(err, errlen, "%s", msg ? msg : "error while decoding");
     lua_pop(L, 1); /* drop the message */
     return -1;
+}
 
-err_free_tree:
-    cJSON_Delete(root);
-    arena_end();
-err_free_scan:
-    scan_free(sc);
-    return -1;
+/* ================================================================ matching a text */
+
+/* State of one hr_json_matches() call. */
+typedef struct {
+    const char *s;    /* the text (valid JSON) */
+    size_t len;       /* its length */
+    size_t i;         /* position */
+    int null_idx;     /* stack slot of json.null */
+    int mt_idx;       /* stack slot of the array marker */
+    hr_buf_t scratch; /* strings with escapes, decoded */
+} match_t;
+
+/* Keys of one object compared for repeats (more: the object is not matched). */
+#define HR_JSON_MATCH_KEYS 64
+
+static void match_ws(match_t *m)
+{
+    while (m->i < m->len &&
+           (m->s[m->i] == ' ' || m->s[m->i] == '\n' || m->s[m->i] == '\r' || m->s[m->i] == '\t'))
+        m->i++;
+}
+
+/* Move past the string whose opening quote is at m->i; return its bytes (decoded into
+ * m->scratch when it has escapes) in *out, *outlen. */
+static void match_string(match_t *m, const char **out, size_t *outlen)
+{
+    size_t start = m->i, p = start + 1;
+    bool esc = false;
+    while (p < m->len && m->s[p] != '"') {
+        if (m->s[p] == '\\') {
+            esc = true;
+            p++;
+        }
+        p++;
+    }
+    m->i = p + 1;
+    if (!esc) {
+        *out = m->s + start + 1;
+        *outlen = p - start - 1;
+        return;
+    }
+    unescape(&m->scratch, m->s, m->len, start);
+    *out = m->scratch.data ? m->scratch.data : "";
+    *outlen = m->scratch.len;
+}
+
+/* True if the value at idx (absolute) is what the text at m->i decodes to and encodes back
+ * to the same value; moves m->i past it. [-0, +0, m] */
+static bool match_value(lua_State *L, match_t *m, int idx)
+{
+    match_ws(m);
+    if (m->i >= m->len) return false;
+    char c = m->s[m->i];
+    int t = lua_type(L, idx);
+    if (c == '"') {
+        const char *v;
+        size_t n, have;
+        match_string(m, &v, &n);
+        if (t != LUA_TSTRING) return false;
+        const char *s = lua_tolstring(L, idx, &have);
+        return have == n && memcmp(s, v, n) == 0;
+    }
+    if (c == 't' || c == 'f') {
+        m->i += c == 't' ? 4 : 5;
+        return t == LUA_TBOOLEAN && lua_toboolean(L, idx) == (c == 't');
+    }
+    if (c == 'n') {
+        m->i += 4;
+        return lua_rawequal(L, idx, m->null_idx);
+    }
+    if (c == '[' || c == '{') {
+        if (t != LUA_TTABLE || !lua_checkstack(L, 4)) return false;
+        bool marked = false;
+        if (lua_getmetatable(L, idx)) {
+            marked = lua_rawequal(L, -1, m->mt_idx);
+            lua_pop(L, 1); /* the metatable */
+            if (!marked) return false;
+        }
+        if (marked != (c == '[')) return false;
+        m->i++;
+        const char *keys[HR_JSON_MATCH_KEYS];
+        lua_Integer n = 0;
+        for (;;) {
+            match_ws(m);
+            if (m->s[m->i] == ']' || m->s[m->i] == '}') break;
+            if (m->s[m->i] == ',') {
+                m->i++;
+                match_ws(m);
+            }
+            if (c == '[') {
+                lua_rawgeti(L, idx, ++n);
+            } else {
+                const char *k;
+                size_t klen;
+                match_string(m, &k, &klen);
+                /* short strings are interned: equal keys are one pointer */
+                if (n >= HR_JSON_MATCH_KEYS || klen > 40) return false;
+                lua_pushlstring(L, k, klen);
+                keys[n] = lua_tostring(L, -1);
+                for (lua_Integer j = 0; j < n; j++) {
+                    if (keys[j] == keys[n]) {
+                        lua_pop(L, 1); /* a repeated key: the table holds one of them */
+                        return false;
+                    }
+                }
+                n++;
+                lua_rawget(L, idx);
+                match_ws(m);
+                m->i++; /* the colon */
+            }
+            bool same = match_value(L, m, lua_gettop(L));
+            lua_pop(L, 1); /* the element */
+            if (!same) return false;
+        }
+        m->i++;
+        if (c == '[') return (lua_Integer)lua_rawlen(L, idx) == n;
+        lua_Integer have = 0;
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            lua_pop(L, 1); /* the value */
+            if (++have > n) {
+                lua_pop(L, 1); /* the key */
+                return false;
+            }
+        }
+        return have == n;
+    }
+    /* a number: the same integer, or a float equal to what the text reads as */
+    size_t start = m->i;
+    while (m->i < m->len && is_num_byte((unsigned char)m->s[m->i]))
+        m->i++;
+    if (t != LUA_TNUMBER) return false;
+    push_token_number(L, m->s, start, m->i);
+    bool same = lua_isinteger(L, -1) == lua_isinteger(L, idx) && lua_rawequal(L, -1, idx);
+    lua_pop(L, 1); /* the number read */
+    return same;
+}
+
+bool hr_json_matches(lua_State *L, int idx, const char *text, size_t len)
+{
+    idx = lua_absindex(L, idx);
+    if (!lua_checkstack(L, 4)) return false;
+    int top = lua_gettop(L);
+    match_t m = {.s = text, .len = len, .scratch = HR_BUF_INIT};
+    if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) m.i = 3;
+    hr_json_push_null(L);
+    m.null_idx = lua_gettop(L);
+    push_array_mt(L);
+    m.mt_idx = lua_gettop(L);
+    bool same = match_value(L, &m, idx);
+    hr_buf_free(&m.scratch);
+    lua_settop(L, top);
+    return same;
 }
 
 /* ================================================================ encoding */

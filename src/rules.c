@@ -38,6 +38,7 @@ static const char SEEN_KEY[] = "hr.seen";       /* table: key -> true (hr_rulese
 struct hr_run {
     hr_ruleset_t *rs;        /* referenced for as long as the run lives */
     const hr_event_in_t *ev; /* the caller keeps it valid until the run ends */
+    const void *body;        /* the table the body decoded to (identity only), or NULL */
     hr_run_result_t *out;    /* the caller's result, at a fixed address */
     hr_action_t **tail;      /* where the next action is linked */
     uint64_t executed;       /* instructions so far, over every slice (HOOK_STEP units) */
@@ -121,7 +122,8 @@ static void link_action(run_ctx_t *ctx, hr_action_t *a)
     ctx->out->nactions++;
 }
 
-/* Encode the body argument at idx: a table as JSON, a string as it is. Raises on anything
+/* Encode the body argument at idx: a table as JSON (event.body unchanged: the text it came as),
+ * a string as it is. Raises on anything
  * else, and when the body does not fit in the run's memory cap (the copy is C memory the run
  * holds until its actions are handed on, so it counts). Returns a malloc'd copy. [-0, +0, e] */
 static char *body_arg(lua_State *L, run_ctx_t *ctx, int idx, const char *fn, size_t *len,
@@ -136,6 +138,19 @@ static char *body_arg(lua_State *L, run_ctx_t *ctx, int idx, const char *fn, siz
     if (lua_type(L, idx) != LUA_TTABLE)
         luaL_error(L, "%s: the body must be a table or a string, got %s", fn,
                    luaL_typename(L, idx));
+    /* event.body as it came (unchanged): the sender's own bytes, not an encoding of them */
+    const hr_event_in_t *ev = ctx->ev;
+    if (ctx->body && lua_topointer(L, idx) == ctx->body &&
+        hr_json_matches(L, idx, ev->body, ev->body_len)) {
+        size_t skip = ev->body_len >= 3 && memcmp(ev->body, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
+        *len = ev->body_len - skip;
+        charge(L, ctx, *len, fn);
+        *is_json = true;
+        char *copy = hr_xmalloc(*len + 1);
+        memcpy(copy, ev->body + skip, *len);
+        copy[*len] = '\0';
+        return copy;
+    }
     hr_buf_t b = HR_BUF_INIT;
     char err[256];
     int rc = hr_json_encode_max(L, idx, &b, mem_room(ctx->rs), err, sizeof err);
@@ -1255,6 +1270,7 @@ hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run
         lua_settop(L, top);
         return HR_STEP_DONE;
     }
+    const void *body = lua_type(co, -1) == LUA_TTABLE ? lua_topointer(co, -1) : NULL;
     push_path(co, -1, rs->cfg->store_key);
     out->store = pop_store(co);
 
@@ -1288,6 +1304,7 @@ hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run
     run->rs = rs;
     hr_ruleset_ref(rs);
     run->ev = ev;
+    run->body = body;
     run->out = out;
     run->tail = &out->actions;
     run->co = co;

@@ -1,12 +1,11 @@
-/* JSON <-> Lua, exact both ways. No I/O. Outside a Lua state there is a per-thread decode
- * arena (safe with one Lua state per event loop, and with nested decodes) and cJSON's
- * allocation hooks, installed once per process (pthread_once) to allocate from that arena:
- * every cJSON call in the process goes through them (outside a decode they are malloc/free).
- * Decoding is RFC 8259 strict (a scan validates before cJSON parses): numbers only per the grammar,
+/* JSON <-> Lua, exact both ways. No I/O, no process-wide or per-thread state (the decoder
+ * builds Lua values straight from the text in one pass; cJSON is not involved).
+ * Decoding is RFC 8259 strict (the pass validates as it builds): numbers only per the grammar,
  * within double range (underflow reads as 0 or a denormal), at most 63 characters; no raw bytes
  * below 0x20 in strings, valid UTF-8, \u surrogates only in pairs; whitespace only space, tab, LF,
- * CR; a leading UTF-8 BOM is skipped. Numbers are re-read from the source text so that integers
- * stay Lua integers (exact to 2^63-1) and floats stay floats.
+ * CR; a leading UTF-8 BOM is skipped. Numbers are read from their text so that integers stay
+ * Lua integers (exact to 2^63-1) and floats stay floats. A repeated object key keeps its last
+ * value.
  *
  * Mapping:
  *   object  <-> table with string keys
@@ -36,8 +35,16 @@
  * ("invalid JSON at line 3, column 7 (byte 41): unexpected character") and nothing pushed.
  * Nesting deeper than 1000 levels is an error. [-0, +(1|0), m] */
 int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen);
-/* Free the calling thread's decode arena (a per-thread buffer kept between decodes). Call
- * before a thread that decoded JSON exits; the next decode on it makes a new one. */
+/* True if the value at idx is the value of text (which must be valid JSON: it decoded) and
+ * encodes to the same JSON value: the same strings, equal numbers of the same kind (integer or
+ * float), json.null for null, arrays marked and of the same length, objects with no metatable,
+ * exactly the same keys, none repeated in the text (nor more than 64 keys, or one longer than
+ * 40 bytes: those are not compared and give false). Then the text itself can be sent in place
+ * of an encoding of the value. [-0, +0, m] */
+bool hr_json_matches(lua_State *L, int idx, const char *text, size_t len);
+
+/* Kept for threads that call it before they exit: the decoder holds nothing per thread any
+ * more (it did while it decoded through cJSON), so this does nothing. */
 void hr_json_thread_done(void);
 
 /* Encode the value at idx as compact JSON appended to out. Returns 0, or -1 with a message

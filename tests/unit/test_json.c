@@ -533,6 +533,51 @@ static void test_deep(lua_State *L)
     (void)err;
 }
 
+/* Containers larger than what the decoder keeps on the Lua stack before it moves elements
+ * into the table (HR_JSON_PENDING slots): every element arrives, in order, and a repeated
+ * key keeps its last value on either side of such a move. */
+static void test_large(lua_State *L)
+{
+    hr_buf_t in = HR_BUF_INIT;
+    hr_buf_appendc(&in, '[');
+    for (int i = 0; i < 2000; i++)
+        hr_buf_printf(&in, "%s%d", i ? "," : "", i * 7);
+    hr_buf_appendc(&in, ']');
+    check_roundtrip(L, in.data, in.data);
+
+    hr_buf_reset(&in);
+    hr_buf_appendc(&in, '[');
+    for (int i = 0; i < 1200; i++)
+        hr_buf_printf(&in, "%s[%d,{\"k\":\"v%d\"}]", i ? "," : "", i, i);
+    hr_buf_appendc(&in, ']');
+    check_roundtrip(L, in.data, in.data);
+
+    hr_buf_reset(&in);
+    hr_buf_appendc(&in, '{');
+    for (int i = 0; i < 1500; i++)
+        hr_buf_printf(&in, "%s\"k%04d\":%d", i ? "," : "", i, i);
+    hr_buf_appendc(&in, '}');
+    check_roundtrip(L, in.data, in.data);
+
+    /* k0000 first, then 700 keys (past one move), then k0000 and k0001 again */
+    hr_buf_reset(&in);
+    hr_buf_appends(&in, "{\"k0000\":\"first\",\"k0001\":1");
+    for (int i = 2; i < 700; i++)
+        hr_buf_printf(&in, ",\"k%04d\":%d", i, i);
+    hr_buf_appends(&in, ",\"k0000\":\"last\",\"k0001\":2}");
+    char err[256];
+    CHECK_INT_EQ(decode(L, in.data, err, sizeof err), 0);
+    lua_setglobal(L, "big");
+    check_lua_str(L,
+                  "local n = 0 for _ in pairs(big) do n = n + 1 end "
+                  "return big.k0000 .. ' ' .. big.k0001 .. ' ' .. big.k0699 .. ' ' .. n",
+                  "last 2 699 700");
+    CHECK_INT_EQ(decode(L, "{\"a\":1,\"b\":[],\"a\":2}", err, sizeof err), 0);
+    lua_setglobal(L, "dup");
+    check_lua_str(L, "return tostring(dup.a)", "2");
+    hr_buf_free(&in);
+}
+
 /* Mutated fixtures: never a crash (run under ASan) or an internal error; whatever decodes
  * encodes (unless it holds inf, from a number like 1e999). */
 static void test_mutations(lua_State *L)
@@ -666,6 +711,7 @@ int main(void)
     test_decode_errors(L);
     test_decode_strict(L);
     test_deep(L);
+    test_large(L);
     test_mutations(L);
     test_encode(L);
     CHECK_INT_EQ(lua_gettop(L), 0);

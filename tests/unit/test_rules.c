@@ -440,6 +440,53 @@ static void test_forward_and_sandbox(void)
 
 /* ---------------------------------------------------------------- rules that answer */
 
+/* forward(target, event.body) with the body unchanged sends the sender's bytes as they came
+ * (numbers as written, key order, escapes, whitespace); any change, even of a number's kind,
+ * and a text with a repeated key, get an encoding of the table. */
+static void test_forward_original_bytes(void)
+{
+    write_file("hookrouter.lua", BASE_CONFIG, "storeId");
+    write_file("rules/default.lua", "return function(e)\n"
+                                    "  local b = e.body\n"
+                                    "  if b.op == 'touch' then b.list[2] = 3\n"
+                                    "  elseif b.op == 'add' then b.extra = true\n"
+                                    "  elseif b.op == 'float' then b.n = 5.0\n"
+                                    "  elseif b.op == 'same-value' then b.x = 1.1 end\n"
+                                    "  forward('pos', b)\n"
+                                    "end\n");
+    hr_ruleset_t *rs = must_load();
+    if (!rs) return;
+    static const struct {
+        const char *in;   /* the event body */
+        const char *want; /* the forwarded body, byte for byte */
+    } cases[] = {
+        {"{\"op\":\"same\", \"x\":1.10,\"tiny\":1e-400,\"big\":12345678901234567890,"
+         "\"u\":\"caf\\u00e9 \\ud83d\\ude00 \\u0000\",\"z\":null,\"n\":5,"
+         "\"list\":[1,2,{\"b\":[],\"a\":{}}] }",
+         NULL},
+        {"{\"op\":\"same-value\",\"x\":1.10}", NULL},
+        {"\xEF\xBB\xBF{\"op\":\"bom\",\"x\":1E2}", "{\"op\":\"bom\",\"x\":1E2}"},
+        {"{\"op\":\"touch\",\"list\":[1,2]}", "{\"list\":[1,3],\"op\":\"touch\"}"},
+        {"{\"op\":\"add\",\"x\":1.10}", "{\"extra\":true,\"op\":\"add\",\"x\":1.1}"},
+        {"{\"op\":\"float\",\"n\":5}", "{\"n\":5.0,\"op\":\"float\"}"},
+        {"{\"op\":\"dup\",\"a\":1,\"a\":1}", "{\"a\":1,\"op\":\"dup\"}"},
+    };
+    for (size_t i = 0; i < HR_ARRAY_SIZE(cases); i++) {
+        hr_run_result_t res;
+        run(rs, cases[i].in, &res);
+        CHECK_INT_EQ(res.status, HR_RUN_OK);
+        CHECK_INT_EQ(res.nactions, 1);
+        if (res.actions) {
+            const char *want = cases[i].want ? cases[i].want : cases[i].in;
+            CHECK_INT_EQ(res.actions->body_len, strlen(want));
+            CHECK(memcmp(res.actions->body, want, strlen(want)) == 0);
+            CHECK(res.actions->body_is_json);
+        }
+        hr_run_result_free(&res);
+    }
+    hr_ruleset_unref(rs);
+}
+
 static void start_ev(hr_event_in_t *ev, const char *body)
 {
     static hr_header_t h[] = {{"x-test", "yes"}};
@@ -692,6 +739,7 @@ int main(void)
     test_store_dispatch();
     test_store_id_floats();
     test_forward_and_sandbox();
+    test_forward_original_bytes();
     test_request_suspend_resume();
     test_run_with_stub();
     char cmd[300];
