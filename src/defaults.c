@@ -51,6 +51,11 @@ const hr_default_t hr_defaults[] = {
     {"fsync", QUOTED(HR_DEF_FSYNC)},
     {"fsync_interval_ms", HR_DEF_TEXT(HR_DEF_FSYNC_INTERVAL_MS)},
     {"max_spool_bytes", HR_DEF_TEXT(HR_DEF_MAX_SPOOL_BYTES)},
+    {"outbox.kind", QUOTED(HR_DEF_OUTBOX_KIND)},
+    {"outbox.prefix", QUOTED(HR_DEF_OUTBOX_PREFIX)},
+    {"outbox.claim_idle_ms", HR_DEF_TEXT(HR_DEF_OUTBOX_CLAIM_IDLE_MS)},
+    {"outbox.wait_replicas", HR_DEF_TEXT(HR_DEF_OUTBOX_WAIT_REPLICAS)},
+    {"outbox.wait_timeout_ms", HR_DEF_TEXT(HR_DEF_OUTBOX_WAIT_TIMEOUT_MS)},
     {"log.level", QUOTED(HR_DEF_LOG_LEVEL)},
 };
 const size_t hr_ndefaults = HR_ARRAY_SIZE(hr_defaults);

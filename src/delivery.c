@@ -6,6 +6,7 @@
 
 #include "hr/files.h"
 #include "hr/log.h"
+#include "hr/redis_outbox.h"
 
 typedef struct {
     hr_delivery_t base; /* first: the interface */
@@ -151,6 +152,9 @@ static const hr_delivery_ops_t DIRECT_OPS = {.push = direct_push,
 
 hr_delivery_t *hr_delivery_open(uv_loop_t *loop, const hr_config_t *cfg, char *err, size_t errlen)
 {
+#ifdef HR_HAVE_REDIS
+    if (cfg->outbox.kind == HR_OUTBOX_REDIS) return hr_redis_delivery_open(loop, cfg, err, errlen);
+#endif
     direct_t *dd = hr_xcalloc(1, sizeof *dd);
     dd->base.ops = &DIRECT_OPS;
     dd->files = hr_files_create();

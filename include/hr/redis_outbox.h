@@ -1,0 +1,44 @@
+/* The Redis outbox: a second delivery implementation behind hr/delivery.h (src/redis_outbox.c,
+ * built only with hiredis: HR_HAVE_REDIS), for outbox = { kind = "redis", ... }. Several nodes
+ * share one Redis and, through it, one backlog:
+ *   - accepting: an event's actions are XADDed in one MULTI/EXEC to per-target streams
+ *     (<prefix>:t:<target>, write actions <prefix>:f:<file>, ordered targets
+ *     <prefix>:t:<target>:<lane>) before push's callback says "durable"; with wait_replicas N
+ *     a WAIT N follows. Redis down, OOM (-ENOSPC), an error or no answer in time (-EIO,
+ *     -ETIMEDOUT, -ENOTCONN): the callback (or push itself) fails and the sender gets 503;
+ *   - delivering: every node is a consumer of the group "hookrouter" of every stream
+ *     (XREADGROUP), sends with the HTTP client under the target policy (hr/target.h: circuit,
+ *     rate, concurrency held per node), and XACKs (and XDELs) only after a 2xx or a dead
+ *     letter. A retry goes to the sorted set <prefix>:delay (score: due wall ms, member: the
+ *     stream key and the entry with its attempts and attempt log) and is moved back to its
+ *     stream when due by whichever node runs the mover script first. Entries a consumer has
+ *     held unacknowledged for claim_idle_ms are taken over by the others (XAUTOCLAIM).
+ *   - ordered targets: a store's lane is one of RD_LANES streams; each lane stream is owned by
+ *     one node at a time under a lease (<prefix>:lease:<target>:<lane>, SET NX PX
+ *     claim_idle_ms, renewed every third of it), whose owner delivers one entry at a time, the
+ *     oldest pending first; a retry stays the head (its state in the hash <prefix>:state).
+ *   - dead letters: the local dead-letter file and the stream <prefix>:dead.
+ *   - Redis lost: logged, /readyz and pushes fail, deliveries pause; reconnects with backoff
+ *     (100 ms doubling to 5 s, each try logged) and resumes.
+ * Everything accepted is in Redis (durable per its appendfsync); a node that dies loses
+ * nothing, its work is claimed. Delivery is at least once: an attempt whose XACK did not reach
+ * Redis (a node killed or Redis lost between the answer and the ack) is sent again. */
+#ifndef HR_REDIS_OUTBOX_H
+#define HR_REDIS_OUTBOX_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "hr/config.h"
+#include "hr/delivery.h"
+
+/* Lanes (streams) of an ordered target: a store's events all go to lane hash(store) % this. */
+#define RD_LANES 8
+
+/* Open the Redis delivery for cfg (cfg->outbox.kind == HR_OUTBOX_REDIS) on loop and start
+ * connecting; until connected pushes fail (-ENOTCONN) and /readyz says why. Never NULL (a
+ * Redis that cannot be reached is retried, not an error); err is unused. */
+hr_delivery_t *hr_redis_delivery_open(uv_loop_t *loop, const hr_config_t *cfg, char *err,
+                                      size_t errlen);
+
+#endif
