@@ -193,29 +193,42 @@ static const char *reply_error(const redisReply *r)
 
 /* ---------------------------------------------------------------- keys and targets */
 
-static char *key_of(const rd_t *d, const char *kind, const char *name, int lane)
+char *hr_redis_key(const char *prefix, const char *kind, const char *name, int lane)
 {
     hr_buf_t b = HR_BUF_INIT;
-    hr_buf_printf(&b, "%s:%s:%s", d->conf.prefix, kind, name);
+    hr_buf_printf(&b, "%s:%s", prefix, kind);
+    if (name) hr_buf_printf(&b, ":%s", name);
     if (lane >= 0) hr_buf_printf(&b, ":%d", lane);
     return b.data;
 }
 
-/* "<prefix>:<name>". */
-static char *prefix_key(const rd_t *d, const char *name)
+static char *key_of(const rd_t *d, const char *kind, const char *name, int lane)
 {
-    hr_buf_t b = HR_BUF_INIT;
-    hr_buf_printf(&b, "%s:%s", d->conf.prefix, name);
-    return b.data;
+    return hr_redis_key(d->conf.prefix, kind, name, lane);
 }
 
-/* The lane of a store (NULL: ""): FNV-1a. */
-static int lane_of(const char *store)
+int hr_redis_lane_of(const char *store)
 {
     uint32_t h = 2166136261u;
     for (const char *p = store ? store : ""; *p; p++)
         h = (h ^ (uint8_t)*p) * 16777619u;
     return (int)(h % RD_LANES);
+}
+
+void hr_redis_encode_entry(hr_buf_t *out, const hr_action_t *a, uint64_t aid, uint32_t attempts,
+                           int last_status, uint64_t due, const hr_spool_state_t *log, size_t nlog)
+{
+    hr_buf_t act = HR_BUF_INIT;
+    hr_spool_encode_action(&act, a, aid);
+    hr_spool_copy_t c = {.id = aid,
+                         .attempts = attempts,
+                         .last_status = last_status,
+                         .next_due_ms = due,
+                         .action = act.data,
+                         .action_len = act.len};
+    hr_buf_reset(out);
+    hr_spool_encode_copy(out, &c, log, nlog);
+    hr_buf_free(&act);
 }
 
 static void on_group(rd_t *d, redisReply *r, void *priv)
@@ -495,25 +508,8 @@ static void on_push_wait(rd_t *d, redisReply *r, void *priv)
 static const char *stream_of(rd_t *d, const hr_action_t *a)
 {
     rd_target_t *t = target_get(d, a->name ? a->name : "-", a->kind == HR_ACTION_WRITE);
-    if (t->lanes) return t->lanes[lane_of(a->store)].key;
+    if (t->lanes) return t->lanes[hr_redis_lane_of(a->store)].key;
     return t->key;
-}
-
-/* The COPY payload of it (its action, attempts, last status, due time, attempt log). */
-static void encode_entry(hr_buf_t *out, const hr_action_t *a, uint64_t aid, uint32_t attempts,
-                         int last_status, uint64_t due, const hr_spool_state_t *log, size_t nlog)
-{
-    hr_buf_t act = HR_BUF_INIT;
-    hr_spool_encode_action(&act, a, aid);
-    hr_spool_copy_t c = {.id = aid,
-                         .attempts = attempts,
-                         .last_status = last_status,
-                         .next_due_ms = due,
-                         .action = act.data,
-                         .action_len = act.len};
-    hr_buf_reset(out);
-    hr_spool_encode_copy(out, &c, log, nlog);
-    hr_buf_free(&act);
 }
 
 static void refusing_log(rd_t *d)
@@ -540,7 +536,7 @@ static int rd_push(hr_delivery_t *base, hr_action_t *list, void (*cb)(void *arg,
     const char *multi[] = {"MULTI"};
     rd_cmdv(d, NULL, NULL, 1, multi);
     for (hr_action_t *a = list; a; a = a->next) {
-        encode_entry(&d->scratch, a, ++d->next_id, 0, 0, 0, NULL, 0);
+        hr_redis_encode_entry(&d->scratch, a, ++d->next_id, 0, 0, 0, NULL, 0);
         const char *argv[] = {"XADD", stream_of(d, a), "*", "c", d->scratch.data};
         size_t lens[] = {4, strlen(argv[1]), 1, 1, d->scratch.len};
         rd_cmd(d, NULL, NULL, 5, argv, lens);
@@ -752,7 +748,8 @@ static void retry_or_dead(rd_item_t *it, const hr_target_policy_t *p, bool retri
                 (unsigned)it->attempts, (unsigned)at.max_attempts,
                 (unsigned long long)next.wait_ms);
     d->st.retried++;
-    encode_entry(&d->scratch, a, it->aid, it->attempts, it->last_status, due, it->log, it->nlog);
+    hr_redis_encode_entry(&d->scratch, a, it->aid, it->attempts, it->last_status, due, it->log,
+                          it->nlog);
     if (it->lane) {
         char field[256];
         snprintf(field, sizeof field, "%s/%s", it->key, it->id);
@@ -1388,9 +1385,9 @@ hr_delivery_t *hr_redis_delivery_open(uv_loop_t *loop, const hr_config_t *cfg, c
     hr_buf_printf(&b, "%s-%ld-%08llx", host, (long)getpid(),
                   (unsigned long long)(hr_rand64() & 0xffffffffu));
     d->consumer = b.data;
-    d->k_delay = prefix_key(d, "delay");
-    d->k_dead = prefix_key(d, "dead");
-    d->k_state = prefix_key(d, "state");
+    d->k_delay = key_of(d, "delay", NULL, -1);
+    d->k_dead = key_of(d, "dead", NULL, -1);
+    d->k_state = key_of(d, "state", NULL, -1);
     d->files = hr_files_create();
     apply_config(d, cfg);
     hr_http_client_opts_t ho = {.max_conns_per_host = cfg->max_conns_per_target};

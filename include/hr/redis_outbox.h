@@ -29,11 +29,22 @@
 #include <stddef.h>
 #include <uv.h>
 
+#include "hr/action.h"
 #include "hr/config.h"
 #include "hr/delivery.h"
+#include "hr/spool.h"
 
 /* Lanes (streams) of an ordered target: a store's events all go to lane hash(store) % this. */
 #define RD_LANES 8
+
+/* "<prefix>:<kind>[:<name>][:<lane>]" (name NULL, lane < 0: left out), allocated. */
+char *hr_redis_key(const char *prefix, const char *kind, const char *name, int lane);
+/* The lane of an ordered target a store's events go to (NULL: ""): FNV-1a mod RD_LANES. */
+int hr_redis_lane_of(const char *store);
+/* Set out to a stream entry's payload (field "c"): the spool's COPY payload of a (with id
+ * aid), its attempts, last status, next attempt (wall ms) and attempt log. */
+void hr_redis_encode_entry(hr_buf_t *out, const hr_action_t *a, uint64_t aid, uint32_t attempts,
+                           int last_status, uint64_t due, const hr_spool_state_t *log, size_t nlog);
 
 /* Open the Redis delivery for cfg (cfg->outbox.kind == HR_OUTBOX_REDIS) on loop and start
  * connecting; until connected pushes fail (-ENOTCONN) and /readyz says why. Never NULL (a

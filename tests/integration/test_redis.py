@@ -5,6 +5,7 @@ node's work; Redis killed -> 503 and /readyz 503, restarted -> accepting and del
 lost (AOF, fsync always); an ordered target keeps one store's order while both nodes accept.
 Each test starts its own redis-server on a free port; skipped only when the build has no
 hiredis (`check` says "built without Redis support")."""
+import json
 import os
 import shutil
 import socket
@@ -301,6 +302,39 @@ class RedisOutboxTest(HRTestCase):
             # is ever overtaken
             dedup = [n for k, n in enumerate(got) if k == 0 or got[k - 1] != n]
             self.assertEqual(dedup, list(range(per)), "store %s got %r" % (s, got))
+
+    def test_cli_deadletters_replay_spool_against_redis(self):
+        snk = self.sink(status=400)  # rejected: dead-lettered at the first attempt
+        self.write_config(snk.port)
+        r = self.node()
+        ids = [self.assertOk(self.post_n(r, i)) for i in range(3)]
+        self.assertTrue(wait_until(lambda: self.redis.cmd("XLEN", "hrt:dead") == 3, 5),
+                        r.log_tail())
+        os.unlink(self.wd.p("var", "dead-letters.jsonl"))  # the node's copy: Redis has them all
+        cfg = ["-c", self.wd.p("hookrouter.lua")]
+        res = run_cli(["deadletters"] + cfg)
+        self.assertEqual(res.returncode, 0, res.stderr)
+        lines = [json.loads(x) for x in res.stdout.splitlines()]
+        self.assertEqual(sorted(x["event"]["id"] for x in lines), sorted(ids))
+        self.assertEqual({x["last_status"] for x in lines}, {400})
+        snk.status = 200
+        res = run_cli(["replay"] + cfg)
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertIn("replayed 3 dead letters into redis", res.stdout)
+        self.assertTrue(wait_until(lambda: snk.completed >= 6, 5), r.log_tail())
+        self.assertEqual(sorted(self.delivered(snk)[3:]), [0, 1, 2])
+        res = run_cli(["replay"] + cfg)
+        self.assertIn("replayed 0 dead letters into redis", res.stdout)
+        self.assertIn("3 already replayed", res.stdout)
+        # spool: the backlog per target, from Redis
+        r.stop()
+        self._routers.remove(r)
+        for i in range(4):
+            self.redis.cmd("XADD", "hrt:t:pos", "*", "c", "x")
+        res = run_cli(["spool"] + cfg)
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertRegex(res.stdout, r"(?m)^pos +4 +0 +0 -$")
+        self.assertIn("total pending: 4", res.stdout)
 
     def test_check_validates_outbox_keys(self):
         self.write_config(9)  # skips without Redis support
