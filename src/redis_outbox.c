@@ -457,8 +457,9 @@ typedef struct {
     rd_t *d;
     void (*cb)(void *arg, int status);
     void *arg;
-    int waiting; /* replies still expected: EXEC, and WAIT */
-    int status;  /* the first failure */
+    int waiting;   /* replies still expected: each XADD's QUEUED, EXEC, and WAIT */
+    int status;    /* the first failure */
+    char why[200]; /* why an XADD was refused (OOM ...), "" if none */
 } push_t;
 
 static void push_answer(push_t *p, int status)
@@ -470,12 +471,22 @@ static void push_answer(push_t *p, int status)
     free(p);
 }
 
+/* An XADD queued in the MULTI: QUEUED, or the reason (OOM, ...) EXEC will then abort. */
+static void on_push_queued(rd_t *d, redisReply *r, void *priv)
+{
+    push_t *p = priv;
+    if (r && r->type == REDIS_REPLY_ERROR && !p->why[0])
+        snprintf(p->why, sizeof p->why, "%s", r->str);
+    push_answer(p, 0); /* EXEC's answer decides */
+}
+
 static void on_push_exec(rd_t *d, redisReply *r, void *priv)
 {
     push_t *p = priv;
     const char *e = r && r->type == REDIS_REPLY_NIL ? "transaction aborted" : reply_error(r);
     if (e) {
-        int st = !r ? -ECONNRESET : strncmp(e, "OOM", 3) == 0 || strstr(e, "OOM") ? -ENOSPC : -EIO;
+        if (r && p->why[0]) e = p->why; /* EXECABORT: say why */
+        int st = !r ? -ECONNRESET : strstr(e, "OOM") ? -ENOSPC : -EIO;
         hr_log_error("redis: an event was not stored (%s): its sender gets 503", e);
         push_answer(p, st);
         return;
@@ -533,18 +544,19 @@ static int rd_push(hr_delivery_t *base, hr_action_t *list, void (*cb)(void *arg,
     }
     for (hr_action_t *a = list; a; a = a->next)
         stream_of(d, a); /* new targets get their group now, not inside the MULTI */
+    push_t *p = hr_xcalloc(1, sizeof *p);
+    *p = (push_t){.d = d, .cb = cb, .arg = arg, .waiting = 1};
     const char *multi[] = {"MULTI"};
     rd_cmdv(d, NULL, NULL, 1, multi);
     for (hr_action_t *a = list; a; a = a->next) {
         hr_redis_encode_entry(&d->scratch, a, ++d->next_id, 0, 0, 0, NULL, 0);
         const char *argv[] = {"XADD", stream_of(d, a), "*", "c", d->scratch.data};
         size_t lens[] = {4, strlen(argv[1]), 1, 1, d->scratch.len};
-        rd_cmd(d, NULL, NULL, 5, argv, lens);
+        p->waiting++;
+        rd_cmd(d, on_push_queued, p, 5, argv, lens);
         d->st.accepted++;
     }
     hr_action_list_free(list);
-    push_t *p = hr_xcalloc(1, sizeof *p);
-    *p = (push_t){.d = d, .cb = cb, .arg = arg, .waiting = 1};
     const char *exec[] = {"EXEC"};
     rd_cmdv(d, on_push_exec, p, 1, exec);
     if (d->conf.wait_replicas) {

@@ -208,8 +208,13 @@ class RedisOutboxTest(HRTestCase):
         self.assertEqual(len(accepted), 240)
         # a holds attempts in flight (hanging on the black hole): kill it in the middle of them
         self.assertTrue(wait_until(lambda: a.count_log(r"retry id=") >= 10, 10), a.log_tail())
+        claims_before = b.count_log(r"redis: claimed \d+ entr")
         a.kill()
+        killed_at = time.monotonic()
         self._routers.remove(a)  # killed on purpose: no exit status to check
+        self.assertTrue(wait_until(lambda: b.count_log(r"redis: claimed \d+ entr") > claims_before,
+                                   10), b.log_tail())
+        claim_delay = time.monotonic() - killed_at
         hole.stop()
         snk = self.sink(down=True)
         snk.port = hole.port
@@ -219,10 +224,10 @@ class RedisOutboxTest(HRTestCase):
                                              b.log_tail()))
         got = self.delivered(snk)
         dups = len(got) - len(set(got))
-        print("redis failover: %d accepted, %d requests to the target, %d duplicates"
-              % (len(accepted), len(got), dups), file=sys.stderr)
+        print("redis failover: %d accepted, %d requests to the target, %d duplicates; the "
+              "dead node's work was claimed %.2f s after the kill (claim_idle_ms 1500)"
+              % (len(accepted), len(got), dups, claim_delay), file=sys.stderr)
         self.assertEqual(set(got), set(accepted))
-        self.assertGreater(b.count_log(r"redis: claimed \d+ entr"), 0, b.log_tail())
         # everything is acknowledged and deleted: nothing pending, nothing waiting
         self.assertTrue(wait_until(lambda: self.redis.cmd("XLEN", "hrt:t:pos") == 0
                                    and self.redis.cmd("ZCARD", "hrt:delay") == 0, 5))
@@ -335,6 +340,33 @@ class RedisOutboxTest(HRTestCase):
         self.assertEqual(res.returncode, 0, res.stderr)
         self.assertRegex(res.stdout, r"(?m)^pos +4 +0 +0 -$")
         self.assertIn("total pending: 4", res.stdout)
+
+    def test_oom_and_missing_replicas_get_503(self):
+        snk = self.sink()
+        self.write_config(snk.port)
+        r = self.node()
+        self.assertOk(self.post_n(r, 1))
+        self.redis.cmd("CONFIG", "SET", "maxmemory", "1")  # every write is now refused: OOM
+        resp = self.post_n(r, 2)
+        self.assertEqual(resp.status, 503, resp)
+        self.assertIn("spool full", resp.json()["error"])
+        self.assertTrue(r.wait_log(r"redis: an event was not stored \(OOM ", 5), r.log_tail())
+        self.redis.cmd("CONFIG", "SET", "maxmemory", "0")
+        self.assertOk(self.post_n(r, 3))
+        # wait_replicas = 1 with no replica: WAIT times out, the sender gets 503
+        t, ob = redis_config(self.redis.port)
+        t["url"] = snk.url
+        ob.update(wait_replicas=1, wait_timeout_ms=50)
+        self.wd.config(base_config(targets={"pos": t}, outbox=ob))
+        r.stop()
+        self._routers.remove(r)
+        r = self.node()
+        resp = self.post_n(r, 4)
+        self.assertEqual(resp.status, 503, resp)
+        self.assertTrue(r.wait_log(r"redis: WAIT 1: only 0 replica\(s\) acknowledged within 50 ms",
+                                   5), r.log_tail())
+        self.assertTrue(wait_until(lambda: {1, 3, 4} <= set(self.delivered(snk)), 5))
+        self.assertNotIn(2, self.delivered(snk))
 
     def test_check_validates_outbox_keys(self):
         self.write_config(9)  # skips without Redis support
