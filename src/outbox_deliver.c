@@ -141,22 +141,13 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
         ob_maybe_drained(o);
         return;
     }
-    if (err == 0) {
-        a->last_status = res->status;
-        a->last_error[0] = '\0';
-    } else {
-        a->last_status = 0;
-        set_last_error(a, errmsg ? errmsg : uv_strerror(err));
-    }
+    char what[sizeof a->last_error + 8];
+    bool delivered =
+        hr_target_outcome(a, err, errmsg ? errmsg : uv_strerror(err), res, what, sizeof what);
     it->last_status = a->last_status;
     a->attempts = it->attempts;
-    char what[sizeof a->last_error + 8];
-    if (err == 0)
-        snprintf(what, sizeof what, "status=%d", res->status);
-    else
-        snprintf(what, sizeof what, "error=%s", a->last_error);
 
-    if (err == 0 && res->status >= 200 && res->status < 300) {
+    if (delivered) {
         circuit_success(t);
         hr_log_info("delivered id=%s type=%s store=%s action=forward target=%s status=%d "
                     "attempts=%u ms=%llu",
@@ -200,19 +191,8 @@ static void start_attempt(ob_item_t *it)
     a->attempts = it->attempts;
     /* Signed now, as the target's current policy says, over the bytes this attempt sends. */
     hr_signed_headers_t sh;
-    hr_sign_request(&t->pol.sign, a->event_id, hr_wall_ms() / 1000, a->headers, a->nheaders,
-                    a->body, a->body_len, &sh);
-    hr_http_out_t req = {
-        .method = a->method ? a->method : "POST",
-        .url = a->url ? a->url : "",
-        .headers = sh.headers,
-        .nheaders = sh.nheaders,
-        .body = a->body,
-        .body_len = a->body_len,
-        .timeout_ms = a->timeout_ms ? a->timeout_ms : HR_DEF_TARGET_TIMEOUT_MS,
-        .tls = t->pol.tls, /* the target's context now, never the spool's */
-        .proxy = t->pol.proxy,
-    };
+    hr_http_out_t req;
+    hr_target_request(&t->pol, a, hr_wall_ms() / 1000, &sh, &req);
     int rc = o->http ? hr_http_client_send(o->http, &req, on_http_done, it) : UV_ECANCELED;
     hr_signed_headers_free(&sh); /* the client copied what it sends */
     if (rc < 0) {

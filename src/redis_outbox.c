@@ -305,20 +305,8 @@ static void target_free(rd_target_t *t)
 static void apply_config(rd_t *d, const hr_config_t *cfg)
 {
     for (size_t i = 0; i < cfg->ntargets; i++) {
-        const hr_target_conf_t *c = &cfg->targets[i];
-        hr_target_opts_t o = {.name = c->name,
-                              .retry_ms = c->retry_ms,
-                              .nretry = c->nretry,
-                              .max_age_s = c->max_age_s,
-                              .concurrency = c->concurrency,
-                              .rate = c->rate,
-                              .ordered = c->ordered,
-                              .circuit_failures = c->circuit_failures,
-                              .circuit_probe_ms = c->circuit_probe_ms,
-                              .tls = c->tls,
-                              .proxy = c->proxy,
-                              .sign = c->sign};
-        target_set_policy(target_get(d, c->name, false), &o);
+        hr_target_opts_t o = hr_delivery_target_opts(&cfg->targets[i]);
+        target_set_policy(target_get(d, o.name, false), &o);
     }
     for (size_t i = 0; i < cfg->nfiles; i++)
         target_get(d, cfg->files[i].name, true);
@@ -837,21 +825,12 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
         item_free(it);
         return;
     }
-    if (err == 0) {
-        it->last_status = res->status;
-        a->last_error[0] = '\0';
-    } else {
-        it->last_status = 0;
-        set_last_error(a, errmsg ? errmsg : uv_strerror(err));
-    }
-    a->last_status = it->last_status;
-    item_log_attempt(it, a->last_error);
     char what[sizeof a->last_error + 8];
-    if (err == 0)
-        snprintf(what, sizeof what, "status=%d", res->status);
-    else
-        snprintf(what, sizeof what, "error=%s", a->last_error);
-    if (err == 0 && res->status >= 200 && res->status < 300) {
+    bool delivered =
+        hr_target_outcome(a, err, errmsg ? errmsg : uv_strerror(err), res, what, sizeof what);
+    it->last_status = a->last_status;
+    item_log_attempt(it, a->last_error);
+    if (delivered) {
         circuit_success(t);
         uint64_t now = hr_wall_ms();
         hr_log_info("delivered id=%s type=%s store=%s action=forward target=%s status=%d "
@@ -920,17 +899,8 @@ static void start_item(rd_item_t *it)
     it->attempts++;
     a->attempts = it->attempts;
     hr_signed_headers_t sh;
-    hr_sign_request(&t->pol.sign, a->event_id, hr_wall_ms() / 1000, a->headers, a->nheaders,
-                    a->body, a->body_len, &sh);
-    hr_http_out_t req = {.method = a->method ? a->method : "POST",
-                         .url = a->url ? a->url : "",
-                         .headers = sh.headers,
-                         .nheaders = sh.nheaders,
-                         .body = a->body,
-                         .body_len = a->body_len,
-                         .timeout_ms = a->timeout_ms ? a->timeout_ms : HR_DEF_TARGET_TIMEOUT_MS,
-                         .tls = t->pol.tls,
-                         .proxy = t->pol.proxy};
+    hr_http_out_t req;
+    hr_target_request(&t->pol, a, hr_wall_ms() / 1000, &sh, &req);
     int rc = d->http ? hr_http_client_send(d->http, &req, on_http_done, it) : UV_ECANCELED;
     hr_signed_headers_free(&sh);
     if (rc < 0) {
