@@ -1,5 +1,6 @@
-/* The Redis outbox: a second delivery implementation behind hr/delivery.h (src/redis_outbox.c,
- * built only with hiredis: HR_HAVE_REDIS), for outbox = { kind = "redis", ... }. Several nodes
+/* The Redis outbox: a second delivery implementation behind hr/delivery.h (src/redis_outbox.c
+ * and src/redis_deliver.c, built only with hiredis: HR_HAVE_REDIS), for outbox = { kind =
+ * "redis", ... }. Several nodes
  * share one Redis and, through it, one backlog:
  *   - accepting: an event's actions are XADDed in one MULTI/EXEC to per-target streams
  *     (<prefix>:t:<target>, write actions <prefix>:f:<file>, ordered targets

@@ -157,10 +157,10 @@ class RedisOutboxTest(HRTestCase):
         self.addCleanup(self.redis.stop)
         self.wd.rule(None, RULE)
 
-    def write_config(self, port, ordered=False, claim_idle_ms=1500):
+    def write_config(self, port, ordered=False, claim_idle_ms=1500, workers=1):
         t, ob = redis_config(self.redis.port, claim_idle_ms, ordered=ordered)
         t["url"] = "http://127.0.0.1:%d" % port
-        self.wd.config(base_config(targets={"pos": t}, outbox=ob))
+        self.wd.config(base_config(targets={"pos": t}, outbox=ob, workers=workers))
         res = run_cli(["check", "-c", self.wd.p("hookrouter.lua")])
         if "built without Redis support" in res.stdout + res.stderr:
             self.skipTest("this build has no Redis outbox (configured without hiredis)")
@@ -234,7 +234,7 @@ class RedisOutboxTest(HRTestCase):
 
     def test_redis_lost_503_then_back_nothing_lost(self):
         snk = self.sink(down=True)
-        self.write_config(snk.port)
+        self.write_config(snk.port, workers=2)  # front workers hand over to the Redis outbox
         r = self.node()
         before = []
         for i in range(20):
