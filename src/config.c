@@ -1031,12 +1031,14 @@ static void load_spool(loader_t *ld)
 }
 
 /* Parse outbox.url, "redis://[:password@]host[:port][/db]", into o. Returns 0, or -1 with a
- * message in err. */
+ * message in err, which never repeats the URL (it may hold the password). */
 static int parse_redis_url(hr_outbox_conf_t *o, char *err, size_t errlen)
 {
     const char *s = o->url;
     if (strncmp(s, "redis://", 8) != 0) {
-        snprintf(err, errlen, "expected redis://[:password@]host:port/db, got \"%s\"", s);
+        snprintf(err, errlen,
+                 "expected redis://[:password@]host:port/db (the URL is not echoed: "
+                 "it may hold a password)");
         return -1;
     }
     s += 8;
@@ -1051,7 +1053,7 @@ static int parse_redis_url(hr_outbox_conf_t *o, char *err, size_t errlen)
     const char *colon = memchr(s, ':', slash ? (size_t)(slash - s) : strlen(s));
     const char *host_end = colon ? colon : slash ? slash : s + strlen(s);
     if (host_end == s) {
-        snprintf(err, errlen, "no host in \"%s\"", o->url);
+        snprintf(err, errlen, "no host after redis://");
         return -1;
     }
     o->host = hr_xstrndup(s, (size_t)(host_end - s));
@@ -1060,7 +1062,8 @@ static int parse_redis_url(hr_outbox_conf_t *o, char *err, size_t errlen)
         char *end;
         long p = strtol(colon + 1, &end, 10);
         if (end == colon + 1 || p < 1 || p > 65535 || (*end && *end != '/')) {
-            snprintf(err, errlen, "bad port in \"%s\"", o->url);
+            snprintf(err, errlen, "bad port \"%.*s\" (1 to 65535)", (int)strcspn(colon + 1, "/"),
+                     colon + 1);
             return -1;
         }
         o->port = (int)p;
@@ -1069,7 +1072,7 @@ static int parse_redis_url(hr_outbox_conf_t *o, char *err, size_t errlen)
         char *end;
         long db = strtol(slash + 1, &end, 10);
         if (*end || db < 0 || db > 65535) {
-            snprintf(err, errlen, "bad database number in \"%s\"", o->url);
+            snprintf(err, errlen, "bad database number \"%s\"", slash + 1);
             return -1;
         }
         o->db = (uint32_t)db;
