@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "hr/deadletter.h"
+#include "hr/defaults.h"
 #include "hr/log.h"
 #include "redis_int.h"
 
@@ -184,7 +185,9 @@ static void retry_or_dead(rd_item_t *it, const hr_target_policy_t *p, bool retri
     rd_t *d = it->t->d;
     hr_action_t *a = it->a;
     hr_target_attempt_t at = {.attempts = it->attempts,
-                              .max_attempts = a->max_attempts ? a->max_attempts : 1,
+                              .max_attempts = it->t->write      ? HR_DEF_WRITE_ATTEMPTS
+                                              : a->max_attempts ? a->max_attempts
+                                                                : 1,
                               .accepted_ms = a->accepted_ms,
                               .retriable = retriable,
                               .reject = reject,

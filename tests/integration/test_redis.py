@@ -368,6 +368,20 @@ class RedisOutboxTest(HRTestCase):
         self.assertTrue(wait_until(lambda: {1, 3, 4} <= set(self.delivered(snk)), 5))
         self.assertNotIn(2, self.delivered(snk))
 
+    def test_write_actions_go_through_redis_too(self):
+        self.wd.rule(None, 'return function(e) forward("pos", { n = e.body.n })\n'
+                           '  write("audit", { n = e.body.n }) end\n')
+        snk = self.sink()
+        self.write_config(snk.port)
+        r = self.node()
+        for i in range(5):
+            self.assertOk(self.post_n(r, i))
+        self.assertTrue(wait_until(lambda: len(self.wd.jsonl("var/audit.jsonl") or []) == 5, 5),
+                        r.log_tail())
+        self.assertEqual(sorted(x["n"] for x in self.wd.jsonl("var/audit.jsonl")), list(range(5)))
+        self.assertTrue(wait_until(lambda: sorted(self.delivered(snk)) == list(range(5)), 5))
+        self.assertEqual(self.redis.cmd("XLEN", "hrt:f:audit"), 0)  # acknowledged and deleted
+
     def test_check_validates_outbox_keys(self):
         self.write_config(9)  # skips without Redis support
         cfg = base_config(targets={"pos": target("http://127.0.0.1:9")},
