@@ -614,8 +614,8 @@ void rd_pump(rd_target_t *t)
         return;
     }
     uint64_t now = uv_now(d->loop);
-    if (!t->claiming && now >= t->next_claim) {
-        uint32_t n = may_start(t);
+    if (!t->claiming && now >= t->next_claim && t->circuit.state == HR_CIRCUIT_CLOSED) {
+        uint32_t n = may_start(t); /* closed: no probe to give back if nothing is claimed */
         if (n) {
             char idle[24], count[16];
             snprintf(idle, sizeof idle, "%llu", (unsigned long long)d->conf.claim_idle_ms);

@@ -94,6 +94,7 @@ struct rd {
     uint64_t connect_started;  /* uv_now of the connect in progress */
     bool setup_failed;         /* AUTH or SELECT was refused on this connection */
     uint64_t next_move;        /* uv_now of the next mover run */
+    uint64_t next_sweep;       /* uv_now of the next sweep of stopped consumers */
     bool moving;               /* the mover script is outstanding */
     rd_target_t *targets;      /* every target and file seen */
     hr_files_t *files;         /* write actions and dead letters */

@@ -490,6 +490,47 @@ static void finish_drain(rd_t *d)
     cb(d->drain_arg);
 }
 
+/* KEYS: a stream; ARGV: group, our name, idle ms. Remove the consumers (not us) that hold
+ * nothing and have not read for that long: stopped nodes (a new consumer each start). One
+ * holding entries stays until they are claimed: deleting it would drop them from the PEL. */
+static const char SWEEP_LUA[] =
+    "local ok, cs = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])\n"
+    "if not ok then return 0 end\n"
+    "local n = 0\n"
+    "for _, c in ipairs(cs) do\n"
+    "  local f = {}\n"
+    "  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end\n"
+    "  if f['name'] ~= ARGV[2] and f['pending'] == 0 and f['idle'] > tonumber(ARGV[3]) then\n"
+    "    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
+static void on_swept(rd_t *d, redisReply *r, void *priv)
+{
+    const char *e = rd_reply_error(r);
+    if (e && r) hr_log_warn("redis: sweeping stopped consumers of %s: %s", (const char *)priv, e);
+    if (!e && r->type == REDIS_REPLY_INTEGER && r->integer > 0)
+        hr_log_info("redis: %s: removed %lld consumer(s) of stopped nodes (nothing pending, idle "
+                    "over %llu ms)",
+                    (const char *)priv, r->integer,
+                    (unsigned long long)(2 * d->conf.claim_idle_ms));
+}
+
+/* Sweep every stream's stopped consumers (the keys live as long as their targets). */
+static void sweep(rd_t *d)
+{
+    char idle[24];
+    snprintf(idle, sizeof idle, "%llu", (unsigned long long)(2 * d->conf.claim_idle_ms));
+    for (rd_target_t *t = d->targets; t; t = t->next)
+        for (int i = t->lanes ? 0 : -1; i < (t->lanes ? RD_LANES : 0); i++) {
+            const char *key = i < 0 ? t->key : t->lanes[i].key;
+            const char *argv[] = {"EVAL", SWEEP_LUA, "1", key, GROUP, d->consumer, idle};
+            rd_cmdv(d, on_swept, (void *)key, 7, argv);
+        }
+}
+
 static void on_tick(uv_timer_t *h)
 {
     rd_t *d = h->data;
@@ -517,6 +558,10 @@ static void on_tick(uv_timer_t *h)
         const char *argv[] = {"EVAL", MOVE_LUA, "1", d->k_delay, "256"};
         if (rd_cmdv(d, on_moved, NULL, 5, argv) == 0) d->moving = true;
         d->next_move = now + MOVE_MS;
+    }
+    if (now >= d->next_sweep) {
+        sweep(d);
+        d->next_sweep = now + (d->conf.claim_idle_ms > 1000 ? d->conf.claim_idle_ms : 1000);
     }
     for (rd_target_t *t = d->targets; t; t = t->next)
         rd_pump(t);

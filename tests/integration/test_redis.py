@@ -231,6 +231,11 @@ class RedisOutboxTest(HRTestCase):
         # everything is acknowledged and deleted: nothing pending, nothing waiting
         self.assertTrue(wait_until(lambda: self.redis.cmd("XLEN", "hrt:t:pos") == 0
                                    and self.redis.cmd("ZCARD", "hrt:delay") == 0, 5))
+        # the dead node's consumer, holding nothing now, is swept from the group
+        self.assertTrue(wait_until(
+            lambda: len(self.redis.cmd("XINFO", "CONSUMERS", "hrt:t:pos", "hookrouter")) == 1, 10),
+            self.redis.cmd("XINFO", "CONSUMERS", "hrt:t:pos", "hookrouter"))
+        self.assertTrue(b.count_log(r"removed 1 consumer\(s\) of stopped nodes"), b.log_tail())
 
     def test_redis_lost_503_then_back_nothing_lost(self):
         snk = self.sink(down=True)
