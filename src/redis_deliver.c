@@ -350,10 +350,13 @@ static void start_item(rd_item_t *it)
         return;
     }
     if (hr_target_too_old(t->pol.max_age_s, a->accepted_ms, hr_wall_ms())) {
+        hr_circuit_unprobe(&t->circuit); /* not the probe after all */
         set_last_error(a, "max age exceeded while waiting");
         dead_item(it, "max age exceeded");
         return;
     }
+    if (t->circuit.state == HR_CIRCUIT_HALF) /* only the probe starts while half-open */
+        hr_log_info("circuit half-open target=%s: sending one probe", t->name);
     it->attempts++;
     a->attempts = it->attempts;
     hr_signed_headers_t sh;
@@ -477,10 +480,7 @@ static uint32_t may_start(rd_target_t *t)
     switch (hr_circuit_gate(&t->circuit, now, &wait)) {
     case HR_GATE_BUSY:
     case HR_GATE_WAIT: return 0;
-    case HR_GATE_PROBE:
-        hr_log_info("circuit half-open target=%s: sending one probe", t->name);
-        n = 1;
-        break;
+    case HR_GATE_PROBE: n = 1; break; /* logged when it is sent (start_item) */
     case HR_GATE_PASS: break;
     }
     if (t->pol.rate > 0) {

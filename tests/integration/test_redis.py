@@ -387,6 +387,25 @@ class RedisOutboxTest(HRTestCase):
         self.assertTrue(wait_until(lambda: sorted(self.delivered(snk)) == list(range(5)), 5))
         self.assertEqual(self.redis.cmd("XLEN", "hrt:f:audit"), 0)  # acknowledged and deleted
 
+    def test_circuit_opens_per_node_and_closes_when_the_target_is_back(self):
+        snk = self.sink(down=True)
+        self.write_config(snk.port)  # skips without Redis support
+        t, ob = redis_config(self.redis.port)
+        # retries wait 1.5 s in the delayed set: probes meanwhile find the stream empty
+        t.update(url=snk.url, circuit_failures=2, circuit_probe_ms=300, retry_ms=[0, 1500])
+        self.wd.config(base_config(targets={"pos": t}, outbox=ob))
+        r = self.node()
+        for i in range(4):
+            self.assertOk(self.post_n(r, i))
+        self.assertTrue(r.wait_log(r"circuit open target=pos", 5), r.log_tail())
+        time.sleep(1.0)  # a few probe periods with the target still down
+        snk.start()
+        self.assertTrue(r.wait_log(r"circuit closed target=pos", 5), r.log_tail())
+        self.assertTrue(wait_until(lambda: sorted(set(self.delivered(snk))) == [0, 1, 2, 3], 5),
+                        r.log_tail())
+        # one probe per probe period at most, not one per poll of an empty stream
+        self.assertLess(r.count_log(r"sending one probe"), 10, r.log_tail())
+
     def test_check_validates_outbox_keys(self):
         self.write_config(9)  # skips without Redis support
         cfg = base_config(targets={"pos": target("http://127.0.0.1:9")},
