@@ -29,12 +29,25 @@ typedef struct {
     void *priv;
 } rd_call_t;
 
+static bool can_send(const rd_t *d);
+static void set_unavailable(rd_t *d, const char *why);
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     rd_call_t *c = privdata;
     rd_t *d = c->d;
+    redisReply *r = reply;
     d->outstanding--;
     d->last_answer = uv_now(d->loop);
+    if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "READONLY", 8) == 0 && d->ready) {
+        /* A failover made this server a replica: find the primary again (the url's address,
+         * which a managed Redis, a VIP or a proxy moves to it). */
+        hr_log_error("redis: %s:%d is read-only now (%s): reconnecting", d->conf.host, d->conf.port,
+                     r->str);
+        d->ready = false;
+        set_unavailable(d, "read-only replica");
+        if (can_send(d)) redisAsyncDisconnect(ac);
+    }
     c->cb(d, reply, c->priv); /* reply NULL: the connection went away */
     free(c);
 }
@@ -256,12 +269,18 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     lost(d, status == REDIS_OK ? "closed" : ac->errstr[0] ? ac->errstr : "error");
 }
 
+/* The answer to ROLE, sent after the setup: a primary makes us ready. */
 static void on_ready(rd_t *d, redisReply *r, void *priv)
 {
     const char *e = rd_reply_error(r);
+    if (!e &&
+        (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+         r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "master") != 0))
+        e = "it is a replica, not the primary (waiting for a failover or the url to move)";
     if (e) {
         if (r) {
             hr_log_error("redis: %s:%d: %s", d->conf.host, d->conf.port, e);
+            set_unavailable(d, e);
             if (can_send(d)) redisAsyncDisconnect(d->ac);
         }
         return;
@@ -305,7 +324,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     }
     for (rd_target_t *t = d->targets; t; t = t->next)
         target_groups(t);
-    const char *argv[] = {"PING"};
+    const char *argv[] = {"ROLE"};
     rd_cmdv(d, on_ready, NULL, 1, argv); /* answered after everything above */
 }
 

@@ -38,10 +38,11 @@ def redis_server_bin():
 class RedisServer:
     """A redis-server of our own on a free loopback port, AOF with fsync always."""
 
-    def __init__(self):
+    def __init__(self, replicaof=None):
         self.dir = tempfile.mkdtemp(prefix="hrtest-redis-")
         self.port = free_port()
         self.proc = None
+        self.replicaof = replicaof  # the primary's port
         self.start()
 
     def start(self):
@@ -49,7 +50,9 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [redis_server_bin(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir,
-             "--daemonize", "no"], stdout=self.log, stderr=subprocess.STDOUT)
+             "--daemonize", "no", "--repl-diskless-sync-delay", "0"]
+            + (["--replicaof", "127.0.0.1", str(self.replicaof)] if self.replicaof else []),
+            stdout=self.log, stderr=subprocess.STDOUT)
         hrtest._PROCS.add(self.proc)
         ok = wait_until(lambda: self._ping(), 10)
         assert ok, "redis-server did not start"
@@ -405,6 +408,33 @@ class RedisOutboxTest(HRTestCase):
                         r.log_tail())
         # one probe per probe period at most, not one per poll of an empty stream
         self.assertLess(r.count_log(r"sending one probe"), 10, r.log_tail())
+
+    def test_wait_replicas_with_a_replica_and_a_replica_is_not_a_primary(self):
+        snk = self.sink()
+        self.write_config(snk.port)  # skips without Redis support
+        replica = RedisServer(replicaof=self.redis.port)
+        self.addCleanup(replica.stop)
+        self.assertTrue(wait_until(lambda: "master_link_status:up" in
+                                   replica.cmd("INFO", "replication"), 10))
+        t, ob = redis_config(self.redis.port)
+        t["url"] = snk.url
+        ob.update(wait_replicas=1, wait_timeout_ms=2000)
+        self.wd.config(base_config(targets={"pos": t}, outbox=ob))
+        r = self.node()
+        self.assertOk(self.post_n(r, 1))  # WAIT 1: the replica has it
+        self.assertTrue(wait_until(lambda: self.delivered(snk) == [1], 5), r.log_tail())
+        r.stop()
+        self._routers.remove(r)
+        # a node pointed at the replica does not take it for the primary
+        ob["url"] = "redis://127.0.0.1:%d/0" % replica.port
+        self.wd.config(base_config(targets={"pos": t}, outbox=ob))
+        r = Router(self.wd, start=False)
+        self._routers.append(r)
+        r.start()
+        self.assertTrue(r.wait_log(r"redis: .*: it is a replica, not the primary", 5), r.log_tail())
+        ready = request(r.port, "GET", "/readyz", token=None)
+        self.assertEqual(ready.status, 503, ready)
+        self.assertEqual(self.post_n(r, 2).status, 503)
 
     def test_check_validates_outbox_keys(self):
         self.write_config(9)  # skips without Redis support
