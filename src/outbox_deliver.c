@@ -142,8 +142,7 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
         return;
     }
     char what[sizeof a->last_error + 8];
-    bool delivered =
-        hr_target_outcome(a, err, errmsg ? errmsg : uv_strerror(err), res, what, sizeof what);
+    bool delivered = hr_target_outcome(a, err, errmsg, res, what, sizeof what);
     it->last_status = a->last_status;
     a->attempts = it->attempts;
 

@@ -97,37 +97,117 @@ static bool in_flight_here(const rd_target_t *t, const char *key, const char *id
 
 /* ---------------------------------------------------------------- finishing an entry */
 
-static void on_lane_finished(rd_t *d, redisReply *r, void *priv)
+/* Append one command (lens: the arguments' lengths, NULL: strlen) to f. */
+static void finish_add(rd_finish_t *f, int argc, const char *const *argv, const size_t *lens)
 {
-    rd_lane_t *l = priv;
-    l->busy = false;
-    if (r) rd_pump(l->t);
+    uint32_t n = (uint32_t)argc;
+    hr_buf_append(&f->cmds, &n, sizeof n);
+    for (int i = 0; i < argc; i++) {
+        uint32_t len = (uint32_t)(lens ? lens[i] : strlen(argv[i]));
+        hr_buf_append(&f->cmds, &len, sizeof len);
+        hr_buf_append(&f->cmds, argv[i], len);
+    }
 }
 
-/* The entry of it is finished (delivered or dead): acknowledge and delete it (with an ordered
- * head, its state too, then the lane moves on). extra: commands to run in the same MULTI. */
+static void finish_send(rd_t *d, rd_finish_t *f);
+
+static void on_finished(rd_t *d, redisReply *r, void *priv)
+{
+    rd_finish_t *f = priv;
+    if (!r) { /* the connection went: keep it for the reconnect */
+        f->next = NULL;
+        *d->unfinished_tail = f;
+        d->unfinished_tail = &f->next;
+        return;
+    }
+    const char *e = rd_reply_error(r);
+    if (e) hr_log_error("redis: finishing an entry: %s (it will be claimed and sent again)", e);
+    if (f->lane) {
+        f->lane->busy = false;
+        rd_pump(f->lane->t);
+    }
+    hr_buf_free(&f->cmds);
+    free(f);
+}
+
+/* Send f's commands in one MULTI/EXEC (or keep f for the reconnect). */
+static void finish_send(rd_t *d, rd_finish_t *f)
+{
+    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+    if (rd_cmdv(d, NULL, NULL, 1, multi) < 0) {
+        on_finished(d, NULL, f);
+        return;
+    }
+    const char *argv[16];
+    size_t lens[16];
+    for (size_t off = 0; off + 4 <= f->cmds.len;) {
+        uint32_t argc;
+        memcpy(&argc, f->cmds.data + off, 4);
+        off += 4;
+        for (uint32_t i = 0; i < argc && i < 16; i++) {
+            uint32_t len;
+            memcpy(&len, f->cmds.data + off, 4);
+            argv[i] = f->cmds.data + off + 4;
+            lens[i] = len;
+            off += 4 + len;
+        }
+        rd_cmd(d, NULL, NULL, (int)argc, argv, lens);
+    }
+    if (f->lane) f->lane->busy = true;
+    if (rd_cmdv(d, on_finished, f, 1, exec) < 0) on_finished(d, NULL, f);
+}
+
+void rd_resend_unfinished(rd_t *d)
+{
+    rd_finish_t *f = d->unfinished;
+    size_t n = 0;
+    d->unfinished = NULL;
+    d->unfinished_tail = &d->unfinished;
+    while (f) {
+        rd_finish_t *next = f->next;
+        finish_send(d, f);
+        f = next;
+        n++;
+    }
+    if (n)
+        hr_log_info("redis: sent the %zu acknowledgement(s) that were cut off with the "
+                    "connection",
+                    n);
+}
+
+void rd_unfinished_free(rd_t *d)
+{
+    while (d->unfinished) {
+        rd_finish_t *f = d->unfinished;
+        d->unfinished = f->next;
+        hr_buf_free(&f->cmds);
+        free(f);
+    }
+    d->unfinished_tail = &d->unfinished;
+}
+
+/* The entry of it is finished (delivered, waiting in the delayed set, or dead): acknowledge
+ * and delete it (with an ordered head, its state too, then the lane moves on), with extra
+ * commands in the same MULTI. Kept until EXEC answers (rd_finish_t). */
 static void finish_entry(rd_item_t *it, int nextra, const char **const *extra,
                          const size_t *const *extra_lens, const int *extra_argc)
 {
     rd_t *d = it->t->d;
-    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
-    if (rd_cmdv(d, NULL, NULL, 1, multi) < 0) return; /* claimed again later: at least once */
+    rd_finish_t *f = hr_xcalloc(1, sizeof *f);
     for (int i = 0; i < nextra; i++)
-        rd_cmd(d, NULL, NULL, extra_argc[i], extra[i], extra_lens[i]);
+        finish_add(f, extra_argc[i], extra[i], extra_lens[i]);
     const char *ack[] = {"XACK", it->key, GROUP, it->id};
-    rd_cmdv(d, NULL, NULL, 4, ack);
+    finish_add(f, 4, ack, NULL);
     const char *del[] = {"XDEL", it->key, it->id};
-    rd_cmdv(d, NULL, NULL, 3, del);
+    finish_add(f, 3, del, NULL);
     if (it->lane) {
         char field[256];
         snprintf(field, sizeof field, "%s/%s", it->key, it->id);
         const char *hdel[] = {"HDEL", d->k_state, field};
-        rd_cmdv(d, NULL, NULL, 3, hdel);
-        it->lane->busy = true;
-        rd_cmdv(d, on_lane_finished, it->lane, 1, exec);
-    } else {
-        rd_cmdv(d, NULL, NULL, 1, exec);
+        finish_add(f, 3, hdel, NULL);
+        f->lane = it->lane;
     }
+    finish_send(d, f);
 }
 
 static void item_done(rd_item_t *it)
@@ -284,8 +364,7 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
         return;
     }
     char what[sizeof a->last_error + 8];
-    bool delivered =
-        hr_target_outcome(a, err, errmsg ? errmsg : uv_strerror(err), res, what, sizeof what);
+    bool delivered = hr_target_outcome(a, err, errmsg, res, what, sizeof what);
     it->last_status = a->last_status;
     item_log_attempt(it, a->last_error);
     if (delivered) {

@@ -31,7 +31,7 @@ typedef struct rd rd_t;
 struct rd_target;
 
 /* One lane of an ordered target: a stream owned by one node at a time under a lease. */
-typedef struct {
+typedef struct rd_lane {
     struct rd_target *t;  /* owner */
     char *key;            /* <prefix>:t:<target>:<lane> */
     char *lease;          /* <prefix>:lease:<target>:<lane> */
@@ -61,6 +61,15 @@ typedef struct rd_target {
     struct rd_item *flight; /* our items in flight (linked through fnext) */
 } rd_target_t;
 
+/* The commands that finish an entry (one MULTI), kept until EXEC has answered: if the
+ * connection goes first, they are sent again after the reconnect, before anything is read,
+ * so an attempt that ended during an outage is not sent again (nor its retry state lost). */
+typedef struct rd_finish {
+    struct rd_finish *next; /* in d->unfinished, oldest first */
+    struct rd_lane *lane;   /* an ordered head's lane (busy until EXEC answers), or NULL */
+    hr_buf_t cmds;          /* per command: u32 argc, then per argument u32 length, bytes */
+} rd_finish_t;
+
 /* One entry this node is working on. */
 typedef struct rd_item {
     rd_target_t *t;        /* its target */
@@ -80,43 +89,45 @@ typedef struct rd_item {
 } rd_item_t;
 
 struct rd {
-    hr_delivery_t base;        /* first: the interface */
-    uv_loop_t *loop;           /* the loop */
-    hr_outbox_conf_t conf;     /* copy of cfg->outbox (strings owned) */
-    char *consumer;            /* our consumer name: host-pid-random */
-    redisAsyncContext *ac;     /* NULL while disconnected */
-    bool ready;                /* connected, authenticated, groups made */
-    uint64_t backoff_ms;       /* the next reconnect wait */
-    uv_timer_t reconnect;      /* the reconnect wait */
-    uv_timer_t tick;           /* see TICK_MS */
-    uint32_t outstanding;      /* commands with a callback not yet answered */
-    uint64_t last_answer;      /* uv_now of the last reply (or of the first command) */
-    uint64_t connect_started;  /* uv_now of the connect in progress */
-    bool setup_failed;         /* AUTH or SELECT was refused on this connection */
-    uint64_t next_move;        /* uv_now of the next mover run */
-    uint64_t next_sweep;       /* uv_now of the next sweep of stopped consumers */
-    bool moving;               /* the mover script is outstanding */
-    rd_target_t *targets;      /* every target and file seen */
-    hr_files_t *files;         /* write actions and dead letters */
-    char *dead_letters;        /* the local dead-letter file */
-    hr_http_client_t *http;    /* NULL once closed */
-    hr_target_policy_t writes; /* write actions' policy */
-    char *k_delay;             /* <prefix>:delay */
-    char *k_dead;              /* <prefix>:dead */
-    char *k_state;             /* <prefix>:state */
-    hr_outbox_stats_t st;      /* counters */
-    uint32_t inflight;         /* attempts in flight, all targets */
-    bool draining;             /* start nothing new */
-    uint64_t drain_deadline;   /* uv_now */
-    void (*drain_cb)(void *);  /* run once drained */
-    void *drain_arg;           /* ... */
-    bool closing;              /* close was called */
-    int open_handles;          /* timers and the HTTP client not yet closed */
-    void (*close_cb)(void *);  /* run once freed */
-    void *close_arg;           /* ... */
-    uint64_t last_refuse_log;  /* uv_now of the last "refusing" line */
-    uint64_t next_id;          /* ids in COPY payloads (informational) */
-    hr_buf_t scratch;          /* encoding */
+    hr_delivery_t base;            /* first: the interface */
+    uv_loop_t *loop;               /* the loop */
+    hr_outbox_conf_t conf;         /* copy of cfg->outbox (strings owned) */
+    char *consumer;                /* our consumer name: host-pid-random */
+    redisAsyncContext *ac;         /* NULL while disconnected */
+    bool ready;                    /* connected, authenticated, groups made */
+    uint64_t backoff_ms;           /* the next reconnect wait */
+    uv_timer_t reconnect;          /* the reconnect wait */
+    uv_timer_t tick;               /* see TICK_MS */
+    uint32_t outstanding;          /* commands with a callback not yet answered */
+    uint64_t last_answer;          /* uv_now of the last reply (or of the first command) */
+    uint64_t connect_started;      /* uv_now of the connect in progress */
+    bool setup_failed;             /* AUTH or SELECT was refused on this connection */
+    uint64_t next_move;            /* uv_now of the next mover run */
+    uint64_t next_sweep;           /* uv_now of the next sweep of stopped consumers */
+    bool moving;                   /* the mover script is outstanding */
+    rd_target_t *targets;          /* every target and file seen */
+    hr_files_t *files;             /* write actions and dead letters */
+    char *dead_letters;            /* the local dead-letter file */
+    hr_http_client_t *http;        /* NULL once closed */
+    hr_target_policy_t writes;     /* write actions' policy */
+    char *k_delay;                 /* <prefix>:delay */
+    char *k_dead;                  /* <prefix>:dead */
+    char *k_state;                 /* <prefix>:state */
+    hr_outbox_stats_t st;          /* counters */
+    uint32_t inflight;             /* attempts in flight, all targets */
+    bool draining;                 /* start nothing new */
+    uint64_t drain_deadline;       /* uv_now */
+    void (*drain_cb)(void *);      /* run once drained */
+    void *drain_arg;               /* ... */
+    bool closing;                  /* close was called */
+    int open_handles;              /* timers and the HTTP client not yet closed */
+    void (*close_cb)(void *);      /* run once freed */
+    void *close_arg;               /* ... */
+    uint64_t last_refuse_log;      /* uv_now of the last "refusing" line */
+    uint64_t next_id;              /* ids in COPY payloads (informational) */
+    hr_buf_t scratch;              /* encoding */
+    rd_finish_t *unfinished;       /* finishes whose EXEC went unanswered: sent on reconnect */
+    rd_finish_t **unfinished_tail; /* ... */
 };
 
 /* ---- redis_outbox.c: commands and targets --------------------------------------------- */
@@ -142,5 +153,9 @@ void rd_make_group(rd_t *d, const char *key);
 void rd_pump(rd_target_t *t);
 /* Free an item (its action, key and attempt log). Accepts NULL. */
 void rd_item_free(rd_item_t *it);
+/* After a reconnect, before anything is read: send the finishes that went unanswered. */
+void rd_resend_unfinished(rd_t *d);
+/* Free the finishes still kept (close). */
+void rd_unfinished_free(rd_t *d);
 
 #endif

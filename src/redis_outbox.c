@@ -291,6 +291,7 @@ static void on_ready(rd_t *d, redisReply *r, void *priv)
     d->backoff_ms = BACKOFF_MIN_MS;
     hr_log_info("redis: connected to %s:%d db %u as consumer %s: accepting and delivering",
                 d->conf.host, d->conf.port, (unsigned)d->conf.db, d->consumer);
+    rd_resend_unfinished(d); /* before any read, on the same connection */
     for (rd_target_t *t = d->targets; t; t = t->next)
         rd_pump(t);
 }
@@ -644,6 +645,7 @@ static void rd_free(rd_t *d)
                 rd_item_free(t->lanes[i].head);
         target_free(t);
     }
+    rd_unfinished_free(d);
     hr_target_policy_free(&d->writes);
     hr_files_destroy(d->files);
     free(d->dead_letters);
@@ -718,6 +720,7 @@ hr_delivery_t *hr_redis_delivery_open(uv_loop_t *loop, const hr_config_t *cfg, c
     d->k_delay = key_of(d, "delay", NULL, -1);
     d->k_dead = key_of(d, "dead", NULL, -1);
     d->k_state = key_of(d, "state", NULL, -1);
+    d->unfinished_tail = &d->unfinished;
     d->files = hr_files_create();
     apply_config(d, cfg);
     hr_http_client_opts_t ho = {.max_conns_per_host = cfg->max_conns_per_target};

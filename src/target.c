@@ -171,7 +171,7 @@ bool hr_target_outcome(hr_action_t *a, int err, const char *errmsg, const hr_htt
         return res->status >= 200 && res->status < 300;
     }
     a->last_status = 0;
-    snprintf(a->last_error, sizeof a->last_error, "%s", errmsg ? errmsg : "transport error");
+    snprintf(a->last_error, sizeof a->last_error, "%s", errmsg ? errmsg : uv_strerror(err));
     snprintf(what, whatlen, "error=%s", a->last_error);
     return false;
 }

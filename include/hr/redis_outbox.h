@@ -23,7 +23,8 @@
  *     (100 ms doubling to 5 s, each try logged) and resumes.
  * Everything accepted is in Redis (durable per its appendfsync); a node that dies loses
  * nothing, its work is claimed. Delivery is at least once: an attempt whose XACK did not reach
- * Redis (a node killed or Redis lost between the answer and the ack) is sent again. */
+ * Redis (a node killed between the answer and the ack) is sent again; an ack cut off by a lost
+ * connection is sent again after the reconnect. */
 #ifndef HR_REDIS_OUTBOX_H
 #define HR_REDIS_OUTBOX_H
 

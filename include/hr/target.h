@@ -114,7 +114,8 @@ void hr_target_request(const hr_target_policy_t *p, const hr_action_t *a, uint64
                        hr_signed_headers_t *sh, hr_http_out_t *req);
 
 /* Record the outcome of an attempt of a (the HTTP client's completion: err 0 and res, or err
- * < 0 and errmsg) in a->last_status (0: no answer) and a->last_error ("" when answered), and
+ * < 0 and errmsg, NULL: uv_strerror's) in a->last_status (0: no answer) and a->last_error
+ * ("" when answered), and
  * write what it was for a log line into what ("status=503" or "error=connection refused").
  * Returns true if it delivered (2xx). */
 bool hr_target_outcome(hr_action_t *a, int err, const char *errmsg, const hr_http_response_t *res,

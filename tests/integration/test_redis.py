@@ -436,6 +436,24 @@ class RedisOutboxTest(HRTestCase):
         self.assertEqual(ready.status, 503, ready)
         self.assertEqual(self.post_n(r, 2).status, 503)
 
+    def test_acks_cut_off_by_redis_loss_are_sent_after_reconnect(self):
+        snk = self.sink(delay=0.6)  # the answers come while Redis is down
+        self.write_config(snk.port, claim_idle_ms=60000)  # no claim would save them in time
+        r = self.node()
+        for i in range(5):
+            self.assertOk(self.post_n(r, i))
+        self.assertTrue(wait_until(lambda: len(snk.requests) == 5, 5), r.log_tail())
+        self.redis.kill()
+        self.assertTrue(wait_until(lambda: snk.completed == 5, 5))
+        self.redis.start()
+        self.assertTrue(r.wait_log(r"redis: sent the \d+ acknowledgement\(s\) that were cut off", 10),
+                        r.log_tail())
+        # acknowledged and deleted: nothing pending that a claim would send a second time
+        self.assertTrue(wait_until(lambda: self.redis.cmd("XLEN", "hrt:t:pos") == 0, 5),
+                        self.redis.cmd("XPENDING", "hrt:t:pos", "hookrouter"))
+        self.assertEqual(self.redis.cmd("XPENDING", "hrt:t:pos", "hookrouter")[0], 0)
+        self.assertEqual(sorted(self.delivered(snk)), list(range(5)))
+
     def test_check_validates_outbox_keys(self):
         self.write_config(9)  # skips without Redis support
         cfg = base_config(targets={"pos": target("http://127.0.0.1:9")},
