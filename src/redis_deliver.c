@@ -473,6 +473,16 @@ static const redisReply *entry_copy(const redisReply *fields)
     return NULL;
 }
 
+/* An entry of stream key that is not ours (no "c", or it does not decode): acknowledge it so
+ * that nobody reads it again, and say so; it stays in the stream for a person to look at. */
+static void skip_entry(rd_t *d, const char *key, const char *id)
+{
+    hr_log_error("redis: %s entry %s is not a hookrouter action: acknowledged and skipped", key,
+                 id);
+    const char *ack[] = {"XACK", key, GROUP, id};
+    rd_cmdv(d, NULL, NULL, 4, ack);
+}
+
 /* Take an entry [id, [fields]] of stream key: start it (or drop a malformed one). */
 static void take_entry(rd_target_t *t, const char *key, const redisReply *e)
 {
@@ -485,10 +495,7 @@ static void take_entry(rd_target_t *t, const char *key, const redisReply *e)
     const redisReply *c = entry_copy(e->element[1]);
     rd_item_t *it = c ? item_decode(t, key, id, c->str, c->len) : NULL;
     if (!it) {
-        hr_log_error("redis: %s entry %s is not a hookrouter action: acknowledged and skipped", key,
-                     id);
-        const char *ack[] = {"XACK", key, GROUP, id};
-        rd_cmdv(d, NULL, NULL, 4, ack);
+        skip_entry(d, key, id);
         return;
     }
     start_item(it);
@@ -618,9 +625,7 @@ static void on_fetch(rd_t *d, redisReply *r, void *priv)
                               : entry_copy(r->element[1]);
     rd_item_t *it = c ? item_decode(l->t, l->key, id, c->str, c->len) : NULL;
     if (!it) {
-        hr_log_error("redis: %s entry %s is not a hookrouter action: skipped", l->key, id);
-        const char *ack[] = {"XACK", l->key, GROUP, id};
-        rd_cmdv(d, NULL, NULL, 4, ack);
+        skip_entry(d, l->key, id);
         return;
     }
     it->lane = l;
