@@ -114,6 +114,7 @@ static void finish_send(rd_t *d, rd_finish_t *f);
 static void on_finished(rd_t *d, redisReply *r, void *priv)
 {
     rd_finish_t *f = priv;
+    if (f->lane && f->lane->busy) f->lane->busy--;
     if (!r) { /* the connection went: keep it for the reconnect */
         f->next = NULL;
         *d->unfinished_tail = f;
@@ -122,10 +123,7 @@ static void on_finished(rd_t *d, redisReply *r, void *priv)
     }
     const char *e = rd_reply_error(r);
     if (e) hr_log_error("redis: finishing an entry: %s (it will be claimed and sent again)", e);
-    if (f->lane) {
-        f->lane->busy = false;
-        rd_pump(f->lane->t);
-    }
+    if (f->lane) rd_pump(f->lane->t);
     hr_buf_free(&f->cmds);
     free(f);
 }
@@ -153,7 +151,7 @@ static void finish_send(rd_t *d, rd_finish_t *f)
         }
         rd_cmd(d, NULL, NULL, (int)argc, argv, lens);
     }
-    if (f->lane) f->lane->busy = true;
+    if (f->lane) f->lane->busy++;
     if (rd_cmdv(d, on_finished, f, 1, exec) < 0) on_finished(d, NULL, f);
 }
 
@@ -606,7 +604,7 @@ static const char RENEW_LUA[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n
 static void on_fetch(rd_t *d, redisReply *r, void *priv)
 {
     rd_lane_t *l = priv;
-    l->busy = false;
+    if (l->busy) l->busy--;
     const char *e = rd_reply_error(r);
     if (e) {
         if (r) hr_log_error("redis: ordered lane %s: %s", l->key, e);
@@ -636,7 +634,7 @@ static void on_fetch(rd_t *d, redisReply *r, void *priv)
 static void on_lease(rd_t *d, redisReply *r, void *priv)
 {
     rd_lane_t *l = priv;
-    l->busy = false;
+    if (l->busy) l->busy--;
     if (!r || r->type == REDIS_REPLY_ERROR) return;
     bool ok = (r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0) ||
               (r->type == REDIS_REPLY_INTEGER && r->integer == 1);
@@ -657,17 +655,17 @@ static void lane_pump(rd_lane_t *l)
     rd_target_t *t = l->t;
     rd_t *d = t->d;
     uint64_t now = uv_now(d->loop);
-    if (l->busy) return;
+    if (l->busy) return; /* one command at a time: a second fetch would get the same head */
     char ms[24];
     snprintf(ms, sizeof ms, "%llu", (unsigned long long)d->conf.claim_idle_ms);
     if (now >= l->next_lease) {
-        l->busy = true;
+        l->busy++;
         if (l->owned) {
             const char *argv[] = {"EVAL", RENEW_LUA, "1", l->lease, d->consumer, ms};
-            if (rd_cmdv(d, on_lease, l, 6, argv) < 0) l->busy = false;
+            if (rd_cmdv(d, on_lease, l, 6, argv) < 0) l->busy--;
         } else {
             const char *argv[] = {"SET", l->lease, d->consumer, "NX", "PX", ms};
-            if (rd_cmdv(d, on_lease, l, 6, argv) < 0) l->busy = false;
+            if (rd_cmdv(d, on_lease, l, 6, argv) < 0) l->busy--;
         }
         return;
     }
@@ -679,9 +677,9 @@ static void lane_pump(rd_lane_t *l)
         return;
     }
     if (now < l->next_fetch) return;
-    l->busy = true;
+    l->busy++;
     const char *argv[] = {"EVAL", FETCH_LUA, "3", l->key, d->k_state, l->lease, GROUP, d->consumer};
-    if (rd_cmdv(d, on_fetch, l, 8, argv) < 0) l->busy = false;
+    if (rd_cmdv(d, on_fetch, l, 8, argv) < 0) l->busy--;
 }
 
 /* ---------------------------------------------------------------- the pump */

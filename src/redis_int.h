@@ -36,7 +36,7 @@ typedef struct rd_lane {
     char *key;            /* <prefix>:t:<target>:<lane> */
     char *lease;          /* <prefix>:lease:<target>:<lane> */
     bool owned;           /* we hold the lease */
-    bool busy;            /* a lease, fetch or finish command is outstanding */
+    unsigned busy;        /* lease, fetch and finish commands outstanding: act only at 0 */
     uint64_t next_fetch;  /* uv_now before which no fetch is tried (the lane was empty) */
     uint64_t next_lease;  /* uv_now of the next SET NX (not owned) or renewal (owned) */
     struct rd_item *head; /* the entry being delivered or waiting for its retry */

@@ -247,7 +247,7 @@ static void lost(rd_t *d, const char *why)
         t->reading = t->claiming = false;
         if (t->lanes)
             for (int i = 0; i < RD_LANES; i++)
-                t->lanes[i].busy = false; /* owned stays: the renewal after the reconnect says */
+                t->lanes[i].busy = 0; /* owned stays: the renewal after the reconnect says */
     }
     d->moving = false;
     set_unavailable(d, why);
