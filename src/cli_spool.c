@@ -2,7 +2,10 @@
  *
  * They never open the spool for writing: `spool` scans the segments read-only, and `replay`
  * hands its actions to the router through <spool_dir>/incoming/ (a file written whole, synced,
- * then renamed into place), so both are safe while a router runs. */
+ * then renamed into place), so both are safe while a router runs. With outbox = { kind =
+ * "redis" } all three work on Redis instead (hr/redis_admin.h): the dead letters of every node
+ * in <prefix>:dead, replay as new stream entries (what was replayed in <prefix>:replayed), the
+ * backlog per target. */
 #include "hr/cli_spool.h"
 
 #include <errno.h>
@@ -16,6 +19,9 @@
 #include "hr/config.h"
 #include "hr/deadletter.h"
 #include "hr/defaults.h"
+#ifdef HR_HAVE_REDIS
+#include "hr/redis_admin.h"
+#endif
 #include "hr/spool.h"
 #include "hr/spool_index.h"
 
@@ -70,6 +76,36 @@ static bool dl_matches(const hr_deadletter_t *d, const char *target, uint64_t si
     return true;
 }
 
+/* What each_dead_letter filters on and calls. */
+typedef struct {
+    const char *target;
+    uint64_t since;
+    const char *id;
+    void (*fn)(void *arg, hr_deadletter_t *d);
+    void *arg;
+    long count; /* lines that parsed */
+} dl_walk_t;
+
+/* One line (without its newline; where: its place for a message): parse, filter, fn. */
+static void dl_line(dl_walk_t *w, const char *line, size_t n, const char *where)
+{
+    hr_deadletter_t d;
+    if (hr_deadletter_parse(line, n, &d) != 0) {
+        fprintf(stderr, "hookrouter: %s: not a JSON line, skipped\n", where);
+        return;
+    }
+    w->count++;
+    if (dl_matches(&d, w->target, w->since, w->id)) w->fn(w->arg, &d);
+    hr_deadletter_free(&d);
+}
+
+#ifdef HR_HAVE_REDIS
+static void dl_redis_line(void *arg, const char *line, size_t len)
+{
+    dl_line(arg, line, len, "redis dead letter");
+}
+#endif
+
 /* Call fn for each dead letter of path that matches. Returns the lines read, or -1 with a
  * message printed (a missing file has none). */
 static long each_dead_letter(const char *path, const char *target, uint64_t since, const char *id,
@@ -84,24 +120,40 @@ static long each_dead_letter(const char *path, const char *target, uint64_t sinc
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
-    long count = 0, lineno = 0;
+    long lineno = 0;
+    dl_walk_t w = {target, since, id, fn, arg, 0};
     while ((n = getline(&line, &cap, fp)) > 0) {
         lineno++;
         while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
             line[--n] = '\0';
         if (n == 0) continue;
-        hr_deadletter_t d;
-        if (hr_deadletter_parse(line, (size_t)n, &d) != 0) {
-            fprintf(stderr, "hookrouter: %s:%ld: not a JSON line, skipped\n", path, lineno);
-            continue;
-        }
-        count++;
-        if (dl_matches(&d, target, since, id)) fn(arg, &d);
-        hr_deadletter_free(&d);
+        char where[4200];
+        snprintf(where, sizeof where, "%s:%ld", path, lineno);
+        dl_line(&w, line, (size_t)n, where);
     }
     free(line);
     fclose(fp);
-    return count;
+    return w.count;
+}
+
+/* each_dead_letter on cfg's dead letters: its file, or with outbox.kind = "redis" the stream
+ * <prefix>:dead (every node's). */
+static long each_dead_letter_in(const hr_config_t *cfg, const char *target, uint64_t since,
+                                const char *id, void (*fn)(void *arg, hr_deadletter_t *d),
+                                void *arg)
+{
+#ifdef HR_HAVE_REDIS
+    if (cfg->outbox.kind == HR_OUTBOX_REDIS) {
+        char err[512];
+        hr_redis_admin_t *r = hr_redis_admin_open(cfg, err, sizeof err);
+        dl_walk_t w = {target, since, id, fn, arg, 0};
+        long n = r ? hr_redis_admin_each_dead(r, dl_redis_line, &w, err, sizeof err) : -1;
+        hr_redis_admin_close(r);
+        if (n < 0) fprintf(stderr, "hookrouter: dead letters: %s\n", err);
+        return n < 0 ? -1 : w.count;
+    }
+#endif
+    return each_dead_letter(cfg->dead_letters, target, since, id, fn, arg);
 }
 
 /* ---- deadletters ------------------------------------------------------------------------ */
@@ -125,7 +177,7 @@ int hr_cmd_deadletters(const char *config, const char *target, const char *since
     }
     hr_config_t *cfg = load_config(config);
     if (!cfg) return 1;
-    long n = each_dead_letter(cfg->dead_letters, target, since_ms, NULL, print_dl, NULL);
+    long n = each_dead_letter_in(cfg, target, since_ms, NULL, print_dl, NULL);
     hr_config_free(cfg);
     return n < 0 ? 1 : 0;
 }
@@ -137,6 +189,7 @@ typedef struct {
     char **done; /* keys already replayed */
     size_t ndone;
     hr_buf_t file;     /* framed ACTION records */
+    hr_action_t *acts; /* the same as actions, for Redis */
     hr_buf_t enc;      /* scratch */
     char **keys;       /* keys replayed now */
     size_t nkeys;      /* ... */
@@ -204,10 +257,15 @@ static void replay_one(void *arg, hr_deadletter_t *d)
         rp->unplayable++;
         return;
     }
-    hr_buf_reset(&rp->enc);
-    hr_spool_encode_action(&rp->enc, a, 0);
-    hr_spool_frame(&rp->file, HR_REC_ACTION, rp->enc.data, rp->enc.len);
-    hr_action_free(a);
+    if (rp->cfg->outbox.kind == HR_OUTBOX_REDIS) {
+        a->next = rp->acts;
+        rp->acts = a;
+    } else {
+        hr_buf_reset(&rp->enc);
+        hr_spool_encode_action(&rp->enc, a, 0);
+        hr_spool_frame(&rp->file, HR_REC_ACTION, rp->enc.data, rp->enc.len);
+        hr_action_free(a);
+    }
     rp->keys = hr_xrealloc(rp->keys, (rp->nkeys + 1) * sizeof *rp->keys);
     rp->keys[rp->nkeys++] = hr_xstrdup(d->key);
 }
@@ -252,6 +310,53 @@ out:
     return rc;
 }
 
+/* Free what a replay_t holds. */
+static void replay_free(replay_t *rp)
+{
+    for (size_t i = 0; i < rp->ndone; i++)
+        free(rp->done[i]);
+    free(rp->done);
+    for (size_t i = 0; i < rp->nkeys; i++)
+        free(rp->keys[i]);
+    free(rp->keys);
+    hr_action_list_free(rp->acts);
+    hr_buf_free(&rp->file);
+    hr_buf_free(&rp->enc);
+}
+
+/* replay with outbox.kind = "redis": the dead letters of <prefix>:dead not in
+ * <prefix>:replayed become new entries of their streams (one MULTI with the SADDs). */
+static int replay_redis(const hr_config_t *cfg, const char *target, uint64_t since_ms,
+                        const char *id)
+{
+#ifdef HR_HAVE_REDIS
+    char err[512];
+    int status = 1;
+    replay_t rp = {.cfg = cfg};
+    hr_redis_admin_t *r = hr_redis_admin_open(cfg, err, sizeof err);
+    if (!r || hr_redis_admin_replayed(r, &rp.done, &rp.ndone, err, sizeof err) < 0) {
+        fprintf(stderr, "hookrouter replay: %s\n", err);
+        goto out;
+    }
+    if (each_dead_letter_in(cfg, target, since_ms, id, replay_one, &rp) < 0) goto out;
+    if (rp.nkeys && hr_redis_admin_replay(r, rp.acts, rp.keys, rp.nkeys, err, sizeof err) < 0) {
+        fprintf(stderr, "hookrouter replay: %s (nothing replayed)\n", err);
+        goto out;
+    }
+    printf("replayed %zu dead letters into redis %s:%d (%zu already replayed, %zu not "
+           "replayable); the routers deliver them at once\n",
+           rp.nkeys, cfg->outbox.host, cfg->outbox.port, rp.skipped, rp.unplayable);
+    status = 0;
+out:
+    hr_redis_admin_close(r);
+    replay_free(&rp);
+    return status;
+#else
+    (void)cfg, (void)target, (void)since_ms, (void)id;
+    return 1; /* the config refuses kind = "redis" without Redis support */
+#endif
+}
+
 int hr_cmd_replay(const char *config, const char *target, const char *since, const char *id)
 {
     uint64_t since_ms = 0;
@@ -262,6 +367,11 @@ int hr_cmd_replay(const char *config, const char *target, const char *since, con
     }
     hr_config_t *cfg = load_config(config);
     if (!cfg) return 1;
+    if (cfg->outbox.kind == HR_OUTBOX_REDIS) {
+        int st = replay_redis(cfg, target, since_ms, id);
+        hr_config_free(cfg);
+        return st;
+    }
     int status = 1;
     replay_t rp = {.cfg = cfg};
     char *done_path = hr_xasprintf("%s.replayed", cfg->dead_letters);
@@ -310,14 +420,7 @@ int hr_cmd_replay(const char *config, const char *target, const char *since, con
     free(incoming);
     status = 0;
 out:
-    for (size_t i = 0; i < rp.ndone; i++)
-        free(rp.done[i]);
-    free(rp.done);
-    for (size_t i = 0; i < rp.nkeys; i++)
-        free(rp.keys[i]);
-    free(rp.keys);
-    hr_buf_free(&rp.file);
-    hr_buf_free(&rp.enc);
+    replay_free(&rp);
     free(done_path);
     hr_config_free(cfg);
     return status;
@@ -405,6 +508,17 @@ int hr_cmd_spool(const char *config)
 {
     hr_config_t *cfg = load_config(config);
     if (!cfg) return 1;
+#ifdef HR_HAVE_REDIS
+    if (cfg->outbox.kind == HR_OUTBOX_REDIS) {
+        char err[512];
+        hr_redis_admin_t *r = hr_redis_admin_open(cfg, err, sizeof err);
+        int rc = r ? hr_redis_admin_report(r, err, sizeof err) : -1;
+        if (rc < 0) fprintf(stderr, "hookrouter spool: %s\n", err);
+        hr_redis_admin_close(r);
+        hr_config_free(cfg);
+        return rc < 0 ? 1 : 0;
+    }
+#endif
     sp_targets_t ts = {0};
     hr_spool_index_t *ix = hr_spool_index_create(sp_target, &ts);
     hr_spool_stats_t st;

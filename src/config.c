@@ -1060,6 +1060,114 @@ static void load_spool(loader_t *ld)
     default_schedule(c, &c->write_retry_ms, &c->nwrite_retry);
 }
 
+/* Parse outbox.url, "redis://[:password@]host[:port][/db]", into o. Returns 0, or -1 with a
+ * message in err, which never repeats the URL (it may hold the password). */
+static int parse_redis_url(hr_outbox_conf_t *o, char *err, size_t errlen)
+{
+    const char *s = o->url;
+    if (strncmp(s, "redis://", 8) != 0) {
+        snprintf(err, errlen,
+                 "expected redis://[:password@]host:port/db (the URL is not echoed: "
+                 "it may hold a password)");
+        return -1;
+    }
+    s += 8;
+    const char *at = strrchr(s, '@');
+    if (at) {
+        const char *pw = s;
+        if (*pw == ':') pw++; /* redis://:password@host, also user-less password@host */
+        o->password = hr_xstrndup(pw, (size_t)(at - pw));
+        s = at + 1;
+    }
+    const char *slash = strchr(s, '/');
+    const char *colon = memchr(s, ':', slash ? (size_t)(slash - s) : strlen(s));
+    const char *host_end = colon ? colon : slash ? slash : s + strlen(s);
+    if (host_end == s) {
+        snprintf(err, errlen, "no host after redis://");
+        return -1;
+    }
+    o->host = hr_xstrndup(s, (size_t)(host_end - s));
+    o->port = 6379;
+    if (colon) {
+        char *end;
+        long p = strtol(colon + 1, &end, 10);
+        if (end == colon + 1 || p < 1 || p > 65535 || (*end && *end != '/')) {
+            snprintf(err, errlen, "bad port \"%.*s\" (1 to 65535)", (int)strcspn(colon + 1, "/"),
+                     colon + 1);
+            return -1;
+        }
+        o->port = (int)p;
+    }
+    if (slash && slash[1]) {
+        char *end;
+        long db = strtol(slash + 1, &end, 10);
+        if (*end || db < 0 || db > 65535) {
+            snprintf(err, errlen, "bad database number \"%s\"", slash + 1);
+            return -1;
+        }
+        o->db = (uint32_t)db;
+    }
+    return 0;
+}
+
+/* outbox (value on top): { kind = "spool" } or { kind = "redis", url = ..., prefix = ...,
+ * claim_idle_ms = ..., wait_replicas = ..., wait_timeout_ms = ... }. [-0, +0, m] */
+static void load_outbox(loader_t *ld)
+{
+    static const char *const keys[] = {
+        "kind", "url", "prefix", "claim_idle_ms", "wait_replicas", "wait_timeout_ms", NULL};
+    lua_State *L = ld->L;
+    hr_outbox_conf_t *o = &ld->c->outbox;
+    if (!want_table(ld, "outbox")) return;
+    check_keys(ld, "outbox", keys);
+    char *kind = hr_xstrdup(HR_DEF_OUTBOX_KIND);
+    if (lua_getfield(L, -1, "kind") != LUA_TNIL) want_string(ld, "outbox.kind", &kind);
+    lua_pop(L, 1);
+    if (strcmp(kind, "spool") == 0) {
+        o->kind = HR_OUTBOX_SPOOL;
+    } else if (strcmp(kind, "redis") == 0) {
+        o->kind = HR_OUTBOX_REDIS;
+#ifndef HR_HAVE_REDIS
+        key_err(ld, "outbox.kind",
+                "\"redis\": this hookrouter was built without Redis support (no hiredis when "
+                "it was configured: install libhiredis-dev and rebuild)");
+#endif
+    } else {
+        key_err(ld, "outbox.kind", "expected \"spool\" or \"redis\", got \"%s\"", kind);
+    }
+    free(kind);
+    if (lua_getfield(L, -1, "url") != LUA_TNIL) want_string(ld, "outbox.url", &o->url);
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "prefix") != LUA_TNIL) {
+        want_string(ld, "outbox.prefix", &o->prefix);
+        if (!o->prefix[0] || strpbrk(o->prefix, " \t\r\n"))
+            key_err(ld, "outbox.prefix", "must be a non-empty word without spaces");
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "claim_idle_ms") != LUA_TNIL)
+        want_uint(ld, "outbox.claim_idle_ms", 100, 86400000, &o->claim_idle_ms);
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "wait_replicas") != LUA_TNIL) {
+        uint64_t v = o->wait_replicas;
+        want_uint(ld, "outbox.wait_replicas", 0, 64, &v);
+        o->wait_replicas = (uint32_t)v;
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "wait_timeout_ms") != LUA_TNIL)
+        want_uint(ld, "outbox.wait_timeout_ms", 1, 60000, &o->wait_timeout_ms);
+    lua_pop(L, 1);
+    if (o->kind != HR_OUTBOX_REDIS) {
+        if (o->url) key_err(ld, "outbox.url", "only for kind = \"redis\"");
+        return;
+    }
+    if (!o->url) {
+        key_err(ld, "outbox.url", "missing: redis://[:password@]host:port/db");
+        return;
+    }
+    char err[256];
+    if (parse_redis_url(o, err, sizeof err) != 0) key_err(ld, "outbox.url", "%s", err);
+}
+
 /* log (value on top): { level = ..., format = ... }. [-0, +0, m] */
 static void load_log(loader_t *ld)
 {
@@ -1168,6 +1276,7 @@ static void load_root(loader_t *ld)
                                        "tls",
                                        "metrics",
                                        "admin_listen",
+                                       "outbox",
                                        NULL};
     lua_State *L = ld->L;
     hr_config_t *c = ld->c;
@@ -1243,6 +1352,8 @@ static void load_root(loader_t *ld)
         want_uint(ld, "shutdown_grace_ms", 0, 3600000, &c->shutdown_grace_ms);
     lua_pop(L, 1);
     load_spool(ld);
+    if (lua_getfield(L, -1, "outbox") != LUA_TNIL) load_outbox(ld);
+    lua_pop(L, 1);
     if (lua_getfield(L, -1, "workers") != LUA_TNIL) load_workers(ld);
     lua_pop(L, 1);
     if (lua_getfield(L, -1, "log") != LUA_TNIL) load_log(ld);
@@ -1273,6 +1384,10 @@ static void set_defaults(hr_config_t *c)
     c->max_spool_bytes = HR_DEF_MAX_SPOOL_BYTES;
     c->workers = HR_DEF_WORKERS;
     c->metrics_store_labels = HR_DEF_METRICS_STORE_LABELS;
+    c->outbox.prefix = hr_xstrdup(HR_DEF_OUTBOX_PREFIX);
+    c->outbox.claim_idle_ms = HR_DEF_OUTBOX_CLAIM_IDLE_MS;
+    c->outbox.wait_replicas = HR_DEF_OUTBOX_WAIT_REPLICAS;
+    c->outbox.wait_timeout_ms = HR_DEF_OUTBOX_WAIT_TIMEOUT_MS;
 }
 
 /* Open the libraries a config may use: base (without file loading), string, table, math,
@@ -1398,6 +1513,10 @@ void hr_config_free(hr_config_t *c)
     free(c->metrics_token);
     free(c->admin_listen);
     free(c->admin_host);
+    free(c->outbox.url);
+    free(c->outbox.host);
+    free(c->outbox.password);
+    free(c->outbox.prefix);
     free(c->tls.cert_file);
     free(c->tls.key_file);
     free(c->tls.client_ca_file);

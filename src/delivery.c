@@ -6,6 +6,7 @@
 
 #include "hr/files.h"
 #include "hr/log.h"
+#include "hr/redis_outbox.h"
 
 typedef struct {
     hr_delivery_t base; /* first: the interface */
@@ -17,26 +18,29 @@ typedef struct {
 
 /* ---------------------------------------------------------------- config -> outbox */
 
+hr_target_opts_t hr_delivery_target_opts(const hr_target_conf_t *t)
+{
+    return (hr_target_opts_t){.name = t->name,
+                              .retry_ms = t->retry_ms,
+                              .nretry = t->nretry,
+                              .max_age_s = t->max_age_s,
+                              .concurrency = t->concurrency,
+                              .rate = t->rate,
+                              .ordered = t->ordered,
+                              .circuit_failures = t->circuit_failures,
+                              .circuit_probe_ms = t->circuit_probe_ms,
+                              .tls = t->tls,
+                              .proxy = t->proxy,
+                              .sign = t->sign};
+}
+
 /* The config's per-target delivery policies, as an array the caller frees (its strings point
  * into cfg). */
 static hr_outbox_target_t *outbox_targets(const hr_config_t *cfg)
 {
     hr_outbox_target_t *v = hr_xcalloc(cfg->ntargets + 1, sizeof *v);
-    for (size_t i = 0; i < cfg->ntargets; i++) {
-        const hr_target_conf_t *t = &cfg->targets[i];
-        v[i] = (hr_outbox_target_t){.name = t->name,
-                                    .retry_ms = t->retry_ms,
-                                    .nretry = t->nretry,
-                                    .max_age_s = t->max_age_s,
-                                    .concurrency = t->concurrency,
-                                    .rate = t->rate,
-                                    .ordered = t->ordered,
-                                    .circuit_failures = t->circuit_failures,
-                                    .circuit_probe_ms = t->circuit_probe_ms,
-                                    .tls = t->tls,
-                                    .proxy = t->proxy,
-                                    .sign = t->sign};
-    }
+    for (size_t i = 0; i < cfg->ntargets; i++)
+        v[i] = hr_delivery_target_opts(&cfg->targets[i]);
     return v;
 }
 
@@ -151,6 +155,9 @@ static const hr_delivery_ops_t DIRECT_OPS = {.push = direct_push,
 
 hr_delivery_t *hr_delivery_open(uv_loop_t *loop, const hr_config_t *cfg, char *err, size_t errlen)
 {
+#ifdef HR_HAVE_REDIS
+    if (cfg->outbox.kind == HR_OUTBOX_REDIS) return hr_redis_delivery_open(loop, cfg, err, errlen);
+#endif
     direct_t *dd = hr_xcalloc(1, sizeof *dd);
     dd->base.ops = &DIRECT_OPS;
     dd->files = hr_files_create();

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "hr/deadletter.h"
+#include "hr/delivery_log.h"
 #include "hr/log.h"
 #include "outbox_int.h"
 
@@ -120,14 +121,7 @@ void ob_dead_item(ob_item_t *it, const char *reason)
     if (ob_item_load(it) == 0) {
         hr_action_t *a = it->a;
         a->attempts = it->attempts;
-        bool write = a->kind == HR_ACTION_WRITE;
-        hr_log_kv(HR_LOG_ERROR, "dead-letter", HR_KV_STR("id", a->event_id),
-                  HR_KV_STR("type", a->event_type), HR_KV_STR("store", a->store),
-                  HR_KV_STR(write ? "file" : "target", a->name),
-                  !write && a->last_status > 0
-                      ? HR_KV_INT("status", a->last_status)
-                      : HR_KV_STR("error", a->last_error[0] || write ? a->last_error : "none"),
-                  HR_KV_UINT("attempts", a->attempts), HR_KV_STR("reason", reason));
+        hr_dlog_dead(a, reason);
         ob_attempt_log_t lg;
         ob_read_attempt_log(it, &lg);
         hr_buf_reset(&o->line);

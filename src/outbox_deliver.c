@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "hr/defaults.h"
+#include "hr/delivery_log.h"
 #include "hr/http_client.h"
 #include "hr/log.h"
 #include "hr/sign.h"
@@ -25,39 +26,19 @@ static void set_last_error(hr_action_t *a, const char *msg)
     a->last_error[n] = '\0';
 }
 
-static uint64_t ms_since(uint64_t wall_ms)
-{
-    uint64_t now = hr_wall_ms();
-    return now > wall_ms ? now - wall_ms : 0;
-}
-
 /* ---- Circuit breaker -------------------------------------------------------------------- */
 
 /* The target answered (delivered, or rejected: it is up). */
 static void circuit_success(ob_target_t *t)
 {
-    if (hr_circuit_success(&t->circuit) == HR_CIRCUIT_CLOSED_NOW)
-        hr_log_kv(HR_LOG_INFO, "circuit closed", HR_KV_STR("target", t->name),
-                  HR_KV_STR("reason", "the probe succeeded, delivering again"));
+    hr_dlog_circuit(t->name, hr_circuit_success(&t->circuit), &t->circuit, t->pol.circuit_probe_ms);
 }
 
 /* A retriable failure (transport error, 408, 429, 5xx). */
 static void circuit_failure(ob_target_t *t)
 {
-    switch (hr_circuit_failure(&t->circuit, &t->pol, uv_now(t->o->loop))) {
-    case HR_CIRCUIT_REOPENED:
-        hr_log_kv(HR_LOG_WARN, "circuit open", HR_KV_STR("target", t->name),
-                  HR_KV_STR("reason", "the probe failed"),
-                  HR_KV_UINT("probe_in_ms", t->pol.circuit_probe_ms));
-        break;
-    case HR_CIRCUIT_OPENED:
-        hr_log_kv(HR_LOG_WARN, "circuit open", HR_KV_STR("target", t->name),
-                  HR_KV_UINT("failures", t->circuit.fails),
-                  HR_KV_UINT("probe_every_ms", t->pol.circuit_probe_ms));
-        break;
-    case HR_CIRCUIT_SAME:
-    case HR_CIRCUIT_CLOSED_NOW: break;
-    }
+    hr_dlog_circuit(t->name, hr_circuit_failure(&t->circuit, &t->pol, uv_now(t->o->loop)),
+                    &t->circuit, t->pol.circuit_probe_ms);
 }
 
 /* ---- Retry or dead letter --------------------------------------------------------------- */
@@ -110,13 +91,7 @@ static void retry_or_dead(ob_item_t *it, const hr_target_policy_t *p, const hr_t
     it->due = now + next.wait_ms;
     it->due_wall = wall + next.wait_ms;
     record_state(it, error, it->due_wall);
-    hr_log_kv(HR_LOG_WARN, "retry", HR_KV_STR("id", a->event_id), HR_KV_STR("type", a->event_type),
-              HR_KV_STR("store", a->store),
-              HR_KV_STR(it->kind == HR_ACTION_WRITE ? "file" : "target", a->name),
-              it->last_status > 0 ? HR_KV_INT("status", it->last_status)
-                                  : HR_KV_STR("error", error),
-              HR_KV_UINT("attempts", it->attempts), HR_KV_UINT("max_attempts", it->max_attempts),
-              HR_KV_UINT("in_ms", next.wait_ms));
+    hr_dlog_retry(a, it->last_status, error, it->attempts, it->max_attempts, next.wait_ms);
     o->st.retried++;
     ob_tstats(it)->retried++;
     if (next.wait_ms > KEEP_LOADED_MS) ob_item_unload(it);
@@ -148,23 +123,14 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
         ob_maybe_drained(o);
         return;
     }
-    if (err == 0) {
-        a->last_status = res->status;
-        a->last_error[0] = '\0';
-    } else {
-        a->last_status = 0;
-        set_last_error(a, errmsg ? errmsg : uv_strerror(err));
-    }
+    char what[sizeof a->last_error + 8];
+    bool delivered = hr_target_outcome(a, err, errmsg, res, what, sizeof what);
     it->last_status = a->last_status;
     a->attempts = it->attempts;
 
-    if (err == 0 && res->status >= 200 && res->status < 300) {
+    if (delivered) {
         circuit_success(t);
-        hr_log_kv(HR_LOG_INFO, "delivered", HR_KV_STR("id", a->event_id),
-                  HR_KV_STR("type", a->event_type), HR_KV_STR("store", a->store),
-                  HR_KV_STR("action", "forward"), HR_KV_STR("target", a->name),
-                  HR_KV_INT("status", res->status), HR_KV_UINT("attempts", it->attempts),
-                  HR_KV_UINT("ms", ms_since(a->accepted_ms)));
+        hr_dlog_delivered(a, res->status, it->attempts);
         o->st.delivered++;
         ob_count_delivered(it, hr_wall_ms());
         ob_item_release(it, true);
@@ -204,19 +170,8 @@ static void start_attempt(ob_item_t *it)
     a->attempts = it->attempts;
     /* Signed now, as the target's current policy says, over the bytes this attempt sends. */
     hr_signed_headers_t sh;
-    hr_sign_request(&t->pol.sign, a->event_id, hr_wall_ms() / 1000, a->headers, a->nheaders,
-                    a->body, a->body_len, &sh);
-    hr_http_out_t req = {
-        .method = a->method ? a->method : "POST",
-        .url = a->url ? a->url : "",
-        .headers = sh.headers,
-        .nheaders = sh.nheaders,
-        .body = a->body,
-        .body_len = a->body_len,
-        .timeout_ms = a->timeout_ms ? a->timeout_ms : HR_DEF_TARGET_TIMEOUT_MS,
-        .tls = t->pol.tls, /* the target's context now, never the spool's */
-        .proxy = t->pol.proxy,
-    };
+    hr_http_out_t req;
+    hr_target_request(&t->pol, a, hr_wall_ms() / 1000, &sh, &req);
     int rc = o->http ? hr_http_client_send(o->http, &req, on_http_done, it) : UV_ECANCELED;
     hr_signed_headers_free(&sh); /* the client copied what it sends */
     if (rc < 0) {
@@ -245,9 +200,7 @@ void ob_pump(ob_target_t *t)
         switch (hr_circuit_gate(&t->circuit, now, &wait)) {
         case HR_GATE_BUSY: return; /* the probe is out */
         case HR_GATE_WAIT: uv_timer_start(&t->timer, on_target_timer, wait, 0); return;
-        case HR_GATE_PROBE:
-            hr_log_kv(HR_LOG_INFO, "circuit half-open", HR_KV_STR("target", t->name),
-                      HR_KV_STR("reason", "sending one probe"));
+        case HR_GATE_PROBE: hr_dlog_probe(t->name);
         /* fall through */
         case HR_GATE_PASS: break;
         }
@@ -323,10 +276,7 @@ void ob_deliver_write(ob_item_t *it)
         retry_or_dead(it, &o->writes, &at, err);
         return;
     }
-    hr_log_kv(HR_LOG_INFO, "delivered", HR_KV_STR("id", a->event_id),
-              HR_KV_STR("type", a->event_type), HR_KV_STR("store", a->store),
-              HR_KV_STR("action", "write"), HR_KV_STR("file", a->name),
-              HR_KV_UINT("attempts", it->attempts), HR_KV_UINT("ms", ms_since(a->accepted_ms)));
+    hr_dlog_delivered(a, 0, it->attempts);
     o->st.delivered++;
     ob_count_delivered(it, hr_wall_ms());
     ob_item_release(it, true);

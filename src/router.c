@@ -222,6 +222,7 @@ static size_t health_reasons(const hr_router_t *r, const hr_outbox_stats_t *st, 
                  (unsigned long long)st->spool.write_errors);
         add_reason(out, &n, msg);
     }
+    if (st->unavailable[0]) add_reason(out, &n, st->unavailable);
     if (r->last_reload_error || SUM(r, reload_err)) {
         if (r->last_reload_error)
             snprintf(msg, sizeof msg, "last reload failed: %s", r->last_reload_error);

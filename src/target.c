@@ -3,6 +3,7 @@
 #include "hr/target.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -140,6 +141,39 @@ hr_target_next_t hr_target_after_attempt(const hr_target_policy_t *p, const hr_t
     if (hr_target_too_old(p->max_age_s, a->accepted_ms, now_ms + wait))
         return (hr_target_next_t){.dead = "max age exceeded"};
     return (hr_target_next_t){.wait_ms = wait};
+}
+
+void hr_target_request(const hr_target_policy_t *p, const hr_action_t *a, uint64_t now_s,
+                       hr_signed_headers_t *sh, hr_http_out_t *req)
+{
+    hr_sign_request(&p->sign, a->event_id, now_s, a->headers, a->nheaders, a->body, a->body_len,
+                    sh);
+    *req = (hr_http_out_t){
+        .method = a->method ? a->method : "POST",
+        .url = a->url ? a->url : "",
+        .headers = sh->headers,
+        .nheaders = sh->nheaders,
+        .body = a->body,
+        .body_len = a->body_len,
+        .timeout_ms = a->timeout_ms ? a->timeout_ms : HR_DEF_TARGET_TIMEOUT_MS,
+        .tls = p->tls, /* the target's context now, never the stored action's */
+        .proxy = p->proxy,
+    };
+}
+
+bool hr_target_outcome(hr_action_t *a, int err, const char *errmsg, const hr_http_response_t *res,
+                       char *what, size_t whatlen)
+{
+    if (err == 0) {
+        a->last_status = res->status;
+        a->last_error[0] = '\0';
+        snprintf(what, whatlen, "status=%d", res->status);
+        return res->status >= 200 && res->status < 300;
+    }
+    a->last_status = 0;
+    snprintf(a->last_error, sizeof a->last_error, "%s", errmsg ? errmsg : uv_strerror(err));
+    snprintf(what, whatlen, "error=%s", a->last_error);
+    return false;
 }
 
 /* ---- Circuit breaker -------------------------------------------------------------------- */

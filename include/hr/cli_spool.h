@@ -3,7 +3,10 @@
  *   hookrouter deadletters -c FILE [--target T] [--since TIME]
  *   hookrouter replay -c FILE [--target T] [--since TIME] [--id ID]
  *   hookrouter spool -c FILE
- * TIME is RFC 3339 (2024-05-14T16:02:11Z) or an age such as 90s, 30m, 2h, 7d. */
+ * TIME is RFC 3339 (2024-05-14T16:02:11Z) or an age such as 90s, 30m, 2h, 7d.
+ * With outbox = { kind = "redis" } (a build with hiredis) all three work on that Redis
+ * instead of the local files (hr/redis_admin.h): the dead letters are <prefix>:dead, replay
+ * adds stream entries and records ids in <prefix>:replayed, spool reports the streams. */
 #ifndef HR_CLI_SPOOL_H
 #define HR_CLI_SPOOL_H
 

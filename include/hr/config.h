@@ -102,6 +102,24 @@ typedef struct {
     hr_tls_ctx_t *ctx;
 } hr_listen_tls_t;
 
+/* Where the outbox keeps what was accepted (issue 15). */
+typedef enum { HR_OUTBOX_SPOOL = 0, HR_OUTBOX_REDIS = 1 } hr_outbox_kind_t;
+
+/* outbox = { kind = "spool" } (the default: spool_dir on this node's disk) or { kind = "redis",
+ * url = "redis://[:password@]host:port/db", ... } (shared by several nodes: src/redis_outbox.c). */
+typedef struct {
+    hr_outbox_kind_t kind;    /* spool or redis */
+    char *url;                /* as written, NULL for the spool */
+    char *host;               /* redis: host of url */
+    int port;                 /* redis: port of url (6379 if not given) */
+    char *password;           /* redis: AUTH password, NULL: none */
+    uint32_t db;              /* redis: SELECT db */
+    char *prefix;             /* key prefix: <prefix>:t:<target>, <prefix>:delay, ... */
+    uint64_t claim_idle_ms;   /* work a consumer held this long unacknowledged is claimed */
+    uint32_t wait_replicas;   /* WAIT for this many replicas before the 200 (0: no WAIT) */
+    uint64_t wait_timeout_ms; /* WAIT's timeout */
+} hr_outbox_conf_t;
+
 /* Every value not given in the file has its default from hr/defaults.h. */
 typedef struct hr_config {
     char *file;        /* the config file as given */
@@ -136,6 +154,7 @@ typedef struct hr_config {
     int fsync_mode;             /* hr_fsync_mode_t: 0 always, 1 interval, 2 never */
     uint64_t fsync_interval_ms; /* for "interval" */
     uint64_t max_spool_bytes;   /* new webhooks get 503 beyond this */
+    hr_outbox_conf_t outbox;    /* spool (default) or redis */
     char *log_level;            /* "info" */
     char *log_format;           /* "text" or "json" */
     uint32_t workers;           /* front worker threads; 0: "auto", one per CPU */

@@ -29,10 +29,15 @@
 /* metrics */
 #define HR_DEF_METRICS_STORE_LABELS false
 /* the spool */
-#define HR_DEF_SPOOL_DIR         "var/spool" /* against the config's folder */
-#define HR_DEF_FSYNC             "always"
-#define HR_DEF_FSYNC_INTERVAL_MS 1000
-#define HR_DEF_MAX_SPOOL_BYTES   1073741824 /* 1 GiB */
+#define HR_DEF_SPOOL_DIR              "var/spool" /* against the config's folder */
+#define HR_DEF_FSYNC                  "always"
+#define HR_DEF_FSYNC_INTERVAL_MS      1000
+#define HR_DEF_MAX_SPOOL_BYTES        1073741824 /* 1 GiB */
+#define HR_DEF_OUTBOX_KIND            "spool"
+#define HR_DEF_OUTBOX_PREFIX          "hookrouter"
+#define HR_DEF_OUTBOX_CLAIM_IDLE_MS   30000
+#define HR_DEF_OUTBOX_WAIT_REPLICAS   0
+#define HR_DEF_OUTBOX_WAIT_TIMEOUT_MS 100
 
 /* ---- endpoints[path] */
 #define HR_DEF_REPLY_TIMEOUT_MS 10000

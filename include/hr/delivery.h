@@ -38,6 +38,10 @@ struct hr_delivery {
     const hr_delivery_ops_t *ops;
 };
 
+/* A configured target's delivery policy as the target policy takes it (hr/target.h; its
+ * pointers point into t). Every delivery implementation uses this one mapping. */
+hr_target_opts_t hr_delivery_target_opts(const hr_target_conf_t *t);
+
 /* Open the direct delivery for cfg on loop: its own files (write actions, dead letters of
  * undeliverable actions) and the outbox, which opens the spool, recovers what it holds and
  * starts delivering it. Returns NULL with a message in err if the spool cannot be opened. */

@@ -74,6 +74,8 @@ typedef struct {
     bool spool_full;      /* the last push was refused with the spool at max_spool_bytes, and
                              none has been taken since nor has the backlog emptied */
     hr_spool_stats_t spool;
+    char unavailable[200]; /* "" or why no event can be stored now (the Redis outbox:
+                              "redis unreachable: ..."): /readyz answers 503 with it */
 } hr_outbox_stats_t;
 
 /* Open the spool, recover what it holds and start delivering it. files (write actions and

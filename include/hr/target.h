@@ -12,7 +12,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hr/action.h"
 #include "hr/common.h"
+#include "hr/http_client.h"
 #include "hr/tls.h"
 #include "hr/sign.h"
 
@@ -103,6 +105,21 @@ typedef struct {
  * attempt with rnd. */
 hr_target_next_t hr_target_after_attempt(const hr_target_policy_t *p, const hr_target_attempt_t *a,
                                          uint64_t now_ms, uint64_t rnd);
+
+/* The request of one attempt of the forward a under p: signed as p says at now_s (unix
+ * seconds) into sh, over the bytes sent; the target's TLS context and proxy; the action's
+ * timeout (or the default). req points into a, p and sh: free sh (hr_signed_headers_free)
+ * once the request is handed to the client. */
+void hr_target_request(const hr_target_policy_t *p, const hr_action_t *a, uint64_t now_s,
+                       hr_signed_headers_t *sh, hr_http_out_t *req);
+
+/* Record the outcome of an attempt of a (the HTTP client's completion: err 0 and res, or err
+ * < 0 and errmsg, NULL: uv_strerror's) in a->last_status (0: no answer) and a->last_error
+ * ("" when answered), and
+ * write what it was for a log line into what ("status=503" or "error=connection refused").
+ * Returns true if it delivered (2xx). */
+bool hr_target_outcome(hr_action_t *a, int err, const char *errmsg, const hr_http_response_t *res,
+                       char *what, size_t whatlen);
 
 /* ---- Circuit breaker */
 

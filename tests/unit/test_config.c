@@ -1,6 +1,7 @@
 /* Unit tests for src/config.c: a table of bad config files, each of which must fail with a
  * message naming the file, the key and what is wrong with it; then a good one, whose values
  * must arrive in hr_config_t as written. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -583,6 +584,96 @@ static void test_minimal_config(void)
     hr_config_free(NULL);
 }
 
+/* outbox: the spool by default; kind = "redis" with its URL taken apart and its keys (or,
+ * in a build without hiredis, refused with that reason); bad values named by key. */
+static void test_outbox_config(void)
+{
+    write_config(CFG(""));
+    hr_errors_t errs = {0};
+    hr_config_t *c = hr_config_load(cfg_path, &errs);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_INT_EQ(c->outbox.kind, HR_OUTBOX_SPOOL);
+        CHECK_STR_EQ(c->outbox.prefix, "hookrouter");
+        CHECK_INT_EQ(c->outbox.claim_idle_ms, 30000);
+        CHECK_INT_EQ(c->outbox.wait_replicas, 0);
+        CHECK_INT_EQ(c->outbox.wait_timeout_ms, 100);
+    }
+    hr_config_free(c);
+    hr_errors_free(&errs);
+
+    write_config(CFG("outbox = { kind = \"redis\", url = \"redis://:s3cr:et@10.1.2.3:6380/2\",\n"
+                     "  prefix = \"hr1\", claim_idle_ms = 5000, wait_replicas = 1,\n"
+                     "  wait_timeout_ms = 250 },"));
+    c = hr_config_load(cfg_path, &errs);
+#ifdef HR_HAVE_REDIS
+    CHECK(c != NULL);
+    CHECK_INT_EQ(errs.n, 0);
+    if (c) {
+        CHECK_INT_EQ(c->outbox.kind, HR_OUTBOX_REDIS);
+        CHECK_STR_EQ(c->outbox.host, "10.1.2.3");
+        CHECK_INT_EQ(c->outbox.port, 6380);
+        CHECK_STR_EQ(c->outbox.password, "s3cr:et");
+        CHECK_INT_EQ(c->outbox.db, 2);
+        CHECK_STR_EQ(c->outbox.prefix, "hr1");
+        CHECK_INT_EQ(c->outbox.claim_idle_ms, 5000);
+        CHECK_INT_EQ(c->outbox.wait_replicas, 1);
+        CHECK_INT_EQ(c->outbox.wait_timeout_ms, 250);
+    }
+#else
+    CHECK(c == NULL);
+    CHECK(errs.n == 1 && strstr(errs.msgs[0], "outbox.kind: \"redis\": this hookrouter was "
+                                              "built without Redis support"));
+#endif
+    hr_config_free(c);
+    hr_errors_free(&errs);
+
+    write_config(CFG("outbox = { kind = \"redis\", url = \"redis://localhost\" },"));
+    c = hr_config_load(cfg_path, &errs);
+#ifdef HR_HAVE_REDIS
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_STR_EQ(c->outbox.host, "localhost");
+        CHECK_INT_EQ(c->outbox.port, 6379);
+        CHECK(c->outbox.password == NULL);
+        CHECK_INT_EQ(c->outbox.db, 0);
+    }
+#endif
+    hr_config_free(c);
+    hr_errors_free(&errs);
+
+    static const struct {
+        const char *text, *msg;
+    } bad[] = {
+        {"outbox = { kind = \"redis\", url = \"redis://h:99999/0\" },",
+         "outbox.url: bad port \"99999\" (1 to 65535)"},
+        {"outbox = { kind = \"redis\", url = \"redis://h:1/x\" },",
+         "outbox.url: bad database number \"x\""},
+        {"outbox = { kind = \"redis\", url = \"http://:hunter2@h\" },",
+         "outbox.url: expected redis://[:password@]host:port/db (the URL is not echoed"},
+        {"outbox = { kind = \"redis\", url = \"redis://:pw@/0\" },", "outbox.url: no host"},
+        {"outbox = { kind = \"spool\", url = \"redis://h\" },",
+         "outbox.url: only for kind = \"redis\""},
+        {"outbox = { claim_idle_ms = 5 },", "outbox.claim_idle_ms: must be between 100 and"},
+        {"outbox = { prefix = \"a b\" },", "outbox.prefix: must be a non-empty word"},
+        {"outbox = { colour = 1 },", "outbox.colour: unknown key"},
+    };
+    for (size_t i = 0; i < HR_ARRAY_SIZE(bad); i++) {
+        char *text = hr_xasprintf(CFG("%s"), bad[i].text);
+        write_config(text);
+        free(text);
+        c = hr_config_load(cfg_path, &errs);
+        CHECK(c == NULL);
+        bool found = false;
+        for (size_t k = 0; k < errs.n; k++)
+            found = found || strstr(errs.msgs[k], bad[i].msg) != NULL;
+        if (!found) fprintf(stderr, "outbox case %zu: no \"%s\" in the errors\n", i, bad[i].msg);
+        CHECK(found);
+        hr_config_free(c);
+        hr_errors_free(&errs);
+    }
+}
+
 /* The proxy each target of the config ends up with under the environment's variables. */
 static void test_proxy_env(void)
 {
@@ -652,6 +743,7 @@ int main(void)
     test_good_config();
     test_signing_config();
     test_minimal_config();
+    test_outbox_config();
     test_proxy_env();
     char *cmd = hr_xasprintf("rm -rf '%s'", dir);
     CHECK_INT_EQ(system(cmd), 0);
