@@ -17,10 +17,11 @@ return function(event)
   if forwarding then forward("sink", legacy) end
 end
 LUA
-HR_BENCH_WORKERS=${HR_BENCH_WORKERS:-1}
+HR_BENCH_WORKERS=${HR_BENCH_WORKERS:-}
 case $HR_BENCH_WORKERS in
+'') HR_BENCH_WORKERS_LUA=nil ;; # the product's default ("auto")
 auto) HR_BENCH_WORKERS_LUA='"auto"' ;;
-*[!0-9]* | '') echo "HR_BENCH_WORKERS must be a number or auto" >&2; exit 2 ;;
+*[!0-9]*) echo "HR_BENCH_WORKERS must be a number or auto" >&2; exit 2 ;;
 *) HR_BENCH_WORKERS_LUA=$HR_BENCH_WORKERS ;;
 esac
 cat >"$dir/hookrouter.lua" <<LUA
@@ -37,8 +38,8 @@ return {
   -- The runner SIGKILLs a target that takes over 5 s to stop; what is still queued then
   -- goes to the dead letters in this temporary folder.
   shutdown_grace_ms = 2000,
-  -- HR_BENCH_WORKERS: front worker threads (an integer or "auto"); 1 unless set, whatever
-  -- BENCH_WORKERS the runner passes, so a run measures what the script says.
+  -- HR_BENCH_WORKERS: front worker threads (an integer or "auto"); the product's default
+  -- unless set, whatever BENCH_WORKERS the runner passes, so a run measures what it says.
   workers = ${HR_BENCH_WORKERS_LUA},
 }
 LUA

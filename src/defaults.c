@@ -46,7 +46,7 @@ const hr_default_t hr_defaults[] = {
     {"delivery.retry_max_ms", HR_DEF_TEXT(HR_DEF_RETRY_MAX_MS)},
     {"delivery.max_connections", HR_DEF_TEXT(HR_DEF_MAX_CONNS_PER_TARGET)},
     {"shutdown_grace_ms", HR_DEF_TEXT(HR_DEF_SHUTDOWN_GRACE_MS)},
-    {"workers", HR_DEF_TEXT(HR_DEF_WORKERS)},
+    {"workers", QUOTED("auto")}, /* HR_DEF_WORKERS, 0 */
     {"spool_dir", QUOTED(HR_DEF_SPOOL_DIR)},
     {"fsync", QUOTED(HR_DEF_FSYNC)},
     {"fsync_interval_ms", HR_DEF_TEXT(HR_DEF_FSYNC_INTERVAL_MS)},

@@ -23,7 +23,7 @@
 #define HR_DEF_STORE_KEY         "storeId"
 #define HR_DEF_DEAD_LETTERS      "var/dead-letters.jsonl" /* against the config's folder */
 #define HR_DEF_SHUTDOWN_GRACE_MS 10000
-#define HR_DEF_WORKERS           1
+#define HR_DEF_WORKERS           0 /* "auto": one front loop per CPU */
 #define HR_DEF_LOG_LEVEL         "info"
 #define HR_DEF_LOG_FORMAT        "text"
 /* metrics */

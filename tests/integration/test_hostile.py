@@ -114,7 +114,7 @@ class HostileTest(VictimMixin, HRTestCase):
                           "  cache[#cache + 1] = string.rep('x', 1 << 20) .. #cache\n"
                           "  write('audit', { n = #cache })\nend\n")
         self.wd.rule("2", VICTIM)
-        r = self.router(base_config(limits={"state_memory_bytes": 8 << 20}))
+        r = self.router(base_config(limits={"state_memory_bytes": 8 << 20}, workers=1))
         statuses = [r.post("/t", {"storeId": 3}).status for _ in range(12)]
         self.assertIn(500, statuses, statuses)
         first = statuses.index(500)
@@ -140,7 +140,7 @@ class FailClosedTest(HRTestCase):
         eps = dict(ENDPOINTS)
         eps["/verify"] = {"event": "entry-code.verify", "reply_timeout_ms": 2000,
                           "fallback": {"status": 200, "body": {"status": "FAILED"}}}
-        self.wd.config(base_config(endpoints=eps))
+        self.wd.config(base_config(endpoints=eps, workers=1))  # "once per rule": per worker
         res = run_cli(["check", "-c", "hookrouter.lua"], cwd=self.wd.path)
         self.assertEqual(res.returncode, 0, res.stderr)
         self.assertRegex(res.stderr, r"warning: \S*rules/stores/5\.lua never calls respond\(\)")
@@ -198,7 +198,7 @@ TOP_LEVEL_CASES = [
     ("module-hog", {"rules/lib/hog.lua": HOG + "return {}\n",
                     "rules/stores/3.lua": "local hog = require('lib.hog')\n" + VICTIM},
      r"rules/stores/3\.lua: " + MEMORY),  # a memory error has no position: the file loading
-    ("config-loop", {"hookrouter.lua": LOOP + "return " + lua(base_config(limits=LIMITS)) + "\n"},
+    ("config-loop", {"hookrouter.lua": LOOP + "return " + lua(base_config(limits=LIMITS, workers=1)) + "\n"},
      r"hookrouter\.lua:1: the config's code exceeded its instruction budget"),
 ]
 
@@ -212,7 +212,7 @@ class TopLevelCodeTest(VictimMixin, HRTestCase):
     def good(self):
         self.wd.rule("2", VICTIM)
         self.wd.rule("3", VICTIM)
-        self.wd.config(base_config(limits=LIMITS))
+        self.wd.config(base_config(limits=LIMITS, workers=1))  # one reload line per worker
 
     def write(self, files):
         for rel, text in files.items():

@@ -20,6 +20,7 @@ class ReloadTest(HRTestCase):
     def start(self, **cfg):
         self.wd.rule(None, versioned("d1"))
         self.wd.rule("42", versioned("s1"))
+        cfg.setdefault("workers", 1)  # one loop: a reload is seen by the next request
         return self.router(base_config(**cfg))
 
     def send_and_get_v(self, r, store=42):
