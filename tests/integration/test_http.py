@@ -569,7 +569,7 @@ class HttpTest(HRTestCase):
         # most once a second), the reserve fd lets the server accept and close the waiting
         # connections (counted as refused), the listener does not spin, and service resumes
         # once descriptors are free.
-        r = self.start(limits={"max_connections": 100000})
+        r = self.start(limits={"max_connections": 100000}, workers=1)  # one reserve fd
         lim = 48
         if shutil.which("prlimit") is None:
             self.skipTest("prlimit (util-linux) is not installed")
