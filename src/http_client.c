@@ -305,7 +305,9 @@ static void req_fail_later(hr_http_req_t *r, int err, const char *msg)
     hr_http_client_t *c = r->c;
     req_detach(r);
     r->err = err;
-    snprintf(r->errmsg, sizeof r->errmsg, "%s", msg);
+    size_t n = strnlen(msg, sizeof r->errmsg - 1); /* cut to fit, as intended */
+    memcpy(r->errmsg, msg, n);
+    r->errmsg[n] = '\0';
     r->where = REQ_FAILED;
     dl_push_back(&c->failed, &r->q);
     uv_timer_stop(&r->timer);
