@@ -806,11 +806,10 @@ static void histogram_json(hr_buf_t *out, const hr_histogram_t *h)
                   (unsigned long long)atomic_load_explicit(&h->sum_us, memory_order_relaxed));
 }
 
-/* Append name's figures m: ,"pending":N,"oldest_age_ms":N,"accepted":N,... up to the lag
- * histogram (no braces). oldest: accepted_ms of its oldest unfinished action, 0 if none. */
-static void tstats_json(hr_buf_t *out, const ob_tstats_t *m, uint64_t pending, uint64_t oldest,
-                        uint64_t wall)
+void hr_target_stats_json(hr_buf_t *out, const hr_target_stats_t *m, uint64_t pending,
+                          uint64_t oldest)
 {
+    uint64_t wall = hr_wall_ms();
     hr_buf_printf(out,
                   "\"pending\":%llu,\"oldest_age_ms\":%llu,\"accepted\":%llu,"
                   "\"delivered\":%llu,\"retried\":%llu,\"dead\":%llu,\"duration\":",
@@ -835,21 +834,20 @@ static uint64_t oldest_of(const hr_outbox_t *o, const ob_target_t *t)
 void hr_outbox_targets_json(const hr_outbox_t *o, hr_buf_t *out)
 {
     static const char *const names[] = {"closed", "open", "half-open"};
-    uint64_t wall = hr_wall_ms();
     uint64_t forwards = 0;
     hr_buf_appendc(out, '{');
     for (const ob_target_t *t = o->targets; t; t = t->next) {
         hr_buf_append_json_string(out, t->name, strlen(t->name));
         hr_buf_printf(out, ":{\"circuit\":\"%s\",\"in_flight\":%u,\"queued\":%zu,",
                       names[t->circuit.state], (unsigned)t->inflight, t->live);
-        tstats_json(out, &t->m, t->live, t->live ? oldest_of(o, t) : 0, wall);
+        hr_target_stats_json(out, &t->m, t->live, t->live ? oldest_of(o, t) : 0);
         hr_buf_appends(out, "},");
         forwards += t->live;
     }
     /* the write actions, under a name no target can have ("(" is not allowed in one) */
     uint64_t writes = o->st.pending > forwards ? o->st.pending - forwards : 0;
     hr_buf_appends(out, "\"(writes)\":{");
-    tstats_json(out, &o->writes_m, writes, writes ? oldest_of(o, NULL) : 0, wall);
+    hr_target_stats_json(out, &o->writes_m, writes, writes ? oldest_of(o, NULL) : 0);
     hr_buf_appends(out, "}}");
 }
 

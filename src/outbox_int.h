@@ -29,16 +29,8 @@ typedef enum { IT_NONE = 0, IT_HEAP, IT_READY, IT_LANE, IT_FLIGHT } ob_where_t;
 struct ob_target;
 struct ob_lane;
 
-/* What /metrics reports of one target (or of the write actions, o->writes_m): written and
- * read on the outbox's loop only (hr_outbox_targets_json). */
-typedef struct {
-    uint64_t accepted;       /* actions taken in: pushed, recovered at open, replayed */
-    uint64_t delivered;      /* answered 2xx (a write: its line written) */
-    uint64_t retried;        /* attempts scheduled again */
-    uint64_t dead;           /* dead-lettered */
-    hr_histogram_t duration; /* one forward attempt, start to answer */
-    hr_histogram_t lag;      /* accepted to delivered */
-} ob_tstats_t;
+/* What /metrics reports of one target (or of the write actions, o->writes_m). */
+typedef hr_target_stats_t ob_tstats_t;
 
 /* One unfinished action. */
 typedef struct ob_item {

@@ -243,6 +243,7 @@ static void dead_item(rd_item_t *it, const char *reason)
     finish_entry(it, 1, ex, exl, exn);
     hr_buf_free(&line);
     d->st.dead++;
+    rd_tstats(it->t)->dead++;
     item_done(it);
 }
 
@@ -273,6 +274,7 @@ static void retry_or_dead(rd_item_t *it, const hr_target_policy_t *p, bool retri
     uint64_t due = wall + next.wait_ms;
     hr_dlog_retry(a, it->last_status, a->last_error, it->attempts, at.max_attempts, next.wait_ms);
     d->st.retried++;
+    rd_tstats(it->t)->retried++;
     hr_redis_encode_entry(&d->scratch, a, it->aid, it->attempts, it->last_status, due, it->log,
                           it->nlog);
     if (it->lane) {
@@ -317,6 +319,15 @@ static void circuit_success(rd_target_t *t)
     hr_dlog_circuit(t->name, hr_circuit_success(&t->circuit), &t->circuit, t->pol.circuit_probe_ms);
 }
 
+/* it was delivered now: count it and its lag (accepted to now). */
+static void count_delivered(rd_item_t *it)
+{
+    hr_target_stats_t *m = rd_tstats(it->t);
+    uint64_t now = hr_wall_ms(), acc = it->a->accepted_ms;
+    m->delivered++;
+    hr_histogram_observe(&m->lag, (now > acc ? now - acc : 0) * 1000);
+}
+
 static void attempt_over(rd_item_t *it)
 {
     rd_target_t *t = it->t;
@@ -333,6 +344,8 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
     rd_t *d = t->d;
     hr_action_t *a = it->a;
     attempt_over(it);
+    if (err != UV_ECANCELED)
+        hr_histogram_observe(&t->m.duration, (uv_hrtime() - it->started_ns) / 1000);
     if (err == UV_ECANCELED && (d->draining || d->closing)) {
         /* Cut off by shutdown: not an attempt; the entry stays pending and is claimed. */
         hr_circuit_unprobe(&t->circuit);
@@ -348,6 +361,7 @@ static void on_http_done(void *arg, int err, const char *errmsg, const hr_http_r
         circuit_success(t);
         hr_dlog_delivered(a, res->status, it->attempts);
         d->st.delivered++;
+        count_delivered(it);
         finish_entry(it, 0, NULL, NULL, NULL);
         item_done(it);
     } else {
@@ -382,6 +396,7 @@ static void deliver_write(rd_item_t *it)
     }
     hr_dlog_delivered(a, 0, it->attempts);
     d->st.delivered++;
+    count_delivered(it);
     finish_entry(it, 0, NULL, NULL, NULL);
     item_done(it);
 }
@@ -409,6 +424,7 @@ static void start_item(rd_item_t *it)
     hr_signed_headers_t sh;
     hr_http_out_t req;
     hr_target_request(&t->pol, a, hr_wall_ms() / 1000, &sh, &req);
+    it->started_ns = uv_hrtime();
     int rc = d->http ? hr_http_client_send(d->http, &req, on_http_done, it) : UV_ECANCELED;
     hr_signed_headers_free(&sh);
     if (rc < 0) {

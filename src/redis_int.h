@@ -59,6 +59,7 @@ typedef struct rd_target {
     char cursor[48];        /* XAUTOCLAIM's cursor */
     rd_lane_t *lanes;       /* RD_LANES when ordered, else NULL */
     struct rd_item *flight; /* our items in flight (linked through fnext) */
+    hr_target_stats_t m;    /* this node's figures for /metrics (forwards; writes: d->writes_m) */
 } rd_target_t;
 
 /* The commands that finish an entry (one MULTI), kept until EXEC has answered: if the
@@ -86,7 +87,9 @@ typedef struct rd_item {
     char (*logerr)[256];   /* its error strings */
     size_t nlog;           /* entries */
     bool in_flight;        /* an attempt runs */
+    uint64_t started_ns;   /* uv_hrtime of the running attempt's start */
 } rd_item_t;
+
 
 struct rd {
     hr_delivery_t base;            /* first: the interface */
@@ -114,6 +117,7 @@ struct rd {
     char *k_dead;                  /* <prefix>:dead */
     char *k_state;                 /* <prefix>:state */
     hr_outbox_stats_t st;          /* counters */
+    hr_target_stats_t writes_m;    /* the write actions' figures (this node's) for /metrics */
     uint32_t inflight;             /* attempts in flight, all targets */
     bool draining;                 /* start nothing new */
     uint64_t drain_deadline;       /* uv_now */
@@ -129,6 +133,12 @@ struct rd {
     rd_finish_t *unfinished;       /* finishes whose EXEC went unanswered: sent on reconnect */
     rd_finish_t **unfinished_tail; /* ... */
 };
+
+/* The /metrics figures it counts in: its target's, or the write actions'. */
+static inline hr_target_stats_t *rd_tstats(rd_target_t *t)
+{
+    return t->write ? &t->d->writes_m : &t->m;
+}
 
 /* ---- redis_outbox.c: commands and targets --------------------------------------------- */
 

@@ -461,6 +461,8 @@ static int rd_push(hr_delivery_t *base, hr_action_t *list, void (*cb)(void *arg,
         p->waiting++;
         rd_cmd(d, on_push_queued, p, 5, argv, lens);
         d->st.accepted++;
+        rd_target_t *t = target_get(d, a->name ? a->name : "-", a->kind == HR_ACTION_WRITE);
+        rd_tstats(t)->accepted++;
     }
     hr_action_list_free(list);
     const char *exec[] = {"EXEC"};
@@ -600,13 +602,19 @@ static void rd_stats(hr_delivery_t *base, hr_delivery_stats_cb cb, void *arg)
         if (t->write) continue;
         if (tj.len > 1) hr_buf_appendc(&tj, ',');
         hr_buf_append_json_string(&tj, t->name, strlen(t->name));
-        hr_buf_printf(&tj, ":{\"circuit\":\"%s\",\"in_flight\":%u,\"queued\":0}",
+        hr_buf_printf(&tj, ":{\"circuit\":\"%s\",\"in_flight\":%u,\"queued\":0,",
                       t->circuit.state == HR_CIRCUIT_OPEN   ? "open"
                       : t->circuit.state == HR_CIRCUIT_HALF ? "half-open"
                                                             : "closed",
                       (unsigned)t->inflight);
+        /* this node's figures; what waits in Redis is `hookrouter spool`'s (all nodes') */
+        hr_target_stats_json(&tj, &t->m, t->inflight, 0);
+        hr_buf_appendc(&tj, '}');
     }
-    hr_buf_appendc(&tj, '}');
+    if (tj.len > 1) hr_buf_appendc(&tj, ',');
+    hr_buf_appends(&tj, "\"(writes)\":{");
+    hr_target_stats_json(&tj, &d->writes_m, 0, 0);
+    hr_buf_appends(&tj, "}}");
     cb(arg, &st, tj.data);
     hr_buf_free(&tj);
 }

@@ -38,6 +38,7 @@
 
 #include "hr/action.h"
 #include "hr/files.h"
+#include "hr/metrics.h"
 #include "hr/spool.h"
 #include "hr/target.h"
 
@@ -127,6 +128,22 @@ int hr_outbox_compact(hr_outbox_t *o);
  * {"buckets":[count per bucket, the last above the largest bound],"sum_us":N}; duration is
  * one forward attempt, lag accepted to delivered. */
 void hr_outbox_targets_json(const hr_outbox_t *o, hr_buf_t *out);
+
+/* One target's figures for /metrics (or the write actions'), as an outbox counts them: on its
+ * loop only, read there by the targets JSON. */
+typedef struct {
+    uint64_t accepted;       /* actions taken in: pushed, recovered at open, replayed */
+    uint64_t delivered;      /* answered 2xx (a write: its line written) */
+    uint64_t retried;        /* attempts scheduled again */
+    uint64_t dead;           /* dead-lettered */
+    hr_histogram_t duration; /* one forward attempt, start to answer */
+    hr_histogram_t lag;      /* accepted to delivered */
+} hr_target_stats_t;
+/* Append m as the targets JSON's fields (no braces): "pending":N,"oldest_age_ms":N,
+ * "accepted":N,"delivered":N,"retried":N,"dead":N,"duration":H,"lag":H. oldest: accepted_ms
+ * (wall) of the oldest unfinished action, 0 if none or not known. */
+void hr_target_stats_json(hr_buf_t *out, const hr_target_stats_t *m, uint64_t pending,
+                          uint64_t oldest);
 /* Shutdown: start no attempt due after now + grace_ms; when nothing is in flight any more, or
  * at the deadline (in-flight requests are then cancelled), stop. What is not delivered stays
  * in the spool for the next start. Then cb runs. Pushes still work until close. */

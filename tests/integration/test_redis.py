@@ -396,6 +396,26 @@ class RedisOutboxTest(HRTestCase):
         self.assertEqual(sorted(x["n"] for x in self.wd.jsonl("var/audit.jsonl")), list(range(5)))
         self.assertTrue(wait_until(lambda: sorted(self.delivered(snk)) == list(range(5)), 5))
         self.assertEqual(self.redis.cmd("XLEN", "hrt:f:audit"), 0)  # acknowledged and deleted
+        # /metrics counts this node's deliveries from Redis as the spool outbox counts its own
+        m = self.metrics(r)
+        for tgt in ("pos", "(writes)"):
+            self.assertEqual(m['hookrouter_actions_accepted_total{target="%s"}' % tgt], 5, tgt)
+            self.assertEqual(m['hookrouter_deliveries_total{target="%s",result="delivered"}'
+                               % tgt], 5, tgt)
+            self.assertEqual(m['hookrouter_queue_pending{target="%s"}' % tgt], 0, tgt)
+        self.assertEqual(m['hookrouter_delivery_duration_seconds_count{target="pos"}'], 5)
+        self.assertEqual(m['hookrouter_delivery_lag_seconds_count{target="pos"}'], 5)
+
+    def metrics(self, r):
+        """GET /metrics as {'name{labels}': value}."""
+        resp = r.request("GET", "/metrics", token=None)
+        self.assertEqual(resp.status, 200)
+        out = {}
+        for line in resp.body.decode().splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+        return out
 
     def test_circuit_opens_per_node_and_closes_when_the_target_is_back(self):
         snk = self.sink(down=True)
