@@ -88,7 +88,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                         body_len,
                         "2026-01-01T00:00:00.000Z",
                         1767225600000ull,
-                        1};
+                        1,
+                        false};
     for (int round = 0; round < 2; round++) { /* twice: state kept between events */
         hr_run_result_t res;
         memset(&res, 0, sizeof res);
