@@ -1,12 +1,12 @@
 /* JSON <-> Lua, exact both ways (see include/hr/json.h for the mapping).
  *
- * Decoding: one pass over the text validates it per RFC 8259 (strict where cJSON was lax:
- * numbers out of range, leading zeros, raw control bytes, whitespace other than the four,
- * bad \u hex), names the first error exactly, and builds the Lua values as it goes: a string
- * without escapes is pushed straight from the text, an integer token is read exactly, any
- * other number with strtod. The elements of an open container wait on the Lua stack and move
- * into a table made at their exact count when it closes (bounded: past HR_JSON_PENDING slots
- * they move early), so no table is resized and no tree is built in between.
+ * Decoding: validate() checks the text per RFC 8259 (strict where cJSON was lax: numbers out
+ * of range, leading zeros, raw control bytes, whitespace other than the four, bad \u hex),
+ * names the first error exactly, and records a tape of the containers (start, end, element
+ * count, the next container after each) and of the strings (length, escape bit). fill() then
+ * makes one table at its exact size from the tape, its containers filled in turn (eager) or
+ * left as empty lazy tables that fill themselves on first use (hr_json_decode_lazy: a rule
+ * pays for the parts of a body it reads). See "lazy tables" below.
  *
  * Encoding: straight into an hr_buf_t, no intermediate tree. The path of the value being
  * encoded lives in a chain of frames on the C stack and is only formatted on error.
@@ -32,9 +32,10 @@
 #define HR_JSON_KEEP_BUF (64 * 1024)
 
 /* Registry keys: only their addresses matter. */
-static const char null_key = 'n';  /* json.null sentinel (a full userdata) */
-static const char array_key = 'a'; /* metatable that marks a table as a JSON array */
-static const char buf_key = 'b';   /* userdata holding the per-state encode buffer */
+static const char null_key = 'n';    /* json.null sentinel (a full userdata) */
+static const char array_key = 'a';   /* metatable that marks a table as a JSON array */
+static const char buf_key = 'b';     /* userdata holding the per-state encode buffer */
+static const char scratch_key = 's'; /* userdata holding the lazy fill's string buffer */
 
 /* ================================================================ per-state values */
 
@@ -84,12 +85,12 @@ static void push_array_mt(lua_State *L)
     lua_rawsetp(L, LUA_REGISTRYINDEX, &array_key);
 }
 
-/* Return the per-state encode buffer, creating it on first use. The buffer belongs to a
- * userdata in the registry whose __gc frees it, so a Lua error raised while it holds data
- * leaks nothing. [-0, +0, m] */
-static hr_buf_t *state_buf(lua_State *L)
+/* Return the per-state buffer under key (the encode buffer, the lazy fill's scratch),
+ * creating it on first use. The buffer belongs to a userdata in the registry whose __gc
+ * frees it, so a Lua error raised while it holds data leaks nothing. [-0, +0, m] */
+static hr_buf_t *state_buf(lua_State *L, const char *key)
 {
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &buf_key) == LUA_TUSERDATA) {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TUSERDATA) {
         hr_buf_t *b = lua_touserdata(L, -1);
         lua_pop(L, 1); /* the registry keeps it alive */
         return b;
@@ -101,7 +102,7 @@ static hr_buf_t *state_buf(lua_State *L)
     lua_pushcfunction(L, buf_gc);
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &buf_key);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, key);
     return b;
 }
 
@@ -175,6 +176,17 @@ static bool scan_fail(scan_t *sc, size_t pos, const char *fmt, ...)
     return false;
 }
 
+/* Nonzero if one of the eight bytes in x is not plain string content: below 0x20, '"', '\\'
+ * or 0x80 and up (the usual SWAR tests: a byte b < n sets the top bit of (b - n) & ~b, and
+ * b == c is b ^ c < 1). */
+static inline uint64_t swar_special(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ULL, tops = 0x8080808080808080ULL;
+    uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+    uint64_t ctl = (x - ones * 0x20) & ~x, quote = (q - ones) & ~q, bslash = (b - ones) & ~b;
+    return (ctl | quote | bslash | x) & tops;
+}
+
 /* Check the string whose opening quote is at *i, per RFC 8259 section 7: no raw bytes below
  * 0x20, only the escapes \" \\ \/ \b \f \n \r \t \uXXXX, a \u escape of a UTF-16 surrogate
  * only as a high-low pair (a lone surrogate has no UTF-8 form: rejected, as RFC 8259 section
@@ -194,6 +206,18 @@ static bool scan_string(const char *s, size_t len, size_t *i, scan_t *sc)
     size_t p = *i + 1;
     sc->esc = false;
     for (;;) {
+        while (p + 8 <= len) { /* eight bytes at a time while none needs a look */
+            uint64_t x;
+            memcpy(&x, u + p, 8);
+            uint64_t m = swar_special(x);
+            if (m) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+                p += (size_t)__builtin_ctzll(m) >> 3; /* the first such byte: its flag is exact */
+#endif
+                break;
+            }
+            p += 8;
+        }
         while (p < len && plain[u[p]])
             p++;
         if (p >= len) return scan_fail(sc, len, "%s", "");
@@ -336,7 +360,7 @@ static void parse_error(const char *text, size_t len, size_t pos, const char *re
              what);
 }
 
-/* ================================================================ decoding: the build */
+/* ================================================================ decoding: strings */
 
 /* Append code point cp to b as UTF-8. */
 static void append_utf8(hr_buf_t *b, unsigned long cp)
@@ -408,77 +432,167 @@ static void unescape(hr_buf_t *b, const char *text, size_t len, size_t off)
     }
 }
 
-/* One open array or object of a decode. Its elements (an object: key, value, key, ...) wait
- * on the Lua stack above its slot until it closes, so that its table is made at its final
- * size in one go; past HR_JSON_PENDING of them they move into the table early (made then). */
+/* ================================================================ decoding: validation */
+
+/* One array or object of a validated text, in document order (a container comes before the
+ * containers inside it, so those are the ordinals up to its `next`). */
 typedef struct {
-    int slot;   /* stack slot of the table (nil until it is made) */
-    int set;    /* elements (an object: pairs) already in the table */
-    bool made;  /* the table exists */
-    bool array; /* an array, else an object */
-} open_t;
+    uint32_t start;   /* offset of its '[' or '{' */
+    uint32_t end;     /* offset just past its ']' or '}' */
+    uint32_t count;   /* its elements (an object: its key/value pairs, repeats included) */
+    uint32_t next;    /* ordinal of the first container after it (past all inside it) */
+    uint32_t str0;    /* index (in tape_t.str) of the first string inside it */
+    uint32_t str_end; /* index of the first string after it */
+} node_t;
 
-/* Stack slots a container may hold before they move into its table. */
-#define HR_JSON_PENDING 512
-
-/* State of one decode of text into Lua values. */
+/* What validate() records of a text: its containers, and for every string (keys too, in
+ * document order) its length between the quotes << 1, | 1 if it holds an escape; so the
+ * build never scans a string again. */
 typedef struct {
-    const char *text;               /* the JSON text */
-    size_t len;                     /* its length */
-    scan_t sc;                      /* the error, once one is found */
-    bool failed;                    /* the text is not valid JSON (sc says why) */
-    hr_buf_t scratch;               /* strings with escapes, decoded */
-    int null_idx;                   /* stack slot of json.null */
-    int mt_idx;                     /* stack slot of the array marker */
-    open_t open[HR_JSON_MAX_DEPTH]; /* the containers open at the current position */
-} dec_t;
+    node_t *v;
+    uint32_t n, cap;
+    uint32_t *str;
+    uint32_t nstr, strcap;
+    node_t local[32]; /* small documents need no malloc */
+    uint32_t local_str[256];
+} tape_t;
 
-/* Move the elements waiting above the slot of o into its table, making it first (sized for
- * what waits when it is final). Raises on out-of-memory. [-k, +0, m] */
-static void flush_open(lua_State *L, const dec_t *d, open_t *o, bool final)
+static void tape_init(tape_t *t)
 {
-    int top = lua_gettop(L), k = top - o->slot;
-    if (!o->made) {
-        int hint = final ? k : 2 * k;
-        if (o->array)
-            lua_createtable(L, hint, 0);
-        else
-            lua_createtable(L, 0, hint / 2);
-        if (o->array) {
-            lua_pushvalue(L, d->mt_idx);
-            lua_setmetatable(L, -2);
-        }
-        lua_replace(L, o->slot);
-        o->made = true;
-    }
-    if (o->array) {
-        for (int i = 1; i <= k; i++) {
-            lua_pushvalue(L, o->slot + i);
-            lua_rawseti(L, o->slot, ++o->set);
-        }
-    } else {
-        /* in document order: a repeated key keeps its last value, as cJSON's tree did */
-        for (int i = 1; i + 1 <= k; i += 2) {
-            lua_pushvalue(L, o->slot + i);
-            lua_pushvalue(L, o->slot + i + 1);
-            lua_rawset(L, o->slot);
-            o->set++;
-        }
-    }
-    lua_settop(L, o->slot);
+    t->v = t->local;
+    t->n = 0;
+    t->cap = HR_ARRAY_SIZE(t->local);
+    t->str = t->local_str;
+    t->nstr = 0;
+    t->strcap = HR_ARRAY_SIZE(t->local_str);
 }
 
-/* Push the string whose opening quote is at s[start] and whose closing quote is at
- * s[end - 1], decoding escapes when it has any. [-0, +1, m] */
-static void push_token_string(lua_State *L, dec_t *d, size_t start, size_t end, bool esc)
+static void tape_free(tape_t *t)
 {
-    if (!esc) {
-        lua_pushlstring(L, d->text + start + 1, end - start - 2);
-        return;
-    }
-    unescape(&d->scratch, d->text, d->len, start);
-    lua_pushlstring(L, d->scratch.data ? d->scratch.data : "", d->scratch.len);
+    if (t->v != t->local) free(t->v);
+    if (t->str != t->local_str) free(t->str);
 }
+
+/* Double the array *v of *cap elements of size elem (local: its first, in-struct storage). */
+static void tape_grow(void **v, const void *local, uint32_t *cap, size_t elem)
+{
+    void *nv = *v == local ? hr_xmalloc((size_t)*cap * 2 * elem)
+                           : hr_xrealloc(*v, (size_t)*cap * 2 * elem);
+    if (*v == local) memcpy(nv, local, (size_t)*cap * elem);
+    *v = nv;
+    *cap *= 2;
+}
+
+static uint32_t tape_add(tape_t *t, size_t start)
+{
+    if (t->n == t->cap) tape_grow((void **)&t->v, t->local, &t->cap, sizeof *t->v);
+    t->v[t->n] = (node_t){.start = (uint32_t)start, .str0 = t->nstr};
+    return t->n++;
+}
+
+/* Record the string that opened at start and closed just before end. */
+static void tape_str(tape_t *t, size_t start, size_t end, bool esc)
+{
+    if (t->nstr == t->strcap) tape_grow((void **)&t->str, t->local_str, &t->strcap, 4);
+    t->str[t->nstr++] = (uint32_t)(end - start - 2) << 1 | esc;
+}
+
+/* Validate the text as one JSON value per RFC 8259 (whitespace only space, tab, LF and CR; a
+ * leading UTF-8 byte order mark is skipped, as section 8.1 allows) and record its containers
+ * in tape. No Lua: nothing is built yet. Returns true with *root at the first byte of the
+ * value, or false with sc set at the first error. */
+/* 1 for the four whitespace bytes of RFC 8259. */
+static const unsigned char json_ws[256] = {[' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1};
+
+static bool validate(const char *s, size_t len, tape_t *tape, size_t *root, scan_t *sc)
+{
+    enum { VALUE, FIRST_VALUE, KEY, FIRST_KEY, AFTER } state = VALUE;
+    uint32_t open[HR_JSON_MAX_DEPTH]; /* ordinals of the containers open here */
+    bool array[HR_JSON_MAX_DEPTH];    /* which of them are arrays */
+    int depth = 0;
+    sc->what[0] = '\0';
+    size_t i = len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
+    for (;;) {
+        while (i < len && json_ws[(unsigned char)s[i]])
+            i++;
+        if (i >= len) {
+            if (state == AFTER && depth == 0) return true;
+            return scan_fail(sc, len, "%s", "");
+        }
+        char c = s[i];
+        switch (state) {
+        case FIRST_KEY:
+        case KEY: {
+            if (state == FIRST_KEY && c == '}') goto close;
+            if (c != '"') return scan_fail(sc, i, "%s", "");
+            size_t start = i;
+            if (!scan_string(s, len, &i, sc)) return false;
+            tape_str(tape, start, i, sc->esc);
+            while (i < len && json_ws[(unsigned char)s[i]]) /* then the colon */
+                i++;
+            if (i >= len) return scan_fail(sc, len, "%s", "");
+            if (s[i] != ':') return scan_fail(sc, i, "%s", "");
+            i++;
+            state = VALUE;
+            break;
+        }
+        case AFTER: {
+            if (depth == 0) return scan_fail(sc, i, "trailing characters after the value");
+            if (c == ',') {
+                i++;
+                state = array[depth - 1] ? VALUE : KEY;
+                break;
+            }
+            if (c != (array[depth - 1] ? ']' : '}')) return scan_fail(sc, i, "%s", "");
+        }
+        close : {
+            node_t *o = &tape->v[open[--depth]];
+            o->end = (uint32_t)(i + 1);
+            o->next = tape->n;
+            o->str_end = tape->nstr;
+            i++;
+            state = AFTER;
+            if (depth > 0) tape->v[open[depth - 1]].count++;
+            break;
+        }
+        case FIRST_VALUE:
+        case VALUE:
+            if (state == FIRST_VALUE && c == ']') goto close;
+            if (depth == 0) *root = i;
+            state = AFTER;
+            if (c == '"') {
+                size_t start = i;
+                if (!scan_string(s, len, &i, sc)) return false;
+                tape_str(tape, start, i, sc->esc);
+            } else if (c == '-' || c == '+' || c == '.' || is_digit(c)) {
+                if (!scan_number(s, len, &i, sc)) return false;
+            } else if (c == '[' || c == '{') {
+                if (depth >= HR_JSON_MAX_DEPTH)
+                    return scan_fail(sc, i, "nesting too deep (more than %d levels)",
+                                     HR_JSON_MAX_DEPTH);
+                array[depth] = c == '[';
+                open[depth++] = tape_add(tape, i);
+                i++;
+                state = c == '[' ? FIRST_VALUE : FIRST_KEY;
+                break;
+            } else {
+                const char *lit = c == 't' ? "true" : c == 'f' ? "false" : c == 'n' ? "null" : "";
+                size_t n = strlen(lit), have = len - i;
+                if (n && have >= n && memcmp(s + i, lit, n) == 0) {
+                    i += n;
+                } else if (n && have < n && memcmp(s + i, lit, have) == 0) {
+                    return scan_fail(sc, len, "%s", ""); /* a literal cut short */
+                } else {
+                    return scan_fail(sc, i, "%s", "");
+                }
+            }
+            if (depth > 0) tape->v[open[depth - 1]].count++;
+            break;
+        }
+    }
+}
+
+/* ================================================================ decoding: the build */
 
 /* Push the number token s[start..end) (valid per scan_number()): an integer token that fits
  * in int64 as an integer, anything else as the double strtod reads. [-0, +1, -] */
@@ -514,156 +628,554 @@ static void push_token_number(lua_State *L, const char *s, size_t start, size_t 
         lua_pushinteger(L, -(lua_Integer)v);
 }
 
-/* Validate the text as one JSON value per RFC 8259 (whitespace only space, tab, LF and CR; a
- * leading UTF-8 byte order mark is skipped, as section 8.1 allows) and build its Lua value
- * in the same pass. Returns true with the value pushed, or false with d->sc set at the first
- * error (the stack is then left as it is: the caller drops it). Raises on out-of-memory or
- * a Lua stack overflow. [-0, +(1|k), m] */
-static bool build(lua_State *L, dec_t *d)
+/* A validated text and its containers. For a lazy decode it lives in one block a box_t holds
+ * (this struct, the text copied in, the nodes, the map from lazy tables to their nodes),
+ * which the decode's lazy metatable keeps alive; for an eager one, on the C stack over the
+ * caller's text. */
+typedef struct {
+    const char *text;
+    size_t len;
+    const node_t *node;
+    uint32_t nnodes;
+    const uint32_t *str; /* the strings' lengths and escape bits (tape_t.str) */
+    uint32_t mapmask;    /* map size - 1 (lazy only) */
+    struct lazy_slot {
+        const void *table; /* lua_topointer() of a lazy table, NULL for a free slot */
+        uint32_t node;
+    } * map;
+    uint32_t *fills;   /* counts the lazy fills of this document (NULL: not counted) */
+    hr_buf_t *scratch; /* strings with escapes, decoded */
+    int null_idx;      /* stack slot of json.null during a fill */
+    int mt_idx;        /* stack slot of the array marker during a fill */
+    int lazy_idx;      /* stack slot of the lazy metatable during a fill (0: eager) */
+} doc_t;
+
+static uint32_t map_hash(const void *p)
 {
-    enum { VALUE, FIRST_VALUE, KEY, FIRST_KEY, COLON, AFTER } state = VALUE;
-    const char *s = d->text;
-    size_t len = d->len;
-    scan_t *sc = &d->sc;
-    int depth = 0;
-    sc->what[0] = '\0';
-    size_t i = len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
-    for (;;) {
-        while (i < len && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t'))
-            i++;
-        if (i >= len) {
-            if (state == AFTER && depth == 0) return true;
-            return scan_fail(sc, len, "%s", "");
-        }
-        char c = s[i];
-        switch (state) {
-        case FIRST_KEY:
-        case KEY: {
-            if (state == FIRST_KEY && c == '}') goto close;
-            if (c != '"') return scan_fail(sc, i, "%s", "");
-            size_t start = i;
-            if (!scan_string(s, len, &i, sc)) return false;
-            push_token_string(L, d, start, i, sc->esc);
-            state = COLON;
-            break;
-        }
-        case COLON:
-            if (c != ':') return scan_fail(sc, i, "%s", "");
-            i++;
-            state = VALUE;
-            break;
-        case AFTER: {
-            if (depth == 0) return scan_fail(sc, i, "trailing characters after the value");
-            open_t *o = &d->open[depth - 1];
-            char want = o->array ? ']' : '}';
-            if (c == ',') {
-                i++;
-                state = o->array ? VALUE : KEY;
-                break;
-            }
-            if (c != want) return scan_fail(sc, i, "%s", "");
-        }
-        close:
-            flush_open(L, d, &d->open[depth - 1], !d->open[depth - 1].made);
-            depth--;
-            i++;
-            state = AFTER;
-            break;
-        case FIRST_VALUE:
-        case VALUE: {
-            if (state == FIRST_VALUE && c == ']') goto close;
-            state = AFTER;
-            size_t start = i;
-            if (c == '"') {
-                if (!scan_string(s, len, &i, sc)) return false;
-                push_token_string(L, d, start, i, sc->esc);
-            } else if (c == '-' || c == '+' || c == '.' || is_digit(c)) {
-                if (!scan_number(s, len, &i, sc)) return false;
-                push_token_number(L, s, start, i);
-            } else if (c == '[' || c == '{') {
-                if (depth >= HR_JSON_MAX_DEPTH)
-                    return scan_fail(sc, i, "nesting too deep (more than %d levels)",
-                                     HR_JSON_MAX_DEPTH);
-                luaL_checkstack(L, HR_JSON_PENDING + 8, "JSON nesting");
-                lua_pushnil(L); /* the table's slot */
-                d->open[depth++] = (open_t){.slot = lua_gettop(L), .array = c == '['};
-                i++;
-                state = c == '[' ? FIRST_VALUE : FIRST_KEY;
-                break;
-            } else {
-                const char *lit = c == 't' ? "true" : c == 'f' ? "false" : c == 'n' ? "null" : "";
-                size_t n = strlen(lit), have = len - i;
-                if (n && have >= n && memcmp(s + i, lit, n) == 0) {
-                    i += n;
-                } else if (n && have < n && memcmp(s + i, lit, have) == 0) {
-                    return scan_fail(sc, len, "%s", ""); /* a literal cut short */
-                } else {
-                    return scan_fail(sc, i, "%s", "");
-                }
-                if (c == 'n')
-                    lua_pushvalue(L, d->null_idx);
-                else
-                    lua_pushboolean(L, c == 't');
-            }
-            /* a value is complete: keep what waits on the stack bounded */
-            if (depth > 0 && lua_gettop(L) - d->open[depth - 1].slot >= HR_JSON_PENDING)
-                flush_open(L, d, &d->open[depth - 1], false);
-            break;
-        }
+    uint64_t h = (uint64_t)(uintptr_t)p * 0x9E3779B97F4A7C15ULL;
+    return (uint32_t)(h >> 32);
+}
+
+/* Record that the lazy table at p is node (a table freed and its address reused by a later
+ * one of the same document overwrites its slot). */
+static void map_put(doc_t *d, const void *p, uint32_t node)
+{
+    for (uint32_t k = map_hash(p) & d->mapmask;; k = (k + 1) & d->mapmask) {
+        if (d->map[k].table == NULL || d->map[k].table == p) {
+            d->map[k] = (struct lazy_slot){.table = p, .node = node};
+            return;
         }
     }
 }
 
-/* Protected part of decoding: builds the value of the dec_t given as a light userdata.
- * Returns it, or nothing with d->failed set when the text is not valid JSON. Raises on
- * out-of-memory or a Lua stack overflow. [-1, +(1|0), m] */
-static int decode_main(lua_State *L)
+/* The node of the lazy table at p, or UINT32_MAX. */
+static uint32_t map_get(const doc_t *d, const void *p)
 {
-    dec_t *d = lua_touserdata(L, 1);
+    for (uint32_t k = map_hash(p) & d->mapmask;; k = (k + 1) & d->mapmask) {
+        if (d->map[k].table == p) return d->map[k].node;
+        if (d->map[k].table == NULL) return UINT32_MAX;
+    }
+}
+
+/* Where a build is in its text: the byte, and the index of the next string on the tape. */
+typedef struct {
+    size_t i;
+    uint32_t si;
+} cur_t;
+
+/* Push the string whose opening quote is at c->i (its length and escape bit from the tape),
+ * decoding escapes when it has any; moves past it. [-0, +1, m] */
+static void push_string(lua_State *L, const doc_t *d, cur_t *c)
+{
+    uint32_t le = d->str[c->si++];
+    size_t start = c->i, n = le >> 1;
+    c->i = start + n + 2;
+    if (!(le & 1)) {
+        lua_pushlstring(L, d->text + start + 1, n);
+        return;
+    }
+    unescape(d->scratch, d->text, d->len, start);
+    lua_pushlstring(L, d->scratch->data ? d->scratch->data : "", d->scratch->len);
+}
+
+static void fill(lua_State *L, doc_t *d, int t, uint32_t ord);
+
+/* Push the value at c->i (valid, no leading whitespace) and move past it; a container is the
+ * node ord: made lazy, or filled now. [-0, +1, m] */
+static void push_value(lua_State *L, doc_t *d, cur_t *c, uint32_t ord)
+{
+    const char *s = d->text;
+    char ch = s[c->i];
+    if (ch == '"') {
+        push_string(L, d, c);
+    } else if (ch == '[' || ch == '{') {
+        const node_t *n = &d->node[ord];
+        if (ch == '[')
+            lua_createtable(L, (int)n->count, 0);
+        else
+            lua_createtable(L, 0, (int)n->count);
+        if (d->lazy_idx) {
+            lua_pushvalue(L, d->lazy_idx);
+            lua_setmetatable(L, -2);
+            map_put(d, lua_topointer(L, -1), ord);
+        } else {
+            fill(L, d, lua_gettop(L), ord);
+        }
+        c->i = n->end;
+        c->si = n->str_end;
+    } else if (ch == 't' || ch == 'f') {
+        lua_pushboolean(L, ch == 't');
+        c->i += ch == 't' ? 4 : 5;
+    } else if (ch == 'n') {
+        lua_pushvalue(L, d->null_idx);
+        c->i += 4;
+    } else {
+        size_t start = c->i;
+        while (c->i < d->len && is_num_byte((unsigned char)s[c->i])) /* a root number ends it */
+            c->i++;
+        push_token_number(L, s, start, c->i);
+    }
+}
+
+static void skip_ws(const char *s, size_t *i)
+{
+    while (json_ws[(unsigned char)s[*i]])
+        ++*i;
+}
+
+/* Fill the empty table at t (absolute) with the elements of node ord: scalars as Lua values,
+ * containers lazy (d->lazy_idx) or filled in turn. Then give it the metatable it has as a
+ * decoded value: the array marker, or none. Raises on out-of-memory. [-0, +0, m] */
+static void fill(lua_State *L, doc_t *d, int t, uint32_t ord)
+{
+    luaL_checkstack(L, 4, "JSON nesting");
+    const char *s = d->text;
+    const node_t *n = &d->node[ord];
+    bool array = s[n->start] == '[';
+    uint32_t child = ord + 1; /* the next container inside, in document order */
+    cur_t c = {.i = n->start + 1, .si = n->str0};
+    for (uint32_t k = 0; k < n->count; k++) {
+        skip_ws(s, &c.i);
+        if (s[c.i] == ',') {
+            c.i++;
+            skip_ws(s, &c.i);
+        }
+        if (!array) {
+            push_string(L, d, &c);
+            skip_ws(s, &c.i);
+            c.i++; /* the colon */
+            skip_ws(s, &c.i);
+        }
+        bool container = s[c.i] == '[' || s[c.i] == '{';
+        push_value(L, d, &c, child);
+        if (container) child = d->node[child].next;
+        if (array)
+            lua_rawseti(L, t, (lua_Integer)k + 1);
+        else
+            lua_rawset(L, t); /* in document order: a repeated key keeps its last value */
+    }
+    if (array)
+        lua_pushvalue(L, d->mt_idx);
+    else
+        lua_pushnil(L);
+    lua_setmetatable(L, t);
+}
+
+/* Arguments of the protected part of a decode. */
+typedef struct {
+    doc_t doc;
+    const tape_t *tape;
+    size_t root; /* offset of the value */
+    bool lazy;
+} build_t;
+
+/* What holds a lazy decode's document: a full userdata (kept alive by the document's lazy
+ * metatable) whose __gc frees it. The document itself comes from the state's allocator, so
+ * it counts against a rule's memory cap, but not from the collector: a body's copy would
+ * otherwise count as new Lua memory and make every collection come that much sooner. */
+typedef struct {
+    doc_t *doc;
+    size_t size;
+} box_t;
+
+static const char box_key = 'd'; /* registry: the metatable of boxes */
+
+/* __gc of a box: frees its document. [-0, +0, -] */
+static int box_gc(lua_State *L)
+{
+    box_t *box = lua_touserdata(L, 1);
+    if (box && box->doc) {
+        void *ud;
+        lua_Alloc alloc = lua_getallocf(L, &ud);
+        alloc(ud, box->doc, box->size, 0);
+        box->doc = NULL;
+    }
+    return 0;
+}
+
+/* Push a new empty box. [-0, +1, m] */
+static box_t *push_box(lua_State *L)
+{
+    box_t *box = lua_newuserdatauv(L, sizeof *box, 0);
+    *box = (box_t){0};
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &box_key) == LUA_TNIL) {
+        lua_pop(L, 1); /* drop nil */
+        lua_createtable(L, 0, 1);
+        lua_pushcfunction(L, box_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &box_key);
+    }
+    lua_setmetatable(L, -2);
+    return box;
+}
+
+/* Registry key of the light userdata that marks a lazy metatable (only its address matters);
+ * the metatable holds it at [2] and the document's userdata at [1]. */
+static const char lazy_key = 'z';
+
+static int l_lazy_index(lua_State *L);
+static int l_lazy_newindex(lua_State *L);
+static int l_lazy_len(lua_State *L);
+static int l_lazy_pairs(lua_State *L);
+
+/* Protected part of decoding: builds the value of the validated text of the build_t given
+ * as a light userdata and returns it. Raises on out-of-memory. [-1, +1, m] */
+static int build_main(lua_State *L)
+{
+    build_t *b = lua_touserdata(L, 1);
+    doc_t *d = &b->doc;
     hr_json_push_null(L);
     d->null_idx = lua_gettop(L);
     push_array_mt(L);
     d->mt_idx = lua_gettop(L);
-    if (!build(L, d)) {
-        d->failed = true;
-        return 0;
+    char c = d->text[b->root];
+    if (b->lazy && (c == '[' || c == '{')) {
+        /* the document: its own copy of the text, the nodes, the map (a power of two, at
+         * least 1.5 times the containers: each gets one slot) */
+        uint32_t mapn = 2;
+        while (mapn < (uint64_t)b->tape->n + b->tape->n / 2)
+            mapn *= 2;
+        size_t nodes = (sizeof(doc_t) + d->len + 1 + 7) & ~(size_t)7;
+        size_t strs = nodes + b->tape->n * sizeof(node_t);
+        size_t map = (strs + b->tape->nstr * sizeof(uint32_t) + 7) & ~(size_t)7;
+        size_t size = map + mapn * sizeof(struct lazy_slot);
+        box_t *box = push_box(L);
+        void *aud;
+        lua_Alloc alloc = lua_getallocf(L, &aud);
+        char *mem = alloc(aud, NULL, 0, size);
+        if (!mem) return luaL_error(L, "not enough memory");
+        box->doc = (doc_t *)mem;
+        box->size = size;
+        memcpy(mem + sizeof(doc_t), d->text, d->len);
+        mem[sizeof(doc_t) + d->len] = '\0';
+        memcpy(mem + nodes, b->tape->v, b->tape->n * sizeof(node_t));
+        memcpy(mem + strs, b->tape->str, b->tape->nstr * sizeof(uint32_t));
+        memset(mem + map, 0, mapn * sizeof(struct lazy_slot));
+        doc_t *ud = box->doc;
+        *ud = (doc_t){.text = mem + sizeof(doc_t),
+                      .len = d->len,
+                      .node = (const node_t *)(mem + nodes),
+                      .nnodes = b->tape->n,
+                      .str = (const uint32_t *)(mem + strs),
+                      .fills = d->fills,
+                      .mapmask = mapn - 1,
+                      .map = (struct lazy_slot *)(mem + map)};
+        lua_createtable(L, 5, 4); /* the lazy metatable of this document (hr_json_force) */
+        lua_insert(L, -2);
+        lua_rawseti(L, -2, 1);
+        lua_pushlightuserdata(L, (void *)&lazy_key);
+        lua_rawseti(L, -2, 2);
+        lua_pushvalue(L, d->null_idx);
+        lua_rawseti(L, -2, 3);
+        lua_pushvalue(L, d->mt_idx);
+        lua_rawseti(L, -2, 4);
+        state_buf(L, &scratch_key);
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &scratch_key);
+        lua_rawseti(L, -2, 5);
+        lua_pushcfunction(L, l_lazy_index);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, l_lazy_newindex);
+        lua_setfield(L, -2, "__newindex");
+        lua_pushcfunction(L, l_lazy_len);
+        lua_setfield(L, -2, "__len");
+        lua_pushcfunction(L, l_lazy_pairs);
+        lua_setfield(L, -2, "__pairs");
+        doc_t run = *ud; /* the document with this call's stack slot of its metatable */
+        run.lazy_idx = lua_gettop(L);
+        cur_t at = {.i = b->root};
+        push_value(L, &run, &at, 0);
+        return 1;
     }
+    d->lazy_idx = 0;
+    cur_t at = {.i = b->root};
+    push_value(L, d, &at, 0);
     return 1;
+}
+
+/* Validate text, then build its value (lazy or not) under a pcall, so that out-of-memory
+ * frees what the build made. [-0, +(1|0), m] */
+static int decode(lua_State *L, const char *text, size_t len, uint32_t *fills, uint32_t *containers,
+                  char *err, size_t errlen)
+{
+    bool lazy = containers != NULL;
+    if (!text) text = "";
+    if (!lua_checkstack(L, 4)) {
+        snprintf(err, errlen, "Lua stack overflow");
+        return -1;
+    }
+    if (len >= UINT32_MAX) {
+        snprintf(err, errlen, "JSON text too large (4 GiB or more)");
+        return -1;
+    }
+    tape_t tape;
+    tape_init(&tape);
+    scan_t sc;
+    size_t root = 0;
+    if (!validate(text, len, &tape, &root, &sc)) {
+        tape_free(&tape);
+        parse_error(text, len, sc.pos, sc.what, err, errlen);
+        return -1;
+    }
+    if (containers) *containers = tape.n;
+    hr_buf_t scratch = HR_BUF_INIT;
+    build_t b = {.doc = {.text = text,
+                         .len = len,
+                         .node = tape.v,
+                         .nnodes = tape.n,
+                         .str = tape.str,
+                         .fills = fills,
+                         .scratch = &scratch},
+                 .tape = &tape,
+                 .root = root,
+                 .lazy = lazy};
+    lua_pushcfunction(L, build_main);
+    lua_pushlightuserdata(L, &b);
+    /* No traceback: the build is C, and its errors are about memory. */
+    int status = hr_lua_pcall(L, 1, 1, NULL);
+    hr_buf_free(&scratch);
+    tape_free(&tape);
+    if (status == LUA_OK) return 0;
+    if (status == LUA_ERRMEM) lua_error(L); /* everything is freed: pass it on */
+    const char *msg = lua_tostring(L, -1);
+    snprintf(err, errlen, "%s", msg ? msg : "error while decoding");
+    lua_pop(L, 1); /* drop the message */
+    return -1;
 }
 
 void hr_json_thread_done(void) {}
 
 int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen)
 {
-    if (!text) text = "";
-    if (!lua_checkstack(L, 4)) {
-        snprintf(err, errlen, "Lua stack overflow");
-        return -1;
+    return decode(L, text, len, NULL, NULL, err, errlen);
+}
+
+int hr_json_decode_lazy(lua_State *L, const char *text, size_t len, uint32_t *fills,
+                        uint32_t *containers, char *err, size_t errlen)
+{
+    return decode(L, text, len, fills, containers, err, errlen);
+}
+
+/* ================================================================ lazy tables */
+
+/* If the table at idx is lazy, push the box of its document and return the document (else
+ * push nothing and return NULL). [-0, +(0|1), -] */
+static doc_t *lazy_doc(lua_State *L, int idx)
+{
+    if (!lua_getmetatable(L, idx)) return NULL;
+    if (lua_rawgeti(L, -1, 2) != LUA_TLIGHTUSERDATA || lua_touserdata(L, -1) != &lazy_key) {
+        lua_pop(L, 2);
+        return NULL;
     }
-    dec_t storage; /* about 12 KB, on the stack: a malloc of that size per decode costs more */
-    dec_t *d = &storage;
-    d->text = text;
-    d->len = len;
-    d->failed = false;
-    hr_buf_init(&d->scratch);
-    lua_pushcfunction(L, decode_main);
-    lua_pushlightuserdata(L, d);
-    /* No traceback: the decode is C, and its errors are about the text (they reach the
-     * sender as they are). */
-    int status = hr_lua_pcall(L, 1, 1, NULL);
-    hr_buf_free(&d->scratch);
-    bool failed = d->failed;
-    if (failed) parse_error(text, len, d->sc.pos, d->sc.what, err, errlen);
-    if (status == LUA_OK && !failed) return 0;
-    if (status == LUA_ERRMEM) lua_error(L); /* everything is freed: pass it on */
-    if (status == LUA_OK) {
-        lua_pop(L, 1); /* the nil of a failed decode */
-        return -1;
+    lua_pop(L, 1);
+    lua_rawgeti(L, -1, 1);
+    lua_remove(L, -2);
+    box_t *box = lua_touserdata(L, -1);
+    return box->doc;
+}
+
+bool hr_json_is_lazy(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) != LUA_TTABLE || !lazy_doc(L, idx)) return false;
+    lua_pop(L, 1);
+    return true;
+}
+
+/* Fill the lazy table at idx (anything else is left alone): its containers lazy in turn, or
+ * (deep) filled too, with nothing lazy left below it. [-0, +0, m] */
+static void force(lua_State *L, int idx, bool deep)
+{
+    idx = lua_absindex(L, idx);
+    if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return;
+    int mt = lua_gettop(L), top = mt - 1;
+    if (lua_rawgeti(L, mt, 2) != LUA_TLIGHTUSERDATA || lua_touserdata(L, -1) != &lazy_key) {
+        lua_settop(L, top); /* a plain table, or an array */
+        return;
     }
-    const char *msg = lua_tostring(L, -1);
-    snprintf(err, errlen, "%s", msg ? msg : "error while decoding");
-    lua_pop(L, 1); /* drop the message */
-    return -1;
+    luaL_checkstack(L, 8, "JSON");
+    /* the lazy metatable: [1] box, [2] the marker, [3] json.null, [4] the array marker,
+     * [5] the scratch buffer's userdata */
+    lua_rawgeti(L, mt, 1);
+    doc_t run = *((box_t *)lua_touserdata(L, -1))->doc; /* with this call's stack slots */
+    lua_rawgeti(L, mt, 3);
+    lua_rawgeti(L, mt, 4);
+    lua_rawgeti(L, mt, 5);
+    run.lazy_idx = deep ? 0 : mt;
+    run.null_idx = mt + 3;
+    run.mt_idx = mt + 4;
+    run.scratch = lua_touserdata(L, mt + 5);
+    uint32_t ord = map_get(&run, lua_topointer(L, idx));
+    if (ord == UINT32_MAX) { /* cannot happen: every lazy table is in the map */
+        lua_pushnil(L);
+        lua_setmetatable(L, idx);
+    } else {
+        if (run.fills && !deep) (*run.fills)++;
+        fill(L, &run, idx, ord);
+        hr_buf_reset(run.scratch);
+        if (run.scratch->cap > HR_JSON_KEEP_BUF) hr_buf_free(run.scratch);
+    }
+    lua_settop(L, top);
+}
+
+void hr_json_force(lua_State *L, int idx)
+{
+    force(L, idx, false);
+}
+
+/* hr_json_fill_all below its first level, depth levels down. [-0, +0, m] */
+static void fill_all(lua_State *L, int idx, int depth)
+{
+    if (lua_type(L, idx) != LUA_TTABLE || depth > HR_JSON_MAX_DEPTH) return;
+    if (hr_json_is_lazy(L, idx)) {
+        force(L, idx, true);
+        return;
+    }
+    luaL_checkstack(L, 4, "JSON");
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        fill_all(L, lua_gettop(L), depth + 1);
+        lua_pop(L, 1); /* the value */
+    }
+}
+
+void hr_json_fill_all(lua_State *L, int idx)
+{
+    fill_all(L, lua_absindex(L, idx), 0);
+}
+
+/* __index of a lazy table: fill it, then read t[k]. [-0, +1, m] */
+static int l_lazy_index(lua_State *L)
+{
+    hr_json_force(L, 1);
+    lua_settop(L, 2);
+    lua_rawget(L, 1);
+    return 1;
+}
+
+/* __newindex of a lazy table: fill it, then set t[k] = v as a plain table would. [-0, +0, e] */
+static int l_lazy_newindex(lua_State *L)
+{
+    hr_json_force(L, 1);
+    lua_settop(L, 3);
+    lua_rawset(L, 1);
+    return 0;
+}
+
+/* __len of a lazy table: fill it, then #t. [-0, +1, m] */
+static int l_lazy_len(lua_State *L)
+{
+    hr_json_force(L, 1);
+    lua_pushinteger(L, (lua_Integer)lua_rawlen(L, 1));
+    return 1;
+}
+
+/* next(t [, k]) that fills a lazy t first. [-0, +(1|2), e] */
+static int l_next(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    hr_json_force(L, 1);
+    lua_settop(L, 2);
+    if (lua_next(L, 1)) return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+/* next(t [, k]) as the base library's (what pairs() of a plain table returns). [-0, +(1|2), e] */
+static int l_next_raw(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (lua_next(L, 1)) return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+/* __pairs of a lazy table: fill it, then iterate it as pairs() does a plain table.
+ * [-0, +3, m] */
+static int l_lazy_pairs(lua_State *L)
+{
+    hr_json_force(L, 1);
+    lua_pushcfunction(L, l_next_raw);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+/* rawget(t, k) that fills a lazy t first. [-0, +1, e] */
+static int l_rawget(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checkany(L, 2);
+    return l_lazy_index(L);
+}
+
+/* rawset(t, k, v) that fills a lazy t first. [-0, +1, e] */
+static int l_rawset(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checkany(L, 2);
+    luaL_checkany(L, 3);
+    l_lazy_newindex(L); /* leaves t */
+    return 1;
+}
+
+/* rawlen(v) that fills a lazy table first. [-0, +1, e] */
+static int l_rawlen(lua_State *L)
+{
+    int t = lua_type(L, 1);
+    luaL_argexpected(L, t == LUA_TTABLE || t == LUA_TSTRING, 1, "table or string");
+    hr_json_force(L, 1);
+    lua_pushinteger(L, (lua_Integer)lua_rawlen(L, 1));
+    return 1;
+}
+
+/* getmetatable(v) that fills a lazy table first (so it never shows its lazy metatable).
+ * [-0, +1, e] */
+static int l_getmetatable(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    hr_json_force(L, 1);
+    if (!lua_getmetatable(L, 1)) {
+        lua_pushnil(L);
+        return 1;
+    }
+    luaL_getmetafield(L, 1, "__metatable");
+    return 1; /* the __metatable field if there is one, else the metatable */
+}
+
+void hr_json_install_lazy_base(lua_State *L)
+{
+    static const luaL_Reg funcs[] = {
+        {"next", l_next},
+        {"rawget", l_rawget},
+        {"rawset", l_rawset},
+        {"rawlen", l_rawlen},
+        {"getmetatable", l_getmetatable},
+        {NULL, NULL},
+    };
+    lua_pushglobaltable(L);
+    luaL_setfuncs(L, funcs, 0);
+    lua_pop(L, 1);
 }
 
 /* ================================================================ matching a text */
@@ -712,6 +1224,29 @@ static void match_string(match_t *m, const char **out, size_t *outlen)
     *outlen = m->scratch.len;
 }
 
+/* True if the table at idx (absolute) is a lazy part of a decoded body, never read, whose
+ * text is byte for byte the text at m->i (then it is the value of that text, whatever it
+ * holds: it moves m->i past it). A lazy table whose text differs is filled, for the caller
+ * to compare as any other. [-0, +0, m] */
+static bool match_lazy(lua_State *L, match_t *m, int idx)
+{
+    doc_t *d = lazy_doc(L, idx);
+    if (!d) return false;
+    uint32_t ord = map_get(d, lua_topointer(L, idx));
+    if (ord != UINT32_MAX) {
+        const node_t *n = &d->node[ord];
+        size_t span = n->end - n->start;
+        if (m->len - m->i >= span && memcmp(m->s + m->i, d->text + n->start, span) == 0) {
+            lua_pop(L, 1); /* the document */
+            m->i += span;
+            return true;
+        }
+    }
+    lua_pop(L, 1); /* the document */
+    hr_json_force(L, idx);
+    return false;
+}
+
 /* True if the value at idx (absolute) is what the text at m->i decodes to and encodes back
  * to the same value; moves m->i past it. [-0, +0, m] */
 static bool match_value(lua_State *L, match_t *m, int idx)
@@ -738,6 +1273,7 @@ static bool match_value(lua_State *L, match_t *m, int idx)
     }
     if (c == '[' || c == '{') {
         if (t != LUA_TTABLE || !lua_checkstack(L, 4)) return false;
+        if (match_lazy(L, m, idx)) return true;
         bool marked = false;
         if (lua_getmetatable(L, idx)) {
             marked = lua_rawequal(L, -1, m->mt_idx);
@@ -1045,6 +1581,7 @@ static int encode_table(lua_State *L, enc_t *e, int idx, const frame_t *at, int 
         if (f->table == self) return enc_fail(e, at, "cycle (a table contains itself)");
     }
     if (!lua_checkstack(L, 3)) return enc_fail(e, at, "Lua stack overflow");
+    hr_json_force(L, idx); /* a lazy part of a decoded body: its values first */
     frame_t me = {.up = at, .table = self};
 
     if (lua_getmetatable(L, idx)) {
@@ -1165,7 +1702,7 @@ int hr_json_push_encoded(lua_State *L, int idx, size_t max, char *err, size_t er
     hr_json_push_null(L); /* make sure nothing below allocates in Lua while buf is busy */
     push_array_mt(L);
     lua_pop(L, 2);
-    hr_buf_t *b = state_buf(L);
+    hr_buf_t *b = state_buf(L, &buf_key);
     hr_buf_reset(b);
     int rc = hr_json_encode_max(L, idx, b, max, err, errlen);
     if (rc == 0) lua_pushlstring(L, b->data ? b->data : "", b->len);
@@ -1208,6 +1745,7 @@ static int l_array(lua_State *L)
     } else {
         luaL_checktype(L, 1, LUA_TTABLE);
         lua_settop(L, 1);
+        hr_json_force(L, 1);
     }
     hr_json_mark_array(L, 1);
     return 1;
@@ -1221,7 +1759,8 @@ int hr_json_open(lua_State *L)
         {"array", l_array},
         {NULL, NULL},
     };
-    state_buf(L);
+    state_buf(L, &buf_key);
+    state_buf(L, &scratch_key);
     luaL_newlib(L, funcs);
     hr_json_push_null(L);
     lua_setfield(L, -2, "null");

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hr/json.h"
 #include "hr/lua_crypto.h"
 
 /* ---------------------------------------------------------------- pure */
@@ -213,8 +214,9 @@ static int l_url_query(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    lua_newtable(L); /* 2: the keys, which keep the strings keys[] points to alive */
-    lua_newtable(L); /* 3: the "k=v" parts */
+    hr_json_force(L, 1); /* read raw below */
+    lua_newtable(L);     /* 2: the keys, which keep the strings keys[] points to alive */
+    lua_newtable(L);     /* 3: the "k=v" parts */
     lua_Integer nkeys = 0;
     lua_pushnil(L);
     while (lua_next(L, 1)) {
@@ -234,6 +236,7 @@ static int l_url_query(lua_State *L)
     for (lua_Integer i = 0; i < nkeys; i++) {
         lua_getfield(L, 1, keys[i]);
         if (lua_type(L, -1) == LUA_TTABLE) {
+            hr_json_force(L, -1);
             lua_Integer len = (lua_Integer)lua_rawlen(L, -1);
             for (lua_Integer j = 1; j <= len; j++) {
                 lua_rawgeti(L, -1, j);

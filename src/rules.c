@@ -29,6 +29,20 @@ static const char STORES_KEY[] = "hr.stores";   /* table: store id -> rule funct
 static const char DEFAULT_KEY[] = "hr.default"; /* the default rule function */
 static const char LIBS_KEY[] = "hr.libs";       /* table: library name -> its view's metatable */
 static const char SEEN_KEY[] = "hr.seen";       /* table: key -> true (hr_ruleset_first_time) */
+static const char READS_KEY[] = "hr.reads";     /* table: rule file -> its reads_t (userdata) */
+
+/* How much of its bodies a rule file reads, for the choice between a lazy body (the parts a
+ * rule reads become Lua values when it reads them) and one filled whole before the rule runs
+ * (cheaper per value when a rule reads most of it: no lazy table to make and fill). */
+typedef struct {
+    uint32_t share; /* moving average of the share of a body's arrays and objects the rule
+                       filled, in 1/1024 (3/4 old, 1/4 new) */
+} reads_t;
+
+#define READS_WHOLE 512 /* share from which a body is filled whole (half its containers) */
+#define READS_PROBE                                                                                \
+    32 /* every this many events the body is lazy whatever the rule, so the                        \
+          share of a rule that gets whole bodies follows what it does now */
 
 /* One event's run: what it collects, and its coroutine. Lives on the heap because a run can
  * suspend in request() and be resumed from a later loop callback. Reached from C functions
@@ -48,6 +62,9 @@ struct hr_run {
     hr_action_t *pending;    /* the request() the rule waits for (owned), or NULL */
     size_t charged;          /* C memory the run holds (action and reply bodies), in bytes */
     bool closing;            /* the run is over: only its to-be-closed handlers still run */
+    reads_t *reads;          /* the rule file's reads, when this run measures them, or NULL */
+    uint32_t containers;     /* arrays and objects in the body */
+    uint32_t fills0;         /* rs->json_fills when the rule started */
     const void *event_table; /* the event table given to the rule (event.raw reads ev->body
                                 only for it, not for one a rule kept from an earlier event) */
 };
@@ -59,13 +76,17 @@ struct hr_ruleset {
     int refs;
     size_t nstores;
     bool has_default;
-    hr_lua_cap_t mem; /* the state's memory: capped while an event or a file's top level runs
-                         (rule_memory_bytes more than it held when the slice started, the run's
-                         C memory as extra); what it keeps between events is checked against
-                         state_memory_bytes after each run instead */
-    bool rebuild;     /* the state outgrew limits.state_memory_bytes: replace this rule set */
-    int event_mt;     /* registry reference of the event tables' metatable (event.raw); an
-                         integer key, so each event finds it without hashing a name */
+    hr_lua_cap_t mem;    /* the state's memory: capped while an event or a file's top level runs
+                            (rule_memory_bytes more than it held when the slice started, the run's
+                            C memory as extra); what it keeps between events is checked against
+                            state_memory_bytes after each run instead */
+    bool rebuild;        /* the state outgrew limits.state_memory_bytes: replace this rule set */
+    int event_mt;        /* registry reference of the event tables' metatable (event.raw); an
+                            integer key, so each event finds it without hashing a name */
+    uint32_t json_fills; /* lazy fills of body tables in this state (hr_json_decode_lazy) */
+    uint32_t decodes;    /* bodies decoded (wraps) */
+    bool whole_bodies;   /* the last event's rule reads most of its bodies: decode the next
+                            one whole from the start (its rule is not known before) */
 };
 
 static void set_file_env(lua_State *L, int loaded);
@@ -258,6 +279,7 @@ static hr_action_t *http_action(lua_State *L, run_ctx_t *ctx, const char *fn,
 
     if (lua_istable(L, 3) && lua_getfield(L, 3, "headers") != LUA_TNIL) {
         luaL_checktype(L, -1, LUA_TTABLE);
+        hr_json_force(L, -1); /* read raw below */
         lua_pushnil(L);
         while (lua_next(L, -2)) {
             if (lua_type(L, -2) != LUA_TSTRING || !valid_header_name(lua_tostring(L, -2)))
@@ -322,6 +344,7 @@ static int l_respond(lua_State *L)
         rp->body = body_arg(L, ctx, 2, "respond", &rp->body_len, &rp->body_is_json);
     if (lua_istable(L, 3)) {
         size_t n = 0;
+        hr_json_force(L, 3); /* read raw below */
         lua_pushnil(L);
         while (lua_next(L, 3)) {
             lua_pop(L, 1);
@@ -465,6 +488,7 @@ static int l_setmetatable(lua_State *L)
     int t = lua_type(L, 2);
     luaL_checktype(L, 1, LUA_TTABLE);
     luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+    hr_json_force(L, 1); /* a lazy body table gets its values before its metatable goes */
     if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
         return luaL_error(L, "cannot change a protected metatable");
     if (t == LUA_TTABLE) {
@@ -621,6 +645,7 @@ static void open_sandbox(hr_ruleset_t *rs)
     }
     lua_pushcfunction(L, l_setmetatable);
     lua_setglobal(L, "setmetatable");
+    hr_json_install_lazy_base(L); /* next, rawget, ... see lazy body tables filled */
     /* Strings share one metatable whose __index is the string library: hide it, so that
      * getmetatable("").__index cannot reach (and change) what every store's strings use. */
     lua_pushliteral(L, "");
@@ -680,6 +705,8 @@ static void open_sandbox(hr_ruleset_t *rs)
 
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, STORES_KEY);
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, READS_KEY);
 }
 
 /* ---------------------------------------------------------------- loading */
@@ -1069,6 +1096,7 @@ static void push_path(lua_State *L, int idx, const char *key)
             lua_pushnil(L);
             return;
         }
+        hr_json_force(L, -1);
         lua_pushlstring(L, p, n);
         lua_rawget(L, -2);
         lua_remove(L, -2);
@@ -1152,9 +1180,32 @@ static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store,
  * reference to the rule set (which may free the rule set). The coroutine's stack is reset
  * (its to-be-closed handlers run, their errors dropped); the main thread's is untouched.
  * [-0, +0, -] on rs->L */
+/* The reads_t of the rule file name, made on its first run. [-0, +0, m] */
+static reads_t *rule_reads(lua_State *L, const char *name)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, READS_KEY);
+    if (lua_getfield(L, -1, name) != LUA_TUSERDATA) {
+        lua_pop(L, 1); /* drop nil */
+        reads_t *r = lua_newuserdatauv(L, sizeof *r, 0);
+        *r = (reads_t){0};
+        lua_setfield(L, -2, name);
+        lua_pop(L, 1); /* the table */
+        return r;      /* the table keeps it */
+    }
+    reads_t *r = lua_touserdata(L, -1);
+    lua_pop(L, 2);
+    return r;
+}
+
 static void run_free(run_ctx_t *run)
 {
     hr_ruleset_t *rs = run->rs;
+    if (run->reads) {
+        uint64_t filled = rs->json_fills - run->fills0; /* wraps: unsigned */
+        uint32_t share =
+            (uint32_t)(filled >= run->containers ? 1024 : filled * 1024 / run->containers);
+        run->reads->share = (run->reads->share * 3 + share) / 4;
+    }
     /* A run that failed or was abandoned may have to-be-closed variables left: their
      * __close handlers run now, still as this run (its instruction budget, its memory cap),
      * but may no longer add actions or answer. */
@@ -1264,7 +1315,14 @@ hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run
     lua_State *co = lua_newthread(L); /* anchored on L's stack until referenced below */
 
     char err[512];
-    if (hr_json_decode(co, ev->body, ev->body_len, err, sizeof err) != 0) {
+    /* Lazy: a rule pays for the parts of the body it reads (validated whole here); whole
+     * when the last event's rule read most of its body (but for a probe now and then). */
+    uint32_t containers = 0;
+    bool probe = rs->decodes++ % READS_PROBE == 0, whole = rs->whole_bodies && !probe;
+    int rc = whole ? hr_json_decode(co, ev->body, ev->body_len, err, sizeof err)
+                   : hr_json_decode_lazy(co, ev->body, ev->body_len, &rs->json_fills, &containers,
+                                         err, sizeof err);
+    if (rc != 0) {
         out->status = HR_RUN_BAD_JSON;
         out->error = hr_xstrdup(err);
         lua_settop(L, top);
@@ -1297,10 +1355,19 @@ hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run
         lua_settop(L, top);
         return HR_STEP_DONE;
     }
-    lua_insert(co, -2); /* fn, body */
+    reads_t *reads = rule_reads(co, out->rule);
+    rs->whole_bodies = reads->share >= READS_WHOLE;
+    bool measure = !whole && (probe || !rs->whole_bodies);
+    if (!whole && !measure) hr_json_fill_all(co, -2); /* lazy, for a rule that reads it all */
+    lua_insert(co, -2);                               /* fn, body */
     push_event(co, ev, out->store, rs->event_mt);
 
     run_ctx_t *run = hr_xcalloc(1, sizeof *run);
+    if (measure && containers) {
+        run->reads = reads;
+        run->containers = containers;
+        run->fills0 = rs->json_fills;
+    }
     run->rs = rs;
     hr_ruleset_ref(rs);
     run->ev = ev;

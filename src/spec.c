@@ -448,6 +448,8 @@ static int diff_at(lua_State *L, int e, int a, const char *path, bool lower, hr_
         mismatch(L, e, a, path, "a table", out);
         return 1;
     }
+    hr_json_force(L, e); /* read raw below */
+    hr_json_force(L, a);
     size_t ne = lua_rawlen(L, e);
     bool array = ne > 0;
     if (!array && lua_getmetatable(L, e)) { /* json.array({}) */

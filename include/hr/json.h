@@ -1,5 +1,6 @@
 /* JSON <-> Lua, exact both ways. No I/O, no process-wide or per-thread state (the decoder
- * builds Lua values straight from the text in one pass; cJSON is not involved).
+ * checks the text, then builds Lua values from it, all at once or as they are read; cJSON is
+ * not involved).
  * Decoding is RFC 8259 strict (the pass validates as it builds): numbers only per the grammar,
  * within double range (underflow reads as 0 or a denormal), at most 63 characters; no raw bytes
  * below 0x20 in strings, valid UTF-8, \u surrogates only in pairs; whitespace only space, tab, LF,
@@ -35,12 +36,38 @@
  * ("invalid JSON at line 3, column 7 (byte 41): unexpected character") and nothing pushed.
  * Nesting deeper than 1000 levels is an error. [-0, +(1|0), m] */
 int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen);
+/* hr_json_decode, but lazy: the text is validated (the same errors) and copied, and each
+ * array or object becomes a Lua table on first use: it starts empty with a metatable whose
+ * __index, __newindex, __len and __pairs fill it from the text (its scalars as values, its
+ * containers lazy in turn), then drop back to what a decoded table has (the array marker or
+ * none). Reads, writes, #, pairs, ipairs and the table library see a plain decoded value.
+ * What skips metamethods does not: rule code gets the base functions of
+ * hr_json_install_lazy_base(), and C code calls hr_json_force() on a table before it reads
+ * it raw (the encoder and hr_json_matches() do it themselves). A table never touched costs
+ * no Lua values. *containers gets the number of arrays and objects in the text; each lazy
+ * fill adds 1 to *fills (when fills is not NULL: it must stay valid for as long as the
+ * state lives, since tables outlive the call). [-0, +(1|0), m] */
+int hr_json_decode_lazy(lua_State *L, const char *text, size_t len, uint32_t *fills,
+                        uint32_t *containers, char *err, size_t errlen);
+/* If the value at idx is a lazy table not yet filled, fill it (one level: its containers
+ * stay lazy). Anything else is left alone. [-0, +0, m] */
+void hr_json_force(lua_State *L, int idx);
+/* Fill every lazy table reachable from the value at idx, in full (nothing lazy is left):
+ * cheaper than filling them one by one when most will be read. [-0, +0, m] */
+void hr_json_fill_all(lua_State *L, int idx);
+/* True if the value at idx is a lazy table not yet filled. [-0, +0, -] */
+bool hr_json_is_lazy(lua_State *L, int idx);
+/* Replace next, rawget, rawset, rawlen and getmetatable in the global table with versions
+ * that fill a lazy table first (the originals would see it empty, or its lazy metatable).
+ * [-0, +0, m] */
+void hr_json_install_lazy_base(lua_State *L);
 /* True if the value at idx is the value of text (which must be valid JSON: it decoded) and
  * encodes to the same JSON value: the same strings, equal numbers of the same kind (integer or
  * float), json.null for null, arrays marked and of the same length, objects with no metatable,
  * exactly the same keys, none repeated in the text (nor more than 64 keys, or one longer than
- * 40 bytes: those are not compared and give false). Then the text itself can be sent in place
- * of an encoding of the value. [-0, +0, m] */
+ * 40 bytes: those are not compared and give false). A lazy table never filled matches when its
+ * own text is byte for byte the text at its place (repeats and all: it is that text's value).
+ * Then the text itself can be sent in place of an encoding of the value. [-0, +0, m] */
 bool hr_json_matches(lua_State *L, int idx, const char *text, size_t len);
 
 /* Kept for threads that call it before they exit: the decoder holds nothing per thread any

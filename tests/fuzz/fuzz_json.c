@@ -1,7 +1,9 @@
 /* Fuzz the JSON bridge: decode arbitrary text into Lua; when it decodes, encode it, decode
  * that and encode again: the two encodings must be equal (a round trip is a fixed point),
  * and the first must decode (encode only writes JSON). The one documented way a decoded
- * value cannot be encoded is a number that overflows to inf ("1e999"). */
+ * value cannot be encoded is a number that overflows to inf ("1e999"). The lazy decode must
+ * agree: it decodes exactly what the eager one does, untouched it matches its own text, and
+ * it encodes to the same text. */
 #include <lauxlib.h>
 #include <lualib.h>
 
@@ -24,6 +26,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (hr_json_decode(L, (const char *)data, size, err, sizeof err) != 0) {
         FUZZ_CHECK(lua_gettop(L) == 0); /* nothing pushed on error */
         FUZZ_CHECK(strncmp(err, "invalid JSON at line ", 21) == 0);
+        char err2[256];
+        uint32_t containers;
+        FUZZ_CHECK(hr_json_decode_lazy(L, (const char *)data, size, NULL, &containers, err2,
+                                       sizeof err2) != 0);
+        FUZZ_CHECK(strcmp(err, err2) == 0 && lua_gettop(L) == 0);
         return 0;
     }
     FUZZ_CHECK(lua_gettop(L) == 1);
@@ -46,6 +53,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (a.len != b.len || memcmp(a.data, b.data, a.len) != 0) {
         fprintf(stderr, "round trip differs:\n1: %.*s\n2: %.*s\n", (int)a.len, a.data, (int)b.len,
+                b.data);
+        abort();
+    }
+    lua_settop(L, 0);
+    uint32_t containers;
+    FUZZ_CHECK(
+        hr_json_decode_lazy(L, (const char *)data, size, NULL, &containers, err, sizeof err) == 0);
+    FUZZ_CHECK(hr_json_matches(L, 1, (const char *)data, size));
+    hr_buf_reset(&b);
+    FUZZ_CHECK(hr_json_encode(L, 1, &b, err, sizeof err) == 0);
+    if (a.len != b.len || memcmp(a.data, b.data, a.len) != 0) {
+        fprintf(stderr, "lazy differs:\n1: %.*s\n2: %.*s\n", (int)a.len, a.data, (int)b.len,
                 b.data);
         abort();
     }

@@ -9,11 +9,16 @@
 
 #include "check.h"
 
-/* A Lua state with the standard libraries and `json` as a global. [-0, +0, -] */
+/* Decode with hr_json_decode_lazy instead: main() runs every decoding test both ways. */
+static bool lazy_mode;
+
+/* A Lua state with the standard libraries and `json` as a global, next & co. seeing lazy
+ * tables filled (as in the rule sandbox). [-0, +0, -] */
 static lua_State *new_state(void)
 {
     lua_State *L = luaL_newstate();
     luaL_openlibs(L);
+    hr_json_install_lazy_base(L);
     hr_json_open(L);
     lua_setglobal(L, "json");
     return L;
@@ -25,7 +30,10 @@ static int decode_n(lua_State *L, const char *s, size_t n, char *err, size_t err
 {
     char *copy = malloc(n ? n : 1);
     memcpy(copy, s, n);
-    int rc = hr_json_decode(L, copy, n, err, errlen);
+    uint32_t containers;
+    int rc = lazy_mode ? hr_json_decode_lazy(L, copy, n, NULL, &containers, err, errlen)
+                       : hr_json_decode(L, copy, n, err, errlen);
+    if (rc == 0 && lazy_mode) hr_json_force(L, -1); /* C reads of the root below are raw */
     free(copy);
     return rc;
 }
@@ -533,9 +541,8 @@ static void test_deep(lua_State *L)
     (void)err;
 }
 
-/* Containers larger than what the decoder keeps on the Lua stack before it moves elements
- * into the table (HR_JSON_PENDING slots): every element arrives, in order, and a repeated
- * key keeps its last value on either side of such a move. */
+/* Large containers (more than the decoder's first tape of 64 containers, and thousands of
+ * elements): every element arrives, in order, and a repeated key keeps its last value. */
 static void test_large(lua_State *L)
 {
     hr_buf_t in = HR_BUF_INIT;
@@ -687,6 +694,176 @@ static void test_encode(lua_State *L)
 }
 
 /* Two states do not share json.null or the array marker. */
+/* ---------------------------------------------------------------- lazy decoding */
+
+/* Lazily decode s into the global `name`. */
+static void lazy_global(lua_State *L, const char *name, const char *s)
+{
+    char err[256];
+    uint32_t containers;
+    CHECK_INT_EQ(hr_json_decode_lazy(L, s, strlen(s), NULL, &containers, err, sizeof err), 0);
+    lua_setglobal(L, name);
+}
+
+/* Every way a rule reads or changes a table sees a lazy one as the plain decoded table:
+ * each check runs on a fresh document, so the operation named is the first touch. */
+static void test_lazy(void)
+{
+    lua_State *L = new_state();
+    static const char doc[] =
+        "{\"s\":\"x\\u00e9\",\"n\":1.5,\"i\":7,\"t\":true,\"z\":null,\"e\":{},\"ea\":[],"
+        "\"o\":{\"k\":\"v\",\"deep\":{\"a\":[1,2,{\"b\":\"c\"}]}},\"a\":[3,1,2],"
+        "\"w\":[\"p\",\"q\"]}";
+    static const struct {
+        const char *code, *want;
+    } cases[] = {
+        {"return b.o.deep.a[3].b", "c"},
+        {"return b.s .. ' ' .. b.n .. ' ' .. math.type(b.i) .. ' ' .. tostring(b.t)",
+         "x\xc3\xa9 1.5 integer true"},
+        {"return tostring(b.z == json.null) .. tostring(b.missing)", "truenil"},
+        {"return #b.a .. #b.ea .. #b.w", "302"},
+        {"local s = 0 for i, v in ipairs(b.a) do s = s + i * v end return s", "11"},
+        {"local n = 0 for k, v in pairs(b) do n = n + 1 end return n", "10"},
+        {"local n = 0 for k, v in pairs(b.o.deep) do n = n + #v end return n", "3"},
+        {"return tostring(next(b.o) ~= nil) .. tostring(next(b.e) == nil)", "truetrue"},
+        {"return tostring(next(b.e)) .. tostring(next(b.ea))", "nilnil"},
+        {"return rawget(b.o, 'k') .. rawlen(b.a) .. rawget(b.a, 1)", "v33"},
+        {"return rawequal(b.o, b.o) and 'same' or 'not'", "same"},
+        {"return tostring(getmetatable(b.a)) .. ' ' .. tostring(getmetatable(b.o))",
+         "json.array nil"},
+        {"return tostring(getmetatable(b.o.deep.a)) .. tostring(getmetatable(b.e))",
+         "json.arraynil"},
+        {"return table.concat(b.w, ',') .. ' ' .. select('#', table.unpack(b.a))", "p,q 3"},
+        {"table.sort(b.a) return json.encode(b.a)", "[1,2,3]"},
+        {"table.insert(b.a, 9) return #b.a .. ' ' .. json.encode(b.a)", "4 [3,1,2,9]"},
+        {"b.o.new = 1 return json.encode(b.o)",
+         "{\"deep\":{\"a\":[1,2,{\"b\":\"c\"}]},\"k\":\"v\",\"new\":1}"},
+        {"rawset(b.o, 'k', 'w') return b.o.k .. tostring(b.o.deep ~= nil)", "wtrue"},
+        {"b.ea[1] = 5 return json.encode(b.ea)", "[5]"},
+        {"json.array(b.e) return json.encode(b.e) .. json.encode(b.o.deep)",
+         "[]{\"a\":[1,2,{\"b\":\"c\"}]}"},
+        {"return type(b.o) .. type(b.a) .. type(b.z)", "tabletableuserdata"},
+        {"return json.encode(b)",
+         "{\"a\":[3,1,2],\"e\":{},\"ea\":[],\"i\":7,\"n\":1.5,\"o\":{\"deep\":{\"a\":[1,2,"
+         "{\"b\":\"c\"}]},\"k\":\"v\"},\"s\":\"x\xc3\xa9\",\"t\":true,\"w\":[\"p\",\"q\"],"
+         "\"z\":null}"},
+        {"local k = {} for key in next, b.o do k[#k + 1] = key end table.sort(k) "
+         "return table.concat(k, ',')",
+         "deep,k"},
+    };
+    for (size_t i = 0; i < HR_ARRAY_SIZE(cases); i++) {
+        lazy_global(L, "b", doc);
+        check_lua_str(L, cases[i].code, cases[i].want);
+    }
+    /* Untouched, a lazy table is empty and marked; one touch makes it plain. */
+    lazy_global(L, "b", doc);
+    lua_getglobal(L, "b");
+    CHECK(hr_json_is_lazy(L, -1));
+    lua_getfield(L, -1, "o"); /* through __index: b is filled, b.o is lazy in turn */
+    CHECK(!hr_json_is_lazy(L, -2));
+    CHECK(hr_json_is_lazy(L, -1));
+    lua_pushnil(L);
+    CHECK(lua_next(L, -2) == 0); /* the C API sees it empty until forced */
+    hr_json_force(L, -1);
+    CHECK(!hr_json_is_lazy(L, -1));
+    CHECK(!lua_getmetatable(L, -1));
+    lua_pushnil(L);
+    CHECK(lua_next(L, -2) != 0);
+    lua_settop(L, 0);
+    /* A document that is a scalar is just the value. */
+    lazy_global(L, "b", " \"only\" ");
+    check_lua_str(L, "return b", "only");
+
+    /* The counts: containers in the text; one fill per table a read fills; none for
+     * hr_json_fill_all, which leaves nothing lazy. */
+    uint32_t fills = 0, containers = 0;
+    char err[256];
+    CHECK_INT_EQ(hr_json_decode_lazy(L, doc, strlen(doc), &fills, &containers, err, sizeof err), 0);
+    CHECK_INT_EQ(containers, 9);
+    lua_setglobal(L, "b");
+    check_lua_str(L, "return b.o.deep.a[3].b", "c");
+    CHECK_INT_EQ(fills, 5); /* b, o, deep, a, a[3] */
+    lua_getglobal(L, "b");
+    hr_json_fill_all(L, -1);
+    lua_getfield(L, -1, "w");
+    CHECK(!hr_json_is_lazy(L, -1));
+    lua_pushnil(L);
+    CHECK(lua_next(L, -2) != 0); /* filled: the C API sees its elements */
+    lua_settop(L, 0);
+    CHECK_INT_EQ(fills, 5);
+    check_lua_str(L, "return json.encode(b)",
+                  "{\"a\":[3,1,2],\"e\":{},\"ea\":[],\"i\":7,\"n\":1.5,\"o\":{\"deep\":{\"a\":[1,2,"
+                  "{\"b\":\"c\"}]},\"k\":\"v\"},\"s\":\"x\xc3\xa9\",\"t\":true,\"w\":[\"p\",\"q\"],"
+                  "\"z\":null}");
+    CHECK_INT_EQ(fills, 5);
+    lua_close(L);
+}
+
+/* A lazy table outlives the request it came from: its document (a copy of the text) stays
+ * with it through garbage collections and later decodes. */
+static void test_lazy_lifetime(void)
+{
+    lua_State *L = new_state();
+    char *text = strdup("{\"keep\":{\"x\":[10,{\"y\":\"kept\"}]},\"drop\":[1,2,3]}");
+    char err[256];
+    uint32_t containers;
+    CHECK_INT_EQ(hr_json_decode_lazy(L, text, strlen(text), NULL, &containers, err, sizeof err), 0);
+    memset(text, ' ', strlen(text)); /* the caller's buffer is gone */
+    free(text);
+    lua_setglobal(L, "b");
+    run(L, "saved = b.keep b = nil return true");
+    lua_pop(L, 1);
+    for (int i = 0; i < 200; i++) { /* churn: many documents, tables freed and reused */
+        hr_buf_t t = HR_BUF_INIT;
+        hr_buf_printf(&t, "{\"a\":{\"b\":[%d,{}]},\"c\":[[],[%d]]}", i, i);
+        CHECK_INT_EQ(hr_json_decode_lazy(L, t.data, t.len, NULL, &containers, err, sizeof err), 0);
+        lua_setglobal(L, "tmp");
+        run(L, "return tmp.a.b[1] + tmp.c[2][1]");
+        CHECK_INT_EQ(lua_tointeger(L, -1), 2 * i);
+        lua_pop(L, 1);
+        lua_gc(L, LUA_GCCOLLECT);
+        hr_buf_free(&t);
+    }
+    check_lua_str(L, "return saved.x[2].y .. ' ' .. saved.x[1]", "kept 10");
+    check_lua_str(L, "return json.encode(saved)", "{\"x\":[10,{\"y\":\"kept\"}]}");
+    lua_close(L);
+}
+
+/* hr_json_matches on lazy tables: untouched parts match by their bytes; a touched one is
+ * compared value by value; a change is seen. */
+static void test_lazy_matches(void)
+{
+    lua_State *L = new_state();
+    static const char doc[] = "{\"a\" : {\"x\":1.10, \"x\":2}, \"b\":[1, 2], \"c\":\"s\"}";
+    static const struct {
+        const char *code;
+        bool same;
+    } cases[] = {
+        {"return b", true},                  /* nothing read */
+        {"local _ = b.c return b", true},    /* the root read, a and b untouched */
+        {"local _ = b.b[1] return b", true}, /* b read, unchanged */
+        {"local _ = b.a.x return b", false}, /* a read: its repeated key shows */
+        {"b.b[2] = 3 return b", false},      /* a change */
+        {"b.b[2] = 2.0 return b", false},    /* a change of kind */
+        {"b.extra = 1 return b", false},     /* a key more */
+        {"b.c = nil return b", false},       /* a key fewer */
+    };
+    for (size_t i = 0; i < HR_ARRAY_SIZE(cases); i++) {
+        lazy_global(L, "b", doc);
+        run(L, cases[i].code);
+        CHECK(hr_json_matches(L, -1, doc, strlen(doc)) == cases[i].same);
+        if (hr_json_matches(L, -1, doc, strlen(doc)) != cases[i].same)
+            fprintf(stderr, "  lazy match case %zu: %s\n", i, cases[i].code);
+        lua_pop(L, 1);
+    }
+    /* the text of another document is compared, not trusted */
+    lazy_global(L, "b", doc);
+    lua_getglobal(L, "b");
+    CHECK(!hr_json_matches(L, -1, "{\"a\":{},\"b\":[1,2],\"c\":\"s\"}", 26));
+    lua_pop(L, 1);
+    lua_close(L);
+}
+
 static void test_states(void)
 {
     lua_State *a = new_state(), *b = new_state();
@@ -702,20 +879,26 @@ static void test_states(void)
 
 int main(void)
 {
-    lua_State *L = new_state();
-    test_fixtures(L);
-    test_empty_containers(L);
-    test_null(L);
-    test_numbers(L);
-    test_strings(L);
-    test_decode_errors(L);
-    test_decode_strict(L);
-    test_deep(L);
-    test_large(L);
-    test_mutations(L);
-    test_encode(L);
-    CHECK_INT_EQ(lua_gettop(L), 0);
-    lua_close(L);
+    for (int lazy = 0; lazy <= 1; lazy++) {
+        lazy_mode = lazy;
+        lua_State *L = new_state();
+        test_fixtures(L);
+        test_empty_containers(L);
+        test_null(L);
+        test_numbers(L);
+        test_strings(L);
+        test_decode_errors(L);
+        test_decode_strict(L);
+        test_deep(L);
+        test_large(L);
+        test_mutations(L);
+        test_encode(L);
+        CHECK_INT_EQ(lua_gettop(L), 0);
+        lua_close(L);
+    }
+    test_lazy();
+    test_lazy_lifetime();
+    test_lazy_matches();
     test_states();
     return CHECK_DONE("test_json");
 }

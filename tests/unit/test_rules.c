@@ -487,6 +487,101 @@ static void test_forward_original_bytes(void)
     hr_ruleset_unref(rs);
 }
 
+/* The body is decoded lazily: a rule sees plain tables whatever it does with them, and the
+ * C side of forward() and respond() reads parts of the body it never touched. */
+static void test_lazy_body(void)
+{
+    write_file("hookrouter.lua", BASE_CONFIG, "storeId");
+    write_file("rules/default.lua",
+               "return function(e)\n"
+               "  local b = e.body\n"
+               "  local keys = {}\n"
+               "  for k in next, b.meta do keys[#keys + 1] = k end\n"
+               "  table.sort(keys)\n"
+               "  setmetatable(b.extra, {__index = function() return 'dflt' end})\n"
+               "  local ok = pcall(setmetatable, b.list, {})\n"
+               "  forward('pos', {keys = table.concat(keys, ','), raw = rawget(b.meta, 'a'),\n"
+               "                  n = rawlen(b.list), mt = getmetatable(b.list2),\n"
+               "                  q = url.query(b.query), x = b.extra.x, d = b.extra.nope,\n"
+               "                  set_array_mt = ok},\n"
+               "          {headers = b.hdrs})\n"
+               "  respond(200, b.answer, b.rhdrs)\n"
+               "end\n");
+    hr_ruleset_t *rs = must_load();
+    if (!rs) return;
+    hr_run_result_t res;
+    run(rs,
+        "{\"meta\":{\"b\":2,\"a\":1},\"list\":[1,2,3],\"list2\":[],\"query\":{\"k\":[\"1\",\"2\"]},"
+        "\"extra\":{\"x\":\"y\"},\"hdrs\":{\"X-From-Body\":\"yes\"},"
+        "\"answer\":{\"ok\":true,\"v\":[1,{\"w\":null}]},\"rhdrs\":{\"X-Reply\":\"r\"}}",
+        &res);
+    CHECK_INT_EQ(res.status, HR_RUN_OK);
+    CHECK_INT_EQ(res.nactions, 1);
+    if (res.actions) {
+        CHECK(json_eq(res.actions->body,
+                      "{\"keys\":\"a,b\",\"raw\":1,\"n\":3,\"mt\":\"json.array\",\"q\":\"k=1&k=2\","
+                      "\"x\":\"y\",\"d\":\"dflt\",\"set_array_mt\":false}"));
+        bool seen = false;
+        for (size_t i = 0; i < res.actions->nheaders; i++)
+            seen |= !strcmp(res.actions->headers[i].name, "X-From-Body") &&
+                    !strcmp(res.actions->headers[i].value, "yes");
+        CHECK(seen);
+    }
+    CHECK(res.reply != NULL);
+    if (res.reply) {
+        CHECK(res.reply->body && json_eq(res.reply->body, "{\"ok\":true,\"v\":[1,{\"w\":null}]}"));
+        CHECK_INT_EQ(res.reply->nheaders, 1);
+        if (res.reply->nheaders == 1) CHECK_STR_EQ(res.reply->headers[0].name, "X-Reply");
+    }
+    hr_run_result_free(&res);
+    hr_ruleset_unref(rs);
+}
+
+/* A rule that reads all of every body gets it decoded whole after a few events (and lazily
+ * again every 32nd, to measure): what it sees and sends is the same either way, event after
+ * event, original bytes included. */
+static void test_whole_bodies(void)
+{
+    write_file("hookrouter.lua", BASE_CONFIG, "storeId");
+    write_file("rules/default.lua",
+               "local function walk(v)\n"
+               "  local n = 1\n"
+               "  if type(v) == 'table' then for _, x in pairs(v) do n = n + walk(x) end end\n"
+               "  return n\n"
+               "end\n"
+               "return function(e)\n"
+               "  local n = walk(e.body)\n"
+               "  if e.body.change then e.body.list[1] = n end\n"
+               "  forward('pos', e.body)\n"
+               "end\n");
+    hr_ruleset_t *rs = must_load();
+    if (!rs) return;
+    for (int i = 0; i < 70; i++) {
+        char in[160];
+        snprintf(in, sizeof in,
+                 "{\"n\": %d, \"list\":[1.50, {\"k\":[]}], \"o\":{\"a\":{\"b\":null}}%s}", i,
+                 i % 7 == 3 ? ", \"change\":true" : "");
+        hr_run_result_t res;
+        run(rs, in, &res);
+        CHECK_INT_EQ(res.status, HR_RUN_OK);
+        if (res.actions) {
+            if (i % 7 == 3) {
+                /* 10 values: the root, n, list, 1.5, {k}, [], o, a, b and change */
+                char want[160];
+                snprintf(want, sizeof want,
+                         "{\"change\":true,\"list\":[10,{\"k\":[]}],\"n\":%d,\"o\":{\"a\":{\"b\":"
+                         "null}}}",
+                         i);
+                CHECK_STR_EQ(res.actions->body, want);
+            } else {
+                CHECK_STR_EQ(res.actions->body, in); /* unchanged: the sender's bytes */
+            }
+        }
+        hr_run_result_free(&res);
+    }
+    hr_ruleset_unref(rs);
+}
+
 static void start_ev(hr_event_in_t *ev, const char *body)
 {
     static hr_header_t h[] = {{"x-test", "yes"}};
@@ -740,6 +835,8 @@ int main(void)
     test_store_id_floats();
     test_forward_and_sandbox();
     test_forward_original_bytes();
+    test_lazy_body();
+    test_whole_bodies();
     test_request_suspend_resume();
     test_run_with_stub();
     char cmd[300];
