@@ -17,6 +17,21 @@ return function(event)
   if forwarding then forward("sink", legacy) end
 end
 LUA
+# HR_BENCH_STORES=N: N store rule files (rules/stores/1.lua ... N.lua, the same rule; the
+# payload's store 42 is one of them when N >= 42, else N is 1 and the file is 42.lua), to
+# measure the cost of an event against the number of stores.
+if [ -n "${HR_BENCH_STORES:-}" ]; then
+  mkdir -p "$dir/rules/stores"
+  if [ "$HR_BENCH_STORES" -lt 42 ]; then
+    cp "$dir/rules/default.lua" "$dir/rules/stores/42.lua"
+  else
+    i=1
+    while [ "$i" -le "$HR_BENCH_STORES" ]; do
+      cp "$dir/rules/default.lua" "$dir/rules/stores/$i.lua"
+      i=$((i + 1))
+    done
+  fi
+fi
 HR_BENCH_WORKERS=${HR_BENCH_WORKERS:-}
 case $HR_BENCH_WORKERS in
 '') HR_BENCH_WORKERS_LUA=nil ;; # the product's default ("auto")
