@@ -108,6 +108,23 @@ void hr_buf_appends(hr_buf_t *b, const char *s)
     hr_buf_append(b, s, strlen(s));
 }
 
+size_t hr_fmt_i64(char *out, int64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    size_t len = 0;
+    if (v < 0) out[len++] = '-';
+    while (n)
+        out[len++] = tmp[--n];
+    out[len] = '\0';
+    return len;
+}
+
 void hr_buf_appendc(hr_buf_t *b, char c)
 {
     hr_buf_reserve(b, 1);

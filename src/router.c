@@ -799,7 +799,9 @@ static void on_pushed(void *arg, int status)
         reply_with(pc->r, pc->req, pc->reply);
     } else {
         hr_buf_t body = HR_BUF_INIT;
-        hr_buf_printf(&body, "{\"id\":\"%s\"}", pc->id);
+        hr_buf_append(&body, "{\"id\":\"", 7);
+        hr_buf_appends(&body, pc->id);
+        hr_buf_append(&body, "\"}", 2);
         answer(pc->r, pc->req, 200, JSON_CT, 1, body.data, body.len);
         hr_buf_free(&body);
     }

@@ -1113,7 +1113,9 @@ static char *pop_store(lua_State *L)
 {
     char *s = NULL;
     if (lua_isinteger(L, -1)) {
-        s = hr_xasprintf("%lld", (long long)lua_tointeger(L, -1));
+        char num[21];
+        hr_fmt_i64(num, (int64_t)lua_tointeger(L, -1));
+        s = hr_xstrdup(num);
     } else if (lua_type(L, -1) == LUA_TNUMBER) {
         double d = lua_tonumber(L, -1);
         lua_Integer i;

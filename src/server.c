@@ -370,7 +370,12 @@ static int conn_send_response(hr_conn_t *c, int status, const hr_header_t *heade
 {
     hr_buf_t *o = &c->out;
     hr_buf_reset(o);
-    hr_buf_printf(o, "HTTP/1.1 %d %s\r\n", status, status_reason(status));
+    char num[21];
+    hr_buf_append(o, "HTTP/1.1 ", 9);
+    hr_buf_append(o, num, hr_fmt_i64(num, status));
+    hr_buf_appendc(o, ' ');
+    hr_buf_appends(o, status_reason(status));
+    hr_buf_append(o, "\r\n", 2);
     for (size_t i = 0; i < nheaders; i++) {
         const char *name = headers[i].name, *value = headers[i].value;
         if (!name || !value || !*name) continue;
@@ -385,7 +390,11 @@ static int conn_send_response(hr_conn_t *c, int status, const hr_header_t *heade
         hr_buf_append(o, "\r\n", 2);
     }
     bool no_body = status == 204 || status == 304 || status < 200;
-    if (!no_body) hr_buf_printf(o, "Content-Length: %zu\r\n", body_len);
+    if (!no_body) {
+        hr_buf_append(o, "Content-Length: ", 16);
+        hr_buf_append(o, num, hr_fmt_i64(num, (int64_t)body_len));
+        hr_buf_append(o, "\r\n", 2);
+    }
     if (!keep)
         hr_buf_appends(o, "Connection: close\r\n");
     else if (c->req.http_major == 1 && c->req.http_minor == 0)

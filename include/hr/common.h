@@ -51,6 +51,9 @@ void hr_buf_vprintf(hr_buf_t *b, const char *fmt, va_list ap);
 /* Append s as a JSON string literal (with quotes), escaping as RFC 8259 requires.
  * Bytes are copied as they are (UTF-8 passes through). */
 void hr_buf_append_json_string(hr_buf_t *b, const char *s, size_t n);
+/* Write v in decimal into out (at least 21 bytes), NUL-terminated; returns the length (what
+ * "%lld" gives, without printf's cost on a hot path). */
+size_t hr_fmt_i64(char *out, int64_t v);
 /* Hand the memory over to the caller (who frees it) and leave b empty. Never NULL. */
 char *hr_buf_steal(hr_buf_t *b, size_t *len);
 

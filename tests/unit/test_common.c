@@ -524,6 +524,19 @@ static void test_ids(void)
     CHECK(hr_wall_ms() > 1700000000000ull); /* after 2023: a wall clock, not a monotonic one */
 }
 
+/* hr_fmt_i64 writes what "%lld" writes, at both ends of the range too. */
+static void test_fmt_i64(void)
+{
+    static const int64_t cases[] = {0, 7, -1, 42, 1000, -9876543210LL, INT64_MAX, INT64_MIN};
+    for (size_t i = 0; i < HR_ARRAY_SIZE(cases); i++) {
+        char got[21], want[32];
+        size_t n = hr_fmt_i64(got, cases[i]);
+        snprintf(want, sizeof want, "%lld", (long long)cases[i]);
+        CHECK_STR_EQ(got, want);
+        CHECK_INT_EQ(n, strlen(want));
+    }
+}
+
 int main(void)
 {
     snprintf(dir, sizeof dir, "/tmp/hr_test_common.XXXXXX");
@@ -540,6 +553,7 @@ int main(void)
     test_iov_advance();
     test_headers_free();
     test_ids();
+    test_fmt_i64();
     char *cmd = hr_xasprintf("rm -rf '%s'", dir);
     CHECK_INT_EQ(system(cmd), 0);
     free(cmd);
