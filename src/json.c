@@ -176,6 +176,14 @@ static bool scan_fail(scan_t *sc, size_t pos, const char *fmt, ...)
     return false;
 }
 
+/* 1 for the bytes a string holds as they are: ASCII from 0x20 but '"' and '\\'. */
+static const unsigned char plain[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+};
+
 /* Nonzero if one of the eight bytes in x is not plain string content: below 0x20, '"', '\\'
  * or 0x80 and up (the usual SWAR tests: a byte b < n sets the top bit of (b - n) & ~b, and
  * b == c is b ^ c < 1). */
@@ -187,6 +195,35 @@ static inline uint64_t swar_special(uint64_t x)
     return (ctl | quote | bslash | x) & tops;
 }
 
+/* The common case of scan_string, inlined where it is called: a string of plain bytes only
+ * (no escape, no control byte, ASCII). Returns true and moves *i past its closing quote;
+ * false (with *i unchanged) when scan_string must look. */
+static inline bool plain_string(const char *s, size_t len, size_t *i)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t p = *i + 1;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    while (p + 8 <= len) {
+        uint64_t x;
+        memcpy(&x, u + p, 8);
+        uint64_t m = swar_special(x);
+        if (m) {
+            p += (size_t)__builtin_ctzll(m) >> 3;
+            goto stop;
+        }
+        p += 8;
+    }
+#endif
+    while (p < len && plain[u[p]])
+        p++;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+stop:
+#endif
+    if (p >= len || u[p] != '"') return false;
+    *i = p + 1;
+    return true;
+}
+
 /* Check the string whose opening quote is at *i, per RFC 8259 section 7: no raw bytes below
  * 0x20, only the escapes \" \\ \/ \b \f \n \r \t \uXXXX, a \u escape of a UTF-16 surrogate
  * only as a high-low pair (a lone surrogate has no UTF-8 form: rejected, as RFC 8259 section
@@ -194,14 +231,6 @@ static inline uint64_t swar_special(uint64_t x)
  * quote, or false with the error set. */
 static bool scan_string(const char *s, size_t len, size_t *i, scan_t *sc)
 {
-    /* 1 for the bytes a string holds as they are: ASCII from 0x20 but '"' and '\\'. */
-    static const unsigned char plain[256] = {
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        0, 0, 0, 0, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    };
     const unsigned char *u = (const unsigned char *)s;
     size_t p = *i + 1;
     sc->esc = false;
@@ -526,8 +555,12 @@ static bool validate(const char *s, size_t len, tape_t *tape, size_t *root, scan
             if (state == FIRST_KEY && c == '}') goto close;
             if (c != '"') return scan_fail(sc, i, "%s", "");
             size_t start = i;
-            if (!scan_string(s, len, &i, sc)) return false;
-            tape_str(tape, start, i, sc->esc);
+            bool esc = false;
+            if (!plain_string(s, len, &i)) {
+                if (!scan_string(s, len, &i, sc)) return false;
+                esc = sc->esc;
+            }
+            tape_str(tape, start, i, esc);
             while (i < len && json_ws[(unsigned char)s[i]]) /* then the colon */
                 i++;
             if (i >= len) return scan_fail(sc, len, "%s", "");
@@ -562,8 +595,12 @@ static bool validate(const char *s, size_t len, tape_t *tape, size_t *root, scan
             state = AFTER;
             if (c == '"') {
                 size_t start = i;
-                if (!scan_string(s, len, &i, sc)) return false;
-                tape_str(tape, start, i, sc->esc);
+                bool esc = false;
+                if (!plain_string(s, len, &i)) {
+                    if (!scan_string(s, len, &i, sc)) return false;
+                    esc = sc->esc;
+                }
+                tape_str(tape, start, i, esc);
             } else if (c == '-' || c == '+' || c == '.' || is_digit(c)) {
                 if (!scan_number(s, len, &i, sc)) return false;
             } else if (c == '[' || c == '{') {

@@ -1178,10 +1178,6 @@ static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store,
     lua_setmetatable(L, -2);
 }
 
-/* Free a run that is over or abandoned: close its coroutine, drop what it holds, and its
- * reference to the rule set (which may free the rule set). The coroutine's stack is reset
- * (its to-be-closed handlers run, their errors dropped); the main thread's is untouched.
- * [-0, +0, -] on rs->L */
 /* The reads_t of the rule file name, made on its first run. [-0, +0, m] */
 static reads_t *rule_reads(lua_State *L, const char *name)
 {
@@ -1199,6 +1195,10 @@ static reads_t *rule_reads(lua_State *L, const char *name)
     return r;
 }
 
+/* Free a run that is over or abandoned: close its coroutine, drop what it holds, and its
+ * reference to the rule set (which may free the rule set). The coroutine's stack is reset
+ * (its to-be-closed handlers run, their errors dropped); the main thread's is untouched.
+ * [-0, +0, -] on rs->L */
 static void run_free(run_ctx_t *run)
 {
     hr_ruleset_t *rs = run->rs;
