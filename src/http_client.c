@@ -538,9 +538,9 @@ static void tls_handshake(hr_http_conn_t *conn)
 
 /* ---- Requests on a connection -------------------------------------------------------- */
 
-/* Send the bytes of conn's request: one uv_write of head and body (for https, of their
- * ciphertext). A failure to start the write fails the request from the defer handle and
- * closes the connection. */
+/* Send the bytes of conn's request: one write of head and body (for https, of their
+ * ciphertext), tried at once, the rest (if any) by uv_write. A failure to start the write fails the
+ * request from the defer handle and closes the connection. */
 static void conn_write(hr_http_conn_t *conn)
 {
     hr_http_req_t *r = conn->req;
@@ -556,10 +556,26 @@ static void conn_write(hr_http_conn_t *conn)
         uv_buf_init(r->bytes->data, (unsigned)r->bytes->head_len),
         uv_buf_init(r->bytes->data + r->bytes->head_len, (unsigned)r->bytes->body_len),
     };
+    uv_buf_t *v = bufs;
+    unsigned nv = r->bytes->body_len ? 2 : 1;
+    /* Try the write at once: a request the socket takes whole needs no write request, and
+     * libuv's uv_write would re-arm the descriptor in epoll (one epoll_ctl per request) when
+     * its queue drains. What is left (or an error) goes through uv_write as before. */
+    int k = uv_try_write((uv_stream_t *)&conn->tcp, v, nv);
+    while (k > 0 && nv > 0) {
+        size_t n = (size_t)k < v->len ? (size_t)k : v->len;
+        v->base += n;
+        v->len -= n;
+        k -= (int)n;
+        if (v->len == 0) {
+            v++;
+            nv--;
+        }
+    }
+    if (nv == 0) return; /* all sent; conn->writing stays NULL */
     conn->writing = r->bytes;
     r->bytes->refs++;
-    int rc = uv_write(&conn->write_req, (uv_stream_t *)&conn->tcp, bufs, r->bytes->body_len ? 2 : 1,
-                      on_write);
+    int rc = uv_write(&conn->write_req, (uv_stream_t *)&conn->tcp, v, nv, on_write);
     if (rc < 0) {
         bytes_unref(conn->writing);
         conn->writing = NULL;
