@@ -1,8 +1,10 @@
 /* Unit tests for src/spool.c: framing, append and recovery, torn tails, corrupt records in
- * the middle, segment deletion, group commit. */
+ * the middle, segment deletion, group commit, gathered writes and their failure. */
 #include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
@@ -603,6 +605,90 @@ static void test_recovery_report(void)
     free(d);
 }
 
+/* ACTION and DONE records are gathered and written at the next turn of the loop: a read of
+ * one before that finds it all the same, and a failed write of the gathered records (here:
+ * past RLIMIT_FSIZE, EFBIG) fails the commit waiting for them, counts a write error and
+ * leaves no trace in the segment; the next records and commits work, and a reopen finds
+ * exactly the records whose commits succeeded. */
+static void test_gathered_writes(void)
+{
+    char *d = spool_dir("gather");
+    char err[256];
+    hr_spool_opts_t o = {.dir = d, .fsync = HR_FSYNC_ALWAYS};
+    seen_t s = {0};
+    hr_spool_t *sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    CHECK(sp != NULL);
+    hr_spool_loc_t loc[8];
+    char p[100];
+    memset(p, 'g', sizeof p);
+    for (int i = 0; i < 3; i++)
+        CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, true, &loc[i]), 0);
+    hr_buf_t b = HR_BUF_INIT;
+    CHECK_INT_EQ(hr_spool_read(sp, loc[2], &b), HR_REC_ACTION); /* before the loop turned */
+    CHECK_INT_EQ(b.len, sizeof p);
+    hr_buf_free(&b);
+    commits_done = 0;
+    CHECK_INT_EQ(hr_spool_commit(sp, on_commit, NULL), 0);
+    while (commits_done == 0)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK_INT_EQ(commit_status, 0);
+
+    /* The segment may not grow: the next gathered records cannot be written. */
+    char *path = newest_segment(d);
+    CHECK(path != NULL);
+    struct stat fst;
+    CHECK_INT_EQ(stat(path, &fst), 0);
+    struct rlimit old, lim;
+    CHECK_INT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+    void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+    lim = old;
+    lim.rlim_cur = (rlim_t)fst.st_size;
+    CHECK_INT_EQ(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    for (int i = 3; i < 6; i++)
+        CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, true, &loc[i]), 0);
+    CHECK_INT_EQ(hr_spool_append(sp, HR_REC_DONE, p, 8, false, &loc[6]), 0);
+    commits_done = 0;
+    CHECK_INT_EQ(hr_spool_commit(sp, on_commit, NULL), 0);
+    while (commits_done == 0)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK_INT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, prev);
+    CHECK_INT_EQ(commit_status, -EFBIG);
+    hr_spool_stats_t st;
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.write_errors, 1);
+    CHECK(st.failing);
+    struct stat fst2;
+    CHECK_INT_EQ(stat(path, &fst2), 0);
+    CHECK_INT_EQ(fst2.st_size, fst.st_size); /* nothing of them stayed */
+    CHECK(hr_spool_read(sp, loc[4], &b) < 0);
+    hr_buf_free(&b);
+    for (int i = 3; i < 6; i++) /* what the outbox does for a refused push */
+        hr_spool_unref(sp, loc[i]);
+
+    /* And the spool goes on. */
+    CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, "after", 5, true, &loc[7]), 0);
+    commits_done = 0;
+    CHECK_INT_EQ(hr_spool_commit(sp, on_commit, NULL), 0);
+    while (commits_done == 0)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK_INT_EQ(commit_status, 0);
+    hr_spool_stats(sp, &st);
+    CHECK(!st.failing);
+    close_spool(sp);
+    free(path);
+
+    memset(&s, 0, sizeof s);
+    sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    CHECK(sp != NULL);
+    CHECK_INT_EQ(s.n, 4);
+    CHECK_STR_EQ(s.last, "after");
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.corrupt, 0);
+    close_spool(sp);
+    free(d);
+}
+
 int main(void)
 {
     hr_log_set_level(HR_LOG_ERROR);
@@ -615,6 +701,7 @@ int main(void)
     test_damage();
     test_segments_deleted();
     test_group_commit();
+    test_gathered_writes();
     test_compaction_pieces();
     test_recovery_report();
     uv_run(loop, UV_RUN_DEFAULT);
