@@ -1199,6 +1199,15 @@ static hr_tls_ctx_t *client_default_tls(hr_http_client_t *c, char *err, size_t e
     return c->default_tls;
 }
 
+/* Copy s (without its NUL) to w; returns the end. The request head is built this way, not
+ * with one sprintf per header (a fifth of the delivery loop's instructions per forward). */
+static char *put_str(char *w, const char *s)
+{
+    size_t n = strlen(s);
+    memcpy(w, s, n);
+    return w + n;
+}
+
 /* Queue a request. Copies the method, headers and body into one buffer now (req may be
  * freed after the call). Returns 0 and cb runs exactly once from the loop later, or returns
  * UV_EINVAL (bad URL) / UV_ECANCELED (client closing) and cb never runs. */
@@ -1240,10 +1249,22 @@ int hr_http_client_send(hr_http_client_t *c, const hr_http_out_t *req, hr_http_d
         head_len += strlen(req->headers[i].name) + strlen(req->headers[i].value) + 4;
     hr_http_bytes_t *b = hr_xmalloc(sizeof *b + head_len + req->body_len);
     char *w = b->data;
-    w += sprintf(w, "%s %s%s%s HTTP/1.1\r\nHost: %s\r\n", method, absolute ? "http://" : "",
-                 absolute ? p->host_header : "", u.path, p->host_header);
-    for (size_t i = 0; i < req->nheaders; i++)
-        w += sprintf(w, "%s: %s\r\n", req->headers[i].name, req->headers[i].value);
+    w = put_str(w, method);
+    w = put_str(w, " ");
+    if (absolute) {
+        w = put_str(w, "http://");
+        w = put_str(w, p->host_header);
+    }
+    w = put_str(w, u.path);
+    w = put_str(w, " HTTP/1.1\r\nHost: ");
+    w = put_str(w, p->host_header);
+    w = put_str(w, "\r\n");
+    for (size_t i = 0; i < req->nheaders; i++) {
+        w = put_str(w, req->headers[i].name);
+        w = put_str(w, ": ");
+        w = put_str(w, req->headers[i].value);
+        w = put_str(w, "\r\n");
+    }
     w += sprintf(w, "Content-Length: %zu\r\n\r\n", req->body_len);
     b->refs = 1;
     b->head_len = (size_t)(w - b->data);
