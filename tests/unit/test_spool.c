@@ -56,6 +56,16 @@ static void on_commit(void *arg, int status)
     commit_status = status;
 }
 
+/* Ask for a commit of what sp holds, run the loop until it completes; its status. */
+static int commit_wait(hr_spool_t *sp)
+{
+    commits_done = 0;
+    CHECK_INT_EQ(hr_spool_commit(sp, on_commit, NULL), 0);
+    while (commits_done == 0)
+        uv_run(loop, UV_RUN_ONCE);
+    return commit_status;
+}
+
 static char *spool_dir(const char *name)
 {
     return hr_xasprintf("%s/%s", dir, name);
@@ -627,11 +637,7 @@ static void test_gathered_writes(void)
     CHECK_INT_EQ(hr_spool_read(sp, loc[2], &b), HR_REC_ACTION); /* before the loop turned */
     CHECK_INT_EQ(b.len, sizeof p);
     hr_buf_free(&b);
-    commits_done = 0;
-    CHECK_INT_EQ(hr_spool_commit(sp, on_commit, NULL), 0);
-    while (commits_done == 0)
-        uv_run(loop, UV_RUN_ONCE);
-    CHECK_INT_EQ(commit_status, 0);
+    CHECK_INT_EQ(commit_wait(sp), 0);
 
     /* The segment may not grow: the next gathered records cannot be written. */
     char *path = newest_segment(d);
@@ -647,13 +653,10 @@ static void test_gathered_writes(void)
     for (int i = 3; i < 6; i++)
         CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, true, &loc[i]), 0);
     CHECK_INT_EQ(hr_spool_append(sp, HR_REC_DONE, p, 8, false, &loc[6]), 0);
-    commits_done = 0;
-    CHECK_INT_EQ(hr_spool_commit(sp, on_commit, NULL), 0);
-    while (commits_done == 0)
-        uv_run(loop, UV_RUN_ONCE);
+    int status = commit_wait(sp);
     CHECK_INT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
     signal(SIGXFSZ, prev);
-    CHECK_INT_EQ(commit_status, -EFBIG);
+    CHECK_INT_EQ(status, -EFBIG);
     hr_spool_stats_t st;
     hr_spool_stats(sp, &st);
     CHECK_INT_EQ(st.write_errors, 1);
@@ -668,11 +671,7 @@ static void test_gathered_writes(void)
 
     /* And the spool goes on. */
     CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, "after", 5, true, &loc[7]), 0);
-    commits_done = 0;
-    CHECK_INT_EQ(hr_spool_commit(sp, on_commit, NULL), 0);
-    while (commits_done == 0)
-        uv_run(loop, UV_RUN_ONCE);
-    CHECK_INT_EQ(commit_status, 0);
+    CHECK_INT_EQ(commit_wait(sp), 0);
     hr_spool_stats(sp, &st);
     CHECK(!st.failing);
     close_spool(sp);
