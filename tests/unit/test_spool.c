@@ -618,8 +618,9 @@ static void test_recovery_report(void)
 /* ACTION and DONE records are gathered and written at the next turn of the loop: a read of
  * one before that finds it all the same, and a failed write of the gathered records (here:
  * past RLIMIT_FSIZE, EFBIG) fails the commit waiting for them, counts a write error and
- * leaves no trace in the segment; the next records and commits work, and a reopen finds
- * exactly the records whose commits succeeded. */
+ * leaves no trace in the segment; a DONE record alone is written at the next turn of the
+ * loop; the next records and commits work, and a reopen finds exactly the records that were
+ * written. */
 static void test_gathered_writes(void)
 {
     char *d = spool_dir("gather");
@@ -669,6 +670,15 @@ static void test_gathered_writes(void)
     for (int i = 3; i < 6; i++) /* what the outbox does for a refused push */
         hr_spool_unref(sp, loc[i]);
 
+    /* A DONE record with no commit after it is written at the next turn of the loop. */
+    CHECK_INT_EQ(stat(path, &fst), 0);
+    CHECK_INT_EQ(hr_spool_append(sp, HR_REC_DONE, p, 8, false, &loc[6]), 0);
+    CHECK_INT_EQ(stat(path, &fst2), 0);
+    CHECK_INT_EQ(fst2.st_size, fst.st_size); /* gathered */
+    uv_run(loop, UV_RUN_NOWAIT);
+    CHECK_INT_EQ(stat(path, &fst2), 0);
+    CHECK_INT_EQ(fst2.st_size, fst.st_size + HR_SPOOL_HDR + 8);
+
     /* And the spool goes on. */
     CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, "after", 5, true, &loc[7]), 0);
     CHECK_INT_EQ(commit_wait(sp), 0);
@@ -680,7 +690,7 @@ static void test_gathered_writes(void)
     memset(&s, 0, sizeof s);
     sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
     CHECK(sp != NULL);
-    CHECK_INT_EQ(s.n, 4);
+    CHECK_INT_EQ(s.n, 5); /* 3 actions, the DONE, "after" */
     CHECK_STR_EQ(s.last, "after");
     hr_spool_stats(sp, &st);
     CHECK_INT_EQ(st.corrupt, 0);
