@@ -1,12 +1,18 @@
 /* The spool: segment files, record framing, append, group commit, recovery scan and segment
  * deletion (see include/hr/spool.h for the format and the promises).
  *
- * Segments live in an array ordered by number, oldest first; the last one is written. An
- * append is one pwritev(2) of header and payload at the segment's end, from the loop. Commits
- * wait in a list; a uv_idle handle (which also keeps the next poll from blocking) hands them
- * to a sync job in the threadpool that fdatasyncs every segment written since the last sync
- * (and the folder when a segment was created). Commits requested while a job runs wait for
- * the next job, which starts as soon as the running one ends: that is the group commit.
+ * Segments live in an array ordered by number, oldest first; the last one is written.
+ * ACTION and DONE records (the hot path: one of each per delivered action) are gathered in
+ * memory, already framed, and written in one pwritev(2) at the segment's end: before a sync
+ * starts, before a read of a gathered record, before a rotation or a direct write, at the
+ * next turn of the loop (the idle handle) and once WBUF_MAX bytes are gathered. STATE and
+ * COPY records (retries, compaction) are written at once, after what is gathered, so their
+ * errors still reach the caller. A failed write of the gathered records fails every commit
+ * waiting (write_err), cuts the segment back and starts a new one. Commits wait in a list; a
+ * uv_idle handle (which also keeps the next poll from blocking) hands them to a sync job in the
+ * threadpool that fdatasyncs every segment written since the last sync (and the folder when a
+ * segment was created). Commits requested while a job runs wait for the next job, which starts as
+ * soon as the running one ends: that is the group commit.
  *
  * What must stay true: a segment's descriptor is never closed while a sync job may use it
  * (deletion and close wait for the job), and a failed write never leaves a partial record
@@ -27,7 +33,8 @@
 #include "hr/defaults.h"
 #include "hr/log.h"
 
-#define DEF_SEGMENT_BYTES (16u << 20) /* not a config key: tests set smaller segments */
+#define DEF_SEGMENT_BYTES (16u << 20)  /* not a config key: tests set smaller segments */
+#define WBUF_MAX          (256u << 10) /* gathered bytes that are written without waiting */
 
 /* ---- CRC32C ----------------------------------------------------------------------------- */
 
@@ -611,6 +618,11 @@ struct hr_spool {
     uv_idle_t idle;           /* runs pending commits at the end of the loop iteration */
     uv_timer_t timer;         /* HR_FSYNC_INTERVAL syncs */
     hr_spool_stats_t st;      /* counters */
+    hr_buf_t wbuf;            /* gathered records (framed) for the end of the last segment */
+    uint64_t wbuf_off;        /* where wbuf goes in the last segment (its written size) */
+    uint64_t wbuf_actions;    /* ACTION records in wbuf */
+    uint64_t wbuf_dones;      /* DONE records in wbuf */
+    int write_err;            /* a gathered write failed: the commits waiting fail with it */
     bool closing;             /* hr_spool_close was called */
     int open_handles;         /* idle + timer */
     void (*close_cb)(void *); /* after close */
@@ -645,9 +657,62 @@ static void seg_push(hr_spool_t *sp, seg_t s)
     sp->segs[sp->nsegs++] = s;
 }
 
-/* Start a new segment for appends. Returns 0 or a negative errno. */
+/* Write the iovecs at offset pos of fd, continuing short writes. Returns 0 or a negative
+ * errno. */
+static int write_at(int fd, struct iovec *v, int iovcnt, uint64_t pos)
+{
+    while (iovcnt > 0) {
+        ssize_t k = pwritev(fd, v, iovcnt, (off_t)pos);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return k < 0 ? -errno : -EIO;
+        pos += (uint64_t)k;
+        hr_iov_advance(&v, &iovcnt, (size_t)k);
+    }
+    return 0;
+}
+
+/* Write the gathered records at the end of the last segment, in one pwritev. On failure the
+ * segment is cut back to where they start (and abandoned if that fails too), and write_err
+ * makes the commits waiting fail: their records may be among the lost ones. Returns 0 or a
+ * negative errno. */
+static int wbuf_flush(hr_spool_t *sp)
+{
+    if (sp->wbuf.len == 0) return 0;
+    seg_t *cur = &sp->segs[sp->nsegs - 1];
+    struct iovec iov = {sp->wbuf.data, sp->wbuf.len};
+    int rc = write_at(cur->fd, &iov, 1, sp->wbuf_off);
+    size_t n = sp->wbuf.len;
+    uint64_t actions = sp->wbuf_actions, dones = sp->wbuf_dones;
+    hr_buf_reset(&sp->wbuf);
+    sp->wbuf_actions = sp->wbuf_dones = 0;
+    if (rc == 0) {
+        cur->dirty = true;
+        if (sp->opts.fsync == HR_FSYNC_NEVER) sp->st.failing = false; /* no sync will tell */
+        return 0;
+    }
+    sp->st.write_errors++;
+    sp->st.failing = true;
+    sp->write_err = rc;
+    if (ftruncate(cur->fd, (off_t)sp->wbuf_off) < 0) sp->broken = true;
+    cur->size = sp->wbuf_off;
+    cur->actions -= actions;
+    sp->st.bytes -= n;
+    hr_log_error("spool: write to segment %u failed: %s", cur->seq, strerror(-rc));
+    if (dones)
+        hr_log_warn("spool: %llu done mark(s) not written; those actions may be delivered "
+                    "again after a restart",
+                    (unsigned long long)dones);
+    return rc;
+}
+
+/* Complete every commit waiting with write_err, if a gathered write failed. */
+static void fail_waiting(hr_spool_t *sp);
+
+/* Start a new segment for appends (what is gathered is written to the old one first).
+ * Returns 0 or a negative errno. */
 static int rotate(hr_spool_t *sp)
 {
+    wbuf_flush(sp);
     uint32_t seq = sp->nsegs ? sp->segs[sp->nsegs - 1].seq + 1 : 1;
     char *path = seg_path(sp->opts.dir, seq);
     int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -814,6 +879,17 @@ int hr_spool_scan_dir_gaps(const char *dir, hr_spool_rec_cb cb, void *arg, hr_sp
 static void on_idle(uv_idle_t *h);
 static void gc_now(hr_spool_t *sp);
 static void finish_close(hr_spool_t *sp);
+static void complete_commits(hr_spool_t *sp, commit_t *c, int status);
+
+static void fail_waiting(hr_spool_t *sp)
+{
+    if (!sp->write_err) return;
+    int rc = sp->write_err;
+    sp->write_err = 0;
+    commit_t *c = sp->pending;
+    sp->pending = sp->pending_tail = NULL;
+    complete_commits(sp, c, rc);
+}
 
 static void sync_work(uv_work_t *w)
 {
@@ -891,6 +967,13 @@ static void after_sync(uv_work_t *w, int status)
 
 static void start_sync(hr_spool_t *sp, commit_t *cbs)
 {
+    wbuf_flush(sp); /* the sync covers what is gathered */
+    if (sp->write_err) {
+        int rc = sp->write_err;
+        complete_commits(sp, cbs, rc);
+        fail_waiting(sp);
+        return;
+    }
     sync_job_t *j = job_new(sp);
     j->cbs = cbs;
     sp->job = j;
@@ -907,6 +990,8 @@ static void on_idle(uv_idle_t *h)
 {
     hr_spool_t *sp = h->data;
     uv_idle_stop(h);
+    wbuf_flush(sp);
+    fail_waiting(sp);
     if (!sp->pending) return;
     if (sp->opts.fsync != HR_FSYNC_ALWAYS) {
         /* Complete the plain commits now; forced ones (hr_spool_sync) stay for a sync. */
@@ -940,6 +1025,8 @@ static void on_interval(uv_timer_t *t)
 {
     hr_spool_t *sp = t->data;
     if (sp->job) return;
+    wbuf_flush(sp);
+    fail_waiting(sp);
     bool dirty = sp->dir_dirty;
     for (size_t i = 0; i < sp->nsegs && !dirty; i++)
         dirty = sp->segs[i].dirty;
@@ -1056,6 +1143,12 @@ int hr_spool_append(hr_spool_t *sp, int type, const void *payload, size_t len, b
 {
     if (sp->closing) return -ESHUTDOWN;
     if (len > UINT32_MAX - HR_SPOOL_HDR) return -EFBIG;
+    uint64_t rec = HR_SPOOL_HDR + len;
+    bool gather = (type == HR_REC_ACTION || type == HR_REC_DONE) && rec <= WBUF_MAX;
+    if (!gather) { /* written at once, after what is gathered, so its error is the caller's */
+        int rc = wbuf_flush(sp);
+        if (rc < 0) return rc;
+    }
     if (limited && hr_spool_is_full(sp, len)) {
         /* Full, but maybe only of finished records in the segment being written: start a
          * new one so that one can be deleted, and look again. */
@@ -1064,7 +1157,6 @@ int hr_spool_append(hr_spool_t *sp, int type, const void *payload, size_t len, b
         gc_now(sp);
         if (hr_spool_is_full(sp, len)) return -ENOSPC;
     }
-    uint64_t rec = HR_SPOOL_HDR + len;
     seg_t *cur = &sp->segs[sp->nsegs - 1];
     if (sp->broken || (cur->size > 0 && cur->size + rec > sp->opts.segment_bytes) ||
         cur->size + rec > UINT32_MAX) {
@@ -1079,33 +1171,38 @@ int hr_spool_append(hr_spool_t *sp, int type, const void *payload, size_t len, b
     }
     unsigned char h[HR_SPOOL_HDR];
     make_header(h, type, payload, len);
-    struct iovec iov[2] = {{h, sizeof h}, {(void *)payload, len}};
-    struct iovec *v = iov;
-    int iovcnt = 2;
-    uint64_t off = cur->size, pos = off;
-    while (iovcnt > 0) {
-        ssize_t k = pwritev(cur->fd, v, iovcnt, (off_t)pos);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) {
-            int rc = k < 0 ? -errno : -EIO;
+    uint64_t off = cur->size;
+    if (gather) {
+        if (sp->wbuf.len == 0) sp->wbuf_off = off;
+        hr_buf_reserve(&sp->wbuf, rec);
+        hr_buf_append(&sp->wbuf, h, sizeof h);
+        hr_buf_append(&sp->wbuf, payload, len);
+        if (type == HR_REC_ACTION)
+            sp->wbuf_actions++;
+        else
+            sp->wbuf_dones++;
+        uv_idle_start(&sp->idle, on_idle); /* written at the next turn of the loop at the latest */
+    } else {
+        struct iovec iov[2] = {{h, sizeof h}, {(void *)payload, len}};
+        int rc = write_at(cur->fd, iov, 2, off);
+        if (rc < 0) {
             sp->st.write_errors++;
             sp->st.failing = true;
             if (ftruncate(cur->fd, (off_t)off) < 0) sp->broken = true;
             hr_log_error("spool: write to segment %u failed: %s", cur->seq, strerror(-rc));
             return rc;
         }
-        pos += (uint64_t)k;
-        hr_iov_advance(&v, &iovcnt, (size_t)k);
+        cur->dirty = true;
+        if (sp->opts.fsync == HR_FSYNC_NEVER) sp->st.failing = false; /* no sync will tell */
     }
     cur->size += rec;
-    cur->dirty = true;
     sp->st.bytes += rec;
-    if (sp->opts.fsync == HR_FSYNC_NEVER) sp->st.failing = false; /* no sync will tell */
     if (type == HR_REC_ACTION || type == HR_REC_COPY) {
         cur->refs++;
         cur->actions++;
     }
     *loc = (uint64_t)cur->seq << 32 | off;
+    if (sp->wbuf.len >= WBUF_MAX) wbuf_flush(sp); /* an error fails the waiting commits */
     return 0;
 }
 
@@ -1152,6 +1249,8 @@ int hr_spool_read(hr_spool_t *sp, hr_spool_loc_t loc, hr_buf_t *out)
 {
     seg_t *s = seg_find(sp, HR_LOC_SEG(loc));
     if (!s) return -ENOENT;
+    if (sp->wbuf.len && s == &sp->segs[sp->nsegs - 1] && HR_LOC_OFF(loc) >= sp->wbuf_off)
+        wbuf_flush(sp); /* a gathered record: written first (a failure leaves it past the end) */
     unsigned char h[HR_SPOOL_HDR];
     off_t off = (off_t)HR_LOC_OFF(loc);
     ssize_t k = pread(s->fd, h, sizeof h, off);
@@ -1235,6 +1334,7 @@ static void on_handle_closed(uv_handle_t *h)
     void (*cb)(void *) = sp->close_cb;
     void *arg = sp->close_arg;
     free(sp->segs);
+    hr_buf_free(&sp->wbuf);
     free((char *)sp->opts.dir);
     free(sp);
     if (cb) cb(arg);
@@ -1245,6 +1345,8 @@ static void on_handle_closed(uv_handle_t *h)
 static void finish_close(hr_spool_t *sp)
 {
     if (sp->job || sp->open_handles == 0 || uv_is_closing((uv_handle_t *)&sp->idle)) return;
+    wbuf_flush(sp);
+    fail_waiting(sp);
     int rc = 0;
     for (size_t i = 0; i < sp->nsegs; i++) { /* a clean close syncs in every mode */
         if (sp->segs[i].dirty && fdatasync(sp->segs[i].fd) < 0 && rc == 0) rc = -errno;

@@ -19,8 +19,12 @@
  * started in it (see hr_spool_gap_t); an empty segment is reported too. A short record at the end
  * (a torn write) is the usual case after a crash.
  *
- * Durability (fsync): appends are write(2) calls from the loop (the page cache makes them
- * cheap); hr_spool_commit() asks to be told when everything appended so far is durable.
+ * Durability (fsync): appends are written from the loop (the page cache makes them cheap);
+ * ACTION and DONE records (one each per delivered action) are gathered and written in one
+ * pwritev(2) per loop iteration: before a sync starts or a commit completes, before a read
+ * of one of them, a rotation or a STATE/COPY append, at the next turn of the loop at the
+ * latest, and at once past 256 KiB. hr_spool_commit() asks to be told when everything
+ * appended so far is durable.
  *   HR_FSYNC_ALWAYS:   one fdatasync per loop iteration from the threadpool covers every
  *                      commit requested in that iteration (group commit); while one sync runs,
  *                      new commits wait for the next one.
@@ -139,7 +143,10 @@ int hr_spool_scan_dir_gaps(const char *dir, hr_spool_rec_cb cb, void *arg, hr_sp
 /* Append one record. With limited, a record that would take the spool past max_bytes is
  * refused with -ENOSPC (and nothing is written). An ACTION or COPY record takes a reference
  * on its segment (see hr_spool_ref). Returns 0 and sets *loc, or a negative errno (the write
- * failed; the segment is cut back so no partial record stays behind). */
+ * failed; the segment is cut back so no partial record stays behind). ACTION and DONE
+ * records are gathered (see above): their write error comes later, as the status of every
+ * commit waiting when it happens (the segment is cut back the same way, and a DONE record
+ * lost so is logged: that action may be delivered again after a restart). */
 int hr_spool_append(hr_spool_t *sp, int type, const void *payload, size_t len, bool limited,
                     hr_spool_loc_t *loc);
 /* cb(arg, 0) once everything appended so far is durable per the fsync mode, or cb(arg, <0)

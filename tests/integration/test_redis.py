@@ -400,6 +400,10 @@ class RedisOutboxTest(HRTestCase):
         self.assertTrue(wait_until(lambda: sorted(self.delivered(snk)) == list(range(5)), 5))
         self.assertEqual(self.redis.cmd("XLEN", "hrt:f:audit"), 0)  # acknowledged and deleted
         # /metrics counts this node's deliveries from Redis as the spool outbox counts its own
+        # (a delivery is counted once its answer is read and acknowledged: after the sink has it)
+        key = 'hookrouter_deliveries_total{target="%s",result="delivered"}'
+        self.assertTrue(wait_until(lambda: all(self.metrics(r).get(key % t) == 5
+                                               for t in ("pos", "(writes)")), 5))
         m = self.metrics(r)
         for tgt in ("pos", "(writes)"):
             self.assertEqual(m['hookrouter_actions_accepted_total{target="%s"}' % tgt], 5, tgt)

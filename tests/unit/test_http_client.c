@@ -430,6 +430,44 @@ static void test_request_bytes(void)
     close_client(c);
 }
 
+/* A request larger than the socket takes at once: what the first write leaves goes out
+ * through uv_write, the server gets every byte in order, and the connection is reused for
+ * the next request. */
+static void test_large_request(void)
+{
+    hr_http_client_t *c = hr_http_client_open(loop, NULL);
+    result_t r = {0};
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/big", peer_port(srv));
+    size_t n = 8u << 20;
+    char *body = hr_xmalloc(n);
+    for (size_t i = 0; i < n; i++)
+        body[i] = (char)('a' + i % 23);
+    hr_http_out_t out = {
+        .method = "POST", .url = url, .body = body, .body_len = n, .timeout_ms = 20000};
+    CHECK_INT_EQ(hr_http_client_send(c, &out, on_done, &r), 0);
+    run_until(&r.done, 1);
+    CHECK_INT_EQ(r.status, 200);
+    const peer_req_t *last = peer_last(srv);
+    CHECK(last != NULL);
+    if (last) {
+        CHECK_INT_EQ(last->body_len, n);
+        CHECK(last->body_len == n && memcmp(last->body, body, n) == 0);
+    }
+    out.body_len = 5;
+    CHECK_INT_EQ(hr_http_client_send(c, &out, on_done, &r), 0);
+    run_until(&r.done, 2);
+    CHECK_INT_EQ(r.status, 200);
+    last = peer_last(srv);
+    CHECK(last != NULL);
+    if (last) {
+        CHECK_INT_EQ(last->body_len, 5);
+        CHECK_INT_EQ(last->conn_nreq, 2); /* the same connection */
+    }
+    free(body);
+    close_client(c);
+}
+
 static void test_too_big(void)
 {
     hr_http_client_opts_t o = {.max_response_bytes = 1024};
@@ -466,6 +504,7 @@ int main(void)
     test_many();
     test_fast_server_reuse();
     test_request_bytes();
+    test_large_request();
     test_too_big();
     peer_stop(srv);
     uv_run(loop, UV_RUN_DEFAULT);

@@ -1,8 +1,10 @@
 /* Unit tests for src/spool.c: framing, append and recovery, torn tails, corrupt records in
- * the middle, segment deletion, group commit. */
+ * the middle, segment deletion, group commit, gathered writes and their failure. */
 #include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
@@ -52,6 +54,16 @@ static void on_commit(void *arg, int status)
 {
     commits_done++;
     commit_status = status;
+}
+
+/* Ask for a commit of what sp holds, run the loop until it completes; its status. */
+static int commit_wait(hr_spool_t *sp)
+{
+    commits_done = 0;
+    CHECK_INT_EQ(hr_spool_commit(sp, on_commit, NULL), 0);
+    while (commits_done == 0)
+        uv_run(loop, UV_RUN_ONCE);
+    return commit_status;
 }
 
 static char *spool_dir(const char *name)
@@ -603,6 +615,89 @@ static void test_recovery_report(void)
     free(d);
 }
 
+/* ACTION and DONE records are gathered and written at the next turn of the loop: a read of
+ * one before that finds it all the same, and a failed write of the gathered records (here:
+ * past RLIMIT_FSIZE, EFBIG) fails the commit waiting for them, counts a write error and
+ * leaves no trace in the segment; a DONE record alone is written at the next turn of the
+ * loop; the next records and commits work, and a reopen finds exactly the records that were
+ * written. */
+static void test_gathered_writes(void)
+{
+    char *d = spool_dir("gather");
+    char err[256];
+    hr_spool_opts_t o = {.dir = d, .fsync = HR_FSYNC_ALWAYS};
+    seen_t s = {0};
+    hr_spool_t *sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    CHECK(sp != NULL);
+    hr_spool_loc_t loc[8];
+    char p[100];
+    memset(p, 'g', sizeof p);
+    for (int i = 0; i < 3; i++)
+        CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, true, &loc[i]), 0);
+    hr_buf_t b = HR_BUF_INIT;
+    CHECK_INT_EQ(hr_spool_read(sp, loc[2], &b), HR_REC_ACTION); /* before the loop turned */
+    CHECK_INT_EQ(b.len, sizeof p);
+    hr_buf_free(&b);
+    CHECK_INT_EQ(commit_wait(sp), 0);
+
+    /* The segment may not grow: the next gathered records cannot be written. */
+    char *path = newest_segment(d);
+    CHECK(path != NULL);
+    struct stat fst;
+    CHECK_INT_EQ(stat(path, &fst), 0);
+    struct rlimit old, lim;
+    CHECK_INT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+    void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+    lim = old;
+    lim.rlim_cur = (rlim_t)fst.st_size;
+    CHECK_INT_EQ(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    for (int i = 3; i < 6; i++)
+        CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, true, &loc[i]), 0);
+    CHECK_INT_EQ(hr_spool_append(sp, HR_REC_DONE, p, 8, false, &loc[6]), 0);
+    int status = commit_wait(sp);
+    CHECK_INT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, prev);
+    CHECK_INT_EQ(status, -EFBIG);
+    hr_spool_stats_t st;
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.write_errors, 1);
+    CHECK(st.failing);
+    struct stat fst2;
+    CHECK_INT_EQ(stat(path, &fst2), 0);
+    CHECK_INT_EQ(fst2.st_size, fst.st_size); /* nothing of them stayed */
+    CHECK(hr_spool_read(sp, loc[4], &b) < 0);
+    hr_buf_free(&b);
+    for (int i = 3; i < 6; i++) /* what the outbox does for a refused push */
+        hr_spool_unref(sp, loc[i]);
+
+    /* A DONE record with no commit after it is written at the next turn of the loop. */
+    CHECK_INT_EQ(stat(path, &fst), 0);
+    CHECK_INT_EQ(hr_spool_append(sp, HR_REC_DONE, p, 8, false, &loc[6]), 0);
+    CHECK_INT_EQ(stat(path, &fst2), 0);
+    CHECK_INT_EQ(fst2.st_size, fst.st_size); /* gathered */
+    uv_run(loop, UV_RUN_NOWAIT);
+    CHECK_INT_EQ(stat(path, &fst2), 0);
+    CHECK_INT_EQ(fst2.st_size, fst.st_size + HR_SPOOL_HDR + 8);
+
+    /* And the spool goes on. */
+    CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, "after", 5, true, &loc[7]), 0);
+    CHECK_INT_EQ(commit_wait(sp), 0);
+    hr_spool_stats(sp, &st);
+    CHECK(!st.failing);
+    close_spool(sp);
+    free(path);
+
+    memset(&s, 0, sizeof s);
+    sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    CHECK(sp != NULL);
+    CHECK_INT_EQ(s.n, 5); /* 3 actions, the DONE, "after" */
+    CHECK_STR_EQ(s.last, "after");
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.corrupt, 0);
+    close_spool(sp);
+    free(d);
+}
+
 int main(void)
 {
     hr_log_set_level(HR_LOG_ERROR);
@@ -615,6 +710,7 @@ int main(void)
     test_damage();
     test_segments_deleted();
     test_group_commit();
+    test_gathered_writes();
     test_compaction_pieces();
     test_recovery_report();
     uv_run(loop, UV_RUN_DEFAULT);
