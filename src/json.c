@@ -1372,7 +1372,9 @@ static bool match_value(lua_State *L, match_t *m, int idx)
         m->i++;
     if (t != LUA_TNUMBER) return false;
     push_token_number(L, m->s, start, m->i);
-    bool same = lua_isinteger(L, -1) == lua_isinteger(L, idx) && lua_rawequal(L, -1, idx);
+    bool same =
+        lua_isinteger(L, -1) == lua_isinteger(L, idx) && lua_rawequal(L, -1, idx) &&
+        (lua_isinteger(L, -1) || signbit(lua_tonumber(L, -1)) == signbit(lua_tonumber(L, idx)));
     lua_pop(L, 1); /* the number read */
     return same;
 }

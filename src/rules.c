@@ -143,7 +143,8 @@ static void link_action(run_ctx_t *ctx, hr_action_t *a)
     ctx->out->nactions++;
 }
 
-/* Encode the body argument at idx: a table as JSON (event.body unchanged: the text it came as),
+/* Encode the body argument at idx: a table as JSON (event.body unchanged: the text it came as,
+ * unless fn is write and that text has a line break),
  * a string as it is. Raises on anything
  * else, and when the body does not fit in the run's memory cap (the copy is C memory the run
  * holds until its actions are handed on, so it counts). Returns a malloc'd copy. [-0, +0, e] */
@@ -159,9 +160,13 @@ static char *body_arg(lua_State *L, run_ctx_t *ctx, int idx, const char *fn, siz
     if (lua_type(L, idx) != LUA_TTABLE)
         luaL_error(L, "%s: the body must be a table or a string, got %s", fn,
                    luaL_typename(L, idx));
-    /* event.body as it came (unchanged): the sender's own bytes, not an encoding of them */
+    /* event.body as it came (unchanged): the sender's own bytes, not an encoding of them;
+     * but a write() record is one line: a text with a line break in it is encoded instead */
     const hr_event_in_t *ev = ctx->ev;
+    bool one_line = strcmp(fn, "write") == 0;
     if (ctx->body && lua_topointer(L, idx) == ctx->body &&
+        !(one_line &&
+          (memchr(ev->body, '\n', ev->body_len) || memchr(ev->body, '\r', ev->body_len))) &&
         hr_json_matches(L, idx, ev->body, ev->body_len)) {
         size_t skip = ev->body_len >= 3 && memcmp(ev->body, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
         *len = ev->body_len - skip;

@@ -856,6 +856,15 @@ static void test_lazy_matches(void)
             fprintf(stderr, "  lazy match case %zu: %s\n", i, cases[i].code);
         lua_pop(L, 1);
     }
+    /* -0.0 and 0.0 are equal numbers but not the same JSON: a change */
+    lazy_global(L, "b", "{\"z\":-0.0}");
+    run(L, "b.z = 0.0 return b");
+    CHECK(!hr_json_matches(L, -1, "{\"z\":-0.0}", 11));
+    lua_pop(L, 1);
+    lazy_global(L, "b", "{\"z\":-0.0}");
+    run(L, "local _ = b.z return b");
+    CHECK(hr_json_matches(L, -1, "{\"z\":-0.0}", 11));
+    lua_pop(L, 1);
     /* the text of another document is compared, not trusted */
     lazy_global(L, "b", doc);
     lua_getglobal(L, "b");

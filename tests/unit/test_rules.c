@@ -582,6 +582,36 @@ static void test_whole_bodies(void)
     hr_ruleset_unref(rs);
 }
 
+/* write(file, event.body) unchanged keeps the sender's bytes when they are one line, and
+ * encodes the table when they are not (a pretty-printed body, a trailing newline): a record
+ * of a JSONL file is one line. */
+static void test_write_body_one_line(void)
+{
+    write_file("hookrouter.lua", BASE_CONFIG, "storeId");
+    write_file("rules/default.lua", "return function(e) write('audit', e.body) end\n");
+    hr_ruleset_t *rs = must_load();
+    if (!rs) return;
+    static const struct {
+        const char *in, *want;
+    } cases[] = {
+        {"{\"b\": 1.10, \"a\":[1]}", "{\"b\": 1.10, \"a\":[1]}"},
+        {"{\n  \"b\": 1.10,\n  \"a\": [1]\n}\n", "{\"a\":[1],\"b\":1.1}"},
+        {"{\"b\":1}\r\n", "{\"b\":1}"},
+    };
+    for (size_t i = 0; i < HR_ARRAY_SIZE(cases); i++) {
+        hr_run_result_t res;
+        run(rs, cases[i].in, &res);
+        CHECK_INT_EQ(res.status, HR_RUN_OK);
+        CHECK(res.actions != NULL);
+        if (res.actions) {
+            CHECK_STR_EQ(res.actions->body, cases[i].want);
+            CHECK(res.actions->body_is_json);
+        }
+        hr_run_result_free(&res);
+    }
+    hr_ruleset_unref(rs);
+}
+
 static void start_ev(hr_event_in_t *ev, const char *body)
 {
     static hr_header_t h[] = {{"x-test", "yes"}};
@@ -837,6 +867,7 @@ int main(void)
     test_forward_original_bytes();
     test_lazy_body();
     test_whole_bodies();
+    test_write_body_one_line();
     test_request_suspend_resume();
     test_run_with_stub();
     char cmd[300];
