@@ -195,33 +195,27 @@ static inline uint64_t swar_special(uint64_t x)
     return (ctl | quote | bslash | x) & tops;
 }
 
-/* The common case of scan_string, inlined where it is called: a string of plain bytes only
- * (no escape, no control byte, ASCII). Returns true and moves *i past its closing quote;
- * false (with *i unchanged) when scan_string must look. */
-static inline bool plain_string(const char *s, size_t len, size_t *i)
+/* The first byte from p on (p < len) that is not plain string content, or len: eight bytes
+ * a step while none needs a look, the first flagged one found by its trailing zeros (the
+ * lowest flag of swar_special is exact; on a big-endian machine the byte loop finds it). */
+static inline size_t skip_plain(const unsigned char *u, size_t p, size_t len)
 {
-    const unsigned char *u = (const unsigned char *)s;
-    size_t p = *i + 1;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     while (p + 8 <= len) {
         uint64_t x;
         memcpy(&x, u + p, 8);
         uint64_t m = swar_special(x);
         if (m) {
-            p += (size_t)__builtin_ctzll(m) >> 3;
-            goto stop;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            return p + ((size_t)__builtin_ctzll(m) >> 3);
+#else
+            break;
+#endif
         }
         p += 8;
     }
-#endif
     while (p < len && plain[u[p]])
         p++;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-stop:
-#endif
-    if (p >= len || u[p] != '"') return false;
-    *i = p + 1;
-    return true;
+    return p;
 }
 
 /* Check the string whose opening quote is at *i, per RFC 8259 section 7: no raw bytes below
@@ -235,20 +229,7 @@ static bool scan_string(const char *s, size_t len, size_t *i, scan_t *sc)
     size_t p = *i + 1;
     sc->esc = false;
     for (;;) {
-        while (p + 8 <= len) { /* eight bytes at a time while none needs a look */
-            uint64_t x;
-            memcpy(&x, u + p, 8);
-            uint64_t m = swar_special(x);
-            if (m) {
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-                p += (size_t)__builtin_ctzll(m) >> 3; /* the first such byte: its flag is exact */
-#endif
-                break;
-            }
-            p += 8;
-        }
-        while (p < len && plain[u[p]])
-            p++;
+        p = skip_plain(u, p, len);
         if (p >= len) return scan_fail(sc, len, "%s", "");
         unsigned char c = u[p];
         if (c == '"') break;
@@ -530,6 +511,22 @@ static void tape_str(tape_t *t, size_t start, size_t end, bool esc)
  * leading UTF-8 byte order mark is skipped, as section 8.1 allows) and record its containers
  * in tape. No Lua: nothing is built yet. Returns true with *root at the first byte of the
  * value, or false with sc set at the first error. */
+/* Check the string whose opening quote is at *i (a plain one without leaving the caller,
+ * anything else through scan_string) and record it on the tape; moves *i past it. */
+static inline bool validate_string(const char *s, size_t len, size_t *i, tape_t *tape, scan_t *sc)
+{
+    size_t start = *i, p = skip_plain((const unsigned char *)s, start + 1, len);
+    bool esc = false;
+    if (p < len && s[p] == '"') {
+        *i = p + 1;
+    } else {
+        if (!scan_string(s, len, i, sc)) return false;
+        esc = sc->esc;
+    }
+    tape_str(tape, start, *i, esc);
+    return true;
+}
+
 /* 1 for the four whitespace bytes of RFC 8259. */
 static const unsigned char json_ws[256] = {[' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1};
 
@@ -554,13 +551,7 @@ static bool validate(const char *s, size_t len, tape_t *tape, size_t *root, scan
         case KEY: {
             if (state == FIRST_KEY && c == '}') goto close;
             if (c != '"') return scan_fail(sc, i, "%s", "");
-            size_t start = i;
-            bool esc = false;
-            if (!plain_string(s, len, &i)) {
-                if (!scan_string(s, len, &i, sc)) return false;
-                esc = sc->esc;
-            }
-            tape_str(tape, start, i, esc);
+            if (!validate_string(s, len, &i, tape, sc)) return false;
             while (i < len && json_ws[(unsigned char)s[i]]) /* then the colon */
                 i++;
             if (i >= len) return scan_fail(sc, len, "%s", "");
@@ -594,13 +585,7 @@ static bool validate(const char *s, size_t len, tape_t *tape, size_t *root, scan
             if (depth == 0) *root = i;
             state = AFTER;
             if (c == '"') {
-                size_t start = i;
-                bool esc = false;
-                if (!plain_string(s, len, &i)) {
-                    if (!scan_string(s, len, &i, sc)) return false;
-                    esc = sc->esc;
-                }
-                tape_str(tape, start, i, esc);
+                if (!validate_string(s, len, &i, tape, sc)) return false;
             } else if (c == '-' || c == '+' || c == '.' || is_digit(c)) {
                 if (!scan_number(s, len, &i, sc)) return false;
             } else if (c == '[' || c == '{') {
@@ -952,10 +937,9 @@ static int build_main(lua_State *L)
 
 /* Validate text, then build its value (lazy or not) under a pcall, so that out-of-memory
  * frees what the build made. [-0, +(1|0), m] */
-static int decode(lua_State *L, const char *text, size_t len, uint32_t *fills, uint32_t *containers,
-                  char *err, size_t errlen)
+static int decode(lua_State *L, const char *text, size_t len, bool lazy, uint32_t *fills,
+                  uint32_t *containers, char *err, size_t errlen)
 {
-    bool lazy = containers != NULL;
     if (!text) text = "";
     if (!lua_checkstack(L, 4)) {
         snprintf(err, errlen, "Lua stack overflow");
@@ -1004,13 +988,13 @@ void hr_json_thread_done(void) {}
 
 int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen)
 {
-    return decode(L, text, len, NULL, NULL, err, errlen);
+    return decode(L, text, len, false, NULL, NULL, err, errlen);
 }
 
 int hr_json_decode_lazy(lua_State *L, const char *text, size_t len, uint32_t *fills,
                         uint32_t *containers, char *err, size_t errlen)
 {
-    return decode(L, text, len, fills, containers, err, errlen);
+    return decode(L, text, len, true, fills, containers, err, errlen);
 }
 
 /* ================================================================ lazy tables */

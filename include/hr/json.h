@@ -44,9 +44,9 @@ int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t
  * What skips metamethods does not: rule code gets the base functions of
  * hr_json_install_lazy_base(), and C code calls hr_json_force() on a table before it reads
  * it raw (the encoder and hr_json_matches() do it themselves). A table never touched costs
- * no Lua values. *containers gets the number of arrays and objects in the text; each lazy
- * fill adds 1 to *fills (when fills is not NULL: it must stay valid for as long as the
- * state lives, since tables outlive the call). [-0, +(1|0), m] */
+ * no Lua values. *containers (when not NULL) gets the number of arrays and objects in the
+ * text; each lazy fill adds 1 to *fills (when not NULL: it must stay valid for as long as
+ * the state lives, since tables outlive the call). [-0, +(1|0), m] */
 int hr_json_decode_lazy(lua_State *L, const char *text, size_t len, uint32_t *fills,
                         uint32_t *containers, char *err, size_t errlen);
 /* If the value at idx is a lazy table not yet filled, fill it (one level: its containers

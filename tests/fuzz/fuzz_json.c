@@ -27,9 +27,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(lua_gettop(L) == 0); /* nothing pushed on error */
         FUZZ_CHECK(strncmp(err, "invalid JSON at line ", 21) == 0);
         char err2[256];
-        uint32_t containers;
-        FUZZ_CHECK(hr_json_decode_lazy(L, (const char *)data, size, NULL, &containers, err2,
-                                       sizeof err2) != 0);
+        FUZZ_CHECK(
+            hr_json_decode_lazy(L, (const char *)data, size, NULL, NULL, err2, sizeof err2) != 0);
         FUZZ_CHECK(strcmp(err, err2) == 0 && lua_gettop(L) == 0);
         return 0;
     }
@@ -57,9 +56,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
     lua_settop(L, 0);
-    uint32_t containers;
-    FUZZ_CHECK(
-        hr_json_decode_lazy(L, (const char *)data, size, NULL, &containers, err, sizeof err) == 0);
+    FUZZ_CHECK(hr_json_decode_lazy(L, (const char *)data, size, NULL, NULL, err, sizeof err) == 0);
     FUZZ_CHECK(hr_json_matches(L, 1, (const char *)data, size));
     hr_buf_reset(&b);
     FUZZ_CHECK(hr_json_encode(L, 1, &b, err, sizeof err) == 0);

@@ -30,8 +30,7 @@ static int decode_n(lua_State *L, const char *s, size_t n, char *err, size_t err
 {
     char *copy = malloc(n ? n : 1);
     memcpy(copy, s, n);
-    uint32_t containers;
-    int rc = lazy_mode ? hr_json_decode_lazy(L, copy, n, NULL, &containers, err, errlen)
+    int rc = lazy_mode ? hr_json_decode_lazy(L, copy, n, NULL, NULL, err, errlen)
                        : hr_json_decode(L, copy, n, err, errlen);
     if (rc == 0 && lazy_mode) hr_json_force(L, -1); /* C reads of the root below are raw */
     free(copy);
@@ -541,7 +540,7 @@ static void test_deep(lua_State *L)
     (void)err;
 }
 
-/* Large containers (more than the decoder's first tape of 64 containers, and thousands of
+/* Large containers (more than fit in the decoder's first tape, and thousands of
  * elements): every element arrives, in order, and a repeated key keeps its last value. */
 static void test_large(lua_State *L)
 {
@@ -700,8 +699,7 @@ static void test_encode(lua_State *L)
 static void lazy_global(lua_State *L, const char *name, const char *s)
 {
     char err[256];
-    uint32_t containers;
-    CHECK_INT_EQ(hr_json_decode_lazy(L, s, strlen(s), NULL, &containers, err, sizeof err), 0);
+    CHECK_INT_EQ(hr_json_decode_lazy(L, s, strlen(s), NULL, NULL, err, sizeof err), 0);
     lua_setglobal(L, name);
 }
 
@@ -806,8 +804,7 @@ static void test_lazy_lifetime(void)
     lua_State *L = new_state();
     char *text = strdup("{\"keep\":{\"x\":[10,{\"y\":\"kept\"}]},\"drop\":[1,2,3]}");
     char err[256];
-    uint32_t containers;
-    CHECK_INT_EQ(hr_json_decode_lazy(L, text, strlen(text), NULL, &containers, err, sizeof err), 0);
+    CHECK_INT_EQ(hr_json_decode_lazy(L, text, strlen(text), NULL, NULL, err, sizeof err), 0);
     memset(text, ' ', strlen(text)); /* the caller's buffer is gone */
     free(text);
     lua_setglobal(L, "b");
@@ -816,7 +813,7 @@ static void test_lazy_lifetime(void)
     for (int i = 0; i < 200; i++) { /* churn: many documents, tables freed and reused */
         hr_buf_t t = HR_BUF_INIT;
         hr_buf_printf(&t, "{\"a\":{\"b\":[%d,{}]},\"c\":[[],[%d]]}", i, i);
-        CHECK_INT_EQ(hr_json_decode_lazy(L, t.data, t.len, NULL, &containers, err, sizeof err), 0);
+        CHECK_INT_EQ(hr_json_decode_lazy(L, t.data, t.len, NULL, NULL, err, sizeof err), 0);
         lua_setglobal(L, "tmp");
         run(L, "return tmp.a.b[1] + tmp.c[2][1]");
         CHECK_INT_EQ(lua_tointeger(L, -1), 2 * i);
