@@ -144,12 +144,12 @@ static void link_action(run_ctx_t *ctx, hr_action_t *a)
 }
 
 /* Encode the body argument at idx: a table as JSON (event.body unchanged: the text it came as,
- * unless fn is write and that text has a line break),
- * a string as it is. Raises on anything
- * else, and when the body does not fit in the run's memory cap (the copy is C memory the run
- * holds until its actions are handed on, so it counts). Returns a malloc'd copy. [-0, +0, e] */
-static char *body_arg(lua_State *L, run_ctx_t *ctx, int idx, const char *fn, size_t *len,
-                      bool *is_json)
+ * unless one_line is asked for and that text has a line break), a string as it is. Raises on
+ * anything else, and when the body does not fit in the run's memory cap (the copy is C memory
+ * the run holds until its actions are handed on, so it counts). Returns a malloc'd copy.
+ * [-0, +0, e] */
+static char *body_arg(lua_State *L, run_ctx_t *ctx, int idx, const char *fn, bool one_line,
+                      size_t *len, bool *is_json)
 {
     if (lua_type(L, idx) == LUA_TSTRING) {
         const char *s = lua_tolstring(L, idx, len);
@@ -160,10 +160,8 @@ static char *body_arg(lua_State *L, run_ctx_t *ctx, int idx, const char *fn, siz
     if (lua_type(L, idx) != LUA_TTABLE)
         luaL_error(L, "%s: the body must be a table or a string, got %s", fn,
                    luaL_typename(L, idx));
-    /* event.body as it came (unchanged): the sender's own bytes, not an encoding of them;
-     * but a write() record is one line: a text with a line break in it is encoded instead */
+    /* event.body as it came (unchanged): the sender's own bytes, not an encoding of them */
     const hr_event_in_t *ev = ctx->ev;
-    bool one_line = strcmp(fn, "write") == 0;
     if (ctx->body && lua_topointer(L, idx) == ctx->body &&
         !(one_line &&
           (memchr(ev->body, '\n', ev->body_len) || memchr(ev->body, '\r', ev->body_len))) &&
@@ -262,7 +260,7 @@ static hr_action_t *http_action(lua_State *L, run_ctx_t *ctx, const char *fn,
 
     size_t len;
     bool is_json;
-    char *body = body_arg(L, ctx, 2, fn, &len, &is_json);
+    char *body = body_arg(L, ctx, 2, fn, false, &len, &is_json);
     hr_action_t *a = hr_action_new(HR_ACTION_FORWARD);
     a->body = body;
     a->body_len = len;
@@ -346,7 +344,7 @@ static int l_respond(lua_State *L)
     hr_reply_free(ctx->out->reply);
     ctx->out->reply = rp; /* owned by out first, so a raise below cannot leak it */
     if (!lua_isnoneornil(L, 2))
-        rp->body = body_arg(L, ctx, 2, "respond", &rp->body_len, &rp->body_is_json);
+        rp->body = body_arg(L, ctx, 2, "respond", false, &rp->body_len, &rp->body_is_json);
     if (lua_istable(L, 3)) {
         size_t n = 0;
         hr_json_force(L, 3); /* read raw below */
@@ -388,7 +386,7 @@ static int l_write(lua_State *L)
     check_action_count(L, ctx, "write");
     size_t len;
     bool is_json;
-    char *line = body_arg(L, ctx, 2, "write", &len, &is_json);
+    char *line = body_arg(L, ctx, 2, "write", true, &len, &is_json); /* a record is one line */
     if (memchr(line, '\n', len)) {
         free(line);
         luaL_error(L, "write: a string record must be one line (it contains a newline)");
