@@ -6,18 +6,15 @@
 Prints the router's VmRSS and VmHWM (from /proc/PID/status) with the N connections open and
 idle, then closes them. Used by `scripts/bench --idle N`. Loopback only.
 """
+import os
 import socket
 import sys
 
-port, n, payload_path, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-path = sys.argv[5] if len(sys.argv) > 5 else "/aifi/checkout-zone/left"
-token = sys.argv[6] if len(sys.argv) > 6 else "bench-token"
-with open(payload_path, "rb") as f:
-    body = f.read()
-req = (
-    f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
-    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-).encode() + body
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cg_client import request_from_argv  # noqa: E402  (the same request as the callgrind client)
+
+n, pid = int(sys.argv[2]), sys.argv[4]
+port, req = request_from_argv([sys.argv[1], sys.argv[3]] + sys.argv[5:])
 
 
 def status(key):
