@@ -999,25 +999,30 @@ int hr_json_decode_lazy(lua_State *L, const char *text, size_t len, uint32_t *fi
 
 /* ================================================================ lazy tables */
 
+/* If the value at idx is a lazy table, push its lazy metatable and return true (else push
+ * nothing). [-0, +(0|1), -] */
+static bool push_lazy_mt(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return false;
+    bool lazy = lua_rawgeti(L, -1, 2) == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == &lazy_key;
+    lua_pop(L, lazy ? 1 : 2);
+    return lazy;
+}
+
 /* If the table at idx is lazy, push the box of its document and return the document (else
  * push nothing and return NULL). [-0, +(0|1), -] */
 static doc_t *lazy_doc(lua_State *L, int idx)
 {
-    if (!lua_getmetatable(L, idx)) return NULL;
-    if (lua_rawgeti(L, -1, 2) != LUA_TLIGHTUSERDATA || lua_touserdata(L, -1) != &lazy_key) {
-        lua_pop(L, 2);
-        return NULL;
-    }
-    lua_pop(L, 1);
+    idx = lua_absindex(L, idx);
+    if (!push_lazy_mt(L, idx)) return NULL;
     lua_rawgeti(L, -1, 1);
     lua_remove(L, -2);
-    box_t *box = lua_touserdata(L, -1);
-    return box->doc;
+    return ((box_t *)lua_touserdata(L, -1))->doc;
 }
 
 bool hr_json_is_lazy(lua_State *L, int idx)
 {
-    if (lua_type(L, idx) != LUA_TTABLE || !lazy_doc(L, idx)) return false;
+    if (!push_lazy_mt(L, idx)) return false;
     lua_pop(L, 1);
     return true;
 }
@@ -1027,12 +1032,8 @@ bool hr_json_is_lazy(lua_State *L, int idx)
 static void force(lua_State *L, int idx, bool deep)
 {
     idx = lua_absindex(L, idx);
-    if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return;
+    if (!push_lazy_mt(L, idx)) return; /* a plain table, an array, not a table */
     int mt = lua_gettop(L), top = mt - 1;
-    if (lua_rawgeti(L, mt, 2) != LUA_TLIGHTUSERDATA || lua_touserdata(L, -1) != &lazy_key) {
-        lua_settop(L, top); /* a plain table, or an array */
-        return;
-    }
     luaL_checkstack(L, 8, "JSON");
     /* the lazy metatable: [1] box, [2] the marker, [3] json.null, [4] the array marker,
      * [5] the scratch buffer's userdata */
@@ -1042,9 +1043,9 @@ static void force(lua_State *L, int idx, bool deep)
     lua_rawgeti(L, mt, 4);
     lua_rawgeti(L, mt, 5);
     run.lazy_idx = deep ? 0 : mt;
-    run.null_idx = mt + 3;
-    run.mt_idx = mt + 4;
-    run.scratch = lua_touserdata(L, mt + 5);
+    run.null_idx = mt + 2; /* above the metatable: the box, then [3], [4] and [5] */
+    run.mt_idx = mt + 3;
+    run.scratch = lua_touserdata(L, mt + 4);
     uint32_t ord = map_get(&run, lua_topointer(L, idx));
     if (ord == UINT32_MAX) { /* cannot happen: every lazy table is in the map */
         lua_pushnil(L);
