@@ -664,12 +664,17 @@ typedef struct {
     struct lazy_slot {
         const void *table; /* lua_topointer() of a lazy table, NULL for a free slot */
         uint32_t node;
+        uint16_t peeks; /* keys read from its text without filling it (l_lazy_index) */
+        bool kids;      /* one of them was a container: it is in the document's cache */
     } * map;
     uint32_t *fills;   /* counts the lazy fills of this document (NULL: not counted) */
     hr_buf_t *scratch; /* strings with escapes, decoded */
     int null_idx;      /* stack slot of json.null during a fill */
     int mt_idx;        /* stack slot of the array marker during a fill */
     int lazy_idx;      /* stack slot of the lazy metatable during a fill (0: eager) */
+    int doc_mt_idx;    /* stack slot of the lazy metatable during a fill or peek (0: none) */
+    uint16_t *kid;     /* lazy only, by node: 0, or k when a peek handed it out as the table at
+                        * [KID0 + k] of the lazy metatable ([0]: how many were) */
 } doc_t;
 
 static uint32_t map_hash(const void *p)
@@ -690,12 +695,12 @@ static void map_put(doc_t *d, const void *p, uint32_t node)
     }
 }
 
-/* The node of the lazy table at p, or UINT32_MAX. */
-static uint32_t map_get(const doc_t *d, const void *p)
+/* The slot of the lazy table at p, or NULL. */
+static struct lazy_slot *map_slot(const doc_t *d, const void *p)
 {
     for (uint32_t k = map_hash(p) & d->mapmask;; k = (k + 1) & d->mapmask) {
-        if (d->map[k].table == p) return d->map[k].node;
-        if (d->map[k].table == NULL) return UINT32_MAX;
+        if (d->map[k].table == p) return &d->map[k];
+        if (d->map[k].table == NULL) return NULL;
     }
 }
 
@@ -721,9 +726,33 @@ static void push_string(lua_State *L, const doc_t *d, cur_t *c)
 }
 
 static void fill(lua_State *L, doc_t *d, int t, uint32_t ord);
+static void fill_all(lua_State *L, int idx, int depth);
+
+/* Where the containers peeks handed out are kept in the lazy metatable (see peek). */
+#define KID0 5
+
+/* If a peek handed out the container node ord, push that same table (filled in full first
+ * when d is a deep fill) and return true; else push nothing. [-0, +(0|1), m] */
+static bool push_cached(lua_State *L, doc_t *d, uint32_t ord)
+{
+    if (!d->doc_mt_idx || !d->kid[ord]) return false;
+    lua_rawgeti(L, d->doc_mt_idx, KID0 + d->kid[ord]);
+    if (!d->lazy_idx) { /* deep: nothing lazy may stay below */
+        bool lazy = false;
+        if (lua_getmetatable(L, -1)) {
+            lazy = lua_rawequal(L, -1, d->doc_mt_idx);
+            lua_pop(L, 1);
+        }
+        if (lazy)
+            fill(L, d, lua_gettop(L), ord);
+        else
+            fill_all(L, lua_gettop(L), 1);
+    }
+    return true;
+}
 
 /* Push the value at c->i (valid, no leading whitespace) and move past it; a container is the
- * node ord: made lazy, or filled now. [-0, +1, m] */
+ * node ord: the table a peek already handed out, made lazy, or filled now. [-0, +1, m] */
 static void push_value(lua_State *L, doc_t *d, cur_t *c, uint32_t ord)
 {
     const char *s = d->text;
@@ -732,6 +761,11 @@ static void push_value(lua_State *L, doc_t *d, cur_t *c, uint32_t ord)
         push_string(L, d, c);
     } else if (ch == '[' || ch == '{') {
         const node_t *n = &d->node[ord];
+        if (push_cached(L, d, ord)) {
+            c->i = n->end;
+            c->si = n->str_end;
+            return;
+        }
         if (ch == '[')
             lua_createtable(L, (int)n->count, 0);
         else
@@ -881,7 +915,8 @@ static int build_main(lua_State *L)
         size_t nodes = (sizeof(doc_t) + d->len + 1 + 7) & ~(size_t)7;
         size_t strs = nodes + b->tape->n * sizeof(node_t);
         size_t map = (strs + b->tape->nstr * sizeof(uint32_t) + 7) & ~(size_t)7;
-        size_t size = map + mapn * sizeof(struct lazy_slot);
+        size_t kids = map + mapn * sizeof(struct lazy_slot);
+        size_t size = kids + b->tape->n * sizeof(uint16_t);
         box_t *box = push_box(L);
         void *aud;
         lua_Alloc alloc = lua_getallocf(L, &aud);
@@ -893,7 +928,7 @@ static int build_main(lua_State *L)
         mem[sizeof(doc_t) + d->len] = '\0';
         memcpy(mem + nodes, b->tape->v, b->tape->n * sizeof(node_t));
         memcpy(mem + strs, b->tape->str, b->tape->nstr * sizeof(uint32_t));
-        memset(mem + map, 0, mapn * sizeof(struct lazy_slot));
+        memset(mem + map, 0, size - map); /* the map and the kids */
         doc_t *ud = box->doc;
         *ud = (doc_t){.text = mem + sizeof(doc_t),
                       .len = d->len,
@@ -902,8 +937,9 @@ static int build_main(lua_State *L)
                       .str = (const uint32_t *)(mem + strs),
                       .fills = d->fills,
                       .mapmask = mapn - 1,
-                      .map = (struct lazy_slot *)(mem + map)};
-        lua_createtable(L, 5, 4); /* the lazy metatable of this document (hr_json_force) */
+                      .map = (struct lazy_slot *)(mem + map),
+                      .kid = (uint16_t *)(mem + kids)};
+        lua_createtable(L, KID0 + 2, 4); /* the lazy metatable of this document (doc_open) */
         lua_insert(L, -2);
         lua_rawseti(L, -2, 1);
         lua_pushlightuserdata(L, (void *)&lazy_key);
@@ -1029,32 +1065,48 @@ bool hr_json_is_lazy(lua_State *L, int idx)
 
 /* Fill the lazy table at idx (anything else is left alone): its containers lazy in turn, or
  * (deep) filled too, with nothing lazy left below it. [-0, +0, m] */
+/* The document of the lazy metatable at mt (absolute, the top of the stack), with this call's
+ * stack slots: pushes what a fill needs above it. [-0, +4, m] */
+static doc_t doc_open(lua_State *L, int mt)
+{
+    luaL_checkstack(L, 10, "JSON");
+    /* the lazy metatable: [1] box, [2] the marker, [3] json.null, [4] the array marker,
+     * [5] the scratch buffer's userdata, [KID0 + k] the containers peeks handed out */
+    lua_rawgeti(L, mt, 1);
+    doc_t run = *((box_t *)lua_touserdata(L, -1))->doc;
+    lua_rawgeti(L, mt, 3);
+    lua_rawgeti(L, mt, 4);
+    lua_rawgeti(L, mt, 5);
+    run.lazy_idx = mt;
+    run.null_idx = mt + 2; /* above the metatable: the box, then [3], [4] and [5] */
+    run.mt_idx = mt + 3;
+    run.scratch = lua_touserdata(L, mt + 4);
+    run.doc_mt_idx = mt;
+    return run;
+}
+
+/* After a fill or a peek: the scratch buffer back to its idle size. */
+static void doc_close(doc_t *run)
+{
+    hr_buf_reset(run->scratch);
+    if (run->scratch->cap > HR_JSON_KEEP_BUF) hr_buf_free(run->scratch);
+}
+
 static void force(lua_State *L, int idx, bool deep)
 {
     idx = lua_absindex(L, idx);
     if (!push_lazy_mt(L, idx)) return; /* a plain table, an array, not a table */
     int mt = lua_gettop(L), top = mt - 1;
-    luaL_checkstack(L, 8, "JSON");
-    /* the lazy metatable: [1] box, [2] the marker, [3] json.null, [4] the array marker,
-     * [5] the scratch buffer's userdata */
-    lua_rawgeti(L, mt, 1);
-    doc_t run = *((box_t *)lua_touserdata(L, -1))->doc; /* with this call's stack slots */
-    lua_rawgeti(L, mt, 3);
-    lua_rawgeti(L, mt, 4);
-    lua_rawgeti(L, mt, 5);
-    run.lazy_idx = deep ? 0 : mt;
-    run.null_idx = mt + 2; /* above the metatable: the box, then [3], [4] and [5] */
-    run.mt_idx = mt + 3;
-    run.scratch = lua_touserdata(L, mt + 4);
-    uint32_t ord = map_get(&run, lua_topointer(L, idx));
-    if (ord == UINT32_MAX) { /* cannot happen: every lazy table is in the map */
+    doc_t run = doc_open(L, mt);
+    if (deep) run.lazy_idx = 0;
+    struct lazy_slot *slot = map_slot(&run, lua_topointer(L, idx));
+    if (!slot) { /* cannot happen: every lazy table is in the map */
         lua_pushnil(L);
         lua_setmetatable(L, idx);
     } else {
-        if (run.fills && !deep) (*run.fills)++;
-        fill(L, &run, idx, ord);
-        hr_buf_reset(run.scratch);
-        if (run.scratch->cap > HR_JSON_KEEP_BUF) hr_buf_free(run.scratch);
+        if (run.fills && !deep && !slot->peeks) (*run.fills)++; /* a peek counted it */
+        fill(L, &run, idx, slot->node);
+        doc_close(&run);
     }
     lua_settop(L, top);
 }
@@ -1085,11 +1137,127 @@ void hr_json_fill_all(lua_State *L, int idx)
     fill_all(L, lua_absindex(L, idx), 0);
 }
 
-/* __index of a lazy table: fill it, then read t[k]. [-0, +1, m] */
+/* Peeks a lazy object takes before it is filled: a peek walks the object's members in the
+ * text (~20 instructions a member) where a fill makes a Lua value of each (~10 times that),
+ * so a few peeks cost less than a fill, and a rule that reads a big object key by key pays
+ * at most about twice the fill. */
+#define PEEK_MAX 8
+
+/* Move c past the value at c->i (valid, no leading whitespace); *child is the next container
+ * node in document order, moved past this one if it is one. */
+static void skip_value(const doc_t *d, cur_t *c, uint32_t *child)
+{
+    char ch = d->text[c->i];
+    if (ch == '"') {
+        c->i += (d->str[c->si++] >> 1) + 2;
+    } else if (ch == '[' || ch == '{') {
+        const node_t *n = &d->node[*child];
+        c->i = n->end;
+        c->si = n->str_end;
+        *child = n->next;
+    } else if (ch == 't' || ch == 'n') {
+        c->i += 4;
+    } else if (ch == 'f') {
+        c->i += 5;
+    } else {
+        while (c->i < d->len && is_num_byte((unsigned char)d->text[c->i]))
+            c->i++;
+    }
+}
+
+/* True if the key whose opening quote is at c->i is key[0..klen); moves past it. A key with
+ * an escape is decoded into d->scratch, taken from the lazy metatable at mt if d has none.
+ * [-0, +0, -] */
+static bool key_is(lua_State *L, int mt, doc_t *d, cur_t *c, const char *key, size_t klen)
+{
+    uint32_t le = d->str[c->si++];
+    size_t start = c->i, n = le >> 1;
+    c->i = start + n + 2;
+    if (!(le & 1)) return n == klen && memcmp(d->text + start + 1, key, klen) == 0;
+    if (n < klen) return false; /* an escape is longer than what it stands for */
+    if (!d->scratch) {
+        lua_rawgeti(L, mt, 5);
+        d->scratch = lua_touserdata(L, -1); /* kept alive by the metatable */
+        lua_pop(L, 1);
+    }
+    unescape(d->scratch, d->text, d->len, start);
+    return d->scratch->len == klen && memcmp(d->scratch->data, key, klen) == 0;
+}
+
+/* t[k] of the lazy table t (index 1) for the string k (index 2) read from its text without
+ * filling t, with t's lazy metatable at mt (the top): pushes it and returns true. False
+ * (nothing pushed) when t is to be filled instead: an array, or an object peeked PEEK_MAX
+ * times. A container is made a lazy table once and kept in the lazy metatable (doc_t.kid),
+ * so a second peek, or the fill of t, gives the same table. [-0, +(0|1), m] */
+static bool peek(lua_State *L, int mt)
+{
+    lua_rawgeti(L, mt, 1);
+    doc_t *home = ((box_t *)lua_touserdata(L, -1))->doc, d = *home;
+    lua_pop(L, 1);
+    d.scratch = NULL; /* only for a key with an escape (key_is) */
+    struct lazy_slot *slot = map_slot(home, lua_topointer(L, 1));
+    const node_t *n = slot ? &home->node[slot->node] : NULL;
+    if (!n || home->text[n->start] != '{' || slot->peeks >= PEEK_MAX || home->kid[0] == UINT16_MAX)
+        return false;
+    if (home->fills && !slot->peeks) (*home->fills)++; /* read: counts as a fill would */
+    slot->peeks++;
+    size_t klen;
+    const char *key = lua_tolstring(L, 2, &klen);
+    const char *s = home->text;
+    cur_t c = {.i = n->start + 1, .si = n->str0}, at = {0};
+    uint32_t child = slot->node + 1, at_child = 0;
+    bool found = false;
+    for (uint32_t k = 0; k < n->count; k++) {
+        skip_ws(s, &c.i);
+        if (s[c.i] == ',') {
+            c.i++;
+            skip_ws(s, &c.i);
+        }
+        bool match = key_is(L, mt, &d, &c, key, klen);
+        skip_ws(s, &c.i);
+        c.i++; /* the colon */
+        skip_ws(s, &c.i);
+        if (match) { /* not the end: a repeated key keeps its last value */
+            found = true;
+            at = c;
+            at_child = child;
+        }
+        skip_value(home, &c, &child);
+    }
+    if (d.scratch) doc_close(&d);
+    char ch = found ? s[at.i] : 0;
+    if (!found) {
+        lua_pushnil(L);
+    } else if (ch != 'n' && ch != '[' && ch != '{' && (ch != '"' || !(home->str[at.si] & 1))) {
+        push_value(L, home, &at, 0); /* a plain string, a number, a boolean */
+    } else {
+        doc_t run = doc_open(L, mt);
+        bool container = ch == '[' || ch == '{';
+        if (!container || !push_cached(L, &run, at_child)) {
+            push_value(L, &run, &at, at_child);
+            if (container) {
+                uint16_t k = ++home->kid[0];
+                home->kid[at_child] = k;
+                lua_pushvalue(L, -1);
+                lua_rawseti(L, mt, KID0 + k);
+                slot->kids = true;
+            }
+        }
+        doc_close(&run);
+        lua_replace(L, mt + 1);
+        lua_settop(L, mt + 1);
+    }
+    return true;
+}
+
+/* __index of a lazy table: t[k] read from the text for a string k (see peek), else fill t,
+ * then read t[k]. [-0, +1, m] */
 static int l_lazy_index(lua_State *L)
 {
-    hr_json_force(L, 1);
     lua_settop(L, 2);
+    if (lua_type(L, 2) == LUA_TSTRING && push_lazy_mt(L, 1) && peek(L, 3)) return 1;
+    lua_settop(L, 2);
+    hr_json_force(L, 1);
     lua_rawget(L, 1);
     return 1;
 }
@@ -1254,9 +1422,10 @@ static bool match_lazy(lua_State *L, match_t *m, int idx)
 {
     doc_t *d = lazy_doc(L, idx);
     if (!d) return false;
-    uint32_t ord = map_get(d, lua_topointer(L, idx));
-    if (ord != UINT32_MAX) {
-        const node_t *n = &d->node[ord];
+    struct lazy_slot *slot = map_slot(d, lua_topointer(L, idx));
+    /* A container a peek handed out may have been changed since: compare member by member. */
+    if (slot && !slot->kids) {
+        const node_t *n = &d->node[slot->node];
         size_t span = n->end - n->start;
         if (m->len - m->i >= span && memcmp(m->s + m->i, d->text + n->start, span) == 0) {
             lua_pop(L, 1); /* the document */

@@ -1099,9 +1099,12 @@ static void push_path(lua_State *L, int idx, const char *key)
             lua_pushnil(L);
             return;
         }
-        hr_json_force(L, -1);
+        bool lazy = hr_json_is_lazy(L, -1);
         lua_pushlstring(L, p, n);
-        lua_rawget(L, -2);
+        if (lazy)
+            lua_gettable(L, -2); /* a peek: the rule may never read more of it */
+        else
+            lua_rawget(L, -2);
         lua_remove(L, -2);
         p += n + (dot ? 1 : 0);
     }

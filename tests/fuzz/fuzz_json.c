@@ -3,7 +3,8 @@
  * and the first must decode (encode only writes JSON). The one documented way a decoded
  * value cannot be encoded is a number that overflows to inf ("1e999"). The lazy decode must
  * agree: it decodes exactly what the eager one does, untouched it matches its own text, and
- * it encodes to the same text. */
+ * it encodes to the same text; read key by key (peeks, then fills), every value is the eager
+ * one's, and it still encodes to the same text. */
 #include <lauxlib.h>
 #include <lualib.h>
 
@@ -11,6 +12,27 @@
 #include "hr/json.h"
 
 static lua_State *L;
+
+/* The value at p (a lazy decode, read through __index) equals the value at e (an eager decode
+ * of the same text): the same scalars, numbers of the same kind, tables of the same keys. */
+static void same_value(int e, int p, int depth)
+{
+    FUZZ_CHECK(lua_type(L, e) == lua_type(L, p));
+    if (lua_type(L, e) != LUA_TTABLE) {
+        FUZZ_CHECK(lua_rawequal(L, e, p)); /* json.null is one value per state */
+        FUZZ_CHECK(lua_isinteger(L, e) == lua_isinteger(L, p));
+        return;
+    }
+    if (depth > 50) return;
+    lua_checkstack(L, 8);
+    lua_pushnil(L);
+    while (lua_next(L, e)) { /* key at -2, eager value at -1 */
+        lua_pushvalue(L, -2);
+        lua_gettable(L, p); /* a peek, or a fill */
+        same_value(lua_gettop(L) - 1, lua_gettop(L), depth + 1);
+        lua_pop(L, 2);
+    }
+}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -65,6 +87,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 b.data);
         abort();
     }
+    lua_settop(L, 0);
+    FUZZ_CHECK(hr_json_decode(L, (const char *)data, size, err, sizeof err) == 0);
+    FUZZ_CHECK(hr_json_decode_lazy(L, (const char *)data, size, NULL, NULL, err, sizeof err) == 0);
+    same_value(1, 2, 0);
+    hr_buf_reset(&b);
+    FUZZ_CHECK(hr_json_encode(L, 2, &b, err, sizeof err) == 0);
+    FUZZ_CHECK(a.len == b.len && memcmp(a.data, b.data, a.len) == 0);
 done:
     hr_buf_free(&a);
     hr_buf_free(&b);

@@ -753,13 +753,18 @@ static void test_lazy(void)
         lazy_global(L, "b", doc);
         check_lua_str(L, cases[i].code, cases[i].want);
     }
-    /* Untouched, a lazy table is empty and marked; one touch makes it plain. */
+    /* Untouched, a lazy table is empty and marked; reading a key of an object peeks (it
+     * stays lazy, and a container read is lazy in turn and the same table every time, and
+     * after a fill); PEEK_MAX peeks, an array read or a fill make it plain. */
     lazy_global(L, "b", doc);
     lua_getglobal(L, "b");
     CHECK(hr_json_is_lazy(L, -1));
-    lua_getfield(L, -1, "o"); /* through __index: b is filled, b.o is lazy in turn */
-    CHECK(!hr_json_is_lazy(L, -2));
+    lua_getfield(L, -1, "o"); /* through __index: a peek */
+    CHECK(hr_json_is_lazy(L, -2));
     CHECK(hr_json_is_lazy(L, -1));
+    lua_getfield(L, -2, "o");
+    CHECK(lua_rawequal(L, -1, -2));
+    lua_pop(L, 1);
     lua_pushnil(L);
     CHECK(lua_next(L, -2) == 0); /* the C API sees it empty until forced */
     hr_json_force(L, -1);
@@ -767,6 +772,76 @@ static void test_lazy(void)
     CHECK(!lua_getmetatable(L, -1));
     lua_pushnil(L);
     CHECK(lua_next(L, -2) != 0);
+    lua_pop(L, 3);        /* the key, the value, o */
+    hr_json_force(L, -1); /* b: its o is the table the peek handed out */
+    CHECK(!hr_json_is_lazy(L, -1));
+    lua_pushliteral(L, "o");
+    lua_rawget(L, -2);
+    lua_getfield(L, -1, "k");
+    CHECK_STR_EQ(lua_tostring(L, -1), "v");
+    lua_settop(L, 0);
+    lazy_global(L, "b", doc);
+    lua_getglobal(L, "b");
+    for (int i = 0; i < 8; i++) {
+        lua_getfield(L, -1, "i");
+        CHECK_INT_EQ(lua_tointeger(L, -1), 7);
+        lua_pop(L, 1);
+    }
+    CHECK(hr_json_is_lazy(L, -1));
+    lua_getfield(L, -1, "i"); /* the ninth read fills it */
+    CHECK(!hr_json_is_lazy(L, -2));
+    lua_settop(L, 0);
+    /* Peeks, then changes: a changed or removed container, a removed key, a repeated key,
+     * an escaped key, a fill after all of them. */
+    static const struct {
+        const char *doc, *code, *want;
+    } peeks[] = {
+        {doc, "local o = b.o o.k = 'w' return json.encode(b)",
+         "{\"a\":[3,1,2],\"e\":{},\"ea\":[],\"i\":7,\"n\":1.5,\"o\":{\"deep\":{\"a\":[1,2,"
+         "{\"b\":\"c\"}]},\"k\":\"w\"},\"s\":\"x\xc3\xa9\",\"t\":true,\"w\":[\"p\",\"q\"],"
+         "\"z\":null}"},
+        {doc, "local o = b.o b.o = nil return tostring(b.o) .. o.k .. tostring(b.i)", "nilv7"},
+        {doc,
+         "local _ = b.i b.i = nil local n = 0 for _ in pairs(b) do n = n + 1 end "
+         "return tostring(b.i) .. n",
+         "nil9"},
+        {doc,
+         "local d = b.o.deep local _ = b.s local n = 0 for _ in pairs(b.o) do n = n + 1 end "
+         "return tostring(rawequal(d, b.o.deep)) .. n .. b.o.deep.a[3].b",
+         "true2c"},
+        {"{\"x\":1,\"x\":{\"y\":2},\"x\":3}", "return tostring(b.x)", "3"},
+        {"{\"x\":1,\"x\":{\"y\":2}}", "return b.x.y", "2"},
+        {"{\"\\u0041\":1,\"A\\\"\":2,\"B\":3}", "return b.A .. b['A\"'] .. b.B", "123"},
+        {"{\"n\":12,\"s\":\"\\u00e9\\u4e2d\",\"z\":null}", "return b.n .. b.s .. tostring(b.z)",
+         "12\xc3\xa9\xe4\xb8\xadnull"},
+        /* scalars read after a peek handed out the container that follows them */
+        {"{\"z\":null,\"s\":\"\\u00e9\",\"o\":{\"k\":1}}",
+         "local o = b.o return tostring(b.z) .. b.s .. o.k .. tostring(rawequal(o, b.o))",
+         "null\xc3\xa9"
+         "1true"},
+        {"{\"a\":{},\"b\":[]}", "return tostring(b.c) .. tostring(b[1]) .. tostring(b[true])",
+         "nilnilnil"},
+    };
+    for (size_t i = 0; i < HR_ARRAY_SIZE(peeks); i++) {
+        lazy_global(L, "b", peeks[i].doc);
+        check_lua_str(L, peeks[i].code, peeks[i].want);
+    }
+    /* hr_json_fill_all after peeks: nothing lazy left, the tables peeks handed out kept. */
+    lazy_global(L, "b", doc);
+    check_lua_str(L, "kept = b.o.deep return b.o.k", "v");
+    lua_getglobal(L, "b");
+    hr_json_fill_all(L, -1);
+    CHECK(!hr_json_is_lazy(L, -1));
+    lua_settop(L, 0);
+    check_lua_str(L, "return tostring(rawequal(kept, b.o.deep)) .. #kept.a .. kept.a[3].b",
+                  "true3c");
+    lua_getglobal(L, "kept");
+    CHECK(!hr_json_is_lazy(L, -1));
+    lua_pushliteral(L, "a");
+    lua_rawget(L, -2);
+    CHECK(!hr_json_is_lazy(L, -1));
+    lua_rawgeti(L, -1, 3);
+    CHECK(!hr_json_is_lazy(L, -1));
     lua_settop(L, 0);
     /* A document that is a scalar is just the value. */
     lazy_global(L, "b", " \"only\" ");
@@ -836,14 +911,18 @@ static void test_lazy_matches(void)
         const char *code;
         bool same;
     } cases[] = {
-        {"return b", true},                  /* nothing read */
-        {"local _ = b.c return b", true},    /* the root read, a and b untouched */
-        {"local _ = b.b[1] return b", true}, /* b read, unchanged */
-        {"local _ = b.a.x return b", false}, /* a read: its repeated key shows */
-        {"b.b[2] = 3 return b", false},      /* a change */
-        {"b.b[2] = 2.0 return b", false},    /* a change of kind */
-        {"b.extra = 1 return b", false},     /* a key more */
-        {"b.c = nil return b", false},       /* a key fewer */
+        {"return b", true},                             /* nothing read */
+        {"local _ = b.c return b", true},               /* the root read, a and b untouched */
+        {"local _ = b.b[1] return b", true},            /* b read, unchanged */
+        {"local _ = b.a.x return b", true},             /* a peek: a is still its text */
+        {"local _ = b.a return b", true},               /* a peek of a container, unchanged */
+        {"b.a.x = 2 return b", false},                  /* a change to what a peek handed out */
+        {"local _ = #b.b return b", true},              /* b.b filled, unchanged */
+        {"for _ in pairs(b.a) do end return b", false}, /* a filled: its repeated key shows */
+        {"b.b[2] = 3 return b", false},                 /* a change */
+        {"b.b[2] = 2.0 return b", false},               /* a change of kind */
+        {"b.extra = 1 return b", false},                /* a key more */
+        {"b.c = nil return b", false},                  /* a key fewer */
     };
     for (size_t i = 0; i < HR_ARRAY_SIZE(cases); i++) {
         lazy_global(L, "b", doc);

@@ -441,8 +441,9 @@ static void test_forward_and_sandbox(void)
 /* ---------------------------------------------------------------- rules that answer */
 
 /* forward(target, event.body) with the body unchanged sends the sender's bytes as they came
- * (numbers as written, key order, escapes, whitespace); any change, even of a number's kind,
- * and a text with a repeated key, get an encoding of the table. */
+ * (numbers as written, key order, escapes, whitespace), repeated keys too when the rule only
+ * read keys of it; any change, even of a number's kind, and a text with a repeated key whose
+ * table was filled (here by the peek of a container and # of it), get an encoding. */
 static void test_forward_original_bytes(void)
 {
     write_file("hookrouter.lua", BASE_CONFIG, "storeId");
@@ -451,7 +452,8 @@ static void test_forward_original_bytes(void)
                                     "  if b.op == 'touch' then b.list[2] = 3\n"
                                     "  elseif b.op == 'add' then b.extra = true\n"
                                     "  elseif b.op == 'float' then b.n = 5.0\n"
-                                    "  elseif b.op == 'same-value' then b.x = 1.1 end\n"
+                                    "  elseif b.op == 'same-value' then b.x = 1.1\n"
+                                    "  elseif b.op == 'dup-list' then local _ = #b.list end\n"
                                     "  forward('pos', b)\n"
                                     "end\n");
     hr_ruleset_t *rs = must_load();
@@ -469,7 +471,9 @@ static void test_forward_original_bytes(void)
         {"{\"op\":\"touch\",\"list\":[1,2]}", "{\"list\":[1,3],\"op\":\"touch\"}"},
         {"{\"op\":\"add\",\"x\":1.10}", "{\"extra\":true,\"op\":\"add\",\"x\":1.1}"},
         {"{\"op\":\"float\",\"n\":5}", "{\"n\":5.0,\"op\":\"float\"}"},
-        {"{\"op\":\"dup\",\"a\":1,\"a\":1}", "{\"a\":1,\"op\":\"dup\"}"},
+        {"{\"op\":\"dup\",\"a\":1,\"a\":1}", NULL}, /* read, not changed: as it came */
+        {"{\"op\":\"dup-list\",\"list\":[1,2],\"a\":1,\"a\":1}",
+         "{\"a\":1,\"list\":[1,2],\"op\":\"dup-list\"}"},
     };
     for (size_t i = 0; i < HR_ARRAY_SIZE(cases); i++) {
         hr_run_result_t res;
