@@ -70,23 +70,29 @@ struct hr_run {
 };
 typedef struct hr_run run_ctx_t;
 
+/* Coroutines kept for the next runs: a new one (a state, its stack, a registry slot) costs
+ * more than resetting one that ended well. */
+#define SPARE_COS 4
+
 struct hr_ruleset {
     lua_State *L;
     hr_config_t *cfg;
     int refs;
     size_t nstores;
     bool has_default;
-    hr_lua_cap_t mem;    /* the state's memory: capped while an event or a file's top level runs
-                            (rule_memory_bytes more than it held when the slice started, the run's
-                            C memory as extra); what it keeps between events is checked against
-                            state_memory_bytes after each run instead */
-    bool rebuild;        /* the state outgrew limits.state_memory_bytes: replace this rule set */
-    int event_mt;        /* registry reference of the event tables' metatable (event.raw); an
-                            integer key, so each event finds it without hashing a name */
-    uint32_t json_fills; /* lazy fills of body tables in this state (hr_json_decode_lazy) */
-    uint32_t decodes;    /* bodies decoded (wraps) */
-    bool whole_bodies;   /* the last event's rule reads most of its bodies: decode the next
-                            one whole from the start (its rule is not known before) */
+    hr_lua_cap_t mem;     /* the state's memory: capped while an event or a file's top level runs
+                             (rule_memory_bytes more than it held when the slice started, the run's
+                             C memory as extra); what it keeps between events is checked against
+                             state_memory_bytes after each run instead */
+    bool rebuild;         /* the state outgrew limits.state_memory_bytes: replace this rule set */
+    int event_mt;         /* registry reference of the event tables' metatable (event.raw); an
+                             integer key, so each event finds it without hashing a name */
+    uint32_t json_fills;  /* lazy fills of body tables in this state (hr_json_decode_lazy) */
+    uint32_t decodes;     /* bodies decoded (wraps) */
+    bool whole_bodies;    /* the last event's rule reads most of its bodies: decode the next
+                             one whole from the start (its rule is not known before) */
+    int spare[SPARE_COS]; /* registry references of coroutines of runs that ended well, reset */
+    int nspare;
 };
 
 static void set_file_env(lua_State *L, int loaded);
@@ -1148,7 +1154,7 @@ static char *pop_store(lua_State *L)
  * is on top and is consumed. [-1, +1, m] */
 static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store, int mt)
 {
-    lua_createtable(L, 0, 8);
+    lua_createtable(L, 0, 12); /* its 10 fields, with no rehash */
     lua_insert(L, -2);
     lua_setfield(L, -2, "body");
     lua_pushstring(L, ev->id);
@@ -1221,10 +1227,13 @@ static void run_free(run_ctx_t *run)
     *(run_ctx_t **)lua_getextraspace(run->co) = run;
     rs->mem.limit = rs->mem.used + rs->cfg->limits.rule_memory_bytes;
     rs->mem.on = true;
-    lua_resetthread(run->co);
+    int reset = lua_resetthread(run->co);
     rs->mem.on = false;
     *(run_ctx_t **)lua_getextraspace(run->co) = NULL;
-    luaL_unref(rs->L, LUA_REGISTRYINDEX, run->co_ref);
+    if (reset == LUA_OK && !rs->mem.denied && rs->nspare < SPARE_COS)
+        rs->spare[rs->nspare++] = run->co_ref; /* its stack is empty, its status OK */
+    else
+        luaL_unref(rs->L, LUA_REGISTRYINDEX, run->co_ref);
     if (rs->mem.denied) lua_gc(rs->L, LUA_GCCOLLECT);
     hr_action_free(run->pending);
     if (run->out->run == run) {
@@ -1314,13 +1323,30 @@ static hr_run_step_t run_slice(run_ctx_t *run, int nargs)
     return HR_STEP_DONE;
 }
 
+/* hr_ruleset_start ends before the rule runs: a spare coroutine goes back, emptied (Lua
+ * code never ran on it). */
+static void start_abandon(hr_ruleset_t *rs, lua_State *co, int spare)
+{
+    if (spare == LUA_NOREF) return;
+    lua_settop(co, 0);
+    rs->spare[rs->nspare++] = spare;
+}
+
 /* [-0, +0, m] on rs->L: the coroutine is anchored in the registry, not on the stack. */
 hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run_result_t *out)
 {
     memset(out, 0, sizeof *out);
     lua_State *L = rs->L;
     int top = lua_gettop(L);
-    lua_State *co = lua_newthread(L); /* anchored on L's stack until referenced below */
+    /* co is anchored on L's stack until referenced below (a spare one: in the registry too) */
+    int spare = rs->nspare ? rs->spare[--rs->nspare] : LUA_NOREF;
+    lua_State *co;
+    if (spare != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, spare);
+        co = lua_tothread(L, -1);
+    } else {
+        co = lua_newthread(L);
+    }
 
     char err[512];
     /* Lazy: a rule pays for the parts of the body it reads (validated whole here); whole
@@ -1333,6 +1359,7 @@ hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run
     if (rc != 0) {
         out->status = HR_RUN_BAD_JSON;
         out->error = hr_xstrdup(err);
+        start_abandon(rs, co, spare);
         lua_settop(L, top);
         return HR_STEP_DONE;
     }
@@ -1360,6 +1387,7 @@ hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run
         out->dropped = true;
         out->drop_reason = hr_xasprintf("no rule for store %s and no default.lua",
                                         out->store ? out->store : "(none)");
+        start_abandon(rs, co, spare);
         lua_settop(L, top);
         return HR_STEP_DONE;
     }
@@ -1384,7 +1412,12 @@ hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run
     run->tail = &out->actions;
     run->co = co;
     run->event_table = lua_topointer(co, -1);
-    run->co_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops co off L's stack */
+    if (spare != LUA_NOREF) {
+        run->co_ref = spare;
+        lua_pop(L, 1);
+    } else {
+        run->co_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops co off L's stack */
+    }
     lua_settop(L, top);
     lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_STEP);
     return run_slice(run, 1);
