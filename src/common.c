@@ -155,10 +155,22 @@ void hr_buf_printf(hr_buf_t *b, const char *fmt, ...)
 void hr_buf_append_json_string(hr_buf_t *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
+    size_t i = 0;
+    while (i < n && (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\')
+        i++;
     hr_buf_reserve(b, n + 2);
+    if (i == n) { /* nothing to escape (the usual case): one copy */
+        char *d = b->data + b->len;
+        d[0] = '"';
+        if (n) memcpy(d + 1, s, n);
+        d[n + 1] = '"';
+        d[n + 2] = '\0';
+        b->len += n + 2;
+        return;
+    }
     hr_buf_appendc(b, '"');
     size_t run = 0; /* start of the current run of bytes that need no escape */
-    for (size_t i = 0; i < n; i++) {
+    for (; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c != '"' && c != '\\') continue;
         hr_buf_append(b, s + run, i - run);
