@@ -48,6 +48,15 @@ char *hr_xstrndup(const char *s, size_t n)
     return p;
 }
 
+char *hr_xstrcat(const char *a, const char *b)
+{
+    size_t na = strlen(a), nb = strlen(b);
+    char *p = hr_xmalloc(na + nb + 1);
+    memcpy(p, a, na);
+    memcpy(p + na, b, nb + 1);
+    return p;
+}
+
 char *hr_xstrdup(const char *s)
 {
     return hr_xstrndup(s, strlen(s));

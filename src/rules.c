@@ -273,7 +273,7 @@ static hr_action_t *http_action(lua_State *L, run_ctx_t *ctx, const char *fn,
     a->body_is_json = is_json;
     a->name = hr_xstrdup(name);
     a->method = hr_xstrdup(method);
-    a->url = hr_xasprintf("%s%s", t->url, path);
+    a->url = hr_xstrcat(t->url, path);
     a->timeout_ms = (uint32_t)timeout;
     a->max_attempts = t->max_attempts;
     hr_action_add_header(a, "Content-Type",

@@ -120,7 +120,7 @@ static char *hmac_value(const hr_sign_conf_t *c, const char *body, size_t len)
     size_t n = c->encoding == HR_SIGN_BASE64 ? hr_base64_encode(mac, sizeof mac, enc, HR_B64_STD)
                                              : hr_hex_encode(mac, sizeof mac, enc);
     enc[n] = '\0';
-    return hr_xasprintf("%s%s", c->prefix ? c->prefix : "", enc);
+    return hr_xstrcat(c->prefix ? c->prefix : "", enc);
 }
 
 /* Whether name is one of the headers c sets. */

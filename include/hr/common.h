@@ -25,6 +25,8 @@ void *hr_xcalloc(size_t count, size_t n);
 void *hr_xrealloc(void *p, size_t n);
 char *hr_xstrdup(const char *s);
 char *hr_xstrndup(const char *s, size_t n);
+/* a then b in one new string (what hr_xasprintf("%s%s", a, b) makes, without printf). */
+char *hr_xstrcat(const char *a, const char *b);
 char *hr_xasprintf(const char *fmt, ...) HR_PRINTF(1, 2);
 
 /* A growable byte buffer. data is always NUL-terminated when cap > 0 (the NUL is not

@@ -418,6 +418,12 @@ static void test_buf(void)
     a = hr_xstrndup("abcdef", 3);
     CHECK_STR_EQ(a, "abc");
     free(a);
+    a = hr_xstrcat("http://h/base", "/path?q=1");
+    CHECK_STR_EQ(a, "http://h/base/path?q=1");
+    free(a);
+    a = hr_xstrcat("", "");
+    CHECK_STR_EQ(a, "");
+    free(a);
 }
 
 static void json_string_is(const char *s, size_t n, const char *want)
