@@ -14,10 +14,11 @@
  * segment was created). Commits requested while a job runs wait for the next job, which starts as
  * soon as the running one ends: that is the group commit.
  *
- * The next segment is prepared in the threadpool too (prep_*, started by the first append to
- * a segment): zeros to segment_bytes under a temporary name, fdatasynced; rotate() links it
- * into place, or makes a plain file when none is ready. Appends then overwrite zeros, so a
- * sync commits no change of the file's size; every reader takes the zero tail as the end.
+ * With fsync "always", the next segment is prepared in the threadpool too (prep_*, started
+ * by the first append to a segment): zeros to segment_bytes under a temporary name, fdatasynced;
+ * rotate() links it into place, or makes a plain file when none is ready. Appends then overwrite
+ * zeros, so a sync commits no change of the file's size; every reader takes the zero tail as the
+ * end.
  *
  * What must stay true: a segment's descriptor is never closed while a sync job may use it
  * (deletion and close wait for the job), the loop never touches a file a preparation may be
@@ -844,7 +845,9 @@ static int rotate(hr_spool_t *sp)
     sp->st.segments++;
     sp->dir_dirty = true; /* the next sync makes the new name durable */
     sp->broken = false;
-    sp->prep_wanted = true; /* at the first append: an idle spool prepares nothing */
+    /* At the first append (an idle spool prepares nothing), and only where every commit is a
+     * sync: with fsync "interval" or "never" the zeros would only double what is written. */
+    sp->prep_wanted = sp->opts.fsync == HR_FSYNC_ALWAYS;
     return 0;
 }
 

@@ -6,19 +6,18 @@
  * segment_bytes is closed and a new one started (each start of the process also starts a new
  * one, so a torn tail left by a crash is never appended to).
  *
- * Prepared segments: the first append to a segment starts, in the threadpool, the
- * preparation of the next one: a file "prep-<pid>-<n>.tmp" in the folder, its blocks reserved
- * (posix_fallocate) and written with zeros up to segment_bytes, fdatasynced. The rotation
- * renames it to its segment name (link + unlink: never over a file; the next sync fsyncs
- * the folder, as for any new segment),
- * and appends then overwrite zeros at the write offset: the fdatasync of a group commit writes
- * the data and commits no change of the file's size or extents. If it is not ready (still
- * being written, or it failed: disk full, logged once until one succeeds) the rotation makes
- * a plain file that grows by appends, as without preparation. A segment therefore ends in a
- * zero tail (up to its whole size after a crash right after a rotation); the tail is the clean
- * end of a segment wherever one is read: no skipped range, no lost record (a torn record
- * before it still is one). A clean close cuts the tail off and deletes the prepared file;
- * hr_spool_open deletes the ones a crash left. Every record is
+ * Prepared segments (HR_FSYNC_ALWAYS only: the other modes sync too seldom for it to pay):
+ * the first append to a segment starts, in the threadpool, the preparation of the next one: a file
+ * "prep-<pid>-<n>.tmp" in the folder, its blocks reserved (posix_fallocate) and written with zeros
+ * up to segment_bytes, fdatasynced. The rotation renames it to its segment name (link + unlink:
+ * never over a file; the next sync fsyncs the folder, as for any new segment), and appends then
+ * overwrite zeros at the write offset: the fdatasync of a group commit writes the data and commits
+ * no change of the file's size or extents. If it is not ready (still being written, or it failed:
+ * disk full, logged once until one succeeds) the rotation makes a plain file that grows by appends,
+ * as without preparation. A segment therefore ends in a zero tail (up to its whole size after a
+ * crash right after a rotation); the tail is the clean end of a segment wherever one is read: no
+ * skipped range, no lost record (a torn record before it still is one). A clean close cuts the tail
+ * off and deletes the prepared file; hr_spool_open deletes the ones a crash left. Every record is
  *
  *   offset 0  u32 magic "HRS1" (0x31535248, little-endian)
  *          4  u32 payload length
