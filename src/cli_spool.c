@@ -533,6 +533,8 @@ int hr_cmd_spool(const char *config)
     uint64_t now = hr_wall_ms();
     printf("spool %s: %llu segment(s), %llu bytes", cfg->spool_dir, (unsigned long long)st.segments,
            (unsigned long long)st.bytes);
+    if (st.disk_bytes != st.bytes) /* zeros written ahead in the segment being written */
+        printf(" (%llu on disk)", (unsigned long long)st.disk_bytes);
     if (st.corrupt_ranges)
         printf(", %llu skipped range(s), %llu bytes, %llu record(s) lost",
                (unsigned long long)st.corrupt_ranges, (unsigned long long)st.corrupt_bytes,

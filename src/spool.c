@@ -14,9 +14,17 @@
  * segment was created). Commits requested while a job runs wait for the next job, which starts as
  * soon as the running one ends: that is the group commit.
  *
+ * With fsync "always", the next segment is prepared in the threadpool too (prep_*, started
+ * by the first append to a segment): zeros to segment_bytes under a temporary name, fdatasynced;
+ * rotate() links it into place, or makes a plain file when none is ready. Appends then overwrite
+ * zeros, so a sync commits no change of the file's size; every reader takes the zero tail as the
+ * end.
+ *
  * What must stay true: a segment's descriptor is never closed while a sync job may use it
- * (deletion and close wait for the job), and a failed write never leaves a partial record
- * where the next append goes (the segment is cut back, or abandoned for a new one). */
+ * (deletion and close wait for the job), the loop never touches a file a preparation may be
+ * writing (it gets the file only from after_prep; close waits for the job), and a failed
+ * write never leaves a partial record where the next append goes (the segment is cut back,
+ * or abandoned for a new one). */
 #include "hr/spool.h"
 
 #include <dirent.h>
@@ -35,6 +43,7 @@
 
 #define DEF_SEGMENT_BYTES (16u << 20)  /* not a config key: tests set smaller segments */
 #define WBUF_MAX          (256u << 10) /* gathered bytes that are written without waiting */
+#define PREP_PREFIX       "prep-" /* temporary names of prepared segments: prep-<pid>-<n>.tmp */
 
 /* ---- CRC32C ----------------------------------------------------------------------------- */
 
@@ -475,14 +484,16 @@ static bool header_like(const unsigned char *p, size_t n, size_t i, size_t *next
  * whose header was destroyed (zeroed) cannot be counted. The bound is the records of the
  * chain from s and every header-like position after it (at least 1: the spool writes
  * nothing but records). Where the chain breaks is not counted: the length that led there
- * may be the damaged field itself. */
-static uint64_t lost_records(const unsigned char *p, size_t n, size_t s, size_t e, bool *exact)
+ * may be the damaged field itself. z is where the zero tail starts (n if there is none): a
+ * range that ends there is a torn tail. */
+static uint64_t lost_records(const unsigned char *p, size_t n, size_t z, size_t s, size_t e,
+                             bool *exact)
 {
     size_t i = s, next;
     uint64_t k = 0;
     while (i < e && header_like(p, n, i, &next)) {
         k++;
-        if (next == e || (e == n && next > n)) {
+        if (next == e || (e == z && next > z)) {
             *exact = true;
             return k;
         }
@@ -495,25 +506,49 @@ static uint64_t lost_records(const unsigned char *p, size_t n, size_t s, size_t 
     return k ? k : 1;
 }
 
-uint64_t hr_spool_parse_gaps(const char *data, size_t n, uint32_t seg, hr_spool_rec_cb cb,
-                             void *arg, hr_spool_gap_cb gap, void *gap_arg, hr_spool_gaps_t *tot)
+/* Where the zero tail of p[0..n) starts: after its last byte that is not 0 (n if the last
+ * byte is not 0). A prepared segment is zeros past its last record; so is a file whose end
+ * never reached the disk. */
+static size_t zero_tail(const unsigned char *p, size_t n)
+{
+    size_t z = n;
+    while (z && (z & 7)) {
+        if (p[z - 1]) return z;
+        z--;
+    }
+    while (z >= 8) {
+        uint64_t w;
+        memcpy(&w, p + z - 8, 8);
+        if (w) break;
+        z -= 8;
+    }
+    while (z && !p[z - 1])
+        z--;
+    return z;
+}
+
+/* hr_spool_parse_gaps; *used (may be NULL) gets where the records end: the end of the last
+ * valid record or skipped range, the zero tail after it not counted. */
+static uint64_t parse(const char *data, size_t n, uint32_t seg, hr_spool_rec_cb cb, void *arg,
+                      hr_spool_gap_cb gap, void *gap_arg, hr_spool_gaps_t *tot, size_t *used)
 {
     const unsigned char *p = (const unsigned char *)data;
-    size_t off = 0, gap_at = SIZE_MAX;
+    size_t off = 0, gap_at = SIZE_MAX, z = zero_tail(p, n);
     hr_spool_gaps_t t = {0};
     for (;;) {
         uint32_t len;
         bool ok = off < n && record_ok(p, n, off, &len);
-        if ((ok || off >= n) && gap_at != SIZE_MAX) { /* a skipped range ends here */
+        bool end = !ok && off >= z; /* the rest is zeros (a valid record may end in zeros) */
+        if ((ok || end) && gap_at != SIZE_MAX) { /* a skipped range ends here */
             hr_spool_gap_t g = {.seg = seg, .start = gap_at, .end = off};
-            g.records = lost_records(p, n, gap_at, off, &g.exact);
+            g.records = lost_records(p, n, z, gap_at, off, &g.exact);
             t.ranges++;
             t.bytes += g.end - g.start;
             t.records += g.records;
             if (gap) gap(gap_arg, &g);
             gap_at = SIZE_MAX;
         }
-        if (off >= n) break;
+        if (end) break;
         if (ok) {
             cb(arg, p[off + 8], data + off + HR_SPOOL_HDR, len, (uint64_t)seg << 32 | off);
             off += HR_SPOOL_HDR + len;
@@ -526,7 +561,7 @@ uint64_t hr_spool_parse_gaps(const char *data, size_t n, uint32_t seg, hr_spool_
             uint32_t l = get32(p + off + 4);
             size_t next = off + HR_SPOOL_HDR + (size_t)l;
             uint32_t l2;
-            if (l <= n - off - HR_SPOOL_HDR && (next == n || record_ok(p, n, next, &l2))) {
+            if (l <= n - off - HR_SPOOL_HDR && (next >= z || record_ok(p, n, next, &l2))) {
                 off = next;
                 continue;
             }
@@ -535,12 +570,12 @@ uint64_t hr_spool_parse_gaps(const char *data, size_t n, uint32_t seg, hr_spool_
          * reserved bytes are not 0 are passed over before any checksum is computed
          * (record_ok also passes over lengths that run past the end before it). */
         size_t at = off + 1;
-        for (; at + HR_SPOOL_HDR <= n; at++) {
+        for (; at < z && at + HR_SPOOL_HDR <= n; at++) {
             if (p[at] == 'H' && !p[at + 9] && !p[at + 10] && !p[at + 11] &&
                 record_ok(p, n, at, &len))
                 break;
         }
-        if (at + HR_SPOOL_HDR > n) at = n;
+        if (at >= z || at + HR_SPOOL_HDR > n) at = z; /* none: the range ends at the zeros */
         off = at;
     }
     if (tot) {
@@ -548,7 +583,14 @@ uint64_t hr_spool_parse_gaps(const char *data, size_t n, uint32_t seg, hr_spool_
         tot->bytes += t.bytes;
         tot->records += t.records;
     }
+    if (used) *used = off;
     return t.records;
+}
+
+uint64_t hr_spool_parse_gaps(const char *data, size_t n, uint32_t seg, hr_spool_rec_cb cb,
+                             void *arg, hr_spool_gap_cb gap, void *gap_arg, hr_spool_gaps_t *tot)
+{
+    return parse(data, n, seg, cb, arg, gap, gap_arg, tot, NULL);
 }
 
 uint64_t hr_spool_parse(const char *data, size_t n, uint32_t seg, hr_spool_rec_cb cb, void *arg,
@@ -579,6 +621,7 @@ typedef struct {
     uint32_t seq;     /* its number */
     int fd;           /* O_RDWR descriptor */
     uint64_t size;    /* bytes written (= the next append's offset) */
+    uint64_t file;    /* bytes of the file: more than size for a prepared one (its zero tail) */
     uint64_t refs;    /* live records the caller holds here */
     uint64_t actions; /* ACTION and COPY records in it (what refs is compared to) */
     bool dirty;       /* written since the last sync started */
@@ -603,6 +646,17 @@ typedef struct {
     commit_t *cbs; /* commits this job completes */
 } sync_job_t;
 
+/* The job that prepares the next segment in the threadpool: a file under a temporary name,
+ * zeros to segment_bytes, fdatasynced. rotate() renames it to its segment name. */
+typedef struct {
+    uv_work_t work;
+    hr_spool_t *sp;
+    char *path;     /* the temporary name */
+    uint64_t bytes; /* its size */
+    int fd;         /* the file, or -1 */
+    int result;     /* 0 or -errno */
+} prep_job_t;
+
 struct hr_spool {
     uv_loop_t *loop;      /* the loop */
     hr_spool_opts_t opts; /* with defaults; dir owned */
@@ -611,6 +665,8 @@ struct hr_spool {
     size_t nsegs;         /* segments */
     size_t segs_cap;      /* slots */
     bool broken;          /* the current segment had a failed write or sync: start a new one */
+    bool prep_failing;    /* the last preparation failed (logged once until one succeeds) */
+    bool prep_wanted;     /* prepare the next segment at the next append */
     bool dir_dirty;       /* a segment was created since the last sync */
     commit_t *pending;    /* commits not yet in a sync, oldest first */
     commit_t *pending_tail;
@@ -623,6 +679,11 @@ struct hr_spool {
     uint64_t wbuf_actions;    /* ACTION records in wbuf */
     uint64_t wbuf_dones;      /* DONE records in wbuf */
     int write_err;            /* a gathered write failed: the commits waiting fail with it */
+    prep_job_t *prep_job;     /* the preparation running, or NULL */
+    int prep_fd;              /* a prepared segment waiting for the next rotation, or -1 */
+    char *prep_path;          /* its temporary name */
+    uint64_t prep_bytes;      /* its size */
+    unsigned prep_seq;        /* numbers the temporary names */
     bool closing;             /* hr_spool_close was called */
     int open_handles;         /* idle + timer */
     void (*close_cb)(void *); /* after close */
@@ -671,6 +732,19 @@ static int write_at(int fd, struct iovec *v, int iovcnt, uint64_t pos)
     return 0;
 }
 
+/* Cut the segment being written back to off after a failed write, so that no partial record
+ * stays where the next append goes: truncated there (a prepared segment loses its zero tail
+ * and grows from there on). False if that failed too. */
+static bool cut_back(hr_spool_t *sp, seg_t *cur, uint64_t off)
+{
+    if (ftruncate(cur->fd, (off_t)off) < 0) return false;
+    if (cur->file > off) {
+        sp->st.disk_bytes -= cur->file - off;
+        cur->file = off;
+    }
+    return true;
+}
+
 /* Write the gathered records at the end of the last segment, in one pwritev. On failure the
  * segment is cut back to where they start (and abandoned if that fails too), and write_err
  * makes the commits waiting fail: their records may be among the lost ones. Returns 0 or a
@@ -693,7 +767,7 @@ static int wbuf_flush(hr_spool_t *sp)
     sp->st.write_errors++;
     sp->st.failing = true;
     sp->write_err = rc;
-    if (ftruncate(cur->fd, (off_t)sp->wbuf_off) < 0) sp->broken = true;
+    if (!cut_back(sp, cur, sp->wbuf_off)) sp->broken = true;
     cur->size = sp->wbuf_off;
     cur->actions -= actions;
     sp->st.bytes -= n;
@@ -708,22 +782,72 @@ static int wbuf_flush(hr_spool_t *sp)
 /* Complete every commit waiting with write_err, if a gathered write failed. */
 static void fail_waiting(hr_spool_t *sp);
 
-/* Start a new segment for appends (what is gathered is written to the old one first).
- * Returns 0 or a negative errno. */
+static void prep_start(hr_spool_t *sp);
+
+/* Drop the prepared segment waiting for a rotation, if any (its file too). */
+static void prep_drop(hr_spool_t *sp)
+{
+    if (sp->prep_fd < 0) return;
+    close(sp->prep_fd);
+    unlink(sp->prep_path);
+    free(sp->prep_path);
+    sp->prep_path = NULL;
+    sp->prep_fd = -1;
+    sp->st.disk_bytes -= sp->prep_bytes;
+    sp->st.next_prepared = false;
+}
+
+/* The prepared segment under the name path, or -1 if there is none or it cannot be renamed
+ * (then it is dropped). *bytes gets its size. link + unlink: as open(O_EXCL), a file of that
+ * name is never replaced. */
+static int prep_take(hr_spool_t *sp, const char *path, uint64_t *bytes)
+{
+    if (sp->prep_fd < 0) return -1;
+    if (link(sp->prep_path, path) < 0) {
+        hr_log_error("spool: cannot rename the prepared segment %s to %s: %s", sp->prep_path, path,
+                     strerror(errno));
+        prep_drop(sp);
+        return -1;
+    }
+    unlink(sp->prep_path); /* if this fails, the next start deletes the name */
+    int fd = sp->prep_fd;
+    *bytes = sp->prep_bytes;
+    free(sp->prep_path);
+    sp->prep_path = NULL;
+    sp->prep_fd = -1;
+    sp->st.next_prepared = false;
+    sp->st.prepared++;
+    return fd;
+}
+
+/* Start a new segment for appends (what is gathered is written to the old one first): the
+ * prepared one if it is ready (renamed to its segment name), else a new empty file that grows
+ * by appends; the first append to it starts the preparation of the next one. Returns 0 or a
+ * negative errno. */
 static int rotate(hr_spool_t *sp)
 {
     wbuf_flush(sp);
     uint32_t seq = sp->nsegs ? sp->segs[sp->nsegs - 1].seq + 1 : 1;
     char *path = seg_path(sp->opts.dir, seq);
-    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    int rc = fd < 0 ? -errno : 0;
-    if (fd < 0) hr_log_error("spool: cannot create %s: %s", path, strerror(errno));
+    uint64_t bytes = 0;
+    int fd = prep_take(sp, path, &bytes);
+    if (fd < 0) {
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            int rc = -errno;
+            hr_log_error("spool: cannot create %s: %s", path, strerror(errno));
+            free(path);
+            return rc;
+        }
+    }
     free(path);
-    if (rc < 0) return rc;
-    seg_push(sp, (seg_t){.seq = seq, .fd = fd});
+    seg_push(sp, (seg_t){.seq = seq, .fd = fd, .file = bytes});
     sp->st.segments++;
-    sp->dir_dirty = true;
+    sp->dir_dirty = true; /* the next sync makes the new name durable */
     sp->broken = false;
+    /* At the first append (an idle spool prepares nothing), and only where every commit is a
+     * sync: with fsync "interval" or "never" the zeros would only double what is written. */
+    sp->prep_wanted = sp->opts.fsync == HR_FSYNC_ALWAYS;
     return 0;
 }
 
@@ -796,12 +920,13 @@ static void on_scan_rec(void *arg, int type, const char *p, size_t n, hr_spool_l
     sc->cb(sc->arg, type, p, n, loc);
 }
 
-/* Scan one segment file; *actions (may be NULL) gets its ACTION and COPY records, *gaps its
- * skipped ranges (each also passed to gap, which may be NULL; so is an empty segment).
- * Returns 0 or a negative errno. */
+/* Scan one segment file; *size gets the bytes its records take (its zero tail not counted),
+ * *file the file's size, *actions (may be NULL) its ACTION and COPY records, *gaps its
+ * skipped ranges (each also passed to gap, which may be NULL; so is an empty segment: one
+ * without a byte that is not 0). Returns 0 or a negative errno. */
 static int scan_segment(int fd, uint32_t seq, hr_spool_rec_cb cb, void *arg, uint64_t *size,
-                        hr_spool_gaps_t *gaps, uint64_t *actions, hr_spool_gap_cb gap,
-                        void *gap_arg)
+                        uint64_t *file, hr_spool_gaps_t *gaps, uint64_t *actions,
+                        hr_spool_gap_cb gap, void *gap_arg)
 {
     struct stat st;
     if (fstat(fd, &st) < 0) return -errno;
@@ -809,14 +934,16 @@ static int scan_segment(int fd, uint32_t seq, hr_spool_rec_cb cb, void *arg, uin
     long long n = read_all(fd, (uint64_t)st.st_size, &data);
     if (n < 0) return (int)n;
     scan_ctx_t sc = {cb, arg, 0};
-    if (n == 0) {
+    if (zero_tail((const unsigned char *)data, (size_t)n) == 0) {
         hr_spool_gap_t g = {.seg = seq, .empty = true, .exact = true};
         gaps->empty++;
         if (gap) gap(gap_arg, &g);
     }
-    hr_spool_parse_gaps(data, (size_t)n, seq, on_scan_rec, &sc, gap, gap_arg, gaps);
+    size_t used = 0;
+    parse(data, (size_t)n, seq, on_scan_rec, &sc, gap, gap_arg, gaps, &used);
     if (actions) *actions = sc.actions;
-    *size = (uint64_t)n;
+    *size = used;
+    *file = (uint64_t)n;
     free(data);
     return 0;
 }
@@ -853,8 +980,8 @@ int hr_spool_scan_dir_gaps(const char *dir, hr_spool_rec_cb cb, void *arg, hr_sp
             free(path);
             break;
         }
-        uint64_t size = 0;
-        rc = scan_segment(fd, seqs[i], cb, arg, &size, &gaps, NULL, gap, gap_arg);
+        uint64_t size = 0, file = 0;
+        rc = scan_segment(fd, seqs[i], cb, arg, &size, &file, &gaps, NULL, gap, gap_arg);
         close(fd);
         if (rc < 0) {
             snprintf(err, errlen, "%s: %s", path, strerror(-rc));
@@ -863,6 +990,7 @@ int hr_spool_scan_dir_gaps(const char *dir, hr_spool_rec_cb cb, void *arg, hr_sp
         }
         free(path);
         local.bytes += size;
+        local.disk_bytes += file;
         local.segments++;
     }
     free(seqs);
@@ -1033,6 +1161,108 @@ static void on_interval(uv_timer_t *t)
     if (dirty) start_sync(sp, NULL);
 }
 
+/* ---- Prepared segments ------------------------------------------------------------------ */
+
+/* In the threadpool: create the file, reserve its blocks, write zeros over them and
+ * fdatasync, so that appends overwrite blocks that are already allocated and written and a
+ * sync commits no change of the file's size or extents. */
+static void prep_work(uv_work_t *w)
+{
+    static char zeros[64u << 10]; /* never written; not const, so that it is in .bss */
+    prep_job_t *j = w->data;
+    j->fd = open(j->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (j->fd < 0) {
+        j->result = -errno;
+        return;
+    }
+    int rc = posix_fallocate(j->fd, 0, (off_t)j->bytes); /* a full disk fails here, at once */
+    if (rc == EINVAL || rc == EOPNOTSUPP) rc = 0;        /* not supported: the zeros will do */
+    for (uint64_t off = 0; rc == 0 && off < j->bytes;) {
+        size_t k = j->bytes - off < sizeof zeros ? (size_t)(j->bytes - off) : sizeof zeros;
+        struct iovec v = {zeros, k};
+        rc = -write_at(j->fd, &v, 1, off);
+        off += k;
+    }
+    if (rc == 0 && fdatasync(j->fd) < 0) rc = errno;
+    if (rc == 0) return;
+    j->result = -rc;
+    close(j->fd);
+    unlink(j->path);
+    j->fd = -1;
+}
+
+static void after_prep(uv_work_t *w, int status)
+{
+    prep_job_t *j = w->data;
+    hr_spool_t *sp = j->sp;
+    int rc = status < 0 ? status : j->result;
+    sp->prep_job = NULL;
+    if (rc == 0 && j->fd >= 0) {
+        sp->prep_fd = j->fd;
+        sp->prep_path = j->path;
+        sp->prep_bytes = j->bytes;
+        sp->st.disk_bytes += j->bytes;
+        sp->st.next_prepared = true;
+        if (sp->prep_failing)
+            hr_log_info("spool: the next segment is prepared again (%llu bytes of zeros)",
+                        (unsigned long long)j->bytes);
+        sp->prep_failing = false;
+        free(j);
+        if (sp->closing) prep_drop(sp);
+    } else {
+        if (rc < 0 && rc != UV_ECANCELED) {
+            sp->st.prep_errors++;
+            if (!sp->prep_failing)
+                hr_log_warn("spool: cannot prepare the next segment (%s: %s); new segments grow "
+                            "by appends (each sync costs more) until a preparation succeeds",
+                            j->path, strerror(-rc));
+            sp->prep_failing = true;
+        }
+        free(j->path);
+        free(j);
+    }
+    if (sp->closing) finish_close(sp);
+}
+
+/* Prepare the next segment in the threadpool unless one is ready or being prepared. */
+static void prep_start(hr_spool_t *sp)
+{
+    sp->prep_wanted = false;
+    if (sp->closing || sp->prep_job || sp->prep_fd >= 0) return;
+    prep_job_t *j = hr_xcalloc(1, sizeof *j);
+    j->sp = sp;
+    j->work.data = j;
+    j->fd = -1;
+    j->bytes = sp->opts.segment_bytes;
+    j->path =
+        hr_xasprintf("%s/%s%ld-%u.tmp", sp->opts.dir, PREP_PREFIX, (long)getpid(), ++sp->prep_seq);
+    sp->prep_job = j;
+    if (uv_queue_work(sp->loop, &j->work, prep_work, after_prep) < 0) { /* no preparation */
+        sp->prep_job = NULL;
+        free(j->path);
+        free(j);
+    }
+}
+
+/* Delete the prepared segments a process left behind (it ended before it used them). */
+static void prep_remove_stale(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    size_t pl = strlen(PREP_PREFIX);
+    while ((e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (len <= pl + 4 || strncmp(e->d_name, PREP_PREFIX, pl) != 0 ||
+            strcmp(e->d_name + len - 4, ".tmp") != 0)
+            continue;
+        char *path = hr_xasprintf("%s/%s", dir, e->d_name);
+        if (unlink(path) == 0) hr_log_debug("spool: deleted unused prepared segment %s", path);
+        free(path);
+    }
+    closedir(d);
+}
+
 /* ---- Public API ------------------------------------------------------------------------- */
 
 /* Recovery logs every skipped range and every empty segment on a line of its own. */
@@ -1059,6 +1289,7 @@ hr_spool_t *hr_spool_open(uv_loop_t *loop, const hr_spool_opts_t *opts, hr_spool
         sp->opts.segment_bytes = sp->opts.max_bytes / 8 > 1024 ? sp->opts.max_bytes / 8 : 1024;
     if (!sp->opts.fsync_interval_ms) sp->opts.fsync_interval_ms = HR_DEF_FSYNC_INTERVAL_MS;
     sp->dirfd = -1;
+    sp->prep_fd = -1;
     int rc = hr_mkdir_p(sp->opts.dir);
     if (rc < 0) {
         snprintf(err, errlen, "spool_dir %s: %s", sp->opts.dir, strerror(-rc));
@@ -1069,6 +1300,7 @@ hr_spool_t *hr_spool_open(uv_loop_t *loop, const hr_spool_opts_t *opts, hr_spool
         snprintf(err, errlen, "spool_dir %s: %s", sp->opts.dir, strerror(errno));
         goto fail;
     }
+    prep_remove_stale(sp->opts.dir);
     uint32_t *seqs = NULL;
     long n = list_segments(sp->opts.dir, &seqs);
     if (n < 0) {
@@ -1086,7 +1318,7 @@ hr_spool_t *hr_spool_open(uv_loop_t *loop, const hr_spool_opts_t *opts, hr_spool
         }
         seg_t s = {.seq = seqs[i], .fd = fd};
         hr_spool_gaps_t gaps = {0};
-        rc = scan_segment(fd, seqs[i], cb, arg, &s.size, &gaps, &s.actions, log_gap, NULL);
+        rc = scan_segment(fd, seqs[i], cb, arg, &s.size, &s.file, &gaps, &s.actions, log_gap, NULL);
         seg_push(sp, s);
         if (rc < 0) {
             snprintf(err, errlen, "spool segment %s: %s", path, strerror(-rc));
@@ -1104,6 +1336,7 @@ hr_spool_t *hr_spool_open(uv_loop_t *loop, const hr_spool_opts_t *opts, hr_spool
         sp->st.corrupt_ranges += gaps.ranges;
         sp->st.empty_segments += gaps.empty;
         sp->st.bytes += s.size;
+        sp->st.disk_bytes += s.file;
         sp->st.segments++;
         free(path);
     }
@@ -1169,6 +1402,7 @@ int hr_spool_append(hr_spool_t *sp, int type, const void *payload, size_t len, b
         gc_now(sp); /* the old segment may hold nothing live any more */
         cur = &sp->segs[sp->nsegs - 1];
     }
+    if (sp->prep_wanted) prep_start(sp);
     unsigned char h[HR_SPOOL_HDR];
     make_header(h, type, payload, len);
     uint64_t off = cur->size;
@@ -1188,7 +1422,7 @@ int hr_spool_append(hr_spool_t *sp, int type, const void *payload, size_t len, b
         if (rc < 0) {
             sp->st.write_errors++;
             sp->st.failing = true;
-            if (ftruncate(cur->fd, (off_t)off) < 0) sp->broken = true;
+            if (!cut_back(sp, cur, off)) sp->broken = true;
             hr_log_error("spool: write to segment %u failed: %s", cur->seq, strerror(-rc));
             return rc;
         }
@@ -1197,6 +1431,10 @@ int hr_spool_append(hr_spool_t *sp, int type, const void *payload, size_t len, b
     }
     cur->size += rec;
     sp->st.bytes += rec;
+    if (cur->size > cur->file) { /* past the zeros (or none): the file grows */
+        sp->st.disk_bytes += cur->size - cur->file;
+        cur->file = cur->size;
+    }
     if (type == HR_REC_ACTION || type == HR_REC_COPY) {
         cur->refs++;
         cur->actions++;
@@ -1307,6 +1545,7 @@ static void gc_now(hr_spool_t *sp)
         free(path);
         close(s->fd);
         sp->st.bytes -= s->size;
+        sp->st.disk_bytes -= s->file;
         sp->st.segments--;
         sp->st.deleted++;
         k++;
@@ -1344,7 +1583,9 @@ static void on_handle_closed(uv_handle_t *h)
  * close the files and the handles. */
 static void finish_close(hr_spool_t *sp)
 {
-    if (sp->job || sp->open_handles == 0 || uv_is_closing((uv_handle_t *)&sp->idle)) return;
+    if (sp->job || sp->prep_job || sp->open_handles == 0 || uv_is_closing((uv_handle_t *)&sp->idle))
+        return;
+    prep_drop(sp);
     wbuf_flush(sp);
     fail_waiting(sp);
     int rc = 0;
@@ -1364,8 +1605,12 @@ static void finish_close(hr_spool_t *sp)
         unlink(path);
         free(path);
     }
-    for (size_t i = 0; i < sp->nsegs; i++)
-        close(sp->segs[i].fd);
+    for (size_t i = 0; i < sp->nsegs; i++) {
+        seg_t *s = &sp->segs[i];
+        if (s->file > s->size && ftruncate(s->fd, (off_t)s->size) < 0) /* the zero tail goes */
+            hr_log_debug("spool: cannot cut the zeros off segment %u: %s", s->seq, strerror(errno));
+        close(s->fd);
+    }
     close(sp->dirfd);
     uv_close((uv_handle_t *)&sp->idle, on_handle_closed);
     uv_close((uv_handle_t *)&sp->timer, on_handle_closed);

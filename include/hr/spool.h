@@ -4,7 +4,20 @@
  * A spool is a folder of segment files "seg-<16 hex digits>.hrs", numbered in the order they
  * were created. Records are appended to the newest segment only; a segment that reaches
  * segment_bytes is closed and a new one started (each start of the process also starts a new
- * one, so a torn tail left by a crash is never appended to). Every record is
+ * one, so a torn tail left by a crash is never appended to).
+ *
+ * Prepared segments (HR_FSYNC_ALWAYS only: the other modes sync too seldom for it to pay):
+ * the first append to a segment starts, in the threadpool, the preparation of the next one: a file
+ * "prep-<pid>-<n>.tmp" in the folder, its blocks reserved (posix_fallocate) and written with zeros
+ * up to segment_bytes, fdatasynced. The rotation renames it to its segment name (link + unlink:
+ * never over a file; the next sync fsyncs the folder, as for any new segment), and appends then
+ * overwrite zeros at the write offset: the fdatasync of a group commit writes the data and commits
+ * no change of the file's size or extents. If it is not ready (still being written, or it failed:
+ * disk full, logged once until one succeeds) the rotation makes a plain file that grows by appends,
+ * as without preparation. A segment therefore ends in a zero tail (up to its whole size after a
+ * crash right after a rotation); the tail is the clean end of a segment wherever one is read: no
+ * skipped range, no lost record (a torn record before it still is one). A clean close cuts the tail
+ * off and deletes the prepared file; hr_spool_open deletes the ones a crash left. Every record is
  *
  *   offset 0  u32 magic "HRS1" (0x31535248, little-endian)
  *          4  u32 payload length
@@ -16,8 +29,10 @@
  * with a plausible length, just that record; otherwise the scan moves forward to the next
  * "HRS1" whose record checks out. Adjacent skips form one range, reported (logged by
  * hr_spool_open, printed by `hookrouter spool`) with its byte offsets and the records that
- * started in it (see hr_spool_gap_t); an empty segment is reported too. A short record at the end
- * (a torn write) is the usual case after a crash.
+ * started in it (see hr_spool_gap_t); an empty segment (no byte that is not 0) is reported
+ * too. A short record at the end (a torn write) is the usual case after a crash. Since the
+ * zeros at the end of a segment are no loss, a crash that leaves unsynced records as zeros
+ * there (fsync "interval" or "never", a power cut) is not reported either.
  *
  * Durability (fsync): appends are written from the loop (the page cache makes them cheap);
  * ACTION and DONE records (one each per delivered action) are gathered and written in one
@@ -82,11 +97,14 @@ typedef struct {
     uint64_t max_bytes;         /* limit for hr_spool_append(..., limited=true); 0: none */
     uint64_t segment_bytes;     /* start a new segment beyond this size (default 16 MiB; at
                                  * most max_bytes / 8, so that deletion and compaction work in
-                                 * units well below the limit) */
+                                 * units well below the limit); also what a prepared segment's
+                                 * zeros take on disk */
 } hr_spool_opts_t;
 
 typedef struct {
-    uint64_t bytes;          /* size of every segment file */
+    uint64_t bytes;          /* bytes the records of every segment take (what max_bytes limits) */
+    uint64_t disk_bytes;     /* bytes of the segment files on disk: bytes, the zero tail of the
+                              * segment being written and the prepared next segment */
     uint64_t segments;       /* segment files */
     uint64_t syncs;          /* fdatasync batches run */
     uint64_t commits;        /* commit callbacks completed */
@@ -94,9 +112,13 @@ typedef struct {
                               * bound where a range's count is "at least", see hr_spool_gap_t) */
     uint64_t corrupt_bytes;  /* bytes skipped by the last scan */
     uint64_t corrupt_ranges; /* skipped byte ranges of the last scan */
-    uint64_t empty_segments; /* zero-length segment files seen by the last scan */
+    uint64_t empty_segments; /* segment files without a record (zero-length or only zeros)
+                              * seen by the last scan */
     uint64_t deleted;        /* segments deleted since open */
     uint64_t write_errors;   /* appends or syncs that failed */
+    uint64_t prepared;       /* rotations onto a prepared segment */
+    uint64_t prep_errors;    /* preparations of a next segment that failed (e.g. disk full) */
+    bool next_prepared;      /* a prepared segment waits for the next rotation */
     bool failing;            /* the last append or sync failed and none has succeeded since */
 } hr_spool_stats_t;
 

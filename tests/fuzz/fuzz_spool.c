@@ -1,11 +1,11 @@
 /* Fuzz spool recovery: the input becomes a segment file, and hr_spool_open recovers it.
  * Checked: every record handed over checks out (magic, type, CRC32C) and reads back the same
  * through hr_spool_read; records come in order without overlapping; and every byte of the
- * file is either in a record or counted as skipped (corrupt_bytes), with a corrupt count
- * exactly when bytes were skipped. The read-only scan (hr_spool_scan_dir) must agree.
- * Payloads of valid records go through the decoders the outbox recovery uses, and through the
- * record fold (hr_spool_index_t): what it calls pending comes out once each, in id order,
- * and is found by id.
+ * file is either in a record, counted as skipped (corrupt_bytes) or in the zero tail after
+ * the last record or range, with a corrupt count exactly when bytes were skipped. The read-only
+ * scan (hr_spool_scan_dir) must agree. Payloads of valid records go through the decoders the outbox
+ * recovery uses, and through the record fold (hr_spool_index_t): what it calls pending comes out
+ * once each, in id order, and is found by id.
  *
  * Input: a first byte with bit 0 clear is a raw segment; with bit 0 set the rest is a list
  * of records (u8 type, u16 little-endian length, payload) framed with valid checksums, so
@@ -183,8 +183,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         hr_spool_index_fold(ix, rec_open.type[i], b.data ? b.data : "", b.len, rec_open.loc[i]);
         hr_buf_free(&b);
     }
-    if (seg.len > end) ngaps++;
-    gaps += seg.len - end;
+    /* After the last record: a skipped range, then a zero tail (a segment's clean end), either
+     * possibly empty; the range covers at least every byte up to the last one that is not 0. */
+    uint64_t nz = seg.len;
+    while (nz > end && p[nz - 1] == 0)
+        nz--;
+    FUZZ_CHECK(st.corrupt_bytes >= gaps + (nz - end));
+    FUZZ_CHECK(st.corrupt_bytes <= gaps + (seg.len - end));
+    uint64_t tail = st.corrupt_bytes - gaps;
+    if (tail) ngaps++;
+    gaps += tail;
     if (gaps != st.corrupt_bytes || (gaps > 0) != (st.corrupt > 0) || st.corrupt < ngaps) {
         fprintf(stderr, "skipped %llu bytes in %llu gaps, reported %llu bytes in %llu records\n",
                 (unsigned long long)gaps, (unsigned long long)ngaps,

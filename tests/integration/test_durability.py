@@ -168,6 +168,37 @@ class DurabilityTest(HRTestCase):
         self.assertTrue(r2.alive())
         self.assertEqual(r2.healthz()["outbox"]["spool_corrupt"], 1)
 
+    def test_kill9_on_prepared_segment(self):
+        """Segments after the first are prepared (zeros to the segment size): a kill -9 leaves
+        the newest with a zero tail, which `hookrouter spool` and recovery read as its clean
+        end (no skipped range, nothing lost), and every acknowledged event arrives."""
+        snk = self.sink(down=True)
+        # max_spool_bytes / 8: segments of 64 KiB, which 1200 events fill more than twice
+        r = self.start(snk.url, retry=(600000,), max_spool_bytes=512 * 1024)
+        ids = [self.assertOk(r.post("/t", {"n": i})) for i in range(1200)]
+        self.kill(r)
+        segs = self.segments()
+        self.assertGreaterEqual(len(segs), 3, segs)
+        last = segs[-1]
+        with open(last, "rb") as f:
+            data = f.read()
+        self.assertEqual(len(data), 64 * 1024, "the newest segment was not prepared")
+        self.assertTrue(data.rstrip(b"\0"), "no record in the newest segment")
+        self.assertGreater(len(data) - len(data.rstrip(b"\0")), 1024, "no zero tail")
+        out = self.cli("spool").stdout
+        self.assertNotIn("skipped", out)
+        self.assertRegex(out, r"(?m)^pos\s+1200\s", out)
+        self.assertRegex(out, r"segment\(s\), \d+ bytes \(\d+ on disk\)", out)
+        self.wd.config(self.cfg(snk.url, max_spool_bytes=512 * 1024))
+        snk.start()
+        r2 = self.router()
+        self.assertEqual(r2.healthz()["outbox"]["spool_corrupt"], 0)
+        self.assertEqual(r2.healthz()["outbox"]["recovered"], 1200)
+        reqs = snk.wait_for(1200, timeout=T(20))
+        self.assertEqual(sorted({q.header("X-Hookrouter-Event-Id") for q in reqs}), sorted(ids))
+        # recovery logs before it serves: no range, no empty segment, no torn record
+        self.assertIsNone(re.search(r"spool: segment seg-|torn record", r2.log()), r2.log_tail())
+
     def test_attempts_survive_restart(self):
         snk = self.sink(down=True)
         r = self.start(snk.url, retry=(0, 100))

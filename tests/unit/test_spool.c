@@ -1,5 +1,6 @@
 /* Unit tests for src/spool.c: framing, append and recovery, torn tails, corrupt records in
- * the middle, segment deletion, group commit, gathered writes and their failure. */
+ * the middle, segment deletion, group commit, gathered writes and their failure, prepared
+ * (zero-filled) segments, their zero tails and a preparation that fails. */
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -698,6 +699,273 @@ static void test_gathered_writes(void)
     free(d);
 }
 
+/* A zero tail is the clean end of a segment: no range, no lost record, even when the last
+ * record's own bytes end in zeros; a torn record before it is still one. */
+static void test_zero_tail(void)
+{
+    gaps_seen_t gs;
+    hr_spool_gaps_t tot;
+    hr_buf_t b = HR_BUF_INIT;
+    thirty_records(&b);
+    unsigned char id[8] = {1, 0, 0, 0, 0, 0, 0, 0}; /* a DONE whose payload ends in zeros */
+    hr_spool_frame(&b, HR_REC_DONE, id, sizeof id);
+    size_t end = b.len;
+    hr_buf_reserve(&b, 8192);
+    memset(b.data + end, 0, 8192);
+    b.len = end + 8192;
+    CHECK_INT_EQ(parse7(&b, &gs, &tot), 31);
+    CHECK_INT_EQ(gs.n, 0);
+    CHECK_INT_EQ(tot.ranges, 0);
+
+    /* Only zeros: nothing, and nothing lost. */
+    hr_buf_t z = HR_BUF_INIT;
+    hr_buf_reserve(&z, 4096);
+    memset(z.data, 0, 4096);
+    z.len = 4096;
+    CHECK_INT_EQ(parse7(&z, &gs, &tot), 0);
+    CHECK_INT_EQ(gs.n, 0);
+    hr_buf_free(&z);
+
+    /* The DONE torn (its payload never written: zeros, as in a prepared segment): one range,
+     * the record as its frame gives it, exactly 1 record lost. */
+    b.data[end - 8] = 0;
+    CHECK_INT_EQ(parse7(&b, &gs, &tot), 30);
+    CHECK_INT_EQ(gs.n, 1);
+    CHECK_INT_EQ(gs.g[0].start, 30 * R_SIZE);
+    CHECK_INT_EQ(gs.g[0].end, 30 * R_SIZE + HR_SPOOL_HDR + 8);
+    CHECK(gs.g[0].exact);
+    CHECK_INT_EQ(gs.g[0].records, 1);
+    CHECK_INT_EQ(tot.records, 1);
+
+    /* A record torn in the middle of its payload, then zeros. */
+    b.len = 30 * R_SIZE;
+    memset(b.data + 29 * R_SIZE + 100, 0, R_SIZE - 100);
+    hr_buf_reserve(&b, 8192);
+    memset(b.data + b.len, 0, 8192);
+    b.len += 8192;
+    CHECK_INT_EQ(parse7(&b, &gs, &tot), 29);
+    CHECK_INT_EQ(gs.n, 1);
+    CHECK_INT_EQ(gs.g[0].start, 29 * R_SIZE);
+    CHECK_INT_EQ(gs.g[0].end, 30 * R_SIZE);
+    CHECK(gs.g[0].exact);
+    CHECK_INT_EQ(gs.g[0].records, 1);
+    hr_buf_free(&b);
+}
+
+static void wait_prepared(hr_spool_t *sp)
+{
+    hr_spool_stats_t st;
+    for (hr_spool_stats(sp, &st); !st.next_prepared && !st.prep_errors; hr_spool_stats(sp, &st))
+        uv_run(loop, UV_RUN_ONCE); /* the preparation's completion wakes the loop */
+}
+
+static off_t file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+/* How many prep-*.tmp files are in d. */
+static int prep_files(const char *d)
+{
+    char *cmd = hr_xasprintf("exit $(ls '%s' | grep -c '^prep-.*\\.tmp$')", d);
+    int rc = system(cmd);
+    free(cmd);
+    return WEXITSTATUS(rc);
+}
+
+/* Rotation goes onto the segment prepared in the threadpool (zeros to segment_bytes, under a
+ * temporary name until then); bytes counts the records, disk_bytes the files. What a crash
+ * leaves (a copy of the folder while the spool is open) recovers every record with no range
+ * reported; a torn last record before the zeros is reported as one; a clean close cuts the
+ * zeros off and removes the prepared file nobody used. */
+static void test_prepared_segments(void)
+{
+    char *d = spool_dir("prep");
+    char err[256];
+    hr_spool_opts_t o = {.dir = d, .fsync = HR_FSYNC_ALWAYS, .segment_bytes = 4096};
+    seen_t s = {0};
+    hr_spool_t *sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    CHECK(sp != NULL);
+    hr_spool_stats_t st;
+    hr_spool_stats(sp, &st);
+    CHECK(!st.next_prepared); /* nothing is prepared before the first append */
+    CHECK_INT_EQ(prep_files(d), 0);
+    char p[200];
+    memset(p, 'p', sizeof p);
+    hr_spool_loc_t loc[64];
+    int n = 0;
+    CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, true, &loc[n++]), 0);
+    wait_prepared(sp);
+    hr_spool_stats(sp, &st);
+    CHECK(st.next_prepared);
+    CHECK_INT_EQ(st.prep_errors, 0);
+    CHECK_INT_EQ(prep_files(d), 1);
+    CHECK_INT_EQ(st.bytes, HR_SPOOL_HDR + sizeof p);
+    CHECK_INT_EQ(st.disk_bytes, st.bytes + 4096);
+
+    /* Fill the first segment (it grows by appends) and go past it. */
+    uint32_t first = HR_LOC_SEG(loc[0]);
+    while (n < 64 && HR_LOC_SEG(loc[n - 1]) == first)
+        CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, true, &loc[n++]), 0);
+    CHECK_INT_EQ(commit_wait(sp), 0);
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.prepared, 1);
+    CHECK_INT_EQ(st.segments, 2);
+    char *second = hr_xasprintf("%s/seg-%016llx.hrs", d, (unsigned long long)first + 1);
+    CHECK_INT_EQ(file_size(second), 4096); /* prepared: the records overwrite its zeros */
+    CHECK_INT_EQ(st.bytes, (uint64_t)n * (HR_SPOOL_HDR + sizeof p));
+    /* The second segment's first append asked for the next one: wait for it, so that the
+     * figures below do not depend on when it is ready. */
+    wait_prepared(sp);
+    hr_spool_stats(sp, &st);
+    uint64_t first_bytes = (uint64_t)(n - 1) * (HR_SPOOL_HDR + sizeof p);
+    CHECK_INT_EQ(st.disk_bytes, first_bytes + 4096 + 4096);
+    for (int i = 0; i < 3; i++)
+        CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, true, &loc[n++]), 0);
+    CHECK_INT_EQ(commit_wait(sp), 0);
+    CHECK_INT_EQ(file_size(second), 4096);
+    int want = n;
+
+    /* A crash now: the copy holds the second segment with its zero tail. */
+    char *crash = hr_xasprintf("%s/prep-crash", dir), *torn = hr_xasprintf("%s/prep-torn", dir);
+    char *cmd = hr_xasprintf("cp -a '%s' '%s' && cp -a '%s' '%s'", d, crash, d, torn);
+    CHECK_INT_EQ(system(cmd), 0);
+    free(cmd);
+    uint64_t rec_bytes = (uint64_t)want * (HR_SPOOL_HDR + sizeof p);
+    /* The read-only scan (hookrouter spool): every record, no range, the zeros not counted in
+     * bytes but in disk_bytes (the prepared file is no segment). */
+    gaps_seen_t gs = {0};
+    memset(&s, 0, sizeof s);
+    CHECK_INT_EQ(hr_spool_scan_dir_gaps(crash, on_rec, &s, on_gap, &gs, &st, err, sizeof err), 0);
+    CHECK_INT_EQ(s.n, want);
+    CHECK_INT_EQ(gs.n, 0);
+    CHECK_INT_EQ(st.corrupt_ranges, 0);
+    CHECK_INT_EQ(st.bytes, rec_bytes);
+    CHECK_INT_EQ(st.disk_bytes, first_bytes + 4096);
+    /* Recovery: the same, and the prepared file the crash left is deleted. */
+    hr_spool_opts_t oc = o;
+    oc.dir = crash;
+    memset(&s, 0, sizeof s);
+    hr_spool_t *sc = hr_spool_open(loop, &oc, on_rec, &s, err, sizeof err);
+    CHECK(sc != NULL);
+    CHECK_INT_EQ(s.n, want);
+    hr_spool_stats(sc, &st);
+    CHECK_INT_EQ(st.corrupt, 0);
+    CHECK_INT_EQ(st.corrupt_ranges, 0);
+    CHECK_INT_EQ(st.empty_segments, 0);
+    CHECK_INT_EQ(st.bytes, rec_bytes);
+    CHECK_INT_EQ(prep_files(crash), 0);
+    close_spool(sc);
+
+    /* The last record torn: its last bytes zeros, like the tail after it. */
+    char *tseg = hr_xasprintf("%s/seg-%016llx.hrs", torn, (unsigned long long)first + 1);
+    tear_last_record(tseg, 3);
+    CHECK_INT_EQ(file_size(tseg), 4096);
+    memset(&gs, 0, sizeof gs);
+    memset(&s, 0, sizeof s);
+    CHECK_INT_EQ(hr_spool_scan_dir_gaps(torn, on_rec, &s, on_gap, &gs, &st, err, sizeof err), 0);
+    CHECK_INT_EQ(s.n, want - 1);
+    CHECK_INT_EQ(gs.n, 1);
+    CHECK_INT_EQ(gs.g[0].seg, first + 1);
+    CHECK_INT_EQ(gs.g[0].start, 3 * (HR_SPOOL_HDR + sizeof p));
+    CHECK(gs.g[0].exact);
+    CHECK_INT_EQ(gs.g[0].records, 1);
+    CHECK_INT_EQ(st.corrupt, 1);
+    hr_spool_opts_t ot = o;
+    ot.dir = torn;
+    memset(&s, 0, sizeof s);
+    sc = hr_spool_open(loop, &ot, on_rec, &s, err, sizeof err);
+    CHECK(sc != NULL);
+    CHECK_INT_EQ(s.n, want - 1);
+    hr_spool_stats(sc, &st);
+    CHECK_INT_EQ(st.corrupt, 1);
+    CHECK_INT_EQ(st.corrupt_ranges, 1);
+    close_spool(sc);
+
+    /* A clean close with records still live: the zeros are cut off, the prepared file goes. */
+    close_spool(sp);
+    CHECK_INT_EQ(file_size(second), 4 * (HR_SPOOL_HDR + sizeof p));
+    CHECK_INT_EQ(prep_files(d), 0);
+    memset(&s, 0, sizeof s);
+    sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    CHECK(sp != NULL);
+    CHECK_INT_EQ(s.n, want);
+    close_spool(sp);
+    free(tseg);
+    free(second);
+    free(crash);
+    free(torn);
+    free(d);
+}
+
+/* A preparation that fails (here: past RLIMIT_FSIZE, EFBIG; a full disk fails the same way)
+ * is counted, and the spool goes on with segments that grow by appends: every record is
+ * written, committed and recovered. The next preparation that works is used again. */
+static void test_prep_fails(void)
+{
+    char *d = spool_dir("prepfail");
+    char err[256];
+    hr_spool_opts_t o = {.dir = d, .fsync = HR_FSYNC_ALWAYS, .segment_bytes = 8192};
+    seen_t s = {0};
+    hr_spool_t *sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    CHECK(sp != NULL);
+    char p[200];
+    memset(p, 'f', sizeof p);
+    hr_spool_loc_t loc[128];
+    int n = 0;
+    struct rlimit old, lim;
+    CHECK_INT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+    void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+    lim = old;
+    lim.rlim_cur = 4096; /* below segment_bytes: the zeros cannot be written */
+    CHECK_INT_EQ(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, true, &loc[n++]), 0);
+    wait_prepared(sp);
+    CHECK_INT_EQ(commit_wait(sp), 0);
+    CHECK_INT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, prev);
+    hr_spool_stats_t st;
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.prep_errors, 1);
+    CHECK(!st.next_prepared);
+    CHECK(!st.failing); /* the records are fine */
+    CHECK_INT_EQ(st.write_errors, 0);
+    CHECK_INT_EQ(prep_files(d), 0); /* the half-made file is deleted */
+
+    /* Past the first segment: the next one is a plain file (nothing was prepared). */
+    uint32_t first = HR_LOC_SEG(loc[0]);
+    while (n < 128 && HR_LOC_SEG(loc[n - 1]) == first)
+        CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, true, &loc[n++]), 0);
+    CHECK_INT_EQ(commit_wait(sp), 0);
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.prepared, 0);
+    char *second = hr_xasprintf("%s/seg-%016llx.hrs", d, (unsigned long long)first + 1);
+    CHECK_INT_EQ(file_size(second), HR_SPOOL_HDR + sizeof p);
+    /* Its first append asked for a preparation again, which works now: the third segment is
+     * prepared. */
+    wait_prepared(sp);
+    hr_spool_stats(sp, &st);
+    CHECK(st.next_prepared);
+    CHECK_INT_EQ(st.prep_errors, 1);
+    while (n < 128 && HR_LOC_SEG(loc[n - 1]) == first + 1)
+        CHECK_INT_EQ(hr_spool_append(sp, HR_REC_ACTION, p, sizeof p, true, &loc[n++]), 0);
+    CHECK_INT_EQ(commit_wait(sp), 0);
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.prepared, 1);
+    int want = n;
+    close_spool(sp);
+    memset(&s, 0, sizeof s);
+    sp = hr_spool_open(loop, &o, on_rec, &s, err, sizeof err);
+    CHECK(sp != NULL);
+    CHECK_INT_EQ(s.n, want);
+    hr_spool_stats(sp, &st);
+    CHECK_INT_EQ(st.corrupt, 0);
+    close_spool(sp);
+    free(second);
+    free(d);
+}
+
 int main(void)
 {
     hr_log_set_level(HR_LOG_ERROR);
@@ -713,6 +981,9 @@ int main(void)
     test_gathered_writes();
     test_compaction_pieces();
     test_recovery_report();
+    test_zero_tail();
+    test_prepared_segments();
+    test_prep_fails();
     uv_run(loop, UV_RUN_DEFAULT);
     CHECK_INT_EQ(uv_loop_close(loop), 0);
     free(loop);
