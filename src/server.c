@@ -620,33 +620,57 @@ static const char *prescan(hr_conn_t *c, const char *data, size_t len)
     for (; c->crlf_need > 0 && i < len; i++, c->crlf_need--) {
         if (data[i] != "\r\n"[2 - c->crlf_need]) return "chunk data not followed by CRLF";
     }
-    for (; i < len && c->ps != PS_PASSIVE; i++) {
+    /* Inside a line only its end matters (and the request line's spaces): memchr finds it. */
+    prescan_state_t ps = c->ps;
+    while (i < len && ps != PS_PASSIVE) {
         char ch = data[i];
-        switch (c->ps) {
+        switch (ps) {
         case PS_START:
-            if (ch != '\r' && ch != '\n') c->ps = PS_REQLINE;
+            if (ch != '\r' && ch != '\n') ps = PS_REQLINE;
             c->rl_spaces = 0;
+            i++;
             break;
-        case PS_REQLINE:
+        case PS_REQLINE: {
             /* "GET /" alone: llhttp would wait for headers of an HTTP/0.9 request. */
-            if (ch == ' ') c->rl_spaces++;
-            if (ch == '\n' && c->rl_spaces < 2) return "request line without HTTP version";
-            if (ch == '\n') c->ps = PS_LINE_START;
+            const char *nl = memchr(data + i, '\n', len - i);
+            size_t end = nl ? (size_t)(nl - data) : len;
+            while (c->rl_spaces < 2) {
+                const char *sp = memchr(data + i, ' ', end - i);
+                if (!sp) break;
+                c->rl_spaces++;
+                i = (size_t)(sp - data) + 1;
+            }
+            i = end;
+            if (!nl) break;
+            if (c->rl_spaces < 2) return "request line without HTTP version";
+            ps = PS_LINE_START;
+            i++;
             break;
-        case PS_LINE:
-            if (ch == '\n') c->ps = PS_LINE_START;
+        }
+        case PS_LINE: {
+            const char *nl = memchr(data + i, '\n', len - i);
+            if (!nl) {
+                i = len;
+                break;
+            }
+            ps = PS_LINE_START;
+            i = (size_t)(nl - data) + 1;
             break;
+        }
         case PS_LINE_START:
             if (ch == ' ' || ch == '\t') return "obsolete line folding in a header (obs-fold)";
             if (ch == ':') return "empty header name";
-            c->ps = ch == '\r' ? PS_END_CR : ch == '\n' ? PS_PASSIVE : PS_LINE;
+            ps = ch == '\r' ? PS_END_CR : ch == '\n' ? PS_PASSIVE : PS_LINE;
+            i++;
             break;
         case PS_END_CR:
-            c->ps = PS_PASSIVE; /* CR not followed by LF: llhttp refuses it */
+            ps = PS_PASSIVE; /* CR not followed by LF: llhttp refuses it */
+            i++;
             break;
         case PS_PASSIVE: break;
         }
     }
+    c->ps = ps;
     return NULL;
 }
 
