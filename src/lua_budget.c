@@ -216,9 +216,10 @@ static void cache_empty(hr_lua_cap_t *cap)
     cap->cached = 0;
 }
 
-void *hr_lua_capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+/* hr_lua_capped_alloc for every case but the two its inline part serves. */
+static __attribute__((noinline)) void *capped_alloc(hr_lua_cap_t *cap, void *ptr, size_t osize,
+                                                    size_t nsize)
 {
-    hr_lua_cap_t *cap = ud;
     size_t old = ptr ? osize : 0;
     if (nsize == 0) {
         if (!ptr) return NULL;
@@ -260,4 +261,34 @@ void *hr_lua_capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     }
     cap->used = cap->used - old + nsize;
     return p;
+}
+
+void *hr_lua_capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    hr_lua_cap_t *cap = ud;
+    /* The common cases first, without a call: a new small block from the cache (within the
+     * cap), and a small block freed into the cache while it has room and the state holds
+     * more than that block (the last one freed empties the cache). */
+    if (CACHE_ON && nsize <= HR_LUA_CACHE_MAX) {
+        if (!ptr && nsize) {
+            size_t c = class_of(nsize);
+            void *p = cap->free[c];
+            if (p && (!cap->on || cap->used + nsize + cap->extra <= cap->limit)) {
+                memcpy(&cap->free[c], p, sizeof p);
+                cap->cached -= (c + 1) * HR_LUA_CACHE_STEP;
+                cap->used += nsize;
+                return p;
+            }
+        } else if (ptr && !nsize && osize <= HR_LUA_CACHE_MAX && cap->used > osize) {
+            size_t c = class_of(osize), size = (c + 1) * HR_LUA_CACHE_STEP;
+            if (cap->cached + size <= HR_LUA_CACHE_BYTES) {
+                memcpy(ptr, &cap->free[c], sizeof ptr);
+                cap->free[c] = ptr;
+                cap->cached += size;
+                cap->used -= osize;
+                return NULL;
+            }
+        }
+    }
+    return capped_alloc(cap, ptr, osize, nsize);
 }

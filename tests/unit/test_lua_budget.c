@@ -112,6 +112,12 @@ static void test_cap_refuses_with_cache(void)
     CHECK(al(&cap, NULL, 0, 120) == NULL);
     CHECK(cap.denied);
     cap.denied = false;
+    cap.extra = 60; /* 900 + 60 held: a cached 64 would pass 1000 */
+    CHECK(al(&cap, NULL, 0, 64) == NULL);
+    CHECK(cap.denied);
+    CHECK_INT_EQ(cap.used, 900);
+    cap.denied = false;
+    cap.extra = 0;
     p = al(&cap, NULL, 0, 50);
     CHECK(p != NULL);
     CHECK_INT_EQ(cap.used, 950);
