@@ -558,8 +558,12 @@ static void on_health_stats(void *arg, const hr_outbox_stats_t *st, const char *
  * address when there is one, else on the webhook port. */
 static bool is_admin_path(const char *path)
 {
-    return strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
-           strcmp(path, "/metrics") == 0;
+    switch (path[0] == '/' ? path[1] : '\0') { /* one compare for a webhook's path */
+    case 'h': return strcmp(path, "/healthz") == 0;
+    case 'r': return strcmp(path, "/readyz") == 0;
+    case 'm': return strcmp(path, "/metrics") == 0;
+    default: return false;
+    }
 }
 
 /* Headers of an admin path: 405 to anything but GET and HEAD (those are answered in

@@ -1663,8 +1663,9 @@ void hr_http_reply(hr_http_request_t *req, int status, const hr_header_t *header
  * headers. */
 const char *hr_http_header(const hr_http_request_t *req, const char *name)
 {
-    for (size_t i = 0; i < req->nheaders; i++) {
-        if (strcmp(req->headers[i].name, name) == 0) return req->headers[i].value;
+    for (size_t i = 0; i < req->nheaders; i++) { /* the first byte rules most names out */
+        const char *n = req->headers[i].name;
+        if (n[0] == name[0] && strcmp(n, name) == 0) return req->headers[i].value;
     }
     return NULL;
 }
