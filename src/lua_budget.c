@@ -158,18 +158,6 @@ int hr_lua_pcall_budget(lua_State *L, int nargs, int nres, uint64_t instructions
     return rc;
 }
 
-/* The free-list cache is off where ASan watches freed memory (gcc's macro; clang's test). */
-#if defined(__SANITIZE_ADDRESS__)
-#define CACHE_ON 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define CACHE_ON 0
-#endif
-#endif
-#ifndef CACHE_ON
-#define CACHE_ON 1
-#endif
-
 /* The size class of a block of n bytes (0 < n <= HR_LUA_CACHE_MAX). */
 static inline size_t class_of(size_t n)
 {
@@ -223,7 +211,7 @@ static __attribute__((noinline)) void *capped_alloc(hr_lua_cap_t *cap, void *ptr
     size_t old = ptr ? osize : 0;
     if (nsize == 0) {
         if (!ptr) return NULL;
-        if (CACHE_ON && old <= HR_LUA_CACHE_MAX)
+        if (HR_LUA_CACHE_ON && old <= HR_LUA_CACHE_MAX)
             block_put(cap, ptr, old);
         else
             free(ptr);
@@ -236,7 +224,7 @@ static __attribute__((noinline)) void *capped_alloc(hr_lua_cap_t *cap, void *ptr
         return NULL;
     }
     void *p;
-    if (!CACHE_ON || nsize > HR_LUA_CACHE_MAX) {
+    if (!HR_LUA_CACHE_ON || nsize > HR_LUA_CACHE_MAX) {
         p = realloc(ptr, nsize); /* a small block is malloc'd too */
         if (!p) return NULL;
     } else if (ptr && old <= HR_LUA_CACHE_MAX &&
@@ -269,7 +257,7 @@ void *hr_lua_capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     /* The common cases first, without a call: a new small block from the cache (within the
      * cap), and a small block freed into the cache while it has room and the state holds
      * more than that block (the last one freed empties the cache). */
-    if (CACHE_ON && nsize <= HR_LUA_CACHE_MAX) {
+    if (HR_LUA_CACHE_ON && nsize <= HR_LUA_CACHE_MAX) {
         if (!ptr && nsize) {
             size_t c = class_of(nsize);
             void *p = cap->free[c];

@@ -61,6 +61,18 @@ void hr_lua_budget_charge(lua_State *L, uint64_t n);
  * off in ASan builds so that a use after free of a Lua block is still caught. */
 #define HR_LUA_CACHE_BYTES (64 * 1024)
 
+/* 1 where the cache is on: not in ASan builds (gcc's macro; clang's test). */
+#if defined(__SANITIZE_ADDRESS__)
+#define HR_LUA_CACHE_ON 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define HR_LUA_CACHE_ON 0
+#endif
+#endif
+#ifndef HR_LUA_CACHE_ON
+#define HR_LUA_CACHE_ON 1
+#endif
+
 typedef struct {
     size_t used;   /* bytes the state holds now */
     size_t limit;  /* refuse growth past this while on */

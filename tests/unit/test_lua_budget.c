@@ -9,18 +9,6 @@
 #include "hr/common.h"
 #include "hr/lua_budget.h"
 
-/* The cache is off in ASan builds (src/lua_budget.c): the same test. */
-#if defined(__SANITIZE_ADDRESS__)
-#define CACHE_ON 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define CACHE_ON 0
-#endif
-#endif
-#ifndef CACHE_ON
-#define CACHE_ON 1
-#endif
-
 static void *al(hr_lua_cap_t *cap, void *p, size_t osize, size_t nsize)
 {
     return hr_lua_capped_alloc(cap, p, osize, nsize);
@@ -70,9 +58,9 @@ static void test_accounting_and_moves(void)
     size_t before = cap.cached;
     al(&cap, p, 40, 0);
     CHECK_INT_EQ(cap.used, 100);
-    CHECK_INT_EQ(cap.cached, CACHE_ON ? before + 48 : 0);
+    CHECK_INT_EQ(cap.cached, HR_LUA_CACHE_ON ? before + 48 : 0);
     void *q = al(&cap, NULL, 0, 33); /* same class (33..48 bytes) */
-    if (CACHE_ON) CHECK(q == p);
+    if (HR_LUA_CACHE_ON) CHECK(q == p);
     CHECK_INT_EQ(cap.cached, before);
     CHECK_INT_EQ(cap.used, 133);
     al(&cap, q, 33, 0);
@@ -96,7 +84,7 @@ static void test_cache_bound(void)
         al(&cap, blocks[i], HR_LUA_CACHE_MAX, 0);
     CHECK_INT_EQ(cap.used, 8);
     CHECK(cap.cached <= HR_LUA_CACHE_BYTES);
-    CHECK_INT_EQ(cap.cached, CACHE_ON ? HR_LUA_CACHE_BYTES : 0);
+    CHECK_INT_EQ(cap.cached, HR_LUA_CACHE_ON ? HR_LUA_CACHE_BYTES : 0);
     al(&cap, keep, 8, 0);
     CHECK_INT_EQ(cap.cached, 0);
 }
@@ -153,7 +141,7 @@ static void test_lua_state(void)
         (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
     CHECK_INT_EQ(cap.used, lua_count);
     CHECK(cap.cached <= HR_LUA_CACHE_BYTES);
-    if (CACHE_ON) CHECK(cap.cached > 0);
+    if (HR_LUA_CACHE_ON) CHECK(cap.cached > 0);
     lua_close(L);
     CHECK_INT_EQ(cap.used, 0);
     CHECK_INT_EQ(cap.cached, 0);
