@@ -115,7 +115,8 @@ static void test_cap_refuses_with_cache(void)
     CHECK_INT_EQ(cap.used, 950);
     cap.on = false; /* off: the state grows freely */
     void *r = al(&cap, p, 50, 60);
-    CHECK(r == p);
+    CHECK(r != NULL);
+    if (HR_LUA_CACHE_ON) CHECK(r == p); /* in place: its block holds 49..64 bytes */
     CHECK_INT_EQ(cap.used, 960);
     al(&cap, r, 60, 0);
     al(&cap, keep, 900, 0);
