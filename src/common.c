@@ -245,12 +245,31 @@ uint64_t hr_wall_ms(void)
 
 void hr_rfc3339(uint64_t ms, char out[32])
 {
-    time_t secs = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    /* strftime keeps the compiler from assuming 11-digit years. */
-    size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, 32 - n, ".%03uZ", (unsigned)(ms % 1000));
+    /* The seconds part of the last time this thread formatted: every event and log line
+     * formats one, and most fall in the same second as the one before. */
+    static _Thread_local struct {
+        uint64_t secs;
+        size_t n; /* 0: nothing cached */
+        char text[26];
+    } last;
+    uint64_t secs = ms / 1000;
+    if (last.n == 0 || last.secs != secs) {
+        time_t t = (time_t)secs;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        /* strftime keeps the compiler from assuming 11-digit years. */
+        last.n = strftime(last.text, sizeof last.text, "%Y-%m-%dT%H:%M:%S", &tm);
+        last.secs = secs;
+    }
+    size_t n = last.n;
+    memcpy(out, last.text, n);
+    unsigned frac = (unsigned)(ms % 1000); /* no printf: this runs per event */
+    out[n] = '.';
+    out[n + 1] = (char)('0' + frac / 100);
+    out[n + 2] = (char)('0' + frac / 10 % 10);
+    out[n + 3] = (char)('0' + frac % 10);
+    out[n + 4] = 'Z';
+    out[n + 5] = '\0';
 }
 
 int hr_rfc3339_parse(const char *s, uint64_t *ms)

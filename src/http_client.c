@@ -1266,7 +1266,9 @@ int hr_http_client_send(hr_http_client_t *c, const hr_http_out_t *req, hr_http_d
         w = put_str(w, req->headers[i].value);
         w = put_str(w, "\r\n");
     }
-    w += sprintf(w, "Content-Length: %zu\r\n\r\n", req->body_len);
+    w = put_str(w, "Content-Length: ");
+    w += hr_fmt_i64(w, (int64_t)req->body_len);
+    w = put_str(w, "\r\n\r\n");
     b->refs = 1;
     b->head_len = (size_t)(w - b->data);
     b->body_len = req->body_len;

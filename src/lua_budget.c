@@ -5,6 +5,7 @@
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "hr/common.h"
 
@@ -157,21 +158,125 @@ int hr_lua_pcall_budget(lua_State *L, int nargs, int nres, uint64_t instructions
     return rc;
 }
 
-void *hr_lua_capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+/* The size class of a block of n bytes (0 < n <= HR_LUA_CACHE_MAX). */
+static inline size_t class_of(size_t n)
 {
-    hr_lua_cap_t *cap = ud;
+    return (n - 1) / HR_LUA_CACHE_STEP;
+}
+
+/* A block for n bytes: a cached one of its class, else malloc'd at its class's full size (so
+ * any block of a class can serve any size of it). */
+static void *block_get(hr_lua_cap_t *cap, size_t n)
+{
+    size_t c = class_of(n);
+    void *p = cap->free[c];
+    if (p) {
+        memcpy(&cap->free[c], p, sizeof p);
+        cap->cached -= (c + 1) * HR_LUA_CACHE_STEP;
+        return p;
+    }
+    return malloc((c + 1) * HR_LUA_CACHE_STEP);
+}
+
+/* Give back p, a block the state held as n bytes: to its class's free list while the cache
+ * has room, else to malloc. */
+static void block_put(hr_lua_cap_t *cap, void *p, size_t n)
+{
+    size_t c = class_of(n), size = (c + 1) * HR_LUA_CACHE_STEP;
+    if (cap->cached + size > HR_LUA_CACHE_BYTES) {
+        free(p);
+        return;
+    }
+    memcpy(p, &cap->free[c], sizeof p);
+    cap->free[c] = p;
+    cap->cached += size;
+}
+
+/* Free every cached block (the state is gone). */
+static void cache_empty(hr_lua_cap_t *cap)
+{
+    for (size_t c = 0; c < HR_ARRAY_SIZE(cap->free); c++)
+        while (cap->free[c]) {
+            void *p = cap->free[c];
+            memcpy(&cap->free[c], p, sizeof p);
+            free(p);
+        }
+    cap->cached = 0;
+}
+
+/* hr_lua_capped_alloc for every case but the two its inline part serves. */
+static __attribute__((noinline)) void *capped_alloc(hr_lua_cap_t *cap, void *ptr, size_t osize,
+                                                    size_t nsize)
+{
     size_t old = ptr ? osize : 0;
     if (nsize == 0) {
-        free(ptr);
+        if (!ptr) return NULL;
+        if (HR_LUA_CACHE_ON && old <= HR_LUA_CACHE_MAX)
+            block_put(cap, ptr, old);
+        else
+            free(ptr);
         cap->used -= old;
+        if (cap->used == 0) cache_empty(cap); /* lua_close freed the last block */
         return NULL;
     }
     if (cap->on && nsize > old && cap->used - old + nsize + cap->extra > cap->limit) {
         cap->denied = true;
         return NULL;
     }
-    void *p = realloc(ptr, nsize);
-    if (!p) return NULL;
+    void *p;
+    if (!HR_LUA_CACHE_ON || nsize > HR_LUA_CACHE_MAX) {
+        p = realloc(ptr, nsize); /* a small block is malloc'd too */
+        if (!p) return NULL;
+    } else if (ptr && old <= HR_LUA_CACHE_MAX &&
+               (nsize <= old || class_of(nsize) == class_of(old))) {
+        p = ptr; /* it has room: a block of a class holds the whole class (Lua assumes a
+                    shrink cannot fail) */
+    } else {
+        p = block_get(cap, nsize);
+        if (!p) {
+            if (ptr && nsize < old) { /* a large block shrinking: keep it */
+                p = ptr;
+            } else {
+                return NULL;
+            }
+        } else if (ptr) {
+            memcpy(p, ptr, old < nsize ? old : nsize);
+            if (old <= HR_LUA_CACHE_MAX)
+                block_put(cap, ptr, old);
+            else
+                free(ptr);
+        }
+    }
     cap->used = cap->used - old + nsize;
     return p;
+}
+
+void *hr_lua_capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    hr_lua_cap_t *cap = ud;
+    /* The common cases first, without a call: a new small block from the cache (within the
+     * cap), and a small block freed into the cache while it has room and the state holds
+     * more than that block (the last one freed empties the cache). */
+    if (HR_LUA_CACHE_ON && nsize <= HR_LUA_CACHE_MAX) {
+        if (!ptr && nsize) {
+            size_t c = class_of(nsize);
+            void *p = cap->free[c];
+            if (p && (!cap->on || cap->used + nsize + cap->extra <= cap->limit)) {
+                memcpy(&cap->free[c], p, sizeof p);
+                cap->cached -= (c + 1) * HR_LUA_CACHE_STEP;
+                cap->used += nsize;
+                return p;
+            }
+        } else if (ptr && !nsize && osize <= HR_LUA_CACHE_MAX && cap->used > osize) {
+            size_t c = class_of(osize), size = (c + 1) * HR_LUA_CACHE_STEP;
+            if (cap->cached + size <= HR_LUA_CACHE_BYTES) {
+                memcpy(ptr, &cap->free[c], sizeof ptr);
+                cap->free[c] = ptr;
+                cap->cached += size;
+                cap->used -= osize;
+                return NULL;
+            }
+        }
+    }
+    return capped_alloc(cap, ptr, osize, nsize);
 }

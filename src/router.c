@@ -46,6 +46,24 @@ typedef struct event_run {
     char target[64];      /* its target, for the late-answer log line */
 } event_run_t;
 
+/* A label set counted lately and its series: the same few label sets come every event, and
+ * finding one here spares rendering, hashing and comparing its labels. A series never moves
+ * or goes away while its set lives, and a label set maps to the same series for good (one
+ * found or added stays; one sent to the overflow series, as the set was full, is never
+ * added later), so a memo is never stale. The label names are the callers' constants (the
+ * same pointer is the same name), the values are compared as text (a store is the rule's). */
+#define SERIES_MEMOS    8
+#define MEMO_MAX_LABELS 3
+#define MEMO_MAX_VALUES 96
+typedef struct {
+    const hr_series_set_t *set; /* NULL: an empty slot */
+    hr_series_t *series;
+    const char *names[MEMO_MAX_LABELS];
+    size_t nlabels;
+    size_t len;                   /* of values */
+    char values[MEMO_MAX_VALUES]; /* each value and its NUL, one after another */
+} series_memo_t;
+
 struct hr_router {
     uv_loop_t *loop;
     hr_server_t *server;
@@ -70,9 +88,11 @@ struct hr_router {
     hr_router_counters_t *ctr; /* ours: &own, or our slot in the workers' array */
     hr_router_counters_t *all; /* every worker's (nall), summed by /healthz */
     unsigned nall;
-    hr_buf_t labels; /* scratch: the labels of a series being counted */
-    bool front;      /* a front worker */
-    unsigned index;  /* a front worker's number */
+    hr_buf_t labels;                  /* scratch: the labels of a series being counted */
+    series_memo_t memo[SERIES_MEMOS]; /* label sets counted lately and their series */
+    unsigned memo_next;               /* the slot the next new label set takes */
+    bool front;                       /* a front worker */
+    unsigned index;                   /* a front worker's number */
     /* rules that answer */
     hr_http_client_t *replies; /* request() traffic: its own pools, never behind retries */
     event_run_t *waiting;      /* events whose rule waits in request() (doubly linked) */
@@ -128,9 +148,39 @@ void hr_router_counters_free(hr_router_counters_t *c)
 static hr_series_t *series_of(hr_router_t *r, hr_series_set_t *set, const char *const *labels,
                               size_t nlabels, const char *overflow)
 {
+    /* The values as a memo holds them; a label set too large for one is not memoised. */
+    char values[MEMO_MAX_VALUES];
+    size_t len = 0;
+    bool memo = nlabels <= MEMO_MAX_LABELS;
+    for (size_t i = 0; memo && i < nlabels; i++) {
+        size_t n = strlen(labels[2 * i + 1]) + 1;
+        memo = len + n <= sizeof values;
+        if (memo) memcpy(values + len, labels[2 * i + 1], n);
+        len += n;
+    }
+    if (memo)
+        for (size_t m = 0; m < SERIES_MEMOS; m++) {
+            const series_memo_t *o = &r->memo[m];
+            if (o->set != set || o->nlabels != nlabels || o->len != len) continue;
+            size_t i = 0;
+            while (i < nlabels && o->names[i] == labels[2 * i])
+                i++;
+            if (i == nlabels && memcmp(o->values, values, len) == 0) return o->series;
+        }
     hr_buf_reset(&r->labels);
     hr_metrics_labels(&r->labels, labels, nlabels);
-    return hr_series_get(set, r->labels.data, r->labels.len, overflow);
+    hr_series_t *s = hr_series_get(set, r->labels.data, r->labels.len, overflow);
+    if (memo) {
+        series_memo_t *o = &r->memo[r->memo_next++ % SERIES_MEMOS];
+        memcpy(o->values, values, len);
+        o->len = len;
+        o->set = set;
+        o->series = s;
+        o->nlabels = nlabels;
+        for (size_t i = 0; i < nlabels; i++)
+            o->names[i] = labels[2 * i];
+    }
+    return s;
 }
 
 #define OTHER_TYPE     "type=\"other\""
@@ -508,8 +558,12 @@ static void on_health_stats(void *arg, const hr_outbox_stats_t *st, const char *
  * address when there is one, else on the webhook port. */
 static bool is_admin_path(const char *path)
 {
-    return strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
-           strcmp(path, "/metrics") == 0;
+    switch (path[0] == '/' ? path[1] : '\0') { /* one compare for a webhook's path */
+    case 'h': return strcmp(path, "/healthz") == 0;
+    case 'r': return strcmp(path, "/readyz") == 0;
+    case 'm': return strcmp(path, "/metrics") == 0;
+    default: return false;
+    }
 }
 
 /* Headers of an admin path: 405 to anything but GET and HEAD (those are answered in

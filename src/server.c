@@ -362,6 +362,13 @@ static int conn_write(hr_conn_t *c, uv_buf_t *bufs, unsigned nbufs)
     return tls_flush(c);
 }
 
+/* Copy n bytes of s to w; returns the end. */
+static inline char *put(char *w, const char *s, size_t n)
+{
+    memcpy(w, s, n);
+    return w + n;
+}
+
 /* Build and write a response for the current request of c. keep: the connection stays open
  * (else "Connection: close" is sent). Copies everything. Returns 0 or a negative libuv
  * error. */
@@ -370,12 +377,17 @@ static int conn_send_response(hr_conn_t *c, int status, const hr_header_t *heade
 {
     hr_buf_t *o = &c->out;
     hr_buf_reset(o);
-    char num[21];
-    hr_buf_append(o, "HTTP/1.1 ", 9);
-    hr_buf_append(o, num, hr_fmt_i64(num, status));
-    hr_buf_appendc(o, ' ');
-    hr_buf_appends(o, status_reason(status));
-    hr_buf_append(o, "\r\n", 2);
+    /* Written in place (room reserved first), not by an append per piece: this runs per
+     * request. The status line, Content-Length and Connection take at most 120 bytes. */
+    const char *reason = status_reason(status);
+    size_t rlen = strlen(reason);
+    hr_buf_reserve(o, rlen + 120);
+    char *w = o->data;
+    w = put(w, "HTTP/1.1 ", 9);
+    w += hr_fmt_i64(w, status);
+    *w++ = ' ';
+    w = put(w, reason, rlen);
+    w = put(w, "\r\n", 2);
     for (size_t i = 0; i < nheaders; i++) {
         const char *name = headers[i].name, *value = headers[i].value;
         if (!name || !value || !*name) continue;
@@ -384,22 +396,28 @@ static int conn_send_response(hr_conn_t *c, int status, const hr_header_t *heade
             hr_log_warn("reply header %s dropped: contains CR or LF", name);
             continue;
         }
-        hr_buf_appends(o, name);
-        hr_buf_append(o, ": ", 2);
-        hr_buf_appends(o, value);
-        hr_buf_append(o, "\r\n", 2);
+        size_t nlen = strlen(name), vlen = strlen(value);
+        o->len = (size_t)(w - o->data);
+        hr_buf_reserve(o, nlen + vlen + 4 + 120); /* and what comes after the headers */
+        w = o->data + o->len;
+        w = put(w, name, nlen);
+        w = put(w, ": ", 2);
+        w = put(w, value, vlen);
+        w = put(w, "\r\n", 2);
     }
     bool no_body = status == 204 || status == 304 || status < 200;
     if (!no_body) {
-        hr_buf_append(o, "Content-Length: ", 16);
-        hr_buf_append(o, num, hr_fmt_i64(num, (int64_t)body_len));
-        hr_buf_append(o, "\r\n", 2);
+        w = put(w, "Content-Length: ", 16);
+        w += hr_fmt_i64(w, (int64_t)body_len);
+        w = put(w, "\r\n", 2);
     }
     if (!keep)
-        hr_buf_appends(o, "Connection: close\r\n");
+        w = put(w, "Connection: close\r\n", 19);
     else if (c->req.http_major == 1 && c->req.http_minor == 0)
-        hr_buf_appends(o, "Connection: keep-alive\r\n");
-    hr_buf_append(o, "\r\n", 2);
+        w = put(w, "Connection: keep-alive\r\n", 24);
+    w = put(w, "\r\n", 2);
+    o->len = (size_t)(w - o->data);
+    o->data[o->len] = '\0';
     bool head = c->req.method && strcmp(c->req.method, "HEAD") == 0;
     uv_buf_t bufs[2] = {uv_buf_init(o->data, (unsigned)o->len), uv_buf_init(NULL, 0)};
     unsigned nbufs = 1;
@@ -620,33 +638,57 @@ static const char *prescan(hr_conn_t *c, const char *data, size_t len)
     for (; c->crlf_need > 0 && i < len; i++, c->crlf_need--) {
         if (data[i] != "\r\n"[2 - c->crlf_need]) return "chunk data not followed by CRLF";
     }
-    for (; i < len && c->ps != PS_PASSIVE; i++) {
+    /* Inside a line only its end matters (and the request line's spaces): memchr finds it. */
+    prescan_state_t ps = c->ps;
+    while (i < len && ps != PS_PASSIVE) {
         char ch = data[i];
-        switch (c->ps) {
+        switch (ps) {
         case PS_START:
-            if (ch != '\r' && ch != '\n') c->ps = PS_REQLINE;
+            if (ch != '\r' && ch != '\n') ps = PS_REQLINE;
             c->rl_spaces = 0;
+            i++;
             break;
-        case PS_REQLINE:
+        case PS_REQLINE: {
             /* "GET /" alone: llhttp would wait for headers of an HTTP/0.9 request. */
-            if (ch == ' ') c->rl_spaces++;
-            if (ch == '\n' && c->rl_spaces < 2) return "request line without HTTP version";
-            if (ch == '\n') c->ps = PS_LINE_START;
+            const char *nl = memchr(data + i, '\n', len - i);
+            size_t end = nl ? (size_t)(nl - data) : len;
+            while (c->rl_spaces < 2) {
+                const char *sp = memchr(data + i, ' ', end - i);
+                if (!sp) break;
+                c->rl_spaces++;
+                i = (size_t)(sp - data) + 1;
+            }
+            i = end;
+            if (!nl) break;
+            if (c->rl_spaces < 2) return "request line without HTTP version";
+            ps = PS_LINE_START;
+            i++;
             break;
-        case PS_LINE:
-            if (ch == '\n') c->ps = PS_LINE_START;
+        }
+        case PS_LINE: {
+            const char *nl = memchr(data + i, '\n', len - i);
+            if (!nl) {
+                i = len;
+                break;
+            }
+            ps = PS_LINE_START;
+            i = (size_t)(nl - data) + 1;
             break;
+        }
         case PS_LINE_START:
             if (ch == ' ' || ch == '\t') return "obsolete line folding in a header (obs-fold)";
             if (ch == ':') return "empty header name";
-            c->ps = ch == '\r' ? PS_END_CR : ch == '\n' ? PS_PASSIVE : PS_LINE;
+            ps = ch == '\r' ? PS_END_CR : ch == '\n' ? PS_PASSIVE : PS_LINE;
+            i++;
             break;
         case PS_END_CR:
-            c->ps = PS_PASSIVE; /* CR not followed by LF: llhttp refuses it */
+            ps = PS_PASSIVE; /* CR not followed by LF: llhttp refuses it */
+            i++;
             break;
         case PS_PASSIVE: break;
         }
     }
+    c->ps = ps;
     return NULL;
 }
 
@@ -1639,8 +1681,9 @@ void hr_http_reply(hr_http_request_t *req, int status, const hr_header_t *header
  * headers. */
 const char *hr_http_header(const hr_http_request_t *req, const char *name)
 {
-    for (size_t i = 0; i < req->nheaders; i++) {
-        if (strcmp(req->headers[i].name, name) == 0) return req->headers[i].value;
+    for (size_t i = 0; i < req->nheaders; i++) { /* the first byte rules most names out */
+        const char *n = req->headers[i].name;
+        if (n[0] == name[0] && strcmp(n, name) == 0) return req->headers[i].value;
     }
     return NULL;
 }

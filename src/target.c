@@ -167,7 +167,14 @@ bool hr_target_outcome(hr_action_t *a, int err, const char *errmsg, const hr_htt
     if (err == 0) {
         a->last_status = res->status;
         a->last_error[0] = '\0';
-        snprintf(what, whatlen, "status=%d", res->status);
+        char num[24]; /* "status=N" without printf: this runs per delivery */
+        size_t n = hr_fmt_i64(num, res->status);
+        if (whatlen > 7 + n) {
+            memcpy(what, "status=", 7);
+            memcpy(what + 7, num, n + 1);
+        } else if (whatlen) {
+            what[0] = '\0';
+        }
         return res->status >= 200 && res->status < 300;
     }
     a->last_status = 0;

@@ -43,15 +43,45 @@ char *hr_lua_thread_trace(lua_State *L, lua_State *co);
  * such a call. [-0, +0, v] */
 void hr_lua_budget_charge(lua_State *L, uint64_t n);
 
-/* A memory cap for a Lua state: pass hr_lua_capped_alloc and a hr_lua_cap_t to lua_newstate.
- * While on, allocations that would take used + extra past limit fail (Lua raises a memory
- * error) and set denied; while off, the state grows freely (used is still counted). */
+/* Size classes of the blocks a capped state's allocator keeps for reuse: HR_LUA_CACHE_STEP
+ * bytes apart, up to HR_LUA_CACHE_MAX bytes. */
+#define HR_LUA_CACHE_STEP 16
+#define HR_LUA_CACHE_MAX  1024
+
+/* A memory cap for a Lua state: pass hr_lua_capped_alloc and a hr_lua_cap_t (zeroed but for
+ * limit) to lua_newstate. While on, allocations that would take used + extra past limit fail
+ * (Lua raises a memory error) and set denied; while off, the state grows freely (used is
+ * still counted).
+ *
+ * Small blocks the state frees (HR_LUA_CACHE_MAX bytes or less) go to a free list per size
+ * class, up to HR_LUA_CACHE_BYTES in all, and the next allocation of that class takes one
+ * back without malloc: an event's tables and strings die young and the same sizes come
+ * again. used counts what the state holds, not the cache (cached is what waits there). The
+ * cache is emptied when the state has freed everything (lua_close: used falls to 0), and is
+ * off in ASan builds so that a use after free of a Lua block is still caught. */
+#define HR_LUA_CACHE_BYTES (64 * 1024)
+
+/* 1 where the cache is on: not in ASan builds (gcc's macro; clang's test). */
+#if defined(__SANITIZE_ADDRESS__)
+#define HR_LUA_CACHE_ON 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define HR_LUA_CACHE_ON 0
+#endif
+#endif
+#ifndef HR_LUA_CACHE_ON
+#define HR_LUA_CACHE_ON 1
+#endif
+
 typedef struct {
-    size_t used;  /* bytes the state holds now */
-    size_t limit; /* refuse growth past this while on */
-    size_t extra; /* memory held outside the state (C buffers) that counts against limit */
-    bool on;      /* the cap applies */
-    bool denied;  /* an allocation was refused */
+    size_t used;   /* bytes the state holds now */
+    size_t limit;  /* refuse growth past this while on */
+    size_t extra;  /* memory held outside the state (C buffers) that counts against limit */
+    bool on;       /* the cap applies */
+    bool denied;   /* an allocation was refused */
+    size_t cached; /* bytes in free (below), not counted in used */
+    void *free[HR_LUA_CACHE_MAX / HR_LUA_CACHE_STEP]; /* class i: blocks of (i + 1) * STEP
+                                                         bytes, linked by their first word */
 } hr_lua_cap_t;
 
 void *hr_lua_capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize);

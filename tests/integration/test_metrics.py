@@ -273,6 +273,22 @@ class MetricsTest(HRTestCase):
         e = self.scrape(r.port)
         self.assertEqual(e.get("hookrouter_events_total", type=TYPE, store="s-1",
                                outcome="accepted"), 1)
+        # More label sets than the router memoises (8), interleaved, and stores that differ
+        # only in their last byte or length: each counted in its own series.
+        stores = ["s-%d" % i for i in range(12)] + ["s-1x", "s-"]
+        sent = {}
+        for round_ in range(3):
+            for i, st in enumerate(stores):
+                if (i + round_) % 3:
+                    self.assertOk(r.post(PATH, {"to": "pos", "storeId": st}))
+                    sent[st] = sent.get(st, 0) + 1
+        sent["s-1"] += 1
+        e = self.scrape(r.port)
+        for st, n in sent.items():
+            self.assertEqual(e.get("hookrouter_events_total", type=TYPE, store=st,
+                                   outcome="accepted"), n, st)
+        self.assertEqual(e.get("hookrouter_requests_total", endpoint=PATH, code="200"),
+                         sum(sent.values()))
 
     def test_admin_listen_serves_the_admin_paths_apart(self):
         self.wd.rule(None, RULE)

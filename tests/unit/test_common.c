@@ -141,7 +141,13 @@ static void test_rfc3339(void)
     CHECK_STR_EQ(out, "2024-05-14T16:02:11.482Z");
     hr_rfc3339(1715702531005ull, out);
     CHECK_STR_EQ(out, "2024-05-14T16:02:11.005Z"); /* milliseconds keep their zeros */
-    hr_rfc3339(951782400000ull, out);              /* a leap day */
+    hr_rfc3339(1715702532000ull, out); /* the next second: not the one formatted before */
+    CHECK_STR_EQ(out, "2024-05-14T16:02:12.000Z");
+    hr_rfc3339(1715702531999ull, out); /* and back */
+    CHECK_STR_EQ(out, "2024-05-14T16:02:11.999Z");
+    hr_rfc3339(1715788931999ull, out); /* a day later, the same time of day */
+    CHECK_STR_EQ(out, "2024-05-15T16:02:11.999Z");
+    hr_rfc3339(951782400000ull, out); /* a leap day */
     CHECK_STR_EQ(out, "2000-02-29T00:00:00.000Z");
     hr_rfc3339(253402300799999ull, out); /* the last millisecond of 9999 */
     CHECK_STR_EQ(out, "9999-12-31T23:59:59.999Z");

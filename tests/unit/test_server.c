@@ -399,6 +399,42 @@ static void test_split_reads(void)
     cl_close(&cl);
 }
 
+/* The strictness checks of a request head that arrives in pieces (each piece its own
+ * read): a request line's spaces and its end, a header line's start, in any piece. */
+static void split_case(const char *const *parts, size_t n, int status, const char *msg)
+{
+    CHECK(cl_connect(&cl, port_main) == 0);
+    for (size_t i = 0; i < n; i++) {
+        cl_send(&cl, parts[i]);
+        sleep_ms(10);
+    }
+    CHECK(cl_read_response(&cl, &rs) == 0);
+    CHECK_INT_EQ(rs.status, status);
+    if (msg && !strstr(rs.body, msg)) fprintf(stderr, "  got %s, want %s\n", rs.body, msg);
+    if (msg) CHECK(strstr(rs.body, msg) != NULL);
+    cl_close(&cl);
+}
+
+static void test_split_strictness(void)
+{
+    const char *version = "request line without HTTP version", *fold = "obs-fold";
+    const char *a[] = {"GET", " /echo", " ", "HTTP/1.1\r\n\r\n"};
+    split_case(a, HR_ARRAY_SIZE(a), 200, NULL);
+    const char *b[] = {"GET /hea", "lthz\r", "\n\r\n"};
+    split_case(b, HR_ARRAY_SIZE(b), 400, version);
+    const char *c[] = {"\r\nGET /echo", "\r\n\r\n"};
+    split_case(c, HR_ARRAY_SIZE(c), 400, version);
+    const char *d[] = {"GET /echo HTTP/1.1\r\nX-A: a\r", "\n b\r\n\r\n"};
+    split_case(d, HR_ARRAY_SIZE(d), 400, fold);
+    const char *e[] = {"GET /echo HTTP/1.1\r\nX-A: a", "\r\n", "\tb\r\n\r\n"};
+    split_case(e, HR_ARRAY_SIZE(e), 400, fold);
+    const char *f[] = {"GET /echo HTTP/1.1\r\nX-A: a\r\n", ": v\r\n\r\n"};
+    split_case(f, HR_ARRAY_SIZE(f), 400, "empty header name");
+    /* Whole, with a body that looks like header lines: only the head is judged. */
+    const char *g[] = {POST_ECHO(7, "X-A: a\r\n") " x\r\n: y"};
+    split_case(g, HR_ARRAY_SIZE(g), 200, NULL);
+}
+
 static void test_expect_continue(void)
 {
     CHECK(cl_connect(&cl, port_main) == 0);
@@ -721,6 +757,7 @@ static void *client_main(void *arg)
     test_pipelining();
     test_chunked();
     test_split_reads();
+    test_split_strictness();
     test_expect_continue();
     test_http10();
     test_connection_close();
