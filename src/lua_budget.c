@@ -164,44 +164,50 @@ static inline size_t class_of(size_t n)
     return (n - 1) / HR_LUA_CACHE_STEP;
 }
 
+/* The first cached block of class c, taken off its free list, or NULL. */
+static inline void *cache_pop(hr_lua_cap_t *cap, size_t c)
+{
+    void *p = cap->free[c];
+    if (p) {
+        memcpy(&cap->free[c], p, sizeof p);
+        cap->cached -= (c + 1) * HR_LUA_CACHE_STEP;
+    }
+    return p;
+}
+
+/* Put p, a block of class c, on its free list if the cache has room; false if it has not. */
+static inline bool cache_push(hr_lua_cap_t *cap, void *p, size_t c)
+{
+    size_t size = (c + 1) * HR_LUA_CACHE_STEP;
+    if (cap->cached + size > HR_LUA_CACHE_BYTES) return false;
+    memcpy(p, &cap->free[c], sizeof p);
+    cap->free[c] = p;
+    cap->cached += size;
+    return true;
+}
+
 /* A block for n bytes: a cached one of its class, else malloc'd at its class's full size (so
  * any block of a class can serve any size of it). */
 static void *block_get(hr_lua_cap_t *cap, size_t n)
 {
     size_t c = class_of(n);
-    void *p = cap->free[c];
-    if (p) {
-        memcpy(&cap->free[c], p, sizeof p);
-        cap->cached -= (c + 1) * HR_LUA_CACHE_STEP;
-        return p;
-    }
-    return malloc((c + 1) * HR_LUA_CACHE_STEP);
+    void *p = cache_pop(cap, c);
+    return p ? p : malloc((c + 1) * HR_LUA_CACHE_STEP);
 }
 
 /* Give back p, a block the state held as n bytes: to its class's free list while the cache
  * has room, else to malloc. */
 static void block_put(hr_lua_cap_t *cap, void *p, size_t n)
 {
-    size_t c = class_of(n), size = (c + 1) * HR_LUA_CACHE_STEP;
-    if (cap->cached + size > HR_LUA_CACHE_BYTES) {
-        free(p);
-        return;
-    }
-    memcpy(p, &cap->free[c], sizeof p);
-    cap->free[c] = p;
-    cap->cached += size;
+    if (!cache_push(cap, p, class_of(n))) free(p);
 }
 
 /* Free every cached block (the state is gone). */
 static void cache_empty(hr_lua_cap_t *cap)
 {
     for (size_t c = 0; c < HR_ARRAY_SIZE(cap->free); c++)
-        while (cap->free[c]) {
-            void *p = cap->free[c];
-            memcpy(&cap->free[c], p, sizeof p);
+        for (void *p; (p = cache_pop(cap, c));)
             free(p);
-        }
-    cap->cached = 0;
 }
 
 /* hr_lua_capped_alloc for every case but the two its inline part serves. */
@@ -260,19 +266,12 @@ void *hr_lua_capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     if (HR_LUA_CACHE_ON && nsize <= HR_LUA_CACHE_MAX) {
         if (!ptr && nsize) {
             size_t c = class_of(nsize);
-            void *p = cap->free[c];
-            if (p && (!cap->on || cap->used + nsize + cap->extra <= cap->limit)) {
-                memcpy(&cap->free[c], p, sizeof p);
-                cap->cached -= (c + 1) * HR_LUA_CACHE_STEP;
+            if (cap->free[c] && (!cap->on || cap->used + nsize + cap->extra <= cap->limit)) {
                 cap->used += nsize;
-                return p;
+                return cache_pop(cap, c);
             }
         } else if (ptr && !nsize && osize <= HR_LUA_CACHE_MAX && cap->used > osize) {
-            size_t c = class_of(osize), size = (c + 1) * HR_LUA_CACHE_STEP;
-            if (cap->cached + size <= HR_LUA_CACHE_BYTES) {
-                memcpy(ptr, &cap->free[c], sizeof ptr);
-                cap->free[c] = ptr;
-                cap->cached += size;
+            if (cache_push(cap, ptr, class_of(osize))) {
                 cap->used -= osize;
                 return NULL;
             }
