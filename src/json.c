@@ -816,6 +816,24 @@ static void skip_ws(const char *s, size_t *i)
         ++*i;
 }
 
+/* Move c to the next element of a container being walked (past whitespace and a comma). */
+static void to_element(const char *s, cur_t *c)
+{
+    skip_ws(s, &c->i);
+    if (s[c->i] == ',') {
+        c->i++;
+        skip_ws(s, &c->i);
+    }
+}
+
+/* Move c from the end of an object's key to its value (past the colon). */
+static void to_value(const char *s, cur_t *c)
+{
+    skip_ws(s, &c->i);
+    c->i++; /* the colon */
+    skip_ws(s, &c->i);
+}
+
 /* Fill the empty table at t (absolute) with the elements of node ord: scalars as Lua values,
  * containers lazy (d->lazy_idx) or filled in turn. Then give it the metatable it has as a
  * decoded value: the array marker, or none. Raises on out-of-memory. [-0, +0, m] */
@@ -828,16 +846,10 @@ static void fill(lua_State *L, doc_t *d, int t, uint32_t ord)
     uint32_t child = ord + 1; /* the next container inside, in document order */
     cur_t c = {.i = n->start + 1, .si = n->str0};
     for (uint32_t k = 0; k < n->count; k++) {
-        skip_ws(s, &c.i);
-        if (s[c.i] == ',') {
-            c.i++;
-            skip_ws(s, &c.i);
-        }
+        to_element(s, &c);
         if (!array) {
             push_string(L, d, &c);
-            skip_ws(s, &c.i);
-            c.i++; /* the colon */
-            skip_ws(s, &c.i);
+            to_value(s, &c);
         }
         bool container = s[c.i] == '[' || s[c.i] == '{';
         push_value(L, d, &c, child);
@@ -1225,15 +1237,9 @@ static bool peek(lua_State *L, int mt)
     uint32_t child = slot->node + 1, at_child = 0;
     bool found = false;
     for (uint32_t k = 0; k < n->count; k++) {
-        skip_ws(s, &c.i);
-        if (s[c.i] == ',') {
-            c.i++;
-            skip_ws(s, &c.i);
-        }
+        to_element(s, &c);
         bool match = key_is(L, mt, &d, &c, key, klen);
-        skip_ws(s, &c.i);
-        c.i++; /* the colon */
-        skip_ws(s, &c.i);
+        to_value(s, &c);
         if (match) { /* not the end: a repeated key keeps its last value */
             found = true;
             at = c;
