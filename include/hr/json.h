@@ -41,13 +41,13 @@ int hr_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t
  * __index, __newindex, __len and __pairs fill it from the text (its scalars as values, its
  * containers lazy in turn), then drop back to what a decoded table has (the array marker or
  * none). __index of a string key on an object does not fill it for its first 8 reads: it
- * reads the value from the text (a container once, then always that same table). Reads, writes, #, pairs, ipairs and the table library see a plain decoded value.
- * What skips metamethods does not: rule code gets the base functions of
- * hr_json_install_lazy_base(), and C code calls hr_json_force() on a table before it reads
- * it raw (the encoder and hr_json_matches() do it themselves). A table never touched costs
- * no Lua values. *containers (when not NULL) gets the number of arrays and objects in the
- * text; each lazy fill adds 1 to *fills (when not NULL: it must stay valid for as long as
- * the state lives, since tables outlive the call). [-0, +(1|0), m] */
+ * reads the value from the text (a container once, then always that same table). Reads, writes, #,
+ * pairs, ipairs and the table library see a plain decoded value. What skips metamethods does not:
+ * rule code gets the base functions of hr_json_install_lazy_base(), and C code calls
+ * hr_json_force() on a table before it reads it raw (the encoder and hr_json_matches() do it
+ * themselves). A table never touched costs no Lua values. *containers (when not NULL) gets the
+ * number of arrays and objects in the text; each lazy fill adds 1 to *fills (when not NULL: it must
+ * stay valid for as long as the state lives, since tables outlive the call). [-0, +(1|0), m] */
 int hr_json_decode_lazy(lua_State *L, const char *text, size_t len, uint32_t *fills,
                         uint32_t *containers, char *err, size_t errlen);
 /* If the value at idx is a lazy table not yet filled, fill it (one level: its containers
