@@ -25,11 +25,13 @@
 #define HOOK_STEP 1000 /* instructions between two count-hook calls */
 
 /* Registry keys. */
+/* Registry keys. The three an event reads (stores, default, reads) are used by address, with
+ * lua_rawgetp: a light userdata key needs no string hashing on every event. */
 static const char STORES_KEY[] = "hr.stores";   /* table: store id -> rule function */
 static const char DEFAULT_KEY[] = "hr.default"; /* the default rule function */
 static const char LIBS_KEY[] = "hr.libs";       /* table: library name -> its view's metatable */
 static const char SEEN_KEY[] = "hr.seen";       /* table: key -> true (hr_ruleset_first_time) */
-static const char READS_KEY[] = "hr.reads";     /* table: rule file -> its reads_t (userdata) */
+static const char READS_KEY[] = "hr.reads";     /* table: rule function -> its reads_t */
 
 /* How much of its bodies a rule file reads, for the choice between a lazy body (the parts a
  * rule reads become Lua values when it reads them) and one filled whole before the rule runs
@@ -87,6 +89,7 @@ struct hr_ruleset {
     bool rebuild;         /* the state outgrew limits.state_memory_bytes: replace this rule set */
     int event_mt;         /* registry reference of the event tables' metatable (event.raw); an
                              integer key, so each event finds it without hashing a name */
+    int event_new;        /* registry reference of the function that makes event tables */
     uint32_t json_fills;  /* lazy fills of body tables in this state (hr_json_decode_lazy) */
     uint32_t decodes;     /* bodies decoded (wraps) */
     bool whole_bodies;    /* the last event's rule reads most of its bodies: decode the next
@@ -94,6 +97,17 @@ struct hr_ruleset {
     int spare[SPARE_COS]; /* registry references of coroutines of runs that ended well, reset */
     int nspare;
 };
+
+/* The event table is made by a Lua function (rs->event_new): a table constructor's keys are
+ * constants of the chunk, interned once at load, where lua_setfield would look up each key's
+ * C string on every event. Its arguments in this order; nil ones make no field. */
+static const char EVENT_NEW[] =
+    "return function(body, id, type, store, method, path, received_at, authenticated, token,\n"
+    "                headers)\n"
+    "  return {body = body, id = id, type = type, store = store, method = method, path = path,\n"
+    "          received_at = received_at, authenticated = authenticated, token = token,\n"
+    "          headers = headers}\n"
+    "end\n";
 
 static void set_file_env(lua_State *L, int loaded);
 static void spend(lua_State *L, struct hr_run *ctx, uint64_t n);
@@ -686,6 +700,9 @@ static void open_sandbox(hr_ruleset_t *rs)
     lua_pushliteral(L, "event");
     lua_setfield(L, -2, "__metatable");
     rs->event_mt = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (luaL_loadbuffer(L, EVENT_NEW, sizeof EVENT_NEW - 1, "=event") != LUA_OK) lua_error(L);
+    lua_call(L, 0, 1);
+    rs->event_new = luaL_ref(L, LUA_REGISTRYINDEX);
 
     static const char *const levels[] = {"debug", "info", "warn", "error"};
     lua_createtable(L, 0, 4);
@@ -713,9 +730,9 @@ static void open_sandbox(hr_ruleset_t *rs)
     lua_setglobal(L, "_G"); /* rules reach globals through their own _ENV only */
 
     lua_newtable(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, STORES_KEY);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, STORES_KEY);
     lua_newtable(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, READS_KEY);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, READS_KEY);
 }
 
 /* ---------------------------------------------------------------- loading */
@@ -922,7 +939,7 @@ static void load_stores(hr_ruleset_t *rs, hr_errors_t *errs)
         free(dir);
         return;
     }
-    lua_getfield(L, LUA_REGISTRYINDEX, STORES_KEY);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, STORES_KEY);
     struct dirent *de;
     while ((de = readdir(d))) {
         size_t n = strlen(de->d_name);
@@ -973,7 +990,7 @@ hr_ruleset_t *hr_ruleset_load(hr_config_t *cfg, hr_errors_t *errs)
     struct stat st;
     if (stat(def, &st) == 0) {
         if (load_rule_file(rs, def, errs) == 0) {
-            lua_setfield(rs->L, LUA_REGISTRYINDEX, DEFAULT_KEY);
+            lua_rawsetp(rs->L, LUA_REGISTRYINDEX, DEFAULT_KEY);
             rs->has_default = true;
         }
     }
@@ -1150,61 +1167,71 @@ static char *pop_store(lua_State *L)
     return s;
 }
 
-/* Push the event table, with the metatable at registry index mt (event.raw); the decoded body
- * is on top and is consumed. [-1, +1, m] */
-static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store, int mt)
+/* Push the event table made by the function at registry index fn, with the metatable at
+ * registry index mt (event.raw); the decoded body is on top and is consumed. Unhooked: the
+ * rule's instruction budget does not pay for it. [-1, +1, m] */
+static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store, int fn, int mt)
 {
-    lua_createtable(L, 0, 12); /* its 10 fields, with no rehash */
-    lua_insert(L, -2);
-    lua_setfield(L, -2, "body");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, fn);
+    lua_insert(L, -2); /* fn, body */
     lua_pushstring(L, ev->id);
-    lua_setfield(L, -2, "id");
     lua_pushstring(L, ev->type);
-    lua_setfield(L, -2, "type");
-    if (store) {
+    if (store)
         lua_pushstring(L, store);
-        lua_setfield(L, -2, "store");
-    }
+    else
+        lua_pushnil(L);
     lua_pushstring(L, ev->method);
-    lua_setfield(L, -2, "method");
     lua_pushstring(L, ev->path);
-    lua_setfield(L, -2, "path");
     lua_pushstring(L, ev->received_at);
-    lua_setfield(L, -2, "received_at");
     lua_pushboolean(L, ev->token > 0);
-    lua_setfield(L, -2, "authenticated");
-    if (ev->token > 0) {
+    if (ev->token > 0)
         lua_pushinteger(L, ev->token);
-        lua_setfield(L, -2, "token");
-    }
+    else
+        lua_pushnil(L);
     lua_createtable(L, 0, (int)ev->nheaders);
     for (size_t i = 0; i < ev->nheaders; i++) {
         /* The sender's credential stays out of rules: one that logs or forwards headers
          * would leak it. event.authenticated and event.token say what it proved. */
         if (strcmp(ev->headers[i].name, "authorization") == 0) continue;
+        lua_pushstring(L, ev->headers[i].name);
         lua_pushstring(L, ev->headers[i].value);
-        lua_setfield(L, -2, ev->headers[i].name);
+        lua_rawset(L, -3);
     }
-    lua_setfield(L, -2, "headers");
+    lua_call(L, 10, 1);
     lua_rawgeti(L, LUA_REGISTRYINDEX, mt); /* event.raw, on first read */
     lua_setmetatable(L, -2);
 }
 
-/* The reads_t of the rule file name, made on its first run. [-0, +0, m] */
-static reads_t *rule_reads(lua_State *L, const char *name)
+/* The reads_t of the rule function on top of the stack, made on its first run (one function
+ * per rule file: keyed by the function, a pointer, not by its file's name). [-0, +0, m] */
+static reads_t *rule_reads(lua_State *L)
 {
-    lua_getfield(L, LUA_REGISTRYINDEX, READS_KEY);
-    if (lua_getfield(L, -1, name) != LUA_TUSERDATA) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, READS_KEY);
+    lua_pushvalue(L, -2);
+    if (lua_rawget(L, -2) != LUA_TUSERDATA) {
         lua_pop(L, 1); /* drop nil */
         reads_t *r = lua_newuserdatauv(L, sizeof *r, 0);
         *r = (reads_t){0};
-        lua_setfield(L, -2, name);
+        lua_pushvalue(L, -3); /* the function */
+        lua_insert(L, -2);
+        lua_rawset(L, -3);
         lua_pop(L, 1); /* the table */
         return r;      /* the table keeps it */
     }
     reads_t *r = lua_touserdata(L, -1);
     lua_pop(L, 2);
     return r;
+}
+
+/* "stores/<store>.lua", the name a store's rule goes by in logs and metrics. */
+static char *rule_name(const char *store)
+{
+    size_t n = strlen(store);
+    char *s = hr_xmalloc(n + sizeof "stores/.lua");
+    memcpy(s, "stores/", 7);
+    memcpy(s + 7, store, n);
+    memcpy(s + 7 + n, ".lua", sizeof ".lua");
+    return s;
 }
 
 /* Free a run that is over or abandoned: close its coroutine, drop what it holds, and its
@@ -1370,16 +1397,16 @@ hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run
     /* stores/<store>.lua if it exists and the id is a safe file name, else default.lua. */
     bool found = false;
     if (out->store && hr_is_safe_name(out->store, strlen(out->store))) {
-        lua_getfield(co, LUA_REGISTRYINDEX, STORES_KEY);
+        lua_rawgetp(co, LUA_REGISTRYINDEX, STORES_KEY);
         found = lua_getfield(co, -1, out->store) == LUA_TFUNCTION;
         lua_remove(co, -2);
         if (found)
-            out->rule = hr_xasprintf("stores/%s.lua", out->store);
+            out->rule = rule_name(out->store);
         else
             lua_pop(co, 1);
     }
     if (!found && rs->has_default) {
-        lua_getfield(co, LUA_REGISTRYINDEX, DEFAULT_KEY);
+        lua_rawgetp(co, LUA_REGISTRYINDEX, DEFAULT_KEY);
         out->rule = hr_xstrdup("default.lua");
         found = true;
     }
@@ -1391,12 +1418,12 @@ hr_run_step_t hr_ruleset_start(hr_ruleset_t *rs, const hr_event_in_t *ev, hr_run
         lua_settop(L, top);
         return HR_STEP_DONE;
     }
-    reads_t *reads = rule_reads(co, out->rule);
+    reads_t *reads = rule_reads(co);
     rs->whole_bodies = reads->share >= READS_WHOLE;
     bool measure = !whole && (probe || !rs->whole_bodies);
     if (!whole && !measure) hr_json_fill_all(co, -2); /* lazy, for a rule that reads it all */
     lua_insert(co, -2);                               /* fn, body */
-    push_event(co, ev, out->store, rs->event_mt);
+    push_event(co, ev, out->store, rs->event_new, rs->event_mt);
 
     run_ctx_t *run = hr_xcalloc(1, sizeof *run);
     if (measure && containers) {
