@@ -1250,13 +1250,21 @@ static void run_free(run_ctx_t *run)
     /* A run that failed or was abandoned may have to-be-closed variables left: their
      * __close handlers run now, still as this run (its instruction budget, its memory cap),
      * but may no longer add actions or answer. */
-    run->closing = true;
-    *(run_ctx_t **)lua_getextraspace(run->co) = run;
-    rs->mem.limit = rs->mem.used + rs->cfg->limits.rule_memory_bytes;
-    rs->mem.on = true;
-    int reset = lua_resetthread(run->co);
-    rs->mem.on = false;
-    *(run_ctx_t **)lua_getextraspace(run->co) = NULL;
+    lua_Debug ar;
+    int reset = LUA_OK;
+    if (lua_status(run->co) == LUA_OK && !lua_getstack(run->co, 0, &ar)) {
+        /* It returned: nothing is left to close. Emptied, not reset, its stack keeps the
+         * size it grew to (a reset shrinks it, and the next run would grow it again). */
+        lua_settop(run->co, 0);
+    } else {
+        run->closing = true;
+        *(run_ctx_t **)lua_getextraspace(run->co) = run;
+        rs->mem.limit = rs->mem.used + rs->cfg->limits.rule_memory_bytes;
+        rs->mem.on = true;
+        reset = lua_resetthread(run->co);
+        rs->mem.on = false;
+        *(run_ctx_t **)lua_getextraspace(run->co) = NULL;
+    }
     if (reset == LUA_OK && !rs->mem.denied && rs->nspare < SPARE_COS)
         rs->spare[rs->nspare++] = run->co_ref; /* its stack is empty, its status OK */
     else
