@@ -28,7 +28,11 @@ void hr_action_free(hr_action_t *a)
 
 void hr_action_add_header(hr_action_t *a, const char *name, const char *value)
 {
-    a->headers = hr_xrealloc(a->headers, (a->nheaders + 1) * sizeof *a->headers);
+    /* The array holds the next power of two (at least 4) of its count: it grows when the
+     * count reaches one, so a forward's few headers cost one allocation, not one each. */
+    size_t n = a->nheaders;
+    if (n == 0 || (n >= 4 && (n & (n - 1)) == 0))
+        a->headers = hr_xrealloc(a->headers, (n ? 2 * n : 4) * sizeof *a->headers);
     a->headers[a->nheaders].name = hr_xstrdup(name);
     a->headers[a->nheaders].value = hr_xstrdup(value);
     a->nheaders++;

@@ -1092,10 +1092,14 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
         conn->hoff[2 * conn->nhdrs] = conn->hdata.len;
         conn->in_value = false;
     }
+    hr_buf_reserve(&conn->hdata, len);
+    char *out = conn->hdata.data + conn->hdata.len;
     for (size_t i = 0; i < len; i++) {
         char ch = at[i];
-        hr_buf_appendc(&conn->hdata, (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch);
+        out[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
     }
+    conn->hdata.len += len;
+    conn->hdata.data[conn->hdata.len] = '\0';
     return 0;
 }
 
