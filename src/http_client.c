@@ -213,6 +213,8 @@ struct hr_http_client {
     void (*close_cb)(void *arg); /* run once everything is freed */
     void *close_arg;             /* for close_cb */
     hr_tls_ctx_t *default_tls;   /* https without a context: hr_tls_client_default, or NULL */
+    char *url_memo;              /* the URL of the last request, parsed in url_parsed */
+    hr_url_t url_parsed;
 };
 
 static void pool_dispatch(hr_http_pool_t *p);
@@ -240,6 +242,8 @@ static void client_maybe_free(hr_http_client_t *c)
     while (!dl_empty(&c->pools))
         pool_free(hr_container_of(c->pools.next, hr_http_pool_t, link));
     hr_tls_ctx_unref(c->default_tls);
+    free(c->url_memo);
+    hr_url_free(&c->url_parsed);
     void (*cb)(void *) = c->close_cb;
     void *arg = c->close_arg;
     free(c);
@@ -1220,18 +1224,25 @@ int hr_http_client_send(hr_http_client_t *c, const hr_http_out_t *req, hr_http_d
                         void *arg)
 {
     if (c->closing) return UV_ECANCELED;
-    hr_url_t u;
     char err[256];
-    if (hr_url_parse(req->url, &u, err, sizeof err) < 0) {
-        hr_log_debug("http: %s", err);
-        return UV_EINVAL;
+    /* Requests to one target name the same URL one after the other: parse it once. */
+    if (!c->url_memo || strcmp(c->url_memo, req->url) != 0) {
+        hr_url_t parsed;
+        if (hr_url_parse(req->url, &parsed, err, sizeof err) < 0) {
+            hr_log_debug("http: %s", err);
+            return UV_EINVAL;
+        }
+        free(c->url_memo);
+        hr_url_free(&c->url_parsed);
+        c->url_memo = hr_xstrdup(req->url);
+        c->url_parsed = parsed;
     }
+    const hr_url_t u = c->url_parsed;
     hr_tls_ctx_t *tls = NULL;
     if (u.tls) {
         tls = req->tls ? req->tls : client_default_tls(c, err, sizeof err);
         if (!tls) {
             hr_log_error("http: %s", err);
-            hr_url_free(&u);
             return UV_EINVAL;
         }
     }
@@ -1240,7 +1251,6 @@ int hr_http_client_send(hr_http_client_t *c, const hr_http_out_t *req, hr_http_d
         (hr_url_parse(req->proxy, &px, err, sizeof err) < 0 || px.tls)) {
         hr_log_debug("http: proxy %s: %s", req->proxy, px.tls ? "must be http://" : err);
         hr_url_free(&px);
-        hr_url_free(&u);
         return UV_EINVAL;
     }
     hr_http_pool_t *p = pool_get(c, u.host, u.port, tls, px.host, px.port);
@@ -1277,7 +1287,6 @@ int hr_http_client_send(hr_http_client_t *c, const hr_http_out_t *req, hr_http_d
     b->head_len = (size_t)(w - b->data);
     b->body_len = req->body_len;
     if (req->body_len) memcpy(w, req->body, req->body_len);
-    hr_url_free(&u);
 
     hr_http_req_t *r = hr_xcalloc(1, sizeof *r);
     r->c = c;
