@@ -134,7 +134,7 @@ size_t hr_fmt_i64(char *out, int64_t v)
     return len;
 }
 
-void hr_buf_appendc(hr_buf_t *b, char c)
+void hr_buf_grow_appendc(hr_buf_t *b, char c)
 {
     hr_buf_reserve(b, 1);
     b->data[b->len++] = c;

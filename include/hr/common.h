@@ -47,7 +47,17 @@ void hr_buf_reset(hr_buf_t *b); /* len = 0, keeps the memory */
 void hr_buf_reserve(hr_buf_t *b, size_t extra);
 void hr_buf_append(hr_buf_t *b, const void *p, size_t n);
 void hr_buf_appends(hr_buf_t *b, const char *s);
-void hr_buf_appendc(hr_buf_t *b, char c);
+void hr_buf_grow_appendc(hr_buf_t *b, char c); /* hr_buf_appendc when it is full */
+/* One byte; inline, since encoders append many of them. */
+static inline void hr_buf_appendc(hr_buf_t *b, char c)
+{
+    if (b->len + 2 > b->cap) {
+        hr_buf_grow_appendc(b, c);
+        return;
+    }
+    b->data[b->len++] = c;
+    b->data[b->len] = '\0';
+}
 void hr_buf_printf(hr_buf_t *b, const char *fmt, ...) HR_PRINTF(2, 3);
 void hr_buf_vprintf(hr_buf_t *b, const char *fmt, va_list ap);
 /* Append s as a JSON string literal (with quotes), escaping as RFC 8259 requires.
