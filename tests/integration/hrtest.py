@@ -643,6 +643,17 @@ class Router:
     def count_log(self, pattern):
         return len(re.findall(pattern, self.log()))
 
+    def workers(self):
+        """Front workers, from the "listening on ... (N workers)" line (1 if it names none)."""
+        m = re.search(r"listening on \S+ .*\((\d+) workers\)", self.log())
+        return int(m.group(1)) if m else 1
+
+    def wait_reloads(self, n, pattern=r"(?<!\w)reloaded ", timeout=10):
+        """True once n reloads (each logs one line per worker: pattern) reached every worker:
+        one line is not enough, a slower worker may not have read the files yet."""
+        want = n * self.workers()
+        return wait_until(lambda: self.count_log(pattern) >= want, timeout)
+
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
 

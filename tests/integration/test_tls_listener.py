@@ -211,9 +211,7 @@ class TlsListenerTest(HRTestCase):
     def reloaded(self, r, n):
         """Wait until n reloads reached every worker (each logs its own "reloaded" line; a
         connection may land on any of them)."""
-        m = re.search(r"listening on \S+ .*\((\d+) workers\)", r.log())
-        want = n * (int(m.group(1)) if m else 1)
-        self.assertTrue(wait_until(lambda: r.count_log(r"(?<!\w)reloaded ") >= want), r.log_tail())
+        self.assertTrue(r.wait_reloads(n), r.log_tail())
 
     def test_sighup_rotates_and_a_broken_cert_keeps_the_old(self):
         self._live("server-chain.pem", "server.key")
