@@ -752,11 +752,17 @@ static void test_zero_tail(void)
     hr_buf_free(&b);
 }
 
+/* Run the loop until the preparation under way ends: a segment is ready, or one more
+ * preparation failed (an earlier failure does not count: the loop had not run since). */
 static void wait_prepared(hr_spool_t *sp)
 {
     hr_spool_stats_t st;
-    for (hr_spool_stats(sp, &st); !st.next_prepared && !st.prep_errors; hr_spool_stats(sp, &st))
+    hr_spool_stats(sp, &st);
+    uint64_t errors = st.prep_errors;
+    while (!st.next_prepared && st.prep_errors == errors) {
         uv_run(loop, UV_RUN_ONCE); /* the preparation's completion wakes the loop */
+        hr_spool_stats(sp, &st);
+    }
 }
 
 static off_t file_size(const char *path)
