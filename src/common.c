@@ -104,7 +104,7 @@ void hr_buf_reserve(hr_buf_t *b, size_t extra)
     b->data[b->len] = '\0'; /* a first allocation is a string too */
 }
 
-void hr_buf_append(hr_buf_t *b, const void *p, size_t n)
+void hr_buf_grow_append(hr_buf_t *b, const void *p, size_t n)
 {
     hr_buf_reserve(b, n);
     if (n) memcpy(b->data + b->len, p, n);
@@ -132,13 +132,6 @@ size_t hr_fmt_i64(char *out, int64_t v)
         out[len++] = tmp[--n];
     out[len] = '\0';
     return len;
-}
-
-void hr_buf_grow_appendc(hr_buf_t *b, char c)
-{
-    hr_buf_reserve(b, 1);
-    b->data[b->len++] = c;
-    b->data[b->len] = '\0';
 }
 
 void hr_buf_vprintf(hr_buf_t *b, const char *fmt, va_list ap)

@@ -133,34 +133,22 @@ static uint32_t get32(const unsigned char *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* hr_buf_append with its common case (room enough) inline: an ACTION record is ~25 fields. */
-static inline void buf_put(hr_buf_t *b, const void *p, size_t n)
-{
-    if (b->len + n >= b->cap) {
-        hr_buf_append(b, p, n);
-        return;
-    }
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-}
-
 static void buf_u8(hr_buf_t *b, uint8_t v)
 {
-    buf_put(b, &v, 1);
+    hr_buf_append(b, &v, 1);
 }
 
 static void buf_u16(hr_buf_t *b, uint16_t v)
 {
     unsigned char p[2] = {(unsigned char)v, (unsigned char)(v >> 8)};
-    buf_put(b, p, 2);
+    hr_buf_append(b, p, 2);
 }
 
 static void buf_u32(hr_buf_t *b, uint32_t v)
 {
     unsigned char p[4];
     put32(p, v);
-    buf_put(b, p, 4);
+    hr_buf_append(b, p, 4);
 }
 
 static void buf_u64(hr_buf_t *b, uint64_t v)
@@ -177,7 +165,7 @@ static void buf_str(hr_buf_t *b, const char *s, size_t n)
         return;
     }
     buf_u32(b, (uint32_t)n);
-    buf_put(b, s, n);
+    hr_buf_append(b, s, n);
 }
 
 static void buf_cstr(hr_buf_t *b, const char *s)

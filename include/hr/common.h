@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 #include <stdint.h>
 
 #ifndef HR_VERSION
@@ -45,19 +46,25 @@ void hr_buf_init(hr_buf_t *b);
 void hr_buf_free(hr_buf_t *b);
 void hr_buf_reset(hr_buf_t *b); /* len = 0, keeps the memory */
 void hr_buf_reserve(hr_buf_t *b, size_t extra);
-void hr_buf_append(hr_buf_t *b, const void *p, size_t n);
-void hr_buf_appends(hr_buf_t *b, const char *s);
-void hr_buf_grow_appendc(hr_buf_t *b, char c); /* hr_buf_appendc when it is full */
-/* One byte; inline, since encoders append many of them. */
-static inline void hr_buf_appendc(hr_buf_t *b, char c)
+/* Growth of hr_buf_append / hr_buf_appendc when the bytes and the NUL do not fit. */
+void hr_buf_grow_append(hr_buf_t *b, const void *p, size_t n);
+/* Append n bytes (p may be NULL when n is 0). Inline where they fit, since encoders and the
+ * spool's records append many small pieces. */
+static inline void hr_buf_append(hr_buf_t *b, const void *p, size_t n)
 {
-    if (b->len + 2 > b->cap) {
-        hr_buf_grow_appendc(b, c);
+    if (b->len + n >= b->cap) {
+        hr_buf_grow_append(b, p, n);
         return;
     }
-    b->data[b->len++] = c;
+    if (n) memcpy(b->data + b->len, p, n);
+    b->len += n;
     b->data[b->len] = '\0';
 }
+static inline void hr_buf_appendc(hr_buf_t *b, char c)
+{
+    hr_buf_append(b, &c, 1);
+}
+void hr_buf_appends(hr_buf_t *b, const char *s);
 void hr_buf_printf(hr_buf_t *b, const char *fmt, ...) HR_PRINTF(2, 3);
 void hr_buf_vprintf(hr_buf_t *b, const char *fmt, va_list ap);
 /* Append s as a JSON string literal (with quotes), escaping as RFC 8259 requires.
