@@ -24,7 +24,6 @@
 
 #define HOOK_STEP 1000 /* instructions between two count-hook calls */
 
-/* Registry keys. */
 /* Registry keys. The three an event reads (stores, default, reads) are used by address, with
  * lua_rawgetp: a light userdata key needs no string hashing on every event. */
 static const char STORES_KEY[] = "hr.stores";   /* table: store id -> rule function */
@@ -1168,8 +1167,8 @@ static char *pop_store(lua_State *L)
 }
 
 /* Push the event table made by the function at registry index fn, with the metatable at
- * registry index mt (event.raw); the decoded body is on top and is consumed. Unhooked: the
- * rule's instruction budget does not pay for it. [-1, +1, m] */
+ * registry index mt (event.raw); the decoded body is on top and is consumed. Before the run
+ * has its context: a spare coroutine's count hook charges no budget for it. [-1, +1, m] */
 static void push_event(lua_State *L, const hr_event_in_t *ev, const char *store, int fn, int mt)
 {
     lua_rawgeti(L, LUA_REGISTRYINDEX, fn);
@@ -1226,18 +1225,20 @@ static reads_t *rule_reads(lua_State *L)
 /* "stores/<store>.lua", the name a store's rule goes by in logs and metrics. */
 static char *rule_name(const char *store)
 {
+    static const char dir[] = "stores/", ext[] = ".lua";
     size_t n = strlen(store);
-    char *s = hr_xmalloc(n + sizeof "stores/.lua");
-    memcpy(s, "stores/", 7);
-    memcpy(s + 7, store, n);
-    memcpy(s + 7 + n, ".lua", sizeof ".lua");
+    char *s = hr_xmalloc(sizeof dir - 1 + n + sizeof ext);
+    memcpy(s, dir, sizeof dir - 1);
+    memcpy(s + sizeof dir - 1, store, n);
+    memcpy(s + sizeof dir - 1 + n, ext, sizeof ext); /* with its NUL */
     return s;
 }
 
 /* Free a run that is over or abandoned: close its coroutine, drop what it holds, and its
- * reference to the rule set (which may free the rule set). The coroutine's stack is reset
- * (its to-be-closed handlers run, their errors dropped); the main thread's is untouched.
- * [-0, +0, -] on rs->L */
+ * reference to the rule set (which may free the rule set). A coroutine whose function
+ * returned is emptied; any other is reset (its to-be-closed handlers run, their errors
+ * dropped). Either goes back to the spares if there is room. The main thread's stack is
+ * untouched. [-0, +0, -] on rs->L */
 static void run_free(run_ctx_t *run)
 {
     hr_ruleset_t *rs = run->rs;
