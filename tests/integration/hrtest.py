@@ -576,6 +576,15 @@ def clean_env():
     return {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
 
 
+VALGRIND_LINE = re.compile(r"==\d+==")
+
+
+def router_lines(text):
+    """The lines of a router's stderr (text split at newlines, the last piece kept), without
+    valgrind's own report lines ("==pid== ..."), which share that stream under HR_WRAP."""
+    return [l for l in text.split("\n") if not VALGRIND_LINE.match(l)]
+
+
 class Router:
     LISTEN_RE = re.compile(r"listening on (?:https?://)?(?:127\.0\.0\.1|\[::1\]|localhost):(\d+)")
 
