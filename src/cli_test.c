@@ -2,7 +2,6 @@
  * answers for request() (see include/hr/cli_test.h). */
 #include "hr/cli_test.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <lauxlib.h>
 #include <lua.h>
@@ -269,9 +268,7 @@ answer:
         lua_pushnil(L);
         while (lua_next(L, -2) && st->nhdr < HR_ARRAY_SIZE(st->hdr)) {
             if (lua_type(L, -2) == LUA_TSTRING && lua_isstring(L, -1)) {
-                char *name = hr_xstrdup(lua_tostring(L, -2));
-                for (char *p = name; *p; p++)
-                    *p = (char)tolower((unsigned char)*p);
+                char *name = hr_xstrdup_lower(lua_tostring(L, -2));
                 has_ct |= strcmp(name, "content-type") == 0;
                 st->hdr[st->nhdr].name = name;
                 st->hdr[st->nhdr].value = hr_xstrdup(lua_tostring(L, -1));
@@ -332,8 +329,7 @@ static int parse_header(const char *s, hr_header_t *h)
     const char *colon = strchr(s, ':');
     if (!colon || colon == s) return -1;
     h->name = hr_xstrndup(s, (size_t)(colon - s));
-    for (char *p = h->name; *p; p++)
-        *p = (char)tolower((unsigned char)*p);
+    hr_ascii_lower(h->name, h->name, (size_t)(colon - s));
     const char *v = colon + 1;
     while (*v == ' ' || *v == '\t')
         v++;
@@ -493,9 +489,7 @@ static void push_headers(lua_State *L, const hr_header_t *h, size_t n)
 {
     lua_createtable(L, 0, (int)n);
     for (size_t i = 0; i < n; i++) {
-        char *name = hr_xstrdup(h[i].name);
-        for (char *p = name; *p; p++)
-            *p = (char)tolower((unsigned char)*p);
+        char *name = hr_xstrdup_lower(h[i].name);
         lua_pushstring(L, h[i].value);
         lua_setfield(L, -2, name);
         free(name);

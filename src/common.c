@@ -62,6 +62,21 @@ char *hr_xstrdup(const char *s)
     return hr_xstrndup(s, strlen(s));
 }
 
+void hr_ascii_lower(char *dst, const char *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char ch = src[i];
+        dst[i] = ch >= 'A' && ch <= 'Z' ? (char)(ch - 'A' + 'a') : ch;
+    }
+}
+
+char *hr_xstrdup_lower(const char *s)
+{
+    char *p = hr_xstrdup(s);
+    hr_ascii_lower(p, p, strlen(p));
+    return p;
+}
+
 char *hr_xasprintf(const char *fmt, ...)
 {
     hr_buf_t b = HR_BUF_INIT;

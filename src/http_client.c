@@ -1097,11 +1097,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
         conn->in_value = false;
     }
     hr_buf_reserve(&conn->hdata, len);
-    char *out = conn->hdata.data + conn->hdata.len;
-    for (size_t i = 0; i < len; i++) {
-        char ch = at[i];
-        out[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
-    }
+    hr_ascii_lower(conn->hdata.data + conn->hdata.len, at, len);
     conn->hdata.len += len;
     conn->hdata.data[conn->hdata.len] = '\0';
     return 0;

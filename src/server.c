@@ -782,10 +782,7 @@ static int on_header_field_complete(llhttp_t *p)
     if (c->headers_done || !c->in_field) return 0;
     c->in_field = false;
     size_t start = c->hoffs[2 * (c->req.nheaders - 1)];
-    for (size_t i = start; i < c->arena.len; i++) {
-        char ch = c->arena.data[i];
-        if (ch >= 'A' && ch <= 'Z') c->arena.data[i] = (char)(ch - 'A' + 'a');
-    }
+    hr_ascii_lower(c->arena.data + start, c->arena.data + start, c->arena.len - start);
     hr_buf_appendc(&c->arena, '\0');
     return 0;
 }

@@ -152,9 +152,7 @@ static int load_case(hr_spec_t *s, hr_spec_case_t *c, char *why, size_t whylen)
                 lua_pop(L, 3);
                 return -1;
             }
-            char *name = hr_xstrdup(lua_tostring(L, -2));
-            for (char *p = name; *p; p++)
-                *p = (char)tolower((unsigned char)*p);
+            char *name = hr_xstrdup_lower(lua_tostring(L, -2));
             c->headers[c->nheaders].name = name;
             c->headers[c->nheaders].value = hr_xstrdup(lua_tostring(L, -1));
             c->nheaders++;
@@ -418,9 +416,7 @@ static int diff_object(lua_State *L, int e, int a, const char *path, bool lower,
                                       : hr_xasprintf("%s[\"%s\"]", path, keys[i]);
         lua_getfield(L, e, keys[i]);
         if (lower) {
-            char *lk = hr_xstrdup(keys[i]);
-            for (char *p = lk; *p; p++)
-                *p = (char)tolower((unsigned char)*p);
+            char *lk = hr_xstrdup_lower(keys[i]);
             lua_getfield(L, a, lk);
             free(lk);
         } else {

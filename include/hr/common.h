@@ -26,6 +26,10 @@ void *hr_xcalloc(size_t count, size_t n);
 void *hr_xrealloc(void *p, size_t n);
 char *hr_xstrdup(const char *s);
 char *hr_xstrndup(const char *s, size_t n);
+/* hr_xstrdup with ASCII letters lower-cased (header names). */
+char *hr_xstrdup_lower(const char *s);
+/* n bytes of src into dst (which may be src) with ASCII letters lower-cased. */
+void hr_ascii_lower(char *dst, const char *src, size_t n);
 /* a then b in one new string (what hr_xasprintf("%s%s", a, b) makes, without printf). */
 char *hr_xstrcat(const char *a, const char *b);
 char *hr_xasprintf(const char *fmt, ...) HR_PRINTF(1, 2);
