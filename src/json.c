@@ -204,15 +204,15 @@ static inline uint64_t swar_special(uint64_t x)
 static inline size_t skip_plain(const unsigned char *u, size_t p, size_t len)
 {
 #ifdef __SSE2__
-    /* Sixteen bytes a step: a quote, a backslash, a control byte (min(x, 0x1F) == x) or a
-     * byte with its top bit set. */
+    /* Sixteen bytes a step: a quote, a backslash, or a byte below 0x20 as a signed byte,
+     * which is a control byte or one with its top bit set. */
     const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'),
-                  ctl = _mm_set1_epi8(0x1F);
+                  space = _mm_set1_epi8(0x20);
     while (p + 16 <= len) {
         __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(u + p));
         __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
-                                 _mm_cmpeq_epi8(_mm_min_epu8(x, ctl), x));
-        unsigned bits = (unsigned)(_mm_movemask_epi8(m) | _mm_movemask_epi8(x));
+                                 _mm_cmplt_epi8(x, space));
+        unsigned bits = (unsigned)_mm_movemask_epi8(m);
         if (bits) return p + (size_t)__builtin_ctz(bits);
         p += 16;
     }
@@ -239,8 +239,9 @@ static inline size_t skip_plain(const unsigned char *u, size_t p, size_t len)
  * 0x20, only the escapes \" \\ \/ \b \f \n \r \t \uXXXX, a \u escape of a UTF-16 surrogate
  * only as a high-low pair (a lone surrogate has no UTF-8 form: rejected, as RFC 8259 section
  * 8.2 allows), and valid UTF-8 (section 8.1). Returns true and moves *i past the closing
- * quote, or false with the error set. */
-static bool scan_string(const char *s, size_t len, size_t *i, scan_t *sc)
+ * quote, or false with the error set. Out of line, so that the plain-string path of
+ * validate_string(), inlined in validate(), keeps its few registers. */
+__attribute__((noinline)) static bool scan_string(const char *s, size_t len, size_t *i, scan_t *sc)
 {
     const unsigned char *u = (const unsigned char *)s;
     size_t p = *i + 1;
@@ -482,6 +483,7 @@ typedef struct {
     uint32_t nstr, strcap;
     node_t local[32]; /* small documents need no malloc */
     uint32_t local_str[256];
+    bool spaced; /* whitespace between its tokens: walks skip it (else there is none) */
 } tape_t;
 
 static void tape_init(tape_t *t)
@@ -492,6 +494,7 @@ static void tape_init(tape_t *t)
     t->str = t->local_str;
     t->nstr = 0;
     t->strcap = HR_ARRAY_SIZE(t->local_str);
+    t->spaced = false;
 }
 
 static void tape_free(tape_t *t)
@@ -524,10 +527,6 @@ static void tape_str(tape_t *t, size_t start, size_t end, bool esc)
     t->str[t->nstr++] = (uint32_t)(end - start - 2) << 1 | esc;
 }
 
-/* Validate the text as one JSON value per RFC 8259 (whitespace only space, tab, LF and CR; a
- * leading UTF-8 byte order mark is skipped, as section 8.1 allows) and record its containers
- * in tape. No Lua: nothing is built yet. Returns true with *root at the first byte of the
- * value, or false with sc set at the first error. */
 /* Check the string whose opening quote is at *i (a plain one without leaving the caller,
  * anything else through scan_string) and record it on the tape; moves *i past it. */
 static inline bool validate_string(const char *s, size_t len, size_t *i, tape_t *tape, scan_t *sc)
@@ -547,88 +546,127 @@ static inline bool validate_string(const char *s, size_t len, size_t *i, tape_t 
 /* 1 for the four whitespace bytes of RFC 8259. */
 static const unsigned char json_ws[256] = {[' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1};
 
+/* Move *i past whitespace (setting *spaced if there was some); returns the byte there, or -1
+ * at the end. A byte above ' ' is never whitespace, so compact text pays one compare. */
+static inline int next_byte(const char *s, size_t len, size_t *i, bool *spaced)
+{
+    size_t p = *i;
+    if (p >= len) return -1;
+    unsigned char c = (unsigned char)s[p];
+    if (c > ' ') return c;
+    if (json_ws[c]) *spaced = true;
+    while (json_ws[c]) {
+        if (++p >= len) {
+            *i = p;
+            return -1;
+        }
+        c = (unsigned char)s[p];
+    }
+    *i = p;
+    return c;
+}
+
+/* The common number, checked in one pass: -?(0|[1-9][0-9]*)(\.[0-9]+)? that no other number
+ * byte follows and no longer than HR_JSON_MAX_NUMBER. Moves *i past it and returns true;
+ * false (nothing moved) for anything else, which scan_number() then checks and names. */
+static inline bool plain_number(const char *s, size_t len, size_t *i)
+{
+    size_t p = *i + (s[*i] == '-');
+    if (p >= len || !is_digit(s[p])) return false;
+    if (s[p++] != '0')
+        while (p < len && is_digit(s[p]))
+            p++;
+    if (p < len && s[p] == '.') {
+        if (++p >= len || !is_digit(s[p])) return false;
+        while (p < len && is_digit(s[p]))
+            p++;
+    }
+    if ((p < len && is_num_byte((unsigned char)s[p])) || p - *i > HR_JSON_MAX_NUMBER) return false;
+    *i = p;
+    return true;
+}
+
+/* Validate the text as one JSON value per RFC 8259 (whitespace only space, tab, LF and CR; a
+ * leading UTF-8 byte order mark is skipped, as section 8.1 allows) and record its containers
+ * in tape. No Lua: nothing is built yet. Returns true with *root at the first byte of the
+ * value, or false with sc set at the first error.
+ * A state machine whose states are labels: `value` (a value starts at i), `after` (one
+ * ended just before i), `key` (a key is due at i); each goes straight to the next. */
 static bool validate(const char *s, size_t len, tape_t *tape, size_t *root, scan_t *sc)
 {
-    enum { VALUE, FIRST_VALUE, KEY, FIRST_KEY, AFTER } state = VALUE;
-    uint32_t open[HR_JSON_MAX_DEPTH]; /* ordinals of the containers open here */
-    bool array[HR_JSON_MAX_DEPTH];    /* which of them are arrays */
-    int depth = 0;
+    uint32_t open[HR_JSON_MAX_DEPTH];  /* ordinals of the containers open here */
+    uint32_t count[HR_JSON_MAX_DEPTH]; /* the elements seen of each */
+    bool array[HR_JSON_MAX_DEPTH];     /* which of them are arrays */
+    int depth = 0, c;
+    bool spaced = false;
     sc->what[0] = '\0';
     size_t i = len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
-    for (;;) {
-        while (i < len && json_ws[(unsigned char)s[i]])
-            i++;
-        if (i >= len) {
-            if (state == AFTER && depth == 0) return true;
-            return scan_fail(sc, len, "%s", "");
-        }
-        char c = s[i];
-        switch (state) {
-        case FIRST_KEY:
-        case KEY: {
-            if (state == FIRST_KEY && c == '}') goto close;
-            if (c != '"') return scan_fail(sc, i, "%s", "");
-            if (!validate_string(s, len, &i, tape, sc)) return false;
-            while (i < len && json_ws[(unsigned char)s[i]]) /* then the colon */
-                i++;
-            if (i >= len) return scan_fail(sc, len, "%s", "");
-            if (s[i] != ':') return scan_fail(sc, i, "%s", "");
-            i++;
-            state = VALUE;
-            break;
-        }
-        case AFTER: {
-            if (depth == 0) return scan_fail(sc, i, "trailing characters after the value");
-            if (c == ',') {
-                i++;
-                state = array[depth - 1] ? VALUE : KEY;
-                break;
-            }
-            if (c != (array[depth - 1] ? ']' : '}')) return scan_fail(sc, i, "%s", "");
-        }
-        close : {
-            node_t *o = &tape->v[open[--depth]];
-            o->end = (uint32_t)(i + 1);
-            o->next = tape->n;
-            o->str_end = tape->nstr;
-            i++;
-            state = AFTER;
-            if (depth > 0) tape->v[open[depth - 1]].count++;
-            break;
-        }
-        case FIRST_VALUE:
-        case VALUE:
-            if (state == FIRST_VALUE && c == ']') goto close;
-            if (depth == 0) *root = i;
-            state = AFTER;
-            if (c == '"') {
-                if (!validate_string(s, len, &i, tape, sc)) return false;
-            } else if (c == '-' || c == '+' || c == '.' || is_digit(c)) {
-                if (!scan_number(s, len, &i, sc)) return false;
-            } else if (c == '[' || c == '{') {
-                if (depth >= HR_JSON_MAX_DEPTH)
-                    return scan_fail(sc, i, "nesting too deep (more than %d levels)",
-                                     HR_JSON_MAX_DEPTH);
-                array[depth] = c == '[';
-                open[depth++] = tape_add(tape, i);
-                i++;
-                state = c == '[' ? FIRST_VALUE : FIRST_KEY;
-                break;
-            } else {
-                const char *lit = c == 't' ? "true" : c == 'f' ? "false" : c == 'n' ? "null" : "";
-                size_t n = strlen(lit), have = len - i;
-                if (n && have >= n && memcmp(s + i, lit, n) == 0) {
-                    i += n;
-                } else if (n && have < n && memcmp(s + i, lit, have) == 0) {
-                    return scan_fail(sc, len, "%s", ""); /* a literal cut short */
-                } else {
-                    return scan_fail(sc, i, "%s", "");
-                }
-            }
-            if (depth > 0) tape->v[open[depth - 1]].count++;
-            break;
+    if ((c = next_byte(s, len, &i, &spaced)) < 0) return scan_fail(sc, len, "%s", "");
+    *root = i;
+value:
+    if (c == '"') {
+        if (!validate_string(s, len, &i, tape, sc)) return false;
+    } else if (c == '{' || c == '[') {
+        if (depth >= HR_JSON_MAX_DEPTH)
+            return scan_fail(sc, i, "nesting too deep (more than %d levels)", HR_JSON_MAX_DEPTH);
+        array[depth] = c == '[';
+        count[depth] = 0;
+        open[depth++] = tape_add(tape, i);
+        i++;
+        int first = next_byte(s, len, &i, &spaced);
+        if (first < 0) return scan_fail(sc, len, "%s", "");
+        if (first == (c == '[' ? ']' : '}')) goto close;
+        c = first;
+        if (array[depth - 1]) goto value;
+        goto key;
+    } else if (c == '-' || is_digit((char)c)) {
+        if (!plain_number(s, len, &i) && !scan_number(s, len, &i, sc)) return false;
+    } else if (c == '+' || c == '.') {
+        if (!scan_number(s, len, &i, sc)) return false; /* fails, naming why */
+    } else {
+        const char *lit = c == 't' ? "true" : c == 'f' ? "false" : c == 'n' ? "null" : "";
+        size_t n = c == 'f' ? 5 : *lit ? 4 : 0, have = len - i;
+        if (n && have >= n && memcmp(s + i, lit, n) == 0) {
+            i += n;
+        } else if (n && have < n && memcmp(s + i, lit, have) == 0) {
+            return scan_fail(sc, len, "%s", ""); /* a literal cut short */
+        } else {
+            return scan_fail(sc, i, "%s", "");
         }
     }
+after:
+    if (depth == 0) {
+        if (next_byte(s, len, &i, &spaced) >= 0)
+            return scan_fail(sc, i, "trailing characters after the value");
+        tape->spaced = spaced;
+        return true;
+    }
+    count[depth - 1]++;
+    if ((c = next_byte(s, len, &i, &spaced)) < 0) return scan_fail(sc, len, "%s", "");
+    if (c == ',') {
+        i++;
+        if ((c = next_byte(s, len, &i, &spaced)) < 0) return scan_fail(sc, len, "%s", "");
+        if (array[depth - 1]) goto value;
+        goto key;
+    }
+    if (c != (array[depth - 1] ? ']' : '}')) return scan_fail(sc, i, "%s", "");
+close : {
+    node_t *o = &tape->v[open[--depth]];
+    o->end = (uint32_t)(i + 1);
+    o->count = count[depth];
+    o->next = tape->n;
+    o->str_end = tape->nstr;
+    i++;
+    goto after;
+}
+key:
+    if (c != '"') return scan_fail(sc, i, "%s", "");
+    if (!validate_string(s, len, &i, tape, sc)) return false;
+    if ((c = next_byte(s, len, &i, &spaced)) < 0) return scan_fail(sc, len, "%s", "");
+    if (c != ':') return scan_fail(sc, i, "%s", "");
+    i++;
+    if ((c = next_byte(s, len, &i, &spaced)) < 0) return scan_fail(sc, len, "%s", "");
+    goto value;
 }
 
 /* ================================================================ decoding: the build */
@@ -674,6 +712,7 @@ static void push_token_number(lua_State *L, const char *s, size_t start, size_t 
 typedef struct {
     const char *text;
     size_t len;
+    bool spaced; /* tape_t.spaced */
     const node_t *node;
     uint32_t nnodes;
     const uint32_t *str; /* the strings' lengths and escape bits (tape_t.str) */
@@ -817,8 +856,13 @@ static void skip_ws(const char *s, size_t *i)
 }
 
 /* Move c to the next element of a container being walked (past whitespace and a comma). */
-static void to_element(const char *s, cur_t *c)
+static inline void to_element(const doc_t *d, cur_t *c)
 {
+    const char *s = d->text;
+    if (!d->spaced) {
+        c->i += s[c->i] == ',';
+        return;
+    }
     skip_ws(s, &c->i);
     if (s[c->i] == ',') {
         c->i++;
@@ -827,8 +871,13 @@ static void to_element(const char *s, cur_t *c)
 }
 
 /* Move c from the end of an object's key to its value (past the colon). */
-static void to_value(const char *s, cur_t *c)
+static inline void to_value(const doc_t *d, cur_t *c)
 {
+    const char *s = d->text;
+    if (!d->spaced) {
+        c->i++;
+        return;
+    }
     skip_ws(s, &c->i);
     c->i++; /* the colon */
     skip_ws(s, &c->i);
@@ -846,10 +895,10 @@ static void fill(lua_State *L, doc_t *d, int t, uint32_t ord)
     uint32_t child = ord + 1; /* the next container inside, in document order */
     cur_t c = {.i = n->start + 1, .si = n->str0};
     for (uint32_t k = 0; k < n->count; k++) {
-        to_element(s, &c);
+        to_element(d, &c);
         if (!array) {
             push_string(L, d, &c);
-            to_value(s, &c);
+            to_value(d, &c);
         }
         bool container = s[c.i] == '[' || s[c.i] == '{';
         push_value(L, d, &c, child);
@@ -961,6 +1010,7 @@ static int build_main(lua_State *L)
         doc_t *ud = box->doc;
         *ud = (doc_t){.text = mem + sizeof(doc_t),
                       .len = d->len,
+                      .spaced = d->spaced,
                       .node = (const node_t *)(mem + nodes),
                       .nnodes = b->tape->n,
                       .str = (const uint32_t *)(mem + strs),
@@ -1027,6 +1077,7 @@ static int decode(lua_State *L, const char *text, size_t len, bool lazy, uint32_
     hr_buf_t scratch = HR_BUF_INIT;
     build_t b = {.doc = {.text = text,
                          .len = len,
+                         .spaced = tape.spaced,
                          .node = tape.v,
                          .nnodes = tape.n,
                          .str = tape.str,
@@ -1237,9 +1288,9 @@ static bool peek(lua_State *L, int mt)
     uint32_t child = slot->node + 1, at_child = 0;
     bool found = false;
     for (uint32_t k = 0; k < n->count; k++) {
-        to_element(s, &c);
+        to_element(home, &c);
         bool match = key_is(L, mt, &d, &c, key, klen);
-        to_value(s, &c);
+        to_value(home, &c);
         if (match) { /* not the end: a repeated key keeps its last value */
             found = true;
             at = c;
