@@ -388,7 +388,7 @@ static ob_item_t *item_for_action(hr_outbox_t *o, hr_action_t *a, uint64_t id, h
 
 /* ---- Push ------------------------------------------------------------------------------- */
 
-/* A push waiting for its commit. */
+/* A push waiting for its commit: one block, its three arrays after it. */
 typedef struct {
     hr_outbox_t *o;
     hr_action_t **acts;   /* the actions, owned until committed */
@@ -404,9 +404,6 @@ static void push_free(push_t *p)
 {
     for (size_t i = 0; i < p->n; i++)
         hr_action_free(p->acts[i]);
-    free(p->acts);
-    free(p->ids);
-    free(p->locs);
     free(p->incoming);
     free(p);
 }
@@ -476,11 +473,11 @@ int ob_push_list(hr_outbox_t *o, hr_action_t *list, void (*cb)(void *, int), voi
     size_t n = 0;
     for (hr_action_t *a = list; a; a = a->next)
         n++;
-    push_t *p = hr_xcalloc(1, sizeof *p);
+    push_t *p = hr_xcalloc(1, sizeof *p + n * (sizeof *p->acts + sizeof *p->ids + sizeof *p->locs));
     p->o = o;
-    p->acts = hr_xcalloc(n ? n : 1, sizeof *p->acts);
-    p->ids = hr_xcalloc(n ? n : 1, sizeof *p->ids);
-    p->locs = hr_xcalloc(n ? n : 1, sizeof *p->locs);
+    p->ids = (uint64_t *)(p + 1); /* the 8-byte arrays first, the pointers after them */
+    p->locs = (hr_spool_loc_t *)(p->ids + n);
+    p->acts = (hr_action_t **)(p->locs + n);
     p->cb = cb;
     p->arg = arg;
     p->incoming = incoming ? hr_xstrdup(incoming) : NULL;
