@@ -202,12 +202,42 @@ static void block_put(hr_lua_cap_t *cap, void *p, size_t n)
     if (!cache_push(cap, p, class_of(n))) free(p);
 }
 
+/* A kept large block that holds n bytes and is no more than twice that, taken; or NULL. */
+static void *big_get(hr_lua_cap_t *cap, size_t n)
+{
+    for (size_t i = 0; i < HR_LUA_BIG_SLOTS; i++) {
+        void *p = cap->big[i];
+        if (p && cap->big_size[i] >= n && cap->big_size[i] / 2 <= n) {
+            cap->big[i] = NULL;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+/* Keep p, a large block the state held as n bytes, in an empty slot; false if none is. */
+static bool big_put(hr_lua_cap_t *cap, void *p, size_t n)
+{
+    for (size_t i = 0; i < HR_LUA_BIG_SLOTS; i++) {
+        if (!cap->big[i]) {
+            cap->big[i] = p;
+            cap->big_size[i] = n;
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Free every cached block (the state is gone). */
 static void cache_empty(hr_lua_cap_t *cap)
 {
     for (size_t c = 0; c < HR_ARRAY_SIZE(cap->free); c++)
         for (void *p; (p = cache_pop(cap, c));)
             free(p);
+    for (size_t i = 0; i < HR_LUA_BIG_SLOTS; i++) {
+        free(cap->big[i]);
+        cap->big[i] = NULL;
+    }
 }
 
 /* hr_lua_capped_alloc for every case but the two its inline part serves. */
@@ -219,7 +249,7 @@ static __attribute__((noinline)) void *capped_alloc(hr_lua_cap_t *cap, void *ptr
         if (!ptr) return NULL;
         if (HR_LUA_CACHE_ON && old <= HR_LUA_CACHE_MAX)
             block_put(cap, ptr, old);
-        else
+        else if (!HR_LUA_CACHE_ON || old > HR_LUA_BIG_MAX || !big_put(cap, ptr, old))
             free(ptr);
         cap->used -= old;
         if (cap->used == 0) cache_empty(cap); /* lua_close freed the last block */
@@ -231,7 +261,8 @@ static __attribute__((noinline)) void *capped_alloc(hr_lua_cap_t *cap, void *ptr
     }
     void *p;
     if (!HR_LUA_CACHE_ON || nsize > HR_LUA_CACHE_MAX) {
-        p = realloc(ptr, nsize); /* a small block is malloc'd too */
+        p = !ptr && HR_LUA_CACHE_ON && nsize <= HR_LUA_BIG_MAX ? big_get(cap, nsize) : NULL;
+        if (!p) p = realloc(ptr, nsize); /* a small block is malloc'd too */
         if (!p) return NULL;
     } else if (ptr && old <= HR_LUA_CACHE_MAX &&
                (nsize <= old || class_of(nsize) == class_of(old))) {

@@ -58,8 +58,14 @@ void hr_lua_budget_charge(lua_State *L, uint64_t n);
  * back without malloc: an event's tables and strings die young and the same sizes come
  * again. used counts what the state holds, not the cache (cached is what waits there). The
  * cache is emptied when the state has freed everything (lua_close: used falls to 0), and is
- * off in ASan builds so that a use after free of a Lua block is still caught. */
+ * off in ASan builds so that a use after free of a Lua block is still caught.
+ *
+ * Up to HR_LUA_BIG_SLOTS larger blocks (up to HR_LUA_BIG_MAX bytes) it frees are kept too,
+ * each for the next allocation it holds that is at least half its size: a lazily decoded
+ * body's block (its text, tape and map) comes and goes with each event. */
 #define HR_LUA_CACHE_BYTES (64 * 1024)
+#define HR_LUA_BIG_SLOTS   4
+#define HR_LUA_BIG_MAX     (64 * 1024)
 
 /* 1 where the cache is on: not in ASan builds (gcc's macro; clang's test). */
 #if defined(__SANITIZE_ADDRESS__)
@@ -82,6 +88,8 @@ typedef struct {
     size_t cached; /* bytes in free (below), not counted in used */
     void *free[HR_LUA_CACHE_MAX / HR_LUA_CACHE_STEP]; /* class i: blocks of (i + 1) * STEP
                                                          bytes, linked by their first word */
+    void *big[HR_LUA_BIG_SLOTS];       /* larger blocks kept, NULL for an empty slot */
+    size_t big_size[HR_LUA_BIG_SLOTS]; /* the bytes each holds (at least) */
 } hr_lua_cap_t;
 
 void *hr_lua_capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize);

@@ -1,7 +1,7 @@
 /* Unit test for src/lua_budget.c's capped allocator: exact accounting of what the state
  * holds through moves between size classes, the cap refusing growth even when a cached
- * block would serve it, contents kept across moves, the cache's bound, and every cached
- * block given back once the state has freed all (lua_close). */
+ * block would serve it, contents kept across moves, the cache's bound, the large blocks kept
+ * for reuse, and every cached block given back once the state has freed all (lua_close). */
 #include <lauxlib.h>
 #include <lualib.h>
 
@@ -89,6 +89,61 @@ static void test_cache_bound(void)
     CHECK_INT_EQ(cap.cached, 0);
 }
 
+static size_t big_kept(const hr_lua_cap_t *cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < HR_LUA_BIG_SLOTS; i++)
+        n += cap->big[i] != NULL;
+    return n;
+}
+
+/* A freed large block waits in a slot and serves the next allocation it holds that is at
+ * least half its size; no more than the slots are kept, none above HR_LUA_BIG_MAX, the cap
+ * still refuses what a kept block would serve, and all go once the state has freed all. */
+static void test_big_blocks(void)
+{
+    hr_lua_cap_t cap = {.limit = SIZE_MAX};
+    void *keep = al(&cap, NULL, 0, 8);
+    unsigned char *p = al(&cap, NULL, 0, 4000);
+    fill(p, 4000, 1);
+    al(&cap, p, 4000, 0);
+    CHECK_INT_EQ(cap.used, 8);
+    CHECK_INT_EQ(big_kept(&cap), HR_LUA_CACHE_ON ? 1 : 0);
+    unsigned char *q = al(&cap, NULL, 0, 3000);
+    if (HR_LUA_CACHE_ON) CHECK(q == p);
+    CHECK_INT_EQ(cap.used, 3008);
+    CHECK_INT_EQ(big_kept(&cap), 0);
+    fill(q, 3000, 2);
+    al(&cap, q, 3000, 0); /* kept as 3000 bytes now */
+    unsigned char *small = al(&cap, NULL, 0, 1400), *large = al(&cap, NULL, 0, 3500);
+    CHECK(small != q && large != q); /* under half of it; more than it holds */
+    fill(small, 1400, 3);
+    fill(large, 3500, 4);
+    CHECK_INT_EQ(cap.used, 8 + 1400 + 3500);
+    al(&cap, small, 1400, 0);
+    al(&cap, large, 3500, 0);
+    /* The cap refuses an allocation a kept block would serve. */
+    cap.on = true;
+    cap.limit = cap.used + 1000;
+    CHECK(al(&cap, NULL, 0, 3000) == NULL);
+    CHECK(cap.denied);
+    cap.on = false;
+    cap.denied = false;
+    /* At most the slots, and nothing above HR_LUA_BIG_MAX. */
+    void *blocks[HR_LUA_BIG_SLOTS + 2];
+    for (size_t i = 0; i < HR_ARRAY_SIZE(blocks); i++)
+        blocks[i] = al(&cap, NULL, 0, 2048);
+    for (size_t i = 0; i < HR_ARRAY_SIZE(blocks); i++)
+        al(&cap, blocks[i], 2048, 0);
+    CHECK_INT_EQ(big_kept(&cap), HR_LUA_CACHE_ON ? HR_LUA_BIG_SLOTS : 0);
+    void *huge = al(&cap, NULL, 0, HR_LUA_BIG_MAX + 1);
+    CHECK(huge != NULL);
+    al(&cap, huge, HR_LUA_BIG_MAX + 1, 0);
+    CHECK_INT_EQ(cap.used, 8);
+    al(&cap, keep, 8, 0);
+    CHECK_INT_EQ(big_kept(&cap), 0);
+}
+
 /* The cap applies to growth a cached block or the block's own class could serve. */
 static void test_cap_refuses_with_cache(void)
 {
@@ -152,6 +207,7 @@ int main(void)
 {
     test_accounting_and_moves();
     test_cache_bound();
+    test_big_blocks();
     test_cap_refuses_with_cache();
     test_lua_state();
     return CHECK_DONE("test_lua_budget");
