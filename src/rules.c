@@ -195,6 +195,7 @@ static char *body_arg(lua_State *L, run_ctx_t *ctx, int idx, const char *fn, boo
         return copy;
     }
     hr_buf_t b = HR_BUF_INIT;
+    hr_buf_reserve(&b, 255); /* one malloc for a legacy body of a few fields, not three */
     char err[256];
     int rc = hr_json_encode_max(L, idx, &b, mem_room(ctx->rs), err, sizeof err);
     if (rc != 0) {

@@ -451,6 +451,22 @@ static void test_json_string(void)
     json_string_is("\x7f/", 2, "\"\x7f/\"");             /* DEL and '/' need no escape */
     json_string_is("caf\xc3\xa9", 5, "\"caf\xc3\xa9\""); /* UTF-8 passes through */
     json_string_is("abc", 2, "\"ab\"");                  /* n bytes only */
+    /* Past eight bytes (the word-wide scan): each special byte at every position, and the
+     * bytes next to them in value that need no escape. */
+    static const char special[] = {'"', '\\', '\n', '\x01', '\0', '\x1f'};
+    static const char *const escaped[] = {"\\\"", "\\\\", "\\n", "\\u0001", "\\u0000", "\\u001f"};
+    for (size_t k = 0; k < HR_ARRAY_SIZE(special); k++) {
+        for (size_t pos = 0; pos < 24; pos++) {
+            char in[24], want[64];
+            memset(in, 'x', sizeof in);
+            in[pos] = special[k];
+            snprintf(want, sizeof want, "\"%.*s%s%.*s\"", (int)pos, in, escaped[k],
+                     (int)(sizeof in - pos - 1), in + pos + 1);
+            json_string_is(in, sizeof in, want);
+        }
+    }
+    json_string_is(" !#[]~\x7f\x80\xff\xc3\xa9 0123456789", 22,
+                   "\" !#[]~\x7f\x80\xff\xc3\xa9 0123456789\"");
     /* Appends to what is there. */
     hr_buf_t b = HR_BUF_INIT;
     hr_buf_appends(&b, "{\"k\":");
