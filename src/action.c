@@ -12,16 +12,37 @@ hr_action_t *hr_action_new(hr_action_kind_t kind)
     return a;
 }
 
+char *hr_action_strdup(hr_action_t *a, const char *s)
+{
+    size_t n = strlen(s) + 1;
+    if (n > sizeof a->pool - a->pool_used) return hr_xstrdup(s);
+    char *p = a->pool + a->pool_used;
+    memcpy(p, s, n);
+    a->pool_used += n;
+    return p;
+}
+
+void hr_action_str_free(const hr_action_t *a, char *p)
+{
+    /* Compared as addresses: a pointer into the room is not to be freed. */
+    uintptr_t u = (uintptr_t)p, lo = (uintptr_t)a->pool;
+    if (u - lo >= sizeof a->pool) free(p);
+}
+
 void hr_action_free(hr_action_t *a)
 {
     if (!a) return;
-    free(a->event_type);
-    free(a->store);
-    free(a->name);
-    free(a->method);
-    free(a->url);
-    hr_headers_free(a->headers, a->nheaders);
-    free(a->file_path);
+    hr_action_str_free(a, a->event_type);
+    hr_action_str_free(a, a->store);
+    hr_action_str_free(a, a->name);
+    hr_action_str_free(a, a->method);
+    hr_action_str_free(a, a->url);
+    for (size_t i = 0; i < a->nheaders; i++) {
+        hr_action_str_free(a, a->headers[i].name);
+        hr_action_str_free(a, a->headers[i].value);
+    }
+    free(a->headers);
+    hr_action_str_free(a, a->file_path);
     free(a->body);
     free(a);
 }
@@ -33,8 +54,8 @@ void hr_action_add_header(hr_action_t *a, const char *name, const char *value)
     size_t n = a->nheaders;
     if (n == 0 || (n >= 4 && (n & (n - 1)) == 0))
         a->headers = hr_xrealloc(a->headers, (n ? 2 * n : 4) * sizeof *a->headers);
-    a->headers[a->nheaders].name = hr_xstrdup(name);
-    a->headers[a->nheaders].value = hr_xstrdup(value);
+    a->headers[a->nheaders].name = hr_action_strdup(a, name);
+    a->headers[a->nheaders].value = hr_action_strdup(a, value);
     a->nheaders++;
 }
 

@@ -228,12 +228,12 @@ static hr_action_t *action_from_dl(const replay_t *rp, const hr_deadletter_t *d)
                         "hookrouter replay: %s: header %s was redacted and target '%s' in the "
                         "config does not set it: replayed without it\n",
                         d->key, h.name, a->name);
-                free(h.name);
-                free(h.value);
+                hr_action_str_free(a, h.name);
+                hr_action_str_free(a, h.value);
                 continue;
             }
-            free(h.value);
-            h.value = hr_xstrdup(v);
+            hr_action_str_free(a, h.value);
+            h.value = hr_action_strdup(a, v);
         }
         a->headers[kept++] = h;
         has_id = has_id || strcasecmp(h.name, "X-Hookrouter-Event-Id") == 0;

@@ -154,8 +154,8 @@ static void link_action(run_ctx_t *ctx, hr_action_t *a)
 {
     const hr_event_in_t *ev = ctx->ev;
     memcpy(a->event_id, ev->id, HR_ID_LEN);
-    a->event_type = hr_xstrdup(ev->type);
-    a->store = ctx->out->store ? hr_xstrdup(ctx->out->store) : NULL;
+    a->event_type = hr_action_strdup(a, ev->type);
+    a->store = ctx->out->store ? hr_action_strdup(a, ctx->out->store) : NULL;
     a->accepted_ms = ev->received_ms;
     *ctx->tail = a;
     ctx->tail = &a->next;
@@ -232,8 +232,8 @@ static void set_header(hr_action_t *a, const char *name, const char *value)
 {
     for (size_t i = 0; i < a->nheaders; i++) {
         if (strcasecmp(a->headers[i].name, name) == 0) {
-            free(a->headers[i].value);
-            a->headers[i].value = hr_xstrdup(value);
+            hr_action_str_free(a, a->headers[i].value);
+            a->headers[i].value = hr_action_strdup(a, value);
             return;
         }
     }
@@ -285,9 +285,9 @@ static hr_action_t *http_action(lua_State *L, run_ctx_t *ctx, const char *fn,
     a->body = body;
     a->body_len = len;
     a->body_is_json = is_json;
-    a->name = hr_xstrdup(name);
-    a->method = hr_xstrdup(method);
-    a->url = hr_xstrcat(t->url, path);
+    a->name = hr_action_strdup(a, name);
+    a->method = hr_action_strdup(a, method);
+    a->url = *path ? hr_xstrcat(t->url, path) : hr_action_strdup(a, t->url);
     a->timeout_ms = (uint32_t)timeout;
     a->max_attempts = t->max_attempts;
     hr_action_add_header(a, "Content-Type",
@@ -415,8 +415,8 @@ static int l_write(lua_State *L)
     a->body = line;
     a->body_len = len;
     a->body_is_json = is_json;
-    a->name = hr_xstrdup(name);
-    a->file_path = hr_xstrdup(f->path);
+    a->name = hr_action_strdup(a, name);
+    a->file_path = hr_action_strdup(a, f->path);
     link_action(ctx, a);
     return 0;
 }

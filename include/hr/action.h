@@ -10,6 +10,9 @@
 
 typedef enum { HR_ACTION_FORWARD = 1, HR_ACTION_WRITE = 2 } hr_action_kind_t;
 
+/* Bytes of an action's own string room. */
+#define HR_ACTION_POOL 448
+
 typedef struct hr_action {
     struct hr_action *next;   /* intrusive link, free for whoever owns the action */
     hr_action_kind_t kind;    /* forward or write */
@@ -39,14 +42,27 @@ typedef struct hr_action {
     uint32_t attempts;    /* attempts made so far */
     int last_status;      /* last HTTP status, 0 if none */
     char last_error[256]; /* last transport error, "" if none */
+    /* Room for the short strings above (hr_action_strdup): a forward's name, method, URL and
+     * headers cost no malloc and free each. */
+    size_t pool_used;
+    char pool[HR_ACTION_POOL];
 } hr_action_t;
 
 /* A zeroed action of the given kind. Never NULL. */
 hr_action_t *hr_action_new(hr_action_kind_t kind);
 /* Free an action and everything it owns. Accepts NULL. */
 void hr_action_free(hr_action_t *a);
-/* Append a header (copies name and value). */
+/* Append a header (copies name and value, with hr_action_strdup). */
 void hr_action_add_header(hr_action_t *a, const char *name, const char *value);
+
+/* A copy of s for one of a's string fields or headers: in a's own room while it lasts, else
+ * malloc'd. Never NULL. Whatever holds such a string gives it back with hr_action_str_free
+ * (hr_action_free does for every field and header). */
+char *hr_action_strdup(hr_action_t *a, const char *s);
+
+/* Give back p, a string of one of a's fields or headers: freed unless it is in a's room.
+ * Accepts NULL. */
+void hr_action_str_free(const hr_action_t *a, char *p);
 /* Free a whole list linked through next. */
 void hr_action_list_free(hr_action_t *head);
 
