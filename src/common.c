@@ -172,16 +172,13 @@ void hr_buf_printf(hr_buf_t *b, const char *fmt, ...)
 void hr_buf_append_json_string(hr_buf_t *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    /* Eight bytes a step to the first word that may need an escape (a byte b < c sets the
-     * top bit of (b - c) & ~b, the usual SWAR test; a borrow can flag a byte above a true one,
-     * never a word without one), then byte by byte to the exact one. */
-    const uint64_t ones = 0x0101010101010101ULL, tops = 0x8080808080808080ULL;
+    /* Eight bytes a step to the first word that may need an escape, then byte by byte to
+     * the exact one. */
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         uint64_t x;
         memcpy(&x, s + i, 8);
-        uint64_t q = x ^ (ones * '"'), e = x ^ (ones * '\\');
-        if ((((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((e - ones) & ~e)) & tops) break;
+        if (hr_swar_json_escape(x)) break;
     }
     while (i < n && (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\')
         i++;

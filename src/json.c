@@ -187,15 +187,11 @@ static const unsigned char plain[256] = {
     1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
 };
 
-/* Nonzero if one of the eight bytes in x is not plain string content: below 0x20, '"', '\\'
- * or 0x80 and up (the usual SWAR tests: a byte b < n sets the top bit of (b - n) & ~b, and
- * b == c is b ^ c < 1). */
+/* Nonzero if one of the eight bytes in x is not plain string content: one a JSON string
+ * escapes (hr_swar_json_escape), or 0x80 and up. */
 static inline uint64_t swar_special(uint64_t x)
 {
-    const uint64_t ones = 0x0101010101010101ULL, tops = 0x8080808080808080ULL;
-    uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
-    uint64_t ctl = (x - ones * 0x20) & ~x, quote = (q - ones) & ~q, bslash = (b - ones) & ~b;
-    return (ctl | quote | bslash | x) & tops;
+    return hr_swar_json_escape(x) | (x & 0x8080808080808080ULL);
 }
 
 /* The first byte from p on (p < len) that is not plain string content, or len: eight bytes

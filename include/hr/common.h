@@ -69,6 +69,16 @@ static inline void hr_buf_appendc(hr_buf_t *b, char c)
     hr_buf_append(b, &c, 1);
 }
 void hr_buf_appends(hr_buf_t *b, const char *s);
+/* The top bit of each of the eight bytes of x that a JSON string must escape: below 0x20,
+ * '"' or '\\' (the usual SWAR tests: a byte b < n sets the top bit of (b - n) & ~b, and
+ * b == c is b ^ c < 1). The lowest flag is exact; a borrow can flag a byte above a true one,
+ * never a word without one. */
+static inline uint64_t hr_swar_json_escape(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ULL, tops = 0x8080808080808080ULL;
+    uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+    return (((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b)) & tops;
+}
 void hr_buf_printf(hr_buf_t *b, const char *fmt, ...) HR_PRINTF(2, 3);
 void hr_buf_vprintf(hr_buf_t *b, const char *fmt, va_list ap);
 /* Append s as a JSON string literal (with quotes), escaping as RFC 8259 requires.
