@@ -12,14 +12,20 @@ hr_action_t *hr_action_new(hr_action_kind_t kind)
     return a;
 }
 
+char *hr_action_strcat(hr_action_t *a, const char *x, const char *y)
+{
+    size_t nx = strlen(x), ny = strlen(y) + 1;
+    if (nx + ny > sizeof a->pool - a->pool_used) return hr_xstrcat(x, y);
+    char *p = a->pool + a->pool_used;
+    memcpy(p, x, nx);
+    memcpy(p + nx, y, ny);
+    a->pool_used += nx + ny;
+    return p;
+}
+
 char *hr_action_strdup(hr_action_t *a, const char *s)
 {
-    size_t n = strlen(s) + 1;
-    if (n > sizeof a->pool - a->pool_used) return hr_xstrdup(s);
-    char *p = a->pool + a->pool_used;
-    memcpy(p, s, n);
-    a->pool_used += n;
-    return p;
+    return hr_action_strcat(a, s, "");
 }
 
 void hr_action_str_free(const hr_action_t *a, char *p)

@@ -287,7 +287,7 @@ static hr_action_t *http_action(lua_State *L, run_ctx_t *ctx, const char *fn,
     a->body_is_json = is_json;
     a->name = hr_action_strdup(a, name);
     a->method = hr_action_strdup(a, method);
-    a->url = *path ? hr_xstrcat(t->url, path) : hr_action_strdup(a, t->url);
+    a->url = hr_action_strcat(a, t->url, path);
     a->timeout_ms = (uint32_t)timeout;
     a->max_attempts = t->max_attempts;
     hr_action_add_header(a, "Content-Type",

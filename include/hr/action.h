@@ -59,6 +59,8 @@ void hr_action_add_header(hr_action_t *a, const char *name, const char *value);
  * malloc'd. Never NULL. Whatever holds such a string gives it back with hr_action_str_free
  * (hr_action_free does for every field and header). */
 char *hr_action_strdup(hr_action_t *a, const char *s);
+/* x then y as one such string (a target's URL and a rule's path). */
+char *hr_action_strcat(hr_action_t *a, const char *x, const char *y);
 
 /* Give back p, a string of one of a's fields or headers: freed unless it is in a's room.
  * Accepts NULL. */

@@ -15,7 +15,10 @@ static void test_room_then_heap(void)
     hr_action_t *a = hr_action_new(HR_ACTION_FORWARD);
     a->name = hr_action_strdup(a, "pos");
     a->method = hr_action_strdup(a, "POST");
-    CHECK(in_room(a, a->name) && in_room(a, a->method));
+    char *url = hr_action_strcat(a, "http://h/base", "/path?q=1");
+    CHECK(in_room(a, a->name) && in_room(a, a->method) && in_room(a, url));
+    CHECK_STR_EQ(url, "http://h/base/path?q=1");
+    hr_action_str_free(a, url); /* in the room: nothing to free */
     CHECK_STR_EQ(a->name, "pos");
     CHECK_STR_EQ(a->method, "POST");
     /* A string longer than the room left goes to the heap; the room still serves short ones. */
