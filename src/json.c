@@ -621,7 +621,7 @@ value:
         if (!scan_number(s, len, &i, sc)) return false; /* fails, naming why */
     } else {
         const char *lit = c == 't' ? "true" : c == 'f' ? "false" : c == 'n' ? "null" : "";
-        size_t n = c == 'f' ? 5 : *lit ? 4 : 0, have = len - i;
+        size_t n = strlen(lit), have = len - i;
         if (n && have >= n && memcmp(s + i, lit, n) == 0) {
             i += n;
         } else if (n && have < n && memcmp(s + i, lit, have) == 0) {
